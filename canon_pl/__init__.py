@@ -1,0 +1,29 @@
+"""canon-pl: SAE families, stitching and meta-SAEs on PyTorch Lightning.
+
+Reproduces *Sparse Autoencoders Do Not Find Canonical Units of Analysis* (Leask et al., ICLR 2025).
+"""
+
+__version__ = "0.1.0"
+
+from canon_pl.io import CheckpointError, export_sae, load_sae  # noqa: E402
+from canon_pl.sae import (  # noqa: E402
+    BatchTopKSAE,
+    ReLUSAE,
+    SAEConfig,
+    SparseAutoencoder,
+    TopKSAE,
+    build_sae,
+)
+
+__all__ = [
+    "BatchTopKSAE",
+    "CheckpointError",
+    "ReLUSAE",
+    "SAEConfig",
+    "SparseAutoencoder",
+    "TopKSAE",
+    "__version__",
+    "build_sae",
+    "export_sae",
+    "load_sae",
+]

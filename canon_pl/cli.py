@@ -1,0 +1,126 @@
+"""The command line: ``canon-pl`` and ``lightning`` (LightningCLI: ``fit``, ``validate``, ...) plus ``export``.
+
+``lightning fit --config configs/sae_synthetic.yaml`` trains and checkpoints; ``canon-pl export --ckpt X --out D``
+turns a Lightning checkpoint into a portable export.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import warnings
+from typing import Any
+
+from lightning.pytorch.cli import LightningCLI
+
+
+class CanonCLI(LightningCLI):
+    """LightningCLI with canon-pl's defaults: safe checkpoint loading and overwritable saved configs."""
+
+    def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Any]) -> Any:
+        from lightning.pytorch.callbacks import ProgressBar
+
+        from canon_pl.training import StepProgressBar
+
+        configured = list(config.get("callbacks") or []) + list(callbacks)
+        if config.get("enable_progress_bar", True) is not False and not any(isinstance(c, ProgressBar) for c in configured):
+            callbacks = [*callbacks, StepProgressBar()]  # a total of max_steps for infinite activation streams
+        return super()._instantiate_trainer(config, callbacks)
+
+    def _prepare_subcommand_kwargs(self, subcommand: str) -> dict[str, Any]:
+        kwargs = super()._prepare_subcommand_kwargs(subcommand)
+        if "weights_only" in kwargs and kwargs["weights_only"] is None:
+            kwargs["weights_only"] = True  # never unpickle arbitrary objects from a checkpoint
+        return kwargs
+
+
+def _quiet_known_warnings() -> None:
+    for message in (
+        r".*does not have many workers.*",
+        r".*IterableDataset.*__len__.*",
+        r".*Total length of .* across ranks is zero.*",
+        r".*tensorboardX.*",
+    ):
+        warnings.filterwarnings("ignore", message=message)
+
+
+def run_lightning_cli(args: list[str] | None = None, run: bool = True) -> CanonCLI:
+    """Run LightningCLI with any LightningModule / LightningDataModule given by ``class_path``.
+
+    ``run=False`` only parses and instantiates (``args`` then carry no subcommand).
+    """
+    import lightning as L
+
+    _quiet_known_warnings()
+    return CanonCLI(
+        L.LightningModule,
+        L.LightningDataModule,
+        subclass_mode_model=True,
+        subclass_mode_data=True,
+        save_config_kwargs={"overwrite": True},
+        args=args,
+        run=run,
+        auto_configure_optimizers=False,
+    )
+
+
+def export_command(argv: list[str]) -> int:
+    """``canon-pl export --ckpt FILE --out DIR``: portable export of an ``SAEModule`` checkpoint."""
+    from canon_pl.io import CheckpointError, export_sae, load_sae
+
+    parser = argparse.ArgumentParser(prog="canon-pl export", description=export_command.__doc__)
+    parser.add_argument("--ckpt", required=True, help="Lightning .ckpt written by SAEModule")
+    parser.add_argument("--out", required=True, help="folder for sae.safetensors + cfg.json")
+    ns = parser.parse_args(argv)
+    try:
+        sae = load_sae(ns.ckpt)  # activation scale already folded in
+    except CheckpointError as err:
+        print(f"canon-pl export: error: {err}", file=sys.stderr)
+        return 2
+    export_sae(sae, ns.out)
+    print(f"exported {ns.ckpt} to {ns.out}")
+    return 0
+
+
+COMMANDS = {"export": export_command}
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """Errors caused by the user's input: shown as one line, not a traceback."""
+    from canon_pl.data import ShardError
+    from canon_pl.io import CheckpointError
+    from canon_pl.sae import SAEConfigError
+    from canon_pl.training import InputShapeError, NonFiniteError
+
+    return (SAEConfigError, CheckpointError, ShardError, InputShapeError, NonFiniteError)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args and args[0] in COMMANDS:
+        return COMMANDS[args[0]](args[1:])
+    try:
+        run_lightning_cli(argv)  # None: LightningCLI reads sys.argv itself
+    except Exception as err:  # noqa: BLE001 - re-raised unless it wraps a user error
+        cause = _find_user_error(err)
+        if cause is None:
+            raise
+        print(f"canon-pl: error: {type(cause).__name__}: {cause}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _find_user_error(err: BaseException) -> BaseException | None:
+    """The user error in ``err``'s chain of causes (jsonargparse wraps errors raised while instantiating)."""
+    seen: set[int] = set()
+    current: BaseException | None = err
+    while current is not None and id(current) not in seen:
+        if isinstance(current, _user_errors()):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,161 @@
+"""Activation caches on disk: safetensors shards plus an ``index.json`` (no Lightning imports).
+
+The index records ``d_in``, dtype, per-shard token counts and SHA-256 checksums, and free-form metadata (model,
+hook point, text source). Reading shuffles across shards: each epoch visits the shards in a seeded order,
+``shards_in_memory`` at a time, and shuffles the tokens of that group together.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+
+from canon_pl.io.atomic import atomic_path, atomic_write_json, sha256_file
+
+INDEX_FILE = "index.json"
+TENSOR_KEY = "activations"
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+class ShardError(ValueError):
+    """An activation cache that is missing, empty, corrupt or inconsistent with its index."""
+
+
+@dataclass
+class ShardIndex:
+    """Contents of ``index.json``: shards ``[{file, n_tokens, sha256}]`` of ``[n_tokens, d_in]`` activations."""
+
+    directory: Path
+    d_in: int
+    dtype: str
+    shards: list[dict[str, Any]]
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def n_tokens(self) -> int:
+        return sum(int(s["n_tokens"]) for s in self.shards)
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike) -> ShardIndex:
+        directory = Path(directory)
+        path = directory / INDEX_FILE
+        if not path.is_file():
+            raise ShardError(f"no activation cache at {directory}: {INDEX_FILE} not found (write one with write_activation_shards)")
+        try:
+            raw = json.loads(path.read_text())
+            index = cls(directory, int(raw["d_in"]), str(raw["dtype"]), list(raw["shards"]), dict(raw.get("metadata", {})))
+        except (ValueError, KeyError, TypeError) as err:
+            raise ShardError(f"{path} is not a valid activation-cache index: {err}") from err
+        if index.n_tokens == 0:
+            raise ShardError(f"activation cache {directory} is empty (0 tokens): rebuild it from a non-empty text source")
+        return index
+
+    def read_shard(self, i: int, verify: bool = True) -> Tensor:
+        """Shard ``i`` as ``[n_tokens, d_in]`` float32, checked against the index."""
+        entry = self.shards[i]
+        path = self.directory / entry["file"]
+        if not path.is_file():
+            raise ShardError(f"shard {path} listed in {INDEX_FILE} is missing")
+        if verify and entry.get("sha256") and sha256_file(path) != entry["sha256"]:
+            raise ShardError(f"shard {path} does not match its checksum in {INDEX_FILE}: it is corrupt; rebuild the cache")
+        try:
+            acts = load_file(str(path))[TENSOR_KEY]
+        except (SafetensorError, KeyError, OSError) as err:
+            raise ShardError(f"shard {path} is unreadable ({err}); rebuild the cache") from err
+        if acts.shape != (int(entry["n_tokens"]), self.d_in):
+            raise ShardError(f"shard {path} has shape {tuple(acts.shape)}, index says ({entry['n_tokens']}, {self.d_in})")
+        return acts.float()
+
+
+def write_activation_shards(
+    batches: Iterable[Tensor],
+    directory: str | os.PathLike,
+    tokens_per_shard: int = 65_536,
+    dtype: str = "float16",
+    metadata: dict[str, Any] | None = None,
+) -> ShardIndex:
+    """Write ``[batch, d_in]`` tensors as shards of ``tokens_per_shard`` rows; the index is written last."""
+    if dtype not in DTYPES:
+        raise ShardError(f"dtype {dtype!r} not supported; choose one of {sorted(DTYPES)}")
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    shards: list[dict[str, Any]] = []
+    pending: list[Tensor] = []
+    n_pending = 0
+    d_in: int | None = None
+
+    def flush(rows: Tensor) -> None:
+        name = f"shard_{len(shards):05d}.safetensors"
+        with atomic_path(directory / name) as tmp:
+            save_file({TENSOR_KEY: rows.to(DTYPES[dtype]).contiguous().cpu()}, str(tmp))
+            digest = sha256_file(tmp)
+        shards.append({"file": name, "n_tokens": int(rows.shape[0]), "sha256": digest})
+
+    for batch in batches:
+        if batch.dim() != 2:
+            raise ShardError(f"activation batches must be [batch, d_in], got shape {tuple(batch.shape)}")
+        if d_in is None:
+            d_in = int(batch.shape[1])
+        elif batch.shape[1] != d_in:
+            raise ShardError(f"activation width changed from {d_in} to {batch.shape[1]} while writing the cache")
+        pending.append(batch.detach())
+        n_pending += batch.shape[0]
+        while n_pending >= tokens_per_shard:
+            rows = torch.cat(pending)
+            flush(rows[:tokens_per_shard])
+            pending, n_pending = [rows[tokens_per_shard:]], rows.shape[0] - tokens_per_shard
+    if n_pending:
+        flush(torch.cat(pending))
+    if d_in is None or not shards:
+        raise ShardError("no activations to write: the source yielded nothing")
+    index = ShardIndex(directory, d_in, dtype, shards, dict(metadata or {}))
+    atomic_write_json(directory / INDEX_FILE, {"d_in": d_in, "dtype": dtype, "shards": shards, "metadata": index.metadata,
+                                               "n_tokens": index.n_tokens})
+    return index
+
+
+def iterate_shard_batches(
+    index: ShardIndex,
+    shard_ids: list[int],
+    batch_size: int,
+    seed: int = 0,
+    shards_in_memory: int = 4,
+    start_batch: int = 0,
+    epochs: int | None = None,
+) -> Iterator[Tensor]:
+    """Shuffled ``[batch_size, d_in]`` batches over ``shard_ids``, forever (or ``epochs`` times).
+
+    Batch number ``b`` is a pure function of (index, seed, b): ``start_batch`` skips ahead without reading the
+    skipped groups. Each group of shards yields ``n_tokens // batch_size`` batches; its remainder is dropped.
+    """
+    if not shard_ids:
+        raise ShardError("no shards to read")
+    batches_seen = 0
+    epoch = 0
+    while epochs is None or epoch < epochs:
+        g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+        order = [shard_ids[i] for i in torch.randperm(len(shard_ids), generator=g).tolist()]
+        for start in range(0, len(order), shards_in_memory):
+            group = order[start:start + shards_in_memory]
+            n_batches = sum(int(index.shards[i]["n_tokens"]) for i in group) // batch_size
+            if batches_seen + n_batches <= start_batch:
+                batches_seen += n_batches
+                continue
+            pool = torch.cat([index.read_shard(i) for i in group])
+            perm = torch.randperm(pool.shape[0], generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch * 7919 + start))
+            for b in range(n_batches):
+                if batches_seen >= start_batch:
+                    yield pool[perm[b * batch_size:(b + 1) * batch_size]]
+                batches_seen += 1
+        epoch += 1
+        if batches_seen == 0:
+            raise ShardError(f"the cache holds fewer tokens than one batch of {batch_size}; lower batch_size")

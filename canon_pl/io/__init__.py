@@ -1,0 +1,20 @@
+"""Reading and writing SAEs and other outputs (no Lightning imports)."""
+
+from canon_pl.io.atomic import atomic_path, atomic_write_json, atomic_write_text, sha256_file
+from canon_pl.io.checkpoint import load_lightning_checkpoint, safe_torch_load
+from canon_pl.io.export import CheckpointError, export_sae, load_export, read_export_config
+from canon_pl.io.load import load_sae
+
+__all__ = [
+    "CheckpointError",
+    "atomic_path",
+    "atomic_write_json",
+    "atomic_write_text",
+    "export_sae",
+    "load_export",
+    "load_lightning_checkpoint",
+    "load_sae",
+    "read_export_config",
+    "safe_torch_load",
+    "sha256_file",
+]

@@ -1,0 +1,69 @@
+"""Safe reading of Lightning ``.ckpt`` files written by :class:`canon_pl.training.SAEModule`.
+
+Only ``torch.load(weights_only=True)`` is ever used: a checkpoint holding arbitrary pickled objects is refused
+without executing them.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import zipfile
+from dataclasses import fields
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from canon_pl.io.export import CheckpointError
+from canon_pl.sae import SAEConfig, SAEConfigError, SparseAutoencoder, build_sae
+
+SAE_PREFIX = "sae."
+
+
+def safe_torch_load(path: str | os.PathLike) -> dict[str, Any]:
+    """``torch.load`` restricted to tensors and plain containers, with errors that name the problem."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} not found")
+    if not zipfile.is_zipfile(path):
+        raise CheckpointError(f"{path} is not a readable PyTorch checkpoint (not a zip archive: truncated or corrupt?)")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        detail = next((line.strip() for line in str(err).splitlines() if "GLOBAL" in line or "global" in line), "")
+        raise CheckpointError(
+            f"refusing to load {path}: it contains pickled objects other than tensors and plain containers, which "
+            f"could run code on this machine (rejected by torch.load(weights_only=True)) {detail}".rstrip()
+        ) from err
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as err:
+        raise CheckpointError(f"{path} is not a readable PyTorch checkpoint (truncated or corrupt?): {err}") from err
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"{path} holds a {type(obj).__name__}, not a Lightning checkpoint dict")
+    return obj
+
+
+def load_lightning_checkpoint(path: str | os.PathLike) -> SparseAutoencoder:
+    """An SAE from an ``SAEModule`` checkpoint, with its activation scale folded in (takes raw activations)."""
+    ckpt = safe_torch_load(path)
+    state = ckpt.get("state_dict")
+    hparams = ckpt.get("hyper_parameters")
+    if not isinstance(state, dict) or not isinstance(hparams, dict) or f"{SAE_PREFIX}W_enc" not in state:
+        raise CheckpointError(
+            f"{path} is not a canon-pl SAEModule checkpoint (no 'state_dict' with 'sae.W_enc' and no "
+            f"'hyper_parameters'); for an SAE family or another library's file use the matching loader"
+        )
+    known = {f.name for f in fields(SAEConfig)}
+    try:
+        cfg = SAEConfig(**{key: value for key, value in hparams.items() if key in known})
+    except (TypeError, SAEConfigError) as err:
+        raise CheckpointError(f"{path}: hyper-parameters do not describe an SAE: {err}") from err
+    sae = build_sae(cfg)
+    sae_state = {key[len(SAE_PREFIX):]: value for key, value in state.items() if key.startswith(SAE_PREFIX)}
+    try:
+        sae.load_state_dict(sae_state, strict=True)
+    except RuntimeError as err:
+        raise CheckpointError(f"{path}: SAE weights do not match its hyper-parameters: {err}") from err
+    scale = state.get("activation_scale")
+    scale = float(scale) if scale is not None and bool(torch.isfinite(scale)) else 1.0
+    return sae.fold_activation_scale(scale).eval()

@@ -1,0 +1,139 @@
+"""The portable SAE export: ``sae.safetensors`` + ``cfg.json`` (DESIGN.md 2), read by :func:`load_sae`.
+
+An export takes raw activations: any activation normalisation used in training is folded into the weights first.
+``cfg.json`` records the architecture, sizes, threshold, hook point, model, the folded scale, the canon_pl version
+and the SHA-256 of the weights file, so a truncated or mismatched pair is detected instead of half-loaded.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from canon_pl.io.atomic import atomic_path, atomic_write_json, sha256_file
+from canon_pl.sae import SAEConfig, SAEConfigError, SparseAutoencoder, build_sae
+
+WEIGHTS_FILE = "sae.safetensors"
+CONFIG_FILE = "cfg.json"
+FORMAT_NAME = "canon_pl.sae"
+FORMAT_VERSION = 1
+PARAMETER_KEYS = ("W_enc", "b_enc", "W_dec", "b_dec", "threshold")
+
+
+class CheckpointError(ValueError):
+    """A file that is not a readable canon-pl SAE: corrupt, truncated, foreign or inconsistent."""
+
+
+def _version() -> str:
+    from canon_pl import __version__
+
+    return __version__
+
+
+def export_sae(
+    sae: SparseAutoencoder,
+    directory: str | os.PathLike,
+    activation_scale: float = 1.0,
+    extra: dict[str, Any] | None = None,
+) -> Path:
+    """Write ``sae`` (trained on ``x * activation_scale``) so that it takes raw activations.
+
+    Files are written atomically, weights first, so an interrupted export leaves the previous one readable.
+    Returns the directory.
+    """
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    folded = sae.fold_activation_scale(activation_scale) if activation_scale != 1.0 else sae
+    tensors = {key: getattr(folded, key).detach().float().cpu().contiguous() for key in PARAMETER_KEYS}
+    with atomic_path(directory / WEIGHTS_FILE) as tmp:
+        save_file(tensors, str(tmp), metadata={"format": FORMAT_NAME})
+        digest = sha256_file(tmp)
+    cfg = {
+        "format": FORMAT_NAME,
+        "format_version": FORMAT_VERSION,
+        "canon_pl_version": _version(),
+        "sae": sae.cfg.to_dict(),
+        "activation_scale_folded": float(activation_scale),
+        "normalize_activations": "none",
+        "threshold_initialized": bool(sae.threshold_initialized),
+        "weights_sha256": digest,
+        **(extra or {}),
+    }
+    atomic_write_json(directory / CONFIG_FILE, cfg)
+    return directory
+
+
+def read_export_config(directory: str | os.PathLike) -> dict[str, Any]:
+    """Parse and check ``cfg.json`` of an export directory."""
+    cfg_path = Path(directory) / CONFIG_FILE
+    if not cfg_path.is_file():
+        raise CheckpointError(f"{cfg_path} not found: a canon-pl export is a folder with {CONFIG_FILE} and {WEIGHTS_FILE}")
+    try:
+        cfg = json.loads(cfg_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise CheckpointError(f"{cfg_path} is not valid JSON ({err}); the export is corrupt: re-export it") from err
+    if not isinstance(cfg, dict) or cfg.get("format") != FORMAT_NAME:
+        raise CheckpointError(
+            f"{cfg_path} is not a canon-pl export (no \"format\": \"{FORMAT_NAME}\"); it may come from another "
+            f"library (SAELens, sparsify, dictionary_learning): those formats are not readable yet"
+        )
+    if cfg.get("format_version", 0) > FORMAT_VERSION:
+        raise CheckpointError(
+            f"{cfg_path} has format_version {cfg['format_version']}, newer than this canon_pl understands "
+            f"({FORMAT_VERSION}); upgrade canon_pl"
+        )
+    return cfg
+
+
+def load_export(directory: str | os.PathLike, device: str | torch.device = "cpu") -> SparseAutoencoder:
+    """Load an export folder into an SAE in eval mode that takes raw activations."""
+    directory = Path(directory)
+    cfg = read_export_config(directory)
+    weights_path = directory / WEIGHTS_FILE
+    if not weights_path.is_file():
+        raise CheckpointError(f"{weights_path} not found next to {CONFIG_FILE}: the export is incomplete; re-export it")
+    expected = cfg.get("weights_sha256")
+    if expected and sha256_file(weights_path) != expected:
+        raise CheckpointError(
+            f"{weights_path} does not match the checksum in {CONFIG_FILE}: the file is truncated, corrupt or from "
+            f"another export; re-export the SAE"
+        )
+    try:
+        sae_cfg = SAEConfig.from_dict(cfg["sae"])
+    except (KeyError, TypeError, SAEConfigError) as err:
+        raise CheckpointError(f"{directory / CONFIG_FILE}: invalid \"sae\" section: {err}") from err
+    try:
+        tensors = load_file(str(weights_path), device="cpu")
+    except (SafetensorError, OSError) as err:
+        raise CheckpointError(f"{weights_path} is not a readable safetensors file ({err}); re-export the SAE") from err
+    sae = build_sae(sae_cfg)
+    load_sae_tensors(sae, tensors, source=str(weights_path))
+    sae.threshold_initialized.fill_(bool(cfg.get("threshold_initialized", True)))
+    return sae.to(device).eval()
+
+
+def load_sae_tensors(sae: SparseAutoencoder, tensors: dict[str, torch.Tensor], source: str) -> None:
+    """Copy exactly the expected tensors into ``sae``, failing on missing, unknown or mis-shaped keys."""
+    missing = sorted(set(PARAMETER_KEYS) - set(tensors))
+    unknown = sorted(set(tensors) - set(PARAMETER_KEYS))
+    if missing or unknown:
+        raise CheckpointError(f"{source}: missing tensors {missing}, unknown tensors {unknown}; expected {list(PARAMETER_KEYS)}")
+    with torch.no_grad():
+        for key in PARAMETER_KEYS:
+            target = getattr(sae, key)
+            value = tensors[key]
+            if key == "threshold" and value.dim() == 0 and target.dim() == 0:
+                pass
+            elif value.shape != target.shape:
+                raise CheckpointError(
+                    f"{source}: tensor {key} has shape {tuple(value.shape)} but the config says {tuple(target.shape)}"
+                )
+            if not torch.isfinite(value).all():
+                raise CheckpointError(f"{source}: tensor {key} contains NaN or Inf")
+            target.copy_(value)

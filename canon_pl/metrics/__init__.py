@@ -1,0 +1,13 @@
+"""Metrics used everywhere (DESIGN.md 1.4), as torchmetrics ``Metric``s."""
+
+from canon_pl.metrics.reconstruction import ExplainedVariance, FractionOfVarianceUnexplained
+from canon_pl.metrics.sparsity import DeadLatentFraction, FiringDensity, FiringDensityHistogram, MeanL0
+
+__all__ = [
+    "DeadLatentFraction",
+    "ExplainedVariance",
+    "FiringDensity",
+    "FiringDensityHistogram",
+    "FractionOfVarianceUnexplained",
+    "MeanL0",
+]

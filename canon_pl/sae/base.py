@@ -1,0 +1,214 @@
+"""The sparse autoencoder shared by every architecture (DESIGN.md 1.1).
+
+Weights use one orientation everywhere: ``W_enc [d_in, d_sae]``, ``W_dec [d_sae, d_in]`` (rows are latent
+directions, unit norm). Subclasses decide which pre-activations survive (:meth:`select`); everything else —
+decoding, losses, AuxK, dead-latent tracking, folding the activation scale — lives here.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from canon_pl.sae.config import SAEConfig
+
+
+@dataclass
+class SparseActivations:
+    """The non-zero latent activations of a batch, in row-major order.
+
+    rows: ``[n]`` token index of each non-zero (non-decreasing); cols: ``[n]`` latent index; values: ``[n]`` > 0.
+    """
+
+    rows: Tensor
+    cols: Tensor
+    values: Tensor
+    batch_size: int
+
+    def to_dense(self, d_sae: int) -> Tensor:
+        """``[batch, d_sae]`` tensor, differentiable with respect to ``values``."""
+        dense = self.values.new_zeros(self.batch_size, d_sae)
+        return dense.index_put((self.rows, self.cols), self.values)
+
+
+@dataclass
+class TrainStepOutput:
+    """What one training forward produces: the loss to minimise plus its parts and the batch's activations."""
+
+    loss: Tensor
+    losses: dict[str, Tensor]
+    x_hat: Tensor  # [batch, d_in]
+    feature_acts: Tensor  # [batch, d_sae], detached
+    metrics: dict[str, Tensor] = field(default_factory=dict)
+
+
+class SparseAutoencoder(nn.Module):
+    """Base SAE: ``x_hat = f(x) @ W_dec + b_dec`` with ``f`` chosen by the subclass."""
+
+    architecture: str = ""
+
+    def __init__(self, cfg: SAEConfig) -> None:
+        super().__init__()
+        if cfg.architecture != self.architecture:
+            raise ValueError(f"{type(self).__name__} needs architecture {self.architecture!r}, got {cfg.architecture!r}")
+        self.cfg = cfg
+        d_in, d_sae = cfg.d_in, cfg.d_sae
+        w = torch.empty(d_sae, d_in)
+        nn.init.kaiming_uniform_(w)  # fan-in d_in, as for a Linear(d_in -> d_sae)
+        self.W_enc = nn.Parameter(w.T.contiguous())
+        self.b_enc = nn.Parameter(torch.zeros(d_sae))
+        self.W_dec = nn.Parameter(F.normalize(w, dim=-1))
+        self.b_dec = nn.Parameter(torch.zeros(d_in))
+        # Inference threshold: a scalar for BatchTopK (or [d_sae] for per-latent thresholds).
+        self.register_buffer("threshold", torch.zeros(()))
+        self.register_buffer("threshold_initialized", torch.zeros((), dtype=torch.bool))
+        # Training tokens since each latent last fired; drives AuxK and the dead fraction.
+        self.register_buffer("tokens_since_fired", torch.zeros(d_sae, dtype=torch.long))
+
+    @property
+    def d_in(self) -> int:
+        return self.cfg.d_in
+
+    @property
+    def d_sae(self) -> int:
+        return self.cfg.d_sae
+
+    # ----------------------------------------------------------------------------------------------- encoding
+    def pre_activations(self, x: Tensor) -> Tensor:
+        """``relu((x - b_dec) @ W_enc + b_enc)``.
+
+        x: ``[batch, d_in]`` -> ``[batch, d_sae]``. Written as ``x @ W_enc - b_dec @ W_enc`` so that the backward
+        pass never forms a ``[batch, d_in]`` gradient for ``b_dec`` through a second large matmul.
+        """
+        return torch.relu(x @ self.W_enc + (self.b_enc - self.b_dec @ self.W_enc))
+
+    def select(self, pre: Tensor, inference: bool) -> SparseActivations | Tensor:
+        """Keep the surviving activations. pre: ``[batch, d_sae]`` (non-negative).
+
+        Returns a :class:`SparseActivations` (decoded sparsely) or a dense ``[batch, d_sae]`` tensor.
+        """
+        raise NotImplementedError
+
+    def encode(self, x: Tensor, inference: bool = False) -> Tensor:
+        """Latent activations. x: ``[batch, d_in]`` -> ``[batch, d_sae]``.
+
+        ``inference=True`` uses the saved threshold (BatchTopK), so each latent is independent of the batch.
+        """
+        acts = self.select(self.pre_activations(x), inference)
+        return acts.to_dense(self.d_sae) if isinstance(acts, SparseActivations) else acts
+
+    # ----------------------------------------------------------------------------------------------- decoding
+    def decode(self, feature_acts: Tensor) -> Tensor:
+        """feature_acts: ``[batch, d_sae]`` -> ``[batch, d_in]``."""
+        return feature_acts @ self.W_dec + self.b_dec
+
+    def decode_sparse(self, acts: SparseActivations) -> Tensor:
+        """Decode touching only the selected rows of ``W_dec``: ``[batch, d_in]``."""
+        counts = torch.bincount(acts.rows, minlength=acts.batch_size)
+        offsets = torch.cumsum(counts, 0) - counts
+        out = F.embedding_bag(acts.cols, self.W_dec, offsets, mode="sum", per_sample_weights=acts.values)
+        return out + self.b_dec
+
+    def _decode_any(self, acts: SparseActivations | Tensor) -> Tensor:
+        return self.decode_sparse(acts) if isinstance(acts, SparseActivations) else self.decode(acts)
+
+    def forward(self, x: Tensor, inference: bool = True) -> Tensor:
+        """Reconstruction. x: ``[batch, d_in]`` -> ``[batch, d_in]`` (inference mode by default)."""
+        return self._decode_any(self.select(self.pre_activations(x), inference))
+
+    # ----------------------------------------------------------------------------------------------- training
+    def training_forward(self, x: Tensor) -> TrainStepOutput:
+        """Loss for one training batch. x: ``[batch, d_in]`` (already normalised).
+
+        Updates the training state (dead-latent counters, inference threshold) as a side effect.
+        """
+        pre = self.pre_activations(x)
+        acts = self.select(pre, inference=False)
+        x_hat = self._decode_any(acts)
+        mse = F.mse_loss(x_hat, x)
+        dense = acts.to_dense(self.d_sae) if isinstance(acts, SparseActivations) else acts
+        losses: dict[str, Tensor] = {"mse": mse}
+        losses.update(self.sparsity_losses(dense))
+        with torch.no_grad():
+            self._update_dead_counters(acts, x.shape[0])
+        if self.cfg.aux_coefficient > 0:
+            losses["auxk"] = self.cfg.aux_coefficient * self.auxk_loss(pre, x, x_hat)
+        loss = torch.stack(list(losses.values())).sum()
+        return TrainStepOutput(loss=loss, losses=losses, x_hat=x_hat.detach(), feature_acts=dense.detach())
+
+    def sparsity_losses(self, feature_acts: Tensor) -> dict[str, Tensor]:
+        """Extra penalties on the activations ``[batch, d_sae]`` (none for the TopK family)."""
+        return {}
+
+    def dead_mask(self) -> Tensor:
+        """``[d_sae]`` bool: latents silent for at least ``dead_tokens_threshold`` training tokens."""
+        return self.tokens_since_fired >= self.cfg.dead_tokens_threshold
+
+    def _update_dead_counters(self, acts: SparseActivations | Tensor, batch_size: int) -> None:
+        if isinstance(acts, SparseActivations):
+            fired = torch.zeros(self.d_sae, dtype=torch.bool, device=acts.cols.device)
+            fired[acts.cols] = True
+        else:
+            fired = (acts > 0).any(dim=0)
+        self.tokens_since_fired += batch_size
+        self.tokens_since_fired[fired] = 0
+
+    def auxk_loss(self, pre: Tensor, x: Tensor, x_hat: Tensor) -> Tensor:
+        """AuxK: reconstruct the residual from the top ``aux_k`` dead latents of each token.
+
+        pre: ``[batch, d_sae]``, x and x_hat: ``[batch, d_in]``. Zero (with a graph) when no latent is dead.
+        """
+        dead = self.dead_mask()
+        n_dead = int(dead.sum())
+        if n_dead == 0:
+            return pre.new_zeros(()) + 0.0 * pre.sum()
+        k_aux = min(self.cfg.aux_k, n_dead, self.d_sae // 2 or 1)
+        residual = (x - x_hat).detach()
+        masked = pre.masked_fill(~dead, float("-inf"))
+        values, cols = masked.topk(k_aux, dim=-1, sorted=False)  # [batch, k_aux]
+        values = values.clamp_min(0.0)
+        residual_hat = F.embedding_bag(cols, self.W_dec, mode="sum", per_sample_weights=values)
+        return F.mse_loss(residual_hat, residual)
+
+    @torch.no_grad()
+    def update_threshold(self, smallest_kept: Tensor) -> None:
+        """EMA of the smallest kept activation per batch (the BatchTopK inference threshold)."""
+        if not bool(self.threshold_initialized):
+            self.threshold.copy_(smallest_kept)
+            self.threshold_initialized.fill_(True)
+        else:
+            m = self.cfg.threshold_momentum
+            self.threshold.mul_(m).add_((1.0 - m) * smallest_kept)
+
+    # ----------------------------------------------------------------------------------------------- decoder constraint
+    @torch.no_grad()
+    def remove_parallel_decoder_grad(self) -> None:
+        """Project out the component of each ``W_dec`` row's gradient parallel to the row (call before a step)."""
+        grad = self.W_dec.grad
+        if grad is None:
+            return
+        unit = F.normalize(self.W_dec, dim=-1)
+        grad -= (grad * unit).sum(dim=-1, keepdim=True) * unit
+
+    @torch.no_grad()
+    def normalize_decoder(self) -> None:
+        """Rescale every ``W_dec`` row to unit norm (call after each optimizer step)."""
+        self.W_dec.div_(self.W_dec.norm(dim=-1, keepdim=True).clamp_min(1e-12))
+
+    # ----------------------------------------------------------------------------------------------- export
+    @torch.no_grad()
+    def fold_activation_scale(self, scale: float) -> SparseAutoencoder:
+        """A copy that takes raw activations, for an SAE trained on ``x * scale``.
+
+        The pre-activations and outputs are divided by ``scale`` (``b_enc``, ``b_dec`` and the threshold with them);
+        ``W_enc`` and the unit-norm ``W_dec`` are unchanged, so latent directions and top-k choices are identical.
+        """
+        folded = copy.deepcopy(self)
+        folded.b_enc.div_(scale)
+        folded.b_dec.div_(scale)
+        folded.threshold.div_(scale)
+        return folded

@@ -1,0 +1,76 @@
+"""The SAE's architecture hyper-parameters, as one serialisable dataclass."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+ARCHITECTURES = ("batchtopk", "topk", "relu")
+
+
+class SAEConfigError(ValueError):
+    """A hyper-parameter that cannot describe a valid SAE."""
+
+
+@dataclass
+class SAEConfig:
+    """Architecture of one sparse autoencoder (DESIGN.md 1.1)."""
+
+    d_in: int
+    """Width of the activations the SAE reads (the model's d_model for a residual stream)."""
+    d_sae: int
+    """Number of latents (rows of ``W_dec``)."""
+    architecture: str = "batchtopk"
+    """``batchtopk`` (default), ``topk`` or ``relu`` (ReLU + L1)."""
+    k: int = 32
+    """Active latents per token: exact for ``topk``, on average over the batch for ``batchtopk``."""
+    l1_coefficient: float = 5.0
+    """Weight of the L1 penalty (``relu`` only)."""
+    aux_k: int = 512
+    """Dead latents used per token by the AuxK loss (capped at ``d_sae // 2``)."""
+    aux_coefficient: float = 1.0 / 32.0
+    """Weight of the AuxK loss; 0 disables it."""
+    dead_tokens_threshold: int = 10_000_000
+    """A latent that has not fired for this many training tokens counts as dead."""
+    threshold_momentum: float = 0.99
+    """EMA momentum of the BatchTopK inference threshold (smallest kept activation per batch)."""
+    hook_point: str | None = None
+    """Where the activations come from (for example ``model.layers.12``)."""
+    model_id: str | None = None
+    """The language model the activations come from."""
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise :class:`SAEConfigError` naming the first invalid field and how to fix it."""
+        if self.architecture not in ARCHITECTURES:
+            raise SAEConfigError(
+                f"unknown SAE architecture {self.architecture!r}; choose one of {', '.join(ARCHITECTURES)}"
+            )
+        if self.d_in <= 0 or self.d_sae <= 0:
+            raise SAEConfigError(f"d_in and d_sae must be positive, got d_in={self.d_in}, d_sae={self.d_sae}")
+        if self.architecture in ("batchtopk", "topk"):
+            if not 0 < self.k <= self.d_sae:
+                raise SAEConfigError(
+                    f"k={self.k} must be between 1 and d_sae={self.d_sae}: a token cannot use more latents than "
+                    f"the SAE has; lower k or raise d_sae"
+                )
+        if self.aux_k <= 0 or self.aux_coefficient < 0:
+            raise SAEConfigError(f"aux_k must be > 0 and aux_coefficient >= 0, got {self.aux_k}, {self.aux_coefficient}")
+        if self.dead_tokens_threshold <= 0:
+            raise SAEConfigError(f"dead_tokens_threshold must be > 0, got {self.dead_tokens_threshold}")
+        if not 0.0 <= self.threshold_momentum < 1.0:
+            raise SAEConfigError(f"threshold_momentum must be in [0, 1), got {self.threshold_momentum}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> SAEConfig:
+        """Build from a dict, rejecting keys this version does not know (they would be silently lost)."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise SAEConfigError(f"unknown SAE config keys {unknown}; known keys are {sorted(known)}")
+        return cls(**data)

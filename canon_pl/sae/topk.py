@@ -1,0 +1,24 @@
+"""TopK SAE (Gao et al. 2024): the top ``k`` activations of each token survive, in training and inference."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from canon_pl.sae.base import SparseActivations, SparseAutoencoder
+
+
+class TopKSAE(SparseAutoencoder):
+    """Exactly ``k`` latents per token (fewer only where fewer pre-activations are positive)."""
+
+    architecture = "topk"
+
+    def select(self, pre: Tensor, inference: bool) -> SparseActivations:
+        batch = pre.shape[0]
+        values, cols = pre.topk(self.cfg.k, dim=-1, sorted=False)  # [batch, k]
+        rows = torch.arange(batch, device=pre.device).repeat_interleave(self.cfg.k)
+        values, cols = values.reshape(-1), cols.reshape(-1)
+        keep = values > 0
+        if self.training and not inference and bool(keep.any()):
+            self.update_threshold(values.detach()[keep].min())
+        return SparseActivations(rows=rows[keep], cols=cols[keep], values=values[keep], batch_size=batch)

@@ -1,0 +1,21 @@
+"""Lightning wrappers: the SAE LightningModule, activation DataModules and callbacks."""
+
+from canon_pl.training.callbacks import SAEExportCallback, StepProgressBar
+from canon_pl.training.datamodules import (
+    ActivationShardDataModule,
+    ResumableStreamDataModule,
+    SyntheticActivationDataModule,
+)
+from canon_pl.training.module import InputShapeError, NonFiniteError, SAEModule, default_learning_rate
+
+__all__ = [
+    "ActivationShardDataModule",
+    "InputShapeError",
+    "NonFiniteError",
+    "ResumableStreamDataModule",
+    "SAEExportCallback",
+    "SAEModule",
+    "StepProgressBar",
+    "SyntheticActivationDataModule",
+    "default_learning_rate",
+]

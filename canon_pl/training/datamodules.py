@@ -1,0 +1,162 @@
+"""DataModules that stream ``[batch, d_in]`` activation batches, resumable at the exact batch.
+
+Training streams are infinite (``Trainer.max_steps`` sets the length). Each DataModule counts the training
+batches it has handed to the model and stores that position in the Lightning checkpoint, so a resumed run
+continues with the next batch: no batch repeated or skipped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import lightning as L
+from torch import Tensor
+from torch.utils.data import DataLoader, IterableDataset
+
+from canon_pl.data import ShardError, ShardIndex, SyntheticSparseActivations, iterate_shard_batches
+
+
+class _BatchStream(IterableDataset):
+    """An iterable over ready-made batches produced by ``make_iterator()``."""
+
+    def __init__(self, make_iterator: Callable[[], Iterator[Tensor]]) -> None:
+        self.make_iterator = make_iterator
+
+    def __iter__(self) -> Iterator[Tensor]:
+        return self.make_iterator()
+
+
+def _loader(make_iterator: Callable[[], Iterator[Tensor]]) -> DataLoader:
+    return DataLoader(_BatchStream(make_iterator), batch_size=None, num_workers=0)
+
+
+class ResumableStreamDataModule(L.LightningDataModule):
+    """Base: tracks how many training batches were consumed and restarts the stream there after a resume."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.train_batches_consumed = 0
+
+    @property
+    def d_in(self) -> int:
+        raise NotImplementedError
+
+    def train_batches(self, start_batch: int) -> Iterator[Tensor]:
+        """Training batches from position ``start_batch`` onwards."""
+        raise NotImplementedError
+
+    def train_dataloader(self) -> DataLoader:
+        start = self.train_batches_consumed
+        return _loader(lambda: self.train_batches(start))
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        if self.trainer is not None and self.trainer.training:
+            self.train_batches_consumed += 1
+        return batch
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"train_batches_consumed": self.train_batches_consumed}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.train_batches_consumed = int(state_dict["train_batches_consumed"])
+
+
+class SyntheticActivationDataModule(ResumableStreamDataModule):
+    """Sparse non-negative combinations of a known dictionary plus noise (see ``SyntheticSparseActivations``)."""
+
+    def __init__(
+        self,
+        d_in: int = 64,
+        n_features: int = 256,
+        active_per_token: float = 4.0,
+        noise_std: float = 0.01,
+        batch_size: int = 1024,
+        val_batches: int = 4,
+        seed: int = 0,
+    ) -> None:
+        """
+        Args:
+            d_in: Width of the activations.
+            n_features: Number of true directions.
+            active_per_token: Mean number of true directions active in a token.
+            noise_std: Standard deviation of the Gaussian noise added to every coordinate.
+            batch_size: Tokens per batch.
+            val_batches: Held-out batches for validation (drawn from a disjoint part of the stream).
+            seed: Seed of the dictionary and of the stream.
+        """
+        super().__init__()
+        self.save_hyperparameters()
+        if batch_size <= 0 or val_batches < 0:
+            raise ValueError(f"batch_size must be > 0 and val_batches >= 0, got {batch_size}, {val_batches}")
+        self.source = SyntheticSparseActivations(d_in, n_features, active_per_token, noise_std, seed=seed)
+
+    @property
+    def d_in(self) -> int:
+        return self.source.d_in
+
+    def train_batches(self, start_batch: int) -> Iterator[Tensor]:
+        index = start_batch
+        while True:
+            yield self.source.batch(index, self.hparams.batch_size)
+            index += 1
+
+    def val_dataloader(self) -> DataLoader:
+        n, bs = self.hparams.val_batches, self.hparams.batch_size
+        # Validation draws from negative indices: never part of the training stream.
+        return _loader(lambda: (self.source.batch(-1 - i, bs) for i in range(n)))
+
+
+class ActivationShardDataModule(ResumableStreamDataModule):
+    """Activations cached on disk as safetensors shards (``canon_pl.data.write_activation_shards``)."""
+
+    def __init__(
+        self,
+        path: str,
+        batch_size: int = 4096,
+        val_path: str | None = None,
+        shards_in_memory: int = 4,
+        seed: int = 0,
+        verify_checksums: bool = True,
+    ) -> None:
+        """
+        Args:
+            path: Folder with ``index.json`` and the shards.
+            batch_size: Tokens per batch.
+            val_path: Separate cache for validation; ``None`` holds out the last shard when there are several.
+            shards_in_memory: Shards loaded and shuffled together.
+            seed: Shuffling seed.
+            verify_checksums: Check every shard against its SHA-256 in the index when it is read.
+        """
+        super().__init__()
+        self.save_hyperparameters()
+        self.index = ShardIndex.load(path)
+        self.val_index = ShardIndex.load(val_path) if val_path else None
+        if self.val_index is not None and self.val_index.d_in != self.index.d_in:
+            raise ShardError(f"val_path has d_in={self.val_index.d_in} but path has d_in={self.index.d_in}")
+        n = len(self.index.shards)
+        self.train_ids = list(range(n - 1)) if self.val_index is None and n > 1 else list(range(n))
+        self.val_ids = [n - 1] if self.val_index is None and n > 1 else []
+        if sum(int(self.index.shards[i]["n_tokens"]) for i in self.train_ids) < batch_size:
+            raise ShardError(f"the cache at {path} has fewer training tokens than one batch of {batch_size}; lower batch_size")
+
+    @property
+    def d_in(self) -> int:
+        return self.index.d_in
+
+    def train_batches(self, start_batch: int) -> Iterator[Tensor]:
+        hp = self.hparams
+        return iterate_shard_batches(self.index, self.train_ids, hp.batch_size, hp.seed, hp.shards_in_memory, start_batch)
+
+    def val_dataloader(self) -> DataLoader | list:
+        index, ids = (self.val_index, list(range(len(self.val_index.shards)))) if self.val_index else (self.index, self.val_ids)
+        if not ids:
+            return []
+        bs = self.hparams.batch_size
+
+        def batches() -> Iterator[Tensor]:
+            for i in ids:
+                acts = index.read_shard(i, verify=self.hparams.verify_checksums)
+                yield from acts.split(bs)
+
+        return _loader(batches)

@@ -1,0 +1,23 @@
+"""Small builders shared by the Lightning tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning as L
+from lightning.pytorch.callbacks import ModelCheckpoint
+
+SMALL_SAE = dict(d_in=48, d_sae=192, k=3, lr=3e-3, aux_k=32, dead_tokens_threshold=20_000)
+SMALL_DATA = dict(d_in=48, n_features=96, active_per_token=3.0, batch_size=1024, val_batches=2, seed=0)
+
+
+def make_trainer(root: Path, max_steps: int, every_n_steps: int | None = None, **kwargs) -> L.Trainer:
+    callbacks = list(kwargs.pop("callbacks", []))
+    if every_n_steps:
+        callbacks.append(ModelCheckpoint(dirpath=root / "ckpt", every_n_train_steps=every_n_steps, save_top_k=-1,
+                                         save_last=True))
+    return L.Trainer(
+        default_root_dir=root, max_steps=max_steps, accelerator="cpu", devices=1, logger=False,
+        enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=bool(every_n_steps),
+        callbacks=callbacks, num_sanity_val_steps=0, **kwargs,
+    )

@@ -1,0 +1,19 @@
+"""Benchmarks stay runnable and keep their contract: the last line is `ratio: <number>`."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_bench_sae_step_runs_and_ends_with_a_ratio() -> None:
+    result = subprocess.run([sys.executable, str(REPO / "benchmarks" / "bench_sae_step.py"), "--quick"],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.strip().splitlines()
+    assert re.fullmatch(r"ratio: \d+\.\d+", lines[-1])
+    assert any("one-matmul limit" in line for line in lines)

@@ -1,0 +1,81 @@
+"""The commands researchers type: every config instantiates, `lightning fit` trains, resumes and fails cleanly."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from canon_pl import load_sae
+from canon_pl.cli import run_lightning_cli
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = sorted((REPO / "configs").glob("**/*.yaml"))
+BIN = Path(sys.executable).parent
+
+
+def run_cli(*args: str, cwd: Path, script: str = "lightning") -> subprocess.CompletedProcess:
+    return subprocess.run([str(BIN / script), *args], cwd=cwd, capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=[c.name for c in CONFIGS])
+def test_every_config_instantiates(config: Path, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    cli = run_lightning_cli(["--config", str(config)], run=False)
+    assert cli.model is not None and cli.datamodule is not None and cli.trainer is not None
+    assert getattr(cli.datamodule, "d_in", None) == cli.model.hparams.d_in
+
+
+def test_lightning_fit_trains_exports_and_resumes(tmp_path: Path) -> None:
+    config = str(REPO / "configs" / "sae_synthetic.yaml")
+    first = run_cli("fit", "--config", config, "--trainer.max_steps", "500", "--trainer.val_check_interval", "250",
+                    "--trainer.enable_progress_bar", "false", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    run = tmp_path / "checkpoints" / "sae_synthetic"
+    assert (run / "ckpt" / "last.ckpt").is_file()
+    sae = load_sae(run)
+    assert sae.cfg.d_sae == 256 and bool(sae.threshold_initialized)
+
+    resumed = run_cli("fit", "--config", config, "--trainer.max_steps", "520", "--trainer.enable_progress_bar", "false",
+                      "--ckpt_path", str(run / "ckpt" / "last.ckpt"), cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    import json
+
+    assert json.loads((run / "cfg.json").read_text())["training"]["global_step"] == 520
+    exported = run_cli("export", "--ckpt", str(run / "ckpt" / "last.ckpt"), "--out", str(tmp_path / "exp"),
+                       cwd=tmp_path, script="canon-pl")
+    assert exported.returncode == 0, exported.stderr
+    x = torch.randn(8, 64)
+    assert torch.allclose(load_sae(tmp_path / "exp")(x), load_sae(run / "ckpt" / "last.ckpt")(x), atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        (["--model.init_args.bogus_key", "1"], "bogus_key"),
+        (["--model", "canon_pl.training.NoSuchModule"], "NoSuchModule"),
+        (["--model.init_args.k", "1000"], "k=1000 must be between 1 and d_sae=256"),
+        (["--model.init_args.d_in", "32"], "d_in: 64"),
+    ],
+)
+def test_bad_config_gets_one_clear_error_and_writes_nothing(tmp_path: Path, override: list[str], message: str) -> None:
+    result = run_cli("fit", "--config", str(REPO / "configs" / "sae_synthetic.yaml"), *override, cwd=tmp_path)
+    assert result.returncode != 0
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "checkpoints" / "sae_synthetic" / "ckpt").exists()
+    assert not (tmp_path / "checkpoints" / "sae_synthetic" / "sae.safetensors").exists()
+
+
+def test_readme_set_up_commands_are_the_ones_ci_and_make_run() -> None:
+    readme = (REPO / "README.md").read_text()
+    assert "make main" in readme and "make test" in readme
+    assert "make test" in (REPO / ".ci" / "run").read_text()
+    for target in ("main", "test"):
+        dry = subprocess.run(["make", "-n", target], cwd=REPO, capture_output=True, text=True)
+        assert dry.returncode == 0, dry.stderr
+    assert "constraints-cpu.txt" in (REPO / "Makefile").read_text()
+    assert "torch==2.13.0" in (REPO / "constraints-cpu.txt").read_text()

@@ -1,0 +1,168 @@
+"""The SAE maths researchers rely on: sparsity counts, decoder constraint, exactness of the fast paths."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from canon_pl.data import SyntheticSparseActivations
+from canon_pl.sae import BatchTopKSAE, SAEConfig, SAEConfigError, batch_topk, build_sae
+
+
+def make_sae(architecture: str = "batchtopk", d_in: int = 16, d_sae: int = 64, k: int = 4, **kw) -> torch.nn.Module:
+    return build_sae(SAEConfig(d_in=d_in, d_sae=d_sae, architecture=architecture, k=k, **kw))
+
+
+def positive_inputs(batch: int = 32, d_in: int = 16) -> torch.Tensor:
+    return torch.randn(batch, d_in) + 0.5
+
+
+def test_batchtopk_training_keeps_exactly_k_times_batch_activations() -> None:
+    sae = make_sae(k=4)
+    out = sae.training_forward(positive_inputs(32))
+    assert int((out.feature_acts > 0).sum()) == 4 * 32
+    per_token = (out.feature_acts > 0).sum(dim=1)
+    assert per_token.float().std() > 0  # the budget is shared over the batch, not fixed per token
+
+
+def test_topk_keeps_exactly_k_per_token() -> None:
+    sae = make_sae("topk", k=5)
+    acts = sae.encode(positive_inputs(32))
+    assert torch.equal((acts > 0).sum(dim=1), torch.full((32,), 5))
+
+
+@pytest.mark.parametrize("lower_bound", [None, 0.5, 0.95, 0.999])
+def test_batch_topk_selection_equals_torch_topk_over_the_flattened_batch(lower_bound: float | None) -> None:
+    """Exact whether the candidate pre-filter holds enough entries (0.5, 0.95) or must fall back (0.999)."""
+    pre = torch.rand(64, 300)
+    acts = batch_topk(pre, 64 * 7, lower_bound=lower_bound)
+    dense = acts.to_dense(300)
+    expected = torch.zeros_like(pre).view(-1)
+    values, idx = pre.view(-1).topk(64 * 7)
+    expected[idx] = values
+    assert torch.equal(dense, expected.view(64, 300))
+
+
+def test_inference_threshold_makes_latents_independent_of_the_batch() -> None:
+    sae = make_sae()
+    sae.threshold.fill_(0.3)
+    x = positive_inputs(8)
+    alone = torch.cat([sae.encode(x[i:i + 1], inference=True) for i in range(8)])
+    together = sae.encode(x, inference=True)
+    assert torch.allclose(alone, together)
+    pre = sae.pre_activations(x)
+    assert torch.equal(together > 0, pre > 0.3)
+
+
+def naive_batchtopk_loss(sae: BatchTopKSAE, x: torch.Tensor) -> torch.Tensor:
+    """DESIGN.md 1.1 written out densely: the reference for the fast path."""
+    pre = torch.relu((x - sae.b_dec) @ sae.W_enc + sae.b_enc)
+    k_total = sae.cfg.k * x.shape[0]
+    flat = pre.flatten()
+    mask = torch.zeros_like(flat, dtype=torch.bool)
+    mask[flat.topk(k_total).indices] = True
+    f = (flat * mask).view_as(pre)
+    x_hat = f @ sae.W_dec + sae.b_dec
+    return F.mse_loss(x_hat, x)
+
+
+@pytest.mark.parametrize("architecture", ["batchtopk", "topk"])
+def test_sparse_fast_path_matches_naive_formula_including_gradients(architecture: str) -> None:
+    sae = make_sae(architecture, d_in=24, d_sae=96, k=6, aux_coefficient=0.0)
+    with torch.no_grad():
+        sae.b_dec.normal_()
+        sae.b_enc.normal_(std=0.1)
+    x = torch.randn(40, 24) * 2
+    fast = sae.training_forward(x).loss
+    fast_grads = torch.autograd.grad(fast, list(sae.parameters()))
+    if architecture == "batchtopk":
+        naive = naive_batchtopk_loss(sae, x)
+    else:
+        pre = torch.relu((x - sae.b_dec) @ sae.W_enc + sae.b_enc)
+        vals, idx = pre.topk(6, dim=-1)
+        f = torch.zeros_like(pre).scatter(-1, idx, vals)
+        naive = F.mse_loss(f @ sae.W_dec + sae.b_dec, x)
+    naive_grads = torch.autograd.grad(naive, list(sae.parameters()))
+    assert torch.allclose(fast, naive, rtol=1e-5, atol=1e-6)
+    for (name, _), g_fast, g_naive in zip(sae.named_parameters(), fast_grads, naive_grads):
+        assert torch.allclose(g_fast, g_naive, rtol=1e-4, atol=1e-6), name
+
+
+def test_decoder_rows_stay_unit_norm_and_parallel_gradient_is_removed() -> None:
+    sae = make_sae(d_sae=48)
+    opt = torch.optim.Adam(sae.parameters(), lr=1e-2)
+    for _ in range(5):
+        loss = sae.training_forward(positive_inputs(64)).loss
+        opt.zero_grad()
+        loss.backward()
+        sae.remove_parallel_decoder_grad()
+        parallel = (sae.W_dec.grad * sae.W_dec).sum(dim=-1)
+        assert parallel.abs().max() < 1e-6
+        opt.step()
+        sae.normalize_decoder()
+        assert torch.allclose(sae.W_dec.norm(dim=-1), torch.ones(48), atol=1e-5)
+
+
+def test_folding_the_activation_scale_gives_an_sae_for_raw_activations() -> None:
+    sae = make_sae()
+    with torch.no_grad():
+        sae.b_dec.normal_()
+        sae.b_enc.normal_(std=0.1)
+    sae.threshold.fill_(0.2)
+    scale = 3.7
+    x = positive_inputs(20) * 10
+    folded = sae.fold_activation_scale(scale)
+    assert torch.allclose(folded(x), sae(x * scale) / scale, atol=1e-5)
+    assert torch.allclose(folded.W_dec, sae.W_dec)
+    assert torch.equal(folded.encode(x, inference=True) > 0, sae.encode(x * scale, inference=True) > 0)
+
+
+def test_relu_sae_pays_an_l1_penalty() -> None:
+    sae = make_sae("relu", l1_coefficient=2.0)
+    out = sae.training_forward(positive_inputs())
+    assert set(out.losses) >= {"mse", "l1"}
+    assert out.losses["l1"] > 0
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(d_in=16, d_sae=8, k=9), "k=9"),
+        (dict(d_in=16, d_sae=8, architecture="gated"), "unknown SAE architecture"),
+        (dict(d_in=0, d_sae=8), "positive"),
+    ],
+)
+def test_invalid_configs_fail_with_a_message_naming_the_problem(kwargs: dict, message: str) -> None:
+    with pytest.raises(SAEConfigError, match=message):
+        SAEConfig(**kwargs)
+
+
+def train_core(sae, source: SyntheticSparseActivations, steps: int, batch: int = 512, lr: float = 3e-3) -> None:
+    x0 = source.batch(0, batch)
+    scale = (source.d_in / x0.pow(2).sum(-1).mean()).sqrt()
+    with torch.no_grad():
+        sae.b_dec.copy_((x0 * scale).mean(0))
+    opt = torch.optim.Adam(sae.parameters(), lr=lr, betas=(0.9, 0.99))
+    for i in range(steps):
+        loss = sae.training_forward(source.batch(i, batch) * scale).loss
+        opt.zero_grad()
+        loss.backward()
+        sae.remove_parallel_decoder_grad()
+        opt.step()
+        sae.normalize_decoder()
+
+
+@pytest.mark.parametrize("aux_coefficient", [1 / 32, 0.0])
+def test_auxk_revives_latents_killed_at_initialisation(aux_coefficient: float) -> None:
+    """Half the encoder columns are shrunk so those latents never win the top-k: only AuxK brings them back."""
+    source = SyntheticSparseActivations(d_in=32, n_features=64, active_per_token=3, seed=0)
+    sae = make_sae(d_in=32, d_sae=64, k=3, aux_k=32, dead_tokens_threshold=5120, aux_coefficient=aux_coefficient)
+    with torch.no_grad():
+        sae.W_enc[:, :32] *= 0.05
+    train_core(sae, source, steps=600)
+    dead_among_killed = sae.dead_mask()[:32].float().mean().item()
+    if aux_coefficient > 0:
+        assert dead_among_killed < 0.25
+    else:
+        assert dead_among_killed > 0.9  # the control: without AuxK they stay dead
