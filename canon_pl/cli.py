@@ -82,24 +82,47 @@ def export_command(argv: list[str]) -> int:
     return 0
 
 
-COMMANDS = {"export": export_command}
+def cache_command(argv: list[str]) -> int:
+    """``canon-pl cache --config CFG --out DIR --tokens N``: write the config's activation stream to disk shards."""
+    parser = argparse.ArgumentParser(prog="canon-pl cache", description=cache_command.__doc__)
+    parser.add_argument("--config", required=True, help="a fit config whose data is an ActivationDataModule")
+    parser.add_argument("--out", required=True, help="folder for the shards and index.json")
+    parser.add_argument("--tokens", type=int, required=True, help="number of activation vectors to write")
+    parser.add_argument("--dtype", default="float16", choices=["float16", "bfloat16", "float32"])
+    ns = parser.parse_args(argv)
+    from canon_pl.training import ActivationDataModule
+    from canon_pl.training.cache import write_activation_cache
+
+    data = run_lightning_cli(["--config", ns.config], run=False).datamodule
+    if not isinstance(data, ActivationDataModule):
+        print(f"canon-pl cache: error: {ns.config} does not use ActivationDataModule", file=sys.stderr)
+        return 2
+    index = write_activation_cache(data, ns.out, ns.tokens, ns.dtype)
+    print(f"wrote {index.n_tokens} activations ({len(index.shards)} shards) to {ns.out}; train on them with "
+          f"data.class_path: canon_pl.training.ActivationShardDataModule, data.init_args.path: {ns.out}")
+    return 0
+
+
+COMMANDS = {"export": export_command, "cache": cache_command}
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
     """Errors caused by the user's input: shown as one line, not a traceback."""
     from canon_pl.data import ShardError
     from canon_pl.io import CheckpointError
+    from canon_pl.lm import ContextLengthError, HookPointError, ModelLoadError, TextSourceError
     from canon_pl.sae import SAEConfigError
     from canon_pl.training import InputShapeError, NonFiniteError
 
-    return (SAEConfigError, CheckpointError, ShardError, InputShapeError, NonFiniteError)
+    return (SAEConfigError, CheckpointError, ShardError, InputShapeError, NonFiniteError, HookPointError,
+            ModelLoadError, TextSourceError, ContextLengthError)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
-    if args and args[0] in COMMANDS:
-        return COMMANDS[args[0]](args[1:])
     try:
+        if args and args[0] in COMMANDS:
+            return COMMANDS[args[0]](args[1:])
         run_lightning_cli(argv)  # None: LightningCLI reads sys.argv itself
     except Exception as err:  # noqa: BLE001 - re-raised unless it wraps a user error
         cause = _find_user_error(err)

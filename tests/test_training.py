@@ -87,12 +87,12 @@ class _PoisonedData(SyntheticActivationDataModule):
         super().__init__(**kwargs)
         self.poison_at, self.value = poison_at, value
 
-    def train_batches(self, start_batch: int):
-        for i, batch in enumerate(super().train_batches(start_batch), start=start_batch):
-            if i == self.poison_at:
+    def train_batches(self, start: int):
+        for position, batch in super().train_batches(start):
+            if position - 1 == self.poison_at:
                 batch = batch.clone()
                 batch[0, 0] = self.value
-            yield batch
+            yield position, batch
 
 
 @pytest.mark.parametrize("value, message", [(float("nan"), "NaN/Inf activations"), (1e30, "loss became non-finite")])

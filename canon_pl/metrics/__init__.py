@@ -1,6 +1,7 @@
 """Metrics used everywhere (DESIGN.md 1.4), as torchmetrics ``Metric``s."""
 
 from canon_pl.metrics.reconstruction import ExplainedVariance, FractionOfVarianceUnexplained
+from canon_pl.metrics.spliced import SplicedLanguageModelLoss
 from canon_pl.metrics.sparsity import DeadLatentFraction, FiringDensity, FiringDensityHistogram, MeanL0
 
 __all__ = [
@@ -10,4 +11,5 @@ __all__ = [
     "FiringDensityHistogram",
     "FractionOfVarianceUnexplained",
     "MeanL0",
+    "SplicedLanguageModelLoss",
 ]

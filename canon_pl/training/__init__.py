@@ -1,5 +1,6 @@
 """Lightning wrappers: the SAE LightningModule, activation DataModules and callbacks."""
 
+from canon_pl.training.activations import ActivationDataModule
 from canon_pl.training.callbacks import SAEExportCallback, StepProgressBar
 from canon_pl.training.datamodules import (
     ActivationShardDataModule,
@@ -9,6 +10,7 @@ from canon_pl.training.datamodules import (
 from canon_pl.training.module import InputShapeError, NonFiniteError, SAEModule, default_learning_rate
 
 __all__ = [
+    "ActivationDataModule",
     "ActivationShardDataModule",
     "InputShapeError",
     "NonFiniteError",

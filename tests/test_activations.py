@@ -1,0 +1,173 @@
+"""Real activations from the bundled SmolLM2 through nnsight: capture, buffer, resume, cache, splicing, errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from canon_pl.data import ShardError, ShardIndex
+from canon_pl.lm import (
+    ContextLengthError,
+    HookedLanguageModel,
+    HookPointError,
+    ModelLoadError,
+    TextSourceError,
+    load_causal_lm,
+    spliced_loss_sums,
+)
+from canon_pl.training import ActivationDataModule, ActivationShardDataModule, SAEModule
+from canon_pl.training.cache import cache_metadata, write_activation_cache
+from tests.helpers import make_trainer
+
+pytest.importorskip("gguf")
+SMALL = dict(text="pydoc-topics", hook_point="model.layers.2", context_length=32, contexts_per_forward=8,
+             block_contexts=16, batch_size=128, val_contexts=8)
+
+
+@pytest.fixture(scope="module")
+def hooked() -> HookedLanguageModel:
+    return HookedLanguageModel(load_causal_lm("smollm2-135m"))
+
+
+def datamodule(hooked: HookedLanguageModel, **overrides) -> ActivationDataModule:
+    dm = ActivationDataModule(**{**SMALL, **overrides})
+    dm.hooked = hooked  # share the loaded model between tests
+    return dm
+
+
+@pytest.fixture(scope="module")
+def tokens(hooked: HookedLanguageModel) -> torch.Tensor:
+    """Four real contexts ``[4, 32]`` of the training split."""
+    return torch.stack([c for _, c in zip(range(4), datamodule(hooked)._contexts("train", 0))])
+
+
+@pytest.mark.parametrize("hook_point, module_path", [
+    ("model.layers.2", ("model", "layers", 2)),
+    ("model.layers.2.mlp", ("model", "layers", 2, "mlp")),
+    ("model.layers.2.self_attn", ("model", "layers", 2, "self_attn")),
+])
+def test_capture_equals_a_plain_forward_hook(hooked, tokens, hook_point: str, module_path: tuple) -> None:
+    module = hooked.model
+    for part in module_path:
+        module = module[part] if isinstance(part, int) else getattr(module, part)
+    seen = {}
+
+    def hook(module, inputs, output) -> None:  # returns None: observe, do not replace
+        seen["out"] = output[0] if isinstance(output, tuple) else output
+
+    handle = module.register_forward_hook(hook)
+    with torch.inference_mode():
+        hooked.model(tokens)
+    handle.remove()
+    captured = hooked.capture(tokens, hook_point)
+    assert captured.shape == (*tokens.shape, 576)
+    assert torch.equal(captured, seen["out"])
+
+
+def test_capture_stops_after_the_hook_layer(hooked, tokens) -> None:
+    calls = []
+    handle = hooked.model.model.layers[3].register_forward_hook(lambda *args: calls.append(1))
+    hooked.capture(tokens, "model.layers.2")
+    handle.remove()
+    assert calls == []
+
+
+def test_contexts_start_with_bos_and_have_the_configured_length(hooked, tokens) -> None:
+    assert tokens.shape == (4, 32)
+    assert (tokens[:, 0] == hooked.tokenizer.bos_token_id).all()
+
+
+def test_buffer_batches_live_on_the_training_device(hooked) -> None:
+    dm = datamodule(hooked)
+    _, batch = next(dm.train_batches(dm.initial_position()))
+    assert batch.shape == (128, 576) and batch.device == hooked.device and batch.dtype == torch.float32
+    assert dm.excluded_fraction >= 1 / 32  # at least the BOS of every context
+
+
+@pytest.mark.gpu
+def test_buffer_on_gpu_when_the_model_is_there() -> None:
+    dm = ActivationDataModule(**SMALL)
+    dm.load_model("cuda")
+    _, batch = next(dm.train_batches(dm.initial_position()))
+    assert batch.is_cuda
+
+
+def test_resume_yields_exactly_the_batches_of_an_uninterrupted_run(hooked) -> None:
+    full = [item for _, item in zip(range(9), datamodule(hooked).train_batches([0, 0]))]
+    position = full[4][0]
+    resumed = [item for _, item in zip(range(4), datamodule(hooked).train_batches(position))]
+    for (_, expected), (_, got) in zip(full[5:], resumed):
+        assert torch.equal(expected, got)
+
+
+def test_cache_written_then_read_gives_the_same_activations(hooked, tmp_path: Path) -> None:
+    dm = datamodule(hooked)
+    index = write_activation_cache(dm, tmp_path / "cache", n_tokens=640, dtype="float32", tokens_per_shard=256)
+    assert index.n_tokens == 640 and len(index.shards) == 3
+    stream = torch.cat([b for _, (_, b) in zip(range(5), datamodule(hooked).train_batches([0, 0]))])
+    reread = ShardIndex.load(tmp_path / "cache")
+    assert torch.equal(torch.cat([reread.read_shard(i) for i in range(3)]), stream)
+    assert reread.metadata["hook_point"] == "model.layers.2"
+    ActivationShardDataModule(str(tmp_path / "cache"), batch_size=64, expect=cache_metadata(dm))
+    with pytest.raises(ShardError, match="hook_point='model.layers.2' but this run expects hook_point='model.layers.9'"):
+        ActivationShardDataModule(str(tmp_path / "cache"), batch_size=64, expect={"hook_point": "model.layers.9"})
+
+
+def test_spliced_loss_with_a_perfect_reconstruction_equals_the_clean_loss(hooked, tokens) -> None:
+    sums = spliced_loss_sums(hooked, tokens, "model.layers.2", reconstruct=lambda h: h.clone())
+    assert torch.allclose(sums["ce_spliced"], sums["ce_clean"], rtol=1e-5)
+    assert sums["kl"].abs() / sums["n_tokens"] < 1e-4
+    assert sums["ce_zero"] > sums["ce_clean"]  # ablating the residual stream hurts
+
+
+def test_sae_trains_on_real_activations_and_reports_ce_recovered(hooked, tmp_path: Path) -> None:
+    dm = datamodule(hooked)
+    module = SAEModule(d_in=576, d_sae=256, k=16, lr=1e-3, hook_point="model.layers.2", model_id="smollm2-135m")
+    trainer = make_trainer(tmp_path, max_steps=12, val_check_interval=12)
+    trainer.fit(module, dm)
+    metrics = trainer.callback_metrics
+    assert dm.resume_position != [0, 0] and dm.train_batches_consumed == 12
+    for key in ("val/explained_variance", "val/ce_recovered", "val/ce_clean", "val/ce_sae", "val/kl", "val/delta_ce"):
+        assert torch.isfinite(metrics[key]), key
+    assert metrics["val/ce_zero"] > metrics["val/ce_clean"]
+
+
+def test_unknown_hook_point_lists_the_valid_ones(hooked) -> None:
+    with pytest.raises(HookPointError, match=r"'model.layers.40' not found; the model has layers 0-29"):
+        hooked.capture(torch.ones(1, 4, dtype=torch.long), "model.layers.40")
+    with pytest.raises(HookPointError):
+        datamodule(hooked, hook_point="transformer.h.3").hooked.parse_hook_point("transformer.h.3")
+
+
+def test_model_that_cannot_be_found_offline(monkeypatch) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ModelLoadError, match="HF_HUB_OFFLINE=1"):
+        load_causal_lm("no-such-org/no-such-model")
+
+
+def test_empty_or_missing_text_source_fails_before_training(hooked, tmp_path: Path) -> None:
+    (tmp_path / "empty.txt").write_text("\n\n")
+    for text, message in ((str(tmp_path / "empty.txt"), "is empty"), (str(tmp_path / "nothing*.txt"), "matches no files")):
+        dm = ActivationDataModule(**{**SMALL, "text": text})
+        dm.hooked = None
+        import canon_pl.training.activations as activations
+
+        original = activations.load_causal_lm
+        activations.load_causal_lm = lambda *a, **k: hooked.loaded
+        try:
+            with pytest.raises(TextSourceError, match=message):
+                dm.load_model()
+        finally:
+            activations.load_causal_lm = original
+
+
+def test_context_longer_than_the_model_allows(hooked, monkeypatch) -> None:
+    import canon_pl.training.activations as activations
+
+    monkeypatch.setattr(activations, "load_causal_lm", lambda *a, **k: hooked.loaded)
+    dm = ActivationDataModule(**{**SMALL, "context_length": 9000})
+    with pytest.raises(ContextLengthError, match="exceeds the model's maximum of 8192"):
+        dm.load_model()
