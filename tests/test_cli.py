@@ -72,6 +72,16 @@ def test_bad_config_gets_one_clear_error_and_writes_nothing(tmp_path: Path, over
     assert not (tmp_path / "checkpoints" / "sae_synthetic" / "sae.safetensors").exists()
 
 
+def test_bad_hook_point_on_the_real_model_fails_before_training(tmp_path: Path) -> None:
+    result = run_cli("fit", "--config", str(REPO / "configs" / "sae_smollm2.yaml"),
+                     "--data.init_args.hook_point", "model.layers.40", "--data.init_args.text", "pydoc-topics",
+                     cwd=tmp_path)
+    assert result.returncode == 2
+    assert "hook point 'model.layers.40' not found; the model has layers 0-29" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "checkpoints" / "sae_smollm2" / "ckpt").exists()
+
+
 def test_readme_set_up_commands_are_the_ones_ci_and_make_run() -> None:
     readme = (REPO / "README.md").read_text()
     assert "make main" in readme and "make test" in readme
