@@ -1,0 +1,74 @@
+"""Discovering runs and reading their logged metrics. Never writes; every file is treated as untrusted input."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from canon_pl.io.export import CONFIG_FILE, CheckpointError, read_export_config
+
+MAX_METRICS_BYTES = 200 * 1024 * 1024
+
+
+@dataclass
+class RunSummary:
+    """One exported SAE: its folder, its ``cfg.json`` and its final validation metrics (if logged)."""
+
+    path: Path
+    config: dict[str, Any]
+    final_metrics: dict[str, float]
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    def row(self) -> dict[str, Any]:
+        sae = self.config.get("sae", {})
+        return {
+            "run": self.name,
+            "architecture": sae.get("architecture"),
+            "d_sae": sae.get("d_sae"),
+            "k": sae.get("k"),
+            "hook point": sae.get("hook_point"),
+            "steps": self.config.get("training", {}).get("global_step"),
+            **{key.removeprefix("val/"): value for key, value in self.final_metrics.items()},
+        }
+
+
+def read_metrics(run: Path) -> pd.DataFrame:
+    """All rows of the run's newest ``logs/*/metrics.csv`` (empty frame when there is none)."""
+    files = sorted(Path(run).glob("logs/*/metrics.csv"), key=lambda p: p.stat().st_mtime)
+    if not files or files[-1].stat().st_size > MAX_METRICS_BYTES:
+        return pd.DataFrame()
+    try:
+        return pd.read_csv(files[-1])
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError):
+        return pd.DataFrame()
+
+
+def _final_validation(metrics: pd.DataFrame) -> dict[str, float]:
+    columns = [c for c in metrics.columns if c.startswith("val/")]
+    if not columns:
+        return {}
+    rows = metrics.dropna(subset=columns, how="all")
+    if rows.empty:
+        return {}
+    last = rows.iloc[-1]
+    return {c: float(last[c]) for c in columns if pd.notna(last[c])}
+
+
+def find_runs(root: str | Path) -> list[RunSummary]:
+    """Every folder below ``root`` (two levels at most) holding a readable canon-pl ``cfg.json``."""
+    root = Path(root)
+    runs = []
+    for cfg in sorted(list(root.glob(f"*/{CONFIG_FILE}")) + list(root.glob(f"*/*/{CONFIG_FILE}"))):
+        try:
+            config = read_export_config(cfg.parent)
+        except (CheckpointError, json.JSONDecodeError, OSError):
+            continue
+        runs.append(RunSummary(cfg.parent, config, _final_validation(read_metrics(cfg.parent))))
+    return runs
