@@ -31,6 +31,7 @@ test: setup
 	$(BIN)/pytest -q
 
 bench: setup
+	$(BIN)/pip install --quiet -c constraints-cpu.txt -e '.[bench]'
 	$(BIN)/python benchmarks/bench_sae_step.py
 
 clean:

@@ -1,10 +1,14 @@
 """SAE training-step throughput, measured side by side in one run (DESIGN.md section 4).
 
 Shape: d_in 576, d_sae 9216, batch 4096, k 32, fp32. Prints tokens/s for
-  - canon-pl's BatchTopK step (``SparseAutoencoder.training_forward`` + backward + Adam + decoder constraint),
+  - canon-pl's BatchTopK and TopK steps (``training_forward`` + backward + Adam + decoder constraint),
   - a straightforward dense PyTorch BatchTopK step (the formula of DESIGN.md 1.1 written out densely),
+  - EleutherAI sparsify's own TopK step (``SparseCoder.forward`` + backward + Adam + its decoder constraint), when
+    ``eai-sparsify`` is installed (``pip install -e '.[bench]'``),
+  - the same steps with AuxK active and half the latents dead (k_aux = d_in / 2 for both),
   - the one-matmul limit: the forward encoder matmul ``[batch, d_in] @ [d_in, d_sae]`` alone,
-and ends with ``ratio: <canon-pl / dense>``. Usage: ``python benchmarks/bench_sae_step.py [--quick]``.
+and ends with ``ratio: <canon-pl BatchTopK / sparsify TopK>`` (``/ dense`` when sparsify is missing).
+Usage: ``python benchmarks/bench_sae_step.py [--quick]``.
 """
 
 from __future__ import annotations
@@ -47,17 +51,43 @@ def dense_step_fn(d_in: int, d_sae: int, k: int, device: torch.device):
     return step
 
 
-def canon_step_fn(d_in: int, d_sae: int, k: int, device: torch.device):
-    sae = build_sae(SAEConfig(d_in=d_in, d_sae=d_sae, k=k, aux_coefficient=0.0)).to(device)
+def canon_step_fn(d_in: int, d_sae: int, k: int, device: torch.device, architecture: str = "batchtopk",
+                  auxk: bool = False):
+    cfg = SAEConfig(d_in=d_in, d_sae=d_sae, k=k, architecture=architecture, aux_coefficient=1 / 32 if auxk else 0.0,
+                    aux_k=d_in // 2, dead_tokens_threshold=2**40)
+    sae = build_sae(cfg).to(device)
     opt = torch.optim.Adam(sae.parameters(), lr=3e-4, betas=(0.9, 0.99))
 
     def step(x: torch.Tensor) -> None:
+        if auxk:
+            sae.tokens_since_fired[::2] = 2**41  # half the latents dead, every step
         loss = sae.training_forward(x).loss
         opt.zero_grad(set_to_none=True)
         loss.backward()
         sae.remove_parallel_decoder_grad()
         opt.step()
         sae.normalize_decoder()
+
+    return step
+
+
+def sparsify_step_fn(d_in: int, d_sae: int, k: int, device: torch.device, auxk: bool = False):
+    """EleutherAI sparsify's training step as its trainer runs it: FVU (+ AuxK / 32), its decoder constraint."""
+    from sparsify import SparseCoder, SparseCoderConfig
+
+    sae = SparseCoder(d_in, SparseCoderConfig(num_latents=d_sae, k=k), device=device)
+    opt = torch.optim.Adam(sae.parameters(), lr=3e-4, betas=(0.9, 0.99))
+    dead = torch.zeros(d_sae, dtype=torch.bool, device=device)
+    dead[::2] = auxk
+
+    def step(x: torch.Tensor) -> None:
+        out = sae(x, dead_mask=dead if auxk else None)
+        loss = out.fvu + out.auxk_loss / 32
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        sae.remove_gradient_parallel_to_decoder_directions()
+        opt.step()
+        sae.set_decoder_norm_to_unit_norm()
 
     return step
 
@@ -100,18 +130,35 @@ def main() -> None:
     x = torch.randn(args.batch, args.d_in, device=device)
     print(f"device={device} threads={torch.get_num_threads()} torch={torch.__version__} cpu={platform.processor() or platform.machine()}")
     print(f"shape: d_in={args.d_in} d_sae={args.d_sae} batch={args.batch} k={args.k} fp32")
+    shape = (args.d_in, args.d_sae, args.k, device)
+    steps = {
+        "dense PyTorch BatchTopK step": lambda: dense_step_fn(*shape),
+        "canon-pl BatchTopK step": lambda: canon_step_fn(*shape),
+        "canon-pl TopK step": lambda: canon_step_fn(*shape, architecture="topk"),
+        "sparsify TopK step": lambda: sparsify_step_fn(*shape),
+        "canon-pl BatchTopK step, AuxK (half dead)": lambda: canon_step_fn(*shape, auxk=True),
+        "sparsify TopK step, AuxK (half dead)": lambda: sparsify_step_fn(*shape, auxk=True),
+        "one-matmul limit (encoder forward only)": lambda: matmul_fn(args.d_in, args.d_sae, device),
+    }
     results = {}
-    for name, step in (
-        ("dense PyTorch BatchTopK step", dense_step_fn(args.d_in, args.d_sae, args.k, device)),
-        ("canon-pl BatchTopK step", canon_step_fn(args.d_in, args.d_sae, args.k, device)),
-        ("one-matmul limit (encoder forward only)", matmul_fn(args.d_in, args.d_sae, device)),
-    ):
+    for name, make in steps.items():
+        try:
+            step = make()
+        except ImportError:
+            print(f"{name:45s} skipped (pip install -e '.[bench]' for eai-sparsify)")
+            continue
         results[name] = tokens_per_second(step, x, warmup=2, iters=args.iters)
         print(f"{name:45s} {results[name]:12,.0f} tokens/s")
     ours = results["canon-pl BatchTopK step"]
     limit = results["one-matmul limit (encoder forward only)"]
-    print(f"canon-pl / one-matmul limit: {ours / limit:.3f}")
-    print(f"ratio: {ours / results['dense PyTorch BatchTopK step']:.3f}")
+    print(f"canon-pl BatchTopK / one-matmul limit: {ours / limit:.3f} (goal >= 0.3)")
+    print(f"canon-pl BatchTopK / dense step: {ours / results['dense PyTorch BatchTopK step']:.3f}")
+    if "sparsify TopK step" in results:
+        aux = results["canon-pl BatchTopK step, AuxK (half dead)"] / results["sparsify TopK step, AuxK (half dead)"]
+        print(f"with AuxK, canon-pl / sparsify: {aux:.3f} (goal >= 1.2)")
+        print(f"ratio: {ours / results['sparsify TopK step']:.3f}")
+    else:
+        print(f"ratio: {ours / results['dense PyTorch BatchTopK step']:.3f}")
 
 
 if __name__ == "__main__":

@@ -32,16 +32,31 @@ def test_topk_keeps_exactly_k_per_token() -> None:
     assert torch.equal((acts > 0).sum(dim=1), torch.full((32,), 5))
 
 
-@pytest.mark.parametrize("lower_bound", [None, 0.5, 0.95, 0.999])
-def test_batch_topk_selection_equals_torch_topk_over_the_flattened_batch(lower_bound: float | None) -> None:
-    """Exact whether the candidate pre-filter holds enough entries (0.5, 0.95) or must fall back (0.999)."""
+@pytest.mark.parametrize("lower_bounds", [(), (0.5,), (0.95,), (0.999,), (0.999, 0.9)])
+def test_batch_topk_selection_equals_torch_topk_over_the_flattened_batch(lower_bounds: tuple) -> None:
+    """Exact whether a candidate pre-filter holds enough entries (0.5, 0.95), must fall back to the next bound
+    (0.999 then 0.9) or to the full top-k (0.999 alone)."""
     pre = torch.rand(64, 300)
-    acts = batch_topk(pre, 64 * 7, lower_bound=lower_bound)
+    acts = batch_topk(pre, 64 * 7, lower_bounds=lower_bounds)
     dense = acts.to_dense(300)
     expected = torch.zeros_like(pre).view(-1)
     values, idx = pre.view(-1).topk(64 * 7)
     expected[idx] = values
     assert torch.equal(dense, expected.view(64, 300))
+
+
+def test_batch_topk_with_ties_and_zeros_keeps_exactly_the_positive_top_values() -> None:
+    """Ties at the boundary may pick either entry but never change the kept values; zeros are never kept."""
+    pre = torch.zeros(8, 50)
+    pre[:, :5] = 1.0  # 40 tied entries, 16 to keep
+    pre[0, 10] = 2.0
+    acts = batch_topk(pre, 16, lower_bounds=(0.5,))
+    reference = pre.flatten().topk(16).values
+    assert torch.equal(acts.values.sort().values, reference.sort().values)
+    sparse = torch.zeros(4, 10)
+    sparse[0, 0] = 3.0
+    only = batch_topk(sparse, 8)
+    assert only.values.tolist() == [3.0] and only.rows.tolist() == [0] and only.cols.tolist() == [0]
 
 
 def test_inference_threshold_makes_latents_independent_of_the_batch() -> None:
@@ -67,9 +82,10 @@ def naive_batchtopk_loss(sae: BatchTopKSAE, x: torch.Tensor) -> torch.Tensor:
     return F.mse_loss(x_hat, x)
 
 
+@pytest.mark.parametrize("kernel", ["sparse", "dense"])
 @pytest.mark.parametrize("architecture", ["batchtopk", "topk"])
-def test_sparse_fast_path_matches_naive_formula_including_gradients(architecture: str) -> None:
-    sae = make_sae(architecture, d_in=24, d_sae=96, k=6, aux_coefficient=0.0)
+def test_training_step_matches_naive_formula_including_gradients(architecture: str, kernel: str) -> None:
+    sae = make_sae(architecture, d_in=24, d_sae=96, k=6, aux_coefficient=0.0, kernel=kernel)
     with torch.no_grad():
         sae.b_dec.normal_()
         sae.b_enc.normal_(std=0.1)
@@ -87,6 +103,34 @@ def test_sparse_fast_path_matches_naive_formula_including_gradients(architecture
     assert torch.allclose(fast, naive, rtol=1e-5, atol=1e-6)
     for (name, _), g_fast, g_naive in zip(sae.named_parameters(), fast_grads, naive_grads):
         assert torch.allclose(g_fast, g_naive, rtol=1e-4, atol=1e-6), name
+
+
+def test_sparse_and_dense_kernels_agree_with_auxk_active() -> None:
+    """Half the latents dead: the AuxK term's gradients through the sparse path equal the dense ones."""
+    grads = {}
+    for kernel in ("sparse", "dense"):
+        torch.manual_seed(0)
+        sae = make_sae(d_in=24, d_sae=96, k=6, kernel=kernel, aux_k=8, dead_tokens_threshold=1)
+        with torch.no_grad():
+            sae.tokens_since_fired[::2] = 10  # every other latent counts as dead
+        x = torch.randn(40, 24) * 2
+        out = sae.training_forward(x)
+        assert out.losses["auxk"] > 0
+        grads[kernel] = (out.loss.detach(), torch.autograd.grad(out.loss, list(sae.parameters())))
+    assert torch.allclose(grads["sparse"][0], grads["dense"][0], rtol=1e-5)
+    for g_sparse, g_dense in zip(grads["sparse"][1], grads["dense"][1]):
+        assert torch.allclose(g_sparse, g_dense, rtol=1e-4, atol=1e-6)
+
+
+def test_input_gradient_flows_through_the_sparse_path() -> None:
+    """Researchers take gradients with respect to activations (attribution): the sparse path provides them."""
+    grads = {}
+    for kernel in ("sparse", "dense"):
+        torch.manual_seed(0)
+        sae = make_sae(d_in=24, d_sae=96, k=6, kernel=kernel, aux_coefficient=0.0)
+        x = (torch.randn(16, 24) * 2).requires_grad_()
+        grads[kernel] = torch.autograd.grad(sae.training_forward(x).loss, x)[0]
+    assert torch.allclose(grads["sparse"], grads["dense"], rtol=1e-4, atol=1e-7)
 
 
 def test_decoder_rows_stay_unit_norm_and_parallel_gradient_is_removed() -> None:

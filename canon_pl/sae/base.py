@@ -8,13 +8,14 @@ decoding, losses, AuxK, dead-latent tracking, folding the activation scale — l
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from canon_pl.sae.config import SAEConfig
+from canon_pl.sae.sparse_grad import gather_pre_activations
 
 
 @dataclass
@@ -37,13 +38,26 @@ class SparseActivations:
 
 @dataclass
 class TrainStepOutput:
-    """What one training forward produces: the loss to minimise plus its parts and the batch's activations."""
+    """What one training forward produces: the loss to minimise, its parts, and the batch's activations
+    (``acts``: sparse for the TopK family, a dense ``[batch, d_sae]`` tensor otherwise; detached)."""
 
     loss: Tensor
     losses: dict[str, Tensor]
-    x_hat: Tensor  # [batch, d_in]
-    feature_acts: Tensor  # [batch, d_sae], detached
-    metrics: dict[str, Tensor] = field(default_factory=dict)
+    x_hat: Tensor  # [batch, d_in], detached
+    acts: SparseActivations | Tensor
+    d_sae: int
+
+    @property
+    def feature_acts(self) -> Tensor:
+        """``[batch, d_sae]`` dense activations (built on demand: a full pass over ``batch × d_sae``)."""
+        return self.acts.to_dense(self.d_sae) if isinstance(self.acts, SparseActivations) else self.acts
+
+    @property
+    def l0(self) -> Tensor:
+        """Mean number of active latents per token."""
+        if isinstance(self.acts, SparseActivations):
+            return torch.tensor(self.acts.values.numel() / max(self.acts.batch_size, 1))
+        return (self.acts != 0).sum(dim=-1).float().mean()
 
 
 class SparseAutoencoder(nn.Module):
@@ -124,24 +138,43 @@ class SparseAutoencoder(nn.Module):
     def training_forward(self, x: Tensor) -> TrainStepOutput:
         """Loss for one training batch. x: ``[batch, d_in]`` (already normalised).
 
-        Updates the training state (dead-latent counters, inference threshold) as a side effect.
+        Updates the training state (dead-latent counters, inference threshold) as a side effect. With
+        ``kernel="sparse"`` the TopK family computes the dense pre-activations once without autograd and lets only
+        the selected entries into the graph (see :mod:`canon_pl.sae.sparse_grad`); ``kernel="dense"`` is the plain
+        formula.
         """
-        pre = self.pre_activations(x)
-        acts = self.select(pre, inference=False)
+        take, pre = self._pre_activations_for_training(x)
+        with torch.no_grad():
+            selected = self.select(pre, inference=False)
+        if isinstance(selected, SparseActivations):
+            acts = SparseActivations(selected.rows, selected.cols, take(selected.rows, selected.cols),
+                                     selected.batch_size)
+        else:
+            acts = pre if pre.requires_grad else self.pre_activations(x)  # dense architectures (ReLU)
         x_hat = self._decode_any(acts)
-        mse = F.mse_loss(x_hat, x)
-        dense = acts.to_dense(self.d_sae) if isinstance(acts, SparseActivations) else acts
-        losses: dict[str, Tensor] = {"mse": mse}
-        losses.update(self.sparsity_losses(dense))
+        losses: dict[str, Tensor] = {"mse": F.mse_loss(x_hat, x)}
+        losses.update(self.sparsity_losses(acts if isinstance(acts, Tensor) else None))
         with torch.no_grad():
             self._update_dead_counters(acts, x.shape[0])
         if self.cfg.aux_coefficient > 0:
-            losses["auxk"] = self.cfg.aux_coefficient * self.auxk_loss(pre, x, x_hat)
+            losses["auxk"] = self.cfg.aux_coefficient * self.auxk_loss(pre.detach(), take, x, x_hat)
         loss = torch.stack(list(losses.values())).sum()
-        return TrainStepOutput(loss=loss, losses=losses, x_hat=x_hat.detach(), feature_acts=dense.detach())
+        detached = (SparseActivations(acts.rows, acts.cols, acts.values.detach(), acts.batch_size)
+                    if isinstance(acts, SparseActivations) else acts.detach())
+        return TrainStepOutput(loss=loss, losses=losses, x_hat=x_hat.detach(), acts=detached, d_sae=self.d_sae)
 
-    def sparsity_losses(self, feature_acts: Tensor) -> dict[str, Tensor]:
-        """Extra penalties on the activations ``[batch, d_sae]`` (none for the TopK family)."""
+    def _pre_activations_for_training(self, x: Tensor):
+        """``(take, pre)``: ``pre [batch, d_sae]`` and ``take(rows, cols) -> [n]``, differentiable entries of it."""
+        if self.cfg.kernel == "sparse" and self.architecture != "relu":
+            bias = self.b_enc - self.b_dec @ self.W_enc
+            with torch.no_grad():
+                pre = torch.addmm(bias, x, self.W_enc).relu_()
+            return (lambda rows, cols: gather_pre_activations(x, self.W_enc, bias, pre, rows, cols)), pre
+        pre = self.pre_activations(x)
+        return (lambda rows, cols: pre[rows, cols]), pre
+
+    def sparsity_losses(self, feature_acts: Tensor | None) -> dict[str, Tensor]:
+        """Extra penalties on dense activations ``[batch, d_sae]`` (none for the TopK family, given ``None``)."""
         return {}
 
     def dead_mask(self) -> Tensor:
@@ -157,22 +190,24 @@ class SparseAutoencoder(nn.Module):
         self.tokens_since_fired += batch_size
         self.tokens_since_fired[fired] = 0
 
-    def auxk_loss(self, pre: Tensor, x: Tensor, x_hat: Tensor) -> Tensor:
+    def auxk_loss(self, pre: Tensor, take, x: Tensor, x_hat: Tensor) -> Tensor:
         """AuxK: reconstruct the residual from the top ``aux_k`` dead latents of each token.
 
-        pre: ``[batch, d_sae]``, x and x_hat: ``[batch, d_in]``. Zero (with a graph) when no latent is dead.
+        pre: ``[batch, d_sae]`` (no grad) to choose them; ``take(rows, cols)`` gives their differentiable values;
+        x and x_hat: ``[batch, d_in]``. Zero (with a graph) when no latent is dead.
         """
-        dead = self.dead_mask()
-        n_dead = int(dead.sum())
-        if n_dead == 0:
-            return pre.new_zeros(()) + 0.0 * pre.sum()
-        k_aux = min(self.cfg.aux_k, n_dead, self.d_sae // 2 or 1)
-        residual = (x - x_hat).detach()
-        masked = pre.masked_fill(~dead, float("-inf"))
-        values, cols = masked.topk(k_aux, dim=-1, sorted=False)  # [batch, k_aux]
-        values = values.clamp_min(0.0)
-        residual_hat = F.embedding_bag(cols, self.W_dec, mode="sum", per_sample_weights=values)
-        return F.mse_loss(residual_hat, residual)
+        dead = torch.nonzero(self.dead_mask(), as_tuple=True)[0]
+        if dead.numel() == 0:
+            return x_hat.new_zeros(()) + 0.0 * x_hat.sum()
+        batch = x.shape[0]
+        k_aux = min(self.cfg.aux_k, dead.numel(), max(self.d_sae // 2, 1))
+        with torch.no_grad():
+            _, local = pre[:, dead].topk(k_aux, dim=-1, sorted=False)  # [batch, k_aux]
+        cols = dead[local].reshape(-1)
+        rows = torch.arange(batch, device=x.device).repeat_interleave(k_aux)
+        values = take(rows, cols).clamp_min(0.0).view(batch, k_aux)
+        residual_hat = F.embedding_bag(cols.view(batch, k_aux), self.W_dec, mode="sum", per_sample_weights=values)
+        return F.mse_loss(residual_hat, (x - x_hat).detach())
 
     @torch.no_grad()
     def update_threshold(self, smallest_kept: Tensor) -> None:

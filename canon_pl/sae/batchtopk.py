@@ -2,31 +2,38 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import Tensor
 
 from canon_pl.sae.base import SparseActivations, SparseAutoencoder
 
-CANDIDATE_FRACTION = 0.5
-"""Top-k candidates are the activations above this fraction of the running threshold (exact either way)."""
+CANDIDATE_FRACTIONS = (0.9, 0.5)
+"""Top-k candidates are the activations above these fractions of the running threshold, tried in turn (the
+result is exact either way; a tighter bound leaves fewer candidates)."""
 
 
-def batch_topk(pre: Tensor, k_total: int, lower_bound: float | None = None) -> SparseActivations:
+def batch_topk(pre: Tensor, k_total: int, lower_bounds: Sequence[float] = ()) -> SparseActivations:
     """The ``k_total`` largest positive entries of ``pre`` over the flattened batch.
 
     pre: ``[batch, d_sae]`` non-negative. Returns them in row-major order; values are differentiable.
-    ``lower_bound`` (for example a fraction of the running threshold) makes it fast: when at least ``k_total``
-    entries exceed it, the exact top-k is taken among those candidates only; otherwise over everything.
+    ``lower_bounds`` (decreasing; for example fractions of the running threshold) make it fast: with the first bound
+    that at least ``k_total`` entries exceed, the exact top-k is taken among those candidates only; when none
+    qualifies, over everything.
     """
     batch, d_sae = pre.shape
     k_total = min(k_total, pre.numel())
     flat = pre.reshape(-1)
     idx = None
-    if lower_bound is not None and lower_bound > 0:
-        candidates = torch.nonzero(flat.detach() > lower_bound, as_tuple=True)[0]
+    for bound in lower_bounds:
+        if bound <= 0:
+            break
+        candidates = torch.nonzero(flat.detach() > bound, as_tuple=True)[0]
         if candidates.numel() >= k_total:
             _, chosen = flat.detach()[candidates].topk(k_total, sorted=False)
             idx = candidates[chosen]
+            break
     if idx is None:
         _, idx = flat.detach().topk(k_total, sorted=False)
     idx, _ = idx.sort()
@@ -50,8 +57,8 @@ class BatchTopKSAE(SparseAutoencoder):
     def select(self, pre: Tensor, inference: bool) -> SparseActivations:
         if inference:
             return threshold_select(pre, self.threshold)
-        hint = CANDIDATE_FRACTION * float(self.threshold) if bool(self.threshold_initialized) else None
-        acts = batch_topk(pre, self.cfg.k * pre.shape[0], lower_bound=hint)
+        theta = float(self.threshold) if bool(self.threshold_initialized) else 0.0
+        acts = batch_topk(pre, self.cfg.k * pre.shape[0], lower_bounds=[f * theta for f in CANDIDATE_FRACTIONS])
         if self.training and acts.values.numel() > 0:
             self.update_threshold(acts.values.detach().min())
         return acts

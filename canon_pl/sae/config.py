@@ -34,6 +34,9 @@ class SAEConfig:
     """A latent that has not fired for this many training tokens counts as dead."""
     threshold_momentum: float = 0.99
     """EMA momentum of the BatchTopK inference threshold (smallest kept activation per batch)."""
+    kernel: str = "sparse"
+    """Training step of the TopK family: ``sparse`` (only the selected latents enter the backward pass) or
+    ``dense`` (the plain formula; a reference, slower)."""
     hook_point: str | None = None
     """Where the activations come from (for example ``model.layers.12``)."""
     model_id: str | None = None
@@ -56,6 +59,8 @@ class SAEConfig:
                     f"k={self.k} must be between 1 and d_sae={self.d_sae}: a token cannot use more latents than "
                     f"the SAE has; lower k or raise d_sae"
                 )
+        if self.kernel not in ("sparse", "dense"):
+            raise SAEConfigError(f"kernel must be 'sparse' or 'dense', got {self.kernel!r}")
         if self.aux_k <= 0 or self.aux_coefficient < 0:
             raise SAEConfigError(f"aux_k must be > 0 and aux_coefficient >= 0, got {self.aux_k}, {self.aux_coefficient}")
         if self.dead_tokens_threshold <= 0:

@@ -15,6 +15,6 @@ class ReLUSAE(SparseAutoencoder):
     def select(self, pre: Tensor, inference: bool) -> Tensor:
         return pre
 
-    def sparsity_losses(self, feature_acts: Tensor) -> dict[str, Tensor]:
+    def sparsity_losses(self, feature_acts: Tensor | None) -> dict[str, Tensor]:
         """L1 of the activations ``[batch, d_sae]``, summed over latents, averaged over tokens and d_in."""
         return {"l1": self.cfg.l1_coefficient * feature_acts.sum(dim=-1).mean() / self.d_in}

@@ -153,7 +153,7 @@ class SAEModule(L.LightningModule):
         with torch.no_grad():
             x_n = x * self.activation_scale
             fvu = (out.x_hat - x_n).pow(2).sum() / (x_n - x_n.mean(dim=0)).pow(2).sum().clamp_min(1e-12)
-            l0 = (out.feature_acts != 0).sum(dim=-1).float().mean()
+            l0 = out.l0
         log = {f"train/{name}": value.detach() for name, value in out.losses.items()}
         log.update({"train/loss": out.loss.detach(), "train/fvu": fvu, "train/l0": l0,
                     "train/dead_fraction": self.sae.dead_mask().float().mean()})
