@@ -14,7 +14,7 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
-from canon_pl.viewer import find_runs, read_metrics
+from canon_pl.viewer import find_runs, member_metrics
 
 CURVES = {
     "train/fvu": "FVU (training batch)",
@@ -38,7 +38,7 @@ def load_runs(root: str) -> list[dict]:
 
 @st.cache_data(ttl=30)
 def load_metrics(path: str) -> pd.DataFrame:
-    return read_metrics(Path(path))
+    return member_metrics(Path(path))
 
 
 def curve(metrics: pd.DataFrame, column: str, title: str) -> alt.Chart:

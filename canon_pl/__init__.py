@@ -5,7 +5,7 @@ Reproduces *Sparse Autoencoders Do Not Find Canonical Units of Analysis* (Leask 
 
 __version__ = "0.1.0"
 
-from canon_pl.io import CheckpointError, export_sae, load_sae  # noqa: E402
+from canon_pl.io import CheckpointError, SAEFamily, export_sae, load_family, load_sae  # noqa: E402
 from canon_pl.sae import (  # noqa: E402
     BatchTopKSAE,
     ReLUSAE,
@@ -19,11 +19,13 @@ __all__ = [
     "BatchTopKSAE",
     "CheckpointError",
     "ReLUSAE",
+    "SAEFamily",
     "SAEConfig",
     "SparseAutoencoder",
     "TopKSAE",
     "__version__",
     "build_sae",
     "export_sae",
+    "load_family",
     "load_sae",
 ]

@@ -117,7 +117,7 @@ def test_cache_written_then_read_gives_the_same_activations(hooked, tmp_path: Pa
 
 
 def test_spliced_loss_with_a_perfect_reconstruction_equals_the_clean_loss(hooked, tokens) -> None:
-    sums = spliced_loss_sums(hooked, tokens, "model.layers.2", reconstruct=lambda h: h.clone())
+    sums = spliced_loss_sums(hooked, tokens, "model.layers.2", {"perfect": lambda h: h.clone()})["perfect"]
     assert torch.allclose(sums["ce_spliced"], sums["ce_clean"], rtol=1e-5)
     assert sums["kl"].abs() / sums["n_tokens"] < 1e-4
     assert sums["ce_zero"] > sums["ce_clean"]  # ablating the residual stream hurts

@@ -95,7 +95,7 @@ class _PoisonedData(SyntheticActivationDataModule):
             yield position, batch
 
 
-@pytest.mark.parametrize("value, message", [(float("nan"), "NaN/Inf activations"), (1e30, "loss became non-finite")])
+@pytest.mark.parametrize("value, message", [(float("nan"), "NaN/Inf activations"), (1e30, "SAE became non-finite at step 5")])
 def test_non_finite_training_stops_and_keeps_the_last_good_checkpoint(tmp_path: Path, value: float, message: str) -> None:
     module = SAEModule(**dict(SMALL_SAE, d_sae=64))
     data = _PoisonedData(poison_at=5, value=value, **SMALL_DATA)

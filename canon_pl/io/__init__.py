@@ -3,18 +3,23 @@
 from canon_pl.io.atomic import atomic_path, atomic_write_json, atomic_write_text, sha256_file
 from canon_pl.io.checkpoint import load_lightning_checkpoint, safe_torch_load
 from canon_pl.io.export import CheckpointError, export_sae, load_export, read_export_config
+from canon_pl.io.family import SAEFamily, load_family, read_family_manifest, write_family_manifest
 from canon_pl.io.load import load_sae
 
 __all__ = [
     "CheckpointError",
+    "SAEFamily",
     "atomic_path",
     "atomic_write_json",
     "atomic_write_text",
     "export_sae",
     "load_export",
+    "load_family",
     "load_lightning_checkpoint",
     "load_sae",
     "read_export_config",
+    "read_family_manifest",
     "safe_torch_load",
     "sha256_file",
+    "write_family_manifest",
 ]

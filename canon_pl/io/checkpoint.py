@@ -18,7 +18,7 @@ import torch
 from canon_pl.io.export import CheckpointError
 from canon_pl.sae import SAEConfig, SAEConfigError, SparseAutoencoder, build_sae
 
-SAE_PREFIX = "sae."
+MEMBER_PREFIX = "members."
 
 
 def safe_torch_load(path: str | os.PathLike) -> dict[str, Any]:
@@ -43,23 +43,32 @@ def safe_torch_load(path: str | os.PathLike) -> dict[str, Any]:
     return obj
 
 
-def load_lightning_checkpoint(path: str | os.PathLike) -> SparseAutoencoder:
-    """An SAE from an ``SAEModule`` checkpoint, with its activation scale folded in (takes raw activations)."""
+def load_lightning_checkpoint(path: str | os.PathLike, width: int | None = None) -> SparseAutoencoder:
+    """An SAE from an ``SAEModule`` / ``SAEFamilyModule`` checkpoint, with its activation scale folded in (takes raw
+    activations). ``width`` picks a family member; it may be left out when there is only one."""
     ckpt = safe_torch_load(path)
     state = ckpt.get("state_dict")
     hparams = ckpt.get("hyper_parameters")
-    if not isinstance(state, dict) or not isinstance(hparams, dict) or f"{SAE_PREFIX}W_enc" not in state:
+    members = sorted({int(key.split(".")[1]) for key in state or {} if key.startswith(MEMBER_PREFIX)})
+    if not isinstance(state, dict) or not isinstance(hparams, dict) or not members:
         raise CheckpointError(
-            f"{path} is not a canon-pl SAEModule checkpoint (no 'state_dict' with 'sae.W_enc' and no "
-            f"'hyper_parameters'); for an SAE family or another library's file use the matching loader"
+            f"{path} is not a canon-pl SAEModule checkpoint (no 'state_dict' with SAE members and no "
+            f"'hyper_parameters'); for another library's file use the matching loader"
         )
-    known = {f.name for f in fields(SAEConfig)}
+    if width is None:
+        if len(members) > 1:
+            raise CheckpointError(f"{path} holds a family of widths {members}: pass width=... to pick one")
+        width = members[0]
+    if width not in members:
+        raise CheckpointError(f"{path} has no member of width {width}; it holds {members}")
+    known = {f.name for f in fields(SAEConfig)} - {"d_sae"}
     try:
-        cfg = SAEConfig(**{key: value for key, value in hparams.items() if key in known})
+        cfg = SAEConfig(d_sae=width, **{key: value for key, value in hparams.items() if key in known})
     except (TypeError, SAEConfigError) as err:
         raise CheckpointError(f"{path}: hyper-parameters do not describe an SAE: {err}") from err
     sae = build_sae(cfg)
-    sae_state = {key[len(SAE_PREFIX):]: value for key, value in state.items() if key.startswith(SAE_PREFIX)}
+    prefix = f"{MEMBER_PREFIX}{width}."
+    sae_state = {key[len(prefix):]: value for key, value in state.items() if key.startswith(prefix)}
     try:
         sae.load_state_dict(sae_state, strict=True)
     except RuntimeError as err:

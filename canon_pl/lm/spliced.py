@@ -22,14 +22,15 @@ def spliced_loss_sums(
     lm: HookedLanguageModel,
     tokens: Tensor,
     hook_point: str,
-    reconstruct: Callable[[Tensor], Tensor],
+    reconstructions: dict[str, Callable[[Tensor], Tensor]],
     splice_mask: Tensor | None = None,
-) -> dict[str, Tensor]:
-    """Sums over the batch of next-token CE clean, with the SAE spliced in, and with the hook zero-ablated, plus
-    KL(clean ‖ spliced); ``n_tokens`` is the number of predicted positions.
+) -> dict[str, dict[str, Tensor]]:
+    """For each named reconstruction: sums over the batch of next-token CE clean, with it spliced in, and with the
+    hook zero-ablated, plus KL(clean ‖ spliced); ``n_tokens`` is the number of predicted positions. The clean and
+    zero-ablated passes run once for all reconstructions (a family shares them).
 
-    tokens: ``[batch, seq]``. reconstruct: ``[n, d] -> [n, d]``. splice_mask: ``[batch, seq]`` positions replaced
-    (default all); the others keep their clean activations (BOS and outliers, which the SAE does not model).
+    tokens: ``[batch, seq]``. Each reconstruction maps ``[n, d] -> [n, d]``. splice_mask: ``[batch, seq]`` positions
+    replaced (default all); the others keep their clean activations (BOS and outliers, which SAEs do not model).
     """
     tokens = tokens.to(lm.device)
     mask = torch.ones_like(tokens, dtype=torch.bool) if splice_mask is None else splice_mask.to(lm.device)
@@ -42,15 +43,19 @@ def spliced_loss_sums(
         return replace
 
     clean = lm.logits(tokens)
-    spliced = lm.logits(tokens, hook_point, splice(reconstruct))
-    zero = lm.logits(tokens, hook_point, splice(torch.zeros_like))
+    ce_clean = _token_ce(clean, tokens).sum().cpu()
+    ce_zero = _token_ce(lm.logits(tokens, hook_point, splice(torch.zeros_like)), tokens).sum().cpu()
     log_p = F.log_softmax(clean[:, :-1].float(), dim=-1)
-    log_q = F.log_softmax(spliced[:, :-1].float(), dim=-1)
-    kl = (log_p.exp() * (log_p - log_q)).sum(dim=-1)
-    return {
-        "ce_clean": _token_ce(clean, tokens).sum().cpu(),
-        "ce_spliced": _token_ce(spliced, tokens).sum().cpu(),
-        "ce_zero": _token_ce(zero, tokens).sum().cpu(),
-        "kl": kl.sum().cpu(),
-        "n_tokens": torch.tensor(float(tokens.shape[0] * (tokens.shape[1] - 1))),
-    }
+    n_tokens = torch.tensor(float(tokens.shape[0] * (tokens.shape[1] - 1)))
+    results = {}
+    for name, reconstruct in reconstructions.items():
+        spliced = lm.logits(tokens, hook_point, splice(reconstruct))
+        log_q = F.log_softmax(spliced[:, :-1].float(), dim=-1)
+        results[name] = {
+            "ce_clean": ce_clean,
+            "ce_spliced": _token_ce(spliced, tokens).sum().cpu(),
+            "ce_zero": ce_zero,
+            "kl": (log_p.exp() * (log_p - log_q)).sum(dim=-1).sum().cpu(),
+            "n_tokens": n_tokens,
+        }
+    return results

@@ -7,7 +7,13 @@ from canon_pl.training.datamodules import (
     ResumableStreamDataModule,
     SyntheticActivationDataModule,
 )
-from canon_pl.training.module import InputShapeError, NonFiniteError, SAEModule, default_learning_rate
+from canon_pl.training.module import (
+    InputShapeError,
+    NonFiniteError,
+    SAEFamilyModule,
+    SAEModule,
+    default_learning_rate,
+)
 
 __all__ = [
     "ActivationDataModule",
@@ -16,6 +22,7 @@ __all__ = [
     "NonFiniteError",
     "ResumableStreamDataModule",
     "SAEExportCallback",
+    "SAEFamilyModule",
     "SAEModule",
     "StepProgressBar",
     "SyntheticActivationDataModule",

@@ -175,7 +175,8 @@ class ActivationDataModule(ResumableStreamDataModule):
 
         return _loader(batches)
 
-    def spliced_sums(self, tokens: Tensor, mask: Tensor, reconstruct: Callable[[Tensor], Tensor]) -> dict[str, Tensor]:
-        """Next-token loss sums with the SAE spliced in at the kept positions (see ``spliced_loss_sums``)."""
+    def spliced_sums(self, tokens: Tensor, mask: Tensor,
+                     reconstructions: dict[str, Callable[[Tensor], Tensor]]) -> dict[str, dict[str, Tensor]]:
+        """Next-token loss sums with each SAE spliced in at the kept positions (see ``spliced_loss_sums``)."""
         with self._autocast():
-            return spliced_loss_sums(self.load_model(), tokens, self.hparams.hook_point, reconstruct, mask)
+            return spliced_loss_sums(self.load_model(), tokens, self.hparams.hook_point, reconstructions, mask)

@@ -16,15 +16,15 @@ MAX_METRICS_BYTES = 200 * 1024 * 1024
 
 @dataclass
 class RunSummary:
-    """One exported SAE: its folder, its ``cfg.json`` and its final validation metrics (if logged)."""
+    """One exported SAE: its folder, its ``cfg.json`` and its final validation metrics (if logged).
+
+    ``name`` is the folder relative to the checkpoints root (``family_smollm2/4608`` for a family member).
+    """
 
     path: Path
     config: dict[str, Any]
     final_metrics: dict[str, float]
-
-    @property
-    def name(self) -> str:
-        return self.path.name
+    name: str = ""
 
     def row(self) -> dict[str, Any]:
         sae = self.config.get("sae", {})
@@ -50,6 +50,20 @@ def read_metrics(run: Path) -> pd.DataFrame:
         return pd.DataFrame()
 
 
+def member_metrics(run: Path) -> pd.DataFrame:
+    """The run's metrics; for a family member (``<family>/<width>/``) its columns of the family's log, with the
+    ``<width>/`` prefix removed."""
+    run = Path(run)
+    metrics = read_metrics(run)
+    if metrics.empty and (run.parent / "family.json").is_file():
+        family = read_metrics(run.parent)
+        prefix = f"{run.name}/"
+        columns = {c: c[len(prefix):] for c in family.columns if c.startswith(prefix)}
+        keep = [c for c in ("step", "epoch", "tok/s") if c in family.columns]
+        metrics = family[keep + list(columns)].rename(columns=columns)
+    return metrics
+
+
 def _final_validation(metrics: pd.DataFrame) -> dict[str, float]:
     columns = [c for c in metrics.columns if c.startswith("val/")]
     if not columns:
@@ -70,5 +84,6 @@ def find_runs(root: str | Path) -> list[RunSummary]:
             config = read_export_config(cfg.parent)
         except (CheckpointError, json.JSONDecodeError, OSError):
             continue
-        runs.append(RunSummary(cfg.parent, config, _final_validation(read_metrics(cfg.parent))))
+        name = str(cfg.parent.relative_to(root))
+        runs.append(RunSummary(cfg.parent, config, _final_validation(member_metrics(cfg.parent)), name))
     return runs
