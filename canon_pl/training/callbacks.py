@@ -28,7 +28,10 @@ class SAEExportCallback(L.Callback):
             return
         target = Path(self.dirpath or getattr(pl_module.hparams, "export_dir", None) or trainer.default_root_dir)
         pl_module.export(target)
-        rank_zero_info(f"canon-pl: exported the SAE to {target} (load it with canon_pl.load_sae({str(target)!r}))")
+        if (target / "family.json").is_file():
+            rank_zero_info(f"canon-pl: exported the family to {target} (load it with canon_pl.load_family({str(target)!r}))")
+        else:
+            rank_zero_info(f"canon-pl: exported the SAE to {target} (load it with canon_pl.load_sae({str(target)!r}))")
 
 
 class StepProgressBar(TQDMProgressBar):
