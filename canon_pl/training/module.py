@@ -81,7 +81,7 @@ class SAEFamilyModule(L.LightningModule):
         aux_k: int = 512,
         aux_coefficient: float = 1.0 / 32.0,
         dead_tokens_threshold: int = 10_000_000,
-        threshold_momentum: float = 0.99,
+        threshold_momentum: float = 0.9,
         kernel: str = "sparse",
         hook_point: str | None = None,
         model_id: str | None = None,
@@ -206,7 +206,8 @@ class SAEFamilyModule(L.LightningModule):
             log.update({f"{prefix}train/{name}": value.detach() for name, value in out.losses.items()})
             fvu = (out.x_hat - x_n).pow(2).sum() / total_variance
             log.update({f"{prefix}train/loss": out.loss.detach(), f"{prefix}train/fvu": fvu,
-                        f"{prefix}train/l0": out.l0, f"{prefix}train/dead_fraction": sae.dead_mask().float().mean()})
+                        f"{prefix}train/l0": out.l0, f"{prefix}train/dead_fraction": sae.dead_mask().float().mean(),
+                        f"{prefix}train/threshold": sae.threshold.detach().mean()})
         excluded = getattr(getattr(self.trainer, "datamodule", None), "excluded_fraction", None)
         if isinstance(excluded, float):
             log["data/excluded_fraction"] = torch.tensor(excluded)
@@ -300,7 +301,7 @@ class SAEModule(SAEFamilyModule):
         aux_k: int = 512,
         aux_coefficient: float = 1.0 / 32.0,
         dead_tokens_threshold: int = 10_000_000,
-        threshold_momentum: float = 0.99,
+        threshold_momentum: float = 0.9,
         kernel: str = "sparse",
         hook_point: str | None = None,
         model_id: str | None = None,
