@@ -12,6 +12,7 @@ import pandas as pd
 from canon_pl.io.export import CONFIG_FILE, CheckpointError, read_export_config
 
 MAX_METRICS_BYTES = 200 * 1024 * 1024
+HEADLINE_METRICS = ("explained_variance", "l0", "ce_recovered", "dead_fraction")
 
 
 @dataclass
@@ -27,15 +28,19 @@ class RunSummary:
     name: str = ""
 
     def row(self) -> dict[str, Any]:
+        """One table row: identity first, then the headline metrics, then the rest of the validation metrics."""
         sae = self.config.get("sae", {})
+        metrics = {key.removeprefix("val/"): value for key, value in self.final_metrics.items()}
+        headline = {key: metrics.pop(key) for key in HEADLINE_METRICS if key in metrics}
         return {
             "run": self.name,
-            "architecture": sae.get("architecture"),
             "d_sae": sae.get("d_sae"),
             "k": sae.get("k"),
+            **headline,
+            "architecture": sae.get("architecture"),
             "hook point": sae.get("hook_point"),
             "steps": self.config.get("training", {}).get("global_step"),
-            **{key.removeprefix("val/"): value for key, value in self.final_metrics.items()},
+            **metrics,
         }
 
 
@@ -86,4 +91,5 @@ def find_runs(root: str | Path) -> list[RunSummary]:
             continue
         name = str(cfg.parent.relative_to(root))
         runs.append(RunSummary(cfg.parent, config, _final_validation(member_metrics(cfg.parent)), name))
-    return runs
+    # families in width order, not in the string order of their folder names
+    return sorted(runs, key=lambda r: (str(r.path.parent), int(r.config.get("sae", {}).get("d_sae") or 0), r.name))
