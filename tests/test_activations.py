@@ -139,7 +139,7 @@ def test_unknown_hook_point_lists_the_valid_ones(hooked) -> None:
     with pytest.raises(HookPointError, match=r"'model.layers.40' not found; the model has layers 0-29"):
         hooked.capture(torch.ones(1, 4, dtype=torch.long), "model.layers.40")
     with pytest.raises(HookPointError):
-        datamodule(hooked, hook_point="transformer.h.3").hooked.parse_hook_point("transformer.h.3")
+        hooked.parse_hook_point("transformer.h.3")
 
 
 def test_model_that_cannot_be_found_offline(monkeypatch) -> None:
@@ -148,20 +148,14 @@ def test_model_that_cannot_be_found_offline(monkeypatch) -> None:
         load_causal_lm("no-such-org/no-such-model")
 
 
-def test_empty_or_missing_text_source_fails_before_training(hooked, tmp_path: Path) -> None:
+def test_empty_or_missing_text_source_fails_before_training(hooked, tmp_path: Path, monkeypatch) -> None:
+    import canon_pl.training.activations as activations
+
+    monkeypatch.setattr(activations, "load_causal_lm", lambda *a, **k: hooked.loaded)
     (tmp_path / "empty.txt").write_text("\n\n")
     for text, message in ((str(tmp_path / "empty.txt"), "is empty"), (str(tmp_path / "nothing*.txt"), "matches no files")):
-        dm = ActivationDataModule(**{**SMALL, "text": text})
-        dm.hooked = None
-        import canon_pl.training.activations as activations
-
-        original = activations.load_causal_lm
-        activations.load_causal_lm = lambda *a, **k: hooked.loaded
-        try:
-            with pytest.raises(TextSourceError, match=message):
-                dm.load_model()
-        finally:
-            activations.load_causal_lm = original
+        with pytest.raises(TextSourceError, match=message):
+            ActivationDataModule(**{**SMALL, "text": text}).load_model()
 
 
 def test_context_longer_than_the_model_allows(hooked, monkeypatch) -> None:

@@ -92,13 +92,14 @@ class SparseAutoencoder(nn.Module):
         return self.cfg.d_sae
 
     # ----------------------------------------------------------------------------------------------- encoding
-    def pre_activations(self, x: Tensor) -> Tensor:
-        """``relu((x - b_dec) @ W_enc + b_enc)``.
+    def encoder_bias(self) -> Tensor:
+        """``b_enc - b_dec @ W_enc`` ``[d_sae]``: the decoder bias folded into the encoder's, so that the backward
+        pass never forms a ``[batch, d_in]`` gradient for ``b_dec`` through a second large matmul."""
+        return self.b_enc - self.b_dec @ self.W_enc
 
-        x: ``[batch, d_in]`` -> ``[batch, d_sae]``. Written as ``x @ W_enc - b_dec @ W_enc`` so that the backward
-        pass never forms a ``[batch, d_in]`` gradient for ``b_dec`` through a second large matmul.
-        """
-        return torch.relu(x @ self.W_enc + (self.b_enc - self.b_dec @ self.W_enc))
+    def pre_activations(self, x: Tensor) -> Tensor:
+        """``relu((x - b_dec) @ W_enc + b_enc)``. x: ``[batch, d_in]`` -> ``[batch, d_sae]``."""
+        return torch.relu(torch.addmm(self.encoder_bias(), x, self.W_enc))
 
     def select(self, pre: Tensor, inference: bool) -> SparseActivations | Tensor:
         """Keep the surviving activations. pre: ``[batch, d_sae]`` (non-negative).
@@ -150,7 +151,7 @@ class SparseAutoencoder(nn.Module):
             acts = SparseActivations(selected.rows, selected.cols, take(selected.rows, selected.cols),
                                      selected.batch_size)
         else:
-            acts = pre if pre.requires_grad else self.pre_activations(x)  # dense architectures (ReLU)
+            acts = pre  # dense architectures (ReLU): always the autograd path below
         x_hat = self._decode_any(acts)
         losses: dict[str, Tensor] = {"mse": F.mse_loss(x_hat, x)}
         losses.update(self.sparsity_losses(acts if isinstance(acts, Tensor) else None))
@@ -166,7 +167,7 @@ class SparseAutoencoder(nn.Module):
     def _pre_activations_for_training(self, x: Tensor):
         """``(take, pre)``: ``pre [batch, d_sae]`` and ``take(rows, cols) -> [n]``, differentiable entries of it."""
         if self.cfg.kernel == "sparse" and self.architecture != "relu":
-            bias = self.b_enc - self.b_dec @ self.W_enc
+            bias = self.encoder_bias()
             with torch.no_grad():
                 pre = torch.addmm(bias, x, self.W_enc).relu_()
             return (lambda rows, cols: gather_pre_activations(x, self.W_enc, bias, pre, rows, cols)), pre

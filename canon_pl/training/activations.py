@@ -153,14 +153,14 @@ class ActivationDataModule(ResumableStreamDataModule):
 
     def train_batches(self, start: Any) -> Iterator[tuple[Any, Tensor]]:
         generation, offset = start
-        first = True
+        yielded_any = False
         for position, batch in iterate_buffered_batches(self.load_block, self.hparams.batch_size, self.hparams.seed,
                                                         (generation, offset)):
-            first = False
+            yielded_any = True
             yield list(position), batch
-        if first and generation == 0 and offset == 0:
+        if not yielded_any and (generation, offset) == (0, 0):
             raise TextSourceError(f"the text source {self.hparams.text!r} produced fewer tokens than one batch of "
-                             f"{self.hparams.batch_size}")
+                                  f"{self.hparams.batch_size}")
 
     # ------------------------------------------------------------------------------------------- validation
     def val_dataloader(self) -> DataLoader:

@@ -55,13 +55,13 @@ def read_metrics(run: Path) -> pd.DataFrame:
         return pd.DataFrame()
 
 
-def member_metrics(run: Path) -> pd.DataFrame:
+def member_metrics(run: Path, family_metrics: pd.DataFrame | None = None) -> pd.DataFrame:
     """The run's metrics; for a family member (``<family>/<width>/``) its columns of the family's log, with the
-    ``<width>/`` prefix removed."""
+    ``<width>/`` prefix removed. ``family_metrics`` passes the family's log when the caller has read it already."""
     run = Path(run)
     metrics = read_metrics(run)
     if metrics.empty and (run.parent / "family.json").is_file():
-        family = read_metrics(run.parent)
+        family = read_metrics(run.parent) if family_metrics is None else family_metrics
         prefix = f"{run.name}/"
         columns = {c: c[len(prefix):] for c in family.columns if c.startswith(prefix)}
         keep = [c for c in ("step", "epoch", "tok/s") if c in family.columns]
@@ -84,12 +84,17 @@ def find_runs(root: str | Path) -> list[RunSummary]:
     """Every folder below ``root`` (two levels at most) holding a readable canon-pl ``cfg.json``."""
     root = Path(root)
     runs = []
+    family_logs: dict[Path, pd.DataFrame] = {}  # a family's log is read once for all its members
     for cfg in sorted(list(root.glob(f"*/{CONFIG_FILE}")) + list(root.glob(f"*/*/{CONFIG_FILE}"))):
         try:
             config = read_export_config(cfg.parent)
         except (CheckpointError, json.JSONDecodeError, OSError):
             continue
         name = str(cfg.parent.relative_to(root))
-        runs.append(RunSummary(cfg.parent, config, _final_validation(member_metrics(cfg.parent)), name))
+        family = None
+        if (cfg.parent.parent / "family.json").is_file():
+            family = family_logs.setdefault(cfg.parent.parent, read_metrics(cfg.parent.parent))
+        metrics = member_metrics(cfg.parent, family)
+        runs.append(RunSummary(cfg.parent, config, _final_validation(metrics), name))
     # families in width order, not in the string order of their folder names
     return sorted(runs, key=lambda r: (str(r.path.parent), int(r.config.get("sae", {}).get("d_sae") or 0), r.name))
