@@ -1,4 +1,5 @@
-"""The command line: ``canon-pl`` and ``lightning`` (LightningCLI: ``fit``, ``validate``, ...) plus ``export``.
+"""The command line: ``canon-pl`` and ``lightning`` (LightningCLI: ``fit``, ``validate``, ...) plus ``export``,
+``cache`` and ``stitch``.
 
 ``lightning fit --config configs/sae_synthetic.yaml`` trains and checkpoints; ``canon-pl export --ckpt X --out D``
 turns a Lightning checkpoint into a portable export.
@@ -103,7 +104,13 @@ def cache_command(argv: list[str]) -> int:
     return 0
 
 
-COMMANDS = {"export": export_command, "cache": cache_command}
+def stitch_command(argv: list[str]) -> int:
+    from canon_pl.commands.stitch import stitch_command as run
+
+    return run(argv)
+
+
+COMMANDS = {"export": export_command, "cache": cache_command, "stitch": stitch_command}
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
@@ -112,10 +119,11 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from canon_pl.io import CheckpointError
     from canon_pl.lm import ContextLengthError, HookPointError, ModelLoadError, TextSourceError
     from canon_pl.sae import SAEConfigError
+    from canon_pl.stitching import StitchingError
     from canon_pl.training import InputShapeError, NonFiniteError
 
     return (SAEConfigError, CheckpointError, ShardError, InputShapeError, NonFiniteError, HookPointError,
-            ModelLoadError, TextSourceError, ContextLengthError)
+            ModelLoadError, TextSourceError, ContextLengthError, StitchingError)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import lightning as L
 from lightning.pytorch.callbacks import ModelCheckpoint
 
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
 SMALL_SAE = dict(d_in=48, d_sae=192, k=3, lr=3e-3, aux_k=32, dead_tokens_threshold=20_000)
 SMALL_DATA = dict(d_in=48, n_features=96, active_per_token=3.0, batch_size=1024, val_batches=2, seed=0)
 
@@ -21,3 +25,8 @@ def make_trainer(root: Path, max_steps: int, every_n_steps: int | None = None, *
         enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=bool(every_n_steps),
         callbacks=callbacks, num_sanity_val_steps=0, **kwargs,
     )
+
+
+def run_cli(*args: str, cwd: Path, script: str = "lightning") -> subprocess.CompletedProcess:
+    """Run an installed console script (``lightning`` or ``canon-pl``) as a researcher would."""
+    return subprocess.run([str(BIN / script), *args], cwd=cwd, capture_output=True, text=True, timeout=600)

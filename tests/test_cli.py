@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -12,14 +11,9 @@ import torch
 from canon_pl import load_sae
 from canon_pl.cli import run_lightning_cli
 from canon_pl.training import ActivationDataModule
+from tests.helpers import REPO, run_cli
 
-REPO = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((REPO / "configs").glob("**/*.yaml"))
-BIN = Path(sys.executable).parent
-
-
-def run_cli(*args: str, cwd: Path, script: str = "lightning") -> subprocess.CompletedProcess:
-    return subprocess.run([str(BIN / script), *args], cwd=cwd, capture_output=True, text=True, timeout=600)
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=[c.name for c in CONFIGS])

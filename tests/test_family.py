@@ -9,9 +9,17 @@ import pytest
 import torch
 
 from canon_pl import CheckpointError, load_family, load_sae
+from canon_pl.data import write_activation_shards
 from canon_pl.sae import SAEConfigError
-from canon_pl.training import SAEExportCallback, SAEFamilyModule, SAEModule, SyntheticActivationDataModule
-from tests.helpers import SMALL_DATA, make_trainer
+from canon_pl.stitching import read_stitching_results
+from canon_pl.training import (
+    SAEExportCallback,
+    SAEFamilyModule,
+    SAEModule,
+    StitchingCallback,
+    SyntheticActivationDataModule,
+)
+from tests.helpers import SMALL_DATA, make_trainer, run_cli
 
 FAMILY = dict(d_in=48, k=3, lr=3e-3, aux_k=16, dead_tokens_threshold=5_000, init_seed=7)
 
@@ -20,7 +28,8 @@ FAMILY = dict(d_in=48, k=3, lr=3e-3, aux_k=16, dead_tokens_threshold=5_000, init
 def family_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[SAEFamilyModule, Path]:
     root = tmp_path_factory.mktemp("family")
     module = SAEFamilyModule(widths=[48, 96, 192], base_width=48, **FAMILY)
-    trainer = make_trainer(root, max_steps=150, val_check_interval=150, callbacks=[SAEExportCallback()])
+    trainer = make_trainer(root, max_steps=150, val_check_interval=150,
+                           callbacks=[SAEExportCallback(), StitchingCallback(max_tokens=1536)])
     trainer.fit(module, SyntheticActivationDataModule(**SMALL_DATA))
     return module, root
 
@@ -90,3 +99,46 @@ def test_viewer_lists_family_members_with_their_metrics(tmp_path: Path) -> None:
 def test_bad_family_widths_get_a_clear_error(widths: list[int], base: int | None, message: str) -> None:
     with pytest.raises(SAEConfigError, match=message):
         SAEFamilyModule(widths=widths, base_width=base, **FAMILY)
+
+
+def test_stitching_callback_analyses_each_adjacent_pair_inside_fit(family_run) -> None:
+    family, root = family_run
+    metrics = family.trainer.callback_metrics
+    data = SyntheticActivationDataModule(**SMALL_DATA)
+    x = torch.cat(list(data.val_dataloader()))[:1536]
+    loaded = load_family(root)
+    for small, large in ((48, 96), (96, 192)):
+        summary = read_stitching_results(root / "stitching" / f"{small}_{large}.json")
+        assert summary["n_tokens"] == 1536 and summary["global_step"] == 150
+        assert float(metrics[f"stitch/{small}_{large}/novel_fraction"]) == pytest.approx(summary["novel_fraction"])
+        for key, width in (("mse_small", small), ("mse_large", large)):  # the path's ends are the exports' MSE
+            with torch.no_grad():
+                expected = torch.nn.functional.mse_loss(loaded.saes[width](x), x)
+            assert summary[key] == pytest.approx(float(expected), rel=1e-4)
+        assert summary["path"]["n_latents"][0] == small and summary["path"]["n_latents"][-1] == large
+
+
+def test_stitch_command_on_a_family_and_on_a_pair(family_run, tmp_path: Path) -> None:
+    _, root = family_run
+    data = SyntheticActivationDataModule(**SMALL_DATA)
+    write_activation_shards(data.val_dataloader(), tmp_path / "cache", tokens_per_shard=1024, dtype="float32")
+    result = run_cli("stitch", str(root), "--data", str(tmp_path / "cache"), "--tokens", "1500",
+                     "--out", str(tmp_path / "fam"), cwd=tmp_path, script="canon-pl")
+    assert result.returncode == 0, result.stderr
+    assert "48 -> 96" in result.stdout and "96 -> 192" in result.stdout
+    summary = read_stitching_results(tmp_path / "fam" / "96_192.json", arrays=True)
+    assert summary["n_tokens"] == 1500 and summary["arrays"]["large_delta_mse"].shape == (192,)
+    # a pair given the wrong way round is swapped with a notice; the results are the same pair's
+    result = run_cli("stitch", str(root / "192"), str(root / "96"), "--data", str(tmp_path / "cache"),
+                     "--tokens", "1500", cwd=tmp_path, script="canon-pl")
+    assert result.returncode == 0 and "swapping them" in result.stderr
+    again = read_stitching_results(tmp_path / "stitching" / "96_192.json")
+    assert again["novel_fraction"] == summary["novel_fraction"] and again["swapped"]
+    # activations of the wrong width: one clear error, nothing written
+    write_activation_shards([torch.randn(64, 40)], tmp_path / "bad", dtype="float32")
+    result = run_cli("stitch", str(root), "--data", str(tmp_path / "bad"), "--out", str(tmp_path / "none"),
+                     cwd=tmp_path, script="canon-pl")
+    assert result.returncode == 2 and "d_in=40" in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "none").exists()
+    result = run_cli("stitch", str(root / "48"), "--data", str(tmp_path / "cache"), cwd=tmp_path, script="canon-pl")
+    assert result.returncode == 2 and "not a family folder" in result.stderr

@@ -14,6 +14,7 @@ from canon_pl.training.module import (
     SAEModule,
     default_learning_rate,
 )
+from canon_pl.training.stitching import StitchingCallback
 
 __all__ = [
     "ActivationDataModule",
@@ -25,6 +26,7 @@ __all__ = [
     "SAEFamilyModule",
     "SAEModule",
     "StepProgressBar",
+    "StitchingCallback",
     "SyntheticActivationDataModule",
     "default_learning_rate",
 ]

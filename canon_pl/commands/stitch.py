@@ -1,0 +1,129 @@
+"""``canon-pl stitch``: the stitching analysis of two exported SAEs, or of every adjacent pair of a family."""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import warnings
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from canon_pl.data import ShardError, ShardIndex
+from canon_pl.io import CheckpointError, load_sae
+from canon_pl.io.family import MANIFEST_FILE, load_family
+from canon_pl.sae import SparseAutoencoder
+from canon_pl.stitching import (
+    DEFAULT_TAU,
+    StitchingError,
+    analyze_pair,
+    check_tau,
+    spliced_loss_on,
+    write_stitching_results,
+)
+from canon_pl.stitching.analysis import SplicedLoss
+
+DESCRIPTION = """Which latents of a larger SAE are novel and which only re-split a smaller SAE's (Leask et al. 2025).
+SMALL and LARGE are exports (folders with cfg.json) of the same d_in; a family folder alone (family.json) stitches
+every adjacent pair of widths. Writes <out>/<small>_<large>.json (summary and path) and .safetensors (per-latent
+arrays); the format is in docs/stitching_results.md."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="canon-pl stitch", description=DESCRIPTION)
+    parser.add_argument("small", help="the smaller SAE (export folder), or a family folder")
+    parser.add_argument("large", nargs="?", help="the larger SAE (export folder); omit for a family")
+    parser.add_argument("--data", required=True,
+                        help="an activation cache (folder with index.json, from `canon-pl cache`), or a text source "
+                             "(python-docs, pydoc-topics, a local file/glob, a hub dataset) captured through the model")
+    parser.add_argument("--tokens", type=int, default=8192, help="tokens to analyse (default 8192)")
+    parser.add_argument("--tau", type=float, default=DEFAULT_TAU, help="cosine threshold (default 0.7)")
+    parser.add_argument("--out", help="results folder (default <family>/stitching, or ./stitching for a pair)")
+    parser.add_argument("--ce-points", type=int, default=0,
+                        help="path points at which to measure the spliced next-token loss (text data only)")
+    parser.add_argument("--model", help="language model for text data (default: the SAEs' model_id)")
+    parser.add_argument("--hook-point", help="hook point for text data (default: the SAEs' hook_point)")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default cpu)")
+    return parser
+
+
+def _pairs(ns: argparse.Namespace) -> tuple[list[tuple[SparseAutoencoder, SparseAutoencoder, str, str]], Path]:
+    small_path = Path(ns.small)
+    if ns.large is None:
+        if not (small_path / MANIFEST_FILE).is_file():
+            raise StitchingError(f"{small_path} is not a family folder ({MANIFEST_FILE} missing): pass SMALL and LARGE")
+        family = load_family(small_path, ns.device)
+        widths = family.widths
+        if len(widths) < 2:
+            raise StitchingError(f"the family at {small_path} has one width ({widths}); stitching needs two")
+        pairs = [(family.saes[a], family.saes[b], str(small_path / family.manifest["members"][str(a)]),
+                  str(small_path / family.manifest["members"][str(b)])) for a, b in zip(widths, widths[1:])]
+        return pairs, Path(ns.out or small_path / "stitching")
+    return [(load_sae(ns.small, ns.device), load_sae(ns.large, ns.device), ns.small, ns.large)], Path(ns.out or "stitching")
+
+
+def _cache_activations(path: Path, n_tokens: int, d_in: int) -> Tensor:
+    index = ShardIndex.load(path)
+    if index.d_in != d_in:
+        raise StitchingError(f"the activation cache at {path} has d_in={index.d_in} but the SAEs take {d_in}")
+    pieces, have = [], 0
+    for i in range(len(index.shards)):
+        if have >= n_tokens:
+            break
+        shard = index.read_shard(i)[: n_tokens - have].float()
+        pieces.append(shard)
+        have += shard.shape[0]
+    return torch.cat(pieces)
+
+
+def _text_activations(ns: argparse.Namespace, sae: SparseAutoencoder) -> tuple[Tensor, SplicedLoss | None]:
+    from canon_pl.training import ActivationDataModule
+
+    model = ns.model or sae.cfg.model_id
+    hook = ns.hook_point or sae.cfg.hook_point
+    if not model or not hook:
+        raise StitchingError("the SAEs record no model_id/hook_point: pass --model and --hook-point for text data")
+    context_length = 128
+    data = ActivationDataModule(model=model, hook_point=hook, text=ns.data, context_length=context_length,
+                                val_contexts=math.ceil(ns.tokens / (context_length - 1)))
+    data.load_model(ns.device)
+    activations, lm_batches = [], []
+    for batch in data.val_dataloader():  # held-out documents
+        activations.append(batch["activations"])
+        if len(lm_batches) < 1:
+            lm_batches.append((batch["tokens"], batch["mask"]))
+    if not activations:
+        raise StitchingError(f"the text source {ns.data!r} gave no held-out tokens")
+    x = torch.cat(activations)[: ns.tokens]
+    return x, (spliced_loss_on(data.spliced_sums, lm_batches) if ns.ce_points > 0 else None)
+
+
+def stitch_command(argv: list[str]) -> int:
+    ns = build_parser().parse_args(argv)
+    try:
+        check_tau(ns.tau)
+        if ns.tokens <= 0:
+            raise StitchingError(f"--tokens must be positive, got {ns.tokens}")
+        pairs, out = _pairs(ns)
+        first = pairs[0][0]
+        if (Path(ns.data) / "index.json").is_file():
+            if ns.ce_points:
+                warnings.warn("--ce-points needs text data (the LM runs on tokens); skipped for an activation cache")
+            x, spliced = _cache_activations(Path(ns.data), ns.tokens, first.d_in), None
+        else:
+            x, spliced = _text_activations(ns, first)
+        for small, large, small_name, large_name in pairs:
+            result = analyze_pair(small, large, x, ns.tau, spliced_loss=spliced, ce_points=ns.ce_points,
+                                  progress=True, names=(small_name, large_name))
+            path = write_stitching_results(result, out)
+            s = result.summary
+            print(f"{s['small']['d_sae']} -> {s['large']['d_sae']}: {s['novel_fraction']:.1%} novel "
+                  f"({s['n_novel']} of {s['large']['d_sae']}), proxy agreement "
+                  f"{(s['proxy']['agreement'] or 0.0):.1%}, FVU {s['fvu_small']:.4f} -> {s['fvu_large']:.4f}, "
+                  f"path AUC {s['path_auc']:.3f}; wrote {path}")
+    except (StitchingError, CheckpointError, ShardError) as err:
+        print(f"canon-pl stitch: error: {err}", file=sys.stderr)
+        return 2
+    return 0

@@ -1,0 +1,248 @@
+"""One stitching analysis of a pair of SAEs, and its results file (documented in docs/stitching_results.md).
+
+``analyze_pair`` runs the matching, the groups, the definitional check and the path on the same tokens;
+``write_stitching_results`` stores the summary as JSON (``<name>.json``) and the per-latent and per-step arrays as
+safetensors (``<name>.safetensors``), both written atomically.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+
+from canon_pl.io.atomic import atomic_path, atomic_write_json
+from canon_pl.metrics import SplicedLanguageModelLoss
+from canon_pl.sae import SparseAutoencoder
+from canon_pl.stitching.groups import LatentGroups, latent_groups
+from canon_pl.stitching.matching import DEFAULT_TAU, LatentMatch, StitchingError, check_tau, match_latents
+from canon_pl.stitching.path import (
+    STEP_KINDS,
+    StitchingPath,
+    reconstruction,
+    single_insertion_delta_mse,
+    sparse_codes,
+    stitching_path,
+)
+from canon_pl.stitching.stitched import StitchedSAE, latent_thresholds
+
+FORMAT_NAME = "canon_pl.stitching"
+FORMAT_VERSION = 1
+SUMMARY_POINTS = 256
+"""Path points kept in the JSON summary (the safetensors file holds all of them)."""
+
+Reconstruction = Callable[[Tensor], Tensor]
+SplicedLoss = Callable[[dict[str, Reconstruction]], dict[str, dict[str, float]]]
+"""Given named reconstruction functions ``[n, d_in] -> [n, d_in]``, the LM's next-token loss with each spliced in:
+``{name: {"ce_sae", "ce_clean", "ce_zero", "ce_recovered", ...}}`` (see :func:`spliced_loss_on`)."""
+
+
+def spliced_loss_on(spliced_sums: Callable[..., dict[str, dict[str, Tensor]]],
+                    batches: list[tuple[Tensor, Tensor]]) -> SplicedLoss:
+    """A :data:`SplicedLoss` over fixed ``(tokens [n_ctx, seq], mask [n_ctx, seq])`` batches, given a
+    ``spliced_sums(tokens, mask, reconstructions)`` such as ``ActivationDataModule.spliced_sums``."""
+
+    def loss(reconstructions: dict[str, Reconstruction]) -> dict[str, dict[str, float]]:
+        metrics = {name: SplicedLanguageModelLoss() for name in reconstructions}
+        for tokens, mask in batches:
+            for name, sums in spliced_sums(tokens, mask, reconstructions).items():
+                metrics[name].update(sums)
+        return {name: {k: float(v) for k, v in m.compute().items()} for name, m in metrics.items()}
+
+    return loss
+
+
+def describe_sae(sae: SparseAutoencoder, source: str | None = None) -> dict[str, Any]:
+    return {"d_sae": sae.d_sae, "d_in": sae.d_in, "architecture": sae.cfg.architecture, "k": sae.cfg.k,
+            "hook_point": sae.cfg.hook_point, "model_id": sae.cfg.model_id, "source": source}
+
+
+def check_pair(small: SparseAutoencoder, large: SparseAutoencoder, small_name: str = "small",
+               large_name: str = "large") -> tuple[SparseAutoencoder, SparseAutoencoder, bool]:
+    """Validate a pair; returns (small, large, swapped). A "small" SAE wider than the "large" one is swapped with a
+    warning; different ``d_in`` is an error; different hook points (both recorded) a warning."""
+    if small.d_in != large.d_in:
+        raise StitchingError(
+            f"{small_name} has d_in={small.d_in} but {large_name} has d_in={large.d_in}: stitching needs two SAEs "
+            f"trained on the same activations (same model and hook point)"
+        )
+    hooks = small.cfg.hook_point, large.cfg.hook_point
+    if all(hooks) and hooks[0] != hooks[1]:
+        warnings.warn(f"the SAEs were trained on different hook points ({hooks[0]!r} vs {hooks[1]!r}); stitching them "
+                      f"assumes they read the same activations", stacklevel=2)
+    for sae in (small, large):
+        latent_thresholds(sae)  # TopK or untrained SAEs fail here, before any long work
+    if small.d_sae > large.d_sae:
+        warnings.warn(f"the 'small' SAE ({small.d_sae} latents) is larger than the 'large' one ({large.d_sae}); "
+                      f"swapping them", stacklevel=2)
+        return large, small, True
+    return small, large, False
+
+
+@dataclass
+class StitchingResult:
+    """Everything one analysis found. Per-latent arrays: ``[d_large]`` / ``[d_small]``; path arrays ``[T+2]``."""
+
+    summary: dict[str, Any]
+    match: LatentMatch
+    groups: LatentGroups
+    path: StitchingPath
+    large_delta_mse: Tensor
+    large_fire_count: Tensor
+    ce_points: dict[str, Any] = field(default_factory=dict)
+
+    def stitched_at(self, point: int, small: SparseAutoencoder, large: SparseAutoencoder) -> StitchedSAE:
+        """The stitched SAE at one point of the path."""
+        keep_small, keep_large, bias = self.path.masks_at(point, self.groups)
+        return StitchedSAE.from_pair(small, large, keep_small, keep_large, bias)
+
+
+def proxy_agreement(is_novel: Tensor, delta_mse: Tensor, fires: Tensor) -> dict[str, Any]:
+    """How well "max cosine < tau" predicts "lowers MSE when added alone to S", over L-latents that fire."""
+    novel, lowers = is_novel[fires], delta_mse[fires] < 0
+    n = int(fires.sum())
+
+    def rate(mask: Tensor) -> float | None:
+        return float(mask.float().mean()) if mask.numel() else None
+
+    return {
+        "agreement": rate(novel == lowers),
+        "novel_lowers_mse": rate(lowers[novel]),
+        "reconstruction_raises_mse": rate(~lowers[~novel]),
+        "n_evaluated": n,
+        "n_silent": int((~fires).sum()),
+    }
+
+
+def _downsample(points: int, keep: int) -> Tensor:
+    if points <= keep:
+        return torch.arange(points)
+    return torch.unique(torch.linspace(0, points - 1, keep).round().long())
+
+
+@torch.no_grad()
+def analyze_pair(small: SparseAutoencoder, large: SparseAutoencoder, activations: Tensor, tau: float = DEFAULT_TAU,
+                 spliced_loss: SplicedLoss | None = None, ce_points: int = 0, progress: bool = False,
+                 names: tuple[str | None, str | None] = (None, None)) -> StitchingResult:
+    """Match, group, check and walk from ``small`` to ``large`` on raw ``activations [N, d_in]``.
+
+    ``spliced_loss`` with ``ce_points > 0`` also measures the next-token loss at that many points along the path
+    (endpoints included).
+    """
+    tau = check_tau(tau)
+    small, large, swapped = check_pair(small, large, names[0] or "small", names[1] or "large")
+    if swapped:
+        names = (names[1], names[0])
+    if activations.dim() != 2 or activations.shape[1] != small.d_in:
+        raise StitchingError(f"activations must be [tokens, {small.d_in}], got {tuple(activations.shape)}")
+    if activations.shape[0] == 0:
+        raise StitchingError("no activations to stitch on: the data source gave 0 tokens")
+    if not torch.isfinite(activations).all():
+        raise StitchingError("the activations contain NaN or Inf: check the data source")
+    device = small.W_dec.device
+    x = activations.to(device).float()
+    match = match_latents(small.W_dec, large.W_dec, tau, progress=progress)
+    groups = latent_groups(match)
+    small_codes, large_codes = sparse_codes(small, x), sparse_codes(large, x)
+    residual_small = x - reconstruction(small, x)
+    delta_mse = single_insertion_delta_mse(large_codes, large.W_dec.detach().float(), residual_small)
+    fire_count = large_codes.counts()
+    path = stitching_path(small, large, x, groups, small_codes, large_codes, progress=progress)
+
+    ce: dict[str, Any] = {}
+    if spliced_loss is not None and ce_points > 0:
+        points = _downsample(path.n_points, max(ce_points, 2)).tolist()
+
+        def stitched_at(point: int) -> Reconstruction:  # built when called: one stitched SAE in memory at a time
+            return lambda h: StitchedSAE.from_pair(small, large, *path.masks_at(point, groups))(h.float())
+
+        losses = spliced_loss({str(p): stitched_at(p) for p in points})
+        first = losses[str(points[0])]
+        ce = {"point": points, "n_latents": path.n_latents[points].tolist(),
+              "ce_loss": [losses[str(p)]["ce_sae"] for p in points],
+              "ce_recovered": [losses[str(p)]["ce_recovered"] for p in points],
+              "ce_clean": first["ce_clean"], "ce_zero": first["ce_zero"]}
+
+    is_novel = match.is_novel
+    summary = {
+        "format": FORMAT_NAME,
+        "format_version": FORMAT_VERSION,
+        "small": describe_sae(small, names[0]),
+        "large": describe_sae(large, names[1]),
+        "swapped": swapped,
+        "tau": tau,
+        "n_tokens": int(x.shape[0]),
+        "novel_fraction": float(is_novel.float().mean()),
+        "n_novel": int(is_novel.sum()),
+        "n_reconstruction": int((~is_novel).sum()),
+        "groups": groups.kind_counts(),
+        "proxy": proxy_agreement(is_novel, delta_mse, fire_count > 0),
+        "mse_small": float(path.mse[0]),
+        "mse_large": float(path.mse[-1]),
+        "fvu_small": float(path.fvu[0]),
+        "fvu_large": float(path.fvu[-1]),
+        "path_auc": path.normalized_auc(),
+        "path_monotone_fraction": path.monotone_fraction(),
+        "path_points": path.n_points,
+    }
+    keep = _downsample(path.n_points, SUMMARY_POINTS)
+    summary["path"] = {
+        "point": keep.tolist(),
+        "kind": [STEP_KINDS[int(k)] for k in path.kind[keep]],
+        "n_latents": path.n_latents[keep].tolist(),
+        "mse": path.mse[keep].tolist(),
+        "fvu": path.fvu[keep].tolist(),
+        "l0": path.l0[keep].tolist(),
+    }
+    summary["path_ce"] = ce or None
+    return StitchingResult(summary, match, groups, path, delta_mse, fire_count, ce)
+
+
+def _arrays(result: StitchingResult) -> dict[str, Tensor]:
+    m, g, p = result.match, result.groups, result.path
+    tensors = {
+        "large_max_cos": m.large_max_cos, "large_nearest": m.large_nearest, "small_max_cos": m.small_max_cos,
+        "small_nearest": m.small_nearest, "large_group": g.large_group, "small_group": g.small_group,
+        "large_delta_mse": result.large_delta_mse, "large_fire_count": result.large_fire_count,
+        "edges_large": m.edges_large, "edges_small": m.edges_small, "edges_cos": m.edges_cos,
+        "path_order": p.order, "path_kind": p.kind, "path_group": p.group, "path_n_latents": p.n_latents,
+        "path_mse": p.mse, "path_fvu": p.fvu, "path_l0": p.l0,
+    }
+    return {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+
+
+def write_stitching_results(result: StitchingResult, directory: str | os.PathLike, name: str | None = None) -> Path:
+    """Write ``<name>.safetensors`` then ``<name>.json`` (default name ``<d_small>_<d_large>``); returns the JSON."""
+    directory = Path(directory)
+    name = name or f"{result.summary['small']['d_sae']}_{result.summary['large']['d_sae']}"
+    with atomic_path(directory / f"{name}.safetensors") as tmp:
+        save_file(_arrays(result), str(tmp), metadata={"format": FORMAT_NAME})
+    summary = {**result.summary, "arrays": f"{name}.safetensors"}
+    atomic_write_json(directory / f"{name}.json", summary)
+    return directory / f"{name}.json"
+
+
+def read_stitching_results(path: str | os.PathLike, arrays: bool = False) -> dict[str, Any]:
+    """The summary of a results JSON; with ``arrays=True`` also ``summary["arrays"]`` as a dict of tensors."""
+    path = Path(path)
+    try:
+        summary = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise StitchingError(f"{path} is not a readable stitching results file ({err})") from err
+    if not isinstance(summary, dict) or summary.get("format") != FORMAT_NAME:
+        raise StitchingError(f"{path} is not a canon-pl stitching results file (no \"format\": \"{FORMAT_NAME}\")")
+    if arrays:
+        try:
+            summary["arrays"] = load_file(str(path.parent / summary["arrays"]))
+        except (KeyError, OSError, SafetensorError) as err:
+            raise StitchingError(f"the arrays of {path} are missing or corrupt ({err}); re-run the analysis") from err
+    return summary

@@ -1,0 +1,233 @@
+"""The stitching path from S to L (DESIGN.md 1.2, step 5) and the definitional check of the cosine proxy.
+
+Everything is computed from the two SAEs' sparse codes on a fixed set of ``N`` tokens and the residual
+``r = x - x_hat`` of the current stitched SAE. A step applies one group (insert its L-latents, remove its S-latents):
+the reconstruction changes by ``delta = sum_L a_j W_dec^L[j] - sum_S a_i W_dec^S[i]`` on the tokens where those
+latents fire, so a step costs time in proportion to its non-zeros, not to ``N * d_sae``. Inserted L-latents keep
+L's exact activations (the bias folding of :class:`StitchedSAE`); the last step switches the decoder bias from
+S's to L's, so the path ends exactly at L.
+"""
+
+from __future__ import annotations
+
+import heapq
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from canon_pl.sae import SparseAutoencoder
+from canon_pl.stitching.groups import LatentGroups
+
+STEP_KINDS = ("start", "novel", "swap", "removal", "decoder_bias")
+ENTRY_CHUNK = 1 << 16
+"""Non-zeros handled at once when scoring all groups ([ENTRY_CHUNK, d_in] floats of scratch memory)."""
+
+
+@dataclass
+class SparseCodes:
+    """Non-zero inference activations of one SAE on ``n_tokens`` tokens: rows, cols, values ``[nnz]``."""
+
+    rows: Tensor
+    cols: Tensor
+    values: Tensor
+    n_tokens: int
+    d_sae: int
+
+    def counts(self) -> Tensor:
+        """``[d_sae]`` on how many tokens each latent fires."""
+        return torch.bincount(self.cols, minlength=self.d_sae)
+
+
+@torch.no_grad()
+def sparse_codes(sae: SparseAutoencoder, x: Tensor, chunk_tokens: int = 1024) -> SparseCodes:
+    """Inference activations of ``sae`` on ``x [N, d_in]`` as sparse triples (dense only ``chunk_tokens`` at a time)."""
+    rows, cols, values = [], [], []
+    for start in range(0, x.shape[0], chunk_tokens):
+        acts = sae.encode(x[start:start + chunk_tokens], inference=True)
+        r, c = torch.nonzero(acts, as_tuple=True)
+        rows.append(r + start)
+        cols.append(c)
+        values.append(acts[r, c])
+    return SparseCodes(torch.cat(rows), torch.cat(cols), torch.cat(values), x.shape[0], sae.d_sae)
+
+
+@torch.no_grad()
+def reconstruction(sae: SparseAutoencoder, x: Tensor, chunk_tokens: int = 1024) -> Tensor:
+    """``sae(x)`` at inference for ``x [N, d_in]``, ``chunk_tokens`` at a time."""
+    return torch.cat([sae(x[s:s + chunk_tokens], inference=True) for s in range(0, x.shape[0], chunk_tokens)])
+
+
+@torch.no_grad()
+def single_insertion_delta_mse(large_codes: SparseCodes, W_dec_large: Tensor, residual_small: Tensor) -> Tensor:
+    """``[d_large]``: the change in MSE when each L-latent alone is added to S (with its exact L activation).
+
+    residual_small: ``[N, d_in]`` = ``x - S(x)``. Adding latent j changes each token's error by
+    ``a_j^2 |W_j|^2 - 2 a_j r·W_j``; latents that never fire on the tokens get 0.
+    """
+    n, d_in = residual_small.shape
+    delta = torch.zeros(large_codes.d_sae, device=residual_small.device)
+    for s in range(0, large_codes.values.numel(), ENTRY_CHUNK):
+        rows, cols = large_codes.rows[s:s + ENTRY_CHUNK], large_codes.cols[s:s + ENTRY_CHUNK]
+        a = large_codes.values[s:s + ENTRY_CHUNK]
+        W = W_dec_large[cols]
+        change = a.square() * W.square().sum(-1) - 2.0 * a * (residual_small[rows] * W).sum(-1)
+        delta.index_add_(0, cols, change)
+    return delta / (n * d_in)
+
+
+@dataclass
+class StitchingPath:
+    """The path's points ``0..T+1``: point 0 is S, point t applies ``order[t-1]``, the last switches ``b_dec``.
+
+    kind: ``[T+2]`` codes into :data:`STEP_KINDS`; group: ``[T+2]`` the group applied (-1 for start and bias);
+    n_latents, mse, fvu, l0: ``[T+2]``. MSE is the mean over tokens and dimensions; FVU divides the summed squared
+    error by the tokens' total variance.
+    """
+
+    order: Tensor
+    kind: Tensor
+    group: Tensor
+    n_latents: Tensor
+    mse: Tensor
+    fvu: Tensor
+    l0: Tensor
+
+    @property
+    def n_points(self) -> int:
+        return self.mse.numel()
+
+    def monotone_fraction(self) -> float:
+        """Fraction of steps that do not raise the MSE (up to float noise)."""
+        steps = self.mse[1:] - self.mse[:-1]
+        tol = 1e-6 * float(self.mse.abs().max())
+        return float((steps <= tol).float().mean()) if steps.numel() else 1.0
+
+    def normalized_auc(self) -> float:
+        """Area under ``(mse_t - mse_L) / (mse_S - mse_L)`` against the fraction of steps taken, in [0, 1] when MSE
+        stays between the endpoints: 0 = all of L's gain at the first step, 0.5 = a straight line."""
+        span = float(self.mse[0] - self.mse[-1])
+        if self.n_points < 2 or abs(span) < 1e-12:
+            return float("nan")
+        y = (self.mse - self.mse[-1]) / span
+        t = torch.linspace(0.0, 1.0, self.n_points, device=y.device, dtype=y.dtype)
+        return float(torch.trapezoid(y, t))
+
+    def masks_at(self, point: int, groups: LatentGroups) -> tuple[Tensor, Tensor, str]:
+        """(keep_small ``[d_small]``, keep_large ``[d_large]``, decoder bias) of the stitched SAE at ``point``."""
+        if not 0 <= point < self.n_points:
+            raise IndexError(f"the path has points 0..{self.n_points - 1}, got {point}")
+        applied = self.order[:min(point, self.order.numel())]
+        keep_small = ~torch.isin(groups.small_group, applied)
+        keep_large = torch.isin(groups.large_group, applied)
+        return keep_small, keep_large, "large" if point == self.n_points - 1 else "small"
+
+
+class _GroupScorer:
+    """Non-zeros of S and L sorted by group, scoring and applying a group against the current residual."""
+
+    def __init__(self, small_codes: SparseCodes, large_codes: SparseCodes, W_dec_small: Tensor,
+                 W_dec_large: Tensor, groups: LatentGroups) -> None:
+        d_small = small_codes.d_sae
+        self.W = torch.cat([W_dec_small, W_dec_large])  # [d_small + d_large, d_in]
+        latent = torch.cat([small_codes.cols, large_codes.cols + d_small])
+        coef = torch.cat([-small_codes.values, large_codes.values])  # removing S-latents, inserting L-latents
+        rows = torch.cat([small_codes.rows, large_codes.rows])
+        group = torch.cat([groups.small_group, groups.large_group])[latent]
+        n_tokens = small_codes.n_tokens
+        order = torch.argsort(group * n_tokens + rows)
+        self.latent, self.coef, self.rows, self.group = latent[order], coef[order], rows[order], group[order]
+        counts = torch.bincount(self.group, minlength=groups.n_groups)
+        self.ptr = torch.cat([counts.new_zeros(1), torch.cumsum(counts, 0)]).tolist()
+        self.n_tokens = n_tokens
+
+    def delta(self, g: int, residual: Tensor) -> tuple[float, Tensor, Tensor]:
+        """(change in summed squared error, tokens ``[m]``, reconstruction change ``[m, d_in]``) of group ``g``."""
+        lo, hi = self.ptr[g], self.ptr[g + 1]
+        if lo == hi:
+            return 0.0, self.rows[:0], residual[:0]
+        tokens, inverse = torch.unique_consecutive(self.rows[lo:hi], return_inverse=True)
+        change = residual.new_zeros(tokens.numel(), residual.shape[1])
+        change.index_add_(0, inverse, self.coef[lo:hi, None] * self.W[self.latent[lo:hi]])
+        r = residual[tokens]
+        return float((change.square() - 2.0 * r * change).sum()), tokens, change
+
+    def all_deltas(self, residual: Tensor, n_groups: int) -> Tensor:
+        """``[n_groups]`` change in summed squared error of each group applied alone to ``residual``."""
+        out = torch.zeros(n_groups, dtype=torch.float64, device=residual.device)
+        total = self.rows.numel()
+        ptr = torch.tensor(self.ptr)
+        start = 0
+        while start < total:
+            # cut at a group boundary so every (group, token) pair is complete in one chunk
+            end = int(ptr[torch.searchsorted(ptr, start + ENTRY_CHUNK, right=True) - 1])
+            if end <= start:
+                end = int(ptr[torch.searchsorted(ptr, start, right=True)])
+            key = self.group[start:end] * self.n_tokens + self.rows[start:end]
+            pairs, inverse = torch.unique_consecutive(key, return_inverse=True)
+            change = residual.new_zeros(pairs.numel(), residual.shape[1])
+            change.index_add_(0, inverse, self.coef[start:end, None] * self.W[self.latent[start:end]])
+            r = residual[pairs % self.n_tokens]
+            per_pair = (change.square() - 2.0 * r * change).sum(-1)
+            out.index_add_(0, pairs // self.n_tokens, per_pair.double())
+            start = end
+        return out
+
+
+@torch.no_grad()
+def stitching_path(small: SparseAutoencoder, large: SparseAutoencoder, x: Tensor, groups: LatentGroups,
+                   small_codes: SparseCodes | None = None, large_codes: SparseCodes | None = None,
+                   progress: bool = False) -> StitchingPath:
+    """Walk from S to L on ``x [N, d_in]`` one group at a time, greedily: the next group is the one that lowers
+    the MSE most given the groups already applied (lazy greedy: stored gains are re-measured before use)."""
+    small_codes = small_codes if small_codes is not None else sparse_codes(small, x)
+    large_codes = large_codes if large_codes is not None else sparse_codes(large, x)
+    x = x.float()
+    n, d_in = x.shape
+    residual = x - reconstruction(small, x)
+    total_variance = float((x - x.mean(0)).square().sum().clamp_min(1e-12))
+    scorer = _GroupScorer(small_codes, large_codes, small.W_dec.detach().float(), large.W_dec.detach().float(), groups)
+    gains = scorer.all_deltas(residual, groups.n_groups).tolist()
+    kinds = groups.kinds()
+    small_fires = torch.bincount(groups.small_group[small_codes.cols], minlength=groups.n_groups).tolist()
+    large_fires = torch.bincount(groups.large_group[large_codes.cols], minlength=groups.n_groups).tolist()
+    n_small, n_large = groups.n_small.tolist(), groups.n_large.tolist()
+
+    sse = float(residual.double().square().sum())
+    n_latents, nnz = small.d_sae, small_codes.values.numel()
+    rec = {"kind": [0], "group": [-1], "n_latents": [n_latents], "sse": [sse], "nnz": [nnz]}
+    order: list[int] = []
+    heap = [(gain, g) for g, gain in enumerate(gains)]
+    heapq.heapify(heap)
+    bar = tqdm(total=len(heap), desc="stitching path", unit="group", disable=not progress, dynamic_ncols=True)
+    while heap:
+        _, g = heapq.heappop(heap)
+        gain, tokens, change = scorer.delta(g, residual)
+        if heap and gain > heap[0][0] + 1e-9 * abs(heap[0][0]):
+            heapq.heappush(heap, (gain, g))  # no longer the best: re-queue with its current gain
+            continue
+        residual.index_add_(0, tokens, change, alpha=-1.0)
+        sse += gain
+        n_latents += n_large[g] - n_small[g]
+        nnz += large_fires[g] - small_fires[g]
+        order.append(g)
+        for key, value in (("kind", STEP_KINDS.index(kinds[g])), ("group", g), ("n_latents", n_latents),
+                           ("sse", sse), ("nnz", nnz)):
+            rec[key].append(value)
+        bar.update()
+    bar.close()
+    residual -= large.b_dec.detach().float() - small.b_dec.detach().float()
+    for key, value in (("kind", STEP_KINDS.index("decoder_bias")), ("group", -1), ("n_latents", n_latents),
+                       ("sse", float(residual.double().square().sum())), ("nnz", nnz)):
+        rec[key].append(value)
+    sse_t = torch.tensor(rec["sse"], dtype=torch.float64)
+    return StitchingPath(
+        order=torch.tensor(order, dtype=torch.long),
+        kind=torch.tensor(rec["kind"], dtype=torch.int8),
+        group=torch.tensor(rec["group"], dtype=torch.long),
+        n_latents=torch.tensor(rec["n_latents"], dtype=torch.long),
+        mse=(sse_t / (n * d_in)).float(),
+        fvu=(sse_t / total_variance).float(),
+        l0=torch.tensor(rec["nnz"], dtype=torch.float32) / n,
+    )

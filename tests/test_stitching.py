@@ -1,0 +1,235 @@
+"""SAE stitching (DESIGN.md 1.2): matching, groups, the stitched SAE, the path and the definitional check."""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from canon_pl.sae import SAEConfig, build_sae
+from canon_pl.stitching import (
+    StitchedSAE,
+    StitchingError,
+    analyze_pair,
+    connected_components,
+    decoder_cosine_matrix,
+    latent_groups,
+    match_latents,
+    read_stitching_results,
+    single_insertion_delta_mse,
+    sparse_codes,
+    stitching_path,
+    write_stitching_results,
+)
+from canon_pl.stitching.path import reconstruction
+
+D_IN = 32
+
+
+def tied_sae(directions: torch.Tensor, architecture: str = "relu", threshold: float = 0.0,
+             b_dec: torch.Tensor | None = None, hook_point: str | None = "blocks.0"):
+    """An SAE whose encoder is its decoder transposed: on non-negative sparse combinations of orthonormal
+    ``directions [d_sae, d_in]`` it reads off the coefficients exactly."""
+    cfg = SAEConfig(d_in=directions.shape[1], d_sae=directions.shape[0], architecture=architecture, k=2,
+                    hook_point=hook_point)
+    sae = build_sae(cfg)
+    with torch.no_grad():
+        sae.W_dec.copy_(F.normalize(directions, dim=-1))
+        sae.W_enc.copy_(sae.W_dec.T)
+        sae.b_enc.zero_()
+        sae.b_dec.copy_(b_dec if b_dec is not None else torch.zeros(cfg.d_in))
+        sae.threshold.fill_(threshold)
+        sae.threshold_initialized.fill_(True)
+    return sae.eval()
+
+
+def orthonormal(n: int, d: int = D_IN, seed: int = 0) -> torch.Tensor:
+    q, _ = torch.linalg.qr(torch.randn(d, d, generator=torch.Generator().manual_seed(seed)))
+    return q.T[:n].contiguous()
+
+
+def sparse_data(directions: torch.Tensor, n: int = 2048, p: float = 0.15, seed: int = 1) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    coef = torch.rand(n, directions.shape[0], generator=g) * (torch.rand(n, directions.shape[0], generator=g) < p)
+    return coef @ directions
+
+
+def random_trained_like(d_sae: int, seed: int, threshold: float = 0.3):
+    """A BatchTopK SAE with random weights, biases and a threshold (independent latents, nothing tied)."""
+    torch.manual_seed(seed)
+    sae = build_sae(SAEConfig(d_in=D_IN, d_sae=d_sae, architecture="batchtopk", k=4, hook_point="blocks.0"))
+    with torch.no_grad():
+        sae.b_enc.normal_(0, 0.1)
+        sae.b_dec.normal_(0, 0.5)
+        sae.threshold.fill_(threshold)
+        sae.threshold_initialized.fill_(True)
+    return sae.eval()
+
+
+# ------------------------------------------------------------------------------------------------- matching
+def test_planted_copy_split_and_new_direction_get_the_right_classes_and_groups() -> None:
+    e = orthonormal(8)
+    small = e[:4]  # S: e0, e1, e2, e3
+    split_a = F.normalize(e[1] + 0.8 * e[4], dim=0)  # e1 split into two latents, each at cos 0.78 to e1
+    split_b = F.normalize(e[1] - 0.8 * e[4], dim=0)
+    large = torch.stack([e[0], split_a, split_b, e[2], e[3], e[5]])  # copies, the split pair, a new direction e5
+    match = match_latents(small, large, tau=0.7)
+    assert match.is_novel.tolist() == [False, False, False, False, False, True]
+    assert match.large_nearest[:5].tolist() == [0, 1, 1, 2, 3]
+    groups = latent_groups(match)
+    assert groups.large_group[1] == groups.large_group[2] == groups.small_group[1]  # the split is one group
+    assert groups.n_small[groups.small_group[1]] == 1 and groups.n_large[groups.small_group[1]] == 2
+    assert groups.kind_counts() == {"novel": 1, "swap": 4, "removal": 0}
+    dropped = match_latents(small, large[[0, 3, 4, 5]], tau=0.7)  # L lost e1: that S-latent is a removal
+    assert latent_groups(dropped).kind_counts() == {"novel": 1, "swap": 3, "removal": 1}
+
+
+def test_chunked_matching_equals_the_full_cosine_matrix() -> None:
+    torch.manual_seed(0)
+    small, large = torch.randn(300, 8), torch.randn(700, 8)  # low d_in: many edges at tau 0.7
+    full = decoder_cosine_matrix(large, small)
+    chunked = match_latents(small, large, tau=0.7, block_bytes=4 * 300 * 37)  # 37 rows per block
+    whole = match_latents(small, large, tau=0.7, block_bytes=1 << 30)
+    for m in (chunked, whole):
+        torch.testing.assert_close(m.large_max_cos, full.max(dim=1).values)
+        assert torch.equal(m.large_nearest, full.max(dim=1).indices)
+        torch.testing.assert_close(m.small_max_cos, full.max(dim=0).values)
+        assert torch.equal(m.small_nearest, full.max(dim=0).indices)
+        edges = set(zip(m.edges_large.tolist(), m.edges_small.tolist()))
+        assert edges == set(map(tuple, torch.nonzero(full >= 0.7).tolist()))
+        assert len(edges) > 100
+
+
+def test_connected_components_of_a_known_graph() -> None:
+    u = torch.tensor([0, 1, 3, 6, 7])
+    v = torch.tensor([1, 2, 4, 7, 8])
+    labels = connected_components(10, u, v)
+    assert labels.tolist() == [0, 0, 0, 3, 3, 5, 6, 6, 6, 9]
+    chain = torch.arange(99)
+    assert connected_components(100, chain.flip(0), chain.flip(0) + 1).unique().tolist() == [0]
+
+
+# ------------------------------------------------------------------------------------------------- the definition
+def test_a_planted_novel_direction_lowers_mse_and_a_copy_raises_it() -> None:
+    e = orthonormal(8)
+    x = sparse_data(e[:7])  # the data uses e0..e6
+    small = tied_sae(e[:5])  # S misses e5 and e6
+    large = tied_sae(e[:7])  # L = S's directions copied + e5, e6
+    residual = x - reconstruction(small, x)
+    delta = single_insertion_delta_mse(sparse_codes(large, x), large.W_dec, residual)
+    assert (delta[5:] < 0).all()  # novel: adds information
+    assert (delta[:5] > 0).all()  # reconstruction: double counts what S has
+    result = analyze_pair(small, large, x)
+    assert result.summary["n_novel"] == 2
+    assert result.summary["proxy"]["agreement"] == 1.0
+    # swapping a reconstruction latent changes MSE by less than adding a novel one
+    steps = result.path.mse[1:-1] - result.path.mse[:-2]
+    kinds = result.path.kind[1:-1].tolist()
+    novel_steps = [float(s) for s, k in zip(steps, kinds) if k == 1]
+    swap_steps = [float(s) for s, k in zip(steps, kinds) if k == 2]
+    assert max(abs(s) for s in swap_steps) < min(abs(s) for s in novel_steps)
+    assert result.summary["fvu_large"] < 1e-6 < result.summary["fvu_small"]
+
+
+# ------------------------------------------------------------------------------------------------- stitched SAE and path
+def test_stitched_sae_keeps_each_latents_exact_activation_with_the_bias_folded() -> None:
+    small, large = random_trained_like(24, seed=1), random_trained_like(40, seed=2)
+    x = torch.randn(256, D_IN) * 2
+    keep_small = torch.rand(24) < 0.5
+    keep_large = torch.rand(40) < 0.5
+    stitched = StitchedSAE.from_pair(small, large, keep_small, keep_large, decoder_bias="small")
+    acts = stitched.encode(x)
+    expected = torch.cat([small.encode(x, inference=True)[:, keep_small], large.encode(x, inference=True)[:, keep_large]], 1)
+    torch.testing.assert_close(acts, expected, atol=1e-5, rtol=1e-5)
+    assert (acts > 0).any()
+    b = large.b_dec - small.b_dec
+    j = int(torch.nonzero(keep_large)[0])
+    torch.testing.assert_close(stitched.b_enc[int(keep_small.sum())], large.b_enc[j] + large.W_enc[:, j] @ -b)
+
+
+def test_the_path_starts_exactly_at_s_and_ends_exactly_at_l() -> None:
+    small, large = random_trained_like(24, seed=1), random_trained_like(48, seed=2)
+    with torch.no_grad():  # make some L-latents copies or splits of S-latents so all three group kinds occur
+        large.W_dec[:10] = small.W_dec[:10]
+        large.W_dec[10:14] = F.normalize(small.W_dec[10:14] + 0.3 * torch.randn(4, D_IN) / D_IN**0.5, dim=-1)
+    x = torch.randn(1024, D_IN) * 2
+    result = analyze_pair(small, large, x, tau=0.7)
+    path, groups = result.path, result.groups
+    assert set(groups.kinds()) == {"novel", "swap", "removal"}
+    mse_small = F.mse_loss(reconstruction(small, x), x)
+    mse_large = F.mse_loss(reconstruction(large, x), x)
+    torch.testing.assert_close(path.mse[0], mse_small, rtol=1e-5, atol=0)
+    torch.testing.assert_close(path.mse[-1], mse_large, rtol=1e-5, atol=0)
+    assert path.n_latents[0] == 24 and path.n_latents[-1] == 48
+    for point in (0, path.n_points // 3, path.n_points - 2, path.n_points - 1):  # the stitched SAE agrees with the path
+        stitched = result.stitched_at(point, small, large)
+        torch.testing.assert_close(F.mse_loss(stitched(x), x), path.mse[point], rtol=1e-4, atol=1e-6)
+        assert stitched.d_sae == path.n_latents[point]
+    torch.testing.assert_close(result.stitched_at(path.n_points - 1, small, large)(x), reconstruction(large, x),
+                               rtol=1e-4, atol=1e-4)
+    # greedy: the steps that lower MSE come first
+    first_rise = int(torch.nonzero(path.mse[1:] > path.mse[:-1] + 1e-7)[0])
+    assert (path.mse[1:first_rise + 1] <= path.mse[:first_rise] + 1e-7).all()
+    assert path.l0[0] == pytest.approx(sparse_codes(small, x).values.numel() / 1024)
+
+
+def test_path_on_planted_data_falls_monotonically() -> None:
+    e = orthonormal(12)
+    x = sparse_data(e[:12], p=0.1)
+    small = tied_sae(torch.stack([*e[:4], F.normalize(e[4] + e[5], dim=0)]))  # a merged latent S must split
+    large = tied_sae(e[:12])
+    result = analyze_pair(small, large, x)
+    assert result.summary["path_monotone_fraction"] == 1.0
+    assert 0.0 <= result.summary["path_auc"] < 0.5
+
+
+# ------------------------------------------------------------------------------------------------- results and errors
+def test_results_file_round_trips_and_a_foreign_file_is_refused(tmp_path: Path) -> None:
+    small, large = random_trained_like(16, seed=1), random_trained_like(32, seed=2)
+    result = analyze_pair(small, large, torch.randn(300, D_IN), names=("s", "l"))
+    path = write_stitching_results(result, tmp_path)
+    assert path.name == "16_32.json"
+    summary = read_stitching_results(path, arrays=True)
+    assert summary["novel_fraction"] == result.summary["novel_fraction"]
+    assert summary["small"]["source"] == "s" and summary["large"]["d_sae"] == 32
+    torch.testing.assert_close(summary["arrays"]["path_mse"], result.path.mse)
+    assert summary["arrays"]["large_max_cos"].shape == (32,)
+    json.loads(path.read_text())  # plain JSON for the viewer
+    (tmp_path / "other.json").write_text(json.dumps({"format": "something.else"}))
+    with pytest.raises(StitchingError, match="not a canon-pl stitching results file"):
+        read_stitching_results(tmp_path / "other.json")
+    (tmp_path / "16_32.safetensors").write_bytes(b"garbage")
+    with pytest.raises(StitchingError, match="missing or corrupt"):
+        read_stitching_results(path, arrays=True)
+
+
+def test_bad_pairs_and_settings_fail_with_one_clear_error() -> None:
+    small, large = random_trained_like(16, seed=1), random_trained_like(32, seed=2)
+    x = torch.randn(64, D_IN)
+    other = build_sae(SAEConfig(d_in=D_IN + 1, d_sae=32, architecture="relu"))
+    with pytest.raises(StitchingError, match="d_in=32 .* d_in=33"):
+        analyze_pair(small, other, torch.randn(64, D_IN))
+    for tau in (0.0, 1.0, -0.5, 1.5):
+        with pytest.raises(StitchingError, match="strictly between 0 and 1"):
+            analyze_pair(small, large, x, tau=tau)
+    topk = build_sae(SAEConfig(d_in=D_IN, d_sae=32, architecture="topk", k=4))
+    with pytest.raises(StitchingError, match="TopK"):
+        analyze_pair(small, topk, x)
+    with pytest.raises(StitchingError, match="NaN"):
+        analyze_pair(small, large, torch.full((4, D_IN), float("nan")))
+    with pytest.raises(StitchingError, match="0 tokens"):
+        analyze_pair(small, large, torch.zeros(0, D_IN))
+    with pytest.warns(UserWarning, match="swapping them"):
+        swapped = analyze_pair(large, small, x)
+    assert swapped.summary["small"]["d_sae"] == 16 and swapped.summary["swapped"]
+    large.cfg.hook_point = "blocks.1"
+    with pytest.warns(UserWarning, match="different hook points"):
+        analyze_pair(small, large, x)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        large.cfg.hook_point = None  # only one recorded: nothing to compare
+        analyze_pair(small, large, x)
