@@ -58,7 +58,7 @@ def sparse_data(directions: torch.Tensor, n: int = 2048, p: float = 0.15, seed: 
     return coef @ directions
 
 
-def random_trained_like(d_sae: int, seed: int, threshold: float = 0.3):
+def random_trained_like(d_sae: int, seed: int, threshold: float = 1.5):
     """A BatchTopK SAE with random weights, biases and a threshold (independent latents, nothing tied)."""
     torch.manual_seed(seed)
     sae = build_sae(SAEConfig(d_in=D_IN, d_sae=d_sae, architecture="batchtopk", k=4, hook_point="blocks.0"))
@@ -233,3 +233,25 @@ def test_bad_pairs_and_settings_fail_with_one_clear_error() -> None:
         warnings.simplefilter("error")
         large.cfg.hook_point = None  # only one recorded: nothing to compare
         analyze_pair(small, large, x)
+
+
+def test_stitch_command_on_text_captures_held_out_tokens_and_splices_the_path(tmp_path: Path, capsys) -> None:
+    from canon_pl.cli import main
+    from canon_pl.io import export_sae
+
+    for name, d_sae, seed in (("s", 64, 1), ("l", 128, 2)):
+        torch.manual_seed(seed)
+        sae = build_sae(SAEConfig(d_in=576, d_sae=d_sae, architecture="batchtopk", k=8, hook_point="model.layers.6",
+                                  model_id="smollm2-135m"))
+        with torch.no_grad():
+            sae.threshold.fill_(0.5)
+            sae.threshold_initialized.fill_(True)
+        export_sae(sae, tmp_path / name)
+    code = main(["stitch", str(tmp_path / "s"), str(tmp_path / "l"), "--data", "pydoc-topics", "--tokens", "300",
+                 "--ce-points", "3", "--out", str(tmp_path / "out")])
+    assert code == 0, capsys.readouterr().err
+    summary = read_stitching_results(tmp_path / "out" / "64_128.json")
+    assert summary["n_tokens"] == 300 and summary["small"]["hook_point"] == "model.layers.6"
+    ce = summary["path_ce"]
+    assert ce["point"][0] == 0 and ce["point"][-1] == summary["path_points"] - 1 and len(ce["ce_loss"]) == 3
+    assert ce["ce_clean"] < ce["ce_zero"] and all(loss > ce["ce_clean"] for loss in ce["ce_loss"])

@@ -178,9 +178,14 @@ class _GroupScorer:
 @torch.no_grad()
 def stitching_path(small: SparseAutoencoder, large: SparseAutoencoder, x: Tensor, groups: LatentGroups,
                    small_codes: SparseCodes | None = None, large_codes: SparseCodes | None = None,
-                   progress: bool = False) -> StitchingPath:
+                   progress: bool = False, max_remeasured: int = 32) -> StitchingPath:
     """Walk from S to L on ``x [N, d_in]`` one group at a time, greedily: the next group is the one that lowers
-    the MSE most given the groups already applied (lazy greedy: stored gains are re-measured before use)."""
+    the MSE most given the groups already applied.
+
+    Lazy greedy: groups wait in a queue by their last measured gain; the head is re-measured against the current
+    residual and taken if it is still the best. After ``max_remeasured`` re-measurements in one step the best of
+    those is taken, which bounds the cost when many groups share tokens (dense latents).
+    """
     small_codes = small_codes if small_codes is not None else sparse_codes(small, x)
     large_codes = large_codes if large_codes is not None else sparse_codes(large, x)
     x = x.float()
@@ -201,12 +206,21 @@ def stitching_path(small: SparseAutoencoder, large: SparseAutoencoder, x: Tensor
     heap = [(gain, g) for g, gain in enumerate(gains)]
     heapq.heapify(heap)
     bar = tqdm(total=len(heap), desc="stitching path", unit="group", disable=not progress, dynamic_ncols=True)
-    while heap:
-        _, g = heapq.heappop(heap)
-        gain, tokens, change = scorer.delta(g, residual)
-        if heap and gain > heap[0][0] + 1e-9 * abs(heap[0][0]):
-            heapq.heappush(heap, (gain, g))  # no longer the best: re-queue with its current gain
-            continue
+    fresh: list[tuple[float, int, Tensor, Tensor]] = []  # re-measured since the last step
+    while heap or fresh:
+        if heap:
+            _, g = heapq.heappop(heap)
+            gain, tokens, change = scorer.delta(g, residual)
+            best_stale = heap[0][0] if heap else float("inf")
+            if gain > best_stale + 1e-9 * abs(best_stale) and len(fresh) < max_remeasured:
+                fresh.append((gain, g, tokens, change))  # no longer the best: keep looking
+                continue
+            fresh.append((gain, g, tokens, change))
+        fresh.sort(key=lambda item: item[0])
+        gain, g, tokens, change = fresh[0]
+        for item in fresh[1:]:
+            heapq.heappush(heap, item[:2])
+        fresh = []
         residual.index_add_(0, tokens, change, alpha=-1.0)
         sse += gain
         n_latents += n_large[g] - n_small[g]
