@@ -1,5 +1,5 @@
 """The command line: ``canon-pl`` and ``lightning`` (LightningCLI: ``fit``, ``validate``, ...) plus ``export``,
-``cache`` and ``stitch``.
+``cache``, ``stitch`` and ``meta-sae``.
 
 ``lightning fit --config configs/sae_synthetic.yaml`` trains and checkpoints; ``canon-pl export --ckpt X --out D``
 turns a Lightning checkpoint into a portable export.
@@ -110,7 +110,13 @@ def stitch_command(argv: list[str]) -> int:
     return run(argv)
 
 
-COMMANDS = {"export": export_command, "cache": cache_command, "stitch": stitch_command}
+def meta_sae_command(argv: list[str]) -> int:
+    from canon_pl.commands.meta_sae import meta_sae_command as run
+
+    return run(argv)
+
+
+COMMANDS = {"export": export_command, "cache": cache_command, "stitch": stitch_command, "meta-sae": meta_sae_command}
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
@@ -120,10 +126,12 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from canon_pl.lm import ContextLengthError, HookPointError, ModelLoadError, TextSourceError
     from canon_pl.sae import SAEConfigError
     from canon_pl.stitching import StitchingError
+    from canon_pl.meta import MetaSAEError
     from canon_pl.training import InputShapeError, NonFiniteError
+    from canon_pl.training.analysis_data import AnalysisDataError
 
     return (SAEConfigError, CheckpointError, ShardError, InputShapeError, NonFiniteError, HookPointError,
-            ModelLoadError, TextSourceError, ContextLengthError, StitchingError)
+            ModelLoadError, TextSourceError, ContextLengthError, StitchingError, MetaSAEError, AnalysisDataError)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -10,7 +10,7 @@ import torch
 
 from canon_pl import load_sae
 from canon_pl.cli import run_lightning_cli
-from canon_pl.training import ActivationDataModule
+from canon_pl.training import ActivationDataModule, DecoderRowsDataModule
 from tests.helpers import REPO, run_cli
 
 CONFIGS = sorted((REPO / "configs").glob("**/*.yaml"))
@@ -21,7 +21,8 @@ def test_every_config_instantiates(config: Path, tmp_path: Path, monkeypatch) ->
     monkeypatch.chdir(tmp_path)
     cli = run_lightning_cli(["--config", str(config)], run=False)
     assert cli.model is not None and cli.datamodule is not None and cli.trainer is not None
-    if not isinstance(cli.datamodule, ActivationDataModule):  # its d_in needs the model loaded: tested elsewhere
+    # ActivationDataModule needs the model loaded, DecoderRowsDataModule a trained base SAE: both tested elsewhere
+    if not isinstance(cli.datamodule, (ActivationDataModule, DecoderRowsDataModule)):
         assert cli.datamodule.d_in == cli.model.hparams.d_in
 
 

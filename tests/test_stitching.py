@@ -135,7 +135,7 @@ def test_a_planted_novel_direction_lowers_mse_and_a_copy_raises_it() -> None:
     assert result.summary["fvu_large"] < 1e-6 < result.summary["fvu_small"]
 
 
-# ------------------------------------------------------------------------------------------------- stitched SAE and path
+# ------------------------------------------------------------------------------------------------- stitched SAE, path
 def test_stitched_sae_keeps_each_latents_exact_activation_with_the_bias_folded() -> None:
     small, large = random_trained_like(24, seed=1), random_trained_like(40, seed=2)
     x = torch.randn(256, D_IN) * 2
@@ -143,7 +143,8 @@ def test_stitched_sae_keeps_each_latents_exact_activation_with_the_bias_folded()
     keep_large = torch.rand(40) < 0.5
     stitched = StitchedSAE.from_pair(small, large, keep_small, keep_large, decoder_bias="small")
     acts = stitched.encode(x)
-    expected = torch.cat([small.encode(x, inference=True)[:, keep_small], large.encode(x, inference=True)[:, keep_large]], 1)
+    expected = torch.cat([small.encode(x, inference=True)[:, keep_small],
+                          large.encode(x, inference=True)[:, keep_large]], dim=1)
     torch.testing.assert_close(acts, expected, atol=1e-5, rtol=1e-5)
     assert (acts > 0).any()
     b = large.b_dec - small.b_dec

@@ -3,15 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 import warnings
 from pathlib import Path
 
-import torch
-from torch import Tensor
-
-from canon_pl.data import ShardError, ShardIndex
+from canon_pl.data import ShardError
 from canon_pl.io import CheckpointError, load_sae
 from canon_pl.io.family import MANIFEST_FILE, load_family
 from canon_pl.sae import SparseAutoencoder
@@ -20,10 +16,9 @@ from canon_pl.stitching import (
     StitchingError,
     analyze_pair,
     check_tau,
-    spliced_loss_on,
     write_stitching_results,
 )
-from canon_pl.stitching.analysis import SplicedLoss
+from canon_pl.training.analysis_data import AnalysisDataError, analysis_activations
 
 DESCRIPTION = """Which latents of a larger SAE are novel and which only re-split a smaller SAE's (Leask et al. 2025).
 SMALL and LARGE are exports (folders with cfg.json) of the same d_in; a family folder alone (family.json) stitches
@@ -61,59 +56,19 @@ def _pairs(ns: argparse.Namespace) -> tuple[list[tuple[SparseAutoencoder, Sparse
         pairs = [(family.saes[a], family.saes[b], str(small_path / family.manifest["members"][str(a)]),
                   str(small_path / family.manifest["members"][str(b)])) for a, b in zip(widths, widths[1:])]
         return pairs, Path(ns.out or small_path / "stitching")
-    return [(load_sae(ns.small, ns.device), load_sae(ns.large, ns.device), ns.small, ns.large)], Path(ns.out or "stitching")
-
-
-def _cache_activations(path: Path, n_tokens: int, d_in: int) -> Tensor:
-    index = ShardIndex.load(path)
-    if index.d_in != d_in:
-        raise StitchingError(f"the activation cache at {path} has d_in={index.d_in} but the SAEs take {d_in}")
-    pieces, have = [], 0
-    for i in range(len(index.shards)):
-        if have >= n_tokens:
-            break
-        shard = index.read_shard(i)[: n_tokens - have].float()
-        pieces.append(shard)
-        have += shard.shape[0]
-    return torch.cat(pieces)
-
-
-def _text_activations(ns: argparse.Namespace, sae: SparseAutoencoder) -> tuple[Tensor, SplicedLoss | None]:
-    from canon_pl.training import ActivationDataModule
-
-    model = ns.model or sae.cfg.model_id
-    hook = ns.hook_point or sae.cfg.hook_point
-    if not model or not hook:
-        raise StitchingError("the SAEs record no model_id/hook_point: pass --model and --hook-point for text data")
-    context_length = 128
-    data = ActivationDataModule(model=model, hook_point=hook, text=ns.data, context_length=context_length,
-                                val_contexts=math.ceil(ns.tokens / (context_length - 1)))
-    data.load_model(ns.device)
-    activations, lm_batches = [], []
-    for batch in data.val_dataloader():  # held-out documents
-        activations.append(batch["activations"])
-        if len(lm_batches) < 1:
-            lm_batches.append((batch["tokens"], batch["mask"]))
-    if not activations:
-        raise StitchingError(f"the text source {ns.data!r} gave no held-out tokens")
-    x = torch.cat(activations)[: ns.tokens]
-    return x, (spliced_loss_on(data.spliced_sums, lm_batches) if ns.ce_points > 0 else None)
+    pair = (load_sae(ns.small, ns.device), load_sae(ns.large, ns.device), ns.small, ns.large)
+    return [pair], Path(ns.out or "stitching")
 
 
 def stitch_command(argv: list[str]) -> int:
     ns = build_parser().parse_args(argv)
     try:
         check_tau(ns.tau)
-        if ns.tokens <= 0:
-            raise StitchingError(f"--tokens must be positive, got {ns.tokens}")
         pairs, out = _pairs(ns)
-        first = pairs[0][0]
-        if (Path(ns.data) / "index.json").is_file():
-            if ns.ce_points:
-                warnings.warn("--ce-points needs text data (the LM runs on tokens); skipped for an activation cache")
-            x, spliced = _cache_activations(Path(ns.data), ns.tokens, first.d_in), None
-        else:
-            x, spliced = _text_activations(ns, first)
+        x, spliced = analysis_activations(ns.data, ns.tokens, pairs[0][0], ce=ns.ce_points > 0, model=ns.model,
+                                          hook_point=ns.hook_point, device=ns.device)
+        if ns.ce_points and spliced is None:
+            warnings.warn("--ce-points needs text data (the LM runs on tokens); skipped for an activation cache")
         for small, large, small_name, large_name in pairs:
             result = analyze_pair(small, large, x, ns.tau, spliced_loss=spliced, ce_points=ns.ce_points,
                                   progress=True, names=(small_name, large_name))
@@ -123,7 +78,7 @@ def stitch_command(argv: list[str]) -> int:
                   f"({s['n_novel']} of {s['large']['d_sae']}), proxy agreement "
                   f"{(s['proxy']['agreement'] or 0.0):.1%}, FVU {s['fvu_small']:.4f} -> {s['fvu_large']:.4f}, "
                   f"path AUC {s['path_auc']:.3f}; wrote {path}")
-    except (StitchingError, CheckpointError, ShardError) as err:
+    except (StitchingError, CheckpointError, ShardError, AnalysisDataError) as err:
         print(f"canon-pl stitch: error: {err}", file=sys.stderr)
         return 2
     return 0

@@ -172,7 +172,7 @@ def analyze_pair(small: SparseAutoencoder, large: SparseAutoencoder, activations
               "ce_recovered": [losses[str(p)]["ce_recovered"] for p in points],
               "ce_clean": first["ce_clean"], "ce_zero": first["ce_zero"]}
 
-    is_novel = match.is_novel
+    is_novel, active = match.is_novel, fire_count > 0
     summary = {
         "format": FORMAT_NAME,
         "format_version": FORMAT_VERSION,
@@ -184,6 +184,7 @@ def analyze_pair(small: SparseAutoencoder, large: SparseAutoencoder, activations
         "novel_fraction": float(is_novel.float().mean()),
         "n_novel": int(is_novel.sum()),
         "n_reconstruction": int((~is_novel).sum()),
+        "novel_fraction_active": float(is_novel[active].float().mean()) if bool(active.any()) else None,
         "groups": groups.kind_counts(),
         "proxy": proxy_agreement(is_novel, delta_mse, fire_count > 0),
         "mse_small": float(path.mse[0]),

@@ -78,7 +78,8 @@ class StitchedSAE(nn.Module):
         return self.W_dec.shape[0]
 
     def encode(self, x: Tensor) -> Tensor:
-        """x: ``[batch, d_in]`` -> ``[batch, n]``: ``pre * (pre > threshold)``, ``pre = relu((x - b_dec) W_enc + b_enc)``."""
+        """x: ``[batch, d_in]`` -> ``[batch, n]``: ``pre * (pre > threshold)`` with
+        ``pre = relu((x - b_dec) W_enc + b_enc)``."""
         pre = torch.relu(torch.addmm(self.b_enc - self.b_dec @ self.W_enc, x, self.W_enc))
         return pre * (pre > self.threshold)
 

@@ -14,12 +14,16 @@ from canon_pl.training.module import (
     SAEModule,
     default_learning_rate,
 )
+from canon_pl.training.meta import DecoderRowsDataModule, MetaSAEAnalysisCallback, MetaSAEModule
 from canon_pl.training.stitching import StitchingCallback
 
 __all__ = [
     "ActivationDataModule",
     "ActivationShardDataModule",
+    "DecoderRowsDataModule",
     "InputShapeError",
+    "MetaSAEAnalysisCallback",
+    "MetaSAEModule",
     "NonFiniteError",
     "ResumableStreamDataModule",
     "SAEExportCallback",

@@ -1,0 +1,62 @@
+"""``canon-pl meta-sae``: train a meta-SAE on the decoder rows of any exported SAE and write its analysis."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+DESCRIPTION = """Train a meta-SAE (Leask et al. 2025) on the unit-normalised decoder rows of an SAE and decompose every
+latent into meta-latents. Writes <out>/sae.safetensors + cfg.json (the meta-SAE), analysis.json + analysis.safetensors
+(docs/meta_sae_results.md) and logs/. Same as `lightning fit` with MetaSAEModule and DecoderRowsDataModule."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="canon-pl meta-sae", description=DESCRIPTION)
+    parser.add_argument("--sae", required=True, help="the base SAE: export folder, family folder (+ --width) or .ckpt")
+    parser.add_argument("--width", type=int, help="family member to decompose")
+    parser.add_argument("--d-sae", type=int, help="meta-latents (default: base width / 21, the paper's ratio)")
+    parser.add_argument("--k", type=int, default=4, help="meta-latents per latent (default 4)")
+    parser.add_argument("--steps", type=int, default=2000, help="training batches (default 2000)")
+    parser.add_argument("--batch-size", type=int, default=16384, help="rows per batch (default 16384)")
+    parser.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default 1e-3)")
+    parser.add_argument("--data", help="activations for the base-reconstruction comparison: cache folder or text")
+    parser.add_argument("--tokens", type=int, default=8192, help="tokens of --data (default 8192)")
+    parser.add_argument("--ce", action="store_true", help="also the spliced next-token loss (text --data only)")
+    parser.add_argument("--baseline-steps", type=int, default=300, help="steps per baseline; 0 skips them")
+    parser.add_argument("--out", help="output folder (default checkpoints/meta_sae_<width>)")
+    parser.add_argument("--accelerator", default="auto", help="auto, cpu, gpu (default auto)")
+    parser.add_argument("--seed", type=int, default=0)
+    return parser
+
+
+def meta_sae_command(argv: list[str]) -> int:
+    ns = build_parser().parse_args(argv)
+    import lightning as L
+    from lightning.pytorch.loggers import CSVLogger
+
+    from canon_pl.meta import check_meta_width
+    from canon_pl.training import (
+        DecoderRowsDataModule,
+        MetaSAEAnalysisCallback,
+        MetaSAEModule,
+        SAEExportCallback,
+        StepProgressBar,
+    )
+
+    data = DecoderRowsDataModule(ns.sae, width=ns.width, batch_size=ns.batch_size, seed=ns.seed)
+    n_rows = data.rows.shape[0]
+    d_sae = ns.d_sae or max(1, round(n_rows / 21))
+    check_meta_width(n_rows, d_sae)
+    out = Path(ns.out or Path("checkpoints") / f"meta_sae_{n_rows}")
+    L.seed_everything(ns.seed, verbose=False)
+    module = MetaSAEModule(d_in=data.d_in, d_sae=d_sae, k=ns.k, lr=ns.lr, init_seed=ns.seed, export_dir=str(out))
+    trainer = L.Trainer(
+        default_root_dir=out, max_steps=ns.steps, accelerator=ns.accelerator, devices=1,
+        val_check_interval=min(ns.steps, 500), check_val_every_n_epoch=None, num_sanity_val_steps=0,
+        logger=CSVLogger(out, name="logs"), enable_checkpointing=False, log_every_n_steps=min(ns.steps, 20),
+        callbacks=[StepProgressBar(), SAEExportCallback(str(out)),
+                   MetaSAEAnalysisCallback(ns.data, ns.tokens, ns.ce, ns.baseline_steps, dirpath=str(out))],
+    )
+    trainer.fit(module, data)
+    print(f"meta-SAE of {n_rows} latents ({d_sae} meta-latents, k={ns.k}) written to {out}")
+    return 0

@@ -1,0 +1,152 @@
+"""What a trained meta-SAE says about its base SAE, and its files (``analysis.json`` + ``analysis.safetensors``).
+
+See DESIGN.md 1.3 and docs/meta_sae_results.md for every field.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+
+from canon_pl.io.atomic import atomic_path, atomic_write_json
+from canon_pl.meta.decomposition import (
+    MetaDecomposition,
+    MetaSAEError,
+    decompose,
+    decoder_rows,
+    fraction_of_variance_explained,
+    refit_encoder,
+    with_decoder,
+)
+from canon_pl.sae import SparseAutoencoder
+from canon_pl.stitching import match_latents
+from canon_pl.stitching.analysis import SplicedLoss
+from canon_pl.stitching.path import reconstruction
+
+FORMAT_NAME = "canon_pl.meta_sae_analysis"
+FORMAT_VERSION = 1
+ANALYSIS_NAME = "analysis"
+
+
+def _quantiles(values: Tensor) -> dict[str, float]:
+    q = torch.quantile(values.float(), torch.tensor([0.1, 0.5, 0.9], device=values.device)).tolist()
+    return {"mean": float(values.float().mean()), "q10": q[0], "median": q[1], "q90": q[2],
+            "above_0.7": float((values >= 0.7).float().mean())}
+
+
+@dataclass
+class MetaAnalysis:
+    """The summary (JSON-ready), the decomposition and the per-meta-latent arrays."""
+
+    summary: dict[str, Any]
+    decomposition: MetaDecomposition
+    arrays: dict[str, Tensor]
+
+
+@torch.no_grad()
+def analyze_meta_sae(meta: SparseAutoencoder, base: SparseAutoencoder,
+                     smaller: dict[int, SparseAutoencoder] | None = None, activations: Tensor | None = None,
+                     spliced_loss: SplicedLoss | None = None, baseline_steps: int = 300,
+                     baseline_batch_size: int = 4096, seed: int = 0) -> MetaAnalysis:
+    """Decompose every base latent, measure FVE, compare meta-latents with smaller SAEs' latents, and (given raw
+    ``activations [N, d_in]`` of the base SAE's hook point) the base SAE with its decoder replaced by the meta-SAE's
+    reconstruction. ``baseline_steps > 0`` also fits the paper's baselines (meta-decoder = nearest latents of each
+    smaller SAE, or random directions; only the encoder trained)."""
+    rows = decoder_rows(base).to(meta.W_dec.device)
+    if meta.d_in != rows.shape[1]:
+        raise MetaSAEError(f"the meta-SAE reads {meta.d_in}-dimensional rows but the base SAE's rows have "
+                           f"{rows.shape[1]}: it was trained on another SAE")
+    decomposition, rows_hat = decompose(meta, rows)
+    per_latent = decomposition.meta_per_latent().float()
+    density = decomposition.meta_density()
+    summary: dict[str, Any] = {
+        "format": FORMAT_NAME, "format_version": FORMAT_VERSION,
+        "n_base": base.d_sae, "n_meta": meta.d_sae, "k": meta.cfg.k,
+        "fve": fraction_of_variance_explained(rows, rows_hat),
+        "mean_meta_per_latent": float(per_latent.mean()),
+        "base_latents_without_meta": float((per_latent == 0).float().mean()),
+        "dead_meta_fraction": float((density == 0).float().mean()),
+    }
+    arrays: dict[str, Tensor] = {"decomposition_base": decomposition.base, "decomposition_meta": decomposition.meta,
+                                 "decomposition_value": decomposition.value, "meta_density": density}
+    summary["nearest_in_smaller"] = {}
+    for width, sae in sorted((smaller or {}).items()):
+        match = match_latents(sae.W_dec.to(rows.device), meta.W_dec, tau=0.7)
+        summary["nearest_in_smaller"][str(width)] = _quantiles(match.large_max_cos)
+        arrays[f"nearest_cos_{width}"], arrays[f"nearest_index_{width}"] = match.large_max_cos, match.large_nearest
+    if activations is not None:
+        x = activations.to(rows.device).float()
+        norms = base.W_dec.detach().float().norm(dim=-1, keepdim=True)
+        replaced = with_decoder(base, rows_hat * norms)
+        total = (x - x.mean(0)).square().sum().clamp_min(1e-12)
+        summary["base_reconstruction"] = {}
+        for name, sae in (("original", base), ("meta_decoder", replaced)):
+            err = (x - reconstruction(sae, x)).square()
+            summary["base_reconstruction"][name] = {"mse": float(err.mean()), "fvu": float(err.sum() / total)}
+        if spliced_loss is not None:
+            losses = spliced_loss({"original": lambda h: base(h.float(), inference=True),
+                                   "meta_decoder": lambda h: replaced(h.float(), inference=True)})
+            summary["spliced"] = {name: {"ce_loss": v["ce_sae"], "ce_recovered": v["ce_recovered"]}
+                                  for name, v in losses.items()}
+            summary["spliced"]["ce_clean"] = losses["original"]["ce_clean"]
+            summary["spliced"]["ce_zero"] = losses["original"]["ce_zero"]
+    if baseline_steps > 0:
+        summary["baselines"] = _baselines(meta, rows, smaller or {}, arrays, baseline_steps, baseline_batch_size, seed)
+    return MetaAnalysis(summary, decomposition, arrays)
+
+
+def _baselines(meta: SparseAutoencoder, rows: Tensor, smaller: dict[int, SparseAutoencoder],
+               arrays: dict[str, Tensor], steps: int, batch_size: int, seed: int) -> dict[str, float]:
+    """FVE with the meta-decoder replaced by fixed directions and only the encoder trained."""
+    g = torch.Generator().manual_seed(seed)
+    candidates = {"random": F.normalize(torch.randn(meta.d_sae, meta.d_in, generator=g), dim=-1).to(rows.device)}
+    for width, sae in sorted(smaller.items()):
+        candidates[f"smaller_{width}"] = sae.W_dec.detach().float().to(rows.device)[arrays[f"nearest_index_{width}"]]
+    out = {}
+    for name, W_dec in candidates.items():
+        fitted = refit_encoder(W_dec, rows, meta.cfg.k, steps, batch_size, seed=seed)
+        out[name] = fraction_of_variance_explained(rows, decompose(fitted, rows)[1])
+    return out
+
+
+def write_meta_analysis(analysis: MetaAnalysis, directory: str | os.PathLike) -> Path:
+    """Write ``analysis.safetensors`` then ``analysis.json`` (atomically) into ``directory``; returns the JSON path."""
+    directory = Path(directory)
+    with atomic_path(directory / f"{ANALYSIS_NAME}.safetensors") as tmp:
+        save_file({k: v.detach().cpu().contiguous() for k, v in analysis.arrays.items()}, str(tmp),
+                  metadata={"format": FORMAT_NAME})
+    atomic_write_json(directory / f"{ANALYSIS_NAME}.json", {**analysis.summary, "arrays": f"{ANALYSIS_NAME}.safetensors"})
+    return directory / f"{ANALYSIS_NAME}.json"
+
+
+def read_meta_analysis(path: str | os.PathLike, arrays: bool = False) -> dict[str, Any]:
+    """The summary of ``analysis.json`` (a file or its folder); ``arrays=True`` adds the tensors under ``"arrays"``
+    and the decomposition as a :class:`MetaDecomposition` under ``"decomposition"``."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / f"{ANALYSIS_NAME}.json"
+    try:
+        summary = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise MetaSAEError(f"{path} is not a readable meta-SAE analysis ({err})") from err
+    if not isinstance(summary, dict) or summary.get("format") != FORMAT_NAME:
+        raise MetaSAEError(f"{path} is not a canon-pl meta-SAE analysis (no \"format\": \"{FORMAT_NAME}\")")
+    if arrays:
+        try:
+            tensors = load_file(str(path.parent / summary["arrays"]))
+            summary["decomposition"] = MetaDecomposition(tensors["decomposition_base"], tensors["decomposition_meta"],
+                                                         tensors["decomposition_value"], summary["n_base"],
+                                                         summary["n_meta"])
+        except (KeyError, OSError, SafetensorError) as err:
+            raise MetaSAEError(f"the arrays of {path} are missing or corrupt ({err}); re-run the analysis") from err
+        summary["arrays"] = tensors
+    return summary

@@ -1,0 +1,138 @@
+"""Meta-SAE core (DESIGN.md 1.3): decoder rows as data, decompositions of latents into meta-latents, FVE, baselines.
+
+Pure torch: a meta-SAE is an ordinary :class:`SparseAutoencoder` (BatchTopK, small k) trained on the unit-normalised
+decoder rows ``W_dec [d_base, d_in]`` of a base SAE. Nothing here imports Lightning.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from canon_pl.sae import SAEConfig, SparseAutoencoder, build_sae
+
+
+class MetaSAEError(ValueError):
+    """A base SAE or setting a meta-SAE cannot be trained or analysed with."""
+
+
+def decoder_rows(sae: SparseAutoencoder) -> Tensor:
+    """The base SAE's latent directions, unit-normalised: ``[d_sae, d_in]`` float32 (no tokens involved)."""
+    rows = sae.W_dec.detach().float()
+    if not torch.isfinite(rows).all():
+        raise MetaSAEError(f"the base SAE's decoder ({sae.d_sae} x {sae.d_in}) contains NaN or Inf")
+    return F.normalize(rows, dim=-1)
+
+
+def check_meta_width(n_rows: int, d_meta: int) -> None:
+    """A meta-SAE must be narrower than the number of rows it decomposes."""
+    if d_meta >= n_rows:
+        raise MetaSAEError(
+            f"the meta-SAE has {d_meta} latents but the base SAE has only {n_rows} decoder rows: a meta-SAE must be "
+            f"narrower than its base (the paper uses base/21, e.g. 49152 -> 2304); lower d_sae or pick a wider base"
+        )
+
+
+def sample_rows(rows: Tensor, batch_size: int, index: int, seed: int) -> Tensor:
+    """Batch ``index`` of rows sampled with replacement: ``[batch_size, d_in]``, a pure function of (index, seed)."""
+    g = torch.Generator().manual_seed(seed * 1_000_003 + index)
+    return rows[torch.randint(rows.shape[0], (batch_size,), generator=g).to(rows.device)]
+
+
+def fraction_of_variance_explained(rows: Tensor, rows_hat: Tensor) -> float:
+    """``1 - sum |r - r_hat|^2 / sum |r - mean(r)|^2`` over all rows ``[n, d_in]``."""
+    total = (rows - rows.mean(0)).square().sum()
+    return float(1.0 - (rows - rows_hat).square().sum() / total.clamp_min(1e-12))
+
+
+@dataclass
+class MetaDecomposition:
+    """Every base latent as meta-latents: ``base [nnz]`` (non-decreasing), ``meta [nnz]``, ``value [nnz]`` > 0."""
+
+    base: Tensor
+    meta: Tensor
+    value: Tensor
+    n_base: int
+    n_meta: int
+
+    def of_latent(self, j: int) -> list[tuple[int, float]]:
+        """The meta-latents of base latent ``j`` with their activations, largest first."""
+        sel = self.base == j
+        order = torch.argsort(self.value[sel], descending=True)
+        return list(zip(self.meta[sel][order].tolist(), self.value[sel][order].tolist()))
+
+    def users_of(self, m: int) -> list[tuple[int, float]]:
+        """The base latents that use meta-latent ``m``, by activation, largest first."""
+        sel = self.meta == m
+        order = torch.argsort(self.value[sel], descending=True)
+        return list(zip(self.base[sel][order].tolist(), self.value[sel][order].tolist()))
+
+    def meta_per_latent(self) -> Tensor:
+        """``[n_base]`` number of meta-latents each base latent uses."""
+        return torch.bincount(self.base, minlength=self.n_base)
+
+    def meta_density(self) -> Tensor:
+        """``[n_meta]`` fraction of base latents that use each meta-latent."""
+        return torch.bincount(self.meta, minlength=self.n_meta).float() / max(self.n_base, 1)
+
+
+@torch.no_grad()
+def decompose(meta_sae: SparseAutoencoder, rows: Tensor, chunk: int = 8192) -> tuple[MetaDecomposition, Tensor]:
+    """Meta-latent activations of every row ``[n, d_in]`` at inference, and the reconstructed rows ``[n, d_in]``."""
+    bases, metas, values, recon = [], [], [], []
+    for start in range(0, rows.shape[0], chunk):
+        acts = meta_sae.encode(rows[start:start + chunk], inference=True)
+        b, m = torch.nonzero(acts, as_tuple=True)
+        bases.append(b + start)
+        metas.append(m)
+        values.append(acts[b, m])
+        recon.append(meta_sae.decode(acts))
+    return (MetaDecomposition(torch.cat(bases), torch.cat(metas), torch.cat(values), rows.shape[0], meta_sae.d_sae),
+            torch.cat(recon))
+
+
+def with_decoder(base: SparseAutoencoder, W_dec: Tensor) -> SparseAutoencoder:
+    """A copy of ``base`` whose decoder rows are ``W_dec [d_sae, d_in]`` (e.g. the meta-SAE's reconstruction of
+    them, at the original rows' norms); encoder, biases and threshold unchanged."""
+    import copy
+
+    replaced = copy.deepcopy(base)
+    with torch.no_grad():
+        replaced.W_dec.copy_(W_dec)
+    return replaced
+
+
+def refit_encoder(W_dec: Tensor, rows: Tensor, k: int, steps: int, batch_size: int = 4096, lr: float = 1e-3,
+                  seed: int = 0) -> SparseAutoencoder:
+    """A BatchTopK meta-SAE with a fixed decoder ``W_dec [d_meta, d_in]`` whose encoder (``W_enc``, ``b_enc``,
+    ``b_dec``, threshold) is trained on ``rows [n, d_in]`` with the same training step as any SAE.
+
+    The paper's baselines: the decoder is the nearest latents of a smaller SAE, or random directions.
+    """
+    with torch.inference_mode(False), torch.enable_grad():  # callable from analysis code that runs without grad
+        return _refit_encoder(W_dec.clone(), rows.clone(), k, steps, batch_size, lr, seed)
+
+
+def _refit_encoder(W_dec: Tensor, rows: Tensor, k: int, steps: int, batch_size: int, lr: float,
+                   seed: int) -> SparseAutoencoder:
+    d_meta, d_in = W_dec.shape
+    check_meta_width(rows.shape[0], d_meta)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        sae = build_sae(SAEConfig(d_in=d_in, d_sae=d_meta, architecture="batchtopk", k=k,
+                                  dead_tokens_threshold=max(steps * batch_size // 4, 1))).to(rows.device)
+    with torch.no_grad():
+        sae.W_dec.copy_(F.normalize(W_dec.float(), dim=-1))
+        sae.W_enc.copy_(sae.W_dec.T)
+    sae.W_dec.requires_grad_(False)
+    optimizer = torch.optim.Adam([p for p in sae.parameters() if p.requires_grad], lr=lr, betas=(0.9, 0.99))
+    sae.train()
+    for step in range(steps):
+        loss = sae.training_forward(sample_rows(rows, batch_size, step, seed)).loss
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    return sae.eval()

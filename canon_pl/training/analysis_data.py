@@ -1,0 +1,72 @@
+"""Activations for an analysis (stitching, meta-SAE): from an activation cache or captured from text."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from canon_pl.data import ShardIndex
+from canon_pl.data.shards import INDEX_FILE
+from canon_pl.sae import SparseAutoencoder
+from canon_pl.stitching.analysis import SplicedLoss, spliced_loss_on
+
+
+class AnalysisDataError(ValueError):
+    """Analysis data that does not fit the SAEs (width, model, hook point) or is empty."""
+
+
+def cache_activations(path: str | Path, n_tokens: int, d_in: int) -> Tensor:
+    """The first ``n_tokens`` activations ``[n, d_in]`` (float32) of a cache written by ``canon-pl cache``."""
+    index = ShardIndex.load(path)
+    if index.d_in != d_in:
+        raise AnalysisDataError(f"the activation cache at {path} has d_in={index.d_in} but the SAEs take {d_in}")
+    pieces, have = [], 0
+    for i in range(len(index.shards)):
+        if have >= n_tokens:
+            break
+        shard = index.read_shard(i)[: n_tokens - have].float()
+        pieces.append(shard)
+        have += shard.shape[0]
+    return torch.cat(pieces)
+
+
+def text_activations(text: str, n_tokens: int, model: str, hook_point: str, ce: bool = False,
+                     device: str = "cpu", context_length: int = 128) -> tuple[Tensor, SplicedLoss | None]:
+    """Activations ``[n, d]`` at ``hook_point`` on held-out documents of ``text`` (BOS and outliers left out, as in
+    training), and with ``ce`` a :data:`SplicedLoss` on the first batch of those contexts."""
+    from canon_pl.training.activations import ActivationDataModule
+
+    data = ActivationDataModule(model=model, hook_point=hook_point, text=text, context_length=context_length,
+                                val_contexts=math.ceil(n_tokens / (context_length - 1)))
+    data.load_model(device)
+    activations, lm_batches = [], []
+    for batch in data.val_dataloader():
+        activations.append(batch["activations"])
+        if not lm_batches:
+            lm_batches.append((batch["tokens"], batch["mask"]))
+    if not activations:
+        raise AnalysisDataError(f"the text source {text!r} gave no held-out tokens")
+    return torch.cat(activations)[:n_tokens], (spliced_loss_on(data.spliced_sums, lm_batches) if ce else None)
+
+
+def analysis_activations(data: str, n_tokens: int, sae: SparseAutoencoder, ce: bool = False,
+                         model: str | None = None, hook_point: str | None = None,
+                         device: str = "cpu") -> tuple[Tensor, SplicedLoss | None]:
+    """``data`` is an activation-cache folder (no next-token loss possible) or a text source captured through the
+    SAE's model and hook point (or the ones given)."""
+    if n_tokens <= 0:
+        raise AnalysisDataError(f"the number of analysis tokens must be positive, got {n_tokens}")
+    if (Path(data) / INDEX_FILE).is_file():
+        return cache_activations(data, n_tokens, sae.d_in), None
+    model, hook_point = model or sae.cfg.model_id, hook_point or sae.cfg.hook_point
+    if not model or not hook_point:
+        raise AnalysisDataError(f"the SAE records no model_id/hook_point, so text data {data!r} cannot be captured: "
+                                f"pass the model and hook point (--model, --hook-point)")
+    x, spliced = text_activations(data, n_tokens, model, hook_point, ce, device)
+    if x.shape[1] != sae.d_in:
+        raise AnalysisDataError(f"{hook_point} of {model} gives {x.shape[1]}-dimensional activations but the SAE "
+                                f"takes {sae.d_in}")
+    return x, spliced

@@ -1,0 +1,162 @@
+"""Meta-SAE training: decoder rows as a DataModule, the meta-SAE as an ``SAEModule`` with the paper's defaults, and
+the analysis written after ``fit``."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import lightning as L
+from lightning.pytorch.utilities import rank_zero_info
+from torch import Tensor
+from torch.utils.data import DataLoader
+
+from canon_pl.io import load_sae
+from canon_pl.io.family import MANIFEST_FILE, load_family
+from canon_pl.meta import analyze_meta_sae, check_meta_width, decoder_rows, sample_rows, write_meta_analysis
+from canon_pl.sae import SparseAutoencoder
+from canon_pl.training.datamodules import ResumableStreamDataModule, _loader
+from canon_pl.training.module import SAEModule
+
+
+class DecoderRowsDataModule(ResumableStreamDataModule):
+    """The unit-normalised decoder rows of a base SAE, sampled with replacement (no tokens involved).
+
+    Batch ``i`` is a pure function of (``seed``, ``i``), so a resumed run continues with the same rows. Validation
+    passes over every row once, so ``val/explained_variance`` is the FVE of the whole decoder.
+    """
+
+    def __init__(self, sae: str, width: int | None = None, batch_size: int = 16384, seed: int = 0,
+                 val_batch_size: int = 16384) -> None:
+        """
+        Args:
+            sae: The base SAE: an export folder, a family folder (with ``width``) or a ``.ckpt``.
+            width: Which member of a family.
+            batch_size: Rows per batch (the paper: 16384).
+            seed: Seed of the sampling.
+            val_batch_size: Rows per validation batch.
+        """
+        super().__init__()
+        self.save_hyperparameters()
+        if batch_size <= 0:
+            raise ValueError(f"batch_size must be positive, got {batch_size}")
+        self._base: SparseAutoencoder | None = None
+        self._rows: Tensor | None = None
+
+    @property
+    def base(self) -> SparseAutoencoder:
+        """The base SAE (loaded on first use, so a config can name one that a later step writes)."""
+        if self._base is None:
+            self._base = load_sae(self.hparams.sae, width=self.hparams.width)
+        return self._base
+
+    @property
+    def rows(self) -> Tensor:
+        """``[d_base, d_in]`` unit-normalised decoder rows."""
+        if self._rows is None:
+            self._rows = decoder_rows(self.base)
+        return self._rows
+
+    @property
+    def d_in(self) -> int:
+        return self.rows.shape[1]
+
+    def setup(self, stage: str) -> None:
+        module = getattr(self.trainer, "lightning_module", None)
+        d_meta = getattr(module, "widths", [None])[-1]
+        if d_meta is not None:
+            check_meta_width(self.rows.shape[0], int(d_meta))
+
+    def train_batches(self, start: int) -> Iterator[tuple[int, Tensor]]:
+        index = start
+        while True:
+            yield index + 1, sample_rows(self.rows, self.hparams.batch_size, index, self.hparams.seed)
+            index += 1
+
+    def val_dataloader(self) -> DataLoader:
+        size = self.hparams.val_batch_size
+        return _loader(lambda: (self.rows[s:s + size] for s in range(0, self.rows.shape[0], size)))
+
+    def smaller_saes(self) -> dict[int, SparseAutoencoder]:
+        """The family members narrower than the base, when the base was given as (or lies in) a family folder."""
+        path = Path(self.hparams.sae)
+        family_dir = path if (path / MANIFEST_FILE).is_file() else path.parent
+        if not (family_dir / MANIFEST_FILE).is_file():
+            return {}
+        family = load_family(family_dir)
+        return {w: sae for w, sae in family.saes.items() if w < self.base.d_sae}
+
+
+class MetaSAEModule(SAEModule):
+    """A BatchTopK meta-SAE: the token-SAE core and training step with the meta-SAE's defaults (k = 4, lr 1e-3, no
+    input normalisation). Inputs are decoder rows ``[batch, d_in]``."""
+
+    def __init__(
+        self,
+        d_in: int,
+        d_sae: int,
+        k: int = 4,
+        lr: float = 1e-3,
+        aux_k: int = 256,
+        aux_coefficient: float = 1.0 / 32.0,
+        dead_tokens_threshold: int = 1_000_000,
+        threshold_momentum: float = 0.9,
+        init_seed: int = 0,
+        export_dir: str | None = None,
+    ) -> None:
+        """
+        Args:
+            d_in: Width of the base SAE's decoder rows (its d_in).
+            d_sae: Number of meta-latents (the paper: base width / 21, e.g. 49152 -> 2304).
+            k: Meta-latents per row, on average over the batch (the paper: 4).
+            lr: Adam learning rate (the paper: 1e-3).
+            aux_k: Dead meta-latents per row in the AuxK loss.
+            aux_coefficient: AuxK weight.
+            dead_tokens_threshold: Rows without firing after which a meta-latent is dead.
+            threshold_momentum: EMA momentum of the inference threshold.
+            init_seed: Seed of the weight initialisation.
+            export_dir: Where the export and the analysis go; ``None`` = the trainer's ``default_root_dir``.
+        """
+        super().__init__(d_in=d_in, d_sae=d_sae, architecture="batchtopk", k=k, aux_k=aux_k,
+                         aux_coefficient=aux_coefficient, dead_tokens_threshold=dead_tokens_threshold,
+                         threshold_momentum=threshold_momentum, lr=lr, normalize_activations=False,
+                         b_dec_init="mean", init_seed=init_seed, export_dir=export_dir)
+        self.save_hyperparameters()
+
+
+class MetaSAEAnalysisCallback(L.Callback):
+    """After ``fit``: decompose every base latent and write ``analysis.json`` + ``analysis.safetensors`` next to the
+    meta-SAE's export (see docs/meta_sae_results.md)."""
+
+    def __init__(self, data: str | None = None, tokens: int = 8192, ce: bool = False, baseline_steps: int = 300,
+                 dirpath: str | None = None) -> None:
+        """
+        Args:
+            data: Activations at the base SAE's hook point for the base-reconstruction comparison: an activation cache
+                folder or a text source (``None`` skips it).
+            tokens: Tokens of ``data`` to use.
+            ce: Also splice the base SAE (original and meta-reconstructed decoder) into the LM (text data only).
+            baseline_steps: Training steps of each baseline (0 skips them).
+            dirpath: Output folder; ``None`` = the module's ``export_dir`` or else the trainer's ``default_root_dir``.
+        """
+        self.data, self.tokens, self.ce = data, tokens, ce
+        self.baseline_steps, self.dirpath = baseline_steps, dirpath
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        datamodule = getattr(trainer, "datamodule", None)
+        if not trainer.is_global_zero or not isinstance(datamodule, DecoderRowsDataModule):
+            return
+        from canon_pl.training.analysis_data import analysis_activations
+
+        base, meta = datamodule.base, pl_module.sae.eval()
+        activations = spliced = None
+        if self.data is not None:
+            activations, spliced = analysis_activations(self.data, self.tokens, base, ce=self.ce)
+        device = meta.W_dec.device
+        analysis = analyze_meta_sae(meta, base.to(device), datamodule.smaller_saes(), activations, spliced,
+                                    baseline_steps=self.baseline_steps)
+        target = Path(self.dirpath or getattr(pl_module.hparams, "export_dir", None) or trainer.default_root_dir)
+        path = write_meta_analysis(analysis, target)
+        s = analysis.summary
+        rank_zero_info(f"canon-pl: meta-SAE FVE {s['fve']:.3f}, {s['mean_meta_per_latent']:.2f} meta-latents per "
+                       f"latent, {s['dead_meta_fraction']:.1%} dead; analysis in {path}")

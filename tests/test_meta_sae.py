@@ -1,0 +1,124 @@
+"""Meta-SAEs (DESIGN.md 1.3): trained with the token-SAE core on decoder rows, they recover planted meta-directions."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from canon_pl.io import export_sae
+from canon_pl.meta import (
+    MetaSAEError,
+    analyze_meta_sae,
+    decompose,
+    decoder_rows,
+    read_meta_analysis,
+    write_meta_analysis,
+)
+from canon_pl.sae import SAEConfig, build_sae
+from canon_pl.stitching import decoder_cosine_matrix
+from canon_pl.training import DecoderRowsDataModule, MetaSAEAnalysisCallback, MetaSAEModule, SAEExportCallback
+from tests.helpers import make_trainer, run_cli
+
+D_IN, N_META, N_BASE = 48, 24, 1536
+
+
+def planted_base(tmp_path: Path) -> tuple[Path, torch.Tensor]:
+    """An exported base SAE whose decoder rows are each a normalised non-negative mix of 2-4 of ``N_META`` planted
+    unit directions."""
+    g = torch.Generator().manual_seed(0)
+    meta = F.normalize(torch.randn(N_META, D_IN, generator=g), dim=-1)
+    coef = torch.zeros(N_BASE, N_META)
+    for i in range(N_BASE):
+        chosen = torch.randperm(N_META, generator=g)[: int(torch.randint(2, 5, (1,), generator=g))]
+        coef[i, chosen] = 0.5 + torch.rand(len(chosen), generator=g)
+    base = build_sae(SAEConfig(d_in=D_IN, d_sae=N_BASE, architecture="batchtopk", k=8, hook_point="blocks.0"))
+    with torch.no_grad():
+        base.W_dec.copy_(F.normalize(coef @ meta, dim=-1))
+        base.threshold.fill_(0.1)
+        base.threshold_initialized.fill_(True)
+    export_sae(base, tmp_path / "base")
+    return tmp_path / "base", meta
+
+
+@pytest.fixture(scope="module")
+def meta_run(tmp_path_factory: pytest.TempPathFactory):
+    root = tmp_path_factory.mktemp("meta")
+    base_path, planted = planted_base(root)
+    data = DecoderRowsDataModule(str(base_path), batch_size=1024, seed=0)
+    module = MetaSAEModule(d_in=D_IN, d_sae=32, k=3, lr=3e-3, dead_tokens_threshold=20_000)
+    trainer = make_trainer(root / "run", max_steps=400, val_check_interval=400, callbacks=[
+        SAEExportCallback(), MetaSAEAnalysisCallback(baseline_steps=100)])
+    trainer.fit(module, data)
+    return module, data, planted, root / "run"
+
+
+def test_meta_sae_recovers_planted_meta_directions_at_l0_k(meta_run) -> None:
+    module, data, planted, _ = meta_run
+    meta = module.sae.eval()
+    recovered = decoder_cosine_matrix(planted, meta.W_dec.detach()).max(dim=1).values > 0.9
+    assert recovered.float().mean() >= 0.9
+    decomposition, rows_hat = decompose(meta, data.rows)
+    assert decomposition.meta_per_latent().float().mean() == pytest.approx(3.0, rel=0.25)
+    assert F.mse_loss(rows_hat, data.rows) < 0.1 * data.rows.var(dim=0).sum() / D_IN
+
+
+def test_analysis_is_written_after_fit_and_round_trips(meta_run) -> None:
+    module, data, _, run = meta_run
+    summary = read_meta_analysis(run, arrays=True)
+    assert summary["n_base"] == N_BASE and summary["n_meta"] == 32 and summary["k"] == 3
+    decomposition, _ = decompose(module.sae.eval(), data.rows)
+    for name in ("base", "meta", "value"):
+        assert torch.equal(getattr(summary["decomposition"], name), getattr(decomposition, name))
+    assert summary["decomposition"].of_latent(0) == decomposition.of_latent(0)
+    assert summary["fve"] > 0.8
+    # a meta-SAE that learned the planted structure beats fixed random directions with a refitted encoder
+    assert summary["baselines"]["random"] < summary["fve"]
+    assert (run / "sae.safetensors").is_file()  # the meta-SAE's own export sits next to it
+
+
+def test_base_reconstruction_with_the_meta_decoder_is_compared(meta_run, tmp_path: Path) -> None:
+    module, data, _, _ = meta_run
+    x = torch.randn(512, D_IN)
+    analysis = analyze_meta_sae(module.sae.eval(), data.base, activations=x, baseline_steps=0)
+    rec = analysis.summary["base_reconstruction"]
+    assert rec["original"]["mse"] > 0 and rec["meta_decoder"]["mse"] != rec["original"]["mse"]
+    assert "baselines" not in analysis.summary
+    path = write_meta_analysis(analysis, tmp_path)
+    assert read_meta_analysis(path)["base_reconstruction"] == rec
+    (tmp_path / "analysis.safetensors").write_bytes(b"\x00" * 10)
+    with pytest.raises(MetaSAEError, match="missing or corrupt"):
+        read_meta_analysis(path, arrays=True)
+
+
+def test_a_meta_sae_wider_than_its_base_is_refused(tmp_path: Path) -> None:
+    base_path, _ = planted_base(tmp_path)
+    module = MetaSAEModule(d_in=D_IN, d_sae=N_BASE, k=3)
+    with pytest.raises(MetaSAEError, match=f"{N_BASE} latents but the base SAE has only {N_BASE} decoder rows"):
+        make_trainer(tmp_path / "run", max_steps=1).fit(module, DecoderRowsDataModule(str(base_path)))
+    result = run_cli("meta-sae", "--sae", str(base_path), "--d-sae", "5000", "--out", str(tmp_path / "x"),
+                     cwd=tmp_path, script="canon-pl")
+    assert result.returncode == 2 and "narrower than its base" in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "x").exists()
+
+
+def test_meta_sae_command_trains_exports_and_analyses(tmp_path: Path) -> None:
+    base_path, _ = planted_base(tmp_path)
+    result = run_cli("meta-sae", "--sae", str(base_path), "--steps", "30", "--batch-size", "512", "--k", "3",
+                     "--baseline-steps", "5", "--out", str(tmp_path / "meta"), cwd=tmp_path, script="canon-pl")
+    assert result.returncode == 0, result.stderr[-2000:]
+    summary = read_meta_analysis(tmp_path / "meta")
+    assert summary["n_meta"] == round(N_BASE / 21) and set(summary["baselines"]) == {"random"}
+    assert (tmp_path / "meta" / "cfg.json").is_file()
+
+
+def test_decoder_rows_are_unit_norm_and_batches_replay_exactly(tmp_path: Path) -> None:
+    base_path, _ = planted_base(tmp_path)
+    data = DecoderRowsDataModule(str(base_path), batch_size=64, seed=3)
+    torch.testing.assert_close(data.rows.norm(dim=-1), torch.ones(N_BASE))
+    first = [b for _, b in zip(range(3), data.train_batches(0))]
+    resumed = next(data.train_batches(2))
+    assert resumed[0] == 3 and torch.equal(resumed[1], first[2][1])
+    assert decoder_rows(data.base).shape == (N_BASE, D_IN)
