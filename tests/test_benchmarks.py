@@ -35,3 +35,12 @@ def test_bench_stitch_runs_and_ends_with_a_ratio() -> None:
     lines = result.stdout.strip().splitlines()
     assert re.fullmatch(r"ratio: \d+\.\d+", lines[-1])
     assert any(line.startswith("chunked") and "8192 x 4096" in line for line in lines)
+
+
+def test_bench_meta_sae_runs_and_ends_with_a_ratio() -> None:
+    result = subprocess.run([sys.executable, str(REPO / "benchmarks" / "bench_meta_sae.py"), "--steps", "1",
+                             "--base", "4096"], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = result.stdout.strip().splitlines()
+    assert re.fullmatch(r"ratio: \d+\.\d+", lines[-1])
+    assert any(line.startswith("meta-SAE") for line in lines)

@@ -22,7 +22,6 @@ from canon_pl.stitching import (
     read_stitching_results,
     single_insertion_delta_mse,
     sparse_codes,
-    stitching_path,
     write_stitching_results,
 )
 from canon_pl.stitching.path import reconstruction

@@ -5,7 +5,6 @@ See DESIGN.md 1.3 and docs/meta_sae_results.md for every field.
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,11 +12,9 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
 from torch import Tensor
 
-from canon_pl.io.atomic import atomic_path, atomic_write_json
+from canon_pl.io.results import read_results, write_results
 from canon_pl.meta.decomposition import (
     MetaDecomposition,
     MetaSAEError,
@@ -120,12 +117,7 @@ def _baselines(meta: SparseAutoencoder, rows: Tensor, smaller: dict[int, SparseA
 
 def write_meta_analysis(analysis: MetaAnalysis, directory: str | os.PathLike) -> Path:
     """Write ``analysis.safetensors`` then ``analysis.json`` (atomically) into ``directory``; returns the JSON path."""
-    directory = Path(directory)
-    with atomic_path(directory / f"{ANALYSIS_NAME}.safetensors") as tmp:
-        save_file({k: v.detach().cpu().contiguous() for k, v in analysis.arrays.items()}, str(tmp),
-                  metadata={"format": FORMAT_NAME})
-    atomic_write_json(directory / f"{ANALYSIS_NAME}.json", {**analysis.summary, "arrays": f"{ANALYSIS_NAME}.safetensors"})
-    return directory / f"{ANALYSIS_NAME}.json"
+    return write_results(directory, ANALYSIS_NAME, analysis.summary, analysis.arrays, FORMAT_NAME)
 
 
 def read_meta_analysis(path: str | os.PathLike, arrays: bool = False) -> dict[str, Any]:
@@ -134,19 +126,13 @@ def read_meta_analysis(path: str | os.PathLike, arrays: bool = False) -> dict[st
     path = Path(path)
     if path.is_dir():
         path = path / f"{ANALYSIS_NAME}.json"
-    try:
-        summary = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise MetaSAEError(f"{path} is not a readable meta-SAE analysis ({err})") from err
-    if not isinstance(summary, dict) or summary.get("format") != FORMAT_NAME:
-        raise MetaSAEError(f"{path} is not a canon-pl meta-SAE analysis (no \"format\": \"{FORMAT_NAME}\")")
+    summary = read_results(path, FORMAT_NAME, "meta-SAE analysis", MetaSAEError, arrays)
     if arrays:
+        tensors = summary["arrays"]
         try:
-            tensors = load_file(str(path.parent / summary["arrays"]))
             summary["decomposition"] = MetaDecomposition(tensors["decomposition_base"], tensors["decomposition_meta"],
-                                                         tensors["decomposition_value"], summary["n_base"],
-                                                         summary["n_meta"])
-        except (KeyError, OSError, SafetensorError) as err:
+                                                         tensors["decomposition_value"], int(summary["n_base"]),
+                                                         int(summary["n_meta"]))
+        except (KeyError, TypeError, ValueError) as err:
             raise MetaSAEError(f"the arrays of {path} are missing or corrupt ({err}); re-run the analysis") from err
-        summary["arrays"] = tensors
     return summary

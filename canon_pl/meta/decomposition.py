@@ -82,16 +82,11 @@ class MetaDecomposition:
 @torch.no_grad()
 def decompose(meta_sae: SparseAutoencoder, rows: Tensor, chunk: int = 8192) -> tuple[MetaDecomposition, Tensor]:
     """Meta-latent activations of every row ``[n, d_in]`` at inference, and the reconstructed rows ``[n, d_in]``."""
-    bases, metas, values, recon = [], [], [], []
-    for start in range(0, rows.shape[0], chunk):
-        acts = meta_sae.encode(rows[start:start + chunk], inference=True)
-        b, m = torch.nonzero(acts, as_tuple=True)
-        bases.append(b + start)
-        metas.append(m)
-        values.append(acts[b, m])
-        recon.append(meta_sae.decode(acts))
-    return (MetaDecomposition(torch.cat(bases), torch.cat(metas), torch.cat(values), rows.shape[0], meta_sae.d_sae),
-            torch.cat(recon))
+    from canon_pl.stitching.path import reconstruction, sparse_codes
+
+    codes = sparse_codes(meta_sae, rows, chunk)
+    decomposition = MetaDecomposition(codes.rows, codes.cols, codes.values, rows.shape[0], meta_sae.d_sae)
+    return decomposition, reconstruction(meta_sae, rows, chunk)
 
 
 def with_decoder(base: SparseAutoencoder, W_dec: Tensor) -> SparseAutoencoder:

@@ -7,7 +7,6 @@ safetensors (``<name>.safetensors``), both written atomically.
 
 from __future__ import annotations
 
-import json
 import os
 import warnings
 from collections.abc import Callable
@@ -16,11 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
 from torch import Tensor
 
-from canon_pl.io.atomic import atomic_path, atomic_write_json
+from canon_pl.io.results import read_results, write_results
 from canon_pl.metrics import SplicedLanguageModelLoss
 from canon_pl.sae import SparseAutoencoder
 from canon_pl.stitching.groups import LatentGroups, latent_groups
@@ -218,32 +215,15 @@ def _arrays(result: StitchingResult) -> dict[str, Tensor]:
         "path_order": p.order, "path_kind": p.kind, "path_group": p.group, "path_n_latents": p.n_latents,
         "path_mse": p.mse, "path_fvu": p.fvu, "path_l0": p.l0,
     }
-    return {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+    return tensors
 
 
 def write_stitching_results(result: StitchingResult, directory: str | os.PathLike, name: str | None = None) -> Path:
     """Write ``<name>.safetensors`` then ``<name>.json`` (default name ``<d_small>_<d_large>``); returns the JSON."""
-    directory = Path(directory)
     name = name or f"{result.summary['small']['d_sae']}_{result.summary['large']['d_sae']}"
-    with atomic_path(directory / f"{name}.safetensors") as tmp:
-        save_file(_arrays(result), str(tmp), metadata={"format": FORMAT_NAME})
-    summary = {**result.summary, "arrays": f"{name}.safetensors"}
-    atomic_write_json(directory / f"{name}.json", summary)
-    return directory / f"{name}.json"
+    return write_results(directory, name, result.summary, _arrays(result), FORMAT_NAME)
 
 
 def read_stitching_results(path: str | os.PathLike, arrays: bool = False) -> dict[str, Any]:
     """The summary of a results JSON; with ``arrays=True`` also ``summary["arrays"]`` as a dict of tensors."""
-    path = Path(path)
-    try:
-        summary = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise StitchingError(f"{path} is not a readable stitching results file ({err})") from err
-    if not isinstance(summary, dict) or summary.get("format") != FORMAT_NAME:
-        raise StitchingError(f"{path} is not a canon-pl stitching results file (no \"format\": \"{FORMAT_NAME}\")")
-    if arrays:
-        try:
-            summary["arrays"] = load_file(str(path.parent / summary["arrays"]))
-        except (KeyError, OSError, SafetensorError) as err:
-            raise StitchingError(f"the arrays of {path} are missing or corrupt ({err}); re-run the analysis") from err
-    return summary
+    return read_results(path, FORMAT_NAME, "stitching results file", StitchingError, arrays)
