@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+import yaml
 
 from canon_pl.io import export_sae
 from canon_pl.meta import (
@@ -122,3 +123,27 @@ def test_decoder_rows_are_unit_norm_and_batches_replay_exactly(tmp_path: Path) -
     resumed = next(data.train_batches(2))
     assert resumed[0] == 3 and torch.equal(resumed[1], first[2][1])
     assert decoder_rows(data.base).shape == (N_BASE, D_IN)
+
+
+def test_meta_sae_config_trains_through_lightning_cli(tmp_path: Path) -> None:
+    """The shipped config, pointed at a small base: LightningCLI instantiates MetaSAEModule with only its own
+    arguments, and the run still trains, checkpoints and exports a loadable meta-SAE."""
+    from canon_pl import load_sae
+    from tests.helpers import REPO
+
+    base = build_sae(SAEConfig(d_in=576, d_sae=600, architecture="batchtopk", k=8))
+    export_sae(base, tmp_path / "base")
+    config = yaml.safe_load((REPO / "configs" / "meta_sae_smollm2.yaml").read_text())
+    for callback in config["trainer"]["callbacks"]:
+        if callback["class_path"].endswith("MetaSAEAnalysisCallback"):  # no Python docs or LM needed here
+            callback["init_args"].update(data=None, ce=False, baseline_steps=0)
+    (tmp_path / "meta.yaml").write_text(yaml.safe_dump(config))
+    result = run_cli("fit", "--config", str(tmp_path / "meta.yaml"), "--data.init_args.sae", str(tmp_path / "base"),
+                     "--data.init_args.width", "null", "--data.init_args.batch_size", "256",
+                     "--model.init_args.d_sae", "32", "--trainer.max_steps", "4", "--trainer.val_check_interval", "4",
+                     cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    run = tmp_path / "checkpoints" / "meta_sae_smollm2"
+    meta = load_sae(run / "ckpt" / "last.ckpt")
+    assert meta.d_sae == 32 and meta.cfg.k == 4 and meta.cfg.architecture == "batchtopk"
+    assert load_sae(run).d_sae == 32 and read_meta_analysis(run)["n_meta"] == 32

@@ -62,8 +62,12 @@ def load_lightning_checkpoint(path: str | os.PathLike, width: int | None = None)
     if width not in members:
         raise CheckpointError(f"{path} has no member of width {width}; it holds {members}")
     known = {f.name for f in fields(SAEConfig)} - {"d_sae"}
+    stored = (ckpt.get("canon_pl_sae_configs") or {}).get(str(width))
     try:
-        cfg = SAEConfig(d_sae=width, **{key: value for key, value in hparams.items() if key in known})
+        if isinstance(stored, dict):  # written by canon-pl since the meta-SAE module: the member's own config
+            cfg = SAEConfig.from_dict(stored)
+        else:
+            cfg = SAEConfig(d_sae=width, **{key: value for key, value in hparams.items() if key in known})
     except (TypeError, SAEConfigError) as err:
         raise CheckpointError(f"{path}: hyper-parameters do not describe an SAE: {err}") from err
     sae = build_sae(cfg)

@@ -155,7 +155,7 @@ class MetaSAEAnalysisCallback(L.Callback):
         device = meta.W_dec.device
         analysis = analyze_meta_sae(meta, base.to(device), datamodule.smaller_saes(), activations, spliced,
                                     baseline_steps=self.baseline_steps)
-        target = Path(self.dirpath or getattr(pl_module.hparams, "export_dir", None) or trainer.default_root_dir)
+        target = Path(self.dirpath or getattr(getattr(pl_module, "settings", pl_module.hparams), "export_dir", None) or trainer.default_root_dir)
         path = write_meta_analysis(analysis, target)
         s = analysis.summary
         rank_zero_info(f"canon-pl: meta-SAE FVE {s['fve']:.3f}, {s['mean_meta_per_latent']:.2f} meta-latents per "

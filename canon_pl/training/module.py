@@ -15,6 +15,7 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.fabric.utilities.data import AttributeDict
 from torch import Tensor, nn
 
 from canon_pl.io.export import export_sae
@@ -115,8 +116,12 @@ class SAEFamilyModule(L.LightningModule):
             base_width: When set, every width must be a multiple of it.
             export_dir: Where exports go at the end of ``fit``; ``None`` = the trainer's ``default_root_dir``.
         """
+        settings = {key: value for key, value in locals().items() if key not in ("self", "__class__")}
         super().__init__()
         self.save_hyperparameters()
+        # The resolved arguments, read by the code below. ``hparams`` holds what the caller gave (under LightningCLI
+        # only the instantiated subclass's own arguments), so it cannot be relied on for the full set.
+        self.settings = AttributeDict(settings)
         if b_dec_init not in ("mean", "zeros"):
             raise ValueError(f"b_dec_init must be 'mean' or 'zeros', got {b_dec_init!r}")
         self.widths = check_widths(list(widths), base_width)
@@ -129,7 +134,7 @@ class SAEFamilyModule(L.LightningModule):
         self._last_step_time: float | None = None
 
     def _build_member(self, width: int) -> SparseAutoencoder:
-        hp = self.hparams
+        hp = self.settings
         cfg = SAEConfig(
             d_in=hp.d_in, d_sae=width, architecture=hp.architecture, k=hp.k, l1_coefficient=hp.l1_coefficient,
             aux_k=hp.aux_k, aux_coefficient=hp.aux_coefficient, dead_tokens_threshold=hp.dead_tokens_threshold,
@@ -144,7 +149,7 @@ class SAEFamilyModule(L.LightningModule):
 
     @property
     def d_in(self) -> int:
-        return int(self.hparams.d_in)
+        return int(self.settings.d_in)
 
     # --------------------------------------------------------------------------------------------- inputs
     def setup(self, stage: str) -> None:
@@ -175,10 +180,10 @@ class SAEFamilyModule(L.LightningModule):
     @torch.no_grad()
     def _initialize_input_statistics(self, x: Tensor) -> None:
         """Activation scale (``E[||x||^2] = d_in``) and each ``b_dec`` from the first training batch."""
-        if self.hparams.normalize_activations:
+        if self.settings.normalize_activations:
             mean_sq_norm = x.pow(2).sum(dim=-1).mean()
             self.activation_scale.fill_(math.sqrt(self.d_in / mean_sq_norm.clamp_min(1e-12).item()))
-        if self.hparams.b_dec_init == "mean":
+        if self.settings.b_dec_init == "mean":
             for sae in self.members.values():
                 sae.b_dec.copy_((x * self.activation_scale).mean(dim=0))
         self.input_stats_initialized.fill_(True)
@@ -232,7 +237,7 @@ class SAEFamilyModule(L.LightningModule):
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         groups = [{"params": list(sae.parameters()), "lr": self.learning_rates[key]} for key, sae in self.members.items()]
-        return torch.optim.Adam(groups, betas=tuple(self.hparams.betas))
+        return torch.optim.Adam(groups, betas=tuple(self.settings.betas))
 
     # --------------------------------------------------------------------------------------------- evaluation
     def reconstruct(self, x: Tensor, width: int | str | None = None, inference: bool = True) -> Tensor:
@@ -270,6 +275,10 @@ class SAEFamilyModule(L.LightningModule):
             for metric in metrics.values():
                 metric.reset()
         self.log_dict(log, prog_bar=False)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Each member's full SAE config, so a checkpoint describes its SAEs whatever ``hparams`` holds."""
+        checkpoint["canon_pl_sae_configs"] = {key: sae.cfg.to_dict() for key, sae in self.members.items()}
 
     # --------------------------------------------------------------------------------------------- export
     def _export_extra(self) -> dict[str, Any]:
