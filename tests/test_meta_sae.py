@@ -29,7 +29,7 @@ D_IN, N_META, N_BASE = 48, 24, 1536
 def planted_base(tmp_path: Path) -> tuple[Path, torch.Tensor]:
     """An exported base SAE whose decoder rows are each a normalised non-negative mix of 2-4 of ``N_META`` planted
     unit directions."""
-    g = torch.Generator().manual_seed(0)
+    g = torch.Generator().manual_seed(100)
     meta = F.normalize(torch.randn(N_META, D_IN, generator=g), dim=-1)
     coef = torch.zeros(N_BASE, N_META)
     for i in range(N_BASE):
@@ -147,3 +147,26 @@ def test_meta_sae_config_trains_through_lightning_cli(tmp_path: Path) -> None:
     meta = load_sae(run / "ckpt" / "last.ckpt")
     assert meta.d_sae == 32 and meta.cfg.k == 4 and meta.cfg.architecture == "batchtopk"
     assert load_sae(run).d_sae == 32 and read_meta_analysis(run)["n_meta"] == 32
+
+
+def test_meta_latents_are_compared_with_the_smaller_saes_of_the_family(meta_run, tmp_path: Path) -> None:
+    """A smaller SAE whose latents are the planted meta-directions: the meta-SAE's latents find them (cosine near 1),
+    and the smaller-SAE baseline is fitted."""
+    from canon_pl.io import write_family_manifest
+
+    module, data, planted, _ = meta_run
+    small = build_sae(SAEConfig(d_in=D_IN, d_sae=N_META, architecture="batchtopk", k=3, hook_point="blocks.0"))
+    with torch.no_grad():
+        small.W_dec.copy_(planted)
+    export_sae(small, tmp_path / "fam" / str(N_META))
+    export_sae(data.base, tmp_path / "fam" / str(N_BASE))
+    write_family_manifest(tmp_path / "fam", {N_META: str(N_META), N_BASE: str(N_BASE)}, data.base.cfg, tokens=0)
+    family_data = DecoderRowsDataModule(str(tmp_path / "fam"), width=N_BASE)
+    smaller = family_data.smaller_saes()
+    assert list(smaller) == [N_META]
+    analysis = analyze_meta_sae(module.sae.eval(), family_data.base, smaller, baseline_steps=50)
+    nearest = analysis.summary["nearest_in_smaller"][str(N_META)]
+    assert nearest["median"] > 0.9 and nearest["above_0.7"] > 0.7
+    assert analysis.arrays[f"nearest_index_{N_META}"].shape == (32,)
+    assert set(analysis.summary["baselines"]) == {"random", f"smaller_{N_META}"}
+    assert analysis.summary["baselines"][f"smaller_{N_META}"] > analysis.summary["baselines"]["random"]

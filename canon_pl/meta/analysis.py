@@ -104,7 +104,7 @@ def analyze_meta_sae(meta: SparseAutoencoder, base: SparseAutoencoder,
 def _baselines(meta: SparseAutoencoder, rows: Tensor, smaller: dict[int, SparseAutoencoder],
                arrays: dict[str, Tensor], steps: int, batch_size: int, seed: int) -> dict[str, float]:
     """FVE with the meta-decoder replaced by fixed directions and only the encoder trained."""
-    g = torch.Generator().manual_seed(seed)
+    g = torch.Generator().manual_seed(1_000_003 + seed)  # not seed itself: that stream may be the data's own
     candidates = {"random": F.normalize(torch.randn(meta.d_sae, meta.d_in, generator=g), dim=-1).to(rows.device)}
     for width, sae in sorted(smaller.items()):
         candidates[f"smaller_{width}"] = sae.W_dec.detach().float().to(rows.device)[arrays[f"nearest_index_{width}"]]
