@@ -1,5 +1,5 @@
 """The command line: ``canon-pl`` and ``lightning`` (LightningCLI: ``fit``, ``validate``, ...) plus ``export``,
-``cache``, ``stitch`` and ``meta-sae``.
+``cache``, ``stitch``, ``meta-sae`` and ``stats``.
 
 ``lightning fit --config configs/sae_synthetic.yaml`` trains and checkpoints; ``canon-pl export --ckpt X --out D``
 turns a Lightning checkpoint into a portable export.
@@ -116,7 +116,14 @@ def meta_sae_command(argv: list[str]) -> int:
     return run(argv)
 
 
-COMMANDS = {"export": export_command, "cache": cache_command, "stitch": stitch_command, "meta-sae": meta_sae_command}
+def stats_command(argv: list[str]) -> int:
+    from canon_pl.commands.stats import stats_command as run
+
+    return run(argv)
+
+
+COMMANDS = {"export": export_command, "cache": cache_command, "stitch": stitch_command, "meta-sae": meta_sae_command,
+            "stats": stats_command}
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
@@ -128,10 +135,12 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from canon_pl.stitching import StitchingError
     from canon_pl.meta import MetaSAEError
     from canon_pl.training import InputShapeError, NonFiniteError
+    from canon_pl.stats import StatsError
     from canon_pl.training.analysis_data import AnalysisDataError
 
     return (SAEConfigError, CheckpointError, ShardError, InputShapeError, NonFiniteError, HookPointError,
-            ModelLoadError, TextSourceError, ContextLengthError, StitchingError, MetaSAEError, AnalysisDataError)
+            ModelLoadError, TextSourceError, ContextLengthError, StitchingError, MetaSAEError, AnalysisDataError,
+            StatsError)
 
 
 def main(argv: list[str] | None = None) -> int:

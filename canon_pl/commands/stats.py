@@ -1,0 +1,116 @@
+"""``canon-pl stats``: one pass of held-out text through the LM and every SAE of a run; per-latent statistics."""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from collections.abc import Iterator
+from itertools import islice
+from pathlib import Path
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from canon_pl.io import CheckpointError, load_sae
+from canon_pl.io.export import CONFIG_FILE
+from canon_pl.io.family import MANIFEST_FILE, load_family
+from canon_pl.sae import SparseAutoencoder
+from canon_pl.stats import StatsError, collect_statistics, unembedding_directions, write_statistics
+
+DESCRIPTION = """Per-latent statistics of every SAE of a run (an export folder or a family folder): top activating
+contexts with a window of activations, a uniform sample of firing examples (for quantiles), firing frequency, a
+log10 activation histogram, and the tokens each decoder direction promotes and suppresses through the unembedding.
+Writes <run>/stats/ (stats.json, contexts.safetensors, one <member>.safetensors per SAE)."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="canon-pl stats", description=DESCRIPTION)
+    parser.add_argument("--run", required=True, help="export folder (cfg.json) or family folder (family.json)")
+    parser.add_argument("--tokens", type=int, default=65536, help="held-out tokens to pass (default 65536)")
+    parser.add_argument("--text", default="python-docs", help="text source (default python-docs; held-out split)")
+    parser.add_argument("--model", help="language model (default: the run's model_id; must match it)")
+    parser.add_argument("--hook-point", help="hook point (default: the run's hook_point; must match it)")
+    parser.add_argument("--top", type=int, default=10, help="top examples per latent (default 10)")
+    parser.add_argument("--samples", type=int, default=20, help="uniform firing examples per latent (default 20)")
+    parser.add_argument("--window", type=int, default=8, help="tokens each side of an example (default 8)")
+    parser.add_argument("--context-length", type=int, default=128)
+    parser.add_argument("--contexts-per-forward", type=int, default=8)
+    parser.add_argument("--out", help="output folder (default <run>/stats)")
+    parser.add_argument("--device", default="cpu")
+    return parser
+
+
+def load_run(path: Path, device: str) -> dict[str, SparseAutoencoder]:
+    """Every SAE of a run, by member name (the width for a family, ``sae`` for a single export)."""
+    if (path / MANIFEST_FILE).is_file():
+        return {str(w): sae for w, sae in load_family(path, device).saes.items()}
+    if (path / CONFIG_FILE).is_file():
+        return {"sae": load_sae(path, device)}
+    raise StatsError(f"{path} is neither an export folder ({CONFIG_FILE}) nor a family folder ({MANIFEST_FILE})")
+
+
+def check_source(saes: dict[str, SparseAutoencoder], model: str | None, hook_point: str | None) -> tuple[str, str]:
+    """The run's model and hook point; asking for others is an error (the SAEs would read the wrong activations)."""
+    first = next(iter(saes.values())).cfg
+    run_model, run_hook = first.model_id, first.hook_point
+    if model and run_model and model != run_model:
+        raise StatsError(f"the run was exported for model {run_model!r} but --model {model!r} was asked for; "
+                         f"statistics must use the activations the SAEs were trained on")
+    if hook_point and run_hook and hook_point != run_hook:
+        raise StatsError(f"the run was exported for hook point {run_hook!r} but --hook-point {hook_point!r} was "
+                         f"asked for; statistics must use the activations the SAEs were trained on")
+    model, hook_point = model or run_model, hook_point or run_hook
+    if not model or not hook_point:
+        raise StatsError("the run records no model_id/hook_point: pass --model and --hook-point")
+    return model, hook_point
+
+
+def stats_command(argv: list[str]) -> int:
+    ns = build_parser().parse_args(argv)
+    from canon_pl.lm import HookedLanguageModel, context_stream, load_causal_lm, select_training_tokens
+
+    try:
+        if ns.tokens <= 0:
+            raise StatsError(f"--tokens must be positive, got {ns.tokens}")
+        run = Path(ns.run)
+        saes = load_run(run, ns.device)
+        model_id, hook_point = check_source(saes, ns.model, ns.hook_point)
+    except (StatsError, CheckpointError) as err:
+        print(f"canon-pl stats: error: {err}", file=sys.stderr)
+        return 2
+    loaded = load_causal_lm(model_id, device=ns.device)
+    hooked = HookedLanguageModel(loaded)
+    hooked.parse_hook_point(hook_point)
+    n_contexts = math.ceil(ns.tokens / ns.context_length)
+    stream = islice(context_stream(ns.text, "val", loaded.tokenizer, ns.context_length, 0,
+                                   bos_token_id=loaded.tokenizer.bos_token_id), n_contexts)
+    bar = tqdm(total=n_contexts * ns.context_length, desc="statistics", unit="tok", unit_scale=True,
+               dynamic_ncols=True)
+
+    def batches() -> Iterator[tuple[Tensor, Tensor, Tensor]]:
+        while chunk := list(islice(stream, ns.contexts_per_forward)):
+            tokens = torch.stack(chunk)
+            with torch.inference_mode():
+                acts = hooked.capture(tokens, hook_point).float()
+            mask = select_training_tokens(acts, exclude_bos=True).mask
+            yield tokens, acts, mask
+            bar.update(tokens.numel())
+
+    collectors, contexts = collect_statistics(saes, batches(), n_top=ns.top, n_sample=ns.samples, window=ns.window)
+    bar.close()
+    if not contexts:
+        print(f"canon-pl stats: error: the text source {ns.text!r} gave no held-out contexts", file=sys.stderr)
+        return 2
+    unembed = loaded.model.lm_head.weight.detach()
+    norm = getattr(getattr(loaded.model, "model", None), "norm", None)
+    norm_weight = getattr(norm, "weight", None)
+    unembedded = {name: unembedding_directions(sae.W_dec.detach(), unembed, norm_weight)
+                  for name, sae in saes.items()}
+    out = Path(ns.out or run / "stats")
+    index = write_statistics(out, collectors, torch.cat(contexts), unembedded, {
+        "model_id": model_id, "hook_point": hook_point, "text": ns.text, "n_top": ns.top, "n_sample": ns.samples,
+        "context_length": ns.context_length})
+    print(f"statistics of {len(saes)} SAE(s) over {sum(c.numel() for c in contexts)} tokens written to {index}")
+    return 0

@@ -1,0 +1,110 @@
+"""Latent-statistics files: ``<run>/stats/stats.json`` (index), ``contexts.safetensors`` (the token contexts) and one
+``<member>.safetensors`` per SAE. One latent is read by slicing the safetensors file, never loading it whole."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+from torch import Tensor
+
+from canon_pl.io.atomic import atomic_path, atomic_write_json
+from canon_pl.stats.collect import HIST_EDGES, LatentStatsCollector
+
+FORMAT_NAME = "canon_pl.latent_stats"
+FORMAT_VERSION = 1
+INDEX_FILE = "stats.json"
+CONTEXTS_FILE = "contexts.safetensors"
+
+
+class StatsError(ValueError):
+    """Statistics that cannot be computed or read as asked (wrong model or hook point, corrupt or foreign files)."""
+
+
+def _save(path: Path, tensors: dict[str, Tensor]) -> None:
+    with atomic_path(path) as tmp:
+        save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp),
+                  metadata={"format": FORMAT_NAME})
+
+
+def write_statistics(directory: str | os.PathLike, collectors: dict[str, LatentStatsCollector], contexts: Tensor,
+                     unembedded: dict[str, tuple[Tensor, Tensor, Tensor, Tensor]], meta: dict[str, Any]) -> Path:
+    """Write every member's arrays, the contexts, then the index (last, so a reader never sees a partial set)."""
+    directory = Path(directory)
+    _save(directory / CONTEXTS_FILE, {"tokens": contexts.to(torch.int32)})
+    members = {}
+    for name, c in collectors.items():
+        promoted, promoted_v, suppressed, suppressed_v = unembedded[name]
+        _save(directory / f"{name}.safetensors", {
+            "fire_count": c.fire_count, "histogram": c.histogram.to(torch.int32),
+            "top_values": c.top.scores.clamp_min(0.0), "top_ids": c.top.ids, "top_windows": c.top.payload,
+            "sample_values": c.sample.payload[..., 0], "sample_ids": c.sample.ids,
+            "promoted_tokens": promoted, "promoted_logits": promoted_v,
+            "suppressed_tokens": suppressed, "suppressed_logits": suppressed_v,
+        })
+        members[name] = {"file": f"{name}.safetensors", "d_sae": c.sae.d_sae, "n_tokens": c.n_tokens}
+    atomic_write_json(directory / INDEX_FILE, {
+        "format": FORMAT_NAME, "format_version": FORMAT_VERSION, "members": members, "window": next(
+            iter(collectors.values())).window, "histogram_log10_edges": HIST_EDGES.tolist(), **meta})
+    return directory / INDEX_FILE
+
+
+@dataclass
+class LatentStatistics:
+    """Reads a stats folder lazily: ``latent(member, j)`` touches only row ``j`` of each array."""
+
+    directory: Path
+    index: dict[str, Any]
+
+    @classmethod
+    def open(cls, directory: str | os.PathLike) -> LatentStatistics:
+        directory = Path(directory)
+        try:
+            index = json.loads((directory / INDEX_FILE).read_text())
+        except (OSError, json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise StatsError(f"{directory / INDEX_FILE} is not a readable statistics index ({err}); run canon-pl "
+                             f"stats") from err
+        if not isinstance(index, dict) or index.get("format") != FORMAT_NAME:
+            raise StatsError(f"{directory / INDEX_FILE} is not a canon-pl statistics index")
+        if index.get("format_version", 0) > FORMAT_VERSION:
+            raise StatsError(f"{directory / INDEX_FILE} has a newer format version; upgrade canon_pl")
+        return cls(directory, index)
+
+    @property
+    def members(self) -> list[str]:
+        return list(self.index["members"])
+
+    def _slice(self, member: str, key: str, j: int | None = None) -> Tensor:
+        if member not in self.index["members"]:
+            raise StatsError(f"no statistics for {member!r}; the folder has {self.members}")
+        path = self.directory / self.index["members"][member]["file"]
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                return f.get_slice(key)[j] if j is not None else f.get_tensor(key)
+        except (OSError, SafetensorError, KeyError) as err:
+            raise StatsError(f"{path} is missing or corrupt ({err}); re-run canon-pl stats") from err
+
+    def frequencies(self, member: str) -> Tensor:
+        """``[d_sae]`` fraction of counted tokens on which each latent fires."""
+        return self._slice(member, "fire_count").float() / max(self.index["members"][member]["n_tokens"], 1)
+
+    def contexts(self) -> Tensor:
+        """``[n_ctx, seq]`` the token contexts; example ids are ``context * seq + position``."""
+        try:
+            with safe_open(str(self.directory / CONTEXTS_FILE), framework="pt") as f:
+                return f.get_tensor("tokens")
+        except (OSError, SafetensorError) as err:
+            raise StatsError(f"{self.directory / CONTEXTS_FILE} is missing or corrupt ({err})") from err
+
+    def latent(self, member: str, j: int) -> dict[str, Tensor]:
+        """Everything about latent ``j``: top values / ids / windows, sample values / ids, histogram, promoted and
+        suppressed tokens with their logits."""
+        keys = ("top_values", "top_ids", "top_windows", "sample_values", "sample_ids", "histogram",
+                "promoted_tokens", "promoted_logits", "suppressed_tokens", "suppressed_logits", "fire_count")
+        return {key: self._slice(member, key, j) for key in keys}

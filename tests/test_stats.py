@@ -1,0 +1,116 @@
+"""Latent statistics: streaming top-k equals brute force, a planted latent's top examples are its token, files
+round-trip one latent at a time, and a run is never described with another model's activations."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from canon_pl.io import export_sae
+from canon_pl.sae import SAEConfig, build_sae
+from canon_pl.stats import LatentStatistics, StreamingTopK, collect_statistics, write_statistics
+from tests.helpers import run_cli
+
+
+def test_streaming_top_k_equals_brute_force_with_payloads() -> None:
+    g = torch.Generator().manual_seed(0)
+    scores = torch.randn(7, 300, generator=g)
+    payload = torch.randn(7, 300, 3, generator=g)
+    ids = torch.arange(300).expand(7, -1)
+    top = StreamingTopK(7, 5, (3,))
+    for s in range(0, 300, 37):
+        top.update(scores[:, s:s + 37], ids[:, s:s + 37], payload[:, s:s + 37])
+    values, where = scores.topk(5, dim=1)
+    torch.testing.assert_close(top.scores, values)
+    assert torch.equal(top.ids, where)
+    torch.testing.assert_close(top.payload, payload.gather(1, where.unsqueeze(-1).expand(-1, -1, 3)))
+
+
+def planted_run(n_batches: int = 4, n_ctx: int = 6, seq: int = 16, d_in: int = 24, token: int = 42):
+    """Activations of random tokens plus a direction v exactly where token ``token`` occurs; a ReLU SAE whose latent
+    0 reads v and whose other latents are random."""
+    g = torch.Generator().manual_seed(1)
+    v = F.normalize(torch.randn(d_in, generator=g), dim=0)
+    sae = build_sae(SAEConfig(d_in=d_in, d_sae=8, architecture="relu", hook_point="blocks.0", model_id="toy"))
+    with torch.no_grad():
+        sae.W_enc[:, 0] = v
+        sae.W_dec[0] = v
+        sae.b_enc.fill_(-0.5)
+    batches = []
+    for _ in range(n_batches):
+        tokens = torch.randint(0, 40, (n_ctx, seq), generator=g)
+        tokens[torch.rand(n_ctx, seq, generator=g) < 0.05] = token
+        acts = 0.2 * torch.randn(n_ctx, seq, d_in, generator=g)
+        strength = 2.0 + torch.rand(n_ctx, seq, generator=g)
+        acts += (tokens == token).unsqueeze(-1) * strength.unsqueeze(-1) * v
+        mask = torch.ones(n_ctx, seq, dtype=torch.bool)
+        mask[:, 0] = False  # BOS position left out, as in training
+        batches.append((tokens, acts, mask))
+    return sae.eval(), batches, token
+
+
+def test_a_planted_latent_shows_its_token_at_the_top_and_windows_match_brute_force() -> None:
+    sae, batches, token = planted_run()
+    collectors, contexts = collect_statistics({"sae": sae}, batches, n_top=5, n_sample=6, window=2)
+    c = collectors["sae"]
+    flat_tokens = torch.cat(contexts).reshape(-1)
+    assert (flat_tokens[c.top.ids[0]] == token).all()
+    # brute force over every counted token
+    with torch.no_grad():
+        acts = torch.cat([sae.encode(a.reshape(-1, a.shape[-1]), inference=True) * m.reshape(-1, 1)
+                          for _, a, m in batches])
+    torch.testing.assert_close(c.top.scores[:, :5].clamp_min(0), acts.topk(5, dim=0).values.T.clamp_min(0))
+    seq = contexts[0].shape[1]
+    for latent in range(sae.d_sae):
+        for slot in range(5):
+            i = int(c.top.ids[latent, slot])
+            if i < 0 or c.top.scores[latent, slot] <= 0:
+                continue
+            ctx, pos = divmod(i, seq)
+            expected = [float(acts[ctx * seq + p, latent]) if 0 <= p < seq else 0.0 for p in range(pos - 2, pos + 3)]
+            torch.testing.assert_close(c.top.payload[latent, slot], torch.tensor(expected))
+    assert c.n_tokens == sum(int(m.sum()) for _, _, m in batches)
+    assert int(c.fire_count[0]) == int((acts[:, 0] > 0).sum()) and int(c.histogram[0].sum()) == int(c.fire_count[0])
+    sampled = c.sample.ids[0][c.sample.ids[0] >= 0]  # uniform over firing occurrences, each with its activation
+    assert len(sampled) == 6 and len(set(sampled.tolist())) == 6 and (acts[sampled, 0] > 0).all()
+    torch.testing.assert_close(c.sample.payload[0, :, 0], acts[sampled, 0])
+
+
+def test_statistics_files_round_trip_one_latent_at_a_time(tmp_path: Path) -> None:
+    sae, batches, _ = planted_run()
+    collectors, contexts = collect_statistics({"8": sae}, batches, n_top=4, n_sample=3, window=1)
+    unembed = torch.randn(50, sae.d_in)
+    from canon_pl.stats import unembedding_directions
+
+    unembedded = {"8": unembedding_directions(sae.W_dec.detach(), unembed, n=5)}
+    write_statistics(tmp_path, collectors, torch.cat(contexts), unembedded, {"model_id": "toy"})
+    stats = LatentStatistics.open(tmp_path)
+    assert stats.members == ["8"] and stats.index["model_id"] == "toy"
+    one = stats.latent("8", 0)
+    assert torch.equal(one["top_ids"], collectors["8"].top.ids[0])
+    torch.testing.assert_close(one["top_windows"], collectors["8"].top.payload[0])
+    assert one["promoted_tokens"].tolist() == (F.normalize(sae.W_dec[0].detach(), dim=0) @ unembed.T).topk(5).indices.tolist()
+    torch.testing.assert_close(stats.frequencies("8")[0], collectors["8"].fire_count[0].float() / collectors["8"].n_tokens)
+    assert torch.equal(stats.contexts(), torch.cat(contexts).to(torch.int32))
+
+
+def test_stats_command_on_the_bundled_model_and_a_mismatched_hook_point(tmp_path: Path) -> None:
+    sae = build_sae(SAEConfig(d_in=576, d_sae=64, architecture="batchtopk", k=8, hook_point="model.layers.2",
+                              model_id="smollm2-135m"))
+    with torch.no_grad():
+        sae.threshold.fill_(0.5)
+        sae.threshold_initialized.fill_(True)
+    export_sae(sae, tmp_path / "run")
+    result = run_cli("stats", "--run", str(tmp_path / "run"), "--hook-point", "model.layers.7", cwd=tmp_path,
+                     script="canon-pl")
+    assert result.returncode == 2 and "'model.layers.2'" in result.stderr and "model.layers.7" in result.stderr
+    assert not (tmp_path / "run" / "stats").exists()
+    result = run_cli("stats", "--run", str(tmp_path / "run"), "--text", "pydoc-topics", "--tokens", "512",
+                     "--top", "3", cwd=tmp_path, script="canon-pl")
+    assert result.returncode == 0, result.stderr[-2000:]
+    stats = LatentStatistics.open(tmp_path / "run" / "stats")
+    assert stats.index["hook_point"] == "model.layers.2" and stats.contexts().shape == (4, 128)
+    assert stats.latent("sae", 0)["top_ids"].shape == (3,)
+    assert 0 < stats.index["members"]["sae"]["n_tokens"] <= 512
