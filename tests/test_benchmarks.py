@@ -44,3 +44,12 @@ def test_bench_meta_sae_runs_and_ends_with_a_ratio() -> None:
     lines = result.stdout.strip().splitlines()
     assert re.fullmatch(r"ratio: \d+\.\d+", lines[-1])
     assert any(line.startswith("meta-SAE") for line in lines)
+
+
+def test_bench_stats_runs_and_ends_with_a_ratio() -> None:
+    result = subprocess.run([sys.executable, str(REPO / "benchmarks" / "bench_stats.py"), "--contexts", "4",
+                             "--per-forward", "2", "--widths", "64", "128"], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = result.stdout.strip().splitlines()
+    assert re.fullmatch(r"ratio: \d+\.\d+", lines[-1])
+    assert any(line.startswith("statistics pass") for line in lines)

@@ -36,7 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--samples", type=int, default=20, help="uniform firing examples per latent (default 20)")
     parser.add_argument("--window", type=int, default=8, help="tokens each side of an example (default 8)")
     parser.add_argument("--context-length", type=int, default=128)
-    parser.add_argument("--contexts-per-forward", type=int, default=8)
+    parser.add_argument("--contexts-per-forward", type=int, default=32,
+                        help="contexts per LM forward and per statistics update (default 32)")
     parser.add_argument("--out", help="output folder (default <run>/stats)")
     parser.add_argument("--device", default="cpu")
     return parser

@@ -47,38 +47,68 @@ class LatentStatsCollector:
     @torch.no_grad()
     def update(self, activations: Tensor, mask: Tensor, first_context: int) -> None:
         """activations: ``[n_ctx, seq, d_in]`` raw, mask: ``[n_ctx, seq]`` tokens to count (BOS and outliers out);
-        ``first_context`` numbers the contexts so ids are ``context * seq + position``."""
+        ``first_context`` numbers the contexts so ids are ``context * seq + position``.
+
+        Works on the sparse codes only (the dense pre-activations are the one ``[tokens, d_sae]`` pass), so the cost
+        beyond the encoder matmul grows with the number of firings, not with ``tokens * d_sae``.
+        """
         n_ctx, seq, d_in = activations.shape
-        acts = self.sae.encode(activations.reshape(-1, d_in).float(), inference=True)
-        acts = acts * mask.reshape(-1, 1).to(acts)  # [n_ctx * seq, d_sae]
+        rows, cols, values = self._codes(activations.reshape(-1, d_in).float(), mask.reshape(-1))
+        n = self.sae.d_sae
         self.n_tokens += int(mask.sum())
-        fired = acts > 0
-        self.fire_count += fired.sum(0)
-        rows, cols = torch.nonzero(fired, as_tuple=True)
-        values = acts[rows, cols]
+        self.fire_count += torch.bincount(cols, minlength=n)
         bins = torch.bucketize(values.log10(), HIST_EDGES.to(values.device))
         self.histogram.index_put_((cols, bins), torch.ones_like(bins), accumulate=True)
-        ids = first_context * seq + torch.arange(n_ctx * seq, device=acts.device)
-        # top activations with a window of the same latent's activations around each
-        k = min(self.n_top, acts.shape[0])
-        top_values, top_rows = acts.topk(k, dim=0)  # [k, d_sae]
-        per_ctx = acts.view(n_ctx, seq, -1)
-        offsets = torch.arange(-self.window, self.window + 1, device=acts.device)
-        ctx, pos = top_rows // seq, top_rows % seq  # [k, d_sae]
-        at = pos.unsqueeze(-1) + offsets  # [k, d_sae, W]
-        inside = (at >= 0) & (at < seq)
-        latent = torch.arange(acts.shape[1], device=acts.device).view(1, -1, 1).expand_as(at)
-        windows = per_ctx[ctx.unsqueeze(-1).expand_as(at), at.clamp(0, seq - 1), latent] * inside
-        scores = torch.where(top_values > 0, top_values, torch.full_like(top_values, float("-inf")))
-        self.top.update(scores.T, ids[top_rows].T, windows.transpose(0, 1))
-        # a uniform sample of firing occurrences: the largest random keys
-        if values.numel():
-            keys = torch.rand(values.numel(), generator=self._generator).to(values.device)
-            dense_keys = torch.full_like(acts, float("-inf"))
-            dense_keys[rows, cols] = keys
-            m = min(self.n_sample, acts.shape[0])
-            chosen_keys, chosen_rows = dense_keys.topk(m, dim=0)
-            self.sample.update(chosen_keys.T, ids[chosen_rows].T, acts.gather(0, chosen_rows).T.unsqueeze(-1))
+        if values.numel() == 0:
+            return
+        first_id = first_context * seq
+        # top activations, with a window of the same latent's activations around each
+        top_idx = _per_latent_top(cols, values, self.n_top, n)  # [n, n_top] indices into the codes (-1: none)
+        valid = top_idx >= 0
+        entries = top_idx[valid]  # windows only where there is an example
+        offsets = torch.arange(-self.window, self.window + 1, device=values.device)
+        pos = (rows[entries] % seq).unsqueeze(-1) + offsets  # [m, W]
+        keys = rows * n + cols  # sorted: the codes are row-major
+        query = (rows[entries].unsqueeze(-1) + offsets).clamp(0, n_ctx * seq - 1) * n + cols[entries].unsqueeze(-1)
+        found = torch.searchsorted(keys, query).clamp_max(keys.numel() - 1)
+        hit = (keys[found] == query) & (pos >= 0) & (pos < seq)
+        windows = values.new_zeros(n, self.n_top, offsets.numel())
+        windows[valid] = torch.where(hit, values[found], torch.zeros_like(values[found]))
+        safe = top_idx.clamp_min(0)
+        scores = torch.where(valid, values[safe], torch.full_like(values[safe], float("-inf")))
+        self.top.update(scores, torch.where(valid, rows[safe] + first_id, -1), windows)
+        # a uniform sample of firing occurrences: the largest random keys per latent
+        random_keys = torch.rand(values.numel(), generator=self._generator).to(values.device)
+        pick = _per_latent_top(cols, random_keys, self.n_sample, n)
+        ok = pick >= 0
+        safe = pick.clamp_min(0)
+        self.sample.update(torch.where(ok, random_keys[safe], torch.full_like(random_keys[safe], float("-inf"))),
+                           torch.where(ok, rows[safe] + first_id, -1), values[safe].unsqueeze(-1))
+
+    def _codes(self, x: Tensor, keep: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Non-zero inference activations of the SAE on ``x [tokens, d_in]`` at tokens where ``keep`` is true."""
+        selected = self.sae.select(self.sae.pre_activations(x), inference=True)
+        if isinstance(selected, Tensor):
+            rows, cols = torch.nonzero(selected, as_tuple=True)
+            values = selected[rows, cols]
+        else:
+            rows, cols, values = selected.rows, selected.cols, selected.values
+        kept = keep.to(rows.device)[rows]
+        return rows[kept], cols[kept], values[kept]
+
+
+def _per_latent_top(cols: Tensor, scores: Tensor, k: int, n: int) -> Tensor:
+    """``[n, k]`` indices of the ``k`` largest ``scores`` of each latent among entries ``cols [m]`` (-1 padded)."""
+    order = torch.argsort(scores, descending=True, stable=True)
+    order = order[torch.argsort(cols[order], stable=True)]  # by latent, then by score
+    sorted_cols = cols[order]
+    counts = torch.bincount(sorted_cols, minlength=n)
+    starts = torch.cumsum(counts, 0) - counts
+    rank = torch.arange(order.numel(), device=cols.device) - starts[sorted_cols]
+    keep = rank < k
+    out = torch.full((n, k), -1, dtype=torch.long, device=cols.device)
+    out[sorted_cols[keep], rank[keep]] = order[keep]
+    return out
 
 
 def unembedding_directions(W_dec: Tensor, unembed: Tensor, final_norm_weight: Tensor | None = None,
