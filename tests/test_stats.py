@@ -114,3 +114,21 @@ def test_stats_command_on_the_bundled_model_and_a_mismatched_hook_point(tmp_path
     assert stats.index["hook_point"] == "model.layers.2" and stats.contexts().shape == (4, 128)
     assert stats.latent("sae", 0)["top_ids"].shape == (3,)
     assert 0 < stats.index["members"]["sae"]["n_tokens"] <= 512
+
+
+def test_meta_sae_statistics_list_each_meta_latents_members(tmp_path: Path) -> None:
+    from canon_pl.meta import MetaDecomposition
+    from canon_pl.stats import unembedding_directions
+    from canon_pl.stats.files import write_meta_statistics
+
+    # base latents 0..5 over 3 meta-latents; meta-latent 2 is used by nobody
+    decomposition = MetaDecomposition(base=torch.tensor([0, 0, 1, 2, 3, 4, 5]), meta=torch.tensor([0, 1, 0, 1, 0, 0, 1]),
+                                      value=torch.tensor([0.5, 0.2, 0.9, 0.3, 0.1, 0.4, 0.8]), n_base=6, n_meta=3)
+    W = F.normalize(torch.randn(3, 8), dim=-1)
+    write_meta_statistics(tmp_path, decomposition, unembedding_directions(W, torch.randn(30, 8), n=4),
+                          {"model_id": "toy"}, n_members=3)
+    stats = LatentStatistics.open(tmp_path)
+    first = stats.latent("meta", 0)
+    assert first["member_latents"].tolist() == [1, 0, 4] and int(first["fire_count"]) == 4
+    assert stats.latent("meta", 2)["member_latents"].tolist() == [-1, -1, -1]
+    assert stats.latent("meta", 1)["promoted_tokens"].shape == (4,)

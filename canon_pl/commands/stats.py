@@ -16,8 +16,10 @@ from tqdm.auto import tqdm
 from canon_pl.io import CheckpointError, load_sae
 from canon_pl.io.export import CONFIG_FILE
 from canon_pl.io.family import MANIFEST_FILE, load_family
+from canon_pl.meta import MetaSAEError, read_meta_analysis
 from canon_pl.sae import SparseAutoencoder
 from canon_pl.stats import StatsError, collect_statistics, unembedding_directions, write_statistics
+from canon_pl.stats.files import write_meta_statistics
 
 DESCRIPTION = """Per-latent statistics of every SAE of a run (an export folder or a family folder): top activating
 contexts with a window of activations, a uniform sample of firing examples (for quantiles), firing frequency, a
@@ -76,9 +78,11 @@ def stats_command(argv: list[str]) -> int:
         if ns.tokens <= 0:
             raise StatsError(f"--tokens must be positive, got {ns.tokens}")
         run = Path(ns.run)
+        if (run / "analysis.json").is_file():
+            return meta_stats(run, ns)
         saes = load_run(run, ns.device)
         model_id, hook_point = check_source(saes, ns.model, ns.hook_point)
-    except (StatsError, CheckpointError) as err:
+    except (StatsError, CheckpointError, MetaSAEError) as err:
         print(f"canon-pl stats: error: {err}", file=sys.stderr)
         return 2
     loaded = load_causal_lm(model_id, device=ns.device)
@@ -114,4 +118,30 @@ def stats_command(argv: list[str]) -> int:
         "model_id": model_id, "hook_point": hook_point, "text": ns.text, "n_top": ns.top, "n_sample": ns.samples,
         "context_length": ns.context_length})
     print(f"statistics of {len(saes)} SAE(s) over {sum(c.numel() for c in contexts)} tokens written to {index}")
+    return 0
+
+
+def _unembedding(model_id: str, device: str) -> tuple[Tensor, Tensor | None]:
+    """The LM's unembedding ``[vocab, d]`` and final-norm weight ``[d]`` (or ``None``)."""
+    from canon_pl.lm import load_causal_lm
+
+    loaded = load_causal_lm(model_id, device=device)
+    norm = getattr(getattr(loaded.model, "model", None), "norm", None)
+    return loaded.model.lm_head.weight.detach(), getattr(norm, "weight", None)
+
+
+def meta_stats(run: Path, ns: argparse.Namespace) -> int:
+    """A meta-SAE run: each meta-latent's member latents (from its analysis) and promoted tokens; no text pass
+    (a meta-SAE reads decoder rows, not activations)."""
+    analysis = read_meta_analysis(run, arrays=True)
+    model_id = ns.model or (analysis.get("base") or {}).get("model_id")
+    if not model_id:
+        raise StatsError(f"{run}/analysis.json records no base model: pass --model")
+    meta = load_sae(run, ns.device)
+    unembed, norm_weight = _unembedding(model_id, ns.device)
+    out = Path(ns.out or run / "stats")
+    index = write_meta_statistics(out, analysis["decomposition"], unembedding_directions(meta.W_dec.detach(), unembed,
+                                                                                        norm_weight),
+                                  {"model_id": model_id, "base": analysis.get("base")}, n_members=ns.top * 2)
+    print(f"statistics of {meta.d_sae} meta-latents written to {index}")
     return 0

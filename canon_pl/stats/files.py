@@ -15,6 +15,7 @@ from safetensors.torch import save_file
 from torch import Tensor
 
 from canon_pl.io.atomic import atomic_path, atomic_write_json
+from canon_pl.meta import MetaDecomposition
 from canon_pl.stats.collect import HIST_EDGES, LatentStatsCollector
 
 FORMAT_NAME = "canon_pl.latent_stats"
@@ -52,6 +53,34 @@ def write_statistics(directory: str | os.PathLike, collectors: dict[str, LatentS
     atomic_write_json(directory / INDEX_FILE, {
         "format": FORMAT_NAME, "format_version": FORMAT_VERSION, "members": members, "window": next(
             iter(collectors.values())).window, "histogram_log10_edges": HIST_EDGES.tolist(), **meta})
+    return directory / INDEX_FILE
+
+
+def write_meta_statistics(directory: str | os.PathLike, decomposition: MetaDecomposition,
+                          unembedded: tuple[Tensor, Tensor, Tensor, Tensor], meta: dict[str, Any],
+                          n_members: int = 20) -> Path:
+    """A meta-SAE's statistics as member ``meta``: for each meta-latent its ``n_members`` base latents with the
+    largest activations (``member_latents`` / ``member_values``, -1 / 0 padded), how many use it, and its promoted and
+    suppressed tokens."""
+    directory = Path(directory)
+    n = decomposition.n_meta
+    members = torch.full((n, n_members), -1, dtype=torch.long)
+    values = torch.zeros(n, n_members)
+    for m in range(n):
+        users = decomposition.users_of(m)[:n_members]
+        if users:
+            members[m, :len(users)] = torch.tensor([u for u, _ in users])
+            values[m, :len(users)] = torch.tensor([v for _, v in users])
+    promoted, promoted_v, suppressed, suppressed_v = unembedded
+    _save(directory / "meta.safetensors", {
+        "member_latents": members, "member_values": values,
+        "fire_count": torch.bincount(decomposition.meta, minlength=n),
+        "promoted_tokens": promoted, "promoted_logits": promoted_v,
+        "suppressed_tokens": suppressed, "suppressed_logits": suppressed_v,
+    })
+    atomic_write_json(directory / INDEX_FILE, {
+        "format": FORMAT_NAME, "format_version": FORMAT_VERSION, "kind": "meta_sae",
+        "members": {"meta": {"file": "meta.safetensors", "d_sae": n, "n_tokens": decomposition.n_base}}, **meta})
     return directory / INDEX_FILE
 
 
@@ -104,7 +133,11 @@ class LatentStatistics:
 
     def latent(self, member: str, j: int) -> dict[str, Tensor]:
         """Everything about latent ``j``: top values / ids / windows, sample values / ids, histogram, promoted and
-        suppressed tokens with their logits."""
-        keys = ("top_values", "top_ids", "top_windows", "sample_values", "sample_ids", "histogram",
-                "promoted_tokens", "promoted_logits", "suppressed_tokens", "suppressed_logits", "fire_count")
+        suppressed tokens with their logits (for a meta-SAE: its member latents and values instead of examples)."""
+        if self.index.get("kind") == "meta_sae":
+            keys = ("member_latents", "member_values", "promoted_tokens", "promoted_logits", "suppressed_tokens",
+                    "suppressed_logits", "fire_count")
+        else:
+            keys = ("top_values", "top_ids", "top_windows", "sample_values", "sample_ids", "histogram",
+                    "promoted_tokens", "promoted_logits", "suppressed_tokens", "suppressed_logits", "fire_count")
         return {key: self._slice(member, key, j) for key in keys}

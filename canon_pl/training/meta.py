@@ -155,6 +155,8 @@ class MetaSAEAnalysisCallback(L.Callback):
         device = meta.W_dec.device
         analysis = analyze_meta_sae(meta, base.to(device), datamodule.smaller_saes(), activations, spliced,
                                     baseline_steps=self.baseline_steps)
+        analysis.summary["base"] = {"source": str(datamodule.hparams.sae), "width": datamodule.hparams.width,
+                                    "model_id": base.cfg.model_id, "hook_point": base.cfg.hook_point}
         target = Path(self.dirpath or getattr(getattr(pl_module, "settings", pl_module.hparams), "export_dir", None) or trainer.default_root_dir)
         path = write_meta_analysis(analysis, target)
         s = analysis.summary
