@@ -1,7 +1,8 @@
 """canon-pl viewer: ``streamlit run apps/viewer.py [-- --checkpoints DIR]``.
 
-Shows every run under ``checkpoints/``: a table of SAEs with their held-out metrics and the training curves of the
-selected run. Read-only: it never writes to the checkpoints folder.
+Pages: **Runs** (every SAE under ``checkpoints/`` with its held-out metrics and the training curves of the selected
+run) and **Stitching** (novel vs reconstruction latents of a pair, the path from S to L). Read-only: it never writes
+to the checkpoints folder.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
-from canon_pl.viewer import find_runs, member_metrics
+from canon_pl.viewer import find_runs, find_stitching_results, load_pair, member_metrics
 
 CURVES = {
     "train/fvu": "FVU (training batch)",
@@ -46,10 +47,62 @@ def curve(metrics: pd.DataFrame, column: str, title: str) -> alt.Chart:
     return alt.Chart(data, title=title).mark_line().encode(x=alt.X("step:Q"), y=alt.Y(f"{column}:Q", title=None))
 
 
+@st.cache_data(ttl=30)
+def load_stitching(path: str) -> dict:
+    return load_pair(path)
+
+
+def stitching_page(root: Path) -> None:
+    st.header("Stitching: novel vs reconstruction latents")
+    pairs = find_stitching_results(root)
+    if not pairs:
+        st.info(f"No stitching results under {root}. Create them with `canon-pl stitch checkpoints/<family> "
+                f"--data python-docs`, or add `canon_pl.training.StitchingCallback` to a family run.")
+        return
+    labels = [p.label for p in pairs]
+    query = st.query_params.get("pair")
+    choice = st.sidebar.selectbox("pair", labels, index=labels.index(query) if query in labels else 0)
+    st.query_params["pair"] = choice
+    data = load_stitching(str(pairs[labels.index(choice)].path))
+    s = data["summary"]
+    cols = st.columns(4)
+    cols[0].metric("novel latents", f"{s['n_novel']:,}", f"{s['novel_fraction']:.1%} of {s['large']['d_sae']:,}")
+    cols[1].metric("reconstruction latents", f"{s['n_reconstruction']:,}")
+    agreement = s["proxy"]["agreement"]
+    cols[2].metric("proxy agrees with ΔMSE", "—" if agreement is None else f"{agreement:.1%}")
+    cols[3].metric("FVU S → L", f"{s['fvu_small']:.4f} → {s['fvu_large']:.4f}")
+    latents = data["latents"]
+    title = f"each large latent's best cosine to the {s['small']['d_sae']}-latent SAE"
+    histogram = alt.Chart(latents, title=title).mark_bar().encode(
+        x=alt.X("max_cos:Q", bin=alt.Bin(maxbins=50), title="max cosine"), y=alt.Y("count():Q", title="latents"),
+        color=alt.Color("class:N"))
+    rule = alt.Chart(pd.DataFrame({"tau": [s["tau"]]})).mark_rule(strokeDash=[4, 4]).encode(x="tau:Q")
+    path = data["path"]
+    path_chart = alt.Chart(path, title="stitching path from S to L").mark_line().encode(
+        x=alt.X("latents:Q", title="latents in the stitched SAE"), y=alt.Y("fvu:Q", title="FVU"),
+        order="point:Q", tooltip=["point", "kind", "latents", "fvu", "l0"])
+    left, right = st.columns(2)
+    left.altair_chart(histogram + rule, width="stretch")
+    right.altair_chart(path_chart, width="stretch")
+    st.altair_chart(alt.Chart(path, title="L0 along the path").mark_line().encode(
+        x=alt.X("point:Q", title="step"), y=alt.Y("l0:Q", title="L0")), width="stretch")
+    st.subheader("Large latents")
+    st.dataframe(latents.sort_values("delta_mse_alone"), hide_index=True)
+    st.subheader("Reconstruction groups (small latents → the large latents that replace them)")
+    st.dataframe(data["groups"], hide_index=True)
+
+
 def main() -> None:
     st.set_page_config(page_title="canon-pl", layout="wide")
     st.title("canon-pl")
     root = checkpoints_dir()
+    pages = ["Runs", "Stitching"]
+    page = st.sidebar.radio("page", pages, index=pages.index(st.query_params.get("page", "Runs"))
+                            if st.query_params.get("page", "Runs") in pages else 0)
+    st.query_params["page"] = page
+    if page == "Stitching":
+        stitching_page(root)
+        return
     runs = load_runs(str(root))
     if not runs:
         st.info(f"No exported SAE under {root}. Train one: `lightning fit --config configs/sae_smollm2.yaml`.")

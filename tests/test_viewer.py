@@ -48,3 +48,37 @@ def test_viewer_on_an_empty_folder_says_how_to_train(tmp_path: Path) -> None:
     app.sidebar.text_input[0].set_value(str(tmp_path)).run()
     assert not app.exception
     assert "lightning fit" in app.info[0].value
+
+
+def test_stitching_page_shows_the_pairs_counts_and_path(tmp_path: Path) -> None:
+    import torch
+
+    from canon_pl.stitching import analyze_pair, write_stitching_results
+    from tests.test_stitching import random_trained_like
+
+    small, large = random_trained_like(16, seed=1), random_trained_like(32, seed=2)
+    with torch.no_grad():
+        large.W_dec[:6] = small.W_dec[:6]  # some reconstruction latents
+    result = analyze_pair(small, large, torch.randn(400, 32))
+    write_stitching_results(result, tmp_path / "fam" / "stitching")
+    (tmp_path / "fam" / "stitching" / "junk.json").write_text("[1, 2")  # skipped, not fatal
+    app = AppTest.from_file(APP, default_timeout=60)
+    app.query_params["page"] = "Stitching"
+    app.run()
+    app.sidebar.text_input[0].set_value(str(tmp_path)).run()
+    assert not app.exception
+    metrics = {m.label: m.value for m in app.metric}
+    assert metrics["novel latents"] == f"{result.summary['n_novel']:,}"
+    assert metrics["reconstruction latents"] == f"{result.summary['n_reconstruction']:,}"
+    assert result.summary["n_reconstruction"] >= 6
+    assert len(app.get("vega_lite_chart")) >= 3
+    assert len(app.dataframe[0].value) == 32
+
+
+def test_stitching_page_without_results_says_how_to_make_them(tmp_path: Path) -> None:
+    app = AppTest.from_file(APP, default_timeout=60)
+    app.query_params["page"] = "Stitching"
+    app.run()
+    app.sidebar.text_input[0].set_value(str(tmp_path)).run()
+    assert not app.exception
+    assert "canon-pl stitch" in app.info[0].value

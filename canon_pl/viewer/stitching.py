@@ -1,0 +1,73 @@
+"""Stitching results under a checkpoints folder, as tables the viewer draws (no Streamlit imports here)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from canon_pl.stitching import StitchingError, read_stitching_results
+from canon_pl.stitching.path import STEP_KINDS
+
+MAX_RESULTS_BYTES = 64 * 1024 * 1024
+
+
+@dataclass
+class StitchingPair:
+    """One results file: ``label`` is ``<run folder> · <small> → <large>``."""
+
+    path: Path
+    label: str
+
+
+def find_stitching_results(root: str | os.PathLike) -> list[StitchingPair]:
+    """Every ``stitching/<small>_<large>.json`` below ``root`` that reads as a canon-pl stitching result."""
+    root = Path(root)
+    pairs = []
+    for path in sorted(root.glob("**/stitching/*.json")):
+        if path.stat().st_size > MAX_RESULTS_BYTES:
+            continue
+        try:
+            summary = read_stitching_results(path)
+        except StitchingError:
+            continue  # foreign or corrupt: skipped, never fatal
+        run = path.parent.parent.relative_to(root)
+        pairs.append(StitchingPair(path, f"{run} · {summary['small']['d_sae']} → {summary['large']['d_sae']}"))
+    return pairs
+
+
+def load_pair(path: str | os.PathLike) -> dict[str, Any]:
+    """The summary plus tables: ``latents`` (one row per large latent: max cosine, nearest small latent, class,
+    group, ΔMSE alone, firings), ``path`` (every point: step, kind, latents, MSE, FVU, L0) and ``groups`` (swap
+    groups: which small latents became which large ones)."""
+    summary = read_stitching_results(path, arrays=True)
+    a = summary.pop("arrays")
+    tau = summary["tau"]
+    latents = pd.DataFrame({
+        "latent": range(a["large_max_cos"].numel()),
+        "max_cos": a["large_max_cos"].numpy(),
+        "nearest_small": a["large_nearest"].numpy(),
+        "class": ["novel" if c < tau else "reconstruction" for c in a["large_max_cos"].tolist()],
+        "group": a["large_group"].numpy(),
+        "delta_mse_alone": a["large_delta_mse"].numpy(),
+        "fires": a["large_fire_count"].numpy(),
+    })
+    path_table = pd.DataFrame({
+        "point": range(a["path_mse"].numel()),
+        "kind": [STEP_KINDS[int(k)] for k in a["path_kind"]],
+        "latents": a["path_n_latents"].numpy(),
+        "mse": a["path_mse"].numpy(),
+        "fvu": a["path_fvu"].numpy(),
+        "l0": a["path_l0"].numpy(),
+    })
+    small_group = a["small_group"]
+    swaps = latents[latents["class"] == "reconstruction"].groupby("group")["latent"].apply(list)
+    groups = pd.DataFrame({
+        "group": swaps.index,
+        "small_latents": [(small_group == g).nonzero().flatten().tolist() for g in swaps.index],
+        "large_latents": swaps.values,
+    })
+    return {"summary": summary, "latents": latents, "path": path_table, "groups": groups}
