@@ -70,7 +70,7 @@ def stitching_page(root: Path) -> None:
     cols[1].metric("reconstruction latents", f"{s['n_reconstruction']:,}")
     agreement = s["proxy"]["agreement"]
     cols[2].metric("proxy agrees with ΔMSE", "—" if agreement is None else f"{agreement:.1%}")
-    cols[3].metric("FVU S → L", f"{s['fvu_small']:.4f} → {s['fvu_large']:.4f}")
+    cols[3].metric("FVU S → L", f"{s['fvu_small']:.3f} → {s['fvu_large']:.3f}")
     latents = data["latents"]
     title = f"each large latent's best cosine to the {s['small']['d_sae']}-latent SAE"
     histogram = alt.Chart(latents, title=title).mark_bar().encode(
