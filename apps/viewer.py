@@ -15,7 +15,9 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
+from canon_pl.stats import LatentStatistics, StatsError
 from canon_pl.viewer import find_runs, find_stitching_results, load_pair, member_metrics
+from canon_pl.viewer.latents import find_statistics, latent_view
 
 CURVES = {
     "train/fvu": "FVU (training batch)",
@@ -92,16 +94,67 @@ def stitching_page(root: Path) -> None:
     st.dataframe(data["groups"], hide_index=True)
 
 
+def latent_page(root: Path) -> None:
+    st.header("Latent")
+    found = find_statistics(root)
+    if not found:
+        st.info(f"No latent statistics under {root}. Create them with `canon-pl stats --run checkpoints/<run>`.")
+        return
+    labels = list(found)
+    asked = st.query_params.get("run")
+    label = st.sidebar.selectbox("run", labels, index=labels.index(asked) if asked in labels else 0)
+    stats = LatentStatistics.open(found[label])
+    members = stats.members
+    asked = st.query_params.get("sae")
+    member = st.sidebar.selectbox("SAE", members, index=members.index(asked) if asked in members else 0)
+    d_sae = int(stats.index["members"][member]["d_sae"])
+    try:
+        asked_latent = min(max(int(st.query_params.get("latent", 0)), 0), d_sae - 1)
+    except ValueError:
+        asked_latent = 0
+    j = int(st.sidebar.number_input("latent", min_value=0, max_value=d_sae - 1, value=asked_latent))
+    st.query_params.update({"run": label, "sae": member, "latent": str(j)})
+    if stats.index.get("kind") == "meta_sae":
+        data = stats.latent(member, j)
+        st.subheader(f"meta-latent {j}")
+        st.dataframe(pd.DataFrame({"member latent": data["member_latents"].tolist(),
+                                   "activation": data["member_values"].tolist()}), hide_index=True)
+        return
+    try:
+        view = latent_view(stats, member, j)
+    except StatsError as err:
+        st.error(str(err))
+        return
+    st.subheader(f"{label} · {member} · latent {j}")
+    st.metric("fires on", f"{view['frequency']:.3%} of tokens")
+    left, right = st.columns(2)
+    left.markdown("**promoted tokens** " + ", ".join(f"`{t!r}` {v:.2f}" for t, v in view["promoted"]))
+    right.markdown("**suppressed tokens** " + ", ".join(f"`{t!r}` {v:.2f}" for t, v in view["suppressed"]))
+    st.markdown("**top activations**")
+    for value, snippet in view["top"]:
+        st.markdown(f"`{value:7.2f}` &nbsp; {snippet}", unsafe_allow_html=True)
+    if view["samples"]:
+        st.markdown("**examples across the activation range** (a uniform sample of firings)")
+        for value, snippet in view["samples"]:
+            st.markdown(f"`{value:7.2f}` &nbsp; {snippet}", unsafe_allow_html=True)
+    if len(view["histogram"]):
+        st.altair_chart(alt.Chart(view["histogram"], title="activation histogram").mark_bar().encode(
+            x=alt.X("log10_activation:Q", title="log10 activation"), y=alt.Y("count:Q")), width="stretch")
+
+
 def main() -> None:
     st.set_page_config(page_title="canon-pl", layout="wide")
     st.title("canon-pl")
     root = checkpoints_dir()
-    pages = ["Runs", "Stitching"]
+    pages = ["Runs", "Stitching", "Latent"]
     page = st.sidebar.radio("page", pages, index=pages.index(st.query_params.get("page", "Runs"))
                             if st.query_params.get("page", "Runs") in pages else 0)
     st.query_params["page"] = page
     if page == "Stitching":
         stitching_page(root)
+        return
+    if page == "Latent":
+        latent_page(root)
         return
     runs = load_runs(str(root))
     if not runs:

@@ -82,3 +82,26 @@ def test_stitching_page_without_results_says_how_to_make_them(tmp_path: Path) ->
     app.sidebar.text_input[0].set_value(str(tmp_path)).run()
     assert not app.exception
     assert "canon-pl stitch" in app.info[0].value
+
+
+def test_latent_page_shows_the_planted_token_and_deep_links_open_the_latent(tmp_path: Path) -> None:
+    import torch
+
+    from canon_pl.stats import collect_statistics, unembedding_directions, write_statistics
+    from tests.test_stats import planted_run
+
+    sae, batches, token = planted_run()
+    collectors, contexts = collect_statistics({"8": sae}, batches, n_top=4, n_sample=3, window=2)
+    unembedded = {"8": unembedding_directions(sae.W_dec.detach(), torch.randn(50, sae.d_in), n=3)}
+    strings = {i: f"tok{i}" for i in range(50)} | {token: "PLANTED"}
+    write_statistics(tmp_path / "run" / "stats", collectors, torch.cat(contexts), unembedded, {"model_id": "toy"},
+                     token_strings=strings)
+    app = AppTest.from_file(APP, default_timeout=60)
+    app.query_params.update({"page": "Latent", "sae": "8", "latent": "0"})
+    app.run()
+    app.sidebar.text_input[0].set_value(str(tmp_path)).run()
+    assert not app.exception
+    top = [m.value for m in app.markdown if "<b>" in m.value]
+    assert top and all("<b>PLANTED</b>" in snippet for snippet in top[:4])
+    app.sidebar.number_input[0].set_value(3).run()
+    assert not app.exception and app.query_params["latent"] == "3"

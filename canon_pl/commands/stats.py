@@ -114,10 +114,14 @@ def stats_command(argv: list[str]) -> int:
     unembedded = {name: unembedding_directions(sae.W_dec.detach(), unembed, norm_weight)
                   for name, sae in saes.items()}
     out = Path(ns.out or run / "stats")
-    index = write_statistics(out, collectors, torch.cat(contexts), unembedded, {
+    all_contexts = torch.cat(contexts)
+    mentioned = torch.cat([all_contexts.flatten()] + [torch.cat([u[0].flatten(), u[2].flatten()])
+                                                      for u in unembedded.values()]).unique().tolist()
+    token_strings = {i: loaded.tokenizer.decode([i]) for i in mentioned}
+    index = write_statistics(out, collectors, all_contexts, unembedded, token_strings=token_strings, meta={
         "model_id": model_id, "hook_point": hook_point, "text": ns.text, "n_top": ns.top, "n_sample": ns.samples,
         "context_length": ns.context_length})
-    print(f"statistics of {len(saes)} SAE(s) over {sum(c.numel() for c in contexts)} tokens written to {index}")
+    print(f"statistics of {len(saes)} SAE(s) over {all_contexts.numel()} tokens written to {index}")
     return 0
 
 

@@ -22,6 +22,7 @@ FORMAT_NAME = "canon_pl.latent_stats"
 FORMAT_VERSION = 1
 INDEX_FILE = "stats.json"
 CONTEXTS_FILE = "contexts.safetensors"
+TOKENS_FILE = "tokens.json"
 
 
 class StatsError(ValueError):
@@ -35,10 +36,13 @@ def _save(path: Path, tensors: dict[str, Tensor]) -> None:
 
 
 def write_statistics(directory: str | os.PathLike, collectors: dict[str, LatentStatsCollector], contexts: Tensor,
-                     unembedded: dict[str, tuple[Tensor, Tensor, Tensor, Tensor]], meta: dict[str, Any]) -> Path:
-    """Write every member's arrays, the contexts, then the index (last, so a reader never sees a partial set)."""
+                     unembedded: dict[str, tuple[Tensor, Tensor, Tensor, Tensor]], meta: dict[str, Any],
+                     token_strings: dict[int, str] | None = None) -> Path:
+    """Write every member's arrays, the contexts, the text of every token id they mention (``tokens.json``, so a
+    viewer needs no tokenizer), then the index (last, so a reader never sees a partial set)."""
     directory = Path(directory)
     _save(directory / CONTEXTS_FILE, {"tokens": contexts.to(torch.int32)})
+    atomic_write_json(directory / TOKENS_FILE, {str(k): v for k, v in (token_strings or {}).items()})
     members = {}
     for name, c in collectors.items():
         promoted, promoted_v, suppressed, suppressed_v = unembedded[name]
@@ -130,6 +134,14 @@ class LatentStatistics:
                 return f.get_tensor("tokens")
         except (OSError, SafetensorError) as err:
             raise StatsError(f"{self.directory / CONTEXTS_FILE} is missing or corrupt ({err})") from err
+
+    def token_strings(self) -> dict[int, str]:
+        """Text of the token ids in the contexts and token lists (empty when the files were written without it)."""
+        try:
+            raw = json.loads((self.directory / TOKENS_FILE).read_text())
+        except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+            return {}
+        return {int(k): str(v) for k, v in raw.items()} if isinstance(raw, dict) else {}
 
     def latent(self, member: str, j: int) -> dict[str, Tensor]:
         """Everything about latent ``j``: top values / ids / windows, sample values / ids, histogram, promoted and
