@@ -142,6 +142,30 @@ def latent_page(root: Path) -> None:
             x=alt.X("log10_activation:Q", title="log10 activation"), y=alt.Y("count:Q")), width="stretch")
 
 
+def family_charts(table: pd.DataFrame) -> None:
+    """FVU against width and against L0 (the sparsity / fidelity trade-off), CE recovered against width; one line
+    per folder (a family), one point per SAE."""
+    if "explained_variance" not in table.columns:
+        return
+    data = table.assign(family=table["run"].map(lambda name: name.rsplit("/", 1)[0] if "/" in name else name),
+                        fvu=1.0 - table["explained_variance"]).dropna(subset=["fvu"])
+    if data.empty:
+        return
+    tooltip = ["run", "d_sae", "fvu"] + [c for c in ("l0", "ce_recovered") if c in data.columns]
+    charts = [alt.Chart(data, title="FVU vs width").mark_line(point=True).encode(
+        x=alt.X("d_sae:Q", scale=alt.Scale(type="log"), title="latents"), y=alt.Y("fvu:Q", title="FVU"),
+        color="family:N", tooltip=tooltip)]
+    if "l0" in data.columns:
+        charts.append(alt.Chart(data, title="FVU vs L0").mark_point(filled=True).encode(
+            x=alt.X("l0:Q", title="L0"), y=alt.Y("fvu:Q", title="FVU"), color="family:N", tooltip=tooltip))
+    if "ce_recovered" in data.columns and data["ce_recovered"].notna().any():
+        charts.append(alt.Chart(data.dropna(subset=["ce_recovered"]), title="CE recovered vs width").mark_line(
+            point=True).encode(x=alt.X("d_sae:Q", scale=alt.Scale(type="log"), title="latents"),
+                               y=alt.Y("ce_recovered:Q", title="CE recovered"), color="family:N", tooltip=tooltip))
+    for column, chart in zip(st.columns(len(charts)), charts):
+        column.altair_chart(chart, width="stretch")
+
+
 def main() -> None:
     st.set_page_config(page_title="canon-pl", layout="wide")
     st.title("canon-pl")
@@ -163,6 +187,7 @@ def main() -> None:
     table = pd.DataFrame(runs).drop(columns=["_path"])
     st.subheader("SAEs")
     st.dataframe(table, hide_index=True)
+    family_charts(table)
     name = st.sidebar.selectbox("run", [r["run"] for r in runs])
     run = next(r for r in runs if r["run"] == name)
     st.subheader(f"Training of {name}")

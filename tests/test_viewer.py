@@ -40,7 +40,9 @@ def test_viewer_shows_the_table_and_training_curves(checkpoints: Path) -> None:
     app.sidebar.text_input[0].set_value(str(checkpoints)).run()
     assert not app.exception
     assert app.dataframe[0].value["run"].tolist() == ["toy"]
-    assert len(app.get("vega_lite_chart")) >= 3
+    specs = [chart.proto.spec for chart in app.get("vega_lite_chart")]
+    assert any("FVU vs width" in spec for spec in specs) and any("FVU vs L0" in spec for spec in specs)
+    assert len(specs) >= 5  # the two family charts and the training curves
 
 
 def test_viewer_on_an_empty_folder_says_how_to_train(tmp_path: Path) -> None:
