@@ -17,7 +17,7 @@ import streamlit as st
 
 from canon_pl.stats import LatentStatistics, StatsError
 from canon_pl.viewer import find_runs, find_stitching_results, load_pair, member_metrics
-from canon_pl.viewer.latents import find_statistics, latent_view
+from canon_pl.viewer.latents import find_statistics, latent_view, meta_decomposition
 
 CURVES = {
     "train/fvu": "FVU (training batch)",
@@ -140,6 +140,15 @@ def latent_page(root: Path) -> None:
     if len(view["histogram"]):
         st.altair_chart(alt.Chart(view["histogram"], title="activation histogram").mark_bar().encode(
             x=alt.X("log10_activation:Q", title="log10 activation"), y=alt.Y("count:Q")), width="stretch")
+    found_meta = meta_decomposition(root, found[label].parent, member, j)
+    if found_meta is not None:
+        meta_dir, rows = found_meta
+        st.markdown(f"**meta-SAE decomposition** ({meta_dir}): the meta-latents this latent is built from, and "
+                    f"other latents that share each")
+        if rows:
+            st.dataframe(pd.DataFrame(rows), hide_index=True)
+        else:
+            st.caption("no meta-latent is active for this latent")
 
 
 def family_charts(table: pd.DataFrame) -> None:

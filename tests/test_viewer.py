@@ -107,3 +107,31 @@ def test_latent_page_shows_the_planted_token_and_deep_links_open_the_latent(tmp_
     assert top and all("<b>PLANTED</b>" in snippet for snippet in top[:4])
     app.sidebar.number_input[0].set_value(3).run()
     assert not app.exception and app.query_params["latent"] == "3"
+
+
+def test_latent_page_shows_its_meta_decomposition(tmp_path: Path) -> None:
+    import torch
+
+    from canon_pl.meta import MetaAnalysis, MetaDecomposition, write_meta_analysis
+    from canon_pl.stats import collect_statistics, unembedding_directions, write_statistics
+    from tests.test_stats import planted_run
+
+    sae, batches, _ = planted_run()
+    collectors, contexts = collect_statistics({"8": sae}, batches, n_top=2, n_sample=2, window=1)
+    family = tmp_path / "fam"
+    write_statistics(family / "stats", collectors, torch.cat(contexts),
+                     {"8": unembedding_directions(sae.W_dec.detach(), torch.randn(50, sae.d_in), n=3)}, {})
+    decomposition = MetaDecomposition(torch.tensor([0, 0, 1, 2]), torch.tensor([3, 1, 3, 1]),
+                                      torch.tensor([0.6, 0.3, 0.5, 0.2]), n_base=8, n_meta=4)
+    summary = {"format": "canon_pl.meta_sae_analysis", "format_version": 1, "n_base": 8, "n_meta": 4,
+               "base": {"source": str(family), "width": 8}}
+    arrays = {"decomposition_base": decomposition.base, "decomposition_meta": decomposition.meta,
+              "decomposition_value": decomposition.value}
+    write_meta_analysis(MetaAnalysis(summary, decomposition, arrays), tmp_path / "meta")
+    app = AppTest.from_file(APP, default_timeout=60)
+    app.query_params.update({"page": "Latent", "sae": "8", "latent": "0"})
+    app.run()
+    app.sidebar.text_input[0].set_value(str(tmp_path)).run()
+    assert not app.exception
+    table = app.dataframe[-1].value
+    assert table["meta"].tolist() == [3, 1] and table["siblings"].tolist() == [[1], [2]]

@@ -87,3 +87,31 @@ def latent_view(stats: LatentStatistics, member: str, j: int) -> dict[str, Any]:
 
 
 __all__ = ["find_statistics", "highlighted_context", "latent_view"]
+
+
+def meta_decomposition(root: str | os.PathLike, run_dir: Path, member: str, j: int,
+                       n_siblings: int = 5) -> tuple[Path, list[dict[str, Any]]] | None:
+    """Latent ``j``'s meta-latents from a meta-SAE analysis below ``root`` whose base is this run's ``member``
+    (matched by the recorded base path and width): ``[{meta, activation, siblings}]`` largest first, ``siblings``
+    being other base latents that use the same meta-latent. ``None`` when no such analysis exists."""
+    from canon_pl.meta import MetaSAEError, read_meta_analysis
+
+    width = int(member) if member.isdigit() else None
+    for path in sorted(Path(root).glob("**/analysis.json")):
+        try:
+            summary = read_meta_analysis(path)
+        except MetaSAEError:
+            continue
+        base = summary.get("base") or {}
+        source = Path(str(base.get("source", "")))
+        matches = (source.resolve() == run_dir.resolve() and base.get("width") == width) or (
+            width is not None and source.resolve() == (run_dir / member).resolve())
+        if not matches:
+            continue
+        decomposition = read_meta_analysis(path, arrays=True)["decomposition"]
+        rows = []
+        for meta, value in decomposition.of_latent(j):
+            siblings = [b for b, _ in decomposition.users_of(meta) if b != j][:n_siblings]
+            rows.append({"meta": meta, "activation": value, "siblings": siblings})
+        return path.parent, rows
+    return None
