@@ -17,7 +17,7 @@ import streamlit as st
 
 from canon_pl.stats import LatentStatistics, StatsError
 from canon_pl.viewer import find_runs, find_stitching_results, load_pair, member_metrics
-from canon_pl.viewer.latents import find_statistics, latent_view, meta_decomposition
+from canon_pl.viewer.latents import find_statistics, latent_view, meta_decomposition, nearest_in_other_widths
 
 CURVES = {
     "train/fvu": "FVU (training batch)",
@@ -140,6 +140,15 @@ def latent_page(root: Path) -> None:
     if len(view["histogram"]):
         st.altair_chart(alt.Chart(view["histogram"], title="activation histogram").mark_bar().encode(
             x=alt.X("log10_activation:Q", title="log10 activation"), y=alt.Y("count:Q")), width="stretch")
+    nearest = nearest_in_other_widths(found[label].parent, member, j)
+    if len(nearest):
+        smaller = nearest[nearest["width"] < int(member)]
+        if len(smaller):
+            closest = smaller[smaller["width"] == smaller["width"].max()]["cosine"].max()
+            kind = "reconstruction" if closest >= 0.7 else "novel"
+            st.markdown(f"**relative to the next smaller SAE**: {kind} (best decoder cosine {closest:.2f}, τ = 0.7)")
+        st.markdown("**nearest latents in the other widths** (decoder cosine)")
+        st.dataframe(nearest, hide_index=True)
     found_meta = meta_decomposition(root, found[label].parent, member, j)
     if found_meta is not None:
         meta_dir, rows = found_meta

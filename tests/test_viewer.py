@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
+from canon_pl.sae import SAEConfig, build_sae
 from canon_pl.training import SAEExportCallback, SAEModule, SyntheticActivationDataModule
 from canon_pl.viewer import find_runs
 from tests.helpers import SMALL_DATA, make_trainer
@@ -135,3 +136,31 @@ def test_latent_page_shows_its_meta_decomposition(tmp_path: Path) -> None:
     assert not app.exception
     table = app.dataframe[-1].value
     assert table["meta"].tolist() == [3, 1] and table["siblings"].tolist() == [[1], [2]]
+
+
+def test_latent_page_places_a_family_latent_among_the_other_widths(tmp_path: Path) -> None:
+    import torch
+
+    from canon_pl.io import export_sae, write_family_manifest
+    from canon_pl.stats import collect_statistics, unembedding_directions, write_statistics
+    from tests.test_stats import planted_run
+
+    sae, batches, _ = planted_run()  # the 8-latent member; latent 0 copied into a 4-latent member
+    small = build_sae(SAEConfig(d_in=sae.d_in, d_sae=4, architecture="relu", hook_point="blocks.0", model_id="toy"))
+    with torch.no_grad():
+        small.W_dec[2] = sae.W_dec[0]
+    family = tmp_path / "fam"
+    export_sae(small, family / "4")
+    export_sae(sae, family / "8")
+    write_family_manifest(family, {4: "4", 8: "8"}, sae.cfg, tokens=0)
+    collectors, contexts = collect_statistics({"8": sae}, batches, n_top=2, n_sample=2, window=1)
+    write_statistics(family / "stats", collectors, torch.cat(contexts),
+                     {"8": unembedding_directions(sae.W_dec.detach(), torch.randn(50, sae.d_in), n=3)}, {})
+    app = AppTest.from_file(APP, default_timeout=60)
+    app.query_params.update({"page": "Latent", "sae": "8", "latent": "0"})
+    app.run()
+    app.sidebar.text_input[0].set_value(str(tmp_path)).run()
+    assert not app.exception
+    nearest = app.dataframe[0].value
+    assert nearest.iloc[0]["width"] == 4 and nearest.iloc[0]["latent"] == 2 and nearest.iloc[0]["cosine"] > 0.99
+    assert any("reconstruction" in m.value for m in app.markdown)

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import torch
 
 from canon_pl.stats import HIST_EDGES, LatentStatistics, StatsError
 
@@ -115,3 +116,28 @@ def meta_decomposition(root: str | os.PathLike, run_dir: Path, member: str, j: i
             rows.append({"meta": meta, "activation": value, "siblings": siblings})
         return path.parent, rows
     return None
+
+
+def nearest_in_other_widths(run_dir: Path, member: str, j: int, n: int = 3) -> pd.DataFrame:
+    """For a family member's latent ``j``: its ``n`` nearest latents (decoder cosine) in every other width, with
+    the class the smaller width implies (reconstruction at cosine >= 0.7). Empty outside a family."""
+    from canon_pl.io import CheckpointError
+    from canon_pl.io.family import MANIFEST_FILE, load_family
+
+    if not member.isdigit() or not (run_dir / MANIFEST_FILE).is_file():
+        return pd.DataFrame()
+    try:
+        family = load_family(run_dir)
+    except CheckpointError:
+        return pd.DataFrame()
+    if int(member) not in family.saes:
+        return pd.DataFrame()
+    direction = torch.nn.functional.normalize(family.saes[int(member)].W_dec.detach()[j], dim=0)
+    rows = []
+    for width, sae in family.saes.items():
+        if width == int(member):
+            continue
+        cos = torch.nn.functional.normalize(sae.W_dec.detach(), dim=-1) @ direction
+        values, index = cos.topk(min(n, cos.numel()))
+        rows += [{"width": width, "latent": int(i), "cosine": float(v)} for v, i in zip(values, index)]
+    return pd.DataFrame(rows)
