@@ -17,7 +17,15 @@ import streamlit as st
 
 from canon_pl.stats import LatentStatistics, StatsError
 from canon_pl.viewer import find_runs, find_stitching_results, load_pair, member_metrics
-from canon_pl.viewer.latents import find_statistics, latent_view, meta_decomposition, nearest_in_other_widths
+from canon_pl.meta import read_meta_analysis
+from canon_pl.viewer.latents import (
+    family_decoders,
+    find_meta_analysis,
+    find_statistics,
+    latent_view,
+    meta_rows,
+    nearest_in_other_widths,
+)
 
 CURVES = {
     "train/fvu": "FVU (training batch)",
@@ -94,6 +102,23 @@ def stitching_page(root: Path) -> None:
     st.dataframe(data["groups"], hide_index=True)
 
 
+@st.cache_resource(ttl=30)
+def open_statistics(path: str) -> LatentStatistics:
+    return LatentStatistics.open(path)
+
+
+@st.cache_resource(ttl=30)
+def load_family_decoders(run_dir: str) -> dict:
+    return family_decoders(Path(run_dir))
+
+
+@st.cache_resource(ttl=30)
+def load_decomposition(root: str, run_dir: str, member: str):
+    """(analysis folder, decomposition) of the meta-SAE of this SAE, or ``None``: read once, not per latent."""
+    found = find_meta_analysis(root, Path(run_dir), member)
+    return None if found is None else (found, read_meta_analysis(found, arrays=True)["decomposition"])
+
+
 def latent_page(root: Path) -> None:
     st.header("Latent")
     found = find_statistics(root)
@@ -103,7 +128,7 @@ def latent_page(root: Path) -> None:
     labels = list(found)
     asked = st.query_params.get("run")
     label = st.sidebar.selectbox("run", labels, index=labels.index(asked) if asked in labels else 0)
-    stats = LatentStatistics.open(found[label])
+    stats = open_statistics(str(found[label]))
     members = stats.members
     asked = st.query_params.get("sae")
     member = st.sidebar.selectbox("SAE", members, index=members.index(asked) if asked in members else 0)
@@ -140,7 +165,7 @@ def latent_page(root: Path) -> None:
     if len(view["histogram"]):
         st.altair_chart(alt.Chart(view["histogram"], title="activation histogram").mark_bar().encode(
             x=alt.X("log10_activation:Q", title="log10 activation"), y=alt.Y("count:Q")), width="stretch")
-    nearest = nearest_in_other_widths(found[label].parent, member, j)
+    nearest = nearest_in_other_widths(load_family_decoders(str(found[label].parent)), member, j)
     if len(nearest):
         smaller = nearest[nearest["width"] < int(member)]
         if len(smaller):
@@ -149,9 +174,10 @@ def latent_page(root: Path) -> None:
             st.markdown(f"**relative to the next smaller SAE**: {kind} (best decoder cosine {closest:.2f}, τ = 0.7)")
         st.markdown("**nearest latents in the other widths** (decoder cosine)")
         st.dataframe(nearest, hide_index=True)
-    found_meta = meta_decomposition(root, found[label].parent, member, j)
+    found_meta = load_decomposition(str(root), str(found[label].parent), member)
     if found_meta is not None:
-        meta_dir, rows = found_meta
+        meta_dir, decomposition = found_meta
+        rows = meta_rows(decomposition, j)
         st.markdown(f"**meta-SAE decomposition** ({meta_dir}): the meta-latents this latent is built from, and "
                     f"other latents that share each")
         if rows:

@@ -16,6 +16,7 @@ from tqdm.auto import tqdm
 from canon_pl.io import CheckpointError, load_sae
 from canon_pl.io.export import CONFIG_FILE
 from canon_pl.io.family import MANIFEST_FILE, load_family
+from canon_pl.lm.loading import LoadedModel
 from canon_pl.meta import MetaSAEError, read_meta_analysis
 from canon_pl.sae import SparseAutoencoder
 from canon_pl.stats import StatsError, collect_statistics, unembedding_directions, write_statistics
@@ -108,9 +109,7 @@ def stats_command(argv: list[str]) -> int:
     if not contexts:
         print(f"canon-pl stats: error: the text source {ns.text!r} gave no held-out contexts", file=sys.stderr)
         return 2
-    unembed = loaded.model.lm_head.weight.detach()
-    norm = getattr(getattr(loaded.model, "model", None), "norm", None)
-    norm_weight = getattr(norm, "weight", None)
+    unembed, norm_weight = _unembedding(loaded)
     unembedded = {name: unembedding_directions(sae.W_dec.detach(), unembed, norm_weight)
                   for name, sae in saes.items()}
     out = Path(ns.out or run / "stats")
@@ -125,11 +124,8 @@ def stats_command(argv: list[str]) -> int:
     return 0
 
 
-def _unembedding(model_id: str, device: str) -> tuple[Tensor, Tensor | None]:
+def _unembedding(loaded: LoadedModel) -> tuple[Tensor, Tensor | None]:
     """The LM's unembedding ``[vocab, d]`` and final-norm weight ``[d]`` (or ``None``)."""
-    from canon_pl.lm import load_causal_lm
-
-    loaded = load_causal_lm(model_id, device=device)
     norm = getattr(getattr(loaded.model, "model", None), "norm", None)
     return loaded.model.lm_head.weight.detach(), getattr(norm, "weight", None)
 
@@ -142,7 +138,9 @@ def meta_stats(run: Path, ns: argparse.Namespace) -> int:
     if not model_id:
         raise StatsError(f"{run}/analysis.json records no base model: pass --model")
     meta = load_sae(run, ns.device)
-    unembed, norm_weight = _unembedding(model_id, ns.device)
+    from canon_pl.lm import load_causal_lm
+
+    unembed, norm_weight = _unembedding(load_causal_lm(model_id, device=ns.device))
     out = Path(ns.out or run / "stats")
     index = write_meta_statistics(out, analysis["decomposition"], unembedding_directions(meta.W_dec.detach(), unembed,
                                                                                         norm_weight),

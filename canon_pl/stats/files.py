@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -94,6 +94,8 @@ class LatentStatistics:
 
     directory: Path
     index: dict[str, Any]
+    _contexts: Tensor | None = field(default=None, repr=False)
+    _token_strings: dict[int, str] | None = field(default=None, repr=False)
 
     @classmethod
     def open(cls, directory: str | os.PathLike) -> LatentStatistics:
@@ -128,7 +130,12 @@ class LatentStatistics:
         return self._slice(member, "fire_count").float() / max(self.index["members"][member]["n_tokens"], 1)
 
     def contexts(self) -> Tensor:
-        """``[n_ctx, seq]`` the token contexts; example ids are ``context * seq + position``."""
+        """``[n_ctx, seq]`` the token contexts; example ids are ``context * seq + position`` (read once)."""
+        if self._contexts is None:
+            self._contexts = self._read_contexts()
+        return self._contexts
+
+    def _read_contexts(self) -> Tensor:
         try:
             with safe_open(str(self.directory / CONTEXTS_FILE), framework="pt") as f:
                 return f.get_tensor("tokens")
@@ -136,7 +143,13 @@ class LatentStatistics:
             raise StatsError(f"{self.directory / CONTEXTS_FILE} is missing or corrupt ({err})") from err
 
     def token_strings(self) -> dict[int, str]:
-        """Text of the token ids in the contexts and token lists (empty when the files were written without it)."""
+        """Text of the token ids in the contexts and token lists (empty when the files were written without it;
+        read once)."""
+        if self._token_strings is None:
+            self._token_strings = self._read_token_strings()
+        return self._token_strings
+
+    def _read_token_strings(self) -> dict[int, str]:
         try:
             raw = json.loads((self.directory / TOKENS_FILE).read_text())
         except (OSError, json.JSONDecodeError, UnicodeDecodeError):

@@ -153,7 +153,8 @@ def analyze_pair(small: SparseAutoencoder, large: SparseAutoencoder, activations
     residual_small = x - reconstruction(small, x)
     delta_mse = single_insertion_delta_mse(large_codes, large.W_dec.detach().float(), residual_small)
     fire_count = large_codes.counts()
-    path = stitching_path(small, large, x, groups, small_codes, large_codes, progress=progress)
+    path = stitching_path(small, large, x, groups, small_codes, large_codes, progress=progress,
+                          residual_small=residual_small)
 
     ce: dict[str, Any] = {}
     if spliced_loss is not None and ce_points > 0:

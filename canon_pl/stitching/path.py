@@ -178,19 +178,21 @@ class _GroupScorer:
 @torch.no_grad()
 def stitching_path(small: SparseAutoencoder, large: SparseAutoencoder, x: Tensor, groups: LatentGroups,
                    small_codes: SparseCodes | None = None, large_codes: SparseCodes | None = None,
-                   progress: bool = False, max_remeasured: int = 32) -> StitchingPath:
+                   progress: bool = False, max_remeasured: int = 32,
+                   residual_small: Tensor | None = None) -> StitchingPath:
     """Walk from S to L on ``x [N, d_in]`` one group at a time, greedily: the next group is the one that lowers
     the MSE most given the groups already applied.
 
     Lazy greedy: groups wait in a queue by their last measured gain; the head is re-measured against the current
     residual and taken if it is still the best. After ``max_remeasured`` re-measurements in one step the best of
-    those is taken, which bounds the cost when many groups share tokens (dense latents).
+    those is taken, which bounds the cost when many groups share tokens (dense latents). ``residual_small``
+    (``x - S(x)``, ``[N, d_in]``) may be passed when the caller has it; it is not modified.
     """
     small_codes = small_codes if small_codes is not None else sparse_codes(small, x)
     large_codes = large_codes if large_codes is not None else sparse_codes(large, x)
     x = x.float()
     n, d_in = x.shape
-    residual = x - reconstruction(small, x)
+    residual = (x - reconstruction(small, x)) if residual_small is None else residual_small.clone()
     total_variance = float((x - x.mean(0)).square().sum().clamp_min(1e-12))
     scorer = _GroupScorer(small_codes, large_codes, small.W_dec.detach().float(), large.W_dec.detach().float(), groups)
     gains = scorer.all_deltas(residual, groups.n_groups).tolist()

@@ -79,7 +79,7 @@ class StitchingCallback(L.Callback):
             self._lm_batches.append((batch["tokens"], batch["mask"]))
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.sanity_checking or not self._activations:
+        if trainer.sanity_checking or not self._activations or not trainer.is_global_zero:
             return
         members = pl_module.members
         if not all(bool(sae.threshold_initialized) for sae in members.values()):
@@ -94,8 +94,6 @@ class StitchingCallback(L.Callback):
         scale = float(pl_module.activation_scale)
         log: dict[str, float] = {}
         for small_w, large_w in self._pairs_for(pl_module):
-            if not trainer.is_global_zero:
-                continue
             small = members[str(small_w)].fold_activation_scale(scale).eval()
             large = members[str(large_w)].fold_activation_scale(scale).eval()
             result = analyze_pair(small, large, x, self.tau, spliced_loss=spliced, ce_points=self.ce_points,

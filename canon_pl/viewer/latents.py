@@ -10,6 +10,7 @@ from typing import Any
 import pandas as pd
 import torch
 
+from canon_pl.meta import MetaDecomposition
 from canon_pl.stats import HIST_EDGES, LatentStatistics, StatsError
 
 
@@ -90,54 +91,56 @@ def latent_view(stats: LatentStatistics, member: str, j: int) -> dict[str, Any]:
 __all__ = ["find_statistics", "highlighted_context", "latent_view"]
 
 
-def meta_decomposition(root: str | os.PathLike, run_dir: Path, member: str, j: int,
-                       n_siblings: int = 5) -> tuple[Path, list[dict[str, Any]]] | None:
-    """Latent ``j``'s meta-latents from a meta-SAE analysis below ``root`` whose base is this run's ``member``
-    (matched by the recorded base path and width): ``[{meta, activation, siblings}]`` largest first, ``siblings``
-    being other base latents that use the same meta-latent. ``None`` when no such analysis exists."""
+def find_meta_analysis(root: str | os.PathLike, run_dir: Path, member: str) -> Path | None:
+    """The folder of a meta-SAE analysis below ``root`` whose base is this run's ``member`` (matched by the
+    recorded base path and width), or ``None``."""
     from canon_pl.meta import MetaSAEError, read_meta_analysis
 
     width = int(member) if member.isdigit() else None
     for path in sorted(Path(root).glob("**/analysis.json")):
         try:
-            summary = read_meta_analysis(path)
+            base = read_meta_analysis(path).get("base") or {}
         except MetaSAEError:
             continue
-        base = summary.get("base") or {}
-        source = Path(str(base.get("source", "")))
-        matches = (source.resolve() == run_dir.resolve() and base.get("width") == width) or (
-            width is not None and source.resolve() == (run_dir / member).resolve())
-        if not matches:
-            continue
-        decomposition = read_meta_analysis(path, arrays=True)["decomposition"]
-        rows = []
-        for meta, value in decomposition.of_latent(j):
-            siblings = [b for b, _ in decomposition.users_of(meta) if b != j][:n_siblings]
-            rows.append({"meta": meta, "activation": value, "siblings": siblings})
-        return path.parent, rows
+        source = Path(str(base.get("source", ""))).resolve()
+        if (source == run_dir.resolve() and base.get("width") == width) or (
+                width is not None and source == (run_dir / member).resolve()):
+            return path.parent
     return None
 
 
-def nearest_in_other_widths(run_dir: Path, member: str, j: int, n: int = 3) -> pd.DataFrame:
-    """For a family member's latent ``j``: its ``n`` nearest latents (decoder cosine) in every other width, with
-    the class the smaller width implies (reconstruction at cosine >= 0.7). Empty outside a family."""
+def meta_rows(decomposition: MetaDecomposition, j: int, n_siblings: int = 5) -> list[dict[str, Any]]:
+    """Latent ``j``'s meta-latents ``[{meta, activation, siblings}]``, largest first; ``siblings`` are other base
+    latents that use the same meta-latent."""
+    return [{"meta": meta, "activation": value,
+             "siblings": [b for b, _ in decomposition.users_of(meta) if b != j][:n_siblings]}
+            for meta, value in decomposition.of_latent(j)]
+
+
+def family_decoders(run_dir: Path) -> dict[int, torch.Tensor]:
+    """Unit decoder rows ``[d_sae, d_in]`` of every width of the family at ``run_dir`` (empty outside a family)."""
     from canon_pl.io import CheckpointError
     from canon_pl.io.family import MANIFEST_FILE, load_family
 
-    if not member.isdigit() or not (run_dir / MANIFEST_FILE).is_file():
-        return pd.DataFrame()
+    if not (run_dir / MANIFEST_FILE).is_file():
+        return {}
     try:
         family = load_family(run_dir)
     except CheckpointError:
+        return {}
+    return {w: torch.nn.functional.normalize(sae.W_dec.detach(), dim=-1) for w, sae in family.saes.items()}
+
+
+def nearest_in_other_widths(decoders: dict[int, torch.Tensor], member: str, j: int, n: int = 3) -> pd.DataFrame:
+    """For a family member's latent ``j``: its ``n`` nearest latents (decoder cosine) in every other width.
+    Empty outside a family."""
+    if not member.isdigit() or int(member) not in decoders:
         return pd.DataFrame()
-    if int(member) not in family.saes:
-        return pd.DataFrame()
-    direction = torch.nn.functional.normalize(family.saes[int(member)].W_dec.detach()[j], dim=0)
+    direction = decoders[int(member)][j]
     rows = []
-    for width, sae in family.saes.items():
+    for width, rows_w in decoders.items():
         if width == int(member):
             continue
-        cos = torch.nn.functional.normalize(sae.W_dec.detach(), dim=-1) @ direction
-        values, index = cos.topk(min(n, cos.numel()))
+        values, index = (rows_w @ direction).topk(min(n, rows_w.shape[0]))
         rows += [{"width": width, "latent": int(i), "cosine": float(v)} for v, i in zip(values, index)]
     return pd.DataFrame(rows)
