@@ -1,8 +1,9 @@
 """canon-pl viewer: ``streamlit run apps/viewer.py [-- --checkpoints DIR]``.
 
-Pages: **Runs** (every SAE under ``checkpoints/`` with its held-out metrics and the training curves of the selected
-run) and **Stitching** (novel vs reconstruction latents of a pair, the path from S to L). Read-only: it never writes
-to the checkpoints folder.
+Pages: **Runs** (every SAE under ``checkpoints/`` with its held-out metrics, family charts and training curves),
+**Stitching** (novel vs reconstruction latents of a pair, the path from S to L), **Latent** (examples, tokens,
+nearest latents in the other widths, meta-SAE decomposition), **Meta-latent** (its member latents) and **Search**
+(latents by a token). Every view is a URL (query parameters). Read-only: it never writes to the checkpoints folder.
 """
 
 from __future__ import annotations
@@ -15,17 +16,25 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
+from canon_pl.meta import MetaSAEError, read_meta_analysis
 from canon_pl.stats import LatentStatistics, StatsError
 from canon_pl.viewer import find_runs, find_stitching_results, load_pair, member_metrics
-from canon_pl.meta import read_meta_analysis
 from canon_pl.viewer.latents import (
     family_decoders,
-    find_meta_analysis,
     find_statistics,
     latent_view,
-    meta_rows,
     nearest_in_other_widths,
+    token_html,
 )
+from canon_pl.viewer.links import PAGES, anchor, latent_url, meta_latent_url
+from canon_pl.viewer.meta import (
+    base_location,
+    find_meta_analysis,
+    find_meta_runs,
+    meta_latent_view,
+    meta_rows,
+)
+from canon_pl.viewer.search import search_latents, top_centre_tokens
 
 CURVES = {
     "train/fvu": "FVU (training batch)",
@@ -33,6 +42,7 @@ CURVES = {
     "train/dead_fraction": "dead fraction",
     "tok/s": "tokens / s",
 }
+TAU = 0.7
 
 
 def checkpoints_dir() -> Path:
@@ -40,6 +50,34 @@ def checkpoints_dir() -> Path:
     parser.add_argument("--checkpoints", default="checkpoints")
     args, _ = parser.parse_known_args(sys.argv[1:])
     return Path(st.sidebar.text_input("checkpoints folder", args.checkpoints))
+
+
+def choose(label: str, options: list[str], param: str) -> str:
+    """A sidebar choice that starts at the query parameter ``param`` (a deep link) and writes it back."""
+    asked = st.query_params.get(param)
+    choice = st.sidebar.selectbox(label, options, index=options.index(asked) if asked in options else 0)
+    st.query_params[param] = choice
+    return choice
+
+
+def choose_index(label: str, size: int, param: str) -> int:
+    """A sidebar number in ``[0, size)`` that starts at the query parameter ``param`` and writes it back."""
+    try:
+        asked = min(max(int(st.query_params.get(param, 0)), 0), size - 1)
+    except ValueError:
+        asked = 0
+    value = int(st.sidebar.number_input(label, min_value=0, max_value=size - 1, value=asked))
+    st.query_params[param] = str(value)
+    return value
+
+
+def links(items: list[tuple[object, str]]) -> str:
+    return ", ".join(anchor(text, url) for text, url in items)
+
+
+def tokens_line(title: str, pairs: list[tuple[str, float]]) -> str:
+    """HTML: ``title`` then each token (quoted, shown literally) with its logit."""
+    return f"<b>{title}</b> " + (", ".join(f"<code>{token_html(repr(t))}</code> {v:.2f}" for t, v in pairs) or "—")
 
 
 @st.cache_data(ttl=30)
@@ -52,9 +90,14 @@ def load_metrics(path: str) -> pd.DataFrame:
     return member_metrics(Path(path))
 
 
-def curve(metrics: pd.DataFrame, column: str, title: str) -> alt.Chart:
-    data = metrics[["step", column]].dropna()
-    return alt.Chart(data, title=title).mark_line().encode(x=alt.X("step:Q"), y=alt.Y(f"{column}:Q", title=None))
+@st.cache_data(ttl=30)
+def statistics_of(root: str, kind: str | None = "sae") -> dict[str, Path]:
+    return find_statistics(root, kind)
+
+
+@st.cache_data(ttl=30)
+def meta_runs_of(root: str) -> dict[str, Path]:
+    return find_meta_runs(root)
 
 
 @st.cache_data(ttl=30)
@@ -62,128 +105,34 @@ def load_stitching(path: str) -> dict:
     return load_pair(path)
 
 
-def stitching_page(root: Path) -> None:
-    st.header("Stitching: novel vs reconstruction latents")
-    pairs = find_stitching_results(root)
-    if not pairs:
-        st.info(f"No stitching results under {root}. Create them with `canon-pl stitch checkpoints/<family> "
-                f"--data python-docs`, or add `canon_pl.training.StitchingCallback` to a family run.")
-        return
-    labels = [p.label for p in pairs]
-    query = st.query_params.get("pair")
-    choice = st.sidebar.selectbox("pair", labels, index=labels.index(query) if query in labels else 0)
-    st.query_params["pair"] = choice
-    data = load_stitching(str(pairs[labels.index(choice)].path))
-    s = data["summary"]
-    cols = st.columns(4)
-    cols[0].metric("novel latents", f"{s['n_novel']:,}", f"{s['novel_fraction']:.1%} of {s['large']['d_sae']:,}")
-    cols[1].metric("reconstruction latents", f"{s['n_reconstruction']:,}")
-    agreement = s["proxy"]["agreement"]
-    cols[2].metric("proxy agrees with ΔMSE", "—" if agreement is None else f"{agreement:.1%}")
-    cols[3].metric("FVU S → L", f"{s['fvu_small']:.3f} → {s['fvu_large']:.3f}")
-    latents = data["latents"]
-    title = f"each large latent's best cosine to the {s['small']['d_sae']}-latent SAE"
-    histogram = alt.Chart(latents, title=title).mark_bar().encode(
-        x=alt.X("max_cos:Q", bin=alt.Bin(maxbins=50), title="max cosine"), y=alt.Y("count():Q", title="latents"),
-        color=alt.Color("class:N"))
-    rule = alt.Chart(pd.DataFrame({"tau": [s["tau"]]})).mark_rule(strokeDash=[4, 4]).encode(x="tau:Q")
-    path = data["path"]
-    path_chart = alt.Chart(path, title="stitching path from S to L").mark_line().encode(
-        x=alt.X("latents:Q", title="latents in the stitched SAE"), y=alt.Y("fvu:Q", title="FVU"),
-        order="point:Q", tooltip=["point", "kind", "latents", "fvu", "l0"])
-    left, right = st.columns(2)
-    left.altair_chart(histogram + rule, width="stretch")
-    right.altair_chart(path_chart, width="stretch")
-    st.altair_chart(alt.Chart(path, title="L0 along the path").mark_line().encode(
-        x=alt.X("point:Q", title="step"), y=alt.Y("l0:Q", title="L0")), width="stretch")
-    st.subheader("Large latents")
-    st.dataframe(latents.sort_values("delta_mse_alone"), hide_index=True)
-    st.subheader("Reconstruction groups (small latents → the large latents that replace them)")
-    st.dataframe(data["groups"], hide_index=True)
-
-
-@st.cache_resource(ttl=30)
+@st.cache_resource(ttl=300)
 def open_statistics(path: str) -> LatentStatistics:
     return LatentStatistics.open(path)
 
 
-@st.cache_resource(ttl=30)
+@st.cache_resource(ttl=300)
 def load_family_decoders(run_dir: str) -> dict:
     return family_decoders(Path(run_dir))
 
 
-@st.cache_resource(ttl=30)
-def load_decomposition(root: str, run_dir: str, member: str):
-    """(analysis folder, decomposition) of the meta-SAE of this SAE, or ``None``: read once, not per latent."""
-    found = find_meta_analysis(root, Path(run_dir), member)
-    return None if found is None else (found, read_meta_analysis(found, arrays=True)["decomposition"])
+@st.cache_resource(ttl=300)
+def load_decomposition(path: str):
+    return read_meta_analysis(path, arrays=True)["decomposition"]
 
 
-def latent_page(root: Path) -> None:
-    st.header("Latent")
-    found = find_statistics(root)
-    if not found:
-        st.info(f"No latent statistics under {root}. Create them with `canon-pl stats --run checkpoints/<run>`.")
-        return
-    labels = list(found)
-    asked = st.query_params.get("run")
-    label = st.sidebar.selectbox("run", labels, index=labels.index(asked) if asked in labels else 0)
-    stats = open_statistics(str(found[label]))
-    members = stats.members
-    asked = st.query_params.get("sae")
-    member = st.sidebar.selectbox("SAE", members, index=members.index(asked) if asked in members else 0)
-    d_sae = int(stats.index["members"][member]["d_sae"])
-    try:
-        asked_latent = min(max(int(st.query_params.get("latent", 0)), 0), d_sae - 1)
-    except ValueError:
-        asked_latent = 0
-    j = int(st.sidebar.number_input("latent", min_value=0, max_value=d_sae - 1, value=asked_latent))
-    st.query_params.update({"run": label, "sae": member, "latent": str(j)})
-    if stats.index.get("kind") == "meta_sae":
-        data = stats.latent(member, j)
-        st.subheader(f"meta-latent {j}")
-        st.dataframe(pd.DataFrame({"member latent": data["member_latents"].tolist(),
-                                   "activation": data["member_values"].tolist()}), hide_index=True)
-        return
-    try:
-        view = latent_view(stats, member, j)
-    except StatsError as err:
-        st.error(str(err))
-        return
-    st.subheader(f"{label} · {member} · latent {j}")
-    st.metric("fires on", f"{view['frequency']:.3%} of tokens")
-    left, right = st.columns(2)
-    left.markdown("**promoted tokens** " + ", ".join(f"`{t!r}` {v:.2f}" for t, v in view["promoted"]))
-    right.markdown("**suppressed tokens** " + ", ".join(f"`{t!r}` {v:.2f}" for t, v in view["suppressed"]))
-    st.markdown("**top activations**")
-    for value, snippet in view["top"]:
-        st.markdown(f"`{value:7.2f}` &nbsp; {snippet}", unsafe_allow_html=True)
-    if view["samples"]:
-        st.markdown("**examples across the activation range** (a uniform sample of firings)")
-        for value, snippet in view["samples"]:
-            st.markdown(f"`{value:7.2f}` &nbsp; {snippet}", unsafe_allow_html=True)
-    if len(view["histogram"]):
-        st.altair_chart(alt.Chart(view["histogram"], title="activation histogram").mark_bar().encode(
-            x=alt.X("log10_activation:Q", title="log10 activation"), y=alt.Y("count:Q")), width="stretch")
-    nearest = nearest_in_other_widths(load_family_decoders(str(found[label].parent)), member, j)
-    if len(nearest):
-        smaller = nearest[nearest["width"] < int(member)]
-        if len(smaller):
-            closest = smaller[smaller["width"] == smaller["width"].max()]["cosine"].max()
-            kind = "reconstruction" if closest >= 0.7 else "novel"
-            st.markdown(f"**relative to the next smaller SAE**: {kind} (best decoder cosine {closest:.2f}, τ = 0.7)")
-        st.markdown("**nearest latents in the other widths** (decoder cosine)")
-        st.dataframe(nearest, hide_index=True)
-    found_meta = load_decomposition(str(root), str(found[label].parent), member)
-    if found_meta is not None:
-        meta_dir, decomposition = found_meta
-        rows = meta_rows(decomposition, j)
-        st.markdown(f"**meta-SAE decomposition** ({meta_dir}): the meta-latents this latent is built from, and "
-                    f"other latents that share each")
-        if rows:
-            st.dataframe(pd.DataFrame(rows), hide_index=True)
-        else:
-            st.caption("no meta-latent is active for this latent")
+@st.cache_resource(ttl=300)
+def load_array(stats_dir: str, member: str, key: str):
+    return open_statistics(stats_dir).array(member, key)
+
+
+@st.cache_resource(ttl=300)
+def load_centre_tokens(stats_dir: str, member: str):
+    return top_centre_tokens(open_statistics(stats_dir), member)
+
+
+def curve(metrics: pd.DataFrame, column: str, title: str) -> alt.Chart:
+    data = metrics[["step", column]].dropna()
+    return alt.Chart(data, title=title).mark_line().encode(x=alt.X("step:Q"), y=alt.Y(f"{column}:Q", title=None))
 
 
 def family_charts(table: pd.DataFrame) -> None:
@@ -210,29 +159,17 @@ def family_charts(table: pd.DataFrame) -> None:
         column.altair_chart(chart, width="stretch")
 
 
-def main() -> None:
-    st.set_page_config(page_title="canon-pl", layout="wide")
-    st.title("canon-pl")
-    root = checkpoints_dir()
-    pages = ["Runs", "Stitching", "Latent"]
-    page = st.sidebar.radio("page", pages, index=pages.index(st.query_params.get("page", "Runs"))
-                            if st.query_params.get("page", "Runs") in pages else 0)
-    st.query_params["page"] = page
-    if page == "Stitching":
-        stitching_page(root)
-        return
-    if page == "Latent":
-        latent_page(root)
-        return
+def runs_page(root: Path) -> None:
     runs = load_runs(str(root))
     if not runs:
-        st.info(f"No exported SAE under {root}. Train one: `lightning fit --config configs/sae_smollm2.yaml`.")
+        st.info(f"No exported SAE under {root}. Train one: `lightning fit --config configs/sae_smollm2.yaml`, or a "
+                f"family: `lightning fit --config configs/family_smollm2.yaml`.")
         return
     table = pd.DataFrame(runs).drop(columns=["_path"])
     st.subheader("SAEs")
     st.dataframe(table, hide_index=True)
     family_charts(table)
-    name = st.sidebar.selectbox("run", [r["run"] for r in runs])
+    name = choose("run", [r["run"] for r in runs], "run")
     run = next(r for r in runs if r["run"] == name)
     st.subheader(f"Training of {name}")
     metrics = load_metrics(run["_path"])
@@ -243,6 +180,221 @@ def main() -> None:
     columns = st.columns(min(len(shown), 2))
     for i, column in enumerate(shown):
         columns[i % len(columns)].altair_chart(curve(metrics, column, CURVES[column]), width="stretch")
+
+
+def stitching_page(root: Path) -> None:
+    st.header("Stitching: novel vs reconstruction latents")
+    pairs = find_stitching_results(root)
+    if not pairs:
+        st.info(f"No stitching results under {root}. Create them with `canon-pl stitch checkpoints/<family> "
+                f"--data python-docs`, or add `canon_pl.training.StitchingCallback` to a family run.")
+        return
+    labels = [p.label for p in pairs]
+    pair = pairs[labels.index(choose("pair", labels, "pair"))]
+    data = load_stitching(str(pair.path))
+    s = data["summary"]
+    small, large = str(s["small"]["d_sae"]), str(s["large"]["d_sae"])
+    cols = st.columns(4)
+    cols[0].metric("novel latents", f"{s['n_novel']:,}", f"{s['novel_fraction']:.1%} of {s['large']['d_sae']:,}",
+                   delta_color="off", delta_arrow="off")
+    cols[1].metric("reconstruction latents", f"{s['n_reconstruction']:,}")
+    agreement = s["proxy"]["agreement"]
+    cols[2].metric("proxy agrees with ΔMSE", "—" if agreement is None else f"{agreement:.1%}")
+    cols[3].metric("FVU S → L", f"{s['fvu_small']:.3f} → {s['fvu_large']:.3f}")
+    latents = data["latents"]
+    title = f"each large latent's best cosine to the {small}-latent SAE"
+    histogram = alt.Chart(latents, title=title).mark_bar().encode(
+        x=alt.X("max_cos:Q", bin=alt.Bin(maxbins=50), title="max cosine"), y=alt.Y("count():Q", title="latents"),
+        color=alt.Color("class:N"))
+    rule = alt.Chart(pd.DataFrame({"tau": [s["tau"]]})).mark_rule(strokeDash=[4, 4]).encode(x="tau:Q")
+    path = data["path"]
+    path_chart = alt.Chart(path, title="stitching path from S to L").mark_line().encode(
+        x=alt.X("latents:Q", title="latents in the stitched SAE"), y=alt.Y("fvu:Q", title="FVU"),
+        order="point:Q", tooltip=["point", "kind", "latents", "fvu", "l0"])
+    left, right = st.columns(2)
+    left.altair_chart(histogram + rule, width="stretch")
+    right.altair_chart(path_chart, width="stretch")
+    st.altair_chart(alt.Chart(path, title="L0 along the path").mark_line().encode(
+        x=alt.X("point:Q", title="step"), y=alt.Y("l0:Q", title="L0")), width="stretch")
+    run = str(pair.path.parent.parent.relative_to(root))
+    linked = run in statistics_of(str(root))
+    st.subheader("Large latents")
+    table = latents.sort_values("delta_mse_alone")
+    config = {}
+    if linked:
+        table = table.assign(page=[latent_url(run, large, j) for j in table["latent"]])
+        config = {"page": st.column_config.LinkColumn("latent page", display_text="open")}
+    else:
+        st.caption(f"Latent pages need statistics: `canon-pl stats --run {root / run}`.")
+    novel_only = st.toggle("novel latents only", value=False)
+    st.dataframe(table[table["class"] == "novel"] if novel_only else table, hide_index=True, column_config=config)
+    st.subheader("Reconstruction groups (small latents → the large latents that replace them)")
+    groups = data["groups"]
+    if linked and len(groups):
+        shown = groups.head(50)
+        lines = [f"{links([(j, latent_url(run, small, j)) for j in row.small_latents])} → "
+                 f"{links([(j, latent_url(run, large, j)) for j in row.large_latents])}" for row in shown.itertuples()]
+        st.markdown("<br>".join(lines), unsafe_allow_html=True)
+        if len(groups) > len(shown):
+            st.caption(f"the first {len(shown)} of {len(groups)} groups; all of them in the table below")
+    st.dataframe(groups, hide_index=True)
+
+
+def latent_page(root: Path) -> None:
+    st.header("Latent")
+    found = statistics_of(str(root))
+    if not found:
+        st.info(f"No latent statistics under {root}. Create them with `canon-pl stats --run checkpoints/<run>`.")
+        return
+    label = choose("run", list(found), "run")
+    stats = open_statistics(str(found[label]))
+    member = choose("SAE", stats.members, "sae")
+    j = choose_index("latent", int(stats.index["members"][member]["d_sae"]), "latent")
+    try:
+        view = latent_view(stats, member, j)
+    except StatsError as err:
+        st.error(str(err))
+        return
+    st.subheader(f"{label} · {member} · latent {j}")
+    st.metric("fires on", f"{view['frequency']:.3%} of tokens")
+    left, right = st.columns(2)
+    left.markdown(tokens_line("promoted tokens", view["promoted"]), unsafe_allow_html=True)
+    right.markdown(tokens_line("suppressed tokens", view["suppressed"]), unsafe_allow_html=True)
+    st.markdown("**top activations**")
+    for value, snippet in view["top"]:
+        st.markdown(f"`{value:7.2f}` &nbsp; {snippet}", unsafe_allow_html=True)
+    if view["samples"]:
+        st.markdown("**examples across the activation range** (a uniform sample of firings)")
+        for value, snippet in view["samples"]:
+            st.markdown(f"`{value:7.2f}` &nbsp; {snippet}", unsafe_allow_html=True)
+    if len(view["histogram"]):
+        st.altair_chart(alt.Chart(view["histogram"], title="activation histogram").mark_bar().encode(
+            x=alt.X("log10_activation:Q", title="log10 activation"), y=alt.Y("count:Q")), width="stretch")
+    run_dir = found[label].parent
+    nearest = nearest_in_other_widths(load_family_decoders(str(run_dir)), member, j)
+    if len(nearest):
+        smaller = nearest[nearest["width"] < int(member)]
+        if len(smaller):
+            closest = smaller[smaller["width"] == smaller["width"].max()]["cosine"].max()
+            kind = "reconstruction" if closest >= TAU else "novel"
+            st.markdown(f"**relative to the next smaller SAE**: {kind} (best decoder cosine {closest:.2f}, "
+                        f"τ = {TAU})")
+        st.markdown("**nearest latents in the other widths** (decoder cosine)")
+        nearest = nearest.assign(page=[latent_url(label, str(w), i) for w, i in zip(nearest["width"],
+                                                                                    nearest["latent"])])
+        st.dataframe(nearest, hide_index=True,
+                     column_config={"page": st.column_config.LinkColumn("latent page", display_text="open")})
+    meta_dir = find_meta_analysis(root, run_dir, member)
+    if meta_dir is None:
+        return
+    meta_run = str(meta_dir.relative_to(root))
+    rows = meta_rows(load_decomposition(str(meta_dir)), j)
+    st.markdown(f"**meta-SAE decomposition** ({meta_run}): the meta-latents this latent is built from, and other "
+                f"latents that share each")
+    if not rows:
+        st.caption("no meta-latent is active for this latent")
+        return
+    st.dataframe(pd.DataFrame(rows), hide_index=True)
+    lines = [anchor(f"meta-latent {r['meta']}", meta_latent_url(meta_run, r["meta"])) + f" ({r['activation']:.2f}): "
+             + links([(b, latent_url(label, member, b)) for b in r["siblings"]]) for r in rows]
+    st.markdown("<br>".join(lines), unsafe_allow_html=True)
+
+
+def meta_latent_page(root: Path) -> None:
+    st.header("Meta-latent")
+    found = meta_runs_of(str(root))
+    if not found:
+        st.info(f"No meta-SAE analysis under {root}. Train a meta-SAE: `lightning fit --config "
+                f"configs/meta_sae_smollm2.yaml`, or `canon-pl meta-sae checkpoints/<family> --width <w>`.")
+        return
+    label = choose("meta-SAE", list(found), "meta_run")
+    try:
+        summary = read_meta_analysis(found[label])
+        decomposition = load_decomposition(str(found[label]))
+    except MetaSAEError as err:
+        st.error(str(err))
+        return
+    m = choose_index("meta-latent", decomposition.n_meta, "meta")
+    meta_stats_dir = found[label] / "stats"
+    meta_stats = open_statistics(str(meta_stats_dir)) if (meta_stats_dir / "stats.json").is_file() else None
+    view = meta_latent_view(decomposition, m, meta_stats)
+    base = summary.get("base") or {}
+    st.subheader(f"{label} · meta-latent {m}")
+    cols = st.columns(3)
+    cols[0].metric("member latents", f"{view['n_members']:,}")
+    cols[1].metric("density", f"{view['density']:.2%}", f"of {decomposition.n_base:,} base latents",
+                   delta_color="off", delta_arrow="off")
+    cols[2].metric("base SAE", f"{base.get('width', '?')} latents")
+    if meta_stats is None:
+        st.caption(f"Promoted tokens need the meta-SAE's statistics: `canon-pl stats --run {found[label]}`.")
+    else:
+        left, right = st.columns(2)
+        left.markdown(tokens_line("promoted tokens", view["promoted"]), unsafe_allow_html=True)
+        right.markdown(tokens_line("suppressed tokens", view["suppressed"]), unsafe_allow_html=True)
+    if not view["members"]:
+        st.caption("no base latent uses this meta-latent (dead)")
+        return
+    where = base_location(root, base, statistics_of(str(root)))
+    members = pd.DataFrame(view["members"], columns=["latent", "activation"])
+    if where is None:
+        st.caption("Latent pages of the members need the base SAE's statistics: `canon-pl stats --run <base run>`.")
+    else:
+        run, member = where
+        stats_dir = str(statistics_of(str(root))[run])
+        promoted = load_array(stats_dir, member, "promoted_tokens")[members["latent"].tolist(), :4]
+        strings = open_statistics(stats_dir).token_strings()
+        members["promoted tokens"] = [" ".join(repr(strings.get(int(t), f"<{int(t)}>")) for t in row)
+                                      for row in promoted]
+        members["page"] = [latent_url(run, member, j) for j in members["latent"]]
+    st.markdown(f"**member latents** ranked by activation (the first {len(members)} of {view['n_members']})")
+    st.dataframe(members, hide_index=True,
+                 column_config={"page": st.column_config.LinkColumn("latent page", display_text="open")})
+
+
+def search_page(root: Path) -> None:
+    st.header("Search latents by a token")
+    found = statistics_of(str(root), None)
+    if not found:
+        st.info(f"Nothing to search under {root}: search reads latent statistics. Create them with `canon-pl stats "
+                f"--run checkpoints/<run>`.")
+        return
+    query = st.text_input("token or word", st.query_params.get("q", ""))
+    whole = st.toggle("whole token (off: any token containing it)", value=st.query_params.get("whole", "1") == "1")
+    st.query_params.update({"q": query, "whole": "1" if whole else "0"})
+    if not query.strip():
+        st.caption("Finds latents whose top activating examples peak on the token, or whose promoted tokens "
+                   "include it, in every SAE with statistics.")
+        return
+    frames = []
+    for label, stats_dir in found.items():
+        stats = open_statistics(str(stats_dir))
+        meta = stats.index.get("kind") == "meta_sae"
+        centre = None if meta else {m: load_centre_tokens(str(stats_dir), m) for m in stats.members}
+        table = search_latents(stats, query, whole=whole, centre_tokens=centre)
+        if len(table):
+            table.insert(0, "run", label)
+            table["page"] = [meta_latent_url(label, j) if meta else latent_url(label, sae, j)
+                             for sae, j in zip(table["sae"], table["latent"])]
+            frames.append(table)
+    if not frames:
+        st.warning(f"No latent peaks on or promotes a token matching {query!r}. Try turning off 'whole token'.")
+        return
+    results = pd.concat(frames, ignore_index=True).sort_values(["top_hits"], ascending=False, kind="stable")
+    st.markdown(f"**{len(results)} latents** (top hits: top examples that peak on the token; promoted rank: "
+                f"0 = the latent's most promoted token, -1 = not promoted)")
+    st.dataframe(results, hide_index=True,
+                 column_config={"page": st.column_config.LinkColumn("page", display_text="open")})
+
+
+def main() -> None:
+    st.set_page_config(page_title="canon-pl", layout="wide")
+    st.title("canon-pl")
+    root = checkpoints_dir()
+    asked = st.query_params.get("page", "Runs")
+    page = st.sidebar.radio("page", PAGES, index=PAGES.index(asked) if asked in PAGES else 0)
+    st.query_params["page"] = page
+    {"Runs": runs_page, "Stitching": stitching_page, "Latent": latent_page, "Meta-latent": meta_latent_page,
+     "Search": search_page}[page](root)
 
 
 main()

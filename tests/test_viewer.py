@@ -8,7 +8,11 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from canon_pl.sae import SAEConfig, build_sae
-from canon_pl.training import SAEExportCallback, SAEModule, SyntheticActivationDataModule
+from canon_pl.training import (
+    SAEExportCallback,
+    SAEModule,
+    SyntheticActivationDataModule,
+)
 from canon_pl.viewer import find_runs
 from tests.helpers import SMALL_DATA, make_trainer
 
@@ -46,13 +50,6 @@ def test_viewer_shows_the_table_and_training_curves(checkpoints: Path) -> None:
     assert len(specs) >= 5  # the two family charts and the training curves
 
 
-def test_viewer_on_an_empty_folder_says_how_to_train(tmp_path: Path) -> None:
-    app = AppTest.from_file(APP, default_timeout=60).run()
-    app.sidebar.text_input[0].set_value(str(tmp_path)).run()
-    assert not app.exception
-    assert "lightning fit" in app.info[0].value
-
-
 def test_stitching_page_shows_the_pairs_counts_and_path(tmp_path: Path) -> None:
     import torch
 
@@ -78,19 +75,151 @@ def test_stitching_page_shows_the_pairs_counts_and_path(tmp_path: Path) -> None:
     assert len(app.dataframe[0].value) == 32
 
 
-def test_stitching_page_without_results_says_how_to_make_them(tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def analysed(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """A whole small run as a researcher has it after a session: a two-width family (8 and 16 latents; the planted
+    latent 0 of the small SAE is copied into the large one as its latent 3) with statistics, stitching results and a
+    meta-SAE on the 16-latent member with its own statistics."""
+    import torch
+
+    from canon_pl import load_sae
+    from canon_pl.commands.meta_sae import meta_sae_command
+    from canon_pl.io import export_sae, write_family_manifest
+    from canon_pl.meta import read_meta_analysis
+    from canon_pl.stats import (
+        collect_statistics,
+        unembedding_directions,
+        write_statistics,
+    )
+    from canon_pl.stats.files import write_meta_statistics
+    from canon_pl.stitching import analyze_pair, write_stitching_results
+    from tests.test_stats import planted_run
+
+    root = tmp_path_factory.mktemp("analysed")
+    small, batches, token = planted_run()
+    large = build_sae(SAEConfig(d_in=small.d_in, d_sae=16, architecture="relu", hook_point="blocks.0",
+                                model_id="toy"))
+    with torch.no_grad():
+        large.W_enc[:, 3], large.W_dec[3], large.b_enc[3] = small.W_enc[:, 0], small.W_dec[0], small.b_enc[0]
+    large.eval()
+    family = root / "fam"
+    export_sae(small, family / "8")
+    export_sae(large, family / "16")
+    write_family_manifest(family, {8: "8", 16: "16"}, small.cfg, tokens=0)
+    activations = torch.cat([acts[mask] for _, acts, mask in batches])
+    stitching = analyze_pair(small, large, activations)
+    write_stitching_results(stitching, family / "stitching")
+    saes = {"8": small, "16": large}
+    collectors, contexts = collect_statistics(saes, batches, n_top=4, n_sample=3, window=2)
+    unembed = torch.randn(50, small.d_in, generator=torch.Generator().manual_seed(0))
+    strings = {i: f"tok{i}" for i in range(50)} | {token: " PLANTED"}
+    write_statistics(family / "stats", collectors, torch.cat(contexts),
+                     {n: unembedding_directions(s.W_dec.detach(), unembed, n=3) for n, s in saes.items()},
+                     {"model_id": "toy"}, token_strings=strings)
+    assert meta_sae_command(["--sae", str(family), "--width", "16", "--d-sae", "4", "--k", "2", "--steps", "20",
+                             "--batch-size", "16", "--baseline-steps", "0", "--out", str(root / "meta"),
+                             "--accelerator", "cpu"]) == 0
+    analysis = read_meta_analysis(root / "meta", arrays=True)
+    meta = load_sae(root / "meta")
+    write_meta_statistics(root / "meta" / "stats", analysis["decomposition"],
+                          unembedding_directions(meta.W_dec.detach(), unembed, n=3), {"base": analysis["base"]},
+                          token_strings=strings)
+    return {"root": root, "stitching": stitching.summary, "decomposition": analysis["decomposition"],
+            "token": token}
+
+
+def open_page(root: Path, **params: str) -> AppTest:
     app = AppTest.from_file(APP, default_timeout=60)
-    app.query_params["page"] = "Stitching"
+    app.query_params.update(params)
     app.run()
-    app.sidebar.text_input[0].set_value(str(tmp_path)).run()
-    assert not app.exception
-    assert "canon-pl stitch" in app.info[0].value
+    app.sidebar.text_input[0].set_value(str(root)).run()
+    assert not app.exception, app.exception
+    return app
+
+
+@pytest.mark.parametrize("page", ["Runs", "Stitching", "Latent", "Meta-latent", "Search"])
+def test_every_page_renders_on_a_whole_run(analysed: dict, page: str) -> None:
+    app = open_page(analysed["root"], page=page, q="PLANTED")
+    assert not app.error and app.query_params["page"] == page
+
+
+@pytest.mark.parametrize("page, command", [("Runs", "lightning fit"), ("Stitching", "canon-pl stitch"),
+                                           ("Latent", "canon-pl stats"), ("Meta-latent", "canon-pl meta-sae"),
+                                           ("Search", "canon-pl stats")])
+def test_every_page_on_an_empty_folder_says_what_creates_its_data(tmp_path: Path, page: str, command: str) -> None:
+    app = open_page(tmp_path, page=page)
+    assert command in app.info[0].value
+
+
+def test_stitching_page_counts_equal_the_results_file_and_latents_link_to_their_pages(analysed: dict) -> None:
+    app = open_page(analysed["root"], page="Stitching")
+    s = analysed["stitching"]
+    metrics = {m.label: m.value for m in app.metric}
+    assert metrics["novel latents"] == f"{s['n_novel']:,}"
+    assert metrics["reconstruction latents"] == f"{s['n_reconstruction']:,}"
+    table = app.dataframe[0].value
+    row = table[table["latent"] == 3].iloc[0]
+    assert row["class"] == "reconstruction" and row["nearest_small"] == 0
+    assert row["page"] == "?page=Latent&run=fam&sae=16&latent=3"
+    groups = "".join(m.value for m in app.markdown)
+    assert 'href="?page=Latent&amp;run=fam&amp;sae=8&amp;latent=0"' in groups  # the small latent that was split
+
+
+def test_a_deep_link_opens_the_latent_with_its_class_nearest_latents_and_meta_latents(analysed: dict) -> None:
+    app = open_page(analysed["root"], page="Latent", run="fam", sae="16", latent="3")
+    assert app.sidebar.number_input[0].value == 3
+    assert any("fam · 16 · latent 3" in h.value for h in app.subheader)
+    top = [m.value for m in app.markdown if "<span" in m.value]
+    assert top and all("<b> PLANTED</b>" in snippet for snippet in top[:4])
+    assert any("reconstruction" in m.value for m in app.markdown)  # a copy of the small SAE's latent 0
+    nearest = app.dataframe[0].value
+    assert nearest.iloc[0]["latent"] == 0 and nearest.iloc[0]["cosine"] > 0.99
+    assert nearest.iloc[0]["page"] == "?page=Latent&run=fam&sae=8&latent=0"
+    expected = [m for m, _ in analysed["decomposition"].of_latent(3)]
+    assert app.dataframe[1].value["meta"].tolist() == expected
+    assert f'href="?page=Meta-latent&amp;meta_run=meta&amp;meta={expected[0]}"' in "".join(
+        m.value for m in app.markdown)
+
+
+def test_meta_latent_page_ranks_its_member_latents_and_links_them(analysed: dict) -> None:
+    decomposition = analysed["decomposition"]
+    m = int(decomposition.meta_density().argmax())
+    app = open_page(analysed["root"], page="Meta-latent", meta_run="meta", meta=str(m))
+    members = app.dataframe[0].value
+    assert members["latent"].tolist() == [b for b, _ in decomposition.users_of(m)]
+    assert members["activation"].is_monotonic_decreasing
+    assert members["page"].tolist() == [f"?page=Latent&run=fam&sae=16&latent={b}" for b in members["latent"]]
+    metrics = {x.label: x.value for x in app.metric}
+    assert metrics["member latents"] == str(len(members))
+    assert metrics["density"] == f"{len(members) / 16:.2%}"
+    assert any("promoted tokens" in x.value for x in app.markdown)
+
+
+def test_search_finds_the_latents_that_fire_on_a_token(analysed: dict) -> None:
+    from canon_pl.stats import LatentStatistics
+    from canon_pl.viewer.search import search_latents
+
+    stats = LatentStatistics.open(analysed["root"] / "fam" / "stats")
+    found = search_latents(stats, "planted")  # case and surrounding spaces ignored
+    assert found["top_hits"].is_monotonic_decreasing
+    every = found[found["top_hits"] == 4]  # every top example peaks on the planted token
+    assert {("8", 0), ("16", 3)} <= set(zip(every["sae"], every["latent"]))
+    assert search_latents(stats, "no such token").empty
+    assert search_latents(stats, "PLANT").empty and not search_latents(stats, "PLANT", whole=False).empty
+    app = open_page(analysed["root"], page="Search", q="PLANTED")
+    table = app.dataframe[0].value
+    assert {"?page=Latent&run=fam&sae=8&latent=0", "?page=Latent&run=fam&sae=16&latent=3"} <= set(
+        table[table["top_hits"] == 4]["page"])
 
 
 def test_latent_page_shows_the_planted_token_and_deep_links_open_the_latent(tmp_path: Path) -> None:
     import torch
 
-    from canon_pl.stats import collect_statistics, unembedding_directions, write_statistics
+    from canon_pl.stats import (
+        collect_statistics,
+        unembedding_directions,
+        write_statistics,
+    )
     from tests.test_stats import planted_run
 
     sae, batches, token = planted_run()
@@ -104,7 +233,7 @@ def test_latent_page_shows_the_planted_token_and_deep_links_open_the_latent(tmp_
     app.run()
     app.sidebar.text_input[0].set_value(str(tmp_path)).run()
     assert not app.exception
-    top = [m.value for m in app.markdown if "<b>" in m.value]
+    top = [m.value for m in app.markdown if "<span" in m.value]
     assert top and all("<b>PLANTED</b>" in snippet for snippet in top[:4])
     app.sidebar.number_input[0].set_value(3).run()
     assert not app.exception and app.query_params["latent"] == "3"
@@ -114,7 +243,11 @@ def test_latent_page_shows_its_meta_decomposition(tmp_path: Path) -> None:
     import torch
 
     from canon_pl.meta import MetaAnalysis, MetaDecomposition, write_meta_analysis
-    from canon_pl.stats import collect_statistics, unembedding_directions, write_statistics
+    from canon_pl.stats import (
+        collect_statistics,
+        unembedding_directions,
+        write_statistics,
+    )
     from tests.test_stats import planted_run
 
     sae, batches, _ = planted_run()
@@ -142,7 +275,11 @@ def test_latent_page_places_a_family_latent_among_the_other_widths(tmp_path: Pat
     import torch
 
     from canon_pl.io import export_sae, write_family_manifest
-    from canon_pl.stats import collect_statistics, unembedding_directions, write_statistics
+    from canon_pl.stats import (
+        collect_statistics,
+        unembedding_directions,
+        write_statistics,
+    )
     from tests.test_stats import planted_run
 
     sae, batches, _ = planted_run()  # the 8-latent member; latent 0 copied into a 4-latent member
@@ -164,3 +301,15 @@ def test_latent_page_places_a_family_latent_among_the_other_widths(tmp_path: Pat
     nearest = app.dataframe[0].value
     assert nearest.iloc[0]["width"] == 4 and nearest.iloc[0]["latent"] == 2 and nearest.iloc[0]["cosine"] > 0.99
     assert any("reconstruction" in m.value for m in app.markdown)
+
+
+@pytest.mark.parametrize("text", ["`code`", "snake_case", "*args", "$x$", ":file:", "<|im_start|>", "    indented",
+                                  "a\nb", "[link](x)", "# heading", "it's \"quoted\""])
+def test_a_token_is_shown_as_itself_whatever_markdown_or_html_it_contains(text: str) -> None:
+    import html
+
+    from canon_pl.viewer.latents import token_html
+
+    shown = token_html(text)
+    assert html.unescape(shown).replace("\xa0", " ") == text.replace("\n", "↵")
+    assert not set(shown) & set("`*_$:<>[]()|\"'") and "  " not in shown

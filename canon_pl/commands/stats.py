@@ -140,10 +140,13 @@ def meta_stats(run: Path, ns: argparse.Namespace) -> int:
     meta = load_sae(run, ns.device)
     from canon_pl.lm import load_causal_lm
 
-    unembed, norm_weight = _unembedding(load_causal_lm(model_id, device=ns.device))
+    loaded = load_causal_lm(model_id, device=ns.device)
+    unembed, norm_weight = _unembedding(loaded)
+    unembedded = unembedding_directions(meta.W_dec.detach(), unembed, norm_weight)
+    mentioned = torch.cat([unembedded[0].flatten(), unembedded[2].flatten()]).unique().tolist()
     out = Path(ns.out or run / "stats")
-    index = write_meta_statistics(out, analysis["decomposition"], unembedding_directions(meta.W_dec.detach(), unembed,
-                                                                                        norm_weight),
-                                  {"model_id": model_id, "base": analysis.get("base")}, n_members=ns.top * 2)
+    index = write_meta_statistics(out, analysis["decomposition"], unembedded,
+                                  {"model_id": model_id, "base": analysis.get("base")}, n_members=ns.top * 2,
+                                  token_strings={i: loaded.tokenizer.decode([i]) for i in mentioned})
     print(f"statistics of {meta.d_sae} meta-latents written to {index}")
     return 0

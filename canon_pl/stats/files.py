@@ -62,10 +62,10 @@ def write_statistics(directory: str | os.PathLike, collectors: dict[str, LatentS
 
 def write_meta_statistics(directory: str | os.PathLike, decomposition: MetaDecomposition,
                           unembedded: tuple[Tensor, Tensor, Tensor, Tensor], meta: dict[str, Any],
-                          n_members: int = 20) -> Path:
+                          n_members: int = 20, token_strings: dict[int, str] | None = None) -> Path:
     """A meta-SAE's statistics as member ``meta``: for each meta-latent its ``n_members`` base latents with the
     largest activations (``member_latents`` / ``member_values``, -1 / 0 padded), how many use it, and its promoted and
-    suppressed tokens."""
+    suppressed tokens (their text in ``tokens.json``)."""
     directory = Path(directory)
     n = decomposition.n_meta
     members = torch.full((n, n_members), -1, dtype=torch.long)
@@ -76,6 +76,7 @@ def write_meta_statistics(directory: str | os.PathLike, decomposition: MetaDecom
             members[m, :len(users)] = torch.tensor([u for u, _ in users])
             values[m, :len(users)] = torch.tensor([v for _, v in users])
     promoted, promoted_v, suppressed, suppressed_v = unembedded
+    atomic_write_json(directory / TOKENS_FILE, {str(k): v for k, v in (token_strings or {}).items()})
     _save(directory / "meta.safetensors", {
         "member_latents": members, "member_values": values,
         "fire_count": torch.bincount(decomposition.meta, minlength=n),
@@ -124,6 +125,10 @@ class LatentStatistics:
                 return f.get_slice(key)[j] if j is not None else f.get_tensor(key)
         except (OSError, SafetensorError, KeyError) as err:
             raise StatsError(f"{path} is missing or corrupt ({err}); re-run canon-pl stats") from err
+
+    def array(self, member: str, key: str) -> Tensor:
+        """One whole array of a member, e.g. ``promoted_tokens`` ``[d_sae, n]`` (for searches across latents)."""
+        return self._slice(member, key)
 
     def frequencies(self, member: str) -> Tensor:
         """``[d_sae]`` fraction of counted tokens on which each latent fires."""

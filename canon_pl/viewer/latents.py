@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import html
 import os
 from pathlib import Path
 from typing import Any
@@ -10,18 +9,20 @@ from typing import Any
 import pandas as pd
 import torch
 
-from canon_pl.meta import MetaDecomposition
 from canon_pl.stats import HIST_EDGES, LatentStatistics, StatsError
 
 
-def find_statistics(root: str | os.PathLike) -> dict[str, Path]:
-    """``{label: stats folder}`` for every readable ``stats/stats.json`` below ``root``."""
+def find_statistics(root: str | os.PathLike, kind: str | None = "sae") -> dict[str, Path]:
+    """``{run label: stats folder}`` for every readable ``stats/stats.json`` below ``root`` of this ``kind``
+    (``"sae"`` for token SAEs, ``"meta_sae"`` for meta-SAEs, ``None`` for both)."""
     root = Path(root)
     found = {}
     for index in sorted(root.glob("**/stats/stats.json")):
         try:
-            LatentStatistics.open(index.parent)
+            stats = LatentStatistics.open(index.parent)
         except StatsError:
+            continue  # foreign or corrupt: skipped, never fatal
+        if kind is not None and stats.index.get("kind", "sae") != kind:
             continue
         found[str(index.parent.parent.relative_to(root))] = index.parent
     return found
@@ -31,6 +32,18 @@ def _text(token_strings: dict[int, str], ids: list[int]) -> list[str]:
     return [token_strings.get(int(i), f"<{int(i)}>") for i in ids]
 
 
+# Characters that HTML or Streamlit's markdown would read as syntax (tags, code, emphasis, math, emoji shortcodes,
+# links, headings, tables): written as numeric entities so a token shows as itself.
+_ENTITIES = {c: f"&#{ord(c)};" for c in "&<>\"'`*_$:~[]()#|\\!{}+-=^"}
+
+
+def token_html(text: str) -> str:
+    """A token's text as inert HTML for a markdown element: every syntax character as an entity, newlines as ↵,
+    tabs as ⇥, runs of spaces kept."""
+    body = "".join(_ENTITIES.get(c, c) for c in text.replace("\n", "↵").replace("\t", "⇥"))
+    return body.replace("  ", " &nbsp;")
+
+
 def highlighted_context(token_strings: dict[int, str], tokens: list[int], activations: list[float],
                         centre: int) -> str:
     """HTML: the tokens with a background proportional to the latent's activation; the centre token in bold."""
@@ -38,7 +51,7 @@ def highlighted_context(token_strings: dict[int, str], tokens: list[int], activa
     spans = []
     for i, (text, act) in enumerate(zip(_text(token_strings, tokens), activations)):
         alpha = min(max(act / peak, 0.0), 1.0)
-        body = html.escape(text).replace("\n", "↵")
+        body = token_html(text)
         if i == centre:
             body = f"<b>{body}</b>"
         spans.append(f'<span style="background: rgba(255, 140, 0, {alpha:.2f})">{body}</span>')
@@ -88,33 +101,7 @@ def latent_view(stats: LatentStatistics, member: str, j: int) -> dict[str, Any]:
     }
 
 
-__all__ = ["find_statistics", "highlighted_context", "latent_view"]
-
-
-def find_meta_analysis(root: str | os.PathLike, run_dir: Path, member: str) -> Path | None:
-    """The folder of a meta-SAE analysis below ``root`` whose base is this run's ``member`` (matched by the
-    recorded base path and width), or ``None``."""
-    from canon_pl.meta import MetaSAEError, read_meta_analysis
-
-    width = int(member) if member.isdigit() else None
-    for path in sorted(Path(root).glob("**/analysis.json")):
-        try:
-            base = read_meta_analysis(path).get("base") or {}
-        except MetaSAEError:
-            continue
-        source = Path(str(base.get("source", ""))).resolve()
-        if (source == run_dir.resolve() and base.get("width") == width) or (
-                width is not None and source == (run_dir / member).resolve()):
-            return path.parent
-    return None
-
-
-def meta_rows(decomposition: MetaDecomposition, j: int, n_siblings: int = 5) -> list[dict[str, Any]]:
-    """Latent ``j``'s meta-latents ``[{meta, activation, siblings}]``, largest first; ``siblings`` are other base
-    latents that use the same meta-latent."""
-    return [{"meta": meta, "activation": value,
-             "siblings": [b for b, _ in decomposition.users_of(meta) if b != j][:n_siblings]}
-            for meta, value in decomposition.of_latent(j)]
+__all__ = ["find_statistics", "highlighted_context", "latent_view", "token_html"]
 
 
 def family_decoders(run_dir: Path) -> dict[int, torch.Tensor]:

@@ -1,0 +1,32 @@
+"""Deep links between the viewer's pages: every view is a URL (``?page=Latent&run=...&sae=...&latent=...``) that can
+be shared, opened in a new tab or returned to with the browser's back button."""
+
+from __future__ import annotations
+
+import html
+from urllib.parse import urlencode
+
+PAGES = ("Runs", "Stitching", "Latent", "Meta-latent", "Search")
+
+
+def page_url(page: str, **params: object) -> str:
+    """A relative URL that opens ``page`` with ``params`` (e.g. ``run``, ``sae``, ``latent``)."""
+    if page not in PAGES:
+        raise ValueError(f"unknown viewer page {page!r}; pages are {PAGES}")
+    return "?" + urlencode({"page": page, **{k: str(v) for k, v in params.items() if v is not None}})
+
+
+def latent_url(run: str, sae: str, latent: int) -> str:
+    return page_url("Latent", run=run, sae=sae, latent=latent)
+
+
+def meta_latent_url(meta_run: str, meta: int) -> str:
+    return page_url("Meta-latent", meta_run=meta_run, meta=meta)
+
+
+def anchor(text: object, url: str) -> str:
+    """HTML link that opens in the same tab (so the back button returns to the page it came from)."""
+    return f'<a href="{html.escape(url, quote=True)}" target="_self">{html.escape(str(text))}</a>'
+
+
+__all__ = ["PAGES", "anchor", "latent_url", "meta_latent_url", "page_url"]
