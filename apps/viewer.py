@@ -196,7 +196,7 @@ def stitching_page(root: Path) -> None:
     small, large = str(s["small"]["d_sae"]), str(s["large"]["d_sae"])
     cols = st.columns(4)
     cols[0].metric("novel latents", f"{s['n_novel']:,}", f"{s['novel_fraction']:.1%} of {s['large']['d_sae']:,}",
-                   delta_color="off", delta_arrow="off")
+                   delta_color="off")
     cols[1].metric("reconstruction latents", f"{s['n_reconstruction']:,}")
     agreement = s["proxy"]["agreement"]
     cols[2].metric("proxy agrees with ΔMSE", "—" if agreement is None else f"{agreement:.1%}")
@@ -323,7 +323,7 @@ def meta_latent_page(root: Path) -> None:
     cols = st.columns(3)
     cols[0].metric("member latents", f"{view['n_members']:,}")
     cols[1].metric("density", f"{view['density']:.2%}", f"of {decomposition.n_base:,} base latents",
-                   delta_color="off", delta_arrow="off")
+                   delta_color="off")
     cols[2].metric("base SAE", f"{base.get('width', '?')} latents")
     if meta_stats is None:
         st.caption(f"Promoted tokens need the meta-SAE's statistics: `canon-pl stats --run {found[label]}`.")

@@ -13,14 +13,19 @@ from canon_pl.io import export_sae
 from canon_pl.meta import (
     MetaSAEError,
     analyze_meta_sae,
-    decompose,
     decoder_rows,
+    decompose,
     read_meta_analysis,
     write_meta_analysis,
 )
 from canon_pl.sae import SAEConfig, build_sae
 from canon_pl.stitching import decoder_cosine_matrix
-from canon_pl.training import DecoderRowsDataModule, MetaSAEAnalysisCallback, MetaSAEModule, SAEExportCallback
+from canon_pl.training import (
+    DecoderRowsDataModule,
+    MetaSAEAnalysisCallback,
+    MetaSAEModule,
+    SAEExportCallback,
+)
 from tests.helpers import make_trainer, run_cli
 
 D_IN, N_META, N_BASE = 48, 24, 1536

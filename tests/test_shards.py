@@ -7,7 +7,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from canon_pl.data import ShardError, ShardIndex, SyntheticSparseActivations, iterate_shard_batches, write_activation_shards
+from canon_pl.data import (
+    ShardError,
+    ShardIndex,
+    SyntheticSparseActivations,
+    iterate_shard_batches,
+    write_activation_shards,
+)
 from canon_pl.training import ActivationShardDataModule, SAEModule
 from tests.helpers import make_trainer
 

@@ -10,7 +10,12 @@ import torch.nn.functional as F
 
 from canon_pl.io import export_sae
 from canon_pl.sae import SAEConfig, build_sae
-from canon_pl.stats import LatentStatistics, StreamingTopK, collect_statistics, write_statistics
+from canon_pl.stats import (
+    LatentStatistics,
+    StreamingTopK,
+    collect_statistics,
+    write_statistics,
+)
 from tests.helpers import run_cli
 
 

@@ -15,6 +15,7 @@ from canon_pl.training import (
 )
 from canon_pl.viewer import find_runs
 from tests.helpers import SMALL_DATA, make_trainer
+from tests.viewer_data import build_analysed_run
 
 APP = str(Path(__file__).resolve().parents[1] / "apps" / "viewer.py")
 
@@ -77,55 +78,7 @@ def test_stitching_page_shows_the_pairs_counts_and_path(tmp_path: Path) -> None:
 
 @pytest.fixture(scope="module")
 def analysed(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    """A whole small run as a researcher has it after a session: a two-width family (8 and 16 latents; the planted
-    latent 0 of the small SAE is copied into the large one as its latent 3) with statistics, stitching results and a
-    meta-SAE on the 16-latent member with its own statistics."""
-    import torch
-
-    from canon_pl import load_sae
-    from canon_pl.commands.meta_sae import meta_sae_command
-    from canon_pl.io import export_sae, write_family_manifest
-    from canon_pl.meta import read_meta_analysis
-    from canon_pl.stats import (
-        collect_statistics,
-        unembedding_directions,
-        write_statistics,
-    )
-    from canon_pl.stats.files import write_meta_statistics
-    from canon_pl.stitching import analyze_pair, write_stitching_results
-    from tests.test_stats import planted_run
-
-    root = tmp_path_factory.mktemp("analysed")
-    small, batches, token = planted_run()
-    large = build_sae(SAEConfig(d_in=small.d_in, d_sae=16, architecture="relu", hook_point="blocks.0",
-                                model_id="toy"))
-    with torch.no_grad():
-        large.W_enc[:, 3], large.W_dec[3], large.b_enc[3] = small.W_enc[:, 0], small.W_dec[0], small.b_enc[0]
-    large.eval()
-    family = root / "fam"
-    export_sae(small, family / "8")
-    export_sae(large, family / "16")
-    write_family_manifest(family, {8: "8", 16: "16"}, small.cfg, tokens=0)
-    activations = torch.cat([acts[mask] for _, acts, mask in batches])
-    stitching = analyze_pair(small, large, activations)
-    write_stitching_results(stitching, family / "stitching")
-    saes = {"8": small, "16": large}
-    collectors, contexts = collect_statistics(saes, batches, n_top=4, n_sample=3, window=2)
-    unembed = torch.randn(50, small.d_in, generator=torch.Generator().manual_seed(0))
-    strings = {i: f"tok{i}" for i in range(50)} | {token: " PLANTED"}
-    write_statistics(family / "stats", collectors, torch.cat(contexts),
-                     {n: unembedding_directions(s.W_dec.detach(), unembed, n=3) for n, s in saes.items()},
-                     {"model_id": "toy"}, token_strings=strings)
-    assert meta_sae_command(["--sae", str(family), "--width", "16", "--d-sae", "4", "--k", "2", "--steps", "20",
-                             "--batch-size", "16", "--baseline-steps", "0", "--out", str(root / "meta"),
-                             "--accelerator", "cpu"]) == 0
-    analysis = read_meta_analysis(root / "meta", arrays=True)
-    meta = load_sae(root / "meta")
-    write_meta_statistics(root / "meta" / "stats", analysis["decomposition"],
-                          unembedding_directions(meta.W_dec.detach(), unembed, n=3), {"base": analysis["base"]},
-                          token_strings=strings)
-    return {"root": root, "stitching": stitching.summary, "decomposition": analysis["decomposition"],
-            "token": token}
+    return build_analysed_run(tmp_path_factory.mktemp("analysed"))
 
 
 def open_page(root: Path, **params: str) -> AppTest:

@@ -83,7 +83,8 @@ def meta_latent_view(decomposition: MetaDecomposition, m: int, meta_stats: Laten
     most ``n_members``), how many base latents use it and what fraction that is (density), and its promoted and
     suppressed tokens when the meta-SAE has statistics (``canon-pl stats --run <meta run>``)."""
     if not 0 <= m < decomposition.n_meta:
-        raise MetaSAEError(f"meta-latent {m} is out of range: the meta-SAE has meta-latents 0-{decomposition.n_meta - 1}")
+        raise MetaSAEError(f"meta-latent {m} is out of range: the meta-SAE has meta-latents "
+                           f"0-{decomposition.n_meta - 1}")
     users = decomposition.users_of(m)
     view: dict[str, Any] = {"members": users[:n_members], "n_members": len(users),
                             "density": len(users) / max(decomposition.n_base, 1), "promoted": [], "suppressed": []}
