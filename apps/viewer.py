@@ -203,11 +203,11 @@ def stitching_page(root: Path) -> None:
     cols[3].metric("FVU S → L", f"{s['fvu_small']:.3f} → {s['fvu_large']:.3f}")
     latents = data["latents"]
     title = f"each large latent's best cosine to the {small}-latent SAE"
-    histogram = alt.Chart(latents, title=title).mark_bar().encode(
-        x=alt.X("max_cos:Q", bin=alt.Bin(maxbins=50), title="max cosine"), y=alt.Y("count():Q", title="latents"),
-        color=alt.Color("class:N"))
+    histogram = alt.Chart(data["histogram"], title=title).mark_bar().encode(
+        x=alt.X("start:Q", bin="binned", title="max cosine"), x2="end:Q", y=alt.Y("count:Q", title="latents"),
+        color=alt.Color("class:N"), tooltip=["class", "start", "end", "count"])
     rule = alt.Chart(pd.DataFrame({"tau": [s["tau"]]})).mark_rule(strokeDash=[4, 4]).encode(x="tau:Q")
-    path = data["path"]
+    path = data["path_drawn"]
     path_chart = alt.Chart(path, title="stitching path from S to L").mark_line().encode(
         x=alt.X("latents:Q", title="latents in the stitched SAE"), y=alt.Y("fvu:Q", title="FVU"),
         order="point:Q", tooltip=["point", "kind", "latents", "fvu", "l0"])

@@ -19,7 +19,12 @@ from pathlib import Path
 import lightning as L
 import torch
 
-from canon_pl.data import ShardIndex, SyntheticSparseActivations, iterate_shard_batches, write_activation_shards
+from canon_pl.data import (
+    ShardIndex,
+    SyntheticSparseActivations,
+    iterate_shard_batches,
+    write_activation_shards,
+)
 from canon_pl.training import ActivationShardDataModule, SAEModule
 
 D_IN, D_SAE, K, BATCH = 576, 4608, 32, 4096

@@ -17,7 +17,12 @@ from pathlib import Path
 
 import torch
 
-from canon_pl.lm import HookedLanguageModel, context_stream, load_causal_lm, select_training_tokens
+from canon_pl.lm import (
+    HookedLanguageModel,
+    context_stream,
+    load_causal_lm,
+    select_training_tokens,
+)
 from canon_pl.sae import SAEConfig, build_sae
 from canon_pl.stats import collect_statistics
 

@@ -5,7 +5,13 @@ Reproduces *Sparse Autoencoders Do Not Find Canonical Units of Analysis* (Leask 
 
 __version__ = "0.1.0"
 
-from canon_pl.io import CheckpointError, SAEFamily, export_sae, load_family, load_sae  # noqa: E402
+from canon_pl.io import (  # noqa: E402
+    CheckpointError,
+    SAEFamily,
+    export_sae,
+    load_family,
+    load_sae,
+)
 from canon_pl.sae import (  # noqa: E402
     BatchTopKSAE,
     ReLUSAE,

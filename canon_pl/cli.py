@@ -130,12 +130,17 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     """Errors caused by the user's input: shown as one line, not a traceback."""
     from canon_pl.data import ShardError
     from canon_pl.io import CheckpointError
-    from canon_pl.lm import ContextLengthError, HookPointError, ModelLoadError, TextSourceError
-    from canon_pl.sae import SAEConfigError
-    from canon_pl.stitching import StitchingError
+    from canon_pl.lm import (
+        ContextLengthError,
+        HookPointError,
+        ModelLoadError,
+        TextSourceError,
+    )
     from canon_pl.meta import MetaSAEError
-    from canon_pl.training import InputShapeError, NonFiniteError
+    from canon_pl.sae import SAEConfigError
     from canon_pl.stats import StatsError
+    from canon_pl.stitching import StitchingError
+    from canon_pl.training import InputShapeError, NonFiniteError
     from canon_pl.training.analysis_data import AnalysisDataError
 
     return (SAEConfigError, CheckpointError, ShardError, InputShapeError, NonFiniteError, HookPointError,

@@ -53,3 +53,15 @@ def test_bench_stats_runs_and_ends_with_a_ratio() -> None:
     lines = result.stdout.strip().splitlines()
     assert re.fullmatch(r"ratio: \d+\.\d+", lines[-1])
     assert any(line.startswith("statistics pass") for line in lines)
+
+
+def test_bench_viewer_times_every_page_and_ends_with_a_ratio(tmp_path: Path) -> None:
+    from tests.viewer_data import build_analysed_run
+
+    root = build_analysed_run(tmp_path)["root"]
+    result = subprocess.run([sys.executable, str(REPO / "benchmarks" / "bench_viewer.py"), "--checkpoints", str(root),
+                             "--query", "PLANTED"], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = result.stdout.strip().splitlines()
+    assert re.fullmatch(r"ratio: \d+\.\d+", lines[-1])
+    assert {line.split()[0] for line in lines} >= {"Runs", "Stitching", "Latent", "Meta-latent", "Search"}

@@ -3,78 +3,32 @@ Playwright), screenshots checked for content, links followed and the back button
 
 from __future__ import annotations
 
-import shutil
-import socket
-import subprocess
-import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.helpers import BIN, REPO
+from canon_pl.viewer.serve import browser_page, find_chromium, health, serve_viewer
 from tests.viewer_data import build_analysed_run
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMIUM = find_chromium()
 pytestmark = pytest.mark.skipif(
     CHROMIUM is None, reason="Chromium is not installed (`make test` installs Debian's chromium with apt-get; it could "
                              "not here), so the real-browser tests cannot run")
-# The flags a closed network needs: no background connections, no first-run or component updates.
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def health(url: str) -> str:
-    try:
-        with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as response:
-            return response.read().decode()
-    except OSError:
-        return ""
 
 
 @pytest.fixture(scope="module")
 def viewer(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
     """`streamlit run apps/viewer.py` on a free port of 127.0.0.1 over a whole small analysed run."""
     run = build_analysed_run(tmp_path_factory.mktemp("browser"))
-    port = free_port()
-    log = tmp_path_factory.mktemp("server") / "streamlit.log"
-    with open(log, "w") as out:
-        server = subprocess.Popen(
-            [str(BIN / "streamlit"), "run", str(REPO / "apps" / "viewer.py"), "--server.address", "127.0.0.1",
-             "--server.port", str(port), "--server.headless", "true", "--browser.gatherUsageStats", "false",
-             "--", "--checkpoints", str(run["root"])], stdout=out, stderr=subprocess.STDOUT, cwd=REPO)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 90
-        while health(url) != "ok":
-            assert server.poll() is None, f"streamlit exited: {log.read_text()[-2000:]}"
-            assert time.monotonic() < deadline, f"streamlit did not answer on {url}: {log.read_text()[-2000:]}"
-            time.sleep(0.5)
+    with serve_viewer(run["root"]) as url:
         yield run | {"url": url}
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
 
 
 @pytest.fixture(scope="module")
 def page(viewer: dict):
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        page = browser.new_page(viewport={"width": 1400, "height": 1400})
-        page.set_default_timeout(60_000)
-        page.goto(viewer["url"])  # the first load after start can be blank: warm up once
-        page.get_by_text("canon-pl").first.wait_for()
+    with browser_page(viewer["url"], CHROMIUM) as page:
         yield page
-        browser.close()
 
 
 def open_view(page, url: str, text: str) -> None:

@@ -266,3 +266,21 @@ def test_a_token_is_shown_as_itself_whatever_markdown_or_html_it_contains(text: 
     shown = token_html(text)
     assert html.unescape(shown).replace("\xa0", " ") == text.replace("\n", "↵")
     assert not set(shown) & set("`*_$:<>[]()|\"'") and "  " not in shown
+
+
+def test_stitching_charts_draw_every_latent_and_both_ends_of_the_path_from_few_rows() -> None:
+    import numpy as np
+    import pandas as pd
+
+    from canon_pl.viewer.stitching import cosine_histogram, thin_path
+
+    rng = np.random.default_rng(0)
+    cos = rng.uniform(0, 1, 10_000)
+    latents = pd.DataFrame({"max_cos": cos, "class": np.where(cos >= 0.7, "reconstruction", "novel")})
+    histogram = cosine_histogram(latents)
+    assert len(histogram) <= 100
+    assert histogram.groupby("class")["count"].sum().to_dict() == latents["class"].value_counts().to_dict()
+    path = pd.DataFrame({"point": range(30_001), "fvu": rng.uniform(size=30_001)})
+    drawn = thin_path(path)
+    assert len(drawn) <= 2_001 and drawn["point"].iloc[0] == 0 and drawn["point"].iloc[-1] == 30_000
+    assert thin_path(path.head(10)).equals(path.head(10))

@@ -19,7 +19,12 @@ from canon_pl.io.family import MANIFEST_FILE, load_family
 from canon_pl.lm.loading import LoadedModel
 from canon_pl.meta import MetaSAEError, read_meta_analysis
 from canon_pl.sae import SparseAutoencoder
-from canon_pl.stats import StatsError, collect_statistics, unembedding_directions, write_statistics
+from canon_pl.stats import (
+    StatsError,
+    collect_statistics,
+    unembedding_directions,
+    write_statistics,
+)
 from canon_pl.stats.files import write_meta_statistics
 
 DESCRIPTION = """Per-latent statistics of every SAE of a run (an export folder or a family folder): top activating
@@ -73,7 +78,12 @@ def check_source(saes: dict[str, SparseAutoencoder], model: str | None, hook_poi
 
 def stats_command(argv: list[str]) -> int:
     ns = build_parser().parse_args(argv)
-    from canon_pl.lm import HookedLanguageModel, context_stream, load_causal_lm, select_training_tokens
+    from canon_pl.lm import (
+        HookedLanguageModel,
+        context_stream,
+        load_causal_lm,
+        select_training_tokens,
+    )
 
     try:
         if ns.tokens <= 0:

@@ -1,6 +1,11 @@
 """Activation sources in plain torch (no Lightning imports)."""
 
-from canon_pl.data.shards import ShardError, ShardIndex, iterate_shard_batches, write_activation_shards
+from canon_pl.data.shards import (
+    ShardError,
+    ShardIndex,
+    iterate_shard_batches,
+    write_activation_shards,
+)
 from canon_pl.data.synthetic import SyntheticSparseActivations
 
 __all__ = ["ShardError", "ShardIndex", "SyntheticSparseActivations", "iterate_shard_batches", "write_activation_shards"]

@@ -1,9 +1,24 @@
 """Reading and writing SAEs and other outputs (no Lightning imports)."""
 
-from canon_pl.io.atomic import atomic_path, atomic_write_json, atomic_write_text, sha256_file
+from canon_pl.io.atomic import (
+    atomic_path,
+    atomic_write_json,
+    atomic_write_text,
+    sha256_file,
+)
 from canon_pl.io.checkpoint import load_lightning_checkpoint, safe_torch_load
-from canon_pl.io.export import CheckpointError, export_sae, load_export, read_export_config
-from canon_pl.io.family import SAEFamily, load_family, read_family_manifest, write_family_manifest
+from canon_pl.io.export import (
+    CheckpointError,
+    export_sae,
+    load_export,
+    read_export_config,
+)
+from canon_pl.io.family import (
+    SAEFamily,
+    load_family,
+    read_family_manifest,
+    write_family_manifest,
+)
 from canon_pl.io.load import load_sae
 
 __all__ = [

@@ -2,9 +2,21 @@
 
 from canon_pl.lm.buffer import iterate_buffered_batches
 from canon_pl.lm.hooked import HookedLanguageModel, HookPointError
-from canon_pl.lm.loading import BUNDLED_MODELS, LoadedModel, ModelLoadError, load_causal_lm
+from canon_pl.lm.loading import (
+    BUNDLED_MODELS,
+    LoadedModel,
+    ModelLoadError,
+    load_causal_lm,
+)
 from canon_pl.lm.spliced import spliced_loss_sums
-from canon_pl.lm.text import NAMED_SOURCES, ContextLengthError, TextSourceError, context_stream, iter_documents, pack_contexts
+from canon_pl.lm.text import (
+    NAMED_SOURCES,
+    ContextLengthError,
+    TextSourceError,
+    context_stream,
+    iter_documents,
+    pack_contexts,
+)
 from canon_pl.lm.tokens import TokenSelection, select_training_tokens
 
 __all__ = [

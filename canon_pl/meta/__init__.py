@@ -4,13 +4,18 @@ Pure torch; ``MetaSAEModule``, ``DecoderRowsDataModule`` and ``canon-pl meta-sae
 wrap it.
 """
 
-from canon_pl.meta.analysis import MetaAnalysis, analyze_meta_sae, read_meta_analysis, write_meta_analysis
+from canon_pl.meta.analysis import (
+    MetaAnalysis,
+    analyze_meta_sae,
+    read_meta_analysis,
+    write_meta_analysis,
+)
 from canon_pl.meta.decomposition import (
     MetaDecomposition,
     MetaSAEError,
     check_meta_width,
-    decompose,
     decoder_rows,
+    decompose,
     fraction_of_variance_explained,
     refit_encoder,
     sample_rows,

@@ -18,8 +18,8 @@ from canon_pl.io.results import read_results, write_results
 from canon_pl.meta.decomposition import (
     MetaDecomposition,
     MetaSAEError,
-    decompose,
     decoder_rows,
+    decompose,
     fraction_of_variance_explained,
     refit_encoder,
     with_decoder,

@@ -1,8 +1,16 @@
 """Metrics used everywhere (DESIGN.md 1.4), as torchmetrics ``Metric``s."""
 
-from canon_pl.metrics.reconstruction import ExplainedVariance, FractionOfVarianceUnexplained
+from canon_pl.metrics.reconstruction import (
+    ExplainedVariance,
+    FractionOfVarianceUnexplained,
+)
+from canon_pl.metrics.sparsity import (
+    DeadLatentFraction,
+    FiringDensity,
+    FiringDensityHistogram,
+    MeanL0,
+)
 from canon_pl.metrics.spliced import SplicedLanguageModelLoss
-from canon_pl.metrics.sparsity import DeadLatentFraction, FiringDensity, FiringDensityHistogram, MeanL0
 
 __all__ = [
     "DeadLatentFraction",

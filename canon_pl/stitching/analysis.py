@@ -21,7 +21,13 @@ from canon_pl.io.results import read_results, write_results
 from canon_pl.metrics import SplicedLanguageModelLoss
 from canon_pl.sae import SparseAutoencoder
 from canon_pl.stitching.groups import LatentGroups, latent_groups
-from canon_pl.stitching.matching import DEFAULT_TAU, LatentMatch, StitchingError, check_tau, match_latents
+from canon_pl.stitching.matching import (
+    DEFAULT_TAU,
+    LatentMatch,
+    StitchingError,
+    check_tau,
+    match_latents,
+)
 from canon_pl.stitching.path import (
     STEP_KINDS,
     StitchingPath,

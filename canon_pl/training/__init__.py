@@ -7,6 +7,11 @@ from canon_pl.training.datamodules import (
     ResumableStreamDataModule,
     SyntheticActivationDataModule,
 )
+from canon_pl.training.meta import (
+    DecoderRowsDataModule,
+    MetaSAEAnalysisCallback,
+    MetaSAEModule,
+)
 from canon_pl.training.module import (
     InputShapeError,
     NonFiniteError,
@@ -14,7 +19,6 @@ from canon_pl.training.module import (
     SAEModule,
     default_learning_rate,
 )
-from canon_pl.training.meta import DecoderRowsDataModule, MetaSAEAnalysisCallback, MetaSAEModule
 from canon_pl.training.stitching import StitchingCallback
 
 __all__ = [

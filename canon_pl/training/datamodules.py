@@ -15,7 +15,12 @@ import lightning as L
 from torch import Tensor
 from torch.utils.data import DataLoader, IterableDataset
 
-from canon_pl.data import ShardError, ShardIndex, SyntheticSparseActivations, iterate_shard_batches
+from canon_pl.data import (
+    ShardError,
+    ShardIndex,
+    SyntheticSparseActivations,
+    iterate_shard_batches,
+)
 
 
 class _BatchStream(IterableDataset):

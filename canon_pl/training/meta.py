@@ -13,7 +13,13 @@ from torch.utils.data import DataLoader
 
 from canon_pl.io import load_sae
 from canon_pl.io.family import MANIFEST_FILE, load_family
-from canon_pl.meta import analyze_meta_sae, check_meta_width, decoder_rows, sample_rows, write_meta_analysis
+from canon_pl.meta import (
+    analyze_meta_sae,
+    check_meta_width,
+    decoder_rows,
+    sample_rows,
+    write_meta_analysis,
+)
 from canon_pl.sae import SparseAutoencoder
 from canon_pl.training.datamodules import ResumableStreamDataModule, _loader
 from canon_pl.training.module import SAEModule

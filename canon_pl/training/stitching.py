@@ -11,7 +11,13 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor
 
 from canon_pl.sae import SAEConfigError
-from canon_pl.stitching import DEFAULT_TAU, analyze_pair, check_tau, spliced_loss_on, write_stitching_results
+from canon_pl.stitching import (
+    DEFAULT_TAU,
+    analyze_pair,
+    check_tau,
+    spliced_loss_on,
+    write_stitching_results,
+)
 
 
 class StitchingCallback(L.Callback):

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from canon_pl.stitching import StitchingError, read_stitching_results
@@ -39,10 +41,32 @@ def find_stitching_results(root: str | os.PathLike) -> list[StitchingPair]:
     return pairs
 
 
+def cosine_histogram(latents: pd.DataFrame, bins: int = 50) -> pd.DataFrame:
+    """Counts of large latents per max-cosine bin and class (``start, end, class, count``): what the histogram draws,
+    binned here so the browser receives ``bins`` rows, not one per latent."""
+    edges = np.linspace(min(float(latents["max_cos"].min()), 0.0), 1.0, bins + 1) if len(latents) else np.zeros(1)
+    rows = []
+    for kind, group in latents.groupby("class"):
+        counts, _ = np.histogram(group["max_cos"].clip(upper=1.0), bins=edges)
+        rows += [{"start": a, "end": b, "class": kind, "count": int(c)}
+                 for a, b, c in zip(edges[:-1], edges[1:], counts) if c]
+    return pd.DataFrame(rows, columns=["start", "end", "class", "count"])
+
+
+def thin_path(path: pd.DataFrame, max_points: int = 2000) -> pd.DataFrame:
+    """At most about ``max_points`` evenly spaced points of the path, always with its two ends (what the path charts
+    draw; a path has one point per latent added or removed)."""
+    if len(path) <= max_points:
+        return path
+    keep = np.unique(np.r_[np.arange(0, len(path), math.ceil(len(path) / max_points)), len(path) - 1])
+    return path.iloc[keep]
+
+
 def load_pair(path: str | os.PathLike) -> dict[str, Any]:
     """The summary plus tables: ``latents`` (one row per large latent: max cosine, nearest small latent, class,
-    group, ΔMSE alone, firings), ``path`` (every point: step, kind, latents, MSE, FVU, L0) and ``groups`` (swap
-    groups: which small latents became which large ones)."""
+    group, ΔMSE alone, firings), ``path`` (every point: step, kind, latents, MSE, FVU, L0), ``groups`` (swap
+    groups: which small latents became which large ones), and what the charts draw: ``histogram`` (binned max
+    cosines) and ``path_drawn`` (the path thinned to about 2,000 points)."""
     summary = read_stitching_results(path, arrays=True)
     a = summary.pop("arrays")
     tau = summary["tau"]
@@ -70,4 +94,5 @@ def load_pair(path: str | os.PathLike) -> dict[str, Any]:
         "small_latents": [(small_group == g).nonzero().flatten().tolist() for g in swaps.index],
         "large_latents": swaps.values,
     })
-    return {"summary": summary, "latents": latents, "path": path_table, "groups": groups}
+    return {"summary": summary, "latents": latents, "path": path_table, "groups": groups,
+            "histogram": cosine_histogram(latents), "path_drawn": thin_path(path_table)}

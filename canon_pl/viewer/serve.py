@@ -1,0 +1,120 @@
+"""Start the viewer as ``streamlit run`` on 127.0.0.1 for scripted use (browser tests, page-time benchmark,
+screenshots), and open it in headless Chromium."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+APP = Path(__file__).resolve().parents[2] / "apps" / "viewer.py"
+# What Chromium needs on a closed network: no background connections, no first-run or component updates.
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync"]
+
+
+def find_chromium() -> str | None:
+    """Debian's Chromium, or ``None`` when it is not installed."""
+    return shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def health(url: str) -> str:
+    """What the app's health endpoint answers (``"ok"`` when it serves), or ``""``."""
+    try:
+        with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as response:
+            return response.read().decode()
+    except OSError:
+        return ""
+
+
+def example_views(root: Path, query: str) -> dict[str, tuple[dict[str, str], str]]:
+    """One representative view per page this folder feeds: ``{page: (query parameters, text that shows once the page
+    has rendered)}``. The largest stitching pair, the most frequent latent of the widest SAE with statistics, the
+    densest meta-latent, a search for ``query``."""
+    from canon_pl.meta import read_meta_analysis
+    from canon_pl.stats import LatentStatistics
+    from canon_pl.viewer import find_stitching_results
+    from canon_pl.viewer.latents import find_statistics
+    from canon_pl.viewer.meta import find_meta_runs
+
+    found: dict[str, tuple[dict[str, str], str]] = {"Runs": ({"page": "Runs"}, "Training of")}
+    pairs = find_stitching_results(root)
+    if pairs:
+        found["Stitching"] = ({"page": "Stitching", "pair": pairs[-1].label}, "novel latents")
+    statistics = find_statistics(root)
+    if statistics:
+        run, path = next(iter(statistics.items()))
+        stats = LatentStatistics.open(path)
+        member = max(stats.members, key=lambda m: int(stats.index["members"][m]["d_sae"]))
+        latent = int(stats.frequencies(member).argmax())
+        found["Latent"] = ({"page": "Latent", "run": run, "sae": member, "latent": str(latent)},
+                           f"{run} · {member} · latent {latent}")
+        found["Search"] = ({"page": "Search", "q": query}, "promoted rank")
+    meta_runs = find_meta_runs(root)
+    if meta_runs:
+        label, path = next(iter(meta_runs.items()))
+        meta = int(read_meta_analysis(path, arrays=True)["decomposition"].meta_density().argmax())
+        found["Meta-latent"] = ({"page": "Meta-latent", "meta_run": label, "meta": str(meta)},
+                                f"{label} · meta-latent {meta}")
+    return found
+
+
+@contextmanager
+def serve_viewer(checkpoints: str | Path, timeout_s: float = 90.0) -> Iterator[str]:
+    """Run ``streamlit run apps/viewer.py -- --checkpoints DIR`` on a free port of 127.0.0.1; yields its URL once the
+    health endpoint answers, stops it on exit."""
+    if not APP.is_file():
+        raise FileNotFoundError(f"{APP} is missing: the viewer runs from a checkout of canon-pl (pip install -e .)")
+    port = free_port()
+    with tempfile.TemporaryFile("w+") as log:
+        server = subprocess.Popen(
+            [str(Path(sys.executable).parent / "streamlit"), "run", str(APP), "--server.address", "127.0.0.1",
+             "--server.port", str(port), "--server.headless", "true", "--browser.gatherUsageStats", "false", "--",
+             "--checkpoints", str(checkpoints)], stdout=log, stderr=subprocess.STDOUT)
+        url = f"http://127.0.0.1:{port}"
+        try:
+            deadline = time.monotonic() + timeout_s
+            while health(url) != "ok":
+                if server.poll() is not None or time.monotonic() > deadline:
+                    log.seek(0)
+                    raise RuntimeError(f"the viewer did not start on {url}: {log.read()[-2000:]}")
+                time.sleep(0.5)
+            yield url
+        finally:
+            server.terminate()
+            server.wait(timeout=30)
+
+
+@contextmanager
+def browser_page(url: str, chromium: str, width: int = 1400, height: int = 1400) -> Iterator[Any]:
+    """A Playwright page in headless ``chromium``, already warmed up on ``url`` (the first load after the server
+    starts can be blank)."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": width, "height": height})
+            page.set_default_timeout(120_000)
+            page.goto(url)
+            page.get_by_text("canon-pl").first.wait_for()
+            yield page
+        finally:
+            browser.close()
+
+
+__all__ = ["APP", "CHROMIUM_ARGS", "browser_page", "example_views", "find_chromium", "free_port", "health", "serve_viewer"]
