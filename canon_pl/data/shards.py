@@ -7,7 +7,6 @@ hook point, text source). Reading shuffles across shards: each epoch visits the 
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -20,6 +19,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from canon_pl.io.atomic import atomic_path, atomic_write_json, sha256_file
+from canon_pl.io.validate import STRUCTURAL_ERRORS, malformed_as, read_json
 
 INDEX_FILE = "index.json"
 TENSOR_KEY = "activations"
@@ -50,11 +50,15 @@ class ShardIndex:
         path = directory / INDEX_FILE
         if not path.is_file():
             raise ShardError(f"no activation cache at {directory}: {INDEX_FILE} not found (write one with write_activation_shards)")
-        try:
-            raw = json.loads(path.read_text())
+        raw = read_json(path, ShardError, "activation-cache index")
+        with malformed_as(ShardError, path, "rebuild the cache"):
             index = cls(directory, int(raw["d_in"]), str(raw["dtype"]), list(raw["shards"]), dict(raw.get("metadata", {})))
-        except (ValueError, KeyError, TypeError) as err:
-            raise ShardError(f"{path} is not a valid activation-cache index: {err}") from err
+        if index.d_in <= 0 or index.dtype not in DTYPES or not all(
+                isinstance(s, dict) and isinstance(s.get("file"), str) and Path(s["file"]).name == s["file"]
+                and isinstance(s.get("n_tokens"), int) and s["n_tokens"] >= 0
+                and isinstance(s.get("sha256", ""), (str, type(None))) for s in index.shards):
+            raise ShardError(f"{path} is malformed: d_in, dtype or a shard entry ({{file, n_tokens, sha256}}) is "
+                             f"invalid; rebuild the cache")
         if index.n_tokens == 0:
             raise ShardError(f"activation cache {directory} is empty (0 tokens): rebuild it from a non-empty text source")
         return index
@@ -69,7 +73,7 @@ class ShardIndex:
             raise ShardError(f"shard {path} does not match its checksum in {INDEX_FILE}: it is corrupt; rebuild the cache")
         try:
             acts = load_file(str(path))[TENSOR_KEY]
-        except (SafetensorError, KeyError, OSError) as err:
+        except (SafetensorError, OSError, *STRUCTURAL_ERRORS) as err:
             raise ShardError(f"shard {path} is unreadable ({err}); rebuild the cache") from err
         if acts.shape != (int(entry["n_tokens"]), self.d_in):
             raise ShardError(f"shard {path} has shape {tuple(acts.shape)}, index says ({entry['n_tokens']}, {self.d_in})")

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from canon_pl.io.export import CheckpointError
+from canon_pl.io.validate import STRUCTURAL_ERRORS, malformed_as
 from canon_pl.sae import SAEConfig, SAEConfigError, SparseAutoencoder, build_sae
 
 MEMBER_PREFIX = "members."
@@ -36,8 +37,9 @@ def safe_torch_load(path: str | os.PathLike) -> dict[str, Any]:
             f"refusing to load {path}: it contains pickled objects other than tensors and plain containers, which "
             f"could run code on this machine (rejected by torch.load(weights_only=True)) {detail}".rstrip()
         ) from err
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as err:
-        raise CheckpointError(f"{path} is not a readable PyTorch checkpoint (truncated or corrupt?): {err}") from err
+    except (zipfile.BadZipFile, OSError, *STRUCTURAL_ERRORS) as err:
+        raise CheckpointError(f"{path} is not a readable PyTorch checkpoint (truncated or corrupt?): "
+                              f"{type(err).__name__}: {err}") from err
     if not isinstance(obj, dict):
         raise CheckpointError(f"{path} holds a {type(obj).__name__}, not a Lightning checkpoint dict")
     return obj
@@ -47,6 +49,11 @@ def load_lightning_checkpoint(path: str | os.PathLike, width: int | None = None)
     """An SAE from an ``SAEModule`` / ``SAEFamilyModule`` checkpoint, with its activation scale folded in (takes raw
     activations). ``width`` picks a family member; it may be left out when there is only one."""
     ckpt = safe_torch_load(path)
+    with malformed_as(CheckpointError, path, "the checkpoint is corrupt: use an earlier one"):
+        return _sae_from_checkpoint(ckpt, Path(path), width)
+
+
+def _sae_from_checkpoint(ckpt: dict[str, Any], path: Path, width: int | None) -> SparseAutoencoder:
     state = ckpt.get("state_dict")
     hparams = ckpt.get("hyper_parameters")
     members = sorted({int(key.split(".")[1]) for key in state or {} if key.startswith(MEMBER_PREFIX)})

@@ -7,7 +7,6 @@ and the SHA-256 of the weights file, so a truncated or mismatched pair is detect
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from canon_pl.io.atomic import atomic_path, atomic_write_json, sha256_file
+from canon_pl.io.validate import STRUCTURAL_ERRORS, malformed_as, read_json
 from canon_pl.sae import SAEConfig, SAEConfigError, SparseAutoencoder, build_sae
 
 WEIGHTS_FILE = "sae.safetensors"
@@ -74,15 +74,14 @@ def read_export_config(directory: str | os.PathLike) -> dict[str, Any]:
     cfg_path = Path(directory) / CONFIG_FILE
     if not cfg_path.is_file():
         raise CheckpointError(f"{cfg_path} not found: a canon-pl export is a folder with {CONFIG_FILE} and {WEIGHTS_FILE}")
-    try:
-        cfg = json.loads(cfg_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise CheckpointError(f"{cfg_path} is not valid JSON ({err}); the export is corrupt: re-export it") from err
+    cfg = read_json(cfg_path, CheckpointError, "canon-pl export config (the export is corrupt: re-export it)")
     if not isinstance(cfg, dict) or cfg.get("format") != FORMAT_NAME:
         raise CheckpointError(
             f"{cfg_path} is not a canon-pl export (no \"format\": \"{FORMAT_NAME}\"); it may come from another "
             f"library (SAELens, sparsify, dictionary_learning): those formats are not readable yet"
         )
+    if not isinstance(cfg.get("format_version", 0), int):
+        raise CheckpointError(f"{cfg_path} is malformed: \"format_version\" must be an integer; re-export the SAE")
     if cfg.get("format_version", 0) > FORMAT_VERSION:
         raise CheckpointError(
             f"{cfg_path} has format_version {cfg['format_version']}, newer than this canon_pl understands "
@@ -99,22 +98,23 @@ def load_export(directory: str | os.PathLike, device: str | torch.device = "cpu"
     if not weights_path.is_file():
         raise CheckpointError(f"{weights_path} not found next to {CONFIG_FILE}: the export is incomplete; re-export it")
     expected = cfg.get("weights_sha256")
-    if expected and sha256_file(weights_path) != expected:
+    if expected is not None and (not isinstance(expected, str) or sha256_file(weights_path) != expected):
         raise CheckpointError(
             f"{weights_path} does not match the checksum in {CONFIG_FILE}: the file is truncated, corrupt or from "
             f"another export; re-export the SAE"
         )
     try:
         sae_cfg = SAEConfig.from_dict(cfg["sae"])
-    except (KeyError, TypeError, SAEConfigError) as err:
+    except (SAEConfigError, *STRUCTURAL_ERRORS) as err:
         raise CheckpointError(f"{directory / CONFIG_FILE}: invalid \"sae\" section: {err}") from err
     try:
         tensors = load_file(str(weights_path), device="cpu")
     except (SafetensorError, OSError) as err:
         raise CheckpointError(f"{weights_path} is not a readable safetensors file ({err}); re-export the SAE") from err
-    sae = build_sae(sae_cfg)
-    load_sae_tensors(sae, tensors, source=str(weights_path))
-    sae.threshold_initialized.fill_(bool(cfg.get("threshold_initialized", True)))
+    with malformed_as(CheckpointError, directory, "re-export the SAE"):
+        sae = build_sae(sae_cfg)
+        load_sae_tensors(sae, tensors, source=str(weights_path))
+        sae.threshold_initialized.fill_(bool(cfg.get("threshold_initialized", True)))
     return sae.to(device).eval()
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,6 +9,7 @@ from typing import Any
 
 from canon_pl.io.atomic import atomic_write_json
 from canon_pl.io.export import CheckpointError, load_export
+from canon_pl.io.validate import read_json
 from canon_pl.sae import SAEConfig, SparseAutoencoder
 
 MANIFEST_FILE = "family.json"
@@ -40,12 +40,14 @@ def read_family_manifest(directory: str | os.PathLike) -> dict[str, Any]:
     path = Path(directory) / MANIFEST_FILE
     if not path.is_file():
         raise CheckpointError(f"{path} not found: a family folder holds {MANIFEST_FILE} and one export per width")
-    try:
-        manifest = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise CheckpointError(f"{path} is not valid JSON ({err})") from err
+    manifest = read_json(path, CheckpointError, "family manifest")
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_NAME:
         raise CheckpointError(f"{path} is not a canon-pl family manifest (no \"format\": \"{FORMAT_NAME}\")")
+    members = manifest.get("members")
+    if not (isinstance(members, dict) and members and all(
+            isinstance(w, str) and w.isdigit() and isinstance(f, str) and f for w, f in members.items())):
+        raise CheckpointError(f"{path} is malformed: \"members\" must map each width to its export folder; "
+                              f"re-write the manifest (write_family_manifest) or re-run the family")
     return manifest
 
 
@@ -66,6 +68,8 @@ def load_family(directory: str | os.PathLike, device: str = "cpu") -> SAEFamily:
     """Every member listed in ``family.json``; each is checked against the manifest's shared fields."""
     directory = Path(directory)
     manifest = read_family_manifest(directory)
+    if not isinstance(manifest.get("d_in"), int):
+        raise CheckpointError(f"{directory / MANIFEST_FILE} is malformed: \"d_in\" must be an integer")
     saes = {}
     for width, folder in manifest["members"].items():
         sae = load_export(directory / folder, device)

@@ -5,7 +5,6 @@ Used by the stitching and meta-SAE analyses; each names its ``format`` and its o
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -15,6 +14,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from canon_pl.io.atomic import atomic_path, atomic_write_json
+from canon_pl.io.validate import STRUCTURAL_ERRORS, read_json
 
 
 def write_results(directory: str | os.PathLike, name: str, summary: dict[str, Any], arrays: dict[str, Tensor],
@@ -33,15 +33,15 @@ def read_results(path: str | os.PathLike, format_name: str, what: str, error: ty
     """The summary in ``path``; with ``arrays=True`` its arrays replace ``summary["arrays"]``. Anything unreadable,
     foreign or missing raises ``error`` naming the file (``what`` describes it: "stitching results file")."""
     path = Path(path)
-    try:
-        summary = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise error(f"{path} is not a readable {what} ({err})") from err
+    summary = read_json(path, error, what)
     if not isinstance(summary, dict) or summary.get("format") != format_name:
         raise error(f"{path} is not a canon-pl {what} (no \"format\": \"{format_name}\")")
     if arrays:
+        name = summary.get("arrays")
+        if not isinstance(name, str) or Path(name).name != name:
+            raise error(f"{path} is malformed: \"arrays\" must name a file next to it; re-run the analysis")
         try:
-            summary["arrays"] = load_file(str(path.parent / summary["arrays"]))
-        except (KeyError, TypeError, OSError, SafetensorError) as err:
+            summary["arrays"] = load_file(str(path.parent / name))
+        except (OSError, SafetensorError, *STRUCTURAL_ERRORS) as err:
             raise error(f"the arrays of {path} are missing or corrupt ({err}); re-run the analysis") from err
     return summary

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from canon_pl.io.results import read_results, write_results
+from canon_pl.io.validate import STRUCTURAL_ERRORS
 from canon_pl.meta.decomposition import (
     MetaDecomposition,
     MetaSAEError,
@@ -133,6 +134,16 @@ def read_meta_analysis(path: str | os.PathLike, arrays: bool = False) -> dict[st
             summary["decomposition"] = MetaDecomposition(tensors["decomposition_base"], tensors["decomposition_meta"],
                                                          tensors["decomposition_value"], int(summary["n_base"]),
                                                          int(summary["n_meta"]))
-        except (KeyError, TypeError, ValueError) as err:
+        except STRUCTURAL_ERRORS as err:
             raise MetaSAEError(f"the arrays of {path} are missing or corrupt ({err}); re-run the analysis") from err
+        d = summary["decomposition"]
+        n = d.base.shape[0] if d.base.dim() == 1 else -1
+        ok = (n >= 0 and d.meta.shape == (n,) and d.value.shape == (n,) and not d.base.is_floating_point()
+              and not d.meta.is_floating_point() and d.n_base > 0 and d.n_meta > 0
+              and (n == 0 or (0 <= int(d.base.min()) and int(d.base.max()) < d.n_base
+                              and 0 <= int(d.meta.min()) and int(d.meta.max()) < d.n_meta)))
+        if not ok:
+            raise MetaSAEError(f"the decomposition in {path} is inconsistent (shapes {tuple(d.base.shape)}, "
+                               f"{tuple(d.meta.shape)}, {tuple(d.value.shape)} for {d.n_base} latents and {d.n_meta} "
+                               f"meta-latents); re-run the analysis")
     return summary

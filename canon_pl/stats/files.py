@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,6 +14,7 @@ from safetensors.torch import save_file
 from torch import Tensor
 
 from canon_pl.io.atomic import atomic_path, atomic_write_json
+from canon_pl.io.validate import STRUCTURAL_ERRORS, expect, read_json
 from canon_pl.meta import MetaDecomposition
 from canon_pl.stats.collect import HIST_EDGES, LatentStatsCollector
 
@@ -101,15 +101,22 @@ class LatentStatistics:
     @classmethod
     def open(cls, directory: str | os.PathLike) -> LatentStatistics:
         directory = Path(directory)
-        try:
-            index = json.loads((directory / INDEX_FILE).read_text())
-        except (OSError, json.JSONDecodeError, UnicodeDecodeError) as err:
-            raise StatsError(f"{directory / INDEX_FILE} is not a readable statistics index ({err}); run canon-pl "
-                             f"stats") from err
+        path = directory / INDEX_FILE
+        index = read_json(path, StatsError, "statistics index (run canon-pl stats)")
         if not isinstance(index, dict) or index.get("format") != FORMAT_NAME:
-            raise StatsError(f"{directory / INDEX_FILE} is not a canon-pl statistics index")
-        if index.get("format_version", 0) > FORMAT_VERSION:
-            raise StatsError(f"{directory / INDEX_FILE} has a newer format version; upgrade canon_pl")
+            raise StatsError(f"{path} is not a canon-pl statistics index")
+        version = index.get("format_version", 0)
+        expect(isinstance(version, int), StatsError, f"{path} is malformed: \"format_version\" is not an integer")
+        if version > FORMAT_VERSION:
+            raise StatsError(f"{path} has a newer format version; upgrade canon_pl")
+        members = index.get("members")
+        expect(isinstance(members, dict) and all(
+            isinstance(m, dict) and isinstance(m.get("file"), str) and m["file"] and "/" not in m["file"]
+            and all(isinstance(m.get(k), int) and m[k] >= 0 for k in ("d_sae", "n_tokens"))
+            for m in members.values()), StatsError,
+            f"{path} is malformed: \"members\" must map each SAE to its file, d_sae and n_tokens; re-run canon-pl stats")
+        expect(isinstance(index.get("window", 0), int) and index.get("window", 0) >= 0, StatsError,
+               f"{path} is malformed: \"window\" is not a non-negative integer; re-run canon-pl stats")
         return cls(directory, index)
 
     @property
@@ -123,7 +130,7 @@ class LatentStatistics:
         try:
             with safe_open(str(path), framework="pt") as f:
                 return f.get_slice(key)[j] if j is not None else f.get_tensor(key)
-        except (OSError, SafetensorError, KeyError) as err:
+        except (OSError, SafetensorError, *STRUCTURAL_ERRORS) as err:
             raise StatsError(f"{path} is missing or corrupt ({err}); re-run canon-pl stats") from err
 
     def array(self, member: str, key: str) -> Tensor:
@@ -141,11 +148,15 @@ class LatentStatistics:
         return self._contexts
 
     def _read_contexts(self) -> Tensor:
+        path = self.directory / CONTEXTS_FILE
         try:
-            with safe_open(str(self.directory / CONTEXTS_FILE), framework="pt") as f:
-                return f.get_tensor("tokens")
-        except (OSError, SafetensorError) as err:
-            raise StatsError(f"{self.directory / CONTEXTS_FILE} is missing or corrupt ({err})") from err
+            with safe_open(str(path), framework="pt") as f:
+                tokens = f.get_tensor("tokens")
+        except (OSError, SafetensorError, *STRUCTURAL_ERRORS) as err:
+            raise StatsError(f"{path} is missing or corrupt ({err}); re-run canon-pl stats") from err
+        expect(tokens.dim() == 2 and not tokens.dtype.is_floating_point, StatsError,
+               f"{path} is malformed: tokens {tuple(tokens.shape)} {tokens.dtype}, expected [contexts, seq] integers")
+        return tokens
 
     def token_strings(self) -> dict[int, str]:
         """Text of the token ids in the contexts and token lists (empty when the files were written without it;
@@ -155,11 +166,14 @@ class LatentStatistics:
         return self._token_strings
 
     def _read_token_strings(self) -> dict[int, str]:
-        try:
-            raw = json.loads((self.directory / TOKENS_FILE).read_text())
-        except (OSError, json.JSONDecodeError, UnicodeDecodeError):
-            return {}
-        return {int(k): str(v) for k, v in raw.items()} if isinstance(raw, dict) else {}
+        path = self.directory / TOKENS_FILE
+        if not path.exists():
+            return {}  # written before token strings were stored: ids are shown instead
+        raw = read_json(path, StatsError, "token-strings file (re-run canon-pl stats)")
+        expect(isinstance(raw, dict) and all(isinstance(k, str) and k.lstrip("-").isdigit() and isinstance(v, str)
+                                             for k, v in raw.items()), StatsError,
+               f"{path} is malformed: expected {{token id: text}}; re-run canon-pl stats")
+        return {int(k): v for k, v in raw.items()}
 
     def latent(self, member: str, j: int) -> dict[str, Tensor]:
         """Everything about latent ``j``: top values / ids / windows, sample values / ids, histogram, promoted and

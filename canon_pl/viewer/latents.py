@@ -9,6 +9,7 @@ from typing import Any
 import pandas as pd
 import torch
 
+from canon_pl.io.validate import malformed_as
 from canon_pl.stats import HIST_EDGES, LatentStatistics, StatsError
 
 
@@ -64,6 +65,11 @@ def latent_view(stats: LatentStatistics, member: str, j: int) -> dict[str, Any]:
     d_sae = int(stats.index["members"][member]["d_sae"])
     if not 0 <= j < d_sae:
         raise StatsError(f"latent {j} is out of range: {member} has latents 0-{d_sae - 1}")
+    with malformed_as(StatsError, stats.directory, "re-run canon-pl stats"):
+        return _latent_view(stats, member, j, d_sae)
+
+
+def _latent_view(stats: LatentStatistics, member: str, j: int, d_sae: int) -> dict[str, Any]:
     data = stats.latent(member, j)
     strings = stats.token_strings()
     contexts = stats.contexts()

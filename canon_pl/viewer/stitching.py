@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from canon_pl.io.validate import malformed_as
 from canon_pl.stitching import StitchingError, read_stitching_results
 from canon_pl.stitching.path import STEP_KINDS
 
@@ -68,6 +69,11 @@ def load_pair(path: str | os.PathLike) -> dict[str, Any]:
     groups: which small latents became which large ones), and what the charts draw: ``histogram`` (binned max
     cosines) and ``path_drawn`` (the path thinned to about 2,000 points)."""
     summary = read_stitching_results(path, arrays=True)
+    with malformed_as(StitchingError, path, "re-run canon-pl stitch"):
+        return _tables(summary)
+
+
+def _tables(summary: dict[str, Any]) -> dict[str, Any]:
     a = summary.pop("arrays")
     tau = summary["tau"]
     latents = pd.DataFrame({
