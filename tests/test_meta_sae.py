@@ -95,7 +95,7 @@ def test_base_reconstruction_with_the_meta_decoder_is_compared(meta_run, tmp_pat
     path = write_meta_analysis(analysis, tmp_path)
     assert read_meta_analysis(path)["base_reconstruction"] == rec
     (tmp_path / "analysis.safetensors").write_bytes(b"\x00" * 10)
-    with pytest.raises(MetaSAEError, match="missing or corrupt"):
+    with pytest.raises(MetaSAEError, match="analysis.safetensors is corrupt"):
         read_meta_analysis(path, arrays=True)
 
 

@@ -203,7 +203,7 @@ def test_results_file_round_trips_and_a_foreign_file_is_refused(tmp_path: Path) 
     with pytest.raises(StitchingError, match="not a canon-pl stitching results file"):
         read_stitching_results(tmp_path / "other.json")
     (tmp_path / "16_32.safetensors").write_bytes(b"garbage")
-    with pytest.raises(StitchingError, match="missing or corrupt"):
+    with pytest.raises(StitchingError, match="16_32.safetensors is corrupt"):
         read_stitching_results(path, arrays=True)
 
 

@@ -8,6 +8,7 @@ hook point, text source). Reading shuffles across shards: each epoch visits the 
 from __future__ import annotations
 
 import os
+import secrets
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -97,33 +98,46 @@ def write_activation_shards(
     n_pending = 0
     d_in: int | None = None
 
+    # This write's shards get their own names: an older cache in the same folder stays whole (its index still points
+    # at its own shards) until the new index replaces it; then the old shards are removed.
+    prefix = f"shard_{secrets.token_hex(4)}_"
+
     def flush(rows: Tensor) -> None:
-        name = f"shard_{len(shards):05d}.safetensors"
+        name = f"{prefix}{len(shards):05d}.safetensors"
         with atomic_path(directory / name) as tmp:
             save_file({TENSOR_KEY: rows.to(DTYPES[dtype]).contiguous().cpu()}, str(tmp))
             digest = sha256_file(tmp)
         shards.append({"file": name, "n_tokens": int(rows.shape[0]), "sha256": digest})
 
-    for batch in batches:
-        if batch.dim() != 2:
-            raise ShardError(f"activation batches must be [batch, d_in], got shape {tuple(batch.shape)}")
-        if d_in is None:
-            d_in = int(batch.shape[1])
-        elif batch.shape[1] != d_in:
-            raise ShardError(f"activation width changed from {d_in} to {batch.shape[1]} while writing the cache")
-        pending.append(batch.detach())
-        n_pending += batch.shape[0]
-        while n_pending >= tokens_per_shard:
-            rows = torch.cat(pending)
-            flush(rows[:tokens_per_shard])
-            pending, n_pending = [rows[tokens_per_shard:]], rows.shape[0] - tokens_per_shard
-    if n_pending:
-        flush(torch.cat(pending))
-    if d_in is None or not shards:
-        raise ShardError("no activations to write: the source yielded nothing")
-    index = ShardIndex(directory, d_in, dtype, shards, dict(metadata or {}))
-    atomic_write_json(directory / INDEX_FILE, {"d_in": d_in, "dtype": dtype, "shards": shards, "metadata": index.metadata,
-                                               "n_tokens": index.n_tokens})
+    try:
+        for batch in batches:
+            if batch.dim() != 2:
+                raise ShardError(f"activation batches must be [batch, d_in], got shape {tuple(batch.shape)}")
+            if d_in is None:
+                d_in = int(batch.shape[1])
+            elif batch.shape[1] != d_in:
+                raise ShardError(f"activation width changed from {d_in} to {batch.shape[1]} while writing the cache")
+            pending.append(batch.detach())
+            n_pending += batch.shape[0]
+            while n_pending >= tokens_per_shard:
+                rows = torch.cat(pending)
+                flush(rows[:tokens_per_shard])
+                pending, n_pending = [rows[tokens_per_shard:]], rows.shape[0] - tokens_per_shard
+        if n_pending:
+            flush(torch.cat(pending))
+        if d_in is None or not shards:
+            raise ShardError("no activations to write: the source yielded nothing")
+        index = ShardIndex(directory, d_in, dtype, shards, dict(metadata or {}))
+        atomic_write_json(directory / INDEX_FILE, {"d_in": d_in, "dtype": dtype, "shards": shards,
+                                                   "metadata": index.metadata, "n_tokens": index.n_tokens})
+    except BaseException:
+        for entry in shards:  # a failed or interrupted write leaves the folder as it was
+            (directory / entry["file"]).unlink(missing_ok=True)
+        raise
+    kept = {entry["file"] for entry in shards}
+    for old in directory.glob("shard_*.safetensors"):
+        if old.name not in kept:
+            old.unlink()
     return index
 
 

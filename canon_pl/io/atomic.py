@@ -6,10 +6,78 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+
+@contextlib.contextmanager
+def atomic_paths(*paths: str | os.PathLike) -> Iterator[list[Path]]:
+    """Yield a temporary path beside each of ``paths``; when the block succeeds, fsync every one, then rename them onto
+    ``paths`` in the order given (put the file that points at the others, an index or config, last).
+
+    Nothing is renamed until everything is written: a full disk, an exception or a kill while writing leaves every
+    previous file untouched, and the temporary files are removed. An ``OSError`` names the file it was writing.
+    """
+    targets = [Path(p) for p in paths]
+    temps: list[Path] = []
+    try:
+        for path in targets:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+            os.close(fd)
+            temps.append(Path(tmp_name))
+        try:
+            yield temps
+        except Exception as err:
+            code = _errno_of(err)
+            if code is None:
+                raise
+            names = ", ".join(str(p) for p in targets)
+            raise OSError(code, f"could not write {names}: {os.strerror(code)}; the previous files are "
+                                f"unchanged") from err
+        for path, tmp in zip(targets, temps):
+            _fsync(tmp, path)
+        for path, tmp in zip(targets, temps):
+            os.replace(tmp, path)
+        for folder in {path.parent for path in targets}:
+            _fsync_directory(folder)
+    finally:
+        for tmp in temps:
+            tmp.unlink(missing_ok=True)
+
+
+def _errno_of(err: BaseException) -> int | None:
+    """The OS error behind ``err``: an ``OSError``'s errno, or the "os error N" that Rust writers (safetensors) put
+    in their message."""
+    if isinstance(err, OSError):
+        return err.errno
+    found = re.search(r"\(os error (\d+)\)", str(err))
+    return int(found.group(1)) if found else None
+
+
+def _fsync(tmp: Path, target: Path) -> None:
+    try:
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+    except OSError as err:
+        raise OSError(err.errno, f"could not write {target}: {err.strerror}; the previous file is unchanged") from err
+
+
+def _fsync_directory(folder: Path) -> None:
+    """Make the renames durable (best effort: some filesystems cannot fsync a directory)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 @contextlib.contextmanager
@@ -18,19 +86,8 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
 
     On any error the temporary file is removed and ``path`` is left untouched.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
+    with atomic_paths(path) as (tmp,):
         yield tmp
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:

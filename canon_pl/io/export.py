@@ -7,16 +7,23 @@ and the SHA-256 of the weights file, so a truncated or mismatched pair is detect
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load as load_safetensors_bytes
+from safetensors.torch import save_file
 
-from canon_pl.io.atomic import atomic_path, atomic_write_json, sha256_file
-from canon_pl.io.validate import STRUCTURAL_ERRORS, malformed_as, read_json
+from canon_pl.io.atomic import atomic_paths, sha256_file
+from canon_pl.io.validate import (
+    STRUCTURAL_ERRORS,
+    malformed_as,
+    read_consistent,
+    read_json,
+)
 from canon_pl.sae import SAEConfig, SAEConfigError, SparseAutoencoder, build_sae
 
 WEIGHTS_FILE = "sae.safetensors"
@@ -44,28 +51,28 @@ def export_sae(
 ) -> Path:
     """Write ``sae`` (trained on ``x * activation_scale``) so that it takes raw activations.
 
-    Files are written atomically, weights first, so an interrupted export leaves the previous one readable.
+    Both files are written to temporary files first and renamed into place together (the config last), so an
+    interrupted or disk-full export leaves the previous one as it was.
     Returns the directory.
     """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     folded = sae.fold_activation_scale(activation_scale) if activation_scale != 1.0 else sae
     tensors = {key: getattr(folded, key).detach().float().cpu().contiguous() for key in PARAMETER_KEYS}
-    with atomic_path(directory / WEIGHTS_FILE) as tmp:
-        save_file(tensors, str(tmp), metadata={"format": FORMAT_NAME})
-        digest = sha256_file(tmp)
-    cfg = {
-        "format": FORMAT_NAME,
-        "format_version": FORMAT_VERSION,
-        "canon_pl_version": _version(),
-        "sae": sae.cfg.to_dict(),
-        "activation_scale_folded": float(activation_scale),
-        "normalize_activations": "none",
-        "threshold_initialized": bool(sae.threshold_initialized),
-        "weights_sha256": digest,
-        **(extra or {}),
-    }
-    atomic_write_json(directory / CONFIG_FILE, cfg)
+    with atomic_paths(directory / WEIGHTS_FILE, directory / CONFIG_FILE) as (weights_tmp, config_tmp):
+        save_file(tensors, str(weights_tmp), metadata={"format": FORMAT_NAME})
+        cfg = {
+            "format": FORMAT_NAME,
+            "format_version": FORMAT_VERSION,
+            "canon_pl_version": _version(),
+            "sae": sae.cfg.to_dict(),
+            "activation_scale_folded": float(activation_scale),
+            "normalize_activations": "none",
+            "threshold_initialized": bool(sae.threshold_initialized),
+            "weights_sha256": sha256_file(weights_tmp),
+            **(extra or {}),
+        }
+        config_tmp.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
     return directory
 
 
@@ -93,23 +100,16 @@ def read_export_config(directory: str | os.PathLike) -> dict[str, Any]:
 def load_export(directory: str | os.PathLike, device: str | torch.device = "cpu") -> SparseAutoencoder:
     """Load an export folder into an SAE in eval mode that takes raw activations."""
     directory = Path(directory)
-    cfg = read_export_config(directory)
     weights_path = directory / WEIGHTS_FILE
-    if not weights_path.is_file():
-        raise CheckpointError(f"{weights_path} not found next to {CONFIG_FILE}: the export is incomplete; re-export it")
-    expected = cfg.get("weights_sha256")
-    if expected is not None and (not isinstance(expected, str) or sha256_file(weights_path) != expected):
-        raise CheckpointError(
-            f"{weights_path} does not match the checksum in {CONFIG_FILE}: the file is truncated, corrupt or from "
-            f"another export; re-export the SAE"
-        )
+    cfg, weights = read_consistent(lambda: read_export_config(directory), lambda _: weights_path, "weights_sha256",
+                                   CheckpointError)
     try:
         sae_cfg = SAEConfig.from_dict(cfg["sae"])
     except (SAEConfigError, *STRUCTURAL_ERRORS) as err:
         raise CheckpointError(f"{directory / CONFIG_FILE}: invalid \"sae\" section: {err}") from err
     try:
-        tensors = load_file(str(weights_path), device="cpu")
-    except (SafetensorError, OSError) as err:
+        tensors = load_safetensors_bytes(weights)
+    except (SafetensorError, *STRUCTURAL_ERRORS) as err:
         raise CheckpointError(f"{weights_path} is not a readable safetensors file ({err}); re-export the SAE") from err
     with malformed_as(CheckpointError, directory, "re-export the SAE"):
         sae = build_sae(sae_cfg)

@@ -5,26 +5,30 @@ Used by the stitching and meta-SAE analyses; each names its ``format`` and its o
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any
 
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load as load_safetensors_bytes
+from safetensors.torch import save_file
 from torch import Tensor
 
-from canon_pl.io.atomic import atomic_path, atomic_write_json
-from canon_pl.io.validate import STRUCTURAL_ERRORS, read_json
+from canon_pl.io.atomic import atomic_paths, sha256_file
+from canon_pl.io.validate import STRUCTURAL_ERRORS, read_consistent, read_json
 
 
 def write_results(directory: str | os.PathLike, name: str, summary: dict[str, Any], arrays: dict[str, Tensor],
                   format_name: str) -> Path:
-    """Write ``<name>.safetensors`` then ``<name>.json`` (the summary, pointing at the arrays); returns the JSON."""
+    """Write ``<name>.safetensors`` and ``<name>.json`` (the summary, pointing at the arrays), renamed into place
+    together once both are written; returns the JSON."""
     directory = Path(directory)
-    with atomic_path(directory / f"{name}.safetensors") as tmp:
-        save_file({k: v.detach().cpu().contiguous() for k, v in arrays.items()}, str(tmp),
+    with atomic_paths(directory / f"{name}.safetensors", directory / f"{name}.json") as (arrays_tmp, summary_tmp):
+        save_file({k: v.detach().cpu().contiguous() for k, v in arrays.items()}, str(arrays_tmp),
                   metadata={"format": format_name})
-    atomic_write_json(directory / f"{name}.json", {**summary, "arrays": f"{name}.safetensors"})
+        document = {**summary, "arrays": f"{name}.safetensors", "arrays_sha256": sha256_file(arrays_tmp)}
+        summary_tmp.write_text(json.dumps(document, indent=2, sort_keys=True) + "\n")
     return directory / f"{name}.json"
 
 
@@ -33,15 +37,21 @@ def read_results(path: str | os.PathLike, format_name: str, what: str, error: ty
     """The summary in ``path``; with ``arrays=True`` its arrays replace ``summary["arrays"]``. Anything unreadable,
     foreign or missing raises ``error`` naming the file (``what`` describes it: "stitching results file")."""
     path = Path(path)
-    summary = read_json(path, error, what)
-    if not isinstance(summary, dict) or summary.get("format") != format_name:
-        raise error(f"{path} is not a canon-pl {what} (no \"format\": \"{format_name}\")")
-    if arrays:
+
+    def read_summary() -> dict[str, Any]:
+        summary = read_json(path, error, what)
+        if not isinstance(summary, dict) or summary.get("format") != format_name:
+            raise error(f"{path} is not a canon-pl {what} (no \"format\": \"{format_name}\")")
         name = summary.get("arrays")
         if not isinstance(name, str) or Path(name).name != name:
             raise error(f"{path} is malformed: \"arrays\" must name a file next to it; re-run the analysis")
-        try:
-            summary["arrays"] = load_file(str(path.parent / name))
-        except (OSError, SafetensorError, *STRUCTURAL_ERRORS) as err:
-            raise error(f"the arrays of {path} are missing or corrupt ({err}); re-run the analysis") from err
+        return summary
+
+    if not arrays:
+        return read_summary()
+    summary, data = read_consistent(read_summary, lambda s: path.parent / s["arrays"], "arrays_sha256", error)
+    try:
+        summary["arrays"] = load_safetensors_bytes(data)
+    except (SafetensorError, *STRUCTURAL_ERRORS) as err:
+        raise error(f"the arrays of {path} are corrupt ({err}); re-run the analysis") from err
     return summary

@@ -4,9 +4,12 @@ the file and the fix) for any structural surprise inside a file that parsed."""
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
-from collections.abc import Iterator
+import random
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -46,10 +49,36 @@ def read_json(path: str | os.PathLike, error: type[Exception], what: str, max_by
         raise error(f"{path} is not a readable {what} ({type(err).__name__}: {err})") from err
 
 
+def read_consistent(read_index: Callable[[], dict[str, Any]], data_path_of: Callable[[dict[str, Any]], Path],
+                    digest_key: str, error: type[Exception], attempts: int = 10) -> tuple[dict[str, Any], bytes]:
+    """An index document and the bytes of the data file it describes, as one consistent pair: the bytes match the
+    SHA-256 the index records under ``digest_key`` (files written before it was recorded are taken as they are).
+
+    Writers rename the data file, then the index; a reader caught between the two sees a mismatch and reads both
+    again. A mismatch that persists is a corrupt, truncated or foreign file: ``error`` names it."""
+    for attempt in range(attempts):
+        index = read_index()
+        path = data_path_of(index)
+        try:
+            data = path.read_bytes()
+        except OSError as err:
+            raise error(f"{path} is missing or unreadable ({err}); write it again") from err
+        expected = index.get(digest_key)
+        if expected is None:
+            return index, data
+        if not isinstance(expected, str):
+            raise error(f"the index of {path} is malformed: {digest_key!r} is not a string")
+        if hashlib.sha256(data).hexdigest() == expected:
+            return index, data
+        time.sleep(random.uniform(0.005, 0.02) * (attempt + 1))  # let a writer in between finish
+    raise error(f"{path} is corrupt: it does not match the checksum recorded for it (truncated, damaged or from "
+                f"another run); write it again")
+
+
 def expect(condition: bool, error: type[Exception], message: str) -> None:
     """Raise ``error(message)`` unless ``condition``."""
     if not condition:
         raise error(message)
 
 
-__all__ = ["MAX_JSON_BYTES", "STRUCTURAL_ERRORS", "expect", "malformed_as", "read_json"]
+__all__ = ["MAX_JSON_BYTES", "STRUCTURAL_ERRORS", "expect", "malformed_as", "read_consistent", "read_json"]

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,7 +14,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import Tensor
 
-from canon_pl.io.atomic import atomic_path, atomic_write_json
+from canon_pl.io.atomic import atomic_paths
 from canon_pl.io.validate import STRUCTURAL_ERRORS, expect, read_json
 from canon_pl.meta import MetaDecomposition
 from canon_pl.stats.collect import HIST_EDGES, LatentStatsCollector
@@ -29,10 +30,19 @@ class StatsError(ValueError):
     """Statistics that cannot be computed or read as asked (wrong model or hook point, corrupt or foreign files)."""
 
 
-def _save(path: Path, tensors: dict[str, Tensor]) -> None:
-    with atomic_path(path) as tmp:
-        save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp),
-                  metadata={"format": FORMAT_NAME})
+def _write_set(directory: Path, files: dict[str, Any]) -> Path:
+    """Write ``{file name: tensors (a .safetensors) or a JSON document}`` into ``directory``: all to temporary files
+    first, then renamed into place in order (the index last), so a reader never sees a partial or mixed set and a
+    failure leaves the previous set as it was. Returns the last file."""
+    names = list(files)
+    with atomic_paths(*(directory / name for name in names)) as temps:
+        for name, tmp in zip(names, temps):
+            if name.endswith(".safetensors"):
+                save_file({k: v.detach().cpu().contiguous() for k, v in files[name].items()}, str(tmp),
+                          metadata={"format": FORMAT_NAME})
+            else:
+                tmp.write_text(json.dumps(files[name], indent=2, sort_keys=True) + "\n")
+    return directory / names[-1]
 
 
 def write_statistics(directory: str | os.PathLike, collectors: dict[str, LatentStatsCollector], contexts: Tensor,
@@ -40,24 +50,23 @@ def write_statistics(directory: str | os.PathLike, collectors: dict[str, LatentS
                      token_strings: dict[int, str] | None = None) -> Path:
     """Write every member's arrays, the contexts, the text of every token id they mention (``tokens.json``, so a
     viewer needs no tokenizer), then the index (last, so a reader never sees a partial set)."""
-    directory = Path(directory)
-    _save(directory / CONTEXTS_FILE, {"tokens": contexts.to(torch.int32)})
-    atomic_write_json(directory / TOKENS_FILE, {str(k): v for k, v in (token_strings or {}).items()})
+    files: dict[str, Any] = {CONTEXTS_FILE: {"tokens": contexts.to(torch.int32)},
+                             TOKENS_FILE: {str(k): v for k, v in (token_strings or {}).items()}}
     members = {}
     for name, c in collectors.items():
         promoted, promoted_v, suppressed, suppressed_v = unembedded[name]
-        _save(directory / f"{name}.safetensors", {
+        files[f"{name}.safetensors"] = {
             "fire_count": c.fire_count, "histogram": c.histogram.to(torch.int32),
             "top_values": c.top.scores.clamp_min(0.0), "top_ids": c.top.ids, "top_windows": c.top.payload,
             "sample_values": c.sample.payload[..., 0], "sample_ids": c.sample.ids,
             "promoted_tokens": promoted, "promoted_logits": promoted_v,
             "suppressed_tokens": suppressed, "suppressed_logits": suppressed_v,
-        })
+        }
         members[name] = {"file": f"{name}.safetensors", "d_sae": c.sae.d_sae, "n_tokens": c.n_tokens}
-    atomic_write_json(directory / INDEX_FILE, {
-        "format": FORMAT_NAME, "format_version": FORMAT_VERSION, "members": members, "window": next(
-            iter(collectors.values())).window, "histogram_log10_edges": HIST_EDGES.tolist(), **meta})
-    return directory / INDEX_FILE
+    files[INDEX_FILE] = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "members": members,
+                         "window": next(iter(collectors.values())).window,
+                         "histogram_log10_edges": HIST_EDGES.tolist(), **meta}
+    return _write_set(Path(directory), files)
 
 
 def write_meta_statistics(directory: str | os.PathLike, decomposition: MetaDecomposition,
@@ -66,7 +75,6 @@ def write_meta_statistics(directory: str | os.PathLike, decomposition: MetaDecom
     """A meta-SAE's statistics as member ``meta``: for each meta-latent its ``n_members`` base latents with the
     largest activations (``member_latents`` / ``member_values``, -1 / 0 padded), how many use it, and its promoted and
     suppressed tokens (their text in ``tokens.json``)."""
-    directory = Path(directory)
     n = decomposition.n_meta
     members = torch.full((n, n_members), -1, dtype=torch.long)
     values = torch.zeros(n, n_members)
@@ -76,17 +84,16 @@ def write_meta_statistics(directory: str | os.PathLike, decomposition: MetaDecom
             members[m, :len(users)] = torch.tensor([u for u, _ in users])
             values[m, :len(users)] = torch.tensor([v for _, v in users])
     promoted, promoted_v, suppressed, suppressed_v = unembedded
-    atomic_write_json(directory / TOKENS_FILE, {str(k): v for k, v in (token_strings or {}).items()})
-    _save(directory / "meta.safetensors", {
-        "member_latents": members, "member_values": values,
-        "fire_count": torch.bincount(decomposition.meta, minlength=n),
-        "promoted_tokens": promoted, "promoted_logits": promoted_v,
-        "suppressed_tokens": suppressed, "suppressed_logits": suppressed_v,
+    return _write_set(Path(directory), {
+        TOKENS_FILE: {str(k): v for k, v in (token_strings or {}).items()},
+        "meta.safetensors": {"member_latents": members, "member_values": values,
+                             "fire_count": torch.bincount(decomposition.meta, minlength=n),
+                             "promoted_tokens": promoted, "promoted_logits": promoted_v,
+                             "suppressed_tokens": suppressed, "suppressed_logits": suppressed_v},
+        INDEX_FILE: {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "kind": "meta_sae",
+                     "members": {"meta": {"file": "meta.safetensors", "d_sae": n, "n_tokens": decomposition.n_base}},
+                     **meta},
     })
-    atomic_write_json(directory / INDEX_FILE, {
-        "format": FORMAT_NAME, "format_version": FORMAT_VERSION, "kind": "meta_sae",
-        "members": {"meta": {"file": "meta.safetensors", "d_sae": n, "n_tokens": decomposition.n_base}}, **meta})
-    return directory / INDEX_FILE
 
 
 @dataclass

@@ -277,7 +277,15 @@ class SAEFamilyModule(L.LightningModule):
         self.log_dict(log, prog_bar=False)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Each member's full SAE config, so a checkpoint describes its SAEs whatever ``hparams`` holds."""
+        """Each member's full SAE config, so a checkpoint describes its SAEs whatever ``hparams`` holds. A checkpoint
+        of non-finite weights is refused, so the last one on disk stays the last good one."""
+        for name, tensor in checkpoint["state_dict"].items():
+            if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+                raise NonFiniteError(
+                    f"refusing to write a checkpoint at step {self.global_step}: {name} has NaN/Inf values "
+                    f"({int((~torch.isfinite(tensor)).sum())} of {tensor.numel()}); the checkpoints already written "
+                    f"are untouched: resume from the last one with a lower learning rate or check the data"
+                )
         checkpoint["canon_pl_sae_configs"] = {key: sae.cfg.to_dict() for key, sae in self.members.items()}
 
     # --------------------------------------------------------------------------------------------- export

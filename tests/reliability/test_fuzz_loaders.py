@@ -39,7 +39,10 @@ def pristine(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = build_analysed_run(tmp_path_factory.mktemp("pristine"))["root"]
     trainer = make_trainer(root / "run", max_steps=2, every_n_steps=2)
     trainer.fit(SAEModule(d_in=48, d_sae=96, k=3), SyntheticActivationDataModule(**SMALL_DATA))
-    write_activation_shards([torch.randn(64, 24) for _ in range(3)], root / "cache", tokens_per_shard=100)
+    index = write_activation_shards([torch.randn(64, 24) for _ in range(3)], root / "cache", tokens_per_shard=100)
+    (root / "cache" / index.shards[0]["file"]).rename(root / "cache" / "first.safetensors")
+    index.shards[0]["file"] = "first.safetensors"  # a fixed name for the cases below
+    (root / "cache" / "index.json").write_text(json.dumps({"d_in": 24, "dtype": index.dtype, "shards": index.shards}))
     return root
 
 
@@ -93,7 +96,7 @@ LOADERS: dict[str, tuple[Callable[[Path], object], list[str], tuple[type[Excepti
                                      "fam/stats/contexts.safetensors", "fam/stats/tokens.json"], (StatsError,)),
     "meta": (load_meta, ["meta/analysis.json", "meta/analysis.safetensors"], (MetaSAEError,)),
     "meta statistics": (load_meta_statistics, ["meta/stats/stats.json", "meta/stats/meta.safetensors"], (StatsError,)),
-    "cache": (load_cache, ["cache/index.json", "cache/shard_00000.safetensors"], (ShardError,)),
+    "cache": (load_cache, ["cache/index.json", "cache/first.safetensors"], (ShardError,)),
 }
 
 
