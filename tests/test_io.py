@@ -55,11 +55,14 @@ def test_corrupt_weights_without_checksum_are_reported_as_unreadable(exported) -
         load_sae(directory)
 
 
-def test_foreign_config_is_refused_with_a_hint(tmp_path: Path) -> None:
+def test_unknown_files_are_refused_naming_what_was_found(tmp_path: Path) -> None:
     (tmp_path / "cfg.json").write_text(json.dumps({"architecture": "standard", "d_in": 768, "d_sae": 24576}))
-    (tmp_path / "sae_weights.safetensors").write_bytes(b"")
-    with pytest.raises(CheckpointError, match="not a canon-pl export"):
+    (tmp_path / "weights.bin").write_bytes(b"")
+    with pytest.raises(CheckpointError, match=r"not an SAE canon-pl recognises \(files: \['cfg.json', 'weights.bin'\]"):
         load_sae(tmp_path)
+    (tmp_path / "sae_weights.safetensors").write_bytes(b"")  # now SAELens files: forcing our format says why not
+    with pytest.raises(CheckpointError, match="not a canon-pl export"):
+        load_sae(tmp_path, format="canon_pl")
 
 
 def test_unknown_config_keys_fail_loudly(exported) -> None:

@@ -62,6 +62,7 @@ def test_batch_topk_with_ties_and_zeros_keeps_exactly_the_positive_top_values() 
 def test_inference_threshold_makes_latents_independent_of_the_batch() -> None:
     sae = make_sae()
     sae.threshold.fill_(0.3)
+    sae.threshold_initialized.fill_(True)
     x = positive_inputs(8)
     alone = torch.cat([sae.encode(x[i:i + 1], inference=True) for i in range(8)])
     together = sae.encode(x, inference=True)

@@ -48,8 +48,10 @@ def export_sae(
     directory: str | os.PathLike,
     activation_scale: float = 1.0,
     extra: dict[str, Any] | None = None,
+    format: str = "canon_pl",
 ) -> Path:
-    """Write ``sae`` (trained on ``x * activation_scale``) so that it takes raw activations.
+    """Write ``sae`` (trained on ``x * activation_scale``) so that it takes raw activations; ``format="saelens"``
+    writes SAELens 6.x files instead (``cfg.json`` + ``sae_weights.safetensors``).
 
     Both files are written to temporary files first and renamed into place together (the config last), so an
     interrupted or disk-full export leaves the previous one as it was.
@@ -58,6 +60,12 @@ def export_sae(
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     folded = sae.fold_activation_scale(activation_scale) if activation_scale != 1.0 else sae
+    if format == "saelens":
+        from canon_pl.io.formats.saelens import export_saelens
+
+        return export_saelens(folded, directory)
+    if format != "canon_pl":
+        raise CheckpointError(f"cannot write format {format!r}: canon-pl writes 'canon_pl' and 'saelens'")
     tensors = {key: getattr(folded, key).detach().float().cpu().contiguous() for key in PARAMETER_KEYS}
     with atomic_paths(directory / WEIGHTS_FILE, directory / CONFIG_FILE) as (weights_tmp, config_tmp):
         save_file(tensors, str(weights_tmp), metadata={"format": FORMAT_NAME})

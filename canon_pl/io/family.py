@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from canon_pl.io.atomic import atomic_write_json
-from canon_pl.io.export import CheckpointError, load_export
+from canon_pl.io.export import CheckpointError
 from canon_pl.io.validate import read_json
 from canon_pl.sae import SAEConfig, SparseAutoencoder
 
@@ -71,8 +71,10 @@ def load_family(directory: str | os.PathLike, device: str = "cpu") -> SAEFamily:
     if not isinstance(manifest.get("d_in"), int):
         raise CheckpointError(f"{directory / MANIFEST_FILE} is malformed: \"d_in\" must be an integer")
     saes = {}
+    from canon_pl.io.load import load_sae
+
     for width, folder in manifest["members"].items():
-        sae = load_export(directory / folder, device)
+        sae = load_sae(directory / folder, device)  # a canon-pl export or another library's files
         if sae.d_sae != int(width) or sae.d_in != manifest["d_in"] or sae.cfg.hook_point != manifest.get("hook_point"):
             raise CheckpointError(
                 f"{directory / folder} (d_sae={sae.d_sae}, d_in={sae.d_in}, hook_point={sae.cfg.hook_point!r}) does "

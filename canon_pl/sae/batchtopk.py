@@ -50,12 +50,13 @@ def threshold_select(pre: Tensor, threshold: Tensor) -> SparseActivations:
 
 
 class BatchTopKSAE(SparseAutoencoder):
-    """Training keeps the batch's top ``k * batch`` activations; inference uses one global threshold θ."""
+    """Training keeps the batch's top ``k * batch`` activations; inference uses one global threshold θ (the batch's
+    top ``k * batch`` until θ has been set, as dictionary_learning does)."""
 
     architecture = "batchtopk"
 
     def select(self, pre: Tensor, inference: bool) -> SparseActivations:
-        if inference:
+        if inference and bool(self.threshold_initialized):
             return threshold_select(pre, self.threshold)
         theta = float(self.threshold) if bool(self.threshold_initialized) else 0.0
         acts = batch_topk(pre, self.cfg.k * pre.shape[0], lower_bounds=[f * theta for f in CANDIDATE_FRACTIONS])

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
-ARCHITECTURES = ("batchtopk", "topk", "relu")
+ARCHITECTURES = ("batchtopk", "topk", "relu", "jumprelu")
 
 
 class SAEConfigError(ValueError):
@@ -21,7 +21,8 @@ class SAEConfig:
     d_sae: int
     """Number of latents (rows of ``W_dec``)."""
     architecture: str = "batchtopk"
-    """``batchtopk`` (default), ``topk`` or ``relu`` (ReLU + L1)."""
+    """``batchtopk`` (default), ``topk``, ``relu`` (ReLU + L1) or ``jumprelu`` (per-latent thresholds; imported SAEs,
+    not trained here)."""
     k: int = 32
     """Active latents per token: exact for ``topk``, on average over the batch for ``batchtopk``."""
     l1_coefficient: float = 5.0

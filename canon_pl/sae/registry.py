@@ -5,11 +5,12 @@ from __future__ import annotations
 from canon_pl.sae.base import SparseAutoencoder
 from canon_pl.sae.batchtopk import BatchTopKSAE
 from canon_pl.sae.config import SAEConfig
+from canon_pl.sae.jumprelu import JumpReLUSAE
 from canon_pl.sae.relu import ReLUSAE
 from canon_pl.sae.topk import TopKSAE
 
 SAE_CLASSES: dict[str, type[SparseAutoencoder]] = {
-    cls.architecture: cls for cls in (BatchTopKSAE, TopKSAE, ReLUSAE)
+    cls.architecture: cls for cls in (BatchTopKSAE, TopKSAE, ReLUSAE, JumpReLUSAE)
 }
 
 

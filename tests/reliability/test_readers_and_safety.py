@@ -18,7 +18,12 @@ from streamlit.testing.v1 import AppTest
 from canon_pl import load_sae
 from canon_pl.io import CheckpointError, export_sae
 from canon_pl.sae import SAEConfig, build_sae
-from canon_pl.stitching import StitchingError, analyze_pair, read_stitching_results, write_stitching_results
+from canon_pl.stitching import (
+    StitchingError,
+    analyze_pair,
+    read_stitching_results,
+    write_stitching_results,
+)
 from tests.helpers import REPO
 from tests.viewer_data import build_analysed_run
 

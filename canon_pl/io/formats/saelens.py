@@ -1,0 +1,107 @@
+"""SAELens 6.x: ``cfg.json`` + ``sae_weights.safetensors`` (W_enc ``[d_in, d_sae]``, W_dec ``[d_sae, d_in]``)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from canon_pl.io.atomic import atomic_paths
+from canon_pl.io.export import CheckpointError
+from canon_pl.io.formats.common import (
+    imported_sae,
+    read_config,
+    read_safetensors,
+    take,
+    text,
+)
+from canon_pl.sae import SparseAutoencoder
+
+CONFIG_FILE = "cfg.json"
+WEIGHTS_FILE = "sae_weights.safetensors"
+# SAELens architecture -> ours. BatchTopK SAEs are saved by SAELens as jumprelu with the threshold broadcast.
+ARCHITECTURES = {"standard": "relu", "relu": "relu", "topk": "topk", "jumprelu": "jumprelu"}
+
+
+def _metadata(cfg: dict[str, Any], key: str) -> str | None:
+    return text(cfg.get(key)) or text((cfg.get("metadata") or {}).get(key) if isinstance(cfg.get("metadata"), dict)
+                                      else None)
+
+
+def load_saelens(directory: str | os.PathLike) -> SparseAutoencoder:
+    """An SAELens SAE with SAELens's encode: ``pre = (x - b_dec·apply_b_dec_to_input) @ W_enc + b_enc``; standard
+    ``relu(pre)``; JumpReLU ``relu(pre) * (pre > threshold)``; TopK the top k of ``pre`` then ReLU, with
+    ``rescale_acts_by_decoder_norm`` folded in (pre-activations times decoder row norms, divided back out in
+    decode)."""
+    directory = Path(directory)
+    if directory.is_file():  # cfg.json or the weights: their folder
+        directory = directory.parent
+    cfg = read_config(directory / CONFIG_FILE, "SAELens config")
+    arch = cfg.get("architecture", "standard")
+    if arch not in ARCHITECTURES:
+        raise CheckpointError(f"{directory / CONFIG_FILE}: SAELens architecture {arch!r} is not supported; canon-pl "
+                              f"reads {sorted(ARCHITECTURES)}")
+    norm = cfg.get("normalize_activations", "none") or "none"
+    if norm != "none":
+        raise CheckpointError(
+            f"{directory / CONFIG_FILE}: normalize_activations={norm!r} rescales each input at run time, which a "
+            f"canon-pl SAE cannot reproduce; fold it into the weights in SAELens first "
+            f"(sae.fold_activation_norm_scaling_factor) or use an SAE saved with 'none'")
+    d_in, d_sae = cfg.get("d_in"), cfg.get("d_sae")
+    if not isinstance(d_in, int) or not isinstance(d_sae, int):
+        raise CheckpointError(f"{directory / CONFIG_FILE}: d_in and d_sae must be integers, got {d_in!r}, {d_sae!r}")
+    expected = {"W_enc": (d_in, d_sae), "b_enc": (d_sae,), "W_dec": (d_sae, d_in), "b_dec": (d_in,)}
+    if arch == "jumprelu":
+        expected["threshold"] = (d_sae,)
+    t = take(read_safetensors(directory / WEIGHTS_FILE), expected, directory / WEIGHTS_FILE)
+    W_enc, b_enc, W_dec = t["W_enc"], t["b_enc"], t["W_dec"]
+    subtract = bool(cfg.get("apply_b_dec_to_input", True))
+    if cfg.get("rescale_acts_by_decoder_norm", False):
+        if arch != "topk":
+            raise CheckpointError(f"{directory / CONFIG_FILE}: rescale_acts_by_decoder_norm is only read for topk "
+                                  f"SAEs, this one is {arch!r}")
+        norms = W_dec.norm(dim=-1)
+        if subtract:
+            W_enc, b_enc = W_enc * norms, b_enc * norms
+        else:  # fold b_dec first, then scale
+            b_enc, subtract = b_enc + t["b_dec"] @ W_enc, True
+            W_enc, b_enc = W_enc * norms, b_enc * norms
+        W_dec = W_dec / norms[:, None]
+    k = cfg.get("k")
+    if arch == "topk" and not isinstance(k, int):
+        raise CheckpointError(f"{directory / CONFIG_FILE}: a topk SAE needs an integer k, got {k!r}")
+    return imported_sae(ARCHITECTURES[arch], W_enc, b_enc, W_dec, t["b_dec"], subtract_b_dec=subtract,
+                        source=directory, threshold=t.get("threshold"), k=k if arch == "topk" else None,
+                        hook_point=_metadata(cfg, "hook_name"), model_id=_metadata(cfg, "model_name"))
+
+
+def export_saelens(sae: SparseAutoencoder, directory: str | os.PathLike) -> Path:
+    """Write ``sae`` in SAELens 6.x format (BatchTopK as jumprelu with its threshold broadcast, as SAELens saves
+    them); both files renamed into place together. Returns the directory."""
+    from safetensors.torch import save_file
+
+    directory = Path(directory)
+    arch = {"relu": "standard", "topk": "topk", "batchtopk": "jumprelu", "jumprelu": "jumprelu"}[sae.cfg.architecture]
+    if sae.cfg.architecture == "batchtopk" and not bool(sae.threshold_initialized):
+        raise CheckpointError("this BatchTopK SAE has no inference threshold yet (never trained): SAELens would read "
+                              "it as jumprelu with threshold 0; train it first")
+    tensors = {name: getattr(sae, name).detach().float().cpu().contiguous()
+               for name in ("W_enc", "b_enc", "W_dec", "b_dec")}
+    if arch == "jumprelu":
+        tensors["threshold"] = sae.threshold.detach().float().cpu().expand(sae.d_sae).contiguous()
+    cfg: dict[str, Any] = {
+        "architecture": arch, "d_in": sae.d_in, "d_sae": sae.d_sae, "dtype": "float32", "device": "cpu",
+        "apply_b_dec_to_input": True, "normalize_activations": "none", "reshape_activations": "none",
+        "metadata": {"model_name": sae.cfg.model_id, "hook_name": sae.cfg.hook_point,
+                     "sae_lens_training_version": None, "exported_by": "canon_pl"},
+    }
+    if arch == "topk":
+        cfg.update({"k": sae.cfg.k, "rescale_acts_by_decoder_norm": False})
+    with atomic_paths(directory / WEIGHTS_FILE, directory / CONFIG_FILE) as (weights_tmp, config_tmp):
+        save_file(tensors, str(weights_tmp))
+        config_tmp.write_text(json.dumps(cfg, indent=2) + "\n")
+    return directory
+
+
+__all__ = ["CONFIG_FILE", "WEIGHTS_FILE", "export_saelens", "load_saelens"]
