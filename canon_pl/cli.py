@@ -122,8 +122,14 @@ def stats_command(argv: list[str]) -> int:
     return run(argv)
 
 
+def family_command(argv: list[str]) -> int:
+    from canon_pl.commands.family import family_command as run
+
+    return run(argv)
+
+
 COMMANDS = {"export": export_command, "cache": cache_command, "stitch": stitch_command, "meta-sae": meta_sae_command,
-            "stats": stats_command}
+            "stats": stats_command, "family": family_command}
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:

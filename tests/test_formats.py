@@ -262,3 +262,45 @@ def test_a_folder_holding_two_formats_is_ambiguous_and_format_picks_one(tmp_path
     x = rand(4, D_IN)
     a, b = load_sae(tmp_path, format="saelens"), load_sae(tmp_path, format="gemma_scope")
     assert not torch.allclose(a(x), b(x))  # they differ exactly by the b_dec subtraction
+
+
+# ---------------------------------------------------------------------------------------------- imported families
+def test_a_family_assembled_from_other_libraries_runs_stitching_and_meta_saes(tmp_path: Path) -> None:
+    """Two SAELens SAEs naming gpt2 and a Gemma Scope file naming nothing become one family; the analyses that need
+    no language model run on it, and the one that needs gpt2 says so."""
+    from canon_pl.data.shards import write_activation_shards
+    from canon_pl.io import load_family
+    from tests.helpers import run_cli
+
+    for width in (8, 16):
+        t = {"W_enc": rand(D_IN, width), "b_enc": rand(width, scale=0.1), "W_dec": rand(width, D_IN),
+             "b_dec": rand(D_IN)}
+        write_saelens(tmp_path / f"saelens_{width}", {"architecture": "standard", "d_sae": width}, t)
+    t = {"W_enc": rand(D_IN, 32), "b_enc": rand(32, scale=0.1), "W_dec": rand(32, D_IN), "b_dec": rand(D_IN),
+         "threshold": rand(32).abs()}
+    (tmp_path / "gemma").mkdir()
+    np.savez(tmp_path / "gemma" / "params.npz", **{k: v.numpy() for k, v in t.items()})
+    sources = [str(tmp_path / "gemma"), str(tmp_path / "saelens_8"), str(tmp_path / "saelens_16")]
+
+    refused = run_cli("family", "--from", *sources, "--out", str(tmp_path / "fam"), cwd=tmp_path, script="canon-pl")
+    assert refused.returncode == 2 and "disagree on hook_point" in refused.stderr and "--hook-point" in refused.stderr
+    made = run_cli("family", "--from", *sources, "--out", str(tmp_path / "fam"), "--hook-point",
+                   "blocks.8.hook_resid_pre", "--model", "gpt2", cwd=tmp_path, script="canon-pl")
+    assert made.returncode == 0, made.stderr[-2000:]
+    family = load_family(tmp_path / "fam")
+    assert family.widths == [8, 16, 32]
+    x = rand(5, D_IN)
+    torch.testing.assert_close(family.saes[32](x), load_sae(tmp_path / "gemma")(x))
+
+    write_activation_shards([rand(256, D_IN)], tmp_path / "cache", tokens_per_shard=512)
+    stitched = run_cli("stitch", str(tmp_path / "fam"), "--data", str(tmp_path / "cache"), "--tokens", "256",
+                       cwd=tmp_path, script="canon-pl")
+    assert stitched.returncode == 0, stitched.stderr[-2000:]
+    assert sorted(p.name for p in (tmp_path / "fam" / "stitching").glob("*.json")) == ["16_32.json", "8_16.json"]
+    meta = run_cli("meta-sae", "--sae", str(tmp_path / "fam"), "--width", "32", "--d-sae", "3", "--k", "2",
+                   "--steps", "5", "--batch-size", "32", "--baseline-steps", "0", "--out", str(tmp_path / "meta"),
+                   cwd=tmp_path, script="canon-pl")
+    assert meta.returncode == 0, meta.stderr[-2000:]
+    needs_model = run_cli("stitch", str(tmp_path / "fam"), "--data", "pydoc-topics", cwd=tmp_path, script="canon-pl")
+    assert needs_model.returncode == 2 and "could not load the model 'gpt2'" in needs_model.stderr
+    assert "Traceback" not in needs_model.stderr

@@ -10,6 +10,7 @@ import torch
 from canon_pl.io.checkpoint import load_lightning_checkpoint
 from canon_pl.io.export import CheckpointError, load_export
 from canon_pl.io.family import read_family_manifest
+from canon_pl.io.validate import malformed_as
 from canon_pl.sae import SparseAutoencoder
 
 
@@ -32,7 +33,8 @@ def load_sae(path: str | os.PathLike, device: str | torch.device = "cpu", width:
         raise CheckpointError(f"{path} does not exist")
     kind = format or detect_format(path)
     if kind in FOREIGN_FORMATS:
-        return LOADERS[kind](path).to(device)
+        with malformed_as(CheckpointError, path, f"its {kind} files are corrupt or not what their names say"):
+            return LOADERS[kind](path).to(device)
     if kind == "lightning":
         return load_lightning_checkpoint(path, width).to(device)
     if kind == "family":

@@ -9,6 +9,7 @@ import json
 import os
 import random
 import time
+import zipfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ MAX_JSON_BYTES = 64 * 1024 * 1024
 # What interpreting a parsed document of the wrong shape raises: a key missing, a value of the wrong type, a tensor of
 # the wrong shape or dtype.
 STRUCTURAL_ERRORS = (KeyError, TypeError, ValueError, AttributeError, IndexError, RuntimeError, OverflowError,
-                     UnicodeDecodeError, EOFError)
+                     UnicodeDecodeError, EOFError, zipfile.BadZipFile)
 
 
 @contextlib.contextmanager

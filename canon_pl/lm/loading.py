@@ -58,6 +58,19 @@ def _bundled_gguf(name: str) -> tuple[Path, str]:
     return folder, files[0].name
 
 
+def _hub_reachable(timeout_s: float = 3.0) -> bool:
+    """Whether the Hugging Face hub (or ``HF_ENDPOINT``) answers a TCP connection within ``timeout_s``."""
+    import socket
+    from urllib.parse import urlparse
+
+    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    try:
+        with socket.create_connection((url.hostname or "huggingface.co", url.port or 443), timeout=timeout_s):
+            return True
+    except OSError:
+        return False
+
+
 def load_causal_lm(model: str = "smollm2-135m", device: str | torch.device = "cpu", dtype: str = "float32") -> LoadedModel:
     """Load ``model``: a bundled name (``smollm2-135m``), a local folder, or a Hugging Face hub id.
 
@@ -79,6 +92,8 @@ def load_causal_lm(model: str = "smollm2-135m", device: str | torch.device = "cp
     else:
         source = model
     offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
+    if source == model and not offline and not _hub_reachable():
+        offline = True  # read only what the local cache has, at once, instead of minutes of retries
     if offline:  # read at call time: huggingface_hub reads it only once, at import
         kwargs["local_files_only"] = True
     try:
@@ -88,7 +103,7 @@ def load_causal_lm(model: str = "smollm2-135m", device: str | torch.device = "cp
         raise ModelLoadError(
             f"could not load the model {model!r}: {str(err).splitlines()[0]}. It is neither a bundled model "
             f"({', '.join(BUNDLED_MODELS)}) nor a local folder; as a hub id it needs a network"
-            + (" (HF_HUB_OFFLINE=1 is set)" if offline else "")
+            + (" (the hub is not reachable from here, or HF_HUB_OFFLINE=1 is set)" if offline else "")
             + ". Use model: smollm2-135m or a local folder with config.json."
         ) from err
     return LoadedModel(lm.to(device).eval(), tokenizer, model)

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 
@@ -39,11 +40,41 @@ def pristine(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = build_analysed_run(tmp_path_factory.mktemp("pristine"))["root"]
     trainer = make_trainer(root / "run", max_steps=2, every_n_steps=2)
     trainer.fit(SAEModule(d_in=48, d_sae=96, k=3), SyntheticActivationDataModule(**SMALL_DATA))
+    foreign_formats(root / "foreign")
     index = write_activation_shards([torch.randn(64, 24) for _ in range(3)], root / "cache", tokens_per_shard=100)
     (root / "cache" / index.shards[0]["file"]).rename(root / "cache" / "first.safetensors")
     index.shards[0]["file"] = "first.safetensors"  # a fixed name for the cases below
     (root / "cache" / "index.json").write_text(json.dumps({"d_in": 24, "dtype": index.dtype, "shards": index.shards}))
     return root
+
+
+def foreign_formats(root: Path) -> None:
+    """One small SAE in each other library's layout (as tests/test_formats.py builds them)."""
+    from tests.test_formats import (
+        saelens_tensors,
+        write_dictionary_learning,
+        write_saelens,
+        write_sparsify,
+    )
+
+    write_saelens(root / "saelens", {"architecture": "jumprelu"}, saelens_tensors(threshold=True))
+    (root / "gemma").mkdir(parents=True)
+    np.savez(root / "gemma" / "params.npz", **{k: v.numpy() for k, v in saelens_tensors(threshold=True).items()})
+    t = saelens_tensors()
+    write_sparsify(root / "sparsify", {"encoder.weight": t["W_enc"].T.contiguous(), "encoder.bias": t["b_enc"],
+                                       "W_dec": t["W_dec"], "b_dec": t["b_dec"]})
+    write_dictionary_learning(root / "dl", {"encoder.weight": t["W_enc"].T.contiguous(), "encoder.bias": t["b_enc"],
+                                            "decoder.weight": t["W_dec"].T.contiguous(), "b_dec": t["b_dec"],
+                                            "k": torch.tensor(4), "threshold": torch.tensor(0.5)}, "BatchTopKSAE")
+
+
+def load_foreign(folder: str) -> Callable[[Path], object]:
+    def load(root: Path) -> object:
+        from canon_pl import load_sae
+
+        return load_sae(root / "foreign" / folder)
+
+    return load
 
 
 def load_checkpoint(root: Path) -> object:
@@ -97,6 +128,12 @@ LOADERS: dict[str, tuple[Callable[[Path], object], list[str], tuple[type[Excepti
     "meta": (load_meta, ["meta/analysis.json", "meta/analysis.safetensors"], (MetaSAEError,)),
     "meta statistics": (load_meta_statistics, ["meta/stats/stats.json", "meta/stats/meta.safetensors"], (StatsError,)),
     "cache": (load_cache, ["cache/index.json", "cache/first.safetensors"], (ShardError,)),
+    "SAELens": (load_foreign("saelens"), ["foreign/saelens/cfg.json", "foreign/saelens/sae_weights.safetensors"],
+                (CheckpointError,)),
+    "Gemma Scope": (load_foreign("gemma"), ["foreign/gemma/params.npz"], (CheckpointError,)),
+    "sparsify": (load_foreign("sparsify"), ["foreign/sparsify/cfg.json", "foreign/sparsify/sae.safetensors"],
+                 (CheckpointError,)),
+    "dictionary_learning": (load_foreign("dl"), ["foreign/dl/ae.pt", "foreign/dl/config.json"], (CheckpointError,)),
 }
 
 

@@ -39,7 +39,7 @@ def load_saelens(directory: str | os.PathLike) -> SparseAutoencoder:
         directory = directory.parent
     cfg = read_config(directory / CONFIG_FILE, "SAELens config")
     arch = cfg.get("architecture", "standard")
-    if arch not in ARCHITECTURES:
+    if not isinstance(arch, str) or arch not in ARCHITECTURES:
         raise CheckpointError(f"{directory / CONFIG_FILE}: SAELens architecture {arch!r} is not supported; canon-pl "
                               f"reads {sorted(ARCHITECTURES)}")
     norm = cfg.get("normalize_activations", "none") or "none"
