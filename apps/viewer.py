@@ -19,6 +19,12 @@ import streamlit as st
 from canon_pl.meta import MetaSAEError, read_meta_analysis
 from canon_pl.stats import LatentStatistics, StatsError
 from canon_pl.viewer import find_runs, find_stitching_results, load_pair, member_metrics
+from canon_pl.viewer.charts import (
+    cosine_histogram_chart,
+    family_charts,
+    path_l0_chart,
+    stitching_path_chart,
+)
 from canon_pl.viewer.latents import (
     family_decoders,
     find_statistics,
@@ -135,27 +141,9 @@ def curve(metrics: pd.DataFrame, column: str, title: str) -> alt.Chart:
     return alt.Chart(data, title=title).mark_line().encode(x=alt.X("step:Q"), y=alt.Y(f"{column}:Q", title=None))
 
 
-def family_charts(table: pd.DataFrame) -> None:
-    """FVU against width and against L0 (the sparsity / fidelity trade-off), CE recovered against width; one line
-    per folder (a family), one point per SAE."""
-    if "explained_variance" not in table.columns:
-        return
-    data = table.assign(family=table["run"].map(lambda name: name.rsplit("/", 1)[0] if "/" in name else name),
-                        fvu=1.0 - table["explained_variance"]).dropna(subset=["fvu"])
-    if data.empty:
-        return
-    tooltip = ["run", "d_sae", "fvu"] + [c for c in ("l0", "ce_recovered") if c in data.columns]
-    charts = [alt.Chart(data, title="FVU vs width").mark_line(point=True).encode(
-        x=alt.X("d_sae:Q", scale=alt.Scale(type="log"), title="latents"), y=alt.Y("fvu:Q", title="FVU"),
-        color="family:N", tooltip=tooltip)]
-    if "l0" in data.columns:
-        charts.append(alt.Chart(data, title="FVU vs L0").mark_point(filled=True).encode(
-            x=alt.X("l0:Q", title="L0"), y=alt.Y("fvu:Q", title="FVU"), color="family:N", tooltip=tooltip))
-    if "ce_recovered" in data.columns and data["ce_recovered"].notna().any():
-        charts.append(alt.Chart(data.dropna(subset=["ce_recovered"]), title="CE recovered vs width").mark_line(
-            point=True).encode(x=alt.X("d_sae:Q", scale=alt.Scale(type="log"), title="latents"),
-                               y=alt.Y("ce_recovered:Q", title="CE recovered"), color="family:N", tooltip=tooltip))
-    for column, chart in zip(st.columns(len(charts)), charts):
+def show_family_charts(table: pd.DataFrame) -> None:
+    charts = family_charts(table)
+    for column, chart in zip(st.columns(len(charts)) if charts else [], charts):
         column.altair_chart(chart, width="stretch")
 
 
@@ -168,7 +156,7 @@ def runs_page(root: Path) -> None:
     table = pd.DataFrame(runs).drop(columns=["_path"])
     st.subheader("SAEs")
     st.dataframe(table, hide_index=True)
-    family_charts(table)
+    show_family_charts(table)
     name = choose("run", [r["run"] for r in runs], "run")
     run = next(r for r in runs if r["run"] == name)
     st.subheader(f"Training of {name}")
@@ -202,20 +190,10 @@ def stitching_page(root: Path) -> None:
     cols[2].metric("proxy agrees with ΔMSE", "—" if agreement is None else f"{agreement:.1%}")
     cols[3].metric("FVU S → L", f"{s['fvu_small']:.3f} → {s['fvu_large']:.3f}")
     latents = data["latents"]
-    title = f"each large latent's best cosine to the {small}-latent SAE"
-    histogram = alt.Chart(data["histogram"], title=title).mark_bar().encode(
-        x=alt.X("start:Q", bin="binned", title="max cosine"), x2="end:Q", y=alt.Y("count:Q", title="latents"),
-        color=alt.Color("class:N"), tooltip=["class", "start", "end", "count"])
-    rule = alt.Chart(pd.DataFrame({"tau": [s["tau"]]})).mark_rule(strokeDash=[4, 4]).encode(x="tau:Q")
-    path = data["path_drawn"]
-    path_chart = alt.Chart(path, title="stitching path from S to L").mark_line().encode(
-        x=alt.X("latents:Q", title="latents in the stitched SAE"), y=alt.Y("fvu:Q", title="FVU"),
-        order="point:Q", tooltip=["point", "kind", "latents", "fvu", "l0"])
     left, right = st.columns(2)
-    left.altair_chart(histogram + rule, width="stretch")
-    right.altair_chart(path_chart, width="stretch")
-    st.altair_chart(alt.Chart(path, title="L0 along the path").mark_line().encode(
-        x=alt.X("point:Q", title="step"), y=alt.Y("l0:Q", title="L0")), width="stretch")
+    left.altair_chart(cosine_histogram_chart(data["histogram"], s["tau"], small), width="stretch")
+    right.altair_chart(stitching_path_chart(data["path_drawn"]), width="stretch")
+    st.altair_chart(path_l0_chart(data["path_drawn"]), width="stretch")
     run = str(pair.path.parent.parent.relative_to(root))
     linked = run in statistics_of(str(root))
     st.subheader("Large latents")

@@ -1,0 +1,75 @@
+"""Altair charts shared by the viewer and the report (no Streamlit imports): one function per figure."""
+
+from __future__ import annotations
+
+import altair as alt
+import pandas as pd
+
+
+def family_table(table: pd.DataFrame) -> pd.DataFrame:
+    """The runs table with ``family`` (the folder above each SAE) and ``fvu`` (1 - explained variance) added; rows
+    without a held-out FVU dropped."""
+    if "explained_variance" not in table.columns:
+        return pd.DataFrame()
+    return table.assign(family=table["run"].map(lambda name: name.rsplit("/", 1)[0] if "/" in name else name),
+                        fvu=1.0 - table["explained_variance"]).dropna(subset=["fvu"])
+
+
+def family_charts(table: pd.DataFrame) -> list[alt.Chart]:
+    """FVU against width and against L0 (the sparsity / fidelity trade-off), CE recovered against width; one line
+    per family, one point per SAE. ``table``: rows of ``find_runs`` (``run``, ``d_sae``, ``explained_variance``,
+    ``l0``, ``ce_recovered``)."""
+    data = family_table(table)
+    if data.empty:
+        return []
+    tooltip = ["run", "d_sae", "fvu"] + [c for c in ("l0", "ce_recovered") if c in data.columns]
+    width = alt.X("d_sae:Q", scale=alt.Scale(type="log"), title="latents")
+    charts = [alt.Chart(data, title="FVU vs width").mark_line(point=True).encode(
+        x=width, y=alt.Y("fvu:Q", title="FVU"), color="family:N", tooltip=tooltip)]
+    if "l0" in data.columns:
+        charts.append(alt.Chart(data, title="FVU vs L0").mark_point(filled=True).encode(
+            x=alt.X("l0:Q", title="L0"), y=alt.Y("fvu:Q", title="FVU"), color="family:N", tooltip=tooltip))
+    if "ce_recovered" in data.columns and data["ce_recovered"].notna().any():
+        charts.append(alt.Chart(data.dropna(subset=["ce_recovered"]), title="CE recovered vs width").mark_line(
+            point=True).encode(x=width, y=alt.Y("ce_recovered:Q", title="CE recovered"), color="family:N",
+                               tooltip=tooltip))
+    return charts
+
+
+def cosine_histogram_chart(histogram: pd.DataFrame, tau: float, small_width: int | str) -> alt.LayerChart:
+    """Each large latent's best decoder cosine to the small SAE (binned: ``start, end, class, count``) with the τ
+    line."""
+    bars = alt.Chart(histogram, title=f"each large latent's best cosine to the {small_width}-latent SAE").mark_bar(
+    ).encode(x=alt.X("start:Q", bin="binned", title="max cosine"), x2="end:Q", y=alt.Y("count:Q", title="latents"),
+             color=alt.Color("class:N"), tooltip=["class", "start", "end", "count"])
+    rule = alt.Chart(pd.DataFrame({"tau": [tau]})).mark_rule(strokeDash=[4, 4]).encode(x="tau:Q")
+    return bars + rule
+
+
+def stitching_path_chart(path: pd.DataFrame, title: str = "stitching path from S to L") -> alt.Chart:
+    """FVU against the number of latents along the path (``point, kind, latents, fvu, l0``; a ``pair`` column draws
+    one line per pair)."""
+    encoding = dict(x=alt.X("latents:Q", title="latents in the stitched SAE"), y=alt.Y("fvu:Q", title="FVU"),
+                    order="point:Q", tooltip=[c for c in ("pair", "point", "kind", "latents", "fvu", "l0")
+                                              if c in path.columns])
+    if "pair" in path.columns:
+        encoding["color"] = alt.Color("pair:N")
+    return alt.Chart(path, title=title).mark_line().encode(**encoding)
+
+
+def path_l0_chart(path: pd.DataFrame) -> alt.Chart:
+    return alt.Chart(path, title="L0 along the path").mark_line().encode(x=alt.X("point:Q", title="step"),
+                                                                         y=alt.Y("l0:Q", title="L0"))
+
+
+def novel_fraction_chart(pairs: pd.DataFrame) -> alt.Chart:
+    """Novel fraction of each adjacent pair (``pair``, ``novel_fraction``) with the paper's ≈ 35 % as a rule."""
+    bars = alt.Chart(pairs, title="novel latents per adjacent pair").mark_bar().encode(
+        x=alt.X("pair:N", sort=None, title="small → large"), y=alt.Y("novel_fraction:Q", title="novel fraction",
+                                                                     scale=alt.Scale(domain=[0, 1])))
+    paper = alt.Chart(pd.DataFrame({"y": [0.35]})).mark_rule(strokeDash=[4, 4], color="gray").encode(y="y:Q")
+    return bars + paper
+
+
+__all__ = ["cosine_histogram_chart", "family_charts", "family_table", "novel_fraction_chart", "path_l0_chart",
+           "stitching_path_chart"]
