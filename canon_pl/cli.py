@@ -128,8 +128,14 @@ def family_command(argv: list[str]) -> int:
     return run(argv)
 
 
+def pipeline_command(argv: list[str]) -> int:
+    from canon_pl.commands.pipeline import pipeline_command as run
+
+    return run(argv)
+
+
 COMMANDS = {"export": export_command, "cache": cache_command, "stitch": stitch_command, "meta-sae": meta_sae_command,
-            "stats": stats_command, "family": family_command}
+            "stats": stats_command, "family": family_command, "pipeline": pipeline_command}
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:

@@ -1,0 +1,153 @@
+"""``canon-pl pipeline --config configs/pipeline_smollm2.yaml``: the paper's study at small scale, stage by stage."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+DESCRIPTION = """Run the study end to end: train the family (lightning fit), stitch every adjacent pair (canon-pl
+stitch), train a meta-SAE on the widest member (canon-pl meta-sae), collect latent statistics for the family and the
+meta-SAE (canon-pl stats), and write <run>/report.md with its figures. Each stage is the same command a researcher
+runs by hand; a stage whose outputs already exist is skipped, and an interrupted training resumes from its last
+checkpoint, so re-running the pipeline continues where it stopped."""
+
+STAGES = ("fit", "stitch", "meta-sae", "stats", "meta stats", "report")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="canon-pl pipeline", description=DESCRIPTION)
+    parser.add_argument("--config", required=True, help="pipeline config (YAML), e.g. configs/pipeline_smollm2.yaml")
+    parser.add_argument("--device", default="cpu", help="device for the analysis stages (default cpu)")
+    return parser
+
+
+def read_pipeline_config(path: Path) -> dict[str, Any]:
+    import yaml
+
+    from canon_pl.io import CheckpointError
+
+    try:
+        config = yaml.safe_load(path.read_text())
+        fit_config = Path(config["fit_config"])
+        fit = yaml.safe_load(fit_config.read_text())
+        run = Path(fit["trainer"]["default_root_dir"])
+        max_steps = int(fit["trainer"]["max_steps"])
+        widths = [int(w) for w in fit["model"]["init_args"]["widths"]]
+    except (OSError, yaml.YAMLError, KeyError, TypeError, ValueError) as err:
+        raise CheckpointError(f"{path}: not a pipeline config ({type(err).__name__}: {err}); it needs fit_config, "
+                              f"pointing at a family config with trainer.default_root_dir, trainer.max_steps and "
+                              f"model.init_args.widths") from err
+    return {**config, "run": run, "max_steps": max_steps, "widths": widths}
+
+
+def _args(options: dict[str, Any] | None) -> list[str]:
+    """``{tokens: 8192, ce_points: 0}`` -> ``["--tokens", "8192", "--ce-points", "0"]`` (``None`` values left out,
+    ``True`` as a bare flag)."""
+    out = []
+    for key, value in (options or {}).items():
+        if value is None or value is False:
+            continue
+        out.append(f"--{key.replace('_', '-')}")
+        if value is not True:
+            out.append(str(value))
+    return out
+
+
+def _readable(check) -> bool:
+    try:
+        return bool(check())
+    except Exception:  # noqa: BLE001 - any unreadable output means the stage has to run again
+        return False
+
+
+def stage_done(stage: str, cfg: dict[str, Any]) -> bool:
+    """Whether ``stage``'s outputs exist, read back and are complete."""
+    from canon_pl.io import load_family, read_export_config
+    from canon_pl.meta import read_meta_analysis
+    from canon_pl.stats import LatentStatistics
+    from canon_pl.stitching import read_stitching_results
+
+    run, widths = cfg["run"], cfg["widths"]
+    meta_dir = run / f"meta_sae_{cfg['meta_width']}"
+    checks = {
+        "fit": lambda: load_family(run).widths == widths and all(
+            read_export_config(run / str(w)).get("training", {}).get("global_step") == cfg["max_steps"]
+            for w in widths),
+        "stitch": lambda: all(read_stitching_results(run / "stitching" / f"{a}_{b}.json")
+                              for a, b in zip(widths, widths[1:])),
+        "meta-sae": lambda: read_meta_analysis(meta_dir),
+        "stats": lambda: sorted(LatentStatistics.open(run / "stats").members) == sorted(map(str, widths)),
+        "meta stats": lambda: LatentStatistics.open(meta_dir / "stats"),
+        "report": lambda: False,  # cheap: always rewritten from the files
+    }
+    return _readable(checks[stage])
+
+
+def run_stage(stage: str, cfg: dict[str, Any], device: str) -> int:
+    from canon_pl.cli import run_lightning_cli
+    from canon_pl.commands.meta_sae import meta_sae_command
+    from canon_pl.commands.stats import stats_command
+    from canon_pl.commands.stitch import stitch_command
+    from canon_pl.report import write_report
+
+    run = cfg["run"]
+    meta_dir = run / f"meta_sae_{cfg['meta_width']}"
+    if stage == "fit":
+        args = ["fit", "--config", str(cfg["fit_config"]), *map(str, cfg.get("fit_args") or [])]
+        last = run / "ckpt" / "last.ckpt"
+        if last.is_file():
+            print(f"  resuming from {last}")
+            args += ["--ckpt_path", str(last)]
+        run_lightning_cli(args)
+        return 0
+    if stage == "stitch":
+        return stitch_command([str(run), "--device", device, *_args(cfg.get("stitch"))])
+    if stage == "meta-sae":
+        return meta_sae_command(["--sae", str(run), "--width", str(cfg["meta_width"]), "--out", str(meta_dir),
+                                 *_args(cfg.get("meta_sae"))])
+    if stage == "stats":
+        return stats_command(["--run", str(run), "--device", device, *_args(cfg.get("stats"))])
+    if stage == "meta stats":
+        return stats_command(["--run", str(meta_dir), "--device", device])
+    path = write_report(run, meta_dir)
+    print(f"  report: {path}")
+    return 0
+
+
+def pipeline_command(argv: list[str]) -> int:
+    ns = build_parser().parse_args(argv)
+    from canon_pl.io import CheckpointError
+
+    try:
+        cfg = read_pipeline_config(Path(ns.config))
+    except CheckpointError as err:
+        print(f"canon-pl pipeline: error: {err}", file=sys.stderr)
+        return 2
+    meta = cfg.get("meta_sae") or {}
+    cfg["meta_sae"] = {k: v for k, v in meta.items() if k != "width"}
+    cfg["meta_width"] = int(meta.get("width") or cfg["widths"][-1])
+    started = time.monotonic()
+    timings = {}
+    for i, stage in enumerate(STAGES, 1):
+        if stage_done(stage, cfg):
+            print(f"[{i}/{len(STAGES)}] {stage}: done already, skipped", flush=True)
+            continue
+        print(f"[{i}/{len(STAGES)}] {stage} ...", flush=True)
+        t0 = time.monotonic()
+        code = run_stage(stage, cfg, ns.device)
+        timings[stage] = round(time.monotonic() - t0, 1)
+        if code != 0:
+            print(f"canon-pl pipeline: stage {stage!r} failed (exit {code}); fix the cause and re-run: finished "
+                  f"stages are kept and skipped", file=sys.stderr)
+            return code
+    total = time.monotonic() - started
+    print(f"pipeline finished in {total / 60:.1f} min ({json.dumps(timings)}); report: {cfg['run'] / 'report.md'}")
+    print(f"open it in the viewer: streamlit run apps/viewer.py -- --checkpoints {cfg['run'].parent}")
+    return 0
+
+
+__all__ = ["STAGES", "pipeline_command", "read_pipeline_config", "stage_done"]

@@ -1,0 +1,63 @@
+"""`canon-pl pipeline` on a tiny config: every stage's artefact exists, loads and agrees with the report, and a
+re-run skips what is done."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import yaml
+
+from canon_pl import load_sae
+from canon_pl.io import load_family
+from canon_pl.meta import read_meta_analysis
+from canon_pl.stats import LatentStatistics
+from canon_pl.stitching import read_stitching_results
+from tests.helpers import REPO, run_cli
+
+
+def tiny_configs(root: Path) -> Path:
+    fit = yaml.safe_load((REPO / "configs" / "family_smollm2.yaml").read_text())
+    run = str(root / "checkpoints" / "tiny")
+    fit["trainer"].update({"max_steps": 6, "val_check_interval": 6, "log_every_n_steps": 2, "default_root_dir": run})
+    fit["trainer"]["logger"]["init_args"]["save_dir"] = run
+    fit["trainer"]["callbacks"][0]["init_args"].update({"dirpath": f"{run}/ckpt", "every_n_train_steps": 3})
+    fit["model"]["init_args"].update({"widths": [576, 1152, 2304], "dead_tokens_threshold": 2000})
+    fit["data"]["init_args"].update({"text": "pydoc-topics", "batch_size": 256, "contexts_per_forward": 8,
+                                     "block_contexts": 16, "val_contexts": 4})
+    (root / "fit.yaml").write_text(yaml.safe_dump(fit))
+    pipeline = yaml.safe_load((REPO / "configs" / "pipeline_smollm2.yaml").read_text())
+    pipeline.update({"fit_config": str(root / "fit.yaml"),
+                     "stitch": {"data": "pydoc-topics", "tokens": 512, "ce_points": 2},
+                     "meta_sae": {"k": 2, "steps": 5, "batch_size": 512, "baseline_steps": 0, "d_sae": 40},
+                     "stats": {"text": "pydoc-topics", "tokens": 1024, "top": 4, "samples": 4}})
+    (root / "pipeline.yaml").write_text(yaml.safe_dump(pipeline))
+    return root / "pipeline.yaml"
+
+
+def test_the_pipeline_runs_every_stage_and_a_rerun_skips_them(tmp_path: Path) -> None:
+    config = tiny_configs(tmp_path)
+    first = run_cli("pipeline", "--config", str(config), cwd=tmp_path, script="canon-pl")
+    assert first.returncode == 0, first.stderr[-3000:]
+    run = tmp_path / "checkpoints" / "tiny"
+    assert load_family(run).widths == [576, 1152, 2304]
+    results = {p.stem: read_stitching_results(p) for p in (run / "stitching").glob("*.json")}
+    assert sorted(results) == ["1152_2304", "576_1152"]
+    meta = read_meta_analysis(run / "meta_sae_2304")
+    assert meta["n_meta"] == 40 and load_sae(run / "meta_sae_2304").d_sae == 40
+    assert sorted(LatentStatistics.open(run / "stats").members) == ["1152", "2304", "576"]
+    assert LatentStatistics.open(run / "meta_sae_2304" / "stats").index["kind"] == "meta_sae"
+
+    report = (run / "report.md").read_text()
+    for name, summary in results.items():  # the report's counts are the results files'
+        small, large = name.split("_")
+        row = re.search(rf"\| {small} → {large} \| [\d.]+ \| (\d+) \| (\d+) \|", report)
+        assert row and (int(row.group(1)), int(row.group(2))) == (summary["n_novel"], summary["n_reconstruction"])
+    assert f"| {meta['fve']:.3f} |" in report
+    for image in re.findall(r"\]\((report/[^)]+\.png)\)", report):
+        assert (run / image).stat().st_size > 1000
+    assert "streamlit run apps/viewer.py" in first.stdout
+
+    again = run_cli("pipeline", "--config", str(config), cwd=tmp_path, script="canon-pl")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert again.stdout.count("done already, skipped") == 5  # everything but the report
