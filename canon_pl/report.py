@@ -41,7 +41,10 @@ def gather(run: Path, meta_dir: Path | None) -> dict[str, Any]:
     from canon_pl.meta import read_meta_analysis
     from canon_pl.viewer import find_runs, find_stitching_results, load_pair
 
-    family = pd.DataFrame([r.row() for r in find_runs(run)])
+    from canon_pl.io import read_family_manifest
+
+    members = set(read_family_manifest(run)["members"].values())
+    family = pd.DataFrame([r.row() for r in find_runs(run) if r.name in members])  # not the meta-SAE beside them
     pairs, paths = [], []
     for found in find_stitching_results(run):
         data = load_pair(found.path)

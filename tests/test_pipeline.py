@@ -54,6 +54,7 @@ def test_the_pipeline_runs_every_stage_and_a_rerun_skips_them(tmp_path: Path) ->
         row = re.search(rf"\| {small} → {large} \| [\d.]+ \| (\d+) \| (\d+) \|", report)
         assert row and (int(row.group(1)), int(row.group(2))) == (summary["n_novel"], summary["n_reconstruction"])
     assert f"| {meta['fve']:.3f} |" in report
+    assert not re.search(r"^\| 40 \|", report, re.M)  # the family table lists the family, not the meta-SAE
     for image in re.findall(r"\]\((report/[^)]+\.png)\)", report):
         assert (run / image).stat().st_size > 1000
     assert "streamlit run apps/viewer.py" in first.stdout
