@@ -13,7 +13,8 @@ from canon_pl.cli import run_lightning_cli
 from canon_pl.training import ActivationDataModule, DecoderRowsDataModule
 from tests.helpers import REPO, run_cli
 
-CONFIGS = sorted((REPO / "configs").glob("**/*.yaml"))
+CONFIGS = sorted(p for p in (REPO / "configs").glob("**/*.yaml") if not p.name.startswith("pipeline_"))
+PIPELINES = sorted((REPO / "configs").glob("**/pipeline_*.yaml"))
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=[c.name for c in CONFIGS])
@@ -24,6 +25,19 @@ def test_every_config_instantiates(config: Path, tmp_path: Path, monkeypatch) ->
     # ActivationDataModule needs the model loaded, DecoderRowsDataModule a trained base SAE: both tested elsewhere
     if not isinstance(cli.datamodule, (ActivationDataModule, DecoderRowsDataModule)):
         assert cli.datamodule.d_in == cli.model.hparams.d_in
+
+
+@pytest.mark.parametrize("config", PIPELINES, ids=[c.name for c in PIPELINES])
+def test_every_pipeline_config_names_a_family_config_that_instantiates(config: Path, tmp_path: Path,
+                                                                       monkeypatch) -> None:
+    from canon_pl.commands.pipeline import read_pipeline_config
+
+    monkeypatch.chdir(REPO)
+    pipeline = read_pipeline_config(config)
+    assert pipeline["widths"] == sorted(pipeline["widths"]) and pipeline["max_steps"] > 0
+    monkeypatch.chdir(tmp_path)
+    cli = run_lightning_cli(["--config", str(REPO / pipeline["fit_config"])], run=False)
+    assert list(cli.model.widths) == pipeline["widths"]
 
 
 def test_lightning_fit_trains_exports_and_resumes(tmp_path: Path) -> None:
