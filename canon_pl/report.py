@@ -38,10 +38,9 @@ def gather(run: Path, meta_dir: Path | None) -> dict[str, Any]:
     """Everything the report states, read from the run's files: ``family`` (one row per width), ``pairs`` (one row
     per stitched pair), ``paths`` (every pair's path, thinned), ``meta`` (the meta-SAE analysis summary) and
     ``examples`` (decompositions with the latents' top tokens)."""
+    from canon_pl.io import read_family_manifest
     from canon_pl.meta import read_meta_analysis
     from canon_pl.viewer import find_runs, find_stitching_results, load_pair
-
-    from canon_pl.io import read_family_manifest
 
     members = set(read_family_manifest(run)["members"].values())
     family = pd.DataFrame([r.row() for r in find_runs(run) if r.name in members])  # not the meta-SAE beside them

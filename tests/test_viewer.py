@@ -284,3 +284,23 @@ def test_stitching_charts_draw_every_latent_and_both_ends_of_the_path_from_few_r
     drawn = thin_path(path)
     assert len(drawn) <= 2_001 and drawn["point"].iloc[0] == 0 and drawn["point"].iloc[-1] == 30_000
     assert thin_path(path.head(10)).equals(path.head(10))
+
+
+def test_a_meta_sae_inside_a_family_folder_is_not_drawn_as_a_member(tmp_path: Path) -> None:
+    from canon_pl.io import export_sae, write_family_manifest
+    from canon_pl.viewer.charts import family_table
+
+    cfg = None
+    for width in (8, 16):
+        sae = build_sae(SAEConfig(d_in=12, d_sae=width, architecture="relu", hook_point="h"))
+        export_sae(sae, tmp_path / "fam" / str(width))
+        cfg = sae.cfg
+    write_family_manifest(tmp_path / "fam", {8: "8", 16: "16"}, cfg, tokens=0)
+    export_sae(build_sae(SAEConfig(d_in=12, d_sae=3, architecture="relu")), tmp_path / "fam" / "meta_sae_16")
+    rows = {r.name: r.row()["family"] for r in find_runs(tmp_path)}
+    assert rows == {"fam/8": "fam", "fam/16": "fam", "fam/meta_sae_16": "fam/meta_sae_16"}
+    import pandas as pd
+
+    table = pd.DataFrame([r.row() | {"explained_variance": 0.5} for r in find_runs(tmp_path)])
+    assert sorted(family_table(table).groupby("family")["d_sae"].apply(list).to_dict().items()) == [
+        ("fam", [8, 16]), ("fam/meta_sae_16", [3])]

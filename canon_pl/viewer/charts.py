@@ -7,12 +7,12 @@ import pandas as pd
 
 
 def family_table(table: pd.DataFrame) -> pd.DataFrame:
-    """The runs table with ``family`` (the folder above each SAE) and ``fvu`` (1 - explained variance) added; rows
+    """The runs table with ``fvu`` (1 - explained variance) added (and ``family``, when missing, the run itself); rows
     without a held-out FVU dropped."""
     if "explained_variance" not in table.columns:
         return pd.DataFrame()
-    return table.assign(family=table["run"].map(lambda name: name.rsplit("/", 1)[0] if "/" in name else name),
-                        fvu=1.0 - table["explained_variance"]).dropna(subset=["fvu"])
+    family = table["family"] if "family" in table.columns else table["run"]
+    return table.assign(family=family, fvu=1.0 - table["explained_variance"]).dropna(subset=["fvu"])
 
 
 def family_charts(table: pd.DataFrame) -> list[alt.Chart]:

@@ -10,6 +10,7 @@ from typing import Any
 import pandas as pd
 
 from canon_pl.io.export import CONFIG_FILE, CheckpointError, read_export_config
+from canon_pl.io.family import read_family_manifest
 
 MAX_METRICS_BYTES = 200 * 1024 * 1024
 HEADLINE_METRICS = ("explained_variance", "l0", "ce_recovered", "dead_fraction")
@@ -26,6 +27,8 @@ class RunSummary:
     config: dict[str, Any]
     final_metrics: dict[str, float]
     name: str = ""
+    family: str = ""
+    """The family folder this SAE is a member of (listed in its ``family.json``), else its own name."""
 
     def row(self) -> dict[str, Any]:
         """One table row: identity first, then the headline metrics, then the rest of the validation metrics."""
@@ -34,6 +37,7 @@ class RunSummary:
         headline = {key: metrics.pop(key) for key in HEADLINE_METRICS if key in metrics}
         return {
             "run": self.name,
+            "family": self.family or self.name,
             "d_sae": sae.get("d_sae"),
             "k": sae.get("k"),
             **headline,
@@ -80,6 +84,13 @@ def _final_validation(metrics: pd.DataFrame) -> dict[str, float]:
     return {c: float(last[c]) for c in columns if pd.notna(last[c])}
 
 
+def _members(family_dir: Path) -> set[str]:
+    try:
+        return set(read_family_manifest(family_dir)["members"].values())
+    except CheckpointError:
+        return set()
+
+
 def find_runs(root: str | Path) -> list[RunSummary]:
     """Every folder below ``root`` (two levels at most) holding a readable canon-pl ``cfg.json``."""
     root = Path(root)
@@ -92,9 +103,12 @@ def find_runs(root: str | Path) -> list[RunSummary]:
             continue
         name = str(cfg.parent.relative_to(root))
         family = None
+        group = name  # a family groups its members; anything else (a meta-SAE beside them) stands alone
         if (cfg.parent.parent / "family.json").is_file():
             family = family_logs.setdefault(cfg.parent.parent, read_metrics(cfg.parent.parent))
+            if cfg.parent.name in _members(cfg.parent.parent):
+                group = str(cfg.parent.parent.relative_to(root)) if cfg.parent.parent != root else root.name
         metrics = member_metrics(cfg.parent, family)
-        runs.append(RunSummary(cfg.parent, config, _final_validation(metrics), name))
+        runs.append(RunSummary(cfg.parent, config, _final_validation(metrics), name, group))
     # families in width order, not in the string order of their folder names
     return sorted(runs, key=lambda r: (str(r.path.parent), int(r.config.get("sae", {}).get("d_sae") or 0), r.name))
