@@ -107,6 +107,16 @@ def meta_runs_of(root: str) -> dict[str, Path]:
 
 
 @st.cache_data(ttl=30)
+def meta_analysis_of(root: str, run_dir: str, member: str) -> Path | None:
+    return find_meta_analysis(root, Path(run_dir), member)
+
+
+@st.cache_data(ttl=30)
+def base_statistics_of(root: str, base: dict) -> tuple[str, str] | None:
+    return base_location(root, base, statistics_of(root))
+
+
+@st.cache_data(ttl=30)
 def load_stitching(path: str) -> dict:
     return load_pair(path)
 
@@ -262,7 +272,7 @@ def latent_page(root: Path) -> None:
                                                                                     nearest["latent"])])
         st.dataframe(nearest, hide_index=True,
                      column_config={"page": st.column_config.LinkColumn("latent page", display_text="open")})
-    meta_dir = find_meta_analysis(root, run_dir, member)
+    meta_dir = meta_analysis_of(str(root), str(run_dir), member)
     if meta_dir is None:
         return
     meta_run = str(meta_dir.relative_to(root))
@@ -312,7 +322,7 @@ def meta_latent_page(root: Path) -> None:
     if not view["members"]:
         st.caption("no base latent uses this meta-latent (dead)")
         return
-    where = base_location(root, base, statistics_of(str(root)))
+    where = base_statistics_of(str(root), base)
     members = pd.DataFrame(view["members"], columns=["latent", "activation"])
     if where is None:
         st.caption("Latent pages of the members need the base SAE's statistics: `canon-pl stats --run <base run>`.")

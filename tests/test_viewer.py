@@ -63,11 +63,7 @@ def test_stitching_page_shows_the_pairs_counts_and_path(tmp_path: Path) -> None:
     result = analyze_pair(small, large, torch.randn(400, 32))
     write_stitching_results(result, tmp_path / "fam" / "stitching")
     (tmp_path / "fam" / "stitching" / "junk.json").write_text("[1, 2")  # skipped, not fatal
-    app = AppTest.from_file(APP, default_timeout=60)
-    app.query_params["page"] = "Stitching"
-    app.run()
-    app.sidebar.text_input[0].set_value(str(tmp_path)).run()
-    assert not app.exception
+    app = open_page(tmp_path, page="Stitching")
     metrics = {m.label: m.value for m in app.metric}
     assert metrics["novel latents"] == f"{result.summary['n_novel']:,}"
     assert metrics["reconstruction latents"] == f"{result.summary['n_reconstruction']:,}"
@@ -181,11 +177,7 @@ def test_latent_page_shows_the_planted_token_and_deep_links_open_the_latent(tmp_
     strings = {i: f"tok{i}" for i in range(50)} | {token: "PLANTED"}
     write_statistics(tmp_path / "run" / "stats", collectors, torch.cat(contexts), unembedded, {"model_id": "toy"},
                      token_strings=strings)
-    app = AppTest.from_file(APP, default_timeout=60)
-    app.query_params.update({"page": "Latent", "sae": "8", "latent": "0"})
-    app.run()
-    app.sidebar.text_input[0].set_value(str(tmp_path)).run()
-    assert not app.exception
+    app = open_page(tmp_path, page="Latent", sae="8", latent="0")
     top = [m.value for m in app.markdown if "<span" in m.value]
     assert top and all("<b>PLANTED</b>" in snippet for snippet in top[:4])
     app.sidebar.number_input[0].set_value(3).run()
@@ -215,11 +207,7 @@ def test_latent_page_shows_its_meta_decomposition(tmp_path: Path) -> None:
     arrays = {"decomposition_base": decomposition.base, "decomposition_meta": decomposition.meta,
               "decomposition_value": decomposition.value}
     write_meta_analysis(MetaAnalysis(summary, decomposition, arrays), tmp_path / "meta")
-    app = AppTest.from_file(APP, default_timeout=60)
-    app.query_params.update({"page": "Latent", "sae": "8", "latent": "0"})
-    app.run()
-    app.sidebar.text_input[0].set_value(str(tmp_path)).run()
-    assert not app.exception
+    app = open_page(tmp_path, page="Latent", sae="8", latent="0")
     table = app.dataframe[-1].value
     assert table["meta"].tolist() == [3, 1] and table["siblings"].tolist() == [[1], [2]]
 
@@ -246,11 +234,7 @@ def test_latent_page_places_a_family_latent_among_the_other_widths(tmp_path: Pat
     collectors, contexts = collect_statistics({"8": sae}, batches, n_top=2, n_sample=2, window=1)
     write_statistics(family / "stats", collectors, torch.cat(contexts),
                      {"8": unembedding_directions(sae.W_dec.detach(), torch.randn(50, sae.d_in), n=3)}, {})
-    app = AppTest.from_file(APP, default_timeout=60)
-    app.query_params.update({"page": "Latent", "sae": "8", "latent": "0"})
-    app.run()
-    app.sidebar.text_input[0].set_value(str(tmp_path)).run()
-    assert not app.exception
+    app = open_page(tmp_path, page="Latent", sae="8", latent="0")
     nearest = app.dataframe[0].value
     assert nearest.iloc[0]["width"] == 4 and nearest.iloc[0]["latent"] == 2 and nearest.iloc[0]["cosine"] > 0.99
     assert any("reconstruction" in m.value for m in app.markdown)

@@ -11,17 +11,22 @@ from canon_pl.meta import MetaDecomposition, MetaSAEError, read_meta_analysis
 from canon_pl.stats import LatentStatistics, StatsError
 
 
-def find_meta_runs(root: str | os.PathLike) -> dict[str, Path]:
-    """``{label: analysis folder}`` for every readable meta-SAE ``analysis.json`` below ``root``."""
-    root = Path(root)
+def _meta_summaries(root: Path) -> dict[str, tuple[Path, dict[str, Any]]]:
+    """``{label: (analysis folder, summary)}`` for every readable meta-SAE ``analysis.json`` below ``root`` (each read
+    once)."""
     found = {}
     for path in sorted(root.glob("**/analysis.json")):
         try:
-            read_meta_analysis(path)
+            summary = read_meta_analysis(path)
         except MetaSAEError:
             continue  # foreign or corrupt: skipped, never fatal
-        found[str(path.parent.relative_to(root))] = path.parent
+        found[str(path.parent.relative_to(root))] = (path.parent, summary)
     return found
+
+
+def find_meta_runs(root: str | os.PathLike) -> dict[str, Path]:
+    """``{label: analysis folder}`` for every readable meta-SAE ``analysis.json`` below ``root``."""
+    return {label: path for label, (path, _) in _meta_summaries(Path(root)).items()}
 
 
 def _candidates(source: str, root: Path) -> list[Path]:
@@ -48,8 +53,8 @@ def is_base_of(base: dict[str, Any], run_dir: Path, member: str, root: Path) -> 
 
 def find_meta_analysis(root: str | os.PathLike, run_dir: Path, member: str) -> Path | None:
     """The folder of a meta-SAE analysis below ``root`` whose base is this run's ``member``, or ``None``."""
-    for path in find_meta_runs(root).values():
-        if is_base_of(read_meta_analysis(path).get("base") or {}, run_dir, member, Path(root)):
+    for path, summary in _meta_summaries(Path(root)).values():
+        if is_base_of(summary.get("base") or {}, run_dir, member, Path(root)):
             return path
     return None
 
