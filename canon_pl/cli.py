@@ -23,7 +23,8 @@ class CanonCLI(LightningCLI):
 
         from canon_pl.training import StepProgressBar
 
-        configured = list(config.get("callbacks") or []) + list(callbacks)
+        given = config.get("callbacks") or []
+        configured = (list(given) if isinstance(given, (list, tuple)) else [given]) + list(callbacks)
         if config.get("enable_progress_bar", True) is not False and not any(isinstance(c, ProgressBar) for c in configured):
             callbacks = [*callbacks, StepProgressBar()]  # a total of max_steps for infinite activation streams
         return super()._instantiate_trainer(config, callbacks)
@@ -153,11 +154,12 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from canon_pl.stats import StatsError
     from canon_pl.stitching import StitchingError
     from canon_pl.training import InputShapeError, NonFiniteError
+    from canon_pl.training.datamodules import StreamResumeError
     from canon_pl.training.analysis_data import AnalysisDataError
 
     return (SAEConfigError, CheckpointError, ShardError, InputShapeError, NonFiniteError, HookPointError,
             ModelLoadError, TextSourceError, ContextLengthError, StitchingError, MetaSAEError, AnalysisDataError,
-            StatsError)
+            StatsError, StreamResumeError)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -78,17 +78,26 @@ def _stream(source: str, text_column: str) -> Iterator[str]:
         yield text
 
 
-def iter_documents(source: str, split: str, val_every: int = 20, text_column: str = "text") -> Iterator[str]:
-    """Documents of ``split`` (``train`` or ``val``): every ``val_every``-th non-empty document is ``val``."""
+def iter_documents(source: str, split: str, val_every: int = 20, text_column: str = "text",
+                   shard: tuple[int, int] = (0, 1)) -> Iterator[str]:
+    """Documents of ``split`` (``train`` or ``val``): every ``val_every``-th non-empty document is ``val``.
+
+    ``shard=(r, n)`` keeps the ``r``-th of every ``n`` documents of the split (one rank's disjoint part under DDP).
+    """
     if split not in ("train", "val"):
         raise ValueError(f"split must be 'train' or 'val', got {split!r}")
-    index = -1
+    part, n_parts = shard
+    if not 0 <= part < n_parts:
+        raise ValueError(f"shard must be (part, n_parts) with 0 <= part < n_parts, got {shard}")
+    index, in_split = -1, -1
     for text in _stream(source, text_column):
         if not text or not text.strip():
             continue
         index += 1
         if (index % val_every == 0) == (split == "val"):
-            yield text
+            in_split += 1
+            if in_split % n_parts == part:
+                yield text
     if index < 0:
         raise TextSourceError(f"text source {source!r} is empty: it yielded no non-empty document")
 
@@ -111,7 +120,10 @@ def pack_contexts(documents: Iterator[str], tokenizer: Any, context_length: int,
 
 
 def context_stream(source: str, split: str, tokenizer: Any, context_length: int, start: int = 0,
-                   val_every: int = 20, text_column: str = "text", bos_token_id: int | None = None) -> Iterator[Tensor]:
-    """Contexts of ``split`` from position ``start`` on (earlier ones are tokenised and skipped)."""
-    contexts = pack_contexts(iter_documents(source, split, val_every, text_column), tokenizer, context_length, bos_token_id)
+                   val_every: int = 20, text_column: str = "text", bos_token_id: int | None = None,
+                   shard: tuple[int, int] = (0, 1)) -> Iterator[Tensor]:
+    """Contexts of ``split`` (of the documents of ``shard``) from position ``start`` on (earlier ones are
+    tokenised and skipped)."""
+    documents = iter_documents(source, split, val_every, text_column, shard)
+    contexts = pack_contexts(documents, tokenizer, context_length, bos_token_id)
     return islice(contexts, start, None)

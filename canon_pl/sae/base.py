@@ -13,7 +13,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils._pytree import register_dataclass
 
+from canon_pl.distributed import fired_anywhere, global_batch_size
 from canon_pl.sae.config import SAEConfig
 from canon_pl.sae.sparse_grad import gather_pre_activations
 
@@ -58,6 +60,10 @@ class TrainStepOutput:
         if isinstance(self.acts, SparseActivations):
             return torch.tensor(self.acts.values.numel() / max(self.acts.batch_size, 1))
         return (self.acts != 0).sum(dim=-1).float().mean()
+
+
+# A pytree node, so that FSDP2 finds the loss inside a ``training_forward`` output and hooks its backward.
+register_dataclass(TrainStepOutput)
 
 
 class SparseAutoencoder(nn.Module):
@@ -183,13 +189,15 @@ class SparseAutoencoder(nn.Module):
         return self.tokens_since_fired >= self.cfg.dead_tokens_threshold
 
     def _update_dead_counters(self, acts: SparseActivations | Tensor, batch_size: int) -> None:
+        """Counters over the global batch: under DDP a latent fired if it fired on any rank, and every rank adds
+        the global token count, so the counters (and AuxK's dead set) stay identical on every rank."""
         if isinstance(acts, SparseActivations):
             fired = torch.zeros(self.d_sae, dtype=torch.bool, device=acts.cols.device)
             fired[acts.cols] = True
         else:
             fired = (acts > 0).any(dim=0)
-        self.tokens_since_fired += batch_size
-        self.tokens_since_fired[fired] = 0
+        self.tokens_since_fired += global_batch_size(batch_size, fired.device)
+        self.tokens_since_fired[fired_anywhere(fired)] = 0
 
     def auxk_loss(self, pre: Tensor, take, x: Tensor, x_hat: Tensor) -> Tensor:
         """AuxK: reconstruct the residual from the top ``aux_k`` dead latents of each token.

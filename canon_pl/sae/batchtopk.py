@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from canon_pl.distributed import global_batch_size, global_kth_largest, is_distributed
 from canon_pl.sae.base import SparseActivations, SparseAutoencoder
 
 CANDIDATE_FRACTIONS = (0.9, 0.5)
@@ -59,7 +60,26 @@ class BatchTopKSAE(SparseAutoencoder):
         if inference and bool(self.threshold_initialized):
             return threshold_select(pre, self.threshold)
         theta = float(self.threshold) if bool(self.threshold_initialized) else 0.0
-        acts = batch_topk(pre, self.cfg.k * pre.shape[0], lower_bounds=[f * theta for f in CANDIDATE_FRACTIONS])
+        bounds = [f * theta for f in CANDIDATE_FRACTIONS]
+        if self.training and is_distributed():
+            return self._select_over_global_batch(pre, bounds)
+        acts = batch_topk(pre, self.cfg.k * pre.shape[0], lower_bounds=bounds)
         if self.training and acts.values.numel() > 0:
             self.update_threshold(acts.values.detach().min())
         return acts
+
+    def _select_over_global_batch(self, pre: Tensor, bounds: list[float]) -> SparseActivations:
+        """Under DDP: this rank's share of the top ``k * global_batch`` activations of the *global* batch, so that
+        training equals one process on the concatenated batch. pre: ``[batch, d_sae]`` (this rank's tokens).
+
+        The global top-k's entries on this rank are among its local top ``k * global_batch``; the k-th largest of the
+        union (:func:`global_kth_largest`) is the cut, and also the threshold update, identical on every rank.
+        """
+        k_total = self.cfg.k * global_batch_size(pre.shape[0], pre.device)
+        local = batch_topk(pre, k_total, lower_bounds=bounds)
+        has_values = local.values.numel() > 0
+        cut = global_kth_largest(local.values.detach() if has_values else pre.new_zeros(1), k_total)
+        keep = local.values.detach() >= cut
+        if float(cut) > 0:
+            self.update_threshold(cut)
+        return SparseActivations(local.rows[keep], local.cols[keep], local.values[keep], local.batch_size)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from canon_pl.distributed import all_reduce
 from canon_pl.sae.base import SparseActivations, SparseAutoencoder
 
 
@@ -19,6 +20,10 @@ class TopKSAE(SparseAutoencoder):
         rows = torch.arange(batch, device=pre.device).repeat_interleave(self.cfg.k)
         values, cols = values.reshape(-1), cols.reshape(-1)
         keep = values > 0
-        if self.training and not inference and bool(keep.any()):
-            self.update_threshold(values.detach()[keep].min())
+        if self.training and not inference:
+            # The smallest kept activation of the global batch (every rank takes part, even with nothing kept).
+            smallest = values.detach()[keep].min() if bool(keep.any()) else values.new_tensor(float("inf"))
+            smallest = all_reduce(smallest, "min")
+            if torch.isfinite(smallest):
+                self.update_threshold(smallest)
         return SparseActivations(rows=rows[keep], cols=cols[keep], values=values[keep], batch_size=batch)

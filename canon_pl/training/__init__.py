@@ -19,20 +19,32 @@ from canon_pl.training.module import (
     SAEModule,
     default_learning_rate,
 )
+from canon_pl.training.parallel import (
+    Float32MatmulPrecision,
+    RankAgreementCheck,
+    SAEDDPStrategy,
+    SAEFSDPStrategy,
+    SAEThroughputMonitor,
+)
 from canon_pl.training.stitching import StitchingCallback
 
 __all__ = [
     "ActivationDataModule",
     "ActivationShardDataModule",
     "DecoderRowsDataModule",
+    "Float32MatmulPrecision",
     "InputShapeError",
     "MetaSAEAnalysisCallback",
     "MetaSAEModule",
     "NonFiniteError",
+    "RankAgreementCheck",
     "ResumableStreamDataModule",
+    "SAEDDPStrategy",
     "SAEExportCallback",
+    "SAEFSDPStrategy",
     "SAEFamilyModule",
     "SAEModule",
+    "SAEThroughputMonitor",
     "StepProgressBar",
     "StitchingCallback",
     "SyntheticActivationDataModule",

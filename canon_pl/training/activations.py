@@ -13,6 +13,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from canon_pl.distributed import world
 from canon_pl.lm import (
     ContextLengthError,
     HookedLanguageModel,
@@ -129,9 +130,10 @@ class ActivationDataModule(ResumableStreamDataModule):
         return selection.kept, selection.mask
 
     def _contexts(self, split: str, start: int) -> Iterator[Tensor]:
+        """This rank's contexts: under DDP rank ``r`` of ``W`` reads documents ``r, r + W, ...`` of the split."""
         hp, tokenizer = self.hparams, self.load_model().tokenizer
         return context_stream(hp.text, split, tokenizer, hp.context_length, start, hp.val_every, hp.text_column,
-                              bos_token_id=tokenizer.bos_token_id)
+                              bos_token_id=tokenizer.bos_token_id, shard=world())
 
     def load_block(self, k: int) -> Tensor:
         """Block ``k``: kept activations of train contexts ``[k * block_contexts, (k + 1) * block_contexts)``."""
@@ -167,7 +169,8 @@ class ActivationDataModule(ResumableStreamDataModule):
         hp = self.hparams
 
         def batches() -> Iterator[dict[str, Tensor]]:
-            contexts = list(islice(self._contexts("val", 0), hp.val_contexts))
+            per_rank = -(-hp.val_contexts // world()[1])  # the ranks share val_contexts between them
+            contexts = list(islice(self._contexts("val", 0), per_rank))
             for i in range(0, len(contexts), hp.contexts_per_forward):
                 tokens = torch.stack(contexts[i:i + hp.contexts_per_forward])
                 kept, mask = self.capture(tokens)

@@ -24,10 +24,13 @@ class SAEExportCallback(L.Callback):
         self.dirpath = dirpath
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if not trainer.is_global_zero or not hasattr(pl_module, "export"):
+        if not hasattr(pl_module, "export"):
             return
         target = Path(self.dirpath or getattr(getattr(pl_module, "settings", pl_module.hparams), "export_dir", None) or trainer.default_root_dir)
-        pl_module.export(target)
+        target = Path(trainer.strategy.broadcast(str(target)))
+        pl_module.export(target)  # every rank: a sharded SAE is gathered first; rank 0 alone writes
+        if not trainer.is_global_zero:
+            return
         if (target / "family.json").is_file():
             rank_zero_info(f"canon-pl: exported the family to {target} (load it with canon_pl.load_family({str(target)!r}))")
         else:

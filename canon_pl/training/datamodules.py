@@ -15,6 +15,7 @@ import lightning as L
 from torch import Tensor
 from torch.utils.data import DataLoader, IterableDataset
 
+from canon_pl.distributed import all_gather_objects, all_ranks_agree, world
 from canon_pl.data import (
     ShardError,
     ShardIndex,
@@ -37,12 +38,20 @@ def _loader(make_iterator: Callable[[], Iterator[Tensor]]) -> DataLoader:
     return DataLoader(_BatchStream(make_iterator), batch_size=None, num_workers=0)
 
 
+class StreamResumeError(ValueError):
+    """A checkpoint's stream positions that do not fit this run (another number of ranks)."""
+
+
 class ResumableStreamDataModule(L.LightningDataModule):
     """Base: remembers the stream position after the last batch the model consumed, and restarts there.
 
     Subclasses implement :meth:`train_batches`, yielding ``(position_after, batch)``; the position is any value
     made of plain Python types (it is stored in the Lightning checkpoint and read back with ``weights_only=True``).
     Positions of prefetched batches wait in a queue until the batch really reaches the model.
+
+    Under DDP every rank reads its own part of the data, so each rank has its own position: the checkpoint holds
+    all of them (gathered from every rank when it is written) and each rank resumes from its own. Ranks stop
+    together: when one rank's stream ends, every rank ends its epoch (a collective per batch; none alone).
     """
 
     def __init__(self) -> None:
@@ -59,7 +68,7 @@ class ResumableStreamDataModule(L.LightningDataModule):
         return 0
 
     def train_batches(self, start: Any) -> Iterator[tuple[Any, Tensor]]:
-        """``(position_after, batch [batch_size, d_in])`` pairs from position ``start`` onwards."""
+        """``(position_after, batch [batch_size, d_in])`` pairs from position ``start`` onwards (this rank's part)."""
         raise NotImplementedError
 
     def train_dataloader(self) -> DataLoader:
@@ -67,9 +76,14 @@ class ResumableStreamDataModule(L.LightningDataModule):
         self._in_flight.clear()
 
         def batches() -> Iterator[Tensor]:
-            for position, batch in self.train_batches(start):
-                self._in_flight.append(position)
-                yield batch
+            stream = self.train_batches(start)
+            while True:
+                item = next(stream, None)
+                device = item[1].device if item is not None else None
+                if not all_ranks_agree(item is not None, device) or item is None:
+                    return
+                self._in_flight.append(item[0])
+                yield item[1]
 
         return _loader(batches)
 
@@ -80,10 +94,20 @@ class ResumableStreamDataModule(L.LightningDataModule):
         return batch
 
     def state_dict(self) -> dict[str, Any]:
-        return {"position": self.resume_position, "train_batches_consumed": self.train_batches_consumed}
+        """Every rank's position (a collective under DDP: Lightning calls this on every rank when it checkpoints)."""
+        positions = all_gather_objects(self.resume_position)
+        return {"positions": positions, "world_size": len(positions), "train_batches_consumed": self.train_batches_consumed}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.resume_position = state_dict["position"]
+        positions = state_dict["positions"] if "positions" in state_dict else [state_dict["position"]]
+        rank, size = world()
+        if len(positions) != size:
+            raise StreamResumeError(
+                f"the checkpoint was written by {len(positions)} rank(s), each reading its own part of the data, but "
+                f"this run has {size}; resume with the same number of devices (trainer.devices x num_nodes = "
+                f"{len(positions)}) or start a new run from the export"
+            )
+        self.resume_position = positions[rank]
         self.train_batches_consumed = int(state_dict["train_batches_consumed"])
 
 
@@ -121,15 +145,21 @@ class SyntheticActivationDataModule(ResumableStreamDataModule):
         return self.source.d_in
 
     def train_batches(self, start: int) -> Iterator[tuple[int, Tensor]]:
+        """Batch ``i`` of the stream; under DDP each rank takes its slice of the global batch ``i`` of
+        ``batch_size x world_size`` tokens, so the ranks together see what one process would with that batch size."""
         index = start
         while True:
-            yield index + 1, self.source.batch(index, self.hparams.batch_size)
+            yield index + 1, self._rank_slice(index)
             index += 1
 
+    def _rank_slice(self, index: int) -> Tensor:
+        rank, size = world()
+        bs = self.hparams.batch_size
+        return self.source.batch(index, bs * size)[rank * bs:(rank + 1) * bs]
+
     def val_dataloader(self) -> DataLoader:
-        n, bs = self.hparams.val_batches, self.hparams.batch_size
         # Validation draws from negative indices: never part of the training stream.
-        return _loader(lambda: (self.source.batch(-1 - i, bs) for i in range(n)))
+        return _loader(lambda: (self._rank_slice(-1 - i) for i in range(self.hparams.val_batches)))
 
 
 class ActivationShardDataModule(ResumableStreamDataModule):
@@ -180,12 +210,24 @@ class ActivationShardDataModule(ResumableStreamDataModule):
         return self.index.d_in
 
     def train_batches(self, start: int) -> Iterator[tuple[int, Tensor]]:
+        """Shuffled batches of this rank's shards: under DDP rank ``r`` of ``W`` reads training shards ``r, r + W,
+        ...`` (disjoint), so no two ranks read the same tokens."""
         hp = self.hparams
-        batches = iterate_shard_batches(self.index, self.train_ids, hp.batch_size, hp.seed, hp.shards_in_memory, start)
+        rank, size = world()
+        if len(self.train_ids) < size:
+            raise ShardError(
+                f"the cache at {hp.path} has {len(self.train_ids)} training shard(s) but the run has {size} ranks, "
+                f"each reading its own shards; rebuild the cache with more, smaller shards (canon-pl cache) or "
+                f"train on fewer devices"
+            )
+        shard_ids = self.train_ids[rank::size]
+        batches = iterate_shard_batches(self.index, shard_ids, hp.batch_size, hp.seed + rank, hp.shards_in_memory, start)
         return enumerate(batches, start=start + 1)
 
     def val_dataloader(self) -> DataLoader | list:
         index, ids = (self.val_index, list(range(len(self.val_index.shards)))) if self.val_index else (self.index, self.val_ids)
+        rank, size = world()
+        ids = ids[rank::size] if len(ids) >= size else ids  # one shard for everyone: each rank measures it all
         if not ids:
             return []
         bs = self.hparams.batch_size

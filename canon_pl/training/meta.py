@@ -150,11 +150,14 @@ class MetaSAEAnalysisCallback(L.Callback):
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         datamodule = getattr(trainer, "datamodule", None)
-        if not trainer.is_global_zero or not isinstance(datamodule, DecoderRowsDataModule):
+        if not isinstance(datamodule, DecoderRowsDataModule):
+            return
+        meta = next(iter(pl_module.unsharded_members().values())).eval()  # every rank: gathers an FSDP-sharded SAE
+        if not trainer.is_global_zero:
             return
         from canon_pl.training.analysis_data import analysis_activations
 
-        base, meta = datamodule.base, pl_module.sae.eval()
+        base = datamodule.base
         activations = spliced = None
         if self.data is not None:
             activations, spliced = analysis_activations(self.data, self.tokens, base, ce=self.ce)

@@ -18,6 +18,7 @@ import torch
 from lightning.fabric.utilities.data import AttributeDict
 from torch import Tensor, nn
 
+from canon_pl.distributed import all_reduce, assign_parameter, full_tensor, global_batch_size, is_sharded, world
 from canon_pl.io.export import export_sae
 from canon_pl.io.family import write_family_manifest
 from canon_pl.metrics import (
@@ -147,6 +148,38 @@ class SAEFamilyModule(L.LightningModule):
     def _prefix(self, key: str) -> str:
         return f"{key}/"
 
+    # --------------------------------------------------------------------------------------------- sharding
+    def configure_model(self) -> None:
+        """Under :class:`~canon_pl.training.SAEFSDPStrategy` (FSDP2): shard each member's parameters by rows over the
+        ranks. ``training_forward``, ``encode`` and ``decode`` gather them on entry like ``forward`` does."""
+        mesh = self.device_mesh
+        if mesh is None or any(is_sharded(p) for p in self.parameters()):
+            return
+        from torch.distributed.fsdp import fully_shard, register_fsdp_forward_method
+
+        for sae in self.members.values():
+            # Kept whole from forward to backward: the training step's sparse kernels save the gathered weights.
+            fully_shard(sae, mesh=mesh["data_parallel"], reshard_after_forward=False)
+            for method in ("training_forward", "encode", "decode"):
+                register_fsdp_forward_method(sae, method)
+
+    def unsharded_members(self) -> dict[str, SparseAutoencoder]:
+        """Each member with whole tensors: the members themselves, or, when FSDP shards them, gathered copies (a
+        collective: every rank must call this)."""
+        if not any(is_sharded(p) for p in self.parameters()):
+            return dict(self.members)
+        gathered = {}
+        for key, sae in self.members.items():
+            state = {name: full_tensor(t).detach().clone() for name, t in sae.state_dict().items()}
+            copy = build_sae(sae.cfg)
+            copy.load_state_dict(state)
+            gathered[key] = copy.to(self.activation_scale.device)
+        return gathered
+
+    def _writes_files(self) -> bool:
+        """Rank 0 alone writes exports and results (every rank when there is no trainer)."""
+        return self._trainer is None or self.trainer.is_global_zero
+
     @property
     def d_in(self) -> int:
         return int(self.settings.d_in)
@@ -179,13 +212,16 @@ class SAEFamilyModule(L.LightningModule):
 
     @torch.no_grad()
     def _initialize_input_statistics(self, x: Tensor) -> None:
-        """Activation scale (``E[||x||^2] = d_in``) and each ``b_dec`` from the first training batch."""
+        """Activation scale (``E[||x||^2] = d_in``) and each ``b_dec`` from the first training batch ``[batch, d_in]``
+        (the global batch under DDP: sums are reduced over ranks, so every rank starts from the same values)."""
+        n_tokens = global_batch_size(x.shape[0], x.device)
         if self.settings.normalize_activations:
-            mean_sq_norm = x.pow(2).sum(dim=-1).mean()
+            mean_sq_norm = all_reduce(x.pow(2).sum()) / n_tokens
             self.activation_scale.fill_(math.sqrt(self.d_in / mean_sq_norm.clamp_min(1e-12).item()))
         if self.settings.b_dec_init == "mean":
+            mean = all_reduce(x.sum(dim=0)) / n_tokens * self.activation_scale
             for sae in self.members.values():
-                sae.b_dec.copy_((x * self.activation_scale).mean(dim=0))
+                assign_parameter(sae.b_dec, mean)
         self.input_stats_initialized.fill_(True)
 
     # --------------------------------------------------------------------------------------------- training
@@ -217,10 +253,11 @@ class SAEFamilyModule(L.LightningModule):
         if isinstance(excluded, float):
             log["data/excluded_fraction"] = torch.tensor(excluded)
         self.log_dict(log, on_step=True, on_epoch=False)
-        self.tokens_trained += x.shape[0]
+        tokens = x.shape[0] * world()[1]  # every rank's batch has the same size (the DataModules guarantee it)
+        self.tokens_trained += tokens
         now = time.perf_counter()
         if self._last_step_time is not None:
-            self.log("tok/s", x.shape[0] / max(now - self._last_step_time, 1e-9), prog_bar=True, on_step=True)
+            self.log("tok/s", tokens / max(now - self._last_step_time, 1e-9), prog_bar=True, on_step=True)
         self._last_step_time = now
         last = self._prefix(str(self.widths[-1]))
         self.log("fvu", log[f"{last}train/fvu"], prog_bar=True, on_step=True, logger=False)
@@ -274,7 +311,15 @@ class SAEFamilyModule(L.LightningModule):
                 log.update({f"{prefix}val/{name}": value for name, value in metrics["spliced"].compute().items()})
             for metric in metrics.values():
                 metric.reset()
-        self.log_dict(log, prog_bar=False)
+        self.log_dict(log, prog_bar=False, sync_dist=True)  # already reduced by torchmetrics: equal on every rank
+        self._reshard()
+
+    def _reshard(self) -> None:
+        """Free the gathered weights an FSDP member kept after an evaluation forward (``reshard_after_forward`` is
+        off for training), so the next training step gathers fresh ones outside inference mode."""
+        for sae in self.members.values():
+            if hasattr(sae, "reshard"):
+                sae.reshard()
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Each member's full SAE config, so a checkpoint describes its SAEs whatever ``hparams`` holds. A checkpoint
@@ -295,8 +340,11 @@ class SAEFamilyModule(L.LightningModule):
     def export(self, directory: str | Path) -> Path:
         """Write each member to ``<directory>/<width>/`` (activation scale folded in) and ``family.json`` last."""
         directory = Path(directory)
+        members = self.unsharded_members()
+        if not self._writes_files():
+            return directory
         scale = float(self.activation_scale)
-        for key, sae in self.members.items():
+        for key, sae in members.items():
             export_sae(sae, directory / key, activation_scale=scale,
                        extra={**self._export_extra(), "lr": self.learning_rates[key]})
         write_family_manifest(directory, {int(k): k for k in self.members}, self.members[str(self.widths[0])].cfg,
@@ -375,6 +423,10 @@ class SAEModule(SAEFamilyModule):
         return ""
 
     def export(self, directory: str | Path) -> Path:
-        """Write ``sae.safetensors`` + ``cfg.json`` (activation scale folded in) to ``directory``."""
-        return export_sae(self.sae, directory, activation_scale=float(self.activation_scale),
+        """Write ``sae.safetensors`` + ``cfg.json`` (activation scale folded in) to ``directory`` (rank 0 only; every
+        rank must call it when the SAE is sharded)."""
+        sae = self.unsharded_members()[str(self.widths[0])]
+        if not self._writes_files():
+            return Path(directory)
+        return export_sae(sae, directory, activation_scale=float(self.activation_scale),
                           extra={**self._export_extra(), "lr": self.lr})

@@ -85,9 +85,11 @@ class StitchingCallback(L.Callback):
             self._lm_batches.append((batch["tokens"], batch["mask"]))
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.sanity_checking or not self._activations or not trainer.is_global_zero:
+        if trainer.sanity_checking or not self._activations:
             return
-        members = pl_module.members
+        members = pl_module.unsharded_members()  # every rank: gathers the members when FSDP shards them
+        if not trainer.is_global_zero:
+            return
         if not all(bool(sae.threshold_initialized) for sae in members.values()):
             rank_zero_warn("StitchingCallback: skipped, the SAEs have no inference threshold before training")
             return
