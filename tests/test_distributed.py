@@ -232,3 +232,26 @@ def test_text_shards_of_the_ranks_are_disjoint_and_cover_the_split() -> None:
     assert sum(len(p) for p in parts) == len(whole)
     assert sorted(sum(parts, [])) == sorted(whole)
     assert parts[1][0] == whole[1] and parts[2][0] == whole[2]
+
+
+@pytest.mark.parametrize("preset", ["cpu", "gpu", "ddp", "ddp_cpu_sim", "fsdp", "fsdp_cpu_sim"],
+                         ids=lambda preset: f"{preset}.yaml")  # an id "gpu" alone would mark the test GPU-only
+def test_every_trainer_preset_composes_with_a_training_config(preset: str) -> None:
+    """`--config <run>.yaml --config configs/trainer/<preset>.yaml`: the preset sets the trainer, keeps the run's
+    callbacks and adds its own (GPU presets are checked with the accelerator switched to the CPU here)."""
+    from canon_pl.cli import run_lightning_cli
+    from canon_pl.training import SAEDDPStrategy, SAEExportCallback, SAEFSDPStrategy, SAEThroughputMonitor
+
+    args = ["--config", str(REPO / "configs" / "sae_synthetic.yaml"),
+            "--config", str(REPO / "configs" / "trainer" / f"{preset}.yaml"),
+            "--trainer.accelerator", "cpu", "--trainer.devices", "1"]
+    if preset in ("ddp", "fsdp"):
+        args += ["--trainer.strategy.init_args.process_group_backend", "gloo"]
+    trainer = run_lightning_cli(args, run=False).trainer
+    kinds = {type(c) for c in trainer.callbacks}
+    assert SAEExportCallback in kinds
+    assert (SAEThroughputMonitor in kinds) == (preset in ("gpu", "ddp", "fsdp"))
+    expected = {"ddp": SAEDDPStrategy, "ddp_cpu_sim": SAEDDPStrategy, "fsdp": SAEFSDPStrategy,
+                "fsdp_cpu_sim": SAEFSDPStrategy}.get(preset)
+    if expected is not None:
+        assert isinstance(trainer.strategy, expected)

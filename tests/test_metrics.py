@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from canon_pl.metrics import (
@@ -70,3 +71,22 @@ def test_firing_density_histogram_counts_every_alive_latent() -> None:
     assert result.never_fired == 3
     assert int(result.counts.sum()) == 3
     assert torch.allclose(result.densities[:3], torch.tensor([0.5, 0.01, 0.001]))
+
+
+@pytest.mark.parametrize("architecture,kernel", [("relu", "dense"), ("batchtopk", "dense"), ("batchtopk", "sparse"),
+                                                 ("topk", "sparse")])
+def test_the_flop_model_counts_what_torch_counts_for_a_training_step(architecture: str, kernel: str) -> None:
+    """The FLOP/s and peak fraction that SAEThroughputMonitor logs rest on this count."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from canon_pl.metrics import sae_training_flops
+    from canon_pl.sae import SAEConfig, build_sae
+
+    batch, d_in, d_sae, k = 256, 32, 1024, 4
+    sae = build_sae(SAEConfig(d_in=d_in, d_sae=d_sae, architecture=architecture, k=k, kernel=kernel,
+                              aux_coefficient=0.0))
+    sae.train()
+    with FlopCounterMode(display=False) as counter:
+        sae.training_forward(torch.randn(batch, d_in)).loss.backward()
+    model = sae_training_flops(batch, d_in, d_sae, k, architecture, kernel)
+    assert model == pytest.approx(counter.get_total_flops(), rel=0.01)

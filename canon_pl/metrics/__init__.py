@@ -1,5 +1,6 @@
 """Metrics used everywhere (DESIGN.md 1.4), as torchmetrics ``Metric``s."""
 
+from canon_pl.metrics.flops import sae_training_flops
 from canon_pl.metrics.reconstruction import (
     ExplainedVariance,
     FractionOfVarianceUnexplained,
@@ -20,4 +21,5 @@ __all__ = [
     "FractionOfVarianceUnexplained",
     "MeanL0",
     "SplicedLanguageModelLoss",
+    "sae_training_flops",
 ]

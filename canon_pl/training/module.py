@@ -27,6 +27,7 @@ from canon_pl.metrics import (
     FiringDensityHistogram,
     MeanL0,
     SplicedLanguageModelLoss,
+    sae_training_flops,
 )
 from canon_pl.sae import SAEConfig, SAEConfigError, SparseAutoencoder, build_sae
 
@@ -133,6 +134,7 @@ class SAEFamilyModule(L.LightningModule):
         self.register_buffer("tokens_trained", torch.zeros((), dtype=torch.long))
         self.val_metrics = nn.ModuleDict({str(w): _member_metrics(w) for w in self.widths})
         self._last_step_time: float | None = None
+        self._batch_tokens: int | None = None
 
     def _build_member(self, width: int) -> SparseAutoencoder:
         hp = self.settings
@@ -253,6 +255,7 @@ class SAEFamilyModule(L.LightningModule):
         if isinstance(excluded, float):
             log["data/excluded_fraction"] = torch.tensor(excluded)
         self.log_dict(log, on_step=True, on_epoch=False)
+        self._batch_tokens = x.shape[0]
         tokens = x.shape[0] * world()[1]  # every rank's batch has the same size (the DataModules guarantee it)
         self.tokens_trained += tokens
         now = time.perf_counter()
@@ -262,6 +265,17 @@ class SAEFamilyModule(L.LightningModule):
         last = self._prefix(str(self.widths[-1]))
         self.log("fvu", log[f"{last}train/fvu"], prog_bar=True, on_step=True, logger=False)
         return torch.stack(losses).sum()
+
+    @property
+    def flops_per_batch(self) -> int | None:
+        """FLOPs of this rank's training step over every member (read by ``SAEThroughputMonitor``); ``None`` before
+        the first batch."""
+        if self._batch_tokens is None:
+            return None
+        hp = self.settings
+        k = hp.k if hp.architecture != "relu" else 0
+        return sum(sae_training_flops(self._batch_tokens, self.d_in, w, k, hp.architecture, hp.kernel)
+                   for w in self.widths)
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         for sae in self.members.values():
