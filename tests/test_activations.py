@@ -164,3 +164,26 @@ def test_context_longer_than_the_model_allows(hooked, monkeypatch) -> None:
     dm = ActivationDataModule(**{**SMALL, "context_length": 9000})
     with pytest.raises(ContextLengthError, match="exceeds the model's maximum of 8192"):
         dm.load_model()
+
+
+def test_gpt2_style_blocks_are_hook_points_too(hooked, tmp_path: Path) -> None:
+    """The paper-scale recipe trains on GPT-2 small's `transformer.h.8`: hook points follow the model's own block
+    list. A tiny random GPT-2 saved locally (with SmolLM2's tokenizer) is captured and spliced like SmolLM2."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    tokenizer = hooked.tokenizer
+    config = GPT2Config(n_layer=2, n_embd=32, n_head=2, n_positions=64, vocab_size=len(tokenizer))
+    torch.manual_seed(0)
+    GPT2LMHeadModel(config).save_pretrained(tmp_path / "gpt2-tiny")
+    tokenizer.save_pretrained(tmp_path / "gpt2-tiny")
+    gpt2 = HookedLanguageModel(load_causal_lm(str(tmp_path / "gpt2-tiny")))
+    assert gpt2.layers_path == "transformer.h"
+    assert {"transformer.h.1", "transformer.h.1.mlp", "transformer.h.1.attn"} <= set(gpt2.hook_points())
+    tokens = torch.randint(0, len(tokenizer), (2, 8))
+    for point in ("transformer.h.1", "transformer.h.0.attn", "transformer.h.0.mlp"):
+        assert gpt2.capture(tokens, point).shape == (2, 8, 32)
+    clean = gpt2.logits(tokens)
+    assert torch.allclose(gpt2.logits(tokens, "transformer.h.0.attn", lambda h: h), clean, atol=1e-5)
+    assert not torch.allclose(gpt2.logits(tokens, "transformer.h.0", torch.zeros_like), clean, atol=1e-3)
+    with pytest.raises(HookPointError, match=r"use transformer.h.N \(residual stream\) or one of .*transformer.h.N.attn"):
+        gpt2.parse_hook_point("model.layers.1")

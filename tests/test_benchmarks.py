@@ -65,3 +65,12 @@ def test_bench_viewer_times_every_page_and_ends_with_a_ratio(tmp_path: Path) -> 
     lines = result.stdout.strip().splitlines()
     assert re.fullmatch(r"ratio: \d+\.\d+", lines[-1])
     assert {line.split()[0] for line in lines} >= {"Runs", "Stitching", "Latent", "Meta-latent", "Search"}
+
+
+def test_bench_step_mfu_reports_the_fraction_of_peak_and_ends_with_a_ratio() -> None:
+    result = subprocess.run([sys.executable, str(REPO / "benchmarks" / "bench_step_mfu.py"), "--quick"],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.strip().splitlines()
+    assert re.fullmatch(r"ratio: \d+\.\d+", lines[-1])
+    assert sum("TFLOP/s" in line for line in lines) >= 2

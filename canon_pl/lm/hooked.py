@@ -1,9 +1,11 @@
 """The one place that talks to nnsight: capture activations at a named hook point, and splice replacements in.
 
-Hook points are names of modules inside the model: ``model.layers.N`` (residual stream after block N),
-``model.layers.N.mlp`` (MLP output) and ``model.layers.N.self_attn`` (attention output). Capture stops the forward
-pass right after the hook so later layers never run. In transformers 5 a decoder layer returns a tensor, not a
-tuple (``.output[0]`` would be the first *sequence*); attention still returns ``(output, weights)``.
+Hook points are names of modules inside the model: ``<layers>.N`` (residual stream after block N) and
+``<layers>.N.<child>`` (a block's sub-module output, e.g. its MLP or attention), where ``<layers>`` is the model's
+list of blocks: ``model.layers`` for Llama-style models such as SmolLM2 and Gemma (children ``mlp``, ``self_attn``),
+``transformer.h`` for GPT-2 (children ``mlp``, ``attn``), ``gpt_neox.layers`` for Pythia. Capture stops the forward
+pass right after the hook so later layers never run. Outputs that are tuples (attention's ``(output, weights)``)
+are read and replaced at their first element.
 """
 
 from __future__ import annotations
@@ -12,11 +14,9 @@ import re
 from collections.abc import Callable
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from canon_pl.lm.loading import LoadedModel
-
-_HOOK_RE = re.compile(r"^model\.layers\.(\d+)(?:\.(mlp|self_attn))?$")
 
 
 class HookPointError(ValueError):
@@ -38,37 +38,52 @@ class HookedLanguageModel:
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
+    @property
+    def layers_path(self) -> str:
+        """Dotted name of the model's list of blocks (``model.layers``, ``transformer.h``, ...)."""
+        for name, module in self.model.named_modules():
+            if isinstance(module, nn.ModuleList) and len(module) == self.loaded.n_layers:
+                return name
+        raise HookPointError(f"could not find the list of {self.loaded.n_layers} blocks in {type(self.model).__name__}")
+
+    def _children(self) -> list[str]:
+        block = self.model.get_submodule(f"{self.layers_path}.0")
+        return [name for name, _ in block.named_children()]
+
     def hook_points(self) -> list[str]:
         """Every valid hook point name."""
-        names = []
-        for layer in range(self.loaded.n_layers):
-            names += [f"model.layers.{layer}", f"model.layers.{layer}.mlp", f"model.layers.{layer}.self_attn"]
-        return names
+        root, children = self.layers_path, self._children()
+        return [f"{root}.{layer}{suffix}" for layer in range(self.loaded.n_layers)
+                for suffix in ["", *(f".{c}" for c in children)]]
 
     def parse_hook_point(self, hook_point: str) -> tuple[int, str | None]:
-        """``(layer, submodule)`` for a valid name; :class:`HookPointError` listing the valid names otherwise."""
-        match = _HOOK_RE.match(hook_point)
-        n = self.loaded.n_layers
-        if not match or int(match.group(1)) >= n:
+        """``(layer, child)`` for a valid name; :class:`HookPointError` listing the valid names otherwise."""
+        root, n = self.layers_path, self.loaded.n_layers
+        match = re.match(rf"^{re.escape(root)}\.(\d+)(?:\.(\w+))?$", hook_point)
+        if not match or int(match.group(1)) >= n or (match.group(2) and match.group(2) not in self._children()):
+            children = ", ".join(f"{root}.N.{c}" for c in self._children())
             raise HookPointError(
-                f"hook point {hook_point!r} not found; the model has layers 0-{n - 1}: use model.layers.N "
-                f"(residual stream), model.layers.N.mlp or model.layers.N.self_attn"
+                f"hook point {hook_point!r} not found; the model has layers 0-{n - 1}: use {root}.N "
+                f"(residual stream) or one of {children}"
             )
         return int(match.group(1)), match.group(2)
 
     def _envoy(self, hook_point: str):
-        layer, sub = self.parse_hook_point(hook_point)
-        envoy = self._nn.model.layers[layer]
-        return getattr(envoy, sub) if sub else envoy, sub == "self_attn"
+        layer, child = self.parse_hook_point(hook_point)
+        envoy = self._nn
+        for part in self.layers_path.split("."):
+            envoy = getattr(envoy, part)
+        envoy = envoy[layer]
+        return getattr(envoy, child) if child else envoy
 
     @torch.inference_mode()
     def capture(self, tokens: Tensor, hook_point: str) -> Tensor:
         """Activations at ``hook_point``. tokens: ``[batch, seq]`` -> ``[batch, seq, d_model]`` (stops after it)."""
-        envoy, is_tuple = self._envoy(hook_point)
+        envoy = self._envoy(hook_point)
         with self._nn.trace(tokens.to(self.device)) as tracer:
             saved = envoy.output.save()
             tracer.stop()
-        return saved[0] if is_tuple else saved
+        return saved[0] if isinstance(saved, tuple) else saved
 
     @torch.inference_mode()
     def logits(self, tokens: Tensor, hook_point: str | None = None,
@@ -78,10 +93,10 @@ class HookedLanguageModel:
         tokens = tokens.to(self.device)
         if replace is None:
             return self.model(tokens).logits
-        envoy, is_tuple = self._envoy(hook_point)
+        envoy = self._envoy(hook_point)
         with self._nn.trace(tokens):
             out = envoy.output
-            if is_tuple:
+            if isinstance(out, tuple):
                 envoy.output = (replace(out[0]), *out[1:])
             else:
                 envoy.output = replace(out)
