@@ -15,8 +15,8 @@ import argparse
 import platform
 
 import torch
-
 from bench_sae_step import canon_step_fn, matmul_fn, tokens_per_second
+
 from canon_pl.metrics import sae_training_flops
 
 

@@ -19,7 +19,13 @@ import warnings
 from pathlib import Path
 from urllib.parse import urlencode
 
-from canon_pl.viewer.serve import APP, browser_page, example_views, find_chromium, serve_viewer
+from canon_pl.viewer.serve import (
+    APP,
+    browser_page,
+    example_views,
+    find_chromium,
+    serve_viewer,
+)
 
 BUDGET_S = 2.0
 WARM_VISITS = 3

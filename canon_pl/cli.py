@@ -154,8 +154,8 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from canon_pl.stats import StatsError
     from canon_pl.stitching import StitchingError
     from canon_pl.training import InputShapeError, NonFiniteError
-    from canon_pl.training.datamodules import StreamResumeError
     from canon_pl.training.analysis_data import AnalysisDataError
+    from canon_pl.training.datamodules import StreamResumeError
 
     return (SAEConfigError, CheckpointError, ShardError, InputShapeError, NonFiniteError, HookPointError,
             ModelLoadError, TextSourceError, ContextLengthError, StitchingError, MetaSAEError, AnalysisDataError,

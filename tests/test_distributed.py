@@ -240,7 +240,12 @@ def test_every_trainer_preset_composes_with_a_training_config(preset: str) -> No
     """`--config <run>.yaml --config configs/trainer/<preset>.yaml`: the preset sets the trainer, keeps the run's
     callbacks and adds its own (GPU presets are checked with the accelerator switched to the CPU here)."""
     from canon_pl.cli import run_lightning_cli
-    from canon_pl.training import SAEDDPStrategy, SAEExportCallback, SAEFSDPStrategy, SAEThroughputMonitor
+    from canon_pl.training import (
+        SAEDDPStrategy,
+        SAEExportCallback,
+        SAEFSDPStrategy,
+        SAEThroughputMonitor,
+    )
 
     args = ["--config", str(REPO / "configs" / "sae_synthetic.yaml"),
             "--config", str(REPO / "configs" / "trainer" / f"{preset}.yaml"),

@@ -15,13 +15,13 @@ import lightning as L
 from torch import Tensor
 from torch.utils.data import DataLoader, IterableDataset
 
-from canon_pl.distributed import all_gather_objects, all_ranks_agree, world
 from canon_pl.data import (
     ShardError,
     ShardIndex,
     SyntheticSparseActivations,
     iterate_shard_batches,
 )
+from canon_pl.distributed import all_gather_objects, all_ranks_agree, world
 
 
 class _BatchStream(IterableDataset):

@@ -18,7 +18,14 @@ import torch
 from lightning.fabric.utilities.data import AttributeDict
 from torch import Tensor, nn
 
-from canon_pl.distributed import all_reduce, assign_parameter, full_tensor, global_batch_size, is_sharded, world
+from canon_pl.distributed import (
+    all_reduce,
+    assign_parameter,
+    full_tensor,
+    global_batch_size,
+    is_sharded,
+    world,
+)
 from canon_pl.io.export import export_sae
 from canon_pl.io.family import write_family_manifest
 from canon_pl.metrics import (
