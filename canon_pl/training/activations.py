@@ -143,7 +143,8 @@ class ActivationDataModule(ResumableStreamDataModule):
             self._stream, self._stream_position = self._contexts("train", first), first
         pieces = []
         chunks = range(0, hp.block_contexts, hp.contexts_per_forward)
-        for _ in tqdm(chunks, desc=f"filling buffer (block {k})", leave=False, unit="fwd", dynamic_ncols=True):
+        for _ in tqdm(chunks, desc=f"filling buffer (block {k})", leave=False, unit="fwd", dynamic_ncols=True,
+                      disable=world()[0] != 0):  # one bar, rank 0's
             contexts = list(islice(self._stream, hp.contexts_per_forward))
             self._stream_position += len(contexts)
             if not contexts:
