@@ -198,7 +198,26 @@ def _shard_cache(rank: int, world_size: int) -> list[int]:
     return sorted({int(v) for v in epoch[:, 0].tolist()})  # column 0 holds the shard number
 
 
-CHECKS = {"global_top_k": _global_top_k, "dead_counters": _dead_counters_and_threshold, "shard_cache": _shard_cache}
+def _metrics_over_unequal_shards(rank: int, world_size: int) -> dict[str, float]:
+    from canon_pl.metrics import DeadLatentFraction, MeanL0
+
+    acts = torch.zeros(10 if rank == 0 else 3, 4)
+    acts[:, rank] = 1.0  # latent 0 fires on rank 0's 10 tokens, latent 1 on rank 1's 3; latents 2, 3 never
+    dead, l0 = DeadLatentFraction(4), MeanL0()
+    dead.update(acts)
+    l0.update(acts)
+    return {"dead": float(dead.compute()), "l0": float(l0.compute())}
+
+
+def _text_contexts(rank: int, world_size: int) -> list[list[int]]:
+    from canon_pl.training import ActivationDataModule
+
+    data = ActivationDataModule(text="pydoc-topics", context_length=16, contexts_per_forward=2, block_contexts=4)
+    return [c.tolist() for c in itertools.islice(data._contexts("train", 0), 8)]
+
+
+CHECKS = {"global_top_k": _global_top_k, "dead_counters": _dead_counters_and_threshold, "shard_cache": _shard_cache,
+          "metrics": _metrics_over_unequal_shards, "text": _text_contexts}
 
 
 def test_global_k_th_largest_is_exact_even_when_one_rank_holds_the_top() -> None:
@@ -260,3 +279,51 @@ def test_every_trainer_preset_composes_with_a_training_config(preset: str) -> No
                 "fsdp_cpu_sim": SAEFSDPStrategy}.get(preset)
     if expected is not None:
         assert isinstance(trainer.strategy, expected)
+
+
+def test_validation_metrics_reduce_over_ranks_that_saw_different_token_counts() -> None:
+    results = spawn("metrics")
+    assert results[0] == results[1] == {"dead": 0.5, "l0": 1.0}
+
+
+def test_each_rank_runs_the_language_model_on_its_own_documents() -> None:
+    contexts = spawn("text")
+    assert len(contexts[0]) == len(contexts[1]) == 8
+    assert not {tuple(c) for c in contexts[0]} & {tuple(c) for c in contexts[1]}
+
+
+def test_ddp_on_the_bundled_language_model_trains_validates_and_exports(tmp_path: Path) -> None:
+    """The real stream under `ddp_cpu_sim`: two SmolLM2 forwards on disjoint documents, spliced CE at validation,
+    the rank-agreement check every step, rank 0's export, both ranks' buffer positions in the checkpoint."""
+    config = {
+        "seed_everything": 0,
+        "trainer": {"max_steps": 4, "val_check_interval": 4, "check_val_every_n_epoch": None,
+                    "num_sanity_val_steps": 0, "enable_progress_bar": False, "default_root_dir": str(tmp_path),
+                    "logger": {"class_path": "lightning.pytorch.loggers.CSVLogger",
+                               "init_args": {"save_dir": str(tmp_path), "name": "logs"}},
+                    "callbacks": [{"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+                                   "init_args": {"dirpath": str(tmp_path / "ckpt"), "every_n_train_steps": 4}},
+                                  {"class_path": "canon_pl.training.SAEExportCallback"},
+                                  {"class_path": "canon_pl.training.RankAgreementCheck",
+                                   "init_args": {"every_n_steps": 1}}]},
+        "model": {"class_path": "canon_pl.training.SAEModule",
+                  "init_args": {"d_in": 576, "d_sae": 1152, "k": 16, "lr": 1e-3, "dead_tokens_threshold": 2000,
+                                "hook_point": "model.layers.3", "model_id": "smollm2-135m"}},
+        "data": {"class_path": "canon_pl.training.ActivationDataModule",
+                 "init_args": {"hook_point": "model.layers.3", "text": "pydoc-topics", "context_length": 32,
+                               "contexts_per_forward": 8, "block_contexts": 16, "batch_size": 128,
+                               "val_contexts": 8}},
+    }
+    (tmp_path / "config.yaml").write_text(json.dumps(config))
+    env = {**os.environ, "PYTHONPATH": str(REPO), "MASTER_PORT": str(_free_port())}
+    result = subprocess.run([str(BIN / "lightning"), "fit", "--config", str(tmp_path / "config.yaml"), "--config",
+                             str(REPO / "configs" / "trainer" / "ddp_cpu_sim.yaml")], cwd=tmp_path,
+                            capture_output=True, text=True, timeout=600, env=env)
+    _ok(result)
+    assert json.loads((tmp_path / "cfg.json").read_text())["training"]["tokens"] == 4 * 2 * 128
+    import csv
+
+    val = [r for r in csv.DictReader((tmp_path / "logs" / "version_0" / "metrics.csv").open()) if r.get("val/fvu")]
+    assert 0.0 < float(val[-1]["val/ce_recovered"]) < 1.0 and float(val[-1]["val/fvu"]) < 1.0
+    state = torch.load(next((tmp_path / "ckpt").glob("*.ckpt")), weights_only=True, map_location="cpu")
+    assert state["ActivationDataModule"]["world_size"] == 2

@@ -34,7 +34,8 @@ class DeadLatentFraction(Metric):
     """Fraction of latents with no activation in the last ``window_tokens`` tokens.
 
     ``window_tokens=None`` counts a latent dead if it never fired in all the tokens seen since the last reset.
-    Across ranks a latent is alive if it fired recently on any rank (``min`` of the per-rank counters).
+    Across ranks a latent is alive if it fired on any rank: recently (``min`` of the per-rank counters) or ever
+    (``max`` of the per-rank flags), whatever the number of tokens each rank saw.
     """
 
     full_state_update = False
@@ -45,18 +46,18 @@ class DeadLatentFraction(Metric):
         super().__init__(**kwargs)
         self.window_tokens = window_tokens
         self.add_state("tokens_since_fired", torch.zeros(d_sae, dtype=torch.long), dist_reduce_fx="min")
-        self.add_state("n_tokens", torch.zeros((), dtype=torch.long), dist_reduce_fx="max")
+        self.add_state("ever_fired", torch.zeros(d_sae, dtype=torch.long), dist_reduce_fx="max")
 
     def update(self, feature_acts: Tensor) -> None:
         """feature_acts: ``[batch, d_sae]``."""
         fired = (feature_acts != 0).any(dim=0)
         self.tokens_since_fired += feature_acts.shape[0]
         self.tokens_since_fired[fired] = 0
-        self.n_tokens += feature_acts.shape[0]
+        self.ever_fired[fired] = 1
 
     def compute(self) -> Tensor:
         if self.window_tokens is None:
-            dead = self.tokens_since_fired >= self.n_tokens
+            dead = self.ever_fired == 0
         else:
             dead = self.tokens_since_fired >= self.window_tokens
         return dead.float().mean()

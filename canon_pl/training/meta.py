@@ -11,6 +11,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 from torch.utils.data import DataLoader
 
+from canon_pl.distributed import world
 from canon_pl.io import load_sae
 from canon_pl.io.family import MANIFEST_FILE, load_family
 from canon_pl.meta import (
@@ -74,9 +75,13 @@ class DecoderRowsDataModule(ResumableStreamDataModule):
             check_meta_width(self.rows.shape[0], int(d_meta))
 
     def train_batches(self, start: int) -> Iterator[tuple[int, Tensor]]:
+        """Batch ``i`` of rows; under DDP each rank takes its slice of the global batch ``i`` of ``batch_size x
+        world_size`` rows (as :class:`SyntheticActivationDataModule` does)."""
+        rank, size = world()
+        bs = self.hparams.batch_size
         index = start
         while True:
-            yield index + 1, sample_rows(self.rows, self.hparams.batch_size, index, self.hparams.seed)
+            yield index + 1, sample_rows(self.rows, bs * size, index, self.hparams.seed)[rank * bs:(rank + 1) * bs]
             index += 1
 
     def val_dataloader(self) -> DataLoader:
