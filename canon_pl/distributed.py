@@ -60,11 +60,14 @@ def global_batch_size(local: int, device: torch.device | None = None) -> int:
     return int(all_reduce(torch.tensor(local, dtype=torch.long, device=device)).item())
 
 
-def fired_anywhere(fired: Tensor) -> Tensor:
-    """``[d_sae]`` bool: the latent fired on some rank this step. fired: ``[d_sae]`` bool (this rank)."""
+def fired_anywhere(fired: Tensor, local_tokens: int) -> tuple[Tensor, int]:
+    """``([d_sae] bool, tokens)``: whether each latent fired on some rank this step, and the global batch's token
+    count (one collective). fired: ``[d_sae]`` bool (this rank); local_tokens: this rank's batch size."""
     if not is_distributed():
-        return fired
-    return all_reduce(fired.to(torch.uint8), "max").bool()
+        return fired, local_tokens
+    counts = torch.cat([fired.long(), torch.tensor([local_tokens], dtype=torch.long, device=fired.device)])
+    counts = all_reduce(counts)
+    return counts[:-1] > 0, int(counts[-1])
 
 
 def global_kth_largest(local_values: Tensor, k_total: int, candidates_per_rank: int | None = None) -> Tensor:
@@ -80,8 +83,7 @@ def global_kth_largest(local_values: Tensor, k_total: int, candidates_per_rank: 
         n = local_values.numel()
         return local_values.topk(min(k_total, n), sorted=False).values.min()
     n_local = local_values.numel()
-    sizes = all_reduce(torch.tensor([n_local], dtype=torch.long, device=local_values.device), "min")
-    smallest_rank_n = int(sizes.item())
+    smallest_rank_n = int(all_reduce(torch.tensor(n_local, dtype=torch.long, device=local_values.device), "min"))
     m = min(candidates_per_rank or math.ceil(2 * k_total / size), k_total, smallest_rank_n)
     for sent in (m, min(k_total, smallest_rank_n)):
         top = local_values.topk(sent, sorted=True).values  # every rank sends the same count

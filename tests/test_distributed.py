@@ -327,3 +327,29 @@ def test_ddp_on_the_bundled_language_model_trains_validates_and_exports(tmp_path
     assert 0.0 < float(val[-1]["val/ce_recovered"]) < 1.0 and float(val[-1]["val/fvu"]) < 1.0
     state = torch.load(next((tmp_path / "ckpt").glob("*.ckpt")), weights_only=True, map_location="cpu")
     assert state["ActivationDataModule"]["world_size"] == 2
+
+
+@pytest.mark.gpu
+def test_the_gpu_preset_trains_with_tf32_and_logs_the_fraction_of_peak(tmp_path: Path) -> None:
+    """On a CUDA machine: `gpu.yaml` trains the family, and SAEThroughputMonitor logs the step's MFU."""
+    import csv
+
+    config = {
+        "seed_everything": 0,
+        "trainer": {"max_steps": 20, "log_every_n_steps": 5, "limit_val_batches": 0, "enable_progress_bar": False,
+                    "default_root_dir": str(tmp_path),
+                    "logger": {"class_path": "lightning.pytorch.loggers.CSVLogger",
+                               "init_args": {"save_dir": str(tmp_path), "name": "logs"}},
+                    "callbacks": [{"class_path": "canon_pl.training.SAEExportCallback"}]},
+        "model": FAMILY,
+        "data": {"class_path": "canon_pl.training.SyntheticActivationDataModule",
+                 "init_args": {"d_in": 32, "n_features": 64, "batch_size": 1024, "val_batches": 0}},
+    }
+    (tmp_path / "config.yaml").write_text(json.dumps(config))
+    result = subprocess.run([str(BIN / "lightning"), "fit", "--config", str(tmp_path / "config.yaml"), "--config",
+                             str(REPO / "configs" / "trainer" / "gpu.yaml")], cwd=tmp_path, capture_output=True,
+                            text=True, timeout=600, env={**os.environ, "PYTHONPATH": str(REPO)})
+    _ok(result)
+    rows = list(csv.DictReader((tmp_path / "logs" / "version_0" / "metrics.csv").open()))
+    mfu = [float(r[key]) for r in rows for key in r if key.endswith("device/mfu") and r[key]]
+    assert mfu and all(0.0 < value < 1.0 for value in mfu)

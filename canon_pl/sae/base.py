@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils._pytree import register_dataclass
 
-from canon_pl.distributed import fired_anywhere, global_batch_size
+from canon_pl.distributed import fired_anywhere
 from canon_pl.sae.config import SAEConfig
 from canon_pl.sae.sparse_grad import gather_pre_activations
 
@@ -196,8 +196,9 @@ class SparseAutoencoder(nn.Module):
             fired[acts.cols] = True
         else:
             fired = (acts > 0).any(dim=0)
-        self.tokens_since_fired += global_batch_size(batch_size, fired.device)
-        self.tokens_since_fired[fired_anywhere(fired)] = 0
+        fired, tokens = fired_anywhere(fired, batch_size)
+        self.tokens_since_fired += tokens
+        self.tokens_since_fired[fired] = 0
 
     def auxk_loss(self, pre: Tensor, take, x: Tensor, x_hat: Tensor) -> Tensor:
         """AuxK: reconstruct the residual from the top ``aux_k`` dead latents of each token.
