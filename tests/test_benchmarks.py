@@ -56,3 +56,8 @@ def test_bench_viewer_times_every_page_and_ends_with_a_ratio(tmp_path: Path) -> 
 def test_bench_step_mfu_reports_the_fraction_of_peak_and_ends_with_a_ratio() -> None:
     lines = run_benchmark("bench_step_mfu.py", "--quick")
     assert sum("TFLOP/s" in line for line in lines) >= 2
+
+
+def test_bench_ddp_compares_one_process_with_two_and_ends_with_a_ratio() -> None:
+    lines = run_benchmark("bench_ddp.py", "--quick")
+    assert any(line.startswith("one device") for line in lines) and any("ddp" in line for line in lines)
