@@ -9,6 +9,9 @@ single-process identity, so the SAE code calls them unconditionally.
 from __future__ import annotations
 
 import math
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -16,11 +19,26 @@ import torch.distributed as dist
 from torch import Tensor
 
 
+_local = threading.local()
+
+
 def world() -> tuple[int, int]:
-    """``(rank, world_size)`` of the default process group; ``(0, 1)`` without one."""
-    if dist.is_available() and dist.is_initialized():
+    """``(rank, world_size)`` of the default process group; ``(0, 1)`` without one or inside :func:`rank_local`."""
+    if dist.is_available() and dist.is_initialized() and not getattr(_local, "active", False):
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
+
+
+@contextmanager
+def rank_local() -> Iterator[None]:
+    """Work that one rank does alone (rank 0's analyses after ``fit``): no collectives, the whole data, as in one
+    process. Without it, an SAE trained inside (a meta-SAE baseline) would wait forever for the other ranks."""
+    previous = getattr(_local, "active", False)
+    _local.active = True
+    try:
+        yield
+    finally:
+        _local.active = previous
 
 
 def is_distributed() -> bool:

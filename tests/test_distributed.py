@@ -353,3 +353,32 @@ def test_the_gpu_preset_trains_with_tf32_and_logs_the_fraction_of_peak(tmp_path:
     rows = list(csv.DictReader((tmp_path / "logs" / "version_0" / "metrics.csv").open()))
     mfu = [float(r[key]) for r in rows for key in r if key.endswith("device/mfu") and r[key]]
     assert mfu and all(0.0 < value < 1.0 for value in mfu)
+
+
+def test_a_meta_sae_trains_under_ddp_and_rank_0_analyses_it_alone(tmp_path: Path) -> None:
+    """The analysis after `fit` trains small baseline SAEs on rank 0 only: inside it nothing waits for rank 1."""
+    from canon_pl.io import export_sae
+    from canon_pl.sae import SAEConfig, build_sae
+
+    export_sae(build_sae(SAEConfig(d_in=32, d_sae=210, architecture="relu")), tmp_path / "base")
+    config = {
+        "seed_everything": 0,
+        "trainer": {"max_steps": 6, "limit_val_batches": 1, "val_check_interval": 6, "check_val_every_n_epoch": None,
+                    "num_sanity_val_steps": 0, "enable_progress_bar": False, "enable_checkpointing": False,
+                    "logger": False, "default_root_dir": str(tmp_path / "meta"),
+                    "callbacks": [{"class_path": "canon_pl.training.SAEExportCallback"},
+                                  {"class_path": "canon_pl.training.MetaSAEAnalysisCallback",
+                                   "init_args": {"baseline_steps": 3}},
+                                  {"class_path": "canon_pl.training.RankAgreementCheck",
+                                   "init_args": {"every_n_steps": 2}}]},
+        "model": {"class_path": "canon_pl.training.MetaSAEModule", "init_args": {"d_in": 32, "d_sae": 10, "k": 2}},
+        "data": {"class_path": "canon_pl.training.DecoderRowsDataModule",
+                 "init_args": {"sae": str(tmp_path / "base"), "batch_size": 64, "val_batch_size": 256}},
+    }
+    (tmp_path / "config.yaml").write_text(json.dumps(config))
+    env = {**os.environ, "PYTHONPATH": str(REPO), "MASTER_PORT": str(_free_port())}
+    result = subprocess.run([str(BIN / "lightning"), "fit", "--config", str(tmp_path / "config.yaml"), "--config",
+                             str(REPO / "configs" / "trainer" / "ddp_cpu_sim.yaml")], cwd=tmp_path,
+                            capture_output=True, text=True, timeout=240, env=env)
+    _ok(result)
+    assert (tmp_path / "meta" / "sae.safetensors").is_file() and (tmp_path / "meta" / "analysis.json").is_file()

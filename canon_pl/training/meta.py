@@ -11,7 +11,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 from torch.utils.data import DataLoader
 
-from canon_pl.distributed import world
+from canon_pl.distributed import rank_local, world
 from canon_pl.io import load_sae
 from canon_pl.io.family import MANIFEST_FILE, load_family
 from canon_pl.meta import (
@@ -158,8 +158,12 @@ class MetaSAEAnalysisCallback(L.Callback):
         if not isinstance(datamodule, DecoderRowsDataModule):
             return
         meta = next(iter(pl_module.unsharded_members().values())).eval()  # every rank: gathers an FSDP-sharded SAE
-        if not trainer.is_global_zero:
-            return
+        if trainer.is_global_zero:
+            with rank_local():
+                self._analyse(trainer, pl_module, datamodule, meta)
+
+    def _analyse(self, trainer: L.Trainer, pl_module: L.LightningModule, datamodule: DecoderRowsDataModule,
+                 meta: SparseAutoencoder) -> None:
         from canon_pl.training.analysis_data import analysis_activations
 
         base = datamodule.base

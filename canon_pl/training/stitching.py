@@ -10,6 +10,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor
 
+from canon_pl.distributed import rank_local
 from canon_pl.sae import SAEConfigError
 from canon_pl.stitching import (
     DEFAULT_TAU,
@@ -88,8 +89,11 @@ class StitchingCallback(L.Callback):
         if trainer.sanity_checking or not self._activations:
             return
         members = pl_module.unsharded_members()  # every rank: gathers the members when FSDP shards them
-        if not trainer.is_global_zero:
-            return
+        if trainer.is_global_zero:
+            with rank_local():
+                self._stitch(trainer, pl_module, members)
+
+    def _stitch(self, trainer: L.Trainer, pl_module: L.LightningModule, members: dict[str, Any]) -> None:
         if not all(bool(sae.threshold_initialized) for sae in members.values()):
             rank_zero_warn("StitchingCallback: skipped, the SAEs have no inference threshold before training")
             return
