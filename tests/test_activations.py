@@ -187,3 +187,11 @@ def test_gpt2_style_blocks_are_hook_points_too(hooked, tmp_path: Path) -> None:
     assert not torch.allclose(gpt2.logits(tokens, "transformer.h.0", torch.zeros_like), clean, atol=1e-3)
     with pytest.raises(HookPointError, match=r"use transformer.h.N \(residual stream\) or one of .*transformer.h.N.attn"):
         gpt2.parse_hook_point("model.layers.1")
+
+
+def test_a_device_map_places_the_model_with_accelerate_instead_of_moving_it_whole() -> None:
+    """`model_device_map: auto` spreads a big LM over the GPUs; here everything maps to the CPU, through the same path."""
+    loaded = load_causal_lm("smollm2-135m", device="meta", device_map={"": "cpu"})  # the map wins over `device`
+    assert {p.device.type for p in loaded.model.parameters()} == {"cpu"}
+    hooked = HookedLanguageModel(loaded)
+    assert hooked.capture(torch.ones(1, 4, dtype=torch.long), "model.layers.1").shape == (1, 4, loaded.d_model)

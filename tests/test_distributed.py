@@ -48,6 +48,12 @@ def fit(root: Path, batch_size: int, preset: str | None, *extra: str, ckpt_path:
                  "init_args": {"d_in": 32, "n_features": 64, "active_per_token": 3.0, "batch_size": batch_size,
                                "val_batches": 2, "seed": 0}},
     }
+    return launch(root, config, preset, *extra, ckpt_path=ckpt_path)
+
+
+def launch(root: Path, config: dict, preset: str | None, *extra: str, ckpt_path: Path | None = None,
+           timeout: int = 600) -> subprocess.CompletedProcess:
+    """`lightning fit --config <config> [--config configs/trainer/<preset>.yaml]` in ``root``, as a researcher runs it."""
     root.mkdir(parents=True, exist_ok=True)
     (root / "config.yaml").write_text(json.dumps(config))  # JSON is YAML
     args = [str(BIN / "lightning"), "fit", "--config", str(root / "config.yaml")]
@@ -57,7 +63,7 @@ def fit(root: Path, batch_size: int, preset: str | None, *extra: str, ckpt_path:
     if ckpt_path is not None:
         args += ["--ckpt_path", str(ckpt_path)]
     env = {**os.environ, "PYTHONPATH": str(REPO), "MASTER_PORT": str(_free_port())}
-    return subprocess.run(args, cwd=root, capture_output=True, text=True, timeout=600, env=env)
+    return subprocess.run(args, cwd=root, capture_output=True, text=True, timeout=timeout, env=env)
 
 
 def _free_port() -> int:
@@ -314,12 +320,7 @@ def test_ddp_on_the_bundled_language_model_trains_validates_and_exports(tmp_path
                                "contexts_per_forward": 8, "block_contexts": 16, "batch_size": 128,
                                "val_contexts": 8}},
     }
-    (tmp_path / "config.yaml").write_text(json.dumps(config))
-    env = {**os.environ, "PYTHONPATH": str(REPO), "MASTER_PORT": str(_free_port())}
-    result = subprocess.run([str(BIN / "lightning"), "fit", "--config", str(tmp_path / "config.yaml"), "--config",
-                             str(REPO / "configs" / "trainer" / "ddp_cpu_sim.yaml")], cwd=tmp_path,
-                            capture_output=True, text=True, timeout=600, env=env)
-    _ok(result)
+    _ok(launch(tmp_path, config, "ddp_cpu_sim"))
     assert json.loads((tmp_path / "cfg.json").read_text())["training"]["tokens"] == 4 * 2 * 128
     import csv
 
@@ -345,11 +346,7 @@ def test_the_gpu_preset_trains_with_tf32_and_logs_the_fraction_of_peak(tmp_path:
         "data": {"class_path": "canon_pl.training.SyntheticActivationDataModule",
                  "init_args": {"d_in": 32, "n_features": 64, "batch_size": 1024, "val_batches": 0}},
     }
-    (tmp_path / "config.yaml").write_text(json.dumps(config))
-    result = subprocess.run([str(BIN / "lightning"), "fit", "--config", str(tmp_path / "config.yaml"), "--config",
-                             str(REPO / "configs" / "trainer" / "gpu.yaml")], cwd=tmp_path, capture_output=True,
-                            text=True, timeout=600, env={**os.environ, "PYTHONPATH": str(REPO)})
-    _ok(result)
+    _ok(launch(tmp_path, config, "gpu"))
     rows = list(csv.DictReader((tmp_path / "logs" / "version_0" / "metrics.csv").open()))
     mfu = [float(r[key]) for r in rows for key in r if key.endswith("device/mfu") and r[key]]
     assert mfu and all(0.0 < value < 1.0 for value in mfu)
@@ -375,10 +372,5 @@ def test_a_meta_sae_trains_under_ddp_and_rank_0_analyses_it_alone(tmp_path: Path
         "data": {"class_path": "canon_pl.training.DecoderRowsDataModule",
                  "init_args": {"sae": str(tmp_path / "base"), "batch_size": 64, "val_batch_size": 256}},
     }
-    (tmp_path / "config.yaml").write_text(json.dumps(config))
-    env = {**os.environ, "PYTHONPATH": str(REPO), "MASTER_PORT": str(_free_port())}
-    result = subprocess.run([str(BIN / "lightning"), "fit", "--config", str(tmp_path / "config.yaml"), "--config",
-                             str(REPO / "configs" / "trainer" / "ddp_cpu_sim.yaml")], cwd=tmp_path,
-                            capture_output=True, text=True, timeout=240, env=env)
-    _ok(result)
+    _ok(launch(tmp_path, config, "ddp_cpu_sim", timeout=240))
     assert (tmp_path / "meta" / "sae.safetensors").is_file() and (tmp_path / "meta" / "analysis.json").is_file()

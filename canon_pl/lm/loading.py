@@ -71,8 +71,12 @@ def _hub_reachable(timeout_s: float = 3.0) -> bool:
         return False
 
 
-def load_causal_lm(model: str = "smollm2-135m", device: str | torch.device = "cpu", dtype: str = "float32") -> LoadedModel:
+def load_causal_lm(model: str = "smollm2-135m", device: str | torch.device = "cpu", dtype: str = "float32",
+                   device_map: str | dict[str, Any] | None = None) -> LoadedModel:
     """Load ``model``: a bundled name (``smollm2-135m``), a local folder, or a Hugging Face hub id.
+
+    ``device_map`` (for example ``"auto"``) spreads the model's layers over the visible devices with accelerate
+    instead of putting it whole on ``device``: for a model too big for one GPU next to the SAE.
 
     Raises :class:`ModelLoadError` naming what was tried and how to fix it.
     """
@@ -98,6 +102,8 @@ def load_causal_lm(model: str = "smollm2-135m", device: str | torch.device = "cp
         kwargs["local_files_only"] = True
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
+        if device_map is not None:
+            kwargs["device_map"] = device_map
         lm = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype, **kwargs)
     except (OSError, ValueError) as err:
         raise ModelLoadError(
@@ -106,4 +112,4 @@ def load_causal_lm(model: str = "smollm2-135m", device: str | torch.device = "cp
             + (" (the hub is not reachable from here, or HF_HUB_OFFLINE=1 is set)" if offline else "")
             + ". Use model: smollm2-135m or a local folder with config.json."
         ) from err
-    return LoadedModel(lm.to(device).eval(), tokenizer, model)
+    return LoadedModel((lm if device_map is not None else lm.to(device)).eval(), tokenizer, model)

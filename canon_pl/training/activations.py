@@ -49,6 +49,7 @@ class ActivationDataModule(ResumableStreamDataModule):
         val_contexts: int = 64,
         val_every: int = 20,
         model_dtype: str = "float32",
+        model_device_map: str | None = None,
         seed: int = 0,
     ) -> None:
         """
@@ -66,6 +67,8 @@ class ActivationDataModule(ResumableStreamDataModule):
             val_contexts: Held-out contexts evaluated at each validation.
             val_every: Every ``val_every``-th document is held out for validation.
             model_dtype: dtype of the LM weights (``float32``; ``bfloat16`` on a GPU).
+            model_device_map: ``None`` puts the LM whole on the training device; ``auto`` spreads its layers over
+                the visible GPUs (one process, for an LM too big to sit next to the SAE; see README "Scaling out").
             seed: Seed of the buffer's shuffling.
         """
         super().__init__()
@@ -88,7 +91,7 @@ class ActivationDataModule(ResumableStreamDataModule):
         """Load and check the LM once: hook point, context length and text source fail here, before long work."""
         if self.hooked is None:
             hp = self.hparams
-            loaded = load_causal_lm(hp.model, device=device, dtype=hp.model_dtype)
+            loaded = load_causal_lm(hp.model, device=device, dtype=hp.model_dtype, device_map=hp.model_device_map)
             hooked = HookedLanguageModel(loaded)
             hooked.parse_hook_point(hp.hook_point)
             if hp.context_length > loaded.max_context:
