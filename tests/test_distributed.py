@@ -205,14 +205,15 @@ def _shard_cache(rank: int, world_size: int) -> list[int]:
 
 
 def _metrics_over_unequal_shards(rank: int, world_size: int) -> dict[str, float]:
-    from canon_pl.metrics import DeadLatentFraction, MeanL0
+    from canon_pl.metrics import DeadLatentFraction, FiringDensityHistogram, MeanL0
 
     acts = torch.zeros(10 if rank == 0 else 3, 4)
     acts[:, rank] = 1.0  # latent 0 fires on rank 0's 10 tokens, latent 1 on rank 1's 3; latents 2, 3 never
-    dead, l0 = DeadLatentFraction(4), MeanL0()
-    dead.update(acts)
-    l0.update(acts)
-    return {"dead": float(dead.compute()), "l0": float(l0.compute())}
+    dead, l0, density = DeadLatentFraction(4), MeanL0(), FiringDensityHistogram(4)
+    for metric in (dead, l0, density):
+        metric.update(acts)
+    return {"dead": float(dead.compute()), "l0": float(l0.compute()),
+            "densities": [round(v, 4) for v in density.compute().densities.tolist()]}
 
 
 def _text_contexts(rank: int, world_size: int) -> list[list[int]]:
@@ -289,7 +290,7 @@ def test_every_trainer_preset_composes_with_a_training_config(preset: str) -> No
 
 def test_validation_metrics_reduce_over_ranks_that_saw_different_token_counts() -> None:
     results = spawn("metrics")
-    assert results[0] == results[1] == {"dead": 0.5, "l0": 1.0}
+    assert results[0] == results[1] == {"dead": 0.5, "l0": 1.0, "densities": [round(10 / 13, 4), round(3 / 13, 4), 0, 0]}
 
 
 def test_each_rank_runs_the_language_model_on_its_own_documents() -> None:
