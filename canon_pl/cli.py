@@ -24,7 +24,8 @@ class CanonCLI(LightningCLI):
         from canon_pl.training import StepProgressBar
 
         given = config.get("callbacks") or []
-        configured = (list(given) if isinstance(given, (list, tuple)) else [given]) + list(callbacks)
+        given = list(given) if isinstance(given, (list, tuple)) else [given]  # one callback may be given bare
+        configured = given + list(callbacks)
         if config.get("enable_progress_bar", True) is not False and not any(isinstance(c, ProgressBar) for c in configured):
             callbacks = [*callbacks, StepProgressBar()]  # a total of max_steps for infinite activation streams
         return super()._instantiate_trainer(config, callbacks)

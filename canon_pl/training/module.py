@@ -345,13 +345,19 @@ class SAEFamilyModule(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Each member's full SAE config, so a checkpoint describes its SAEs whatever ``hparams`` holds. A checkpoint
         of non-finite weights is refused, so the last one on disk stays the last good one."""
+        bad = ""
         for name, tensor in checkpoint["state_dict"].items():
-            if tensor.is_floating_point() and not torch.isfinite(tensor).all():
-                raise NonFiniteError(
-                    f"refusing to write a checkpoint at step {self.global_step}: {name} has NaN/Inf values "
-                    f"({int((~torch.isfinite(tensor)).sum())} of {tensor.numel()}); the checkpoints already written "
-                    f"are untouched: resume from the last one with a lower learning rate or check the data"
-                )
+            local = tensor.to_local() if is_sharded(tensor) else tensor  # a rank's shard (distributed checkpoints)
+            if local.is_floating_point() and not torch.isfinite(local).all():
+                bad = f"{name} has NaN/Inf values ({int((~torch.isfinite(local)).sum())} of {local.numel()})"
+                break
+        # Every rank decides together (a rank with an empty or healthy state dict must not go on writing alone).
+        if all_reduce(torch.tensor(int(bool(bad)), device=self.activation_scale.device), "max"):
+            what = bad or "weights on another rank have NaN/Inf values"
+            raise NonFiniteError(
+                f"refusing to write a checkpoint at step {self.global_step}: {what}; the checkpoints already written "
+                f"are untouched: resume from the last one with a lower learning rate or check the data"
+            )
         checkpoint["canon_pl_sae_configs"] = {key: sae.cfg.to_dict() for key, sae in self.members.items()}
 
     # --------------------------------------------------------------------------------------------- export
