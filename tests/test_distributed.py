@@ -375,3 +375,22 @@ def test_a_meta_sae_trains_under_ddp_and_rank_0_analyses_it_alone(tmp_path: Path
     }
     _ok(launch(tmp_path, config, "ddp_cpu_sim", timeout=240))
     assert (tmp_path / "meta" / "sae.safetensors").is_file() and (tmp_path / "meta" / "analysis.json").is_file()
+
+
+def test_bad_data_on_one_rank_stops_every_rank_with_the_same_clear_error(tmp_path: Path) -> None:
+    from canon_pl.data import write_activation_shards
+
+    rows = torch.randn(300, 16)
+    rows[120:140] = float("nan")  # in the second training shard, which rank 1 reads
+    write_activation_shards(iter([rows]), tmp_path / "cache", tokens_per_shard=100, dtype="float32")
+    config = {"seed_everything": 0,
+              "trainer": {"max_steps": 5, "limit_val_batches": 0, "enable_progress_bar": False, "logger": False,
+                          "enable_checkpointing": False, "default_root_dir": str(tmp_path / "run")},
+              "model": {"class_path": "canon_pl.training.SAEModule", "init_args": {"d_in": 16, "d_sae": 32, "k": 2}},
+              "data": {"class_path": "canon_pl.training.ActivationShardDataModule",
+                       "init_args": {"path": str(tmp_path / "cache"), "batch_size": 50, "shards_in_memory": 1}}}
+    result = launch(tmp_path, config, "ddp_cpu_sim", timeout=240)
+    assert result.returncode == 2
+    message = "training batch 0 on rank 1 has NaN/Inf activations in 9 of 50 tokens"
+    assert result.stderr.count(message) == 2, result.stderr[-2000:]  # rank 0 and rank 1 alike
+    assert "Connection closed by peer" not in result.stderr

@@ -23,6 +23,7 @@ from canon_pl.distributed import (
     assign_parameter,
     full_tensor,
     global_batch_size,
+    is_distributed,
     is_sharded,
     world,
 )
@@ -211,11 +212,21 @@ class SAEFamilyModule(L.LightningModule):
                 f"the data yields {x.shape[1]}-dimensional activations but the SAE has d_in={self.d_in}; "
                 f"set model.init_args.d_in: {x.shape[1]} (or point the data at the right hook point)"
             )
-        if not torch.isfinite(x).all():
-            bad = (~torch.isfinite(x)).any(dim=1).sum().item()
+        bad_tokens = (~torch.isfinite(x)).any(dim=1).sum()
+        if stage == "training" and is_distributed():
+            # Every rank stops together, naming the rank whose data is bad (one small collective per step).
+            rank, size = world()
+            per_rank = torch.zeros(size, dtype=torch.long, device=x.device)
+            per_rank[rank] = bad_tokens
+            per_rank = all_reduce(per_rank)
+        else:
+            per_rank = bad_tokens.view(1)
+        if bool(per_rank.any()):
+            where = "" if per_rank.numel() == 1 else f" on rank {int(per_rank.nonzero()[0])}"
             raise NonFiniteError(
-                f"{stage} batch {self.global_step} has NaN/Inf activations in {bad} of {x.shape[0]} tokens; "
-                f"check the activation source (a corrupt cache shard, an fp16 overflow in the model)"
+                f"{stage} batch {self.global_step}{where} has NaN/Inf activations in {int(per_rank.max())} of "
+                f"{x.shape[0]} tokens; check the activation source (a corrupt cache shard, an fp16 overflow in the "
+                f"model)"
             )
         return x.float()
 
