@@ -41,6 +41,7 @@ def fit(root: Path, batch_size: int, preset: str | None, *extra: str, ckpt_path:
                                    "init_args": {"dirpath": str(root / "ckpt"), "save_top_k": -1,
                                                  "every_n_train_steps": 8}},
                                   {"class_path": "canon_pl.training.SAEExportCallback"},
+                                  {"class_path": "canon_pl.training.StitchingCallback", "init_args": {"ce_points": 0}},
                                   {"class_path": "canon_pl.training.RankAgreementCheck",
                                    "init_args": {"every_n_steps": 4}}]},
         "model": FAMILY,
@@ -119,6 +120,13 @@ def test_fsdp_shards_the_sae_and_exports_the_same_single_file(runs: dict[str, Pa
         torch.testing.assert_close(fsdp[name], ddp[name], atol=1e-6, rtol=1e-5, msg=name)
     from canon_pl import load_sae
 
+    # The stitching callback analyses gathered copies of the sharded members on rank 0.
+    from canon_pl.stitching import read_stitching_results
+
+    stitched = [read_stitching_results(runs[r] / "stitching" / "64_128.json") for r in ("ddp", "fsdp")]
+    assert stitched[0]["global_step"] == STEPS
+    for key in ("n_novel", "n_reconstruction", "fvu_small", "fvu_large"):
+        assert stitched[0][key] == pytest.approx(stitched[1][key], rel=1e-5), key
     ckpt = sorted((runs["fsdp"] / "ckpt").glob("*.ckpt"))[-1]  # one file, gathered on rank 0
     sae = load_sae(ckpt, width=128)
     assert sae.d_sae == 128 and torch.isfinite(sae.W_dec).all()

@@ -163,7 +163,7 @@ class SAEFamilyModule(L.LightningModule):
         """Under :class:`~canon_pl.training.SAEFSDPStrategy` (FSDP2): shard each member's parameters by rows over the
         ranks. ``training_forward``, ``encode`` and ``decode`` gather them on entry like ``forward`` does."""
         mesh = self.device_mesh
-        if mesh is None or any(is_sharded(p) for p in self.parameters()):
+        if mesh is None or self._sharded():
             return
         from torch.distributed.fsdp import fully_shard, register_fsdp_forward_method
 
@@ -176,7 +176,7 @@ class SAEFamilyModule(L.LightningModule):
     def unsharded_members(self) -> dict[str, SparseAutoencoder]:
         """Each member with whole tensors: the members themselves, or, when FSDP shards them, gathered copies (a
         collective: every rank must call this)."""
-        if not any(is_sharded(p) for p in self.parameters()):
+        if not self._sharded():
             return dict(self.members)
         gathered = {}
         for key, sae in self.members.items():
@@ -185,6 +185,12 @@ class SAEFamilyModule(L.LightningModule):
             copy.load_state_dict(state)
             gathered[key] = copy.to(self.activation_scale.device)
         return gathered
+
+    def _sharded(self) -> bool:
+        """Whether FSDP shards the members (their parameters are plain tensors while gathered for a forward)."""
+        from torch.distributed.fsdp import FSDPModule
+
+        return any(isinstance(sae, FSDPModule) for sae in self.members.values())
 
     def _writes_files(self) -> bool:
         """Rank 0 alone writes exports and results (every rank when there is no trainer)."""
@@ -349,8 +355,8 @@ class SAEFamilyModule(L.LightningModule):
     def _reshard(self) -> None:
         """Free the gathered weights an FSDP member kept after an evaluation forward (``reshard_after_forward`` is
         off for training), so the next training step gathers fresh ones outside inference mode."""
-        for sae in self.members.values():
-            if hasattr(sae, "reshard"):
+        if self._sharded():
+            for sae in self.members.values():
                 sae.reshard()
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
