@@ -61,7 +61,7 @@ class ActivationDataModule(ResumableStreamDataModule):
             context_length: Tokens per context, BOS included.
             contexts_per_forward: Contexts per LM forward pass.
             block_contexts: Contexts per buffer block; the buffer holds two blocks and refills when half is served.
-            batch_size: Tokens per SAE batch.
+            batch_size: Tokens per SAE batch on each rank (the global batch under DDP is this x the ranks).
             exclude_bos: Leave BOS out of training and FVU.
             outlier_factor: Leave out tokens whose norm exceeds this multiple of the median (``null`` keeps them).
             val_contexts: Held-out contexts evaluated at each validation.

@@ -130,7 +130,7 @@ class SyntheticActivationDataModule(ResumableStreamDataModule):
             n_features: Number of true directions.
             active_per_token: Mean number of true directions active in a token.
             noise_std: Standard deviation of the Gaussian noise added to every coordinate.
-            batch_size: Tokens per batch.
+            batch_size: Tokens per batch on each rank (the global batch under DDP is this x the ranks).
             val_batches: Held-out batches for validation (drawn from a disjoint part of the stream).
             seed: Seed of the dictionary and of the stream.
         """
@@ -178,7 +178,7 @@ class ActivationShardDataModule(ResumableStreamDataModule):
         """
         Args:
             path: Folder with ``index.json`` and the shards.
-            batch_size: Tokens per batch.
+            batch_size: Tokens per batch on each rank (the global batch under DDP is this x the ranks).
             val_path: Separate cache for validation; ``None`` holds out the last shard when there are several.
             shards_in_memory: Shards loaded and shuffled together.
             seed: Shuffling seed.

@@ -39,7 +39,7 @@ class DecoderRowsDataModule(ResumableStreamDataModule):
         Args:
             sae: The base SAE: an export folder, a family folder (with ``width``) or a ``.ckpt``.
             width: Which member of a family.
-            batch_size: Rows per batch (the paper: 16384).
+            batch_size: Rows per batch on each rank (the paper: 16384 in all).
             seed: Seed of the sampling.
             val_batch_size: Rows per validation batch.
         """
