@@ -96,26 +96,23 @@ def global_kth_largest(local_values: Tensor, k_total: int, candidates_per_rank: 
     ``k_total`` larger than the union gives its smallest value.
     """
     size = world()[1]
-    if size == 1:
-        n = local_values.numel()
-        return local_values.topk(min(k_total, n), sorted=False).values.min()
     n_local = local_values.numel()
+    if size == 1:
+        return local_values.topk(min(k_total, n_local), sorted=False).values.min()
     smallest_rank_n = int(all_reduce(torch.tensor(n_local, dtype=torch.long, device=local_values.device), "min"))
-    m = min(candidates_per_rank or math.ceil(2 * k_total / size), k_total, smallest_rank_n)
-    for sent in (m, min(k_total, smallest_rank_n)):
-        top = local_values.topk(sent, sorted=True).values  # every rank sends the same count
-        work = top.to(collective_device(top))
-        gathered = [torch.empty_like(work) for _ in range(size)]
-        dist.all_gather(gathered, work)
-        union = torch.cat(gathered)
-        kth = union.topk(min(k_total, union.numel()), sorted=False).values.min().to(local_values.device)
-        saturated = n_local > sent and bool(top[-1] >= kth)
-        if not bool(all_reduce(torch.tensor(saturated, dtype=torch.uint8, device=local_values.device), "max")):
-            return kth
-        if sent == min(k_total, smallest_rank_n):
-            break
-    # A rank holds more than its share and even its top ``k_total`` reaches the threshold (ranks of unequal size).
-    union = torch.cat(all_gather_objects(local_values.detach().cpu()))
+    sent = min(candidates_per_rank or math.ceil(2 * k_total / size), k_total, smallest_rank_n)
+    top = local_values.topk(sent, sorted=True).values  # every rank sends the same count
+    work = top.to(collective_device(top))
+    gathered = [torch.empty_like(work) for _ in range(size)]
+    dist.all_gather(gathered, work)
+    union = torch.cat(gathered)
+    kth = union.topk(min(k_total, union.numel()), sorted=False).values.min().to(local_values.device)
+    saturated = n_local > sent and bool(top[-1] >= kth)
+    if not bool(all_reduce(torch.tensor(saturated, dtype=torch.uint8, device=local_values.device), "max")):
+        return kth
+    # Some rank holds more than its share of the top: every rank's top ``k_total`` (counts may differ), exactly.
+    tops = all_gather_objects(local_values.detach().topk(min(k_total, n_local)).values.cpu())
+    union = torch.cat(tops)
     return union.topk(min(k_total, union.numel()), sorted=False).values.min().to(local_values.device)
 
 

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from canon_pl.distributed import global_batch_size, global_kth_largest, is_distributed
+from canon_pl.distributed import global_kth_largest, is_distributed, world
 from canon_pl.sae.base import SparseActivations, SparseAutoencoder
 
 CANDIDATE_FRACTIONS = (0.9, 0.5)
@@ -75,7 +75,7 @@ class BatchTopKSAE(SparseAutoencoder):
         The global top-k's entries on this rank are among its local top ``k * global_batch``; the k-th largest of the
         union (:func:`global_kth_largest`) is the cut, and also the threshold update, identical on every rank.
         """
-        k_total = self.cfg.k * global_batch_size(pre.shape[0], pre.device)
+        k_total = self.cfg.k * pre.shape[0] * world()[1]  # equal batches on every rank (the DataModules' contract)
         local = batch_topk(pre, k_total, lower_bounds=bounds)
         has_values = local.values.numel() > 0
         cut = global_kth_largest(local.values.detach() if has_values else pre.new_zeros(1), k_total)

@@ -80,7 +80,7 @@ class ResumableStreamDataModule(L.LightningDataModule):
             while True:
                 item = next(stream, None)
                 device = item[1].device if item is not None else None
-                if not all_ranks_agree(item is not None, device) or item is None:
+                if not all_ranks_agree(item is not None, device):  # this rank's stream or another's ended
                     return
                 self._in_flight.append(item[0])
                 yield item[1]

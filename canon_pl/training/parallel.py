@@ -61,10 +61,8 @@ class SAEFSDPStrategy(ModelParallelStrategy):
 
 
 def _digest(tensor: Tensor) -> str:
-    data = tensor.detach()
-    if hasattr(data, "full_tensor"):
-        data = data.full_tensor()
-    return hashlib.sha256(data.cpu().reshape(-1).contiguous().view(torch.uint8).numpy().tobytes()).hexdigest()[:16]
+    data = tensor.detach().cpu().reshape(-1).contiguous()
+    return hashlib.sha256(data.view(torch.uint8).numpy().tobytes()).hexdigest()[:16]
 
 
 class RankAgreementCheck(L.Callback):
