@@ -91,8 +91,15 @@ def cache_command(argv: list[str]) -> int:
     parser.add_argument("--config", required=True, help="a fit config whose data is an ActivationDataModule")
     parser.add_argument("--out", required=True, help="folder for the shards and index.json")
     parser.add_argument("--tokens", type=int, required=True, help="number of activation vectors to write")
+    parser.add_argument("--val-tokens", type=int, default=131_072,
+                        help="activations of held-out documents to write as the cache's held-out part, read by "
+                             "validation, canon-pl stitch --data and canon-pl meta-sae --data (default 131072; 0 = none)")
     parser.add_argument("--dtype", default="float16", choices=["float16", "bfloat16", "float32"])
     ns = parser.parse_args(argv)
+    if ns.tokens <= 0 or ns.val_tokens < 0:
+        print(f"canon-pl cache: error: --tokens must be > 0 and --val-tokens >= 0, got {ns.tokens}, {ns.val_tokens}",
+              file=sys.stderr)
+        return 2
     from canon_pl.training import ActivationDataModule
     from canon_pl.training.cache import write_activation_cache
 
@@ -100,8 +107,9 @@ def cache_command(argv: list[str]) -> int:
     if not isinstance(data, ActivationDataModule):
         print(f"canon-pl cache: error: {ns.config} does not use ActivationDataModule", file=sys.stderr)
         return 2
-    index = write_activation_cache(data, ns.out, ns.tokens, ns.dtype)
-    print(f"wrote {index.n_tokens} activations ({len(index.shards)} shards) to {ns.out}; train on them with "
+    index = write_activation_cache(data, ns.out, ns.tokens, ns.dtype, val_tokens=ns.val_tokens)
+    print(f"wrote {index.split_tokens('train')} training and {index.split_tokens('val')} held-out activations "
+          f"({len(index.shards)} shards) to {ns.out}; train on them with "
           f"data.class_path: canon_pl.training.ActivationShardDataModule, data.init_args.path: {ns.out}")
     return 0
 

@@ -45,6 +45,22 @@ class ShardIndex:
     def n_tokens(self) -> int:
         return sum(int(s["n_tokens"]) for s in self.shards)
 
+    def split_ids(self, split: str) -> list[int]:
+        """Shard numbers of ``split`` (``train`` or ``val``). A cache written by ``canon-pl cache`` marks its
+        held-out shards (``"split": "val"``, activations of held-out documents); an older or hand-made cache without
+        marks holds out its last shard when it has several, and has no held-out part otherwise."""
+        if split not in ("train", "val"):
+            raise ValueError(f"split must be 'train' or 'val', got {split!r}")
+        if any("split" in entry for entry in self.shards):
+            return [i for i, entry in enumerate(self.shards) if entry.get("split", "train") == split]
+        n = len(self.shards)
+        if split == "val":
+            return [n - 1] if n > 1 else []
+        return list(range(n - 1)) if n > 1 else list(range(n))
+
+    def split_tokens(self, split: str) -> int:
+        return sum(int(self.shards[i]["n_tokens"]) for i in self.split_ids(split))
+
     @classmethod
     def load(cls, directory: str | os.PathLike) -> ShardIndex:
         directory = Path(directory)
@@ -56,6 +72,7 @@ class ShardIndex:
             index = cls(directory, int(raw["d_in"]), str(raw["dtype"]), list(raw["shards"]), dict(raw.get("metadata", {})))
         if index.d_in <= 0 or index.dtype not in DTYPES or not all(
                 isinstance(s, dict) and isinstance(s.get("file"), str) and Path(s["file"]).name == s["file"]
+                and s.get("split", "train") in ("train", "val")
                 and isinstance(s.get("n_tokens"), int) and s["n_tokens"] >= 0
                 and isinstance(s.get("sha256", ""), (str, type(None))) for s in index.shards):
             raise ShardError(f"{path} is malformed: d_in, dtype or a shard entry ({{file, n_tokens, sha256}}) is "
@@ -87,30 +104,37 @@ def write_activation_shards(
     tokens_per_shard: int = 65_536,
     dtype: str = "float16",
     metadata: dict[str, Any] | None = None,
+    val_batches: Iterable[Tensor] | None = None,
 ) -> ShardIndex:
-    """Write ``[batch, d_in]`` tensors as shards of ``tokens_per_shard`` rows; the index is written last."""
+    """Write ``[batch, d_in]`` tensors as shards of ``tokens_per_shard`` rows; the index is written last.
+
+    ``val_batches`` (held-out activations) go into shards of their own marked ``"split": "val"`` after the training
+    shards; with them every shard is marked, so the index says which tokens are held out.
+    """
     if dtype not in DTYPES:
         raise ShardError(f"dtype {dtype!r} not supported; choose one of {sorted(DTYPES)}")
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     shards: list[dict[str, Any]] = []
-    pending: list[Tensor] = []
-    n_pending = 0
     d_in: int | None = None
 
     # This write's shards get their own names: an older cache in the same folder stays whole (its index still points
     # at its own shards) until the new index replaces it; then the old shards are removed.
     prefix = f"shard_{secrets.token_hex(4)}_"
 
-    def flush(rows: Tensor) -> None:
+    def flush(rows: Tensor, split: str | None) -> None:
         name = f"{prefix}{len(shards):05d}.safetensors"
         with atomic_path(directory / name) as tmp:
             save_file({TENSOR_KEY: rows.to(DTYPES[dtype]).contiguous().cpu()}, str(tmp))
             digest = sha256_file(tmp)
-        shards.append({"file": name, "n_tokens": int(rows.shape[0]), "sha256": digest})
+        shards.append({"file": name, "n_tokens": int(rows.shape[0]), "sha256": digest,
+                       **({"split": split} if split else {})})
 
-    try:
-        for batch in batches:
+    def write(stream: Iterable[Tensor], split: str | None) -> None:
+        nonlocal d_in
+        pending: list[Tensor] = []
+        n_pending = 0
+        for batch in stream:
             if batch.dim() != 2:
                 raise ShardError(f"activation batches must be [batch, d_in], got shape {tuple(batch.shape)}")
             if d_in is None:
@@ -121,10 +145,15 @@ def write_activation_shards(
             n_pending += batch.shape[0]
             while n_pending >= tokens_per_shard:
                 rows = torch.cat(pending)
-                flush(rows[:tokens_per_shard])
+                flush(rows[:tokens_per_shard], split)
                 pending, n_pending = [rows[tokens_per_shard:]], rows.shape[0] - tokens_per_shard
         if n_pending:
-            flush(torch.cat(pending))
+            flush(torch.cat(pending), split)
+
+    try:
+        write(batches, "train" if val_batches is not None else None)
+        if val_batches is not None:
+            write(val_batches, "val")
         if d_in is None or not shards:
             raise ShardError("no activations to write: the source yielded nothing")
         index = ShardIndex(directory, d_in, dtype, shards, dict(metadata or {}))

@@ -5,14 +5,23 @@ Named sources (no network):
   English prose; ``apt-get install python3.11-doc``);
 - ``pydoc-topics``: the documentation topics that ship inside every CPython (``pydoc_data``), about 0.5 MB.
 Anything else is a local file, folder or glob (read with ``datasets``' ``text`` builder, one document per file), or
-a hub dataset name for users with a network. Documents are split deterministically: every ``val_every``-th
-document is held out for validation.
+a hub dataset name for users with a network.
+
+Documents: a local file is cut into documents of about ``document_chars`` characters at paragraph breaks (one
+Python-docs page is ~24 kB and would otherwise be one document, so a held-out set of a few hundred documents needs
+pieces), hub rows are documents as they come. Every ``val_every``-th document, counted in the source's own order, is
+held out, so the held-out documents are spread over the whole corpus. Each split is then read in a seeded random
+order (a whole permutation for a local source, a shuffle buffer of ``SHUFFLE_BUFFER`` documents for a hub
+dataset), so training does not see
+one documentation area after another and any prefix of the held-out split is a sample of the whole corpus. The order
+is a pure function of the seed: a resumed stream skips to the same place.
 """
 
 from __future__ import annotations
 
 import glob
-from collections.abc import Iterator
+import random
+from collections.abc import Iterable, Iterator
 from itertools import islice
 from pathlib import Path
 from typing import Any
@@ -24,6 +33,12 @@ NAMED_SOURCES = {
     "python-docs": "/usr/share/doc/python3.11/html/_sources/**/*.rst.txt",
     "pydoc-topics": None,
 }
+
+
+DOCUMENT_CHARS = 2000
+"""Default size of the documents a local file is cut into (characters, cut at paragraph breaks)."""
+SHUFFLE_BUFFER = 10_000
+"""Documents held by the seeded shuffle of a hub dataset's split (a local source is permuted whole)."""
 
 
 class TextSourceError(ValueError):
@@ -51,7 +66,37 @@ def _local_files(source: str) -> list[str] | None:
     return files or None
 
 
-def _stream(source: str, text_column: str) -> Iterator[str]:
+def split_paragraphs(text: str, document_chars: int) -> Iterator[str]:
+    """Consecutive paragraphs of ``text`` grouped into pieces of at least ``document_chars`` characters (the last
+    piece may be shorter); a paragraph is never cut."""
+    piece: list[str] = []
+    size = 0
+    for paragraph in text.split("\n\n"):
+        piece.append(paragraph)
+        size += len(paragraph) + 2
+        if size >= document_chars:
+            yield "\n\n".join(piece)
+            piece, size = [], 0
+    if piece:
+        yield "\n\n".join(piece)
+
+
+def shuffled(items: Iterable[str], seed: int, buffer_size: int = SHUFFLE_BUFFER) -> Iterator[str]:
+    """``items`` in a seeded random order through a shuffle buffer of ``buffer_size`` (a full permutation when the
+    buffer holds them all)."""
+    rng = random.Random(seed)
+    buffer: list[str] = []
+    for item in items:
+        buffer.append(item)
+        if len(buffer) >= buffer_size:
+            j = rng.randrange(len(buffer))
+            buffer[j], buffer[-1] = buffer[-1], buffer[j]
+            yield buffer.pop()
+    rng.shuffle(buffer)
+    yield from buffer
+
+
+def _stream(source: str, text_column: str, document_chars: int | None = DOCUMENT_CHARS) -> Iterator[str]:
     import datasets
 
     if source == "pydoc-topics":
@@ -62,7 +107,12 @@ def _stream(source: str, text_column: str) -> Iterator[str]:
     files = _local_files(source)
     if files is not None:
         dataset = datasets.load_dataset("text", data_files=files, split="train", streaming=True, sample_by="document")
-        text_column = "text"
+        for row in dataset:
+            if document_chars:
+                yield from split_paragraphs(row["text"], document_chars)
+            else:
+                yield row["text"]
+        return
     else:
         try:
             dataset = datasets.load_dataset(source, split="train", streaming=True)
@@ -79,8 +129,10 @@ def _stream(source: str, text_column: str) -> Iterator[str]:
 
 
 def iter_documents(source: str, split: str, val_every: int = 20, text_column: str = "text",
-                   shard: tuple[int, int] = (0, 1)) -> Iterator[str]:
-    """Documents of ``split`` (``train`` or ``val``): every ``val_every``-th non-empty document is ``val``.
+                   shard: tuple[int, int] = (0, 1), order_seed: int | None = 0,
+                   document_chars: int | None = DOCUMENT_CHARS) -> Iterator[str]:
+    """Documents of ``split`` (``train`` or ``val``): every ``val_every``-th non-empty document (in the source's
+    order) is ``val``; the split is then read in the random order of ``order_seed`` (``None``: the source's order).
 
     ``shard=(r, n)`` keeps the ``r``-th of every ``n`` documents of the split (one rank's disjoint part under DDP).
     """
@@ -89,16 +141,26 @@ def iter_documents(source: str, split: str, val_every: int = 20, text_column: st
     part, n_parts = shard
     if not 0 <= part < n_parts:
         raise ValueError(f"shard must be (part, n_parts) with 0 <= part < n_parts, got {shard}")
-    index, in_split = -1, -1
-    for text in _stream(source, text_column):
-        if not text or not text.strip():
-            continue
-        index += 1
-        if (index % val_every == 0) == (split == "val"):
-            in_split += 1
-            if in_split % n_parts == part:
+    if val_every < 2:
+        raise ValueError(f"val_every must be at least 2 (every val_every-th document is held out), got {val_every}")
+    counted = {"documents": 0}
+
+    def in_split() -> Iterator[str]:
+        for text in _stream(source, text_column, document_chars):
+            if not text or not text.strip():
+                continue
+            index = counted["documents"]
+            counted["documents"] += 1
+            if (index % val_every == 0) == (split == "val"):
                 yield text
-    if index < 0:
+
+    local = source == "pydoc-topics" or _local_files(source) is not None
+    buffer_size = 1 << 62 if local else SHUFFLE_BUFFER
+    documents = in_split() if order_seed is None else shuffled(in_split(), order_seed * 2 + (split == "val"), buffer_size)
+    for i, text in enumerate(documents):
+        if i % n_parts == part:
+            yield text
+    if counted["documents"] == 0:
         raise TextSourceError(f"text source {source!r} is empty: it yielded no non-empty document")
 
 
@@ -121,9 +183,10 @@ def pack_contexts(documents: Iterator[str], tokenizer: Any, context_length: int,
 
 def context_stream(source: str, split: str, tokenizer: Any, context_length: int, start: int = 0,
                    val_every: int = 20, text_column: str = "text", bos_token_id: int | None = None,
-                   shard: tuple[int, int] = (0, 1)) -> Iterator[Tensor]:
+                   shard: tuple[int, int] = (0, 1), order_seed: int | None = 0,
+                   document_chars: int | None = DOCUMENT_CHARS) -> Iterator[Tensor]:
     """Contexts of ``split`` (of the documents of ``shard``) from position ``start`` on (earlier ones are
     tokenised and skipped)."""
-    documents = iter_documents(source, split, val_every, text_column, shard)
+    documents = iter_documents(source, split, val_every, text_column, shard, order_seed, document_chars)
     contexts = pack_contexts(documents, tokenizer, context_length, bos_token_id)
     return islice(contexts, start, None)

@@ -48,6 +48,8 @@ class ActivationDataModule(ResumableStreamDataModule):
         outlier_factor: float | None = 10.0,
         val_contexts: int = 64,
         val_every: int = 20,
+        document_chars: int | None = 2000,
+        shuffle_documents: bool = True,
         model_dtype: str = "float32",
         model_device_map: str | None = None,
         seed: int = 0,
@@ -65,11 +67,16 @@ class ActivationDataModule(ResumableStreamDataModule):
             exclude_bos: Leave BOS out of training and FVU.
             outlier_factor: Leave out tokens whose norm exceeds this multiple of the median (``null`` keeps them).
             val_contexts: Held-out contexts evaluated at each validation.
-            val_every: Every ``val_every``-th document is held out for validation.
+            val_every: Every ``val_every``-th document (in the source's order, so spread over the corpus) is held
+                out for validation and analyses.
+            document_chars: Local text files are cut into documents of about this many characters at paragraph
+                breaks (``null``: one document per file).
+            shuffle_documents: Read each split's documents in the random order of ``seed`` (``false``: the
+                source's order, file by file).
             model_dtype: dtype of the LM weights (``float32``; ``bfloat16`` on a GPU).
             model_device_map: ``None`` puts the LM whole on the training device; ``auto`` spreads its layers over
                 the visible GPUs (one process, for an LM too big to sit next to the SAE; see README "Scaling out").
-            seed: Seed of the buffer's shuffling.
+            seed: Seed of the document order and of the buffer's shuffling.
         """
         super().__init__()
         self.save_hyperparameters()
@@ -99,7 +106,8 @@ class ActivationDataModule(ResumableStreamDataModule):
                     f"context_length={hp.context_length} exceeds the model's maximum of {loaded.max_context} tokens; "
                     f"lower data.init_args.context_length"
                 )
-            next(iter_documents(hp.text, "train", hp.val_every, hp.text_column))  # missing/empty text fails now
+            # missing/empty text fails now
+            next(iter_documents(hp.text, "train", hp.val_every, hp.text_column, order_seed=None))
             self.hooked = hooked
         return self.hooked
 
@@ -136,7 +144,13 @@ class ActivationDataModule(ResumableStreamDataModule):
         """This rank's contexts: under DDP rank ``r`` of ``W`` reads documents ``r, r + W, ...`` of the split."""
         hp, tokenizer = self.hparams, self.load_model().tokenizer
         return context_stream(hp.text, split, tokenizer, hp.context_length, start, hp.val_every, hp.text_column,
-                              bos_token_id=tokenizer.bos_token_id, shard=world())
+                              bos_token_id=tokenizer.bos_token_id, shard=world(), order_seed=self.order_seed,
+                              document_chars=hp.document_chars)
+
+    @property
+    def order_seed(self) -> int | None:
+        """Seed of the document order (``None``: the source's own order)."""
+        return self.hparams.seed if self.hparams.shuffle_documents else None
 
     def load_block(self, k: int) -> Tensor:
         """Block ``k``: kept activations of train contexts ``[k * block_contexts, (k + 1) * block_contexts)``."""

@@ -19,12 +19,17 @@ class AnalysisDataError(ValueError):
 
 
 def cache_activations(path: str | Path, n_tokens: int, d_in: int) -> Tensor:
-    """The first ``n_tokens`` activations ``[n, d_in]`` (float32) of a cache written by ``canon-pl cache``."""
+    """The first ``n_tokens`` *held-out* activations ``[n, d_in]`` (float32) of a cache written by ``canon-pl
+    cache`` (its shards marked ``val``; an unmarked cache's last shard): never tokens the SAEs trained on."""
     index = ShardIndex.load(path)
     if index.d_in != d_in:
         raise AnalysisDataError(f"the activation cache at {path} has d_in={index.d_in} but the SAEs take {d_in}")
+    held_out = index.split_ids("val")
+    if not held_out:
+        raise AnalysisDataError(f"the activation cache at {path} has no held-out part (analyses never read training "
+                                f"tokens): rebuild it with canon-pl cache --val-tokens N, or pass a text source")
     pieces, have = [], 0
-    for i in range(len(index.shards)):
+    for i in held_out:
         if have >= n_tokens:
             break
         shard = index.read_shard(i)[: n_tokens - have].float()

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from itertools import islice
 from pathlib import Path
 
+import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
 from canon_pl.data import ShardIndex, write_activation_shards
 from canon_pl.training.activations import ActivationDataModule
 
-CACHE_KEYS = ("model", "hook_point", "text", "context_length", "exclude_bos", "outlier_factor", "val_every")
+CACHE_KEYS = ("model", "hook_point", "text", "context_length", "exclude_bos", "outlier_factor", "val_every",
+              "document_chars", "shuffle_documents", "seed")
 
 
 def cache_metadata(datamodule: ActivationDataModule) -> dict:
@@ -19,11 +22,37 @@ def cache_metadata(datamodule: ActivationDataModule) -> dict:
     return {key: datamodule.hparams[key] for key in CACHE_KEYS}
 
 
+def held_out_activations(datamodule: ActivationDataModule, n_tokens: int) -> Iterator[Tensor]:
+    """Kept activations ``[n, d_in]`` (CPU) of the held-out documents, in their seeded order, ``n_tokens`` in all (or
+    as many as the held-out split has)."""
+    hp = datamodule.hparams
+    contexts = datamodule._contexts("val", 0)
+    written = 0
+    progress = tqdm(total=n_tokens, desc="caching held-out activations", unit="tok", unit_scale=True,
+                    dynamic_ncols=True)
+    try:
+        while written < n_tokens:
+            chunk = list(islice(contexts, hp.contexts_per_forward))
+            if not chunk:
+                return
+            kept = datamodule.capture(torch.stack(chunk))[0][: n_tokens - written]
+            written += kept.shape[0]
+            progress.update(kept.shape[0])
+            yield kept.cpu()
+    finally:
+        progress.close()
+
+
 def write_activation_cache(datamodule: ActivationDataModule, directory: str | Path, n_tokens: int,
-                           dtype: str = "float16", tokens_per_shard: int = 262_144) -> ShardIndex:
-    """Capture ``n_tokens`` training activations (shuffled as for training) into safetensors shards."""
+                           dtype: str = "float16", tokens_per_shard: int = 262_144,
+                           val_tokens: int = 0) -> ShardIndex:
+    """Capture ``n_tokens`` training activations (shuffled as for training) into safetensors shards, and
+    ``val_tokens`` activations of held-out documents into shards marked ``"split": "val"`` (what validation and the
+    analyses read)."""
     if n_tokens <= 0:
         raise ValueError(f"n_tokens must be positive, got {n_tokens}")
+    if val_tokens < 0:
+        raise ValueError(f"val_tokens must be >= 0, got {val_tokens}")
     datamodule.load_model()
     progress = tqdm(total=n_tokens, desc="caching activations", unit="tok", unit_scale=True, dynamic_ncols=True)
 
@@ -39,6 +68,7 @@ def write_activation_cache(datamodule: ActivationDataModule, directory: str | Pa
 
     try:
         return write_activation_shards(batches(), directory, tokens_per_shard, dtype,
-                                       metadata={**cache_metadata(datamodule), "d_in": datamodule.d_in})
+                                       metadata={**cache_metadata(datamodule), "d_in": datamodule.d_in},
+                                       val_batches=held_out_activations(datamodule, val_tokens) if val_tokens else None)
     finally:
         progress.close()

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import lightning as L
 from torch import Tensor
 from torch.utils.data import DataLoader, IterableDataset
 
+from canon_pl.data.shards import INDEX_FILE
 from canon_pl.data import (
     ShardError,
     ShardIndex,
@@ -179,7 +181,8 @@ class ActivationShardDataModule(ResumableStreamDataModule):
         Args:
             path: Folder with ``index.json`` and the shards.
             batch_size: Tokens per batch on each rank (the global batch under DDP is this x the ranks).
-            val_path: Separate cache for validation; ``None`` holds out the last shard when there are several.
+            val_path: Separate cache for validation; ``None`` = the cache's own held-out shards (``canon-pl cache``
+                writes them from held-out documents; an unmarked cache holds out its last shard when it has several).
             shards_in_memory: Shards loaded and shuffled together.
             seed: Shuffling seed.
             verify_checksums: Check every shard against its SHA-256 in the index when it is read.
@@ -188,22 +191,44 @@ class ActivationShardDataModule(ResumableStreamDataModule):
         """
         super().__init__()
         self.save_hyperparameters()
-        self.index = ShardIndex.load(path)
-        for key, value in (expect or {}).items():
-            found = self.index.metadata.get(key)
+        if batch_size <= 0 or shards_in_memory <= 0:
+            raise ValueError(f"batch_size and shards_in_memory must be positive, got {batch_size}, {shards_in_memory}")
+        self._index: ShardIndex | None = None
+        if (Path(path) / INDEX_FILE).is_file():
+            self.index  # noqa: B018 - an existing cache is checked now; a missing one when first used (setup)
+
+    @property
+    def index(self) -> ShardIndex:
+        """The cache's index, read and checked at construction when the cache exists, else on first use (so a
+        config can name the cache an earlier stage of a pipeline writes); ``setup`` opens it before training."""
+        if self._index is None:
+            self._index = self._open()
+        return self._index
+
+    def _open(self) -> ShardIndex:
+        hp = self.hparams
+        index = ShardIndex.load(hp.path)
+        for key, value in (hp.expect or {}).items():
+            found = index.metadata.get(key)
             if found != value:
                 raise ShardError(
-                    f"the activation cache at {path} was written with {key}={found!r} but this run expects "
+                    f"the activation cache at {hp.path} was written with {key}={found!r} but this run expects "
                     f"{key}={value!r}; rebuild the cache (canon-pl cache) or fix the config"
                 )
-        self.val_index = ShardIndex.load(val_path) if val_path else None
-        if self.val_index is not None and self.val_index.d_in != self.index.d_in:
-            raise ShardError(f"val_path has d_in={self.val_index.d_in} but path has d_in={self.index.d_in}")
-        n = len(self.index.shards)
-        self.train_ids = list(range(n - 1)) if self.val_index is None and n > 1 else list(range(n))
-        self.val_ids = [n - 1] if self.val_index is None and n > 1 else []
-        if sum(int(self.index.shards[i]["n_tokens"]) for i in self.train_ids) < batch_size:
-            raise ShardError(f"the cache at {path} has fewer training tokens than one batch of {batch_size}; lower batch_size")
+        self.val_index = ShardIndex.load(hp.val_path) if hp.val_path else None
+        if self.val_index is not None and self.val_index.d_in != index.d_in:
+            raise ShardError(f"val_path has d_in={self.val_index.d_in} but path has d_in={index.d_in}")
+        if self.val_index is None:
+            self.train_ids, self.val_ids = index.split_ids("train"), index.split_ids("val")
+        else:
+            self.train_ids, self.val_ids = list(range(len(index.shards))), []
+        if sum(int(index.shards[i]["n_tokens"]) for i in self.train_ids) < hp.batch_size:
+            raise ShardError(f"the cache at {hp.path} has fewer training tokens than one batch of {hp.batch_size}; "
+                             f"lower batch_size")
+        return index
+
+    def setup(self, stage: str) -> None:
+        self.index  # noqa: B018 - a missing or mismatched cache fails here, before training
 
     @property
     def d_in(self) -> int:
@@ -213,6 +238,7 @@ class ActivationShardDataModule(ResumableStreamDataModule):
         """Shuffled batches of this rank's shards: under DDP rank ``r`` of ``W`` reads training shards ``r, r + W,
         ...`` (disjoint), so no two ranks read the same tokens."""
         hp = self.hparams
+        self.index  # noqa: B018 - opened and checked on first use
         rank, size = world()
         if len(self.train_ids) < size:
             raise ShardError(
@@ -225,6 +251,7 @@ class ActivationShardDataModule(ResumableStreamDataModule):
         return enumerate(batches, start=start + 1)
 
     def val_dataloader(self) -> DataLoader | list:
+        self.index  # noqa: B018 - opened and checked on first use
         index, ids = (self.val_index, list(range(len(self.val_index.shards)))) if self.val_index else (self.index, self.val_ids)
         rank, size = world()
         ids = ids[rank::size] if len(ids) >= size else ids  # one shard for everyone: each rank measures it all
