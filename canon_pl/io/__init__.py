@@ -10,6 +10,7 @@ from canon_pl.io.checkpoint import load_lightning_checkpoint, safe_torch_load
 from canon_pl.io.export import (
     CheckpointError,
     export_sae,
+    initial_decoder,
     load_export,
     read_export_config,
 )
@@ -28,6 +29,7 @@ __all__ = [
     "atomic_write_json",
     "atomic_write_text",
     "export_sae",
+    "initial_decoder",
     "load_export",
     "load_family",
     "load_lightning_checkpoint",

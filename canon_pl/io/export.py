@@ -126,6 +126,26 @@ def load_export(directory: str | os.PathLike, device: str | torch.device = "cpu"
     return sae.to(device).eval()
 
 
+def initial_decoder(directory: str | os.PathLike) -> torch.Tensor | None:
+    """``W_dec [d_sae, d_in]`` of the export's SAE as training initialised it (rebuilt from ``training.init_seed``;
+    unit rows, raw scale not applied: compare it by cosine), or ``None`` when the export does not record its seed
+    (another library's file, or canon-pl before init seeds were recorded)."""
+    from canon_pl.sae import initial_sae
+
+    try:
+        cfg = read_export_config(directory)
+    except CheckpointError:
+        return None
+    seed = (cfg.get("training") or {}).get("init_seed")
+    if not isinstance(seed, int):
+        return None
+    try:
+        sae_cfg = SAEConfig.from_dict(cfg["sae"])
+    except (SAEConfigError, *STRUCTURAL_ERRORS):
+        return None
+    return initial_sae(sae_cfg, seed).W_dec.detach()
+
+
 def load_sae_tensors(sae: SparseAutoencoder, tensors: dict[str, torch.Tensor], source: str) -> None:
     """Copy exactly the expected tensors into ``sae``, failing on missing, unknown or mis-shaped keys."""
     missing = sorted(set(PARAMETER_KEYS) - set(tensors))

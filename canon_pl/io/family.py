@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -16,8 +16,10 @@ MANIFEST_FILE = "family.json"
 FORMAT_NAME = "canon_pl.family"
 
 
-def write_family_manifest(directory: str | os.PathLike, members: dict[int, str], cfg: SAEConfig, tokens: int) -> Path:
-    """Record ``members`` (width -> export folder relative to ``directory``) and what they share."""
+def write_family_manifest(directory: str | os.PathLike, members: dict[int, str], cfg: SAEConfig, tokens: int,
+                          controls: dict[str, dict[str, int]] | None = None) -> Path:
+    """Record ``members`` (width -> export folder relative to ``directory``), the seed ``controls`` (export folder ->
+    ``{"width", "init_seed"}``: the same width from another initialisation) and what they share."""
     from canon_pl import __version__
 
     path = Path(directory) / MANIFEST_FILE
@@ -26,6 +28,8 @@ def write_family_manifest(directory: str | os.PathLike, members: dict[int, str],
         "canon_pl_version": __version__,
         "widths": sorted(members),
         "members": {str(w): members[w] for w in sorted(members)},
+        "controls": {name: {"width": int(c["width"]), "init_seed": int(c["init_seed"])}
+                     for name, c in sorted((controls or {}).items())},
         "d_in": cfg.d_in,
         "architecture": cfg.architecture,
         "k": cfg.k,
@@ -53,15 +57,22 @@ def read_family_manifest(directory: str | os.PathLike) -> dict[str, Any]:
 
 @dataclass
 class SAEFamily:
-    """Loaded members of a family, smallest first: ``saes[width]`` takes raw activations."""
+    """Loaded members of a family, smallest first: ``saes[width]`` takes raw activations; ``controls[width]`` lists
+    ``(folder name, SAE)`` of the same width from other init seeds (the cross-seed control)."""
 
     directory: Path
     manifest: dict[str, Any]
     saes: dict[int, SparseAutoencoder]
+    controls: dict[int, list[tuple[str, SparseAutoencoder]]] = field(default_factory=dict)
 
     @property
     def widths(self) -> list[int]:
         return sorted(self.saes)
+
+    def control_of(self, width: int) -> tuple[str, SparseAutoencoder] | None:
+        """The first seed control of ``width`` (folder name, SAE), or ``None``."""
+        found = self.controls.get(width)
+        return found[0] if found else None
 
 
 def load_family(directory: str | os.PathLike, device: str = "cpu") -> SAEFamily:
@@ -73,12 +84,18 @@ def load_family(directory: str | os.PathLike, device: str = "cpu") -> SAEFamily:
     saes = {}
     from canon_pl.io.load import load_sae
 
-    for width, folder in manifest["members"].items():
+    def load_member(width: int, folder: str) -> SparseAutoencoder:
         sae = load_sae(directory / folder, device)  # a canon-pl export or another library's files
         if sae.d_sae != int(width) or sae.d_in != manifest["d_in"] or sae.cfg.hook_point != manifest.get("hook_point"):
             raise CheckpointError(
                 f"{directory / folder} (d_sae={sae.d_sae}, d_in={sae.d_in}, hook_point={sae.cfg.hook_point!r}) does "
                 f"not match {MANIFEST_FILE} (width {width}, d_in {manifest['d_in']}, {manifest.get('hook_point')!r})"
             )
-        saes[int(width)] = sae
-    return SAEFamily(directory, manifest, saes)
+        return sae
+
+    for width, folder in manifest["members"].items():
+        saes[int(width)] = load_member(int(width), folder)
+    controls: dict[int, list[tuple[str, SparseAutoencoder]]] = {}
+    for folder, control in manifest["controls"].items():
+        controls.setdefault(control["width"], []).append((folder, load_member(control["width"], folder)))
+    return SAEFamily(directory, manifest, saes, controls)

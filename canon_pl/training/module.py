@@ -37,7 +37,7 @@ from canon_pl.metrics import (
     SplicedLanguageModelLoss,
     sae_training_flops,
 )
-from canon_pl.sae import SAEConfig, SAEConfigError, SparseAutoencoder, build_sae
+from canon_pl.sae import SAEConfig, SAEConfigError, SparseAutoencoder, build_sae, initial_sae
 
 
 class NonFiniteError(FloatingPointError):
@@ -64,6 +64,11 @@ def check_widths(widths: list[int], base_width: int | None) -> list[int]:
         if bad:
             raise SAEConfigError(f"widths {bad} are not multiples of base_width={base_width}; fix widths or base_width")
     return list(widths)
+
+
+def control_key(width: int, seed: int) -> str:
+    """The member name of the cross-seed control of ``width`` drawn from ``seed`` (its folder in the export)."""
+    return f"{width}_seed{seed}"
 
 
 def _member_metrics(d_sae: int) -> nn.ModuleDict:
@@ -102,6 +107,8 @@ class SAEFamilyModule(L.LightningModule):
         b_dec_init: str = "mean",
         init_seed: int = 0,
         base_width: int | None = None,
+        control_seeds: list[int] | None = None,
+        control_widths: list[int] | None = None,
         export_dir: str | None = None,
     ) -> None:
         """
@@ -124,6 +131,11 @@ class SAEFamilyModule(L.LightningModule):
             b_dec_init: ``mean`` (mean of the first batch) or ``zeros``.
             init_seed: Seed of the weight initialisation (each width draws its own stream from it).
             base_width: When set, every width must be a multiple of it.
+            control_seeds: Other init seeds: each adds, for every width of ``control_widths``, a member that
+                differs only in its initialisation (``<width>_seed<seed>``), trained on the same batches. Stitching
+                compares the same width across seeds next to each pair of widths: the cross-seed control.
+            control_widths: Widths that get seed controls; ``None`` = every width but the smallest (the larger SAE
+                of each adjacent pair).
             export_dir: Where exports go at the end of ``fit``; ``None`` = the trainer's ``default_root_dir``.
         """
         settings = {key: value for key, value in locals().items() if key not in ("self", "__class__")}
@@ -135,25 +147,39 @@ class SAEFamilyModule(L.LightningModule):
         if b_dec_init not in ("mean", "zeros"):
             raise ValueError(f"b_dec_init must be 'mean' or 'zeros', got {b_dec_init!r}")
         self.widths = check_widths(list(widths), base_width)
-        self.members = nn.ModuleDict({str(w): self._build_member(w) for w in self.widths})
-        self.learning_rates = {str(w): lr if lr is not None else default_learning_rate(w) for w in self.widths}
+        self.member_specs = self._member_specs(control_seeds or [], control_widths)
+        self.members = nn.ModuleDict({key: self._build_member(w, seed) for key, (w, seed) in self.member_specs.items()})
+        self.learning_rates = {key: lr if lr is not None else default_learning_rate(w)
+                               for key, (w, _) in self.member_specs.items()}
         self.register_buffer("activation_scale", torch.ones(()))
         self.register_buffer("input_stats_initialized", torch.zeros((), dtype=torch.bool))
         self.register_buffer("tokens_trained", torch.zeros((), dtype=torch.long))
-        self.val_metrics = nn.ModuleDict({str(w): _member_metrics(w) for w in self.widths})
+        self.val_metrics = nn.ModuleDict({key: _member_metrics(w) for key, (w, _) in self.member_specs.items()})
         self._last_step_time: float | None = None
         self._batch_tokens: int | None = None
 
-    def _build_member(self, width: int) -> SparseAutoencoder:
+    def _member_specs(self, control_seeds: list[int], control_widths: list[int] | None) -> dict[str, tuple[int, int]]:
+        """``{member name: (width, init seed)}``: the widths first, then their seed controls."""
+        init_seed = int(self.settings.init_seed)
+        specs = {str(w): (w, init_seed) for w in self.widths}
+        controlled = list(control_widths) if control_widths is not None else self.widths[1:]
+        unknown = [w for w in controlled if w not in self.widths]
+        if unknown:
+            raise SAEConfigError(f"control_widths {unknown} are not widths of the family {self.widths}")
+        if init_seed in control_seeds or len(set(control_seeds)) != len(control_seeds):
+            raise SAEConfigError(f"control_seeds {control_seeds} must be distinct and differ from init_seed={init_seed}")
+        for seed in control_seeds:
+            specs.update({control_key(w, seed): (w, int(seed)) for w in controlled})
+        return specs
+
+    def _build_member(self, width: int, init_seed: int) -> SparseAutoencoder:
         hp = self.settings
         cfg = SAEConfig(
             d_in=hp.d_in, d_sae=width, architecture=hp.architecture, k=hp.k, l1_coefficient=hp.l1_coefficient,
             aux_k=hp.aux_k, aux_coefficient=hp.aux_coefficient, dead_tokens_threshold=hp.dead_tokens_threshold,
             threshold_momentum=hp.threshold_momentum, kernel=hp.kernel, hook_point=hp.hook_point, model_id=hp.model_id,
         )
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(hp.init_seed * 1_000_003 + width)
-            return build_sae(cfg)
+        return initial_sae(cfg, init_seed)
 
     def _prefix(self, key: str) -> str:
         return f"{key}/"
@@ -299,7 +325,7 @@ class SAEFamilyModule(L.LightningModule):
         hp = self.settings
         k = hp.k if hp.architecture != "relu" else 0
         return sum(sae_training_flops(self._batch_tokens, self.d_in, w, k, hp.architecture, hp.kernel)
-                   for w in self.widths)
+                   for w, _ in self.member_specs.values())
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         for sae in self.members.values():
@@ -378,21 +404,25 @@ class SAEFamilyModule(L.LightningModule):
         checkpoint["canon_pl_sae_configs"] = {key: sae.cfg.to_dict() for key, sae in self.members.items()}
 
     # --------------------------------------------------------------------------------------------- export
-    def _export_extra(self) -> dict[str, Any]:
-        return {"training": {"global_step": int(self.global_step), "tokens": int(self.tokens_trained)}}
+    def _export_extra(self, key: str) -> dict[str, Any]:
+        return {"training": {"global_step": int(self.global_step), "tokens": int(self.tokens_trained),
+                             "init_seed": self.member_specs[key][1]},
+                "lr": self.learning_rates[key]}
 
     def export(self, directory: str | Path) -> Path:
-        """Write each member to ``<directory>/<width>/`` (activation scale folded in) and ``family.json`` last."""
+        """Write each member to ``<directory>/<name>/`` (activation scale folded in) and ``family.json`` last (the
+        widths as members, the seed controls under ``controls``)."""
         directory = Path(directory)
         members = self.unsharded_members()
         if not self._writes_files():
             return directory
         scale = float(self.activation_scale)
         for key, sae in members.items():
-            export_sae(sae, directory / key, activation_scale=scale,
-                       extra={**self._export_extra(), "lr": self.learning_rates[key]})
-        write_family_manifest(directory, {int(k): k for k in self.members}, self.members[str(self.widths[0])].cfg,
-                              tokens=int(self.tokens_trained))
+            export_sae(sae, directory / key, activation_scale=scale, extra=self._export_extra(key))
+        controls = {key: {"width": w, "init_seed": seed} for key, (w, seed) in self.member_specs.items()
+                    if key != str(w)}
+        write_family_manifest(directory, {w: str(w) for w in self.widths}, self.members[str(self.widths[0])].cfg,
+                              tokens=int(self.tokens_trained), controls=controls)
         return directory
 
 
@@ -473,4 +503,4 @@ class SAEModule(SAEFamilyModule):
         if not self._writes_files():
             return Path(directory)
         return export_sae(sae, directory, activation_scale=float(self.activation_scale),
-                          extra={**self._export_extra(), "lr": self.lr})
+                          extra=self._export_extra(str(self.widths[0])))
