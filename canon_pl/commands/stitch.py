@@ -6,11 +6,11 @@ import argparse
 import sys
 import warnings
 from pathlib import Path
+from typing import Any
 
 from canon_pl.data import ShardError
-from canon_pl.io import CheckpointError, load_sae
+from canon_pl.io import CheckpointError, initial_decoder, load_sae
 from canon_pl.io.family import MANIFEST_FILE, load_family
-from canon_pl.sae import SparseAutoencoder
 from canon_pl.stitching import (
     DEFAULT_TAU,
     StitchingError,
@@ -41,10 +41,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--model", help="language model for text data (default: the SAEs' model_id)")
     parser.add_argument("--hook-point", help="hook point for text data (default: the SAEs' hook_point)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default cpu)")
+    parser.add_argument("--control", help="the cross-seed control for a pair: an SAE of LARGE's width from another "
+                                          "init seed (a family's controls are found in family.json)")
     return parser
 
 
-def _pairs(ns: argparse.Namespace) -> tuple[list[tuple[SparseAutoencoder, SparseAutoencoder, str, str]], Path]:
+def _pairs(ns: argparse.Namespace) -> tuple[list[dict[str, Any]], Path]:
+    """Each pair as ``analyze_pair`` keyword arguments: small, large, names, the large SAE's initial decoder and (in
+    a family with seed controls) the control of the large width."""
     small_path = Path(ns.small)
     if ns.large is None:
         if not (small_path / MANIFEST_FILE).is_file():
@@ -53,11 +57,39 @@ def _pairs(ns: argparse.Namespace) -> tuple[list[tuple[SparseAutoencoder, Sparse
         widths = family.widths
         if len(widths) < 2:
             raise StitchingError(f"the family at {small_path} has one width ({widths}); stitching needs two")
-        pairs = [(family.saes[a], family.saes[b], str(small_path / family.manifest["members"][str(a)]),
-                  str(small_path / family.manifest["members"][str(b)])) for a, b in zip(widths, widths[1:])]
+        pairs = []
+        for a, b in zip(widths, widths[1:]):
+            large_dir = small_path / family.manifest["members"][str(b)]
+            control = family.control_of(b)
+            pairs.append({"small": family.saes[a], "large": family.saes[b],
+                          "names": (str(small_path / family.manifest["members"][str(a)]), str(large_dir)),
+                          "large_initial_decoder": initial_decoder(large_dir),
+                          "control": control[1] if control else None,
+                          "control_name": str(small_path / control[0]) if control else None})
         return pairs, Path(ns.out or small_path / "stitching")
-    pair = (load_sae(ns.small, ns.device), load_sae(ns.large, ns.device), ns.small, ns.large)
+    control = load_sae(ns.control, ns.device) if ns.control else None
+    pair = {"small": load_sae(ns.small, ns.device), "large": load_sae(ns.large, ns.device),
+            "names": (ns.small, ns.large), "large_initial_decoder": initial_decoder(ns.large),
+            "control": control, "control_name": ns.control}
     return [pair], Path(ns.out or "stitching")
+
+
+def _pct(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.1%}"
+
+
+def describe_result(s: dict[str, Any]) -> str:
+    """One line per pair: novel by definition and by cosine, the control's, the moved split and the path."""
+    c, control = s["classes"], s.get("control")
+    line = (f"{s['small']['d_sae']} -> {s['large']['d_sae']}: novel {_pct(c['novel_fraction_definition'])} by "
+            f"definition, {_pct(c['novel_fraction_cosine'])} by cosine (agreement {_pct(c['agreement'])})")
+    if control is not None:
+        line += (f"; cross-seed control {_pct(control['novel_fraction_definition'])} / "
+                 f"{_pct(control['novel_fraction_cosine'])}")
+    if c["stuck_at_init_fraction"] is not None:
+        line += f"; {_pct(c['stuck_at_init_fraction'])} of L's rows still at their initialisation"
+    return (line + f"; FVU {s['fvu_small']:.4f} -> {s['fvu_large']:.4f}, path monotone "
+            f"{s['path_monotone_fraction']:.1%}, excess {s['path_excess']:.3f}")
 
 
 def stitch_command(argv: list[str]) -> int:
@@ -65,19 +97,15 @@ def stitch_command(argv: list[str]) -> int:
     try:
         check_tau(ns.tau)
         pairs, out = _pairs(ns)
-        x, spliced = analysis_activations(ns.data, ns.tokens, pairs[0][0], ce=ns.ce_points > 0, model=ns.model,
-                                          hook_point=ns.hook_point, device=ns.device)
+        x, spliced = analysis_activations(ns.data, ns.tokens, pairs[0]["small"], ce=ns.ce_points > 0,
+                                          model=ns.model, hook_point=ns.hook_point, device=ns.device)
         if ns.ce_points and spliced is None:
             warnings.warn("--ce-points needs text data (the LM runs on tokens); skipped for an activation cache")
-        for small, large, small_name, large_name in pairs:
-            result = analyze_pair(small, large, x, ns.tau, spliced_loss=spliced, ce_points=ns.ce_points,
-                                  progress=True, names=(small_name, large_name))
+        for pair in pairs:
+            result = analyze_pair(activations=x, tau=ns.tau, spliced_loss=spliced, ce_points=ns.ce_points,
+                                  progress=True, **pair)
             path = write_stitching_results(result, out)
-            s = result.summary
-            print(f"{s['small']['d_sae']} -> {s['large']['d_sae']}: {s['novel_fraction']:.1%} novel "
-                  f"({s['n_novel']} of {s['large']['d_sae']}), proxy agreement "
-                  f"{(s['proxy']['agreement'] or 0.0):.1%}, FVU {s['fvu_small']:.4f} -> {s['fvu_large']:.4f}, "
-                  f"path AUC {s['path_auc']:.3f}; wrote {path}")
+            print(f"{describe_result(result.summary)}; wrote {path}")
     except (StitchingError, CheckpointError, ShardError, AnalysisDataError) as err:
         print(f"canon-pl stitch: error: {err}", file=sys.stderr)
         return 2

@@ -20,6 +20,7 @@ from torch import Tensor
 from canon_pl.io.results import read_results, write_results
 from canon_pl.metrics import SplicedLanguageModelLoss
 from canon_pl.sae import SparseAutoencoder
+from canon_pl.stitching.classify import LatentClasses, classify_latents
 from canon_pl.stitching.groups import LatentGroups, latent_groups
 from canon_pl.stitching.matching import (
     DEFAULT_TAU,
@@ -39,7 +40,8 @@ from canon_pl.stitching.path import (
 from canon_pl.stitching.stitched import StitchedSAE, latent_thresholds
 
 FORMAT_NAME = "canon_pl.stitching"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+"""2: per-latent classification by the definition, the moved/stuck split, the cross-seed control, path excess."""
 SUMMARY_POINTS = 256
 """Path points kept in the JSON summary (the safetensors file holds all of them)."""
 
@@ -102,6 +104,8 @@ class StitchingResult:
     large_delta_mse: Tensor
     large_fire_count: Tensor
     ce_points: dict[str, Any] = field(default_factory=dict)
+    classes: LatentClasses | None = None
+    control: LatentClasses | None = None
 
     def stitched_at(self, point: int, small: SparseAutoencoder, large: SparseAutoencoder) -> StitchedSAE:
         """The stitched SAE at one point of the path."""
@@ -135,11 +139,15 @@ def _downsample(points: int, keep: int) -> Tensor:
 @torch.no_grad()
 def analyze_pair(small: SparseAutoencoder, large: SparseAutoencoder, activations: Tensor, tau: float = DEFAULT_TAU,
                  spliced_loss: SplicedLoss | None = None, ce_points: int = 0, progress: bool = False,
-                 names: tuple[str | None, str | None] = (None, None)) -> StitchingResult:
-    """Match, group, check and walk from ``small`` to ``large`` on raw ``activations [N, d_in]``.
+                 names: tuple[str | None, str | None] = (None, None),
+                 large_initial_decoder: Tensor | None = None, control: SparseAutoencoder | None = None,
+                 control_name: str | None = None) -> StitchingResult:
+    """Match, group, check and walk from ``small`` to ``large`` on raw held-out ``activations [N, d_in]``.
 
     ``spliced_loss`` with ``ce_points > 0`` also measures the next-token loss at that many points along the path
-    (endpoints included).
+    (endpoints included). ``large_initial_decoder [d_large, d_in]`` splits latents into moved and stuck at their
+    initialisation; ``control`` (an SAE of L's width from another init seed) adds the cross-seed control: the
+    same classification of L's latents against it.
     """
     tau = check_tau(tau)
     small, large, swapped = check_pair(small, large, names[0] or "small", names[1] or "large")
@@ -157,8 +165,14 @@ def analyze_pair(small: SparseAutoencoder, large: SparseAutoencoder, activations
     groups = latent_groups(match)
     small_codes, large_codes = sparse_codes(small, x), sparse_codes(large, x)
     residual_small = x - reconstruction(small, x)
-    delta_mse = single_insertion_delta_mse(large_codes, large.W_dec.detach().float(), residual_small)
-    fire_count = large_codes.counts()
+    classes = classify_latents(small, large, x, tau, large_initial_decoder, large_codes, residual_small)
+    delta_mse, fire_count = classes.delta_mse, classes.fire_count
+    control_classes = None
+    if control is not None:
+        if control.d_sae != large.d_sae or control.d_in != large.d_in:
+            raise StitchingError(f"the cross-seed control must have L's shape ({large.d_sae} x {large.d_in}), got "
+                                 f"{control.d_sae} x {control.d_in}")
+        control_classes = classify_latents(control, large, x, tau, large_initial_decoder, large_codes)
     path = stitching_path(small, large, x, groups, small_codes, large_codes, progress=progress,
                           residual_small=residual_small)
 
@@ -189,6 +203,9 @@ def analyze_pair(small: SparseAutoencoder, large: SparseAutoencoder, activations
         "n_novel": int(is_novel.sum()),
         "n_reconstruction": int((~is_novel).sum()),
         "novel_fraction_active": float(is_novel[active].float().mean()) if bool(active.any()) else None,
+        "novel_fraction_definition": classes.summary()["novel_fraction_definition"],
+        "classes": classes.summary(),
+        "control": None if control_classes is None else {"name": control_name, **control_classes.summary()},
         "groups": groups.kind_counts(),
         "proxy": proxy_agreement(is_novel, delta_mse, fire_count > 0),
         "mse_small": float(path.mse[0]),
@@ -197,6 +214,7 @@ def analyze_pair(small: SparseAutoencoder, large: SparseAutoencoder, activations
         "fvu_large": float(path.fvu[-1]),
         "path_auc": path.normalized_auc(),
         "path_monotone_fraction": path.monotone_fraction(),
+        "path_excess": path.excess_over_endpoints(),
         "path_points": path.n_points,
     }
     keep = _downsample(path.n_points, SUMMARY_POINTS)
@@ -209,7 +227,7 @@ def analyze_pair(small: SparseAutoencoder, large: SparseAutoencoder, activations
         "l0": path.l0[keep].tolist(),
     }
     summary["path_ce"] = ce or None
-    return StitchingResult(summary, match, groups, path, delta_mse, fire_count, ce)
+    return StitchingResult(summary, match, groups, path, delta_mse, fire_count, ce, classes, control_classes)
 
 
 def _arrays(result: StitchingResult) -> dict[str, Tensor]:
@@ -222,6 +240,11 @@ def _arrays(result: StitchingResult) -> dict[str, Tensor]:
         "path_order": p.order, "path_kind": p.kind, "path_group": p.group, "path_n_latents": p.n_latents,
         "path_mse": p.mse, "path_fvu": p.fvu, "path_l0": p.l0,
     }
+    if result.classes is not None and result.classes.init_cos is not None:
+        tensors["large_init_cos"] = result.classes.init_cos
+    if result.control is not None:
+        tensors["control_max_cos"] = result.control.match.large_max_cos
+        tensors["control_delta_mse"] = result.control.delta_mse
     return tensors
 
 

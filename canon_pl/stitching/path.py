@@ -104,6 +104,15 @@ class StitchingPath:
         tol = 1e-6 * float(self.mse.abs().max())
         return float((steps <= tol).float().mean()) if steps.numel() else 1.0
 
+    def excess_over_endpoints(self) -> float:
+        """How far the path's MSE rises above the worse endpoint, as a fraction of it: ``(max_t mse_t - max(mse_S,
+        mse_L)) / max(mse_S, mse_L)``. 0 when the path stays between S's and L's MSE (the paper's monotone
+        interpolation); unlike the AUC it stays meaningful when S and L are equally good."""
+        worse = float(torch.maximum(self.mse[0], self.mse[-1]))
+        if worse <= 0:
+            return 0.0
+        return max(float(self.mse.max()) - worse, 0.0) / worse
+
     def normalized_auc(self) -> float:
         """Area under ``(mse_t - mse_L) / (mse_S - mse_L)`` against the fraction of steps taken, in [0, 1] when MSE
         stays between the endpoints: 0 = all of L's gain at the first step, 0.5 = a straight line."""

@@ -11,7 +11,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor
 
 from canon_pl.distributed import rank_local
-from canon_pl.sae import SAEConfigError
+from canon_pl.sae import SAEConfigError, initial_sae
 from canon_pl.stitching import (
     DEFAULT_TAU,
     analyze_pair,
@@ -24,8 +24,11 @@ from canon_pl.stitching import (
 class StitchingCallback(L.Callback):
     """Runs :func:`canon_pl.stitching.analyze_pair` on held-out activations for pairs of a family's widths.
 
-    Logs ``stitch/<small>_<large>/{novel_fraction, proxy_agreement, path_auc, path_monotone_fraction}`` and writes
-    ``<output_dir>/<small>_<large>.json`` + ``.safetensors`` (the format of ``canon-pl stitch``).
+    Logs ``stitch/<small>_<large>/{novel_fraction, novel_fraction_definition, proxy_agreement, path_auc,
+    path_monotone_fraction, path_excess, stuck_at_init_fraction}`` and, when the family has a seed control of the
+    larger width, ``control_novel_fraction`` and ``control_novel_fraction_definition`` (so the novel fraction's
+    course over training can be drawn beside its control's), and writes ``<output_dir>/<small>_<large>.json`` +
+    ``.safetensors`` (the format of ``canon-pl stitch``).
     """
 
     def __init__(
@@ -105,19 +108,31 @@ class StitchingCallback(L.Callback):
         out_dir = Path(self.output_dir or Path(trainer.default_root_dir) / "stitching")
         scale = float(pl_module.activation_scale)
         log: dict[str, float] = {}
+        specs = getattr(pl_module, "member_specs", {})
         for small_w, large_w in self._pairs_for(pl_module):
             small = members[str(small_w)].fold_activation_scale(scale).eval()
             large = members[str(large_w)].fold_activation_scale(scale).eval()
+            control_key = next((key for key, (w, _) in specs.items() if w == large_w and key != str(large_w)), None)
+            control = members[control_key].fold_activation_scale(scale).eval() if control_key else None
+            initial = initial_sae(large.cfg, specs[str(large_w)][1]).W_dec if str(large_w) in specs else None
             result = analyze_pair(small, large, x, self.tau, spliced_loss=spliced, ce_points=self.ce_points,
-                                  names=(f"width {small_w}", f"width {large_w}"))
+                                  names=(f"width {small_w}", f"width {large_w}"), large_initial_decoder=initial,
+                                  control=control, control_name=control_key)
             result.summary["global_step"] = int(trainer.global_step)
             path = write_stitching_results(result, out_dir, name=f"{small_w}_{large_w}")
             s = result.summary
             prefix = f"stitch/{small_w}_{large_w}"
+            optional = {"novel_fraction_definition": s["classes"]["novel_fraction_definition"],
+                        "stuck_at_init_fraction": s["classes"]["stuck_at_init_fraction"]}
+            if s["control"] is not None:
+                optional.update({"control_novel_fraction": s["control"]["novel_fraction_cosine"],
+                                 "control_novel_fraction_definition": s["control"]["novel_fraction_definition"]})
             log.update({f"{prefix}/novel_fraction": s["novel_fraction"],
                         f"{prefix}/proxy_agreement": s["proxy"]["agreement"] or 0.0,
                         f"{prefix}/path_auc": s["path_auc"],
-                        f"{prefix}/path_monotone_fraction": s["path_monotone_fraction"]})
+                        f"{prefix}/path_monotone_fraction": s["path_monotone_fraction"],
+                        f"{prefix}/path_excess": s["path_excess"],
+                        **{f"{prefix}/{k}": v for k, v in optional.items() if v is not None}})
             rank_zero_info(f"canon-pl: stitched {small_w} -> {large_w}: {s['novel_fraction']:.1%} novel, "
                            f"proxy agreement {s['proxy']['agreement'] or 0.0:.1%} ({path})")
         if log:
