@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 DESCRIPTION = """Train a meta-SAE (Leask et al. 2025) on the unit-normalised decoder rows of an SAE and decompose every
@@ -14,7 +15,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="canon-pl meta-sae", description=DESCRIPTION)
     parser.add_argument("--sae", required=True, help="the base SAE: export folder, family folder (+ --width) or .ckpt")
     parser.add_argument("--width", type=int, help="family member to decompose")
-    parser.add_argument("--d-sae", type=int, help="meta-latents (default: base width / 21, the paper's ratio)")
+    parser.add_argument("--d-sae", type=int, help="meta-latents (default: base width / 21, the paper's base/meta ratio)")
+    parser.add_argument("--d-sae-per-d-in", type=float,
+                        help="meta-latents as a multiple of d_in instead (the paper's geometry: 2304 = 3 x 768)")
     parser.add_argument("--k", type=int, default=4, help="meta-latents per latent (default 4)")
     parser.add_argument("--steps", type=int, default=2000, help="training batches (default 2000)")
     parser.add_argument("--batch-size", type=int, default=16384, help="rows per batch (default 16384)")
@@ -23,6 +26,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--tokens", type=int, default=8192, help="tokens of --data (default 8192)")
     parser.add_argument("--ce", action="store_true", help="also the spliced next-token loss (text --data only)")
     parser.add_argument("--baseline-steps", type=int, default=300, help="steps per baseline; 0 skips them")
+    parser.add_argument("--floor-steps", type=int,
+                        help="steps of each floor (the same meta-SAE on random unit rows and on the base's initial "
+                             "decoder; default: as many as --steps; 0 skips them)")
     parser.add_argument("--out", help="output folder (default checkpoints/meta_sae_<width>)")
     parser.add_argument("--accelerator", default="auto", help="auto, cpu, gpu (default auto)")
     parser.add_argument("--seed", type=int, default=0)
@@ -45,7 +51,13 @@ def meta_sae_command(argv: list[str]) -> int:
 
     data = DecoderRowsDataModule(ns.sae, width=ns.width, batch_size=ns.batch_size, seed=ns.seed)
     n_rows = data.rows.shape[0]
-    d_sae = ns.d_sae or max(1, round(n_rows / 21))
+    if ns.d_sae and ns.d_sae_per_d_in:
+        print("canon-pl meta-sae: error: give --d-sae or --d-sae-per-d-in, not both", file=sys.stderr)
+        return 2
+    if ns.d_sae_per_d_in:
+        d_sae = max(1, round(ns.d_sae_per_d_in * data.d_in))
+    else:
+        d_sae = ns.d_sae or max(1, round(n_rows / 21))
     check_meta_width(n_rows, d_sae)
     out = Path(ns.out or Path("checkpoints") / f"meta_sae_{n_rows}")
     L.seed_everything(ns.seed, verbose=False)
@@ -55,7 +67,8 @@ def meta_sae_command(argv: list[str]) -> int:
         val_check_interval=min(ns.steps, 500), check_val_every_n_epoch=None, num_sanity_val_steps=0,
         logger=CSVLogger(out, name="logs"), enable_checkpointing=False, log_every_n_steps=min(ns.steps, 20),
         callbacks=[StepProgressBar(), SAEExportCallback(str(out)),
-                   MetaSAEAnalysisCallback(ns.data, ns.tokens, ns.ce, ns.baseline_steps, dirpath=str(out))],
+                   MetaSAEAnalysisCallback(ns.data, ns.tokens, ns.ce, ns.baseline_steps, dirpath=str(out),
+                                           floor_steps=ns.floor_steps)],
     )
     trainer.fit(module, data)
     print(f"meta-SAE of {n_rows} latents ({d_sae} meta-latents, k={ns.k}) written to {out}")

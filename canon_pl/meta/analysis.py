@@ -21,7 +21,10 @@ from canon_pl.meta.decomposition import (
     MetaSAEError,
     decoder_rows,
     decompose,
+    fit_meta_sae,
     fraction_of_variance_explained,
+    pca_variance_fraction,
+    random_unit_rows,
     refit_encoder,
     with_decoder,
 )
@@ -31,7 +34,8 @@ from canon_pl.stitching.analysis import SplicedLoss
 from canon_pl.stitching.path import reconstruction
 
 FORMAT_NAME = "canon_pl.meta_sae_analysis"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+"""2: uncentred FVE, the PCA caps and the floors (initial decoder, random unit rows)."""
 ANALYSIS_NAME = "analysis"
 
 
@@ -54,11 +58,18 @@ class MetaAnalysis:
 def analyze_meta_sae(meta: SparseAutoencoder, base: SparseAutoencoder,
                      smaller: dict[int, SparseAutoencoder] | None = None, activations: Tensor | None = None,
                      spliced_loss: SplicedLoss | None = None, baseline_steps: int = 300,
-                     baseline_batch_size: int = 4096, seed: int = 0) -> MetaAnalysis:
+                     baseline_batch_size: int = 4096, seed: int = 0, initial_rows: Tensor | None = None,
+                     floor_steps: int = 0, floor_batch_size: int = 4096, floor_lr: float = 1e-3) -> MetaAnalysis:
     """Decompose every base latent, measure FVE, compare meta-latents with smaller SAEs' latents, and (given raw
     ``activations [N, d_in]`` of the base SAE's hook point) the base SAE with its decoder replaced by the meta-SAE's
     reconstruction. ``baseline_steps > 0`` also fits the paper's baselines (meta-decoder = nearest latents of each
-    smaller SAE, or random directions; only the encoder trained)."""
+    smaller SAE, or random directions; only the encoder trained).
+
+    Always: FVE centred and uncentred, and the PCA caps (variance of the rows in their top ``min(n_meta, d_in)`` and
+    top ``k`` principal directions). ``floor_steps > 0`` trains the same meta-SAE (width, k) from scratch on random
+    unit rows and, given ``initial_rows [n_base, d_in]`` (the base's decoder at initialisation), on those: an FVE
+    is a finding about learned structure only above these floors.
+    """
     rows = decoder_rows(base).to(meta.W_dec.device)
     if meta.d_in != rows.shape[1]:
         raise MetaSAEError(f"the meta-SAE reads {meta.d_in}-dimensional rows but the base SAE's rows have "
@@ -70,6 +81,10 @@ def analyze_meta_sae(meta: SparseAutoencoder, base: SparseAutoencoder,
         "format": FORMAT_NAME, "format_version": FORMAT_VERSION,
         "n_base": base.d_sae, "n_meta": meta.d_sae, "k": meta.cfg.k,
         "fve": fraction_of_variance_explained(rows, rows_hat),
+        "fve_uncentred": fraction_of_variance_explained(rows, rows_hat, centred=False),
+        "pca_cap": {"m": min(meta.d_sae, rows.shape[1]),
+                    "fraction": pca_variance_fraction(rows, min(meta.d_sae, rows.shape[1])),
+                    "top_k_fraction": pca_variance_fraction(rows, int(meta.cfg.k or 1))},
         "mean_meta_per_latent": float(per_latent.mean()),
         "base_latents_without_meta": float((per_latent == 0).float().mean()),
         "dead_meta_fraction": float((density == 0).float().mean()),
@@ -99,7 +114,27 @@ def analyze_meta_sae(meta: SparseAutoencoder, base: SparseAutoencoder,
             summary["spliced"]["ce_zero"] = losses["original"]["ce_zero"]
     if baseline_steps > 0:
         summary["baselines"] = _baselines(meta, rows, smaller or {}, arrays, baseline_steps, baseline_batch_size, seed)
+    if floor_steps > 0:
+        summary["floors"] = meta_floors(meta, rows, initial_rows, floor_steps, floor_batch_size, floor_lr, seed)
     return MetaAnalysis(summary, decomposition, arrays)
+
+
+def meta_floors(meta: SparseAutoencoder, rows: Tensor, initial_rows: Tensor | None, steps: int, batch_size: int,
+                lr: float, seed: int) -> dict[str, Any]:
+    """FVE (centred) of the same meta-SAE trained from scratch on random unit rows and on the base's initial
+    decoder rows ``[n_base, d_in]`` (``None`` when not given), each as many rows as the base has."""
+    n, d_in = rows.shape
+    candidates = {"random_rows": random_unit_rows(n, d_in, seed, rows.device)}
+    if initial_rows is not None:
+        if initial_rows.shape != rows.shape:
+            raise MetaSAEError(f"the initial decoder {tuple(initial_rows.shape)} does not match the base's rows "
+                               f"{tuple(rows.shape)}")
+        candidates["initial_decoder"] = F.normalize(initial_rows.float().to(rows.device), dim=-1)
+    out: dict[str, Any] = {"steps": steps, "batch_size": batch_size, "initial_decoder": None}
+    for name, floor_rows in candidates.items():
+        fitted = fit_meta_sae(floor_rows, meta.d_sae, int(meta.cfg.k), steps, batch_size, lr, seed)
+        out[name] = fraction_of_variance_explained(floor_rows, decompose(fitted, floor_rows)[1])
+    return out
 
 
 def _baselines(meta: SparseAutoencoder, rows: Tensor, smaller: dict[int, SparseAutoencoder],

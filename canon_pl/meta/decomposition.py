@@ -42,10 +42,26 @@ def sample_rows(rows: Tensor, batch_size: int, index: int, seed: int) -> Tensor:
     return rows[torch.randint(rows.shape[0], (batch_size,), generator=g).to(rows.device)]
 
 
-def fraction_of_variance_explained(rows: Tensor, rows_hat: Tensor) -> float:
-    """``1 - sum |r - r_hat|^2 / sum |r - mean(r)|^2`` over all rows ``[n, d_in]``."""
-    total = (rows - rows.mean(0)).square().sum()
+def fraction_of_variance_explained(rows: Tensor, rows_hat: Tensor, centred: bool = True) -> float:
+    """``1 - sum |r - r_hat|^2 / sum |r - mean(r)|^2`` over all rows ``[n, d_in]`` (``centred=False``: divided by
+    ``sum |r|^2`` instead, which is ``n`` for unit rows; the two differ when the rows share a mean direction)."""
+    total = (rows - rows.mean(0)).square().sum() if centred else rows.square().sum()
     return float(1.0 - (rows - rows_hat).square().sum() / total.clamp_min(1e-12))
+
+
+def pca_variance_fraction(rows: Tensor, m: int) -> float:
+    """Fraction of the centred variance of ``rows [n, d_in]`` in their top ``m`` principal directions: the most any
+    reconstruction confined to an ``m``-dimensional subspace can explain (1 when ``m >= rank``)."""
+    centred = rows.double() - rows.double().mean(0)
+    singular = torch.linalg.svdvals(centred)
+    variance = singular.square()
+    return float(variance[:m].sum() / variance.sum().clamp_min(1e-24))
+
+
+def random_unit_rows(n: int, d_in: int, seed: int = 0, device: torch.device | str = "cpu") -> Tensor:
+    """``[n, d_in]`` independent uniformly random unit vectors (a floor: rows with no shared structure)."""
+    g = torch.Generator().manual_seed(2_000_003 + seed)
+    return F.normalize(torch.randn(n, d_in, generator=g), dim=-1).to(device)
 
 
 @dataclass
@@ -107,27 +123,47 @@ def refit_encoder(W_dec: Tensor, rows: Tensor, k: int, steps: int, batch_size: i
 
     The paper's baselines: the decoder is the nearest latents of a smaller SAE, or random directions.
     """
+    return fit_meta_sae(rows, W_dec.shape[0], k, steps, batch_size, lr, seed, fixed_decoder=W_dec)
+
+
+def fit_meta_sae(rows: Tensor, d_meta: int, k: int, steps: int, batch_size: int = 4096, lr: float = 1e-3,
+                 seed: int = 0, fixed_decoder: Tensor | None = None) -> SparseAutoencoder:
+    """A BatchTopK meta-SAE of ``d_meta`` latents trained on ``rows [n, d_in]`` in plain torch: the same
+    initialisation, training step (AuxK included), Adam and decoder constraint as ``MetaSAEModule``, without
+    Lightning. With ``fixed_decoder [d_meta, d_in]`` only the encoder side is trained.
+
+    Used for the floors a meta-SAE's FVE is read against: the same meta-SAE trained on the base's initial decoder,
+    and on random unit rows.
+    """
     with torch.inference_mode(False), torch.enable_grad():  # callable from analysis code that runs without grad
-        return _refit_encoder(W_dec.clone(), rows.clone(), k, steps, batch_size, lr, seed)
+        return _fit_meta_sae(rows.clone(), d_meta, k, steps, batch_size, lr, seed,
+                             None if fixed_decoder is None else fixed_decoder.clone())
 
 
-def _refit_encoder(W_dec: Tensor, rows: Tensor, k: int, steps: int, batch_size: int, lr: float,
-                   seed: int) -> SparseAutoencoder:
-    d_meta, d_in = W_dec.shape
+def _fit_meta_sae(rows: Tensor, d_meta: int, k: int, steps: int, batch_size: int, lr: float, seed: int,
+                  fixed_decoder: Tensor | None) -> SparseAutoencoder:
+    d_in = rows.shape[1]
     check_meta_width(rows.shape[0], d_meta)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         sae = build_sae(SAEConfig(d_in=d_in, d_sae=d_meta, architecture="batchtopk", k=k,
                                   dead_tokens_threshold=max(steps * batch_size // 4, 1))).to(rows.device)
     with torch.no_grad():
-        sae.W_dec.copy_(F.normalize(W_dec.float(), dim=-1))
-        sae.W_enc.copy_(sae.W_dec.T)
-    sae.W_dec.requires_grad_(False)
+        if fixed_decoder is not None:
+            sae.W_dec.copy_(F.normalize(fixed_decoder.float(), dim=-1))
+            sae.W_enc.copy_(sae.W_dec.T)
+        sae.b_dec.copy_(rows.mean(0))  # as MetaSAEModule: b_dec starts at the mean row
+    if fixed_decoder is not None:
+        sae.W_dec.requires_grad_(False)
     optimizer = torch.optim.Adam([p for p in sae.parameters() if p.requires_grad], lr=lr, betas=(0.9, 0.99))
     sae.train()
     for step in range(steps):
         loss = sae.training_forward(sample_rows(rows, batch_size, step, seed)).loss
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        if fixed_decoder is None:
+            sae.remove_parallel_decoder_grad()
         optimizer.step()
+        if fixed_decoder is None:
+            sae.normalize_decoder()
     return sae.eval()

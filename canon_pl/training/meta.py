@@ -88,6 +88,24 @@ class DecoderRowsDataModule(ResumableStreamDataModule):
         size = self.hparams.val_batch_size
         return _loader(lambda: (self.rows[s:s + size] for s in range(0, self.rows.shape[0], size)))
 
+    def base_directory(self) -> Path | None:
+        """The base SAE's export folder (a family member's own folder), or ``None`` for a ``.ckpt``."""
+        path = Path(self.hparams.sae)
+        if (path / MANIFEST_FILE).is_file():
+            from canon_pl.io import read_family_manifest
+
+            members = read_family_manifest(path)["members"]
+            return path / members[str(self.hparams.width)] if str(self.hparams.width) in members else None
+        return path if path.is_dir() else None
+
+    def initial_rows(self) -> Tensor | None:
+        """``[d_base, d_in]`` the base's decoder rows at initialisation (rebuilt from the export's init seed), or
+        ``None`` when the export does not record it."""
+        from canon_pl.io import initial_decoder
+
+        directory = self.base_directory()
+        return initial_decoder(directory) if directory is not None else None
+
     def smaller_saes(self) -> dict[int, SparseAutoencoder]:
         """The family members narrower than the base, when the base was given as (or lies in) a family folder."""
         path = Path(self.hparams.sae)
@@ -140,7 +158,7 @@ class MetaSAEAnalysisCallback(L.Callback):
     meta-SAE's export (see docs/meta_sae_results.md)."""
 
     def __init__(self, data: str | None = None, tokens: int = 8192, ce: bool = False, baseline_steps: int = 300,
-                 dirpath: str | None = None) -> None:
+                 dirpath: str | None = None, floor_steps: int | None = 0, floor_batch_size: int | None = None) -> None:
         """
         Args:
             data: Activations at the base SAE's hook point for the base-reconstruction comparison: an activation cache
@@ -149,9 +167,13 @@ class MetaSAEAnalysisCallback(L.Callback):
             ce: Also splice the base SAE (original and meta-reconstructed decoder) into the LM (text data only).
             baseline_steps: Training steps of each baseline (0 skips them).
             dirpath: Output folder; ``None`` = the module's ``export_dir`` or else the trainer's ``default_root_dir``.
+            floor_steps: Steps of each floor (the same meta-SAE trained on random unit rows and on the base's
+                initial decoder); ``None`` = as many as the meta-SAE trained; 0 skips them.
+            floor_batch_size: Rows per floor batch; ``None`` = the meta-SAE's batch size.
         """
         self.data, self.tokens, self.ce = data, tokens, ce
         self.baseline_steps, self.dirpath = baseline_steps, dirpath
+        self.floor_steps, self.floor_batch_size = floor_steps, floor_batch_size
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         datamodule = getattr(trainer, "datamodule", None)
@@ -171,12 +193,20 @@ class MetaSAEAnalysisCallback(L.Callback):
         if self.data is not None:
             activations, spliced = analysis_activations(self.data, self.tokens, base, ce=self.ce)
         device = meta.W_dec.device
+        floor_steps = int(trainer.global_step) if self.floor_steps is None else self.floor_steps
         analysis = analyze_meta_sae(meta, base.to(device), datamodule.smaller_saes(), activations, spliced,
-                                    baseline_steps=self.baseline_steps)
+                                    baseline_steps=self.baseline_steps, initial_rows=datamodule.initial_rows(),
+                                    floor_steps=floor_steps,
+                                    floor_batch_size=self.floor_batch_size or datamodule.hparams.batch_size,
+                                    floor_lr=float(pl_module.learning_rates[str(pl_module.widths[0])]))
         analysis.summary["base"] = {"source": str(datamodule.hparams.sae), "width": datamodule.hparams.width,
                                     "model_id": base.cfg.model_id, "hook_point": base.cfg.hook_point}
         target = Path(self.dirpath or getattr(getattr(pl_module, "settings", pl_module.hparams), "export_dir", None) or trainer.default_root_dir)
         path = write_meta_analysis(analysis, target)
         s = analysis.summary
-        rank_zero_info(f"canon-pl: meta-SAE FVE {s['fve']:.3f}, {s['mean_meta_per_latent']:.2f} meta-latents per "
+        floors = s.get("floors") or {}
+        floor_text = ", ".join(f"{name} {floors[name]:.3f}" for name in ("random_rows", "initial_decoder")
+                               if isinstance(floors.get(name), float))
+        rank_zero_info(f"canon-pl: meta-SAE FVE {s['fve']:.3f} (floors: {floor_text or 'not run'}; PCA cap "
+                       f"{s['pca_cap']['fraction']:.3f}), {s['mean_meta_per_latent']:.2f} meta-latents per "
                        f"latent, {s['dead_meta_fraction']:.1%} dead; analysis in {path}")
