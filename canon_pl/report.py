@@ -1,5 +1,6 @@
 """The study's report: ``<run>/report.md`` with PNG figures, read from the files the stages wrote (family exports,
-stitching results, meta-SAE analysis, statistics); nothing is recomputed. Figures are the viewer's own Altair charts.
+stitching results, meta-SAE analysis, statistics, the training log); nothing is retrained. Figures are the viewer's
+own Altair charts. Every claim gets a verdict with its control beside it (rules: :mod:`canon_pl.verdicts`).
 """
 
 from __future__ import annotations
@@ -11,8 +12,8 @@ from typing import Any
 import pandas as pd
 
 from canon_pl.io.atomic import atomic_write_text
+from canon_pl.verdicts import MARGIN, META_MARGIN, MIN_SHARE, PAPER, study_verdicts
 
-PAPER = {"novel_fraction": 0.35, "fve": 0.55, "meta_l0": 4.0}
 REPORT_FILE = "report.md"
 
 
@@ -34,35 +35,73 @@ def _save(chart: Any, path: Path) -> str:
     return path.name
 
 
+def stuck_at_init_fraction(export_dir: Path, tau: float = 0.7) -> float | None:
+    """Fraction of an export's decoder rows still within cosine ``tau`` of their initialisation (``None`` when the
+    export does not record its init seed)."""
+    from canon_pl.io import initial_decoder, load_sae
+    from canon_pl.stitching.classify import row_cosines
+
+    initial = initial_decoder(export_dir)
+    if initial is None:
+        return None
+    return float((row_cosines(load_sae(export_dir).W_dec.detach(), initial) >= tau).float().mean())
+
+
+def training_curves(run: Path) -> pd.DataFrame:
+    """``step, series, value``: each pair's novel fraction (by definition) and its control's, as the
+    ``StitchingCallback`` logged them at every validation (empty when it did not run)."""
+    from canon_pl.viewer.runs import read_metrics
+
+    metrics = read_metrics(run)
+    rows = []
+    for column in metrics.columns:
+        parts = column.split("/")
+        if len(parts) != 3 or parts[0] != "stitch" or parts[2] not in ("novel_fraction_definition",
+                                                                        "control_novel_fraction_definition"):
+            continue
+        pair = parts[1].replace("_", " → ")
+        series = f"{pair} (other seed)" if parts[2].startswith("control") else f"{pair} (smaller width)"
+        for step, value in metrics[["step", column]].dropna().itertuples(index=False):
+            rows.append({"step": int(step), "series": series, "value": float(value)})
+    return pd.DataFrame(rows)
+
+
 def gather(run: Path, meta_dir: Path | None) -> dict[str, Any]:
-    """Everything the report states, read from the run's files: ``family`` (one row per width), ``pairs`` (one row
-    per stitched pair), ``paths`` (every pair's path, thinned), ``meta`` (the meta-SAE analysis summary) and
-    ``examples`` (decompositions with the latents' top tokens)."""
+    """Everything the report states, read from the run's files: ``family`` (one row per member, seed controls
+    included), ``pairs`` (stitching summaries), ``paths`` (every pair's path, thinned), ``curves`` (novel fractions
+    over training), ``meta`` (the meta-SAE analysis) and ``examples`` (decompositions with the latents' contexts)."""
     from canon_pl.io import read_family_manifest
     from canon_pl.meta import read_meta_analysis
     from canon_pl.viewer import find_runs, find_stitching_results, load_pair
 
-    members = set(read_family_manifest(run)["members"].values())
-    family = pd.DataFrame([r.row() for r in find_runs(run) if r.name in members])  # not the meta-SAE beside them
+    manifest = read_family_manifest(run)
+    members = {folder: "width" for folder in manifest["members"].values()}
+    members.update({folder: f"seed {c['init_seed']}" for folder, c in manifest["controls"].items()})
+    rows = []
+    for found in find_runs(run):
+        if found.name not in members:
+            continue  # not the meta-SAE beside them
+        rows.append({**found.row(), "member": members[found.name],
+                     "stuck_at_init_fraction": stuck_at_init_fraction(found.path)})
+    family = pd.DataFrame(rows)
     pairs, paths = [], []
     for found in find_stitching_results(run):
         data = load_pair(found.path)
         s = data["summary"]
-        name = f"{s['small']['d_sae']} → {s['large']['d_sae']}"
-        pairs.append({"pair": name, "novel_fraction": s["novel_fraction"], "novel": s["n_novel"],
-                      "reconstruction": s["n_reconstruction"], "proxy_agreement": s["proxy"]["agreement"],
-                      "path_monotone_fraction": s.get("path_monotone_fraction"),
-                      "fvu_small": s["fvu_small"], "fvu_large": s["fvu_large"]})
-        paths.append(data["path_drawn"].assign(pair=name))
-    meta = read_meta_analysis(meta_dir, arrays=True) if meta_dir is not None else None
-    return {"family": family, "pairs": pd.DataFrame(pairs), "paths": pd.concat(paths) if paths else pd.DataFrame(),
-            "meta": meta, "examples": _examples(run, meta_dir, meta) if meta is not None else []}
+        pairs.append(s)
+        paths.append(data["path_drawn"].assign(pair=f"{s['small']['d_sae']} → {s['large']['d_sae']}"))
+    pairs.sort(key=lambda s: (s["small"]["d_sae"], s["large"]["d_sae"]))
+    meta = read_meta_analysis(meta_dir, arrays=True) if meta_dir is not None and meta_dir.is_dir() else None
+    return {"family": family, "pairs": pairs, "paths": pd.concat(paths) if paths else pd.DataFrame(),
+            "curves": training_curves(run), "meta": meta,
+            "examples": _examples(run, meta_dir, meta) if meta is not None else []}
 
 
 def _examples(run: Path, meta_dir: Path, meta: dict[str, Any], n: int = 3) -> list[dict[str, Any]]:
-    """The ``n`` most frequent base latents built from 2 to 2k meta-latents, each with its top tokens and, per
-    meta-latent (largest first), its activation, promoted tokens and other member latents."""
+    """The ``n`` most readable base latents (:mod:`canon_pl.stats.readable`) built from 2 to 2k meta-latents, each
+    with its top contexts and, per meta-latent (largest first), its activation, promoted tokens and siblings."""
     from canon_pl.stats import LatentStatistics, StatsError
+    from canon_pl.stats.readable import readability_scores
     from canon_pl.viewer.search import top_centre_tokens
 
     decomposition = meta["decomposition"]
@@ -75,13 +114,23 @@ def _examples(run: Path, meta_dir: Path, meta: dict[str, Any], n: int = 3) -> li
     except StatsError:
         return []
     strings = stats.token_strings()
+    contexts = stats.contexts()
+    scores = readability_scores(frequency, centre)
     per_latent = decomposition.meta_per_latent()
     k = int(meta.get("k") or 4)
-    typical = [j for j in range(decomposition.n_base) if 2 <= int(per_latent[j]) <= 2 * k]
-    order = sorted(typical, key=lambda j: -frequency[j].item())
+    typical = [j for j in range(decomposition.n_base) if 2 <= int(per_latent[j]) <= 2 * k and scores[j] >= 0]
+    order = sorted(typical, key=lambda j: (-float(scores[j]), -float(frequency[j])))
     examples = []
     for j in order[:n]:
-        tokens = [strings.get(int(t), f"<{int(t)}>") for t in centre[j].tolist() if t >= 0]
+        top_ids = stats.array(width, "top_ids")[j].long().tolist()[:3]
+        shown = []
+        for flat in top_ids:
+            if flat < 0 or flat >= contexts.numel():
+                continue
+            ctx, pos = divmod(flat, contexts.shape[1])
+            window = contexts[ctx, max(pos - 8, 0):pos + 2].tolist()
+            text = "".join(strings.get(int(t), f"<{int(t)}>") for t in window)
+            shown.append(text.replace("\n", "⏎").replace("|", "\\|").replace("`", "'"))
         parts = []
         for m, value in decomposition.of_latent(j):
             promoted = []
@@ -90,8 +139,101 @@ def _examples(run: Path, meta_dir: Path, meta: dict[str, Any], n: int = 3) -> li
                 promoted = [meta_stats.token_strings().get(int(t), f"<{int(t)}>") for t in ids]
             siblings = [b for b, _ in decomposition.users_of(m) if b != j][:5]
             parts.append({"meta": m, "activation": value, "promoted": promoted, "siblings": siblings})
-        examples.append({"latent": j, "frequency": float(frequency[j]), "top_tokens": tokens[:8], "meta": parts})
+        examples.append({"latent": j, "frequency": float(frequency[j]), "score": float(scores[j]),
+                         "contexts": shown, "meta": parts})
     return examples
+
+
+def _family_section(family: pd.DataFrame, figures: Path) -> list[str]:
+    from canon_pl.viewer.charts import family_charts
+
+    columns = [c for c in ("d_sae", "member", "l0", "explained_variance", "ce_recovered", "dead_fraction",
+                           "stuck_at_init_fraction") if c in family.columns]
+    shown = family[columns].sort_values(["d_sae", "member"])
+    lines = ["## The family", "", "Held-out explained variance per member (seed controls included) and the fraction "
+             "of each decoder's rows still within cosine 0.7 of their random initialisation.", "",
+             _markdown_table(shown), ""]
+    widths_only = family[family["member"] == "width"]
+    for i, chart in enumerate(family_charts(widths_only)):
+        lines.append(f"![family {i}](report/{_save(chart, figures / f'family_{i}.png')})")
+    return lines + [""]
+
+
+def _stitching_section(facts: dict[str, Any], figures: Path) -> list[str]:
+    from canon_pl.viewer.charts import novel_vs_control_chart, stitching_path_chart, training_curve_chart
+
+    rows, bars = [], []
+    for s in facts["pairs"]:
+        c, control = s["classes"], s.get("control") or {}
+        pair = f"{s['small']['d_sae']} → {s['large']['d_sae']}"
+        rows.append({"pair": pair, "novel (definition)": c["novel_fraction_definition"],
+                     "control (definition)": control.get("novel_fraction_definition"),
+                     "novel (cosine)": c["novel_fraction_cosine"], "novel": s["n_novel"],
+                     "reconstruction": s["n_reconstruction"],
+                     "control (cosine)": control.get("novel_fraction_cosine"),
+                     "agreement": c["agreement"], "median max cos": c["median_max_cos"],
+                     "control median max cos": control.get("median_max_cos"),
+                     "stuck at init": c["stuck_at_init_fraction"], "novel among moved": c["novel_fraction_cosine_moved"],
+                     "path excess": s.get("path_excess"), "monotone steps": s["path_monotone_fraction"],
+                     "FVU S": s["fvu_small"], "FVU L": s["fvu_large"]})
+        for measure, key in (("definition", "novel_fraction_definition"), ("cosine", "novel_fraction_cosine")):
+            bars.append({"pair": pair, "measure": measure, "against": "smaller width", "fraction": c[key]})
+            if control:
+                bars.append({"pair": pair, "measure": measure, "against": "other seed (control)",
+                             "fraction": control[key]})
+    n_tokens = facts["pairs"][0]["n_tokens"] if facts["pairs"] else 0
+    lines = ["## Stitching: novel vs reconstruction latents", "",
+             f"On {n_tokens:,} held-out tokens. *Novel (definition)*: the share of L's firing latents that lower S's "
+             "MSE when added alone (the paper's definition); *novel (cosine)*: no S decoder row within cosine 0.7 "
+             "(the proxy), with *novel* / *reconstruction* its counts; *agreement*: how often the two agree. The "
+             "*control* columns are the same measurements of L against an SAE of its own width from another init "
+             "seed: what seeds alone give. *Path excess*: how far the path's MSE rises above the worse endpoint "
+             "(0 = it stays between S and L).", "", _markdown_table(pd.DataFrame(rows)), ""]
+    if bars:
+        lines.append(f"![novel vs control](report/{_save(novel_vs_control_chart(pd.DataFrame(bars)), figures / 'novel_fraction.png')})")
+    if len(facts["paths"]):
+        chart = stitching_path_chart(facts["paths"], "stitching paths (FVU vs latents)")
+        lines.append(f"![stitching paths](report/{_save(chart, figures / 'paths.png')})")
+    if len(facts["curves"]):
+        chart = training_curve_chart(facts["curves"], "novel fraction (definition) over training")
+        lines += ["", "The novel fraction by definition at every validation of the family's training, against the "
+                  "smaller width and against another seed: a gap that opens as training goes on is about width; one "
+                  "that never opens is seed noise.", "",
+                  f"![over training](report/{_save(chart, figures / 'novel_over_training.png')})"]
+    return lines + [""]
+
+
+def _meta_section(meta: dict[str, Any], examples: list[dict[str, Any]]) -> list[str]:
+    base = meta.get("base") or {}
+    floors = meta.get("floors") or {}
+    lines = ["## Meta-SAE", "", f"Base: the {base.get('width')}-latent SAE; {meta['n_meta']} meta-latents, k = "
+             f"{meta.get('k')}. FVE is read against two floors (the same meta-SAE trained on random unit rows and on "
+             "the base's initial decoder) and the PCA cap (the variance of the rows in their top principal "
+             "directions: the most a reconstruction in that many dimensions can explain).", "",
+             _markdown_table(pd.DataFrame([{
+                 "FVE": meta["fve"], "FVE uncentred": meta.get("fve_uncentred"),
+                 "floor: random rows": floors.get("random_rows"), "floor: initial decoder": floors.get("initial_decoder"),
+                 f"PCA cap (top {(meta.get('pca_cap') or {}).get('m')})": (meta.get("pca_cap") or {}).get("fraction"),
+                 f"PCA top {meta.get('k')}": (meta.get("pca_cap") or {}).get("top_k_fraction"),
+                 "meta-latents per latent": meta["mean_meta_per_latent"], "dead meta-latents": meta["dead_meta_fraction"],
+             }])), ""]
+    if examples:
+        lines += ["### Example decompositions", "", "Chosen by a fixed rule (canon_pl/stats/readable.py): latents that "
+                  "fire on 0.05–2% of held-out tokens, ranked by the share of their top examples that peak on the "
+                  "same token, among those built from 2 to 2k meta-latents. Each shows its top contexts (the peak "
+                  "token last), then its meta-latents with the tokens they promote and the other latents that use "
+                  "them.", ""]
+    for example in examples:
+        lines.append(f"**latent {example['latent']}** (fires on {example['frequency']:.2%} of tokens, top-example "
+                     f"concentration {example['score']:.0%})")
+        for text in example["contexts"]:
+            lines.append(f"- `…{text}`")
+        for part in example["meta"]:
+            promoted = ", ".join(repr(t) for t in part["promoted"]) or "—"
+            lines.append(f"- meta-latent {part['meta']} ({part['activation']:.2f}): promotes {promoted}; also in "
+                         f"latents {part['siblings']}")
+        lines.append("")
+    return lines
 
 
 def write_report(run: str | os.PathLike, meta_dir: str | os.PathLike | None = None) -> Path:
@@ -101,58 +243,40 @@ def write_report(run: str | os.PathLike, meta_dir: str | os.PathLike | None = No
     facts = gather(run, meta_dir)
     figures = run / "report"
     figures.mkdir(parents=True, exist_ok=True)
-    from canon_pl.viewer.charts import (
-        family_charts,
-        novel_fraction_chart,
-        stitching_path_chart,
-    )
-
+    family, pairs, meta = facts["family"], facts["pairs"], facts["meta"]
+    widths = family[family["member"] == "width"].sort_values("d_sae") if len(family) else family
+    verdicts, (trained, reason) = study_verdicts(
+        [{"d_sae": int(r.d_sae), "explained_variance": getattr(r, "explained_variance", None),
+          "stuck_at_init_fraction": r.stuck_at_init_fraction} for r in widths.itertuples()], pairs, meta)
     lines = [f"# canon-pl report: {run.name}", "",
-             "Read from the run's files (family exports, `stitching/`, the meta-SAE analysis, `stats/`); open them "
-             f"interactively with `streamlit run apps/viewer.py -- --checkpoints {run.parent}`.", ""]
-    family = facts["family"]
+             "Read from the run's files (family exports, `stitching/`, the meta-SAE analysis, `stats/`, the training "
+             f"log); open them interactively with `streamlit run apps/viewer.py -- --checkpoints {run.parent}`.", "",
+             "## Verdicts", "", f"Preconditions: **{'pass' if trained else 'fail'}** — {reason}.", "",
+             _markdown_table(pd.DataFrame([v.row() for v in verdicts])), "",
+             f"Rules (canon_pl/verdicts.py): every claim is *inconclusive* unless held-out EV rises with width and no "
+             f"member keeps half its decoder rows at their initialisation. Novel latents: reproduced when the novel "
+             f"fraction by definition exceeds the cross-seed control's by ≥ {MARGIN:.0%} for every pair and "
+             f"reconstruction latents are ≥ {MIN_SHARE:.0%}. Path: reproduced when every path stays within "
+             f"{MARGIN:.0%} of its worse endpoint and L beats S. Meta-SAE: reproduced when FVE exceeds both floors by "
+             f"≥ {META_MARGIN:.2f}.", ""]
     if len(family):
-        shown = family[[c for c in ("d_sae", "k", "l0", "explained_variance", "ce_recovered", "dead_fraction")
-                        if c in family.columns]].sort_values("d_sae")
-        lines += ["## The family", "", _markdown_table(shown), ""]
-        for i, chart in enumerate(family_charts(family)):
-            lines.append(f"![family {i}](report/{_save(chart, figures / f'family_{i}.png')})")
-        lines.append("")
-    pairs = facts["pairs"]
-    if len(pairs):
-        lines += ["## Stitching: novel vs reconstruction latents", "", _markdown_table(pairs), "",
-                  f"![novel fraction](report/{_save(novel_fraction_chart(pairs), figures / 'novel_fraction.png')})",
-                  f"![stitching paths](report/"
-                  f"{_save(stitching_path_chart(facts['paths'], 'stitching paths (FVU vs latents)'), figures / 'paths.png')})",
-                  ""]
-    meta = facts["meta"]
+        lines += _family_section(family, figures)
+    if pairs:
+        lines += _stitching_section(facts, figures)
     if meta is not None:
-        lines += ["## Meta-SAE", "", f"Base: the {meta.get('base', {}).get('width')}-latent SAE; {meta['n_meta']} "
-                  f"meta-latents, k = {meta.get('k')}.", "",
-                  _markdown_table(pd.DataFrame([{"FVE": meta["fve"], "mean meta-latents per latent":
-                                                 meta["mean_meta_per_latent"], "dead meta-latents":
-                                                 meta["dead_meta_fraction"]}])), ""]
-        for example in facts["examples"]:
-            lines.append(f"**latent {example['latent']}** (fires on {example['frequency']:.2%} of tokens; top "
-                         f"tokens {', '.join(repr(t) for t in example['top_tokens'])})")
-            for part in example["meta"]:
-                promoted = ", ".join(repr(t) for t in part["promoted"]) or "—"
-                lines.append(f"- meta-latent {part['meta']} ({part['activation']:.2f}): promotes {promoted}; also in "
-                             f"latents {part['siblings']}")
-            lines.append("")
+        lines += _meta_section(meta, facts["examples"])
+    novel = [p["classes"]["novel_fraction_definition"] for p in pairs]
     lines += ["## Against the paper", "", _markdown_table(pd.DataFrame([
-        {"quantity": "novel fraction (mean over pairs)", "paper": PAPER["novel_fraction"],
-         "this run": float(pairs["novel_fraction"].mean()) if len(pairs) else None},
-        {"quantity": "stitching path monotone fraction", "paper": 1.0,
-         "this run": float(pairs["path_monotone_fraction"].mean()) if len(pairs) and
-         pairs["path_monotone_fraction"].notna().any() else None},
+        {"quantity": "novel fraction, by definition (mean over pairs)", "paper": PAPER["novel_fraction"],
+         "this run": sum(novel) / len(novel) if novel else None},
+        {"quantity": "path excess over the worse endpoint (max over pairs)", "paper": 0.0,
+         "this run": max((p.get("path_excess") or 0.0) for p in pairs) if pairs else None},
         {"quantity": "meta-SAE FVE (k = 4)", "paper": PAPER["fve"], "this run": meta["fve"] if meta else None},
-    ])), "", "The paper's figures come from GPT-2 small SAEs of 768–98,304 latents trained on far more tokens; a "
-        "small, briefly trained family on CPU keeps decoders closer to their initialisation, which makes more "
-        "latents look novel and lowers the meta-SAE's FVE (benchmarks/RESULTS.md discusses the measured gaps).", ""]
+    ])), "", "The paper's figures come from GPT-2 small ReLU + L1 SAEs of 768–98,304 latents trained on ~10^8 tokens; "
+        "the verdicts above rest on this run's own controls, not on the size of the gap.", ""]
     path = run / REPORT_FILE
     atomic_write_text(path, "\n".join(lines))
     return path
 
 
-__all__ = ["PAPER", "REPORT_FILE", "gather", "write_report"]
+__all__ = ["REPORT_FILE", "gather", "stuck_at_init_fraction", "training_curves", "write_report"]

@@ -10,7 +10,7 @@ import torch
 
 from canon_pl import load_sae
 from canon_pl.cli import run_lightning_cli
-from canon_pl.training import ActivationDataModule, DecoderRowsDataModule
+from canon_pl.training import ActivationDataModule, ActivationShardDataModule, DecoderRowsDataModule
 from tests.helpers import REPO, run_cli
 
 CONFIGS = sorted(p for p in (REPO / "configs").glob("**/*.yaml")
@@ -23,8 +23,9 @@ def test_every_config_instantiates(config: Path, tmp_path: Path, monkeypatch) ->
     monkeypatch.chdir(tmp_path)
     cli = run_lightning_cli(["--config", str(config)], run=False)
     assert cli.model is not None and cli.datamodule is not None and cli.trainer is not None
-    # ActivationDataModule needs the model loaded, DecoderRowsDataModule a trained base SAE: both tested elsewhere
-    if not isinstance(cli.datamodule, (ActivationDataModule, DecoderRowsDataModule)):
+    # ActivationDataModule needs the model loaded, DecoderRowsDataModule a trained base SAE, ActivationShardDataModule
+    # the cache an earlier pipeline stage writes: all tested elsewhere
+    if not isinstance(cli.datamodule, (ActivationDataModule, DecoderRowsDataModule, ActivationShardDataModule)):
         assert cli.datamodule.d_in == cli.model.hparams.d_in
 
 

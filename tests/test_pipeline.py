@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import pytest
 import yaml
 
 from canon_pl import load_sae
@@ -17,19 +18,26 @@ from tests.helpers import REPO, run_cli
 
 
 def tiny_configs(root: Path) -> Path:
+    """The shipped study configs, shrunk: a 4k-token cache of pydoc-topics, a few steps, small analyses."""
+    capture = yaml.safe_load((REPO / "configs" / "sae_smollm2.yaml").read_text())
+    capture["data"]["init_args"].update({"text": "pydoc-topics", "batch_size": 256, "contexts_per_forward": 8,
+                                         "block_contexts": 16})
+    (root / "capture.yaml").write_text(yaml.safe_dump(capture))
     fit = yaml.safe_load((REPO / "configs" / "family_smollm2.yaml").read_text())
     run = str(root / "checkpoints" / "tiny")
-    fit["trainer"].update({"max_steps": 6, "val_check_interval": 6, "log_every_n_steps": 2, "default_root_dir": run})
+    fit["trainer"].update({"max_steps": 6, "val_check_interval": 3, "log_every_n_steps": 2, "default_root_dir": run})
     fit["trainer"]["logger"]["init_args"]["save_dir"] = run
     fit["trainer"]["callbacks"][0]["init_args"].update({"dirpath": f"{run}/ckpt", "every_n_train_steps": 3})
-    fit["model"]["init_args"].update({"widths": [576, 1152, 2304], "dead_tokens_threshold": 2000})
-    fit["data"]["init_args"].update({"text": "pydoc-topics", "batch_size": 256, "contexts_per_forward": 8,
-                                     "block_contexts": 16, "val_contexts": 4})
+    fit["trainer"]["callbacks"][2]["init_args"].update({"max_tokens": 512})
+    fit["model"]["init_args"].update({"dead_tokens_threshold": 2000})
+    fit["data"]["init_args"].update({"path": str(root / "cache"), "batch_size": 256, "shards_in_memory": 1})
     (root / "fit.yaml").write_text(yaml.safe_dump(fit))
     pipeline = yaml.safe_load((REPO / "configs" / "pipeline_smollm2.yaml").read_text())
     pipeline.update({"fit_config": str(root / "fit.yaml"),
-                     "stitch": {"data": "pydoc-topics", "tokens": 512, "ce_points": 2},
-                     "meta_sae": {"k": 2, "steps": 5, "batch_size": 512, "baseline_steps": 0, "d_sae": 40},
+                     "cache": {"config": str(root / "capture.yaml"), "tokens": 4096, "val_tokens": 1024},
+                     "stitch": {"data": str(root / "cache"), "tokens": 1024},
+                     "meta_sae": {"k": 2, "steps": 5, "batch_size": 512, "baseline_steps": 0, "d_sae": 40,
+                                  "floor_steps": 3, "data": str(root / "cache"), "tokens": 512},
                      "stats": {"text": "pydoc-topics", "tokens": 1024, "top": 4, "samples": 4}})
     (root / "pipeline.yaml").write_text(yaml.safe_dump(pipeline))
     return root / "pipeline.yaml"
@@ -48,12 +56,22 @@ def test_the_pipeline_runs_every_stage_and_a_rerun_skips_them(tmp_path: Path) ->
     assert sorted(LatentStatistics.open(run / "stats").members) == ["1152", "2304", "576"]
     assert LatentStatistics.open(run / "meta_sae_2304" / "stats").index["kind"] == "meta_sae"
 
+    for summary in results.values():  # every pair carries its cross-seed control and the moved/stuck split
+        assert summary["control"] is not None and summary["control"]["name"].endswith("_seed1")
+        assert summary["classes"]["stuck_at_init_fraction"] is not None
+    assert meta["floors"]["initial_decoder"] is not None and meta["floors"]["random_rows"] is not None
+
     report = (run / "report.md").read_text()
     for name, summary in results.items():  # the report's counts are the results files'
         small, large = name.split("_")
-        row = re.search(rf"\| {small} → {large} \| [\d.]+ \| (\d+) \| (\d+) \|", report)
-        assert row and (int(row.group(1)), int(row.group(2))) == (summary["n_novel"], summary["n_reconstruction"])
+        c = summary["classes"]
+        row = re.search(rf"\| {small} → {large} \| ([\d.]+) \| ([\d.]+) \| ([\d.]+) \| (\d+) \| (\d+) \|", report)
+        assert row, report
+        assert float(row.group(1)) == pytest.approx(c["novel_fraction_definition"], abs=1e-3)
+        assert float(row.group(2)) == pytest.approx(summary["control"]["novel_fraction_definition"], abs=1e-3)
+        assert (int(row.group(4)), int(row.group(5))) == (summary["n_novel"], summary["n_reconstruction"])
     assert f"| {meta['fve']:.3f} |" in report
+    assert "## Verdicts" in report and report.count("inconclusive") + report.count("reproduced") >= 3
     assert not re.search(r"^\| 40 \|", report, re.M)  # the family table lists the family, not the meta-SAE
     for image in re.findall(r"\]\((report/[^)]+\.png)\)", report):
         assert (run / image).stat().st_size > 1000
@@ -61,4 +79,4 @@ def test_the_pipeline_runs_every_stage_and_a_rerun_skips_them(tmp_path: Path) ->
 
     again = run_cli("pipeline", "--config", str(config), cwd=tmp_path, script="canon-pl")
     assert again.returncode == 0, again.stderr[-3000:]
-    assert again.stdout.count("done already, skipped") == 5  # everything but the report
+    assert again.stdout.count("done already, skipped") == 6  # everything but the report

@@ -9,13 +9,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-DESCRIPTION = """Run the study end to end: train the family (lightning fit), stitch every adjacent pair (canon-pl
-stitch), train a meta-SAE on the widest member (canon-pl meta-sae), collect latent statistics for the family and the
+DESCRIPTION = """Run the study end to end: capture the activation cache when the family trains on one (canon-pl
+cache), train the family (lightning fit), stitch every adjacent pair with its cross-seed control (canon-pl stitch), train a meta-SAE on the widest member (canon-pl meta-sae), collect latent statistics for the family and the
 meta-SAE (canon-pl stats), and write <run>/report.md with its figures. Each stage is the same command a researcher
 runs by hand; a stage whose outputs already exist is skipped, and an interrupted training resumes from its last
 checkpoint, so re-running the pipeline continues where it stopped."""
 
-STAGES = ("fit", "stitch", "meta-sae", "stats", "meta stats", "report")
+STAGES = ("cache", "fit", "stitch", "meta-sae", "stats", "meta stats", "report")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -37,11 +37,17 @@ def read_pipeline_config(path: Path) -> dict[str, Any]:
         run = Path(fit["trainer"]["default_root_dir"])
         max_steps = int(fit["trainer"]["max_steps"])
         widths = [int(w) for w in fit["model"]["init_args"]["widths"]]
+        data = fit.get("data") or {}
+        cache_path = (data.get("init_args") or {}).get("path") if str(data.get("class_path", "")).endswith(
+            "ActivationShardDataModule") else None
     except (OSError, yaml.YAMLError, KeyError, TypeError, ValueError) as err:
         raise CheckpointError(f"{path}: not a pipeline config ({type(err).__name__}: {err}); it needs fit_config, "
                               f"pointing at a family config with trainer.default_root_dir, trainer.max_steps and "
                               f"model.init_args.widths") from err
-    return {**config, "run": run, "max_steps": max_steps, "widths": widths}
+    if cache_path is not None and not isinstance(config.get("cache"), dict):
+        raise CheckpointError(f"{path}: the family config trains on the activation cache {cache_path}; add a cache: "
+                              f"section (config: a fit config whose data captures the activations, tokens, val_tokens)")
+    return {**config, "run": run, "max_steps": max_steps, "widths": widths, "cache_path": cache_path}
 
 
 def _args(options: dict[str, Any] | None) -> list[str]:
@@ -73,7 +79,18 @@ def stage_done(stage: str, cfg: dict[str, Any]) -> bool:
 
     run, widths = cfg["run"], cfg["widths"]
     meta_dir = run / f"meta_sae_{cfg['meta_width']}"
+    def cache_done() -> bool:
+        from canon_pl.data import ShardIndex
+
+        if cfg["cache_path"] is None:
+            return True  # the family captures its own activations: nothing to cache
+        index = ShardIndex.load(cfg["cache_path"])
+        wanted = cfg["cache"]
+        return (index.split_tokens("train") >= int(wanted["tokens"])
+                and index.split_tokens("val") >= int(wanted.get("val_tokens") or 0))
+
     checks = {
+        "cache": cache_done,
         "fit": lambda: load_family(run).widths == widths and all(
             read_export_config(run / str(w)).get("training", {}).get("global_step") == cfg["max_steps"]
             for w in widths),
@@ -96,6 +113,12 @@ def run_stage(stage: str, cfg: dict[str, Any], device: str) -> int:
 
     run = cfg["run"]
     meta_dir = run / f"meta_sae_{cfg['meta_width']}"
+    if stage == "cache":
+        from canon_pl.cli import cache_command
+
+        cache = cfg["cache"]
+        return cache_command(["--config", str(cache["config"]), "--out", str(cfg["cache_path"]),
+                              "--tokens", str(cache["tokens"]), "--val-tokens", str(cache.get("val_tokens") or 0)])
     if stage == "fit":
         args = ["fit", "--config", str(cfg["fit_config"]), *map(str, cfg.get("fit_args") or [])]
         last = run / "ckpt" / "last.ckpt"

@@ -71,5 +71,24 @@ def novel_fraction_chart(pairs: pd.DataFrame) -> alt.Chart:
     return bars + paper
 
 
-__all__ = ["cosine_histogram_chart", "family_charts", "family_table", "novel_fraction_chart", "path_l0_chart",
-           "stitching_path_chart"]
+def novel_vs_control_chart(fractions: pd.DataFrame) -> alt.Chart:
+    """Grouped bars: rows ``pair, measure`` (``definition`` / ``cosine``), ``against`` (``smaller width`` / ``other
+    seed (control)``) and ``fraction``, with the paper's ≈ 35 % as a rule."""
+    bars = alt.Chart(fractions).mark_bar().encode(
+        x=alt.X("against:N", title=None, sort=None), y=alt.Y("fraction:Q", title="novel fraction",
+                                                            scale=alt.Scale(domain=[0, 1])),
+        color=alt.Color("against:N", sort=None), column=alt.Column("pair:N", sort=None, title="small → large"),
+        row=alt.Row("measure:N", title=None))
+    return bars.properties(width=120, height=120, title="novel latents: against the smaller SAE vs another seed")
+
+
+def training_curve_chart(curves: pd.DataFrame, title: str) -> alt.Chart:
+    """Lines ``step`` vs ``value`` per ``series`` (for example each pair's novel fraction and its control's over
+    training)."""
+    return alt.Chart(curves, title=title).mark_line(point=True).encode(
+        x=alt.X("step:Q", title="training step"), y=alt.Y("value:Q", scale=alt.Scale(domain=[0, 1]), title=None),
+        color=alt.Color("series:N", title=None), tooltip=["series", "step", "value"])
+
+
+__all__ = ["cosine_histogram_chart", "family_charts", "family_table", "novel_fraction_chart", "novel_vs_control_chart",
+           "path_l0_chart", "stitching_path_chart", "training_curve_chart"]

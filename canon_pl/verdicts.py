@@ -1,0 +1,141 @@
+"""Per-claim verdicts for the study's report: reproduced / not reproduced / inconclusive, each with the measurement
+and the control it rests on. Pure functions of the numbers the stages wrote; the rules are stated here once and
+quoted in the report.
+
+The rules:
+- **Preconditions** (else every claim is *inconclusive*): held-out explained variance rises with width across the
+  family, and no member keeps half or more of its decoder rows within cosine 0.7 of their random initialisation.
+  Comparisons across widths of untrained SAEs say nothing about width.
+- **Novel latents**: *reproduced* when, for every adjacent pair, the novel fraction by the definition (L-latents
+  that lower S's MSE when added alone) exceeds the cross-seed control's (the same measurement of L against an SAE of
+  its own width from another seed) by at least ``MARGIN`` and reconstruction latents make up at least
+  ``MIN_SHARE`` of L's firing latents; *not reproduced* otherwise. Without a control: *inconclusive*.
+- **Monotone path**: *reproduced* when every pair's path stays within its endpoints (MSE never more than ``MARGIN``
+  above the worse endpoint, ``path_excess``) and L reconstructs better than S; *not reproduced* otherwise.
+- **Meta-SAE**: *reproduced* when the meta-SAE's FVE exceeds both floors (the same meta-SAE trained on random unit
+  rows and on the base's initial decoder) by at least ``META_MARGIN``: latents share structure beyond what the
+  geometry alone gives. *Not reproduced* otherwise; *inconclusive* without floors.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+MARGIN = 0.05
+MIN_SHARE = 0.10
+META_MARGIN = 0.10
+MAX_STUCK = 0.5
+PAPER = {"novel_fraction": 0.35, "fve": 0.555, "meta_l0": 4.0}
+
+
+@dataclass
+class Verdict:
+    claim: str
+    paper: str
+    measured: str
+    control: str
+    verdict: str
+    why: str
+
+    def row(self) -> dict[str, str]:
+        return asdict(self)
+
+
+def _pct(value: float | None) -> str:
+    return "—" if value is None else f"{value:.1%}"
+
+
+def preconditions(family: list[dict[str, Any]]) -> tuple[bool, str]:
+    """``family``: one dict per width (smallest first) with ``d_sae``, ``explained_variance`` and
+    ``stuck_at_init_fraction`` (``None`` when unknown)."""
+    rows = [r for r in family if r.get("explained_variance") is not None]
+    if len(rows) < 2:
+        return False, "fewer than two trained widths with a held-out explained variance"
+    ev = [float(r["explained_variance"]) for r in rows]
+    falls = [f"{a['d_sae']} → {b['d_sae']}" for a, b in zip(rows, rows[1:])
+             if float(b["explained_variance"]) <= float(a["explained_variance"])]
+    if falls:
+        return False, f"held-out EV does not rise with width ({', '.join(falls)}: EV {', '.join(f'{v:.3f}' for v in ev)})"
+    stuck = [f"{r['d_sae']} ({r['stuck_at_init_fraction']:.0%})" for r in family
+             if r.get("stuck_at_init_fraction") is not None and r["stuck_at_init_fraction"] >= MAX_STUCK]
+    if stuck:
+        return False, f"decoder rows still at their initialisation: {', '.join(stuck)}"
+    return True, f"EV rises with width ({' < '.join(f'{v:.3f}' for v in ev)}) and every member's decoder moved"
+
+
+def novel_latents_verdict(pairs: list[dict[str, Any]], trained: bool, why_not: str) -> Verdict:
+    """``pairs``: stitching summaries (``canon_pl.stitching`` results), smallest pair first."""
+    measured = "; ".join(f"{p['small']['d_sae']}→{p['large']['d_sae']}: {_pct(p['classes']['novel_fraction_definition'])}"
+                         f" (cosine {_pct(p['classes']['novel_fraction_cosine'])})" for p in pairs) or "—"
+    controls = [p.get("control") for p in pairs]
+    control = "; ".join(f"{p['large']['d_sae']} vs another seed: {_pct(c['novel_fraction_definition'])} (cosine "
+                        f"{_pct(c['novel_fraction_cosine'])})" for p, c in zip(pairs, controls) if c) or "none"
+    base = dict(claim="A larger SAE holds novel latents (≈35%) beside reconstruction latents",
+                paper="≈35% novel, ≈65% reconstruction", measured=measured, control=control)
+    if not pairs:
+        return Verdict(**base, verdict="inconclusive", why="no stitching results")
+    if not trained:
+        return Verdict(**base, verdict="inconclusive", why=why_not)
+    if any(c is None for c in controls):
+        return Verdict(**base, verdict="inconclusive", why="no cross-seed control for some pair: a novel fraction "
+                                                            "alone cannot be told from seed noise")
+    effects = [p["classes"]["novel_fraction_definition"] - c["novel_fraction_definition"]
+               for p, c in zip(pairs, controls)]
+    reconstruction = [1.0 - p["classes"]["novel_fraction_definition"] for p in pairs]
+    ok = all(e >= MARGIN for e in effects) and all(r >= MIN_SHARE for r in reconstruction)
+    why = (f"novel fraction above the cross-seed control by {', '.join(f'{e:+.1%}' for e in effects)} (needed "
+           f"≥ {MARGIN:.0%}); reconstruction latents {', '.join(_pct(r) for r in reconstruction)} (needed ≥ "
+           f"{MIN_SHARE:.0%})")
+    return Verdict(**base, verdict="reproduced" if ok else "not reproduced", why=why)
+
+
+def path_verdict(pairs: list[dict[str, Any]], trained: bool, why_not: str) -> Verdict:
+    measured = "; ".join(f"{p['small']['d_sae']}→{p['large']['d_sae']}: excess {p.get('path_excess', float('nan')):.3f}, "
+                         f"monotone steps {p['path_monotone_fraction']:.0%}, FVU {p['fvu_small']:.3f}→"
+                         f"{p['fvu_large']:.3f}" for p in pairs) or "—"
+    base = dict(claim="Stitching interpolates between sizes with falling MSE", paper="monotone in MSE",
+                measured=measured, control="path excess 0 = never above the worse endpoint")
+    if not pairs:
+        return Verdict(**base, verdict="inconclusive", why="no stitching results")
+    if not trained:
+        return Verdict(**base, verdict="inconclusive", why=why_not)
+    ok = all(p.get("path_excess", 1.0) <= MARGIN and p["fvu_large"] < p["fvu_small"] for p in pairs)
+    why = (f"every path stays within {MARGIN:.0%} of its worse endpoint and L beats S" if ok else
+           f"a path rises more than {MARGIN:.0%} above its worse endpoint, or L does not beat S")
+    return Verdict(**base, verdict="reproduced" if ok else "not reproduced", why=why)
+
+
+def meta_verdict(meta: dict[str, Any] | None, trained: bool, why_not: str) -> Verdict:
+    floors = (meta or {}).get("floors") or {}
+    floor_values = [v for v in (floors.get("random_rows"), floors.get("initial_decoder")) if isinstance(v, float)]
+    measured = "—" if meta is None else (f"FVE {meta['fve']:.3f} (uncentred {meta.get('fve_uncentred', float('nan')):.3f}) "
+                                         f"with {meta['n_meta']} meta-latents, k = {meta.get('k')}")
+    control = ("; ".join(f"{name.replace('_', ' ')} {floors[name]:.3f}" for name in ("random_rows", "initial_decoder")
+                         if isinstance(floors.get(name), float)) or "none")
+    if meta is not None and meta.get("pca_cap"):
+        control += f"; PCA cap {meta['pca_cap']['fraction']:.3f} (top {meta['pca_cap']['m']} directions)"
+    base = dict(claim="Latents decompose into a few shared meta-latents", paper="FVE ≈ 0.55 at k = 4",
+                measured=measured, control=control)
+    if meta is None:
+        return Verdict(**base, verdict="inconclusive", why="no meta-SAE analysis")
+    if not trained:
+        return Verdict(**base, verdict="inconclusive", why=why_not)
+    if not floor_values:
+        return Verdict(**base, verdict="inconclusive", why="no floors: an FVE alone cannot be told from geometry")
+    margin = float(meta["fve"]) - max(floor_values)
+    ok = margin >= META_MARGIN
+    why = f"FVE exceeds the higher floor by {margin:+.3f} (needed ≥ {META_MARGIN:.2f})"
+    return Verdict(**base, verdict="reproduced" if ok else "not reproduced", why=why)
+
+
+def study_verdicts(family: list[dict[str, Any]], pairs: list[dict[str, Any]],
+                   meta: dict[str, Any] | None) -> tuple[list[Verdict], tuple[bool, str]]:
+    """The three claims' verdicts and the preconditions (passed, reason) they rest on."""
+    trained, reason = preconditions(family)
+    why_not = f"preconditions fail: {reason}"
+    return [novel_latents_verdict(pairs, trained, why_not), path_verdict(pairs, trained, why_not),
+            meta_verdict(meta, trained, why_not)], (trained, reason)
+
+
+__all__ = ["MARGIN", "META_MARGIN", "MIN_SHARE", "PAPER", "Verdict", "preconditions", "study_verdicts"]

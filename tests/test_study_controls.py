@@ -1,0 +1,185 @@
+"""The study's controls, where the answer is known: a planted hierarchy gives the planted reconstruction and novel
+latents and a cross-seed control near zero; a planted compositional decoder gives a meta-SAE FVE far above its
+floors; the verdicts follow their rules; initial decoders are rebuilt exactly; held-out data stays held out."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from canon_pl.data import ShardIndex, write_activation_shards
+from canon_pl.io import initial_decoder
+from canon_pl.lm.text import iter_documents
+from canon_pl.meta import fit_meta_sae, pca_variance_fraction, random_unit_rows
+from canon_pl.meta.analysis import analyze_meta_sae
+from canon_pl.sae import initial_sae
+from canon_pl.stitching import analyze_pair
+from canon_pl.training import SAEFamilyModule
+from canon_pl.training.analysis_data import AnalysisDataError, cache_activations
+from canon_pl.verdicts import novel_latents_verdict, path_verdict, preconditions, study_verdicts
+from tests.test_stitching import orthonormal, tied_sae
+
+N_PARENTS, N_NOVEL = 6, 4
+
+
+def planted_hierarchy(n_tokens: int = 6000, seed: int = 0) -> dict[str, torch.Tensor]:
+    """Parents ``[6, 32]``; each splits into two children (cos 0.86 to the parent) that the wider SAE has; four
+    features only the wider SAE can afford. Tokens: each parent family active with p 0.15 through one child, each
+    novel feature with p 0.1, coefficients U(0.5, 1.5)."""
+    basis = orthonormal(N_PARENTS * 2 + N_NOVEL)
+    parents, splits, novel = basis[:N_PARENTS], basis[N_PARENTS:2 * N_PARENTS], basis[2 * N_PARENTS:]
+    children = torch.cat([F.normalize(parents + 0.6 * splits, dim=-1), F.normalize(parents - 0.6 * splits, dim=-1)])
+    g = torch.Generator().manual_seed(seed)
+    active = torch.rand(n_tokens, N_PARENTS, generator=g) < 0.15
+    which = torch.randint(2, (n_tokens, N_PARENTS), generator=g)
+    coef = torch.rand(n_tokens, N_PARENTS, generator=g) + 0.5
+    child_coef = torch.zeros(n_tokens, 2 * N_PARENTS)
+    rows = torch.arange(n_tokens)[:, None].expand(-1, N_PARENTS)
+    cols = torch.arange(N_PARENTS)[None].expand(n_tokens, -1) + which * N_PARENTS
+    child_coef[rows[active], cols[active]] = coef[active]
+    novel_coef = (torch.rand(n_tokens, N_NOVEL, generator=g) + 0.5) * (torch.rand(n_tokens, N_NOVEL, generator=g) < 0.1)
+    x = child_coef @ children + novel_coef @ novel
+    return {"parents": parents, "children": children, "novel": novel, "x": x}
+
+
+def test_a_planted_hierarchy_gives_its_reconstruction_and_novel_latents_and_a_silent_control() -> None:
+    planted = planted_hierarchy()
+    small = tied_sae(planted["parents"])
+    large_rows = torch.cat([planted["children"], planted["novel"]])  # 12 children, then 4 novel
+    large = tied_sae(large_rows)
+    rotation = torch.linalg.matrix_exp(0.02 * (lambda a: a - a.T)(torch.randn(32, 32, generator=torch.Generator().manual_seed(5))))
+    control = tied_sae(large_rows[torch.randperm(16, generator=torch.Generator().manual_seed(3))] @ rotation)
+
+    result = analyze_pair(small, large, planted["x"], control=control, control_name="seed 1")
+    classes, summary = result.classes, result.summary
+    novel_def = classes.novel_by_definition
+    assert novel_def[: 2 * N_PARENTS].sum() == 0 and bool(novel_def[2 * N_PARENTS:].all())  # exactly the planted ones
+    assert torch.equal(classes.match.is_novel, novel_def)  # the proxy agrees with the definition here
+    assert summary["classes"]["novel_fraction_definition"] == pytest.approx(N_NOVEL / 16)
+    assert summary["groups"]["swap"] == N_PARENTS and summary["groups"]["novel"] == N_NOVEL
+    for parent in range(N_PARENTS):  # each parent is swapped for its own two children
+        group = result.groups.small_group[parent]
+        assert sorted(torch.nonzero(result.groups.large_group == group).flatten().tolist()) == [parent, parent + N_PARENTS]
+    # another "seed" that found the same features: nothing of L is novel against it, by either measure
+    assert summary["control"]["novel_fraction_definition"] == 0.0 and summary["control"]["novel_fraction_cosine"] == 0.0
+    assert summary["control"]["median_max_cos"] > 0.95
+    verdict = novel_latents_verdict([summary], trained=True, why_not="")
+    assert verdict.verdict == "reproduced", verdict.why
+
+
+def test_the_novel_fraction_of_untrained_sae_is_seed_noise_and_the_verdict_says_so() -> None:
+    """Two random SAEs of the same width are as 'novel' to each other as to a smaller one: no width effect."""
+    planted = planted_hierarchy()
+    cfg = tied_sae(planted["parents"]).cfg
+    small = initial_sae(cfg.__class__(**{**cfg.to_dict(), "d_sae": 8}), 0).eval()
+    large, control = (initial_sae(cfg.__class__(**{**cfg.to_dict(), "d_sae": 16}), s).eval() for s in (0, 1))
+    for sae in (small, large, control):
+        sae.threshold_initialized.fill_(True)
+    result = analyze_pair(small, large, planted["x"], control=control,
+                          large_initial_decoder=initial_sae(large.cfg, 0).W_dec)
+    s = result.summary
+    assert s["classes"]["stuck_at_init_fraction"] == 1.0 and s["classes"]["novel_fraction_cosine_moved"] is None
+    assert s["classes"]["novel_fraction_cosine"] == s["control"]["novel_fraction_cosine"] == 1.0
+    family = [{"d_sae": 8, "explained_variance": 0.1, "stuck_at_init_fraction": 1.0},
+              {"d_sae": 16, "explained_variance": 0.2, "stuck_at_init_fraction": 1.0}]
+    trained, reason = preconditions(family)
+    assert not trained and "initialisation" in reason
+    verdicts, _ = study_verdicts(family, [s], None)
+    assert [v.verdict for v in verdicts] == ["inconclusive"] * 3
+
+
+def test_a_path_above_its_endpoints_is_not_reproduced() -> None:
+    pair = {"small": {"d_sae": 8}, "large": {"d_sae": 16}, "path_excess": 0.4, "path_monotone_fraction": 0.5,
+            "fvu_small": 0.2, "fvu_large": 0.1}
+    assert path_verdict([pair], trained=True, why_not="").verdict == "not reproduced"
+    assert path_verdict([{**pair, "path_excess": 0.0}], trained=True, why_not="").verdict == "reproduced"
+    assert preconditions([{"d_sae": 8, "explained_variance": 0.9, "stuck_at_init_fraction": 0.0},
+                          {"d_sae": 16, "explained_variance": 0.8, "stuck_at_init_fraction": 0.0}])[0] is False
+
+
+def test_a_planted_compositional_decoder_gives_an_fve_far_above_its_floors() -> None:
+    """Base rows built from pairs of 16 atoms: a meta-SAE of 16 latents, k = 2, explains them; the same meta-SAE on
+    random unit rows or on a random initial decoder cannot."""
+    g = torch.Generator().manual_seed(0)
+    atoms = F.normalize(torch.randn(16, 32, generator=g), dim=-1)
+    picks = torch.stack([torch.randperm(16, generator=g)[:2] for _ in range(400)])
+    weights = torch.rand(400, 2, generator=g) * 0.5 + 0.5
+    base_rows = F.normalize((weights[..., None] * atoms[picks]).sum(1), dim=-1)
+    base = tied_sae(base_rows)  # its decoder rows are the planted compositions
+    meta = fit_meta_sae(base_rows, 16, k=2, steps=600, batch_size=256, lr=1e-2, seed=0)
+    analysis = analyze_meta_sae(meta, base, baseline_steps=0, initial_rows=random_unit_rows(400, 32, seed=7),
+                                floor_steps=600, floor_batch_size=256, floor_lr=1e-2)
+    s = analysis.summary
+    assert s["fve"] > 0.8, s
+    assert max(s["floors"]["random_rows"], s["floors"]["initial_decoder"]) < s["fve"] - 0.3, s["floors"]
+    assert s["pca_cap"]["m"] == 16 and 0 < s["pca_cap"]["top_k_fraction"] < s["pca_cap"]["fraction"] <= 1.0
+    assert s["fve_uncentred"] >= s["fve"] - 1e-6  # uncentred divides by the larger sum of |r|^2
+
+
+def test_pca_cap_is_the_variance_of_the_top_directions() -> None:
+    rows = torch.zeros(100, 8)
+    rows[:, 0] = torch.linspace(-3, 3, 100)
+    rows[:, 1] = torch.linspace(-1, 1, 100).flip(0) * torch.tensor([1.0, -1.0]).repeat(50)
+    total = (rows - rows.mean(0)).square().sum()
+    assert pca_variance_fraction(rows, 1) == pytest.approx(float((rows[:, 0] - rows[:, 0].mean()).square().sum() / total), abs=1e-6)
+    assert pca_variance_fraction(rows, 8) == pytest.approx(1.0)
+
+
+def test_an_export_rebuilds_its_initial_decoder_and_seed_controls_are_members(tmp_path: Path) -> None:
+    module = SAEFamilyModule(d_in=16, widths=[32, 64], control_seeds=[3])
+    assert list(module.members) == ["32", "64", "64_seed3"]
+    before = {key: sae.W_dec.detach().clone() for key, sae in module.members.items()}
+    assert not torch.allclose(before["64"], before["64_seed3"])
+    with torch.no_grad():  # "train": move every decoder
+        for sae in module.members.values():
+            sae.W_dec.add_(torch.randn_like(sae.W_dec))
+    module.members["32"].threshold_initialized.fill_(True)
+    module.export(tmp_path)
+    from canon_pl.io import load_family
+
+    family = load_family(tmp_path)
+    assert family.widths == [32, 64] and family.control_of(64)[0] == "64_seed3"
+    for key, initial in before.items():
+        assert torch.allclose(F.normalize(initial_decoder(tmp_path / key), dim=-1), F.normalize(initial, dim=-1))
+    with pytest.raises(ValueError, match="control_seeds"):
+        SAEFamilyModule(d_in=16, widths=[32, 64], control_seeds=[0])
+
+
+def test_documents_are_read_in_a_seeded_order_with_held_out_documents_spread_over_the_source(tmp_path: Path) -> None:
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    for i in range(200):  # a local source: one short document per file, in name order
+        (docs / f"doc_{i:03d}.txt").write_text(f"Document number {i} of the corpus.\n")
+    source = str(docs)
+    in_order = list(iter_documents(source, "train", order_seed=None))
+    train, val = list(iter_documents(source, "train")), list(iter_documents(source, "val"))
+    assert set(train).isdisjoint(val) and len(train) + len(val) == 200 and len(val) == 10
+    assert train != in_order and sorted(train) == sorted(in_order)  # shuffled, nothing lost
+    assert train == list(iter_documents(source, "train"))  # the same order every time: resumable
+    assert train != list(iter_documents(source, "train", order_seed=1))
+    held = sorted(int(text.split()[2]) for text in val)
+    assert held == list(range(0, 200, 20))  # every 20th document of the source: spread over all of it
+    assert val != [f"Document number {i} of the corpus." for i in held]  # and read in a random order too
+    long_file = tmp_path / "long"
+    long_file.mkdir()
+    (long_file / "page.txt").write_text("\n\n".join(f"Paragraph {i} " + "word " * 100 for i in range(100)))
+    pieces = list(iter_documents(str(long_file), "train", order_seed=None)) + list(
+        iter_documents(str(long_file), "val", order_seed=None))
+    assert len(pieces) > 20 and all(p.startswith("Paragraph") for p in pieces)  # one page, many documents
+
+
+def test_an_analysis_reads_only_the_held_out_part_of_a_cache(tmp_path: Path) -> None:
+    train = [torch.zeros(64, 8)]
+    held_out = [torch.ones(32, 8)]
+    index = write_activation_shards(train, tmp_path / "cache", tokens_per_shard=32, dtype="float32",
+                                    val_batches=held_out)
+    assert index.split_ids("train") == [0, 1] and index.split_ids("val") == [2]
+    x = cache_activations(tmp_path / "cache", 1000, 8)
+    assert x.shape == (32, 8) and bool((x == 1).all())
+    write_activation_shards(train, tmp_path / "no_val", tokens_per_shard=64, dtype="float32")
+    assert ShardIndex.load(tmp_path / "no_val").split_ids("val") == []
+    with pytest.raises(AnalysisDataError, match="no held-out part"):
+        cache_activations(tmp_path / "no_val", 10, 8)
