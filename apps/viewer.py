@@ -18,6 +18,7 @@ import streamlit as st
 
 from canon_pl.meta import MetaSAEError, read_meta_analysis
 from canon_pl.stats import LatentStatistics, StatsError
+from canon_pl.stats.readable import readability_scores
 from canon_pl.viewer import find_runs, find_stitching_results, load_pair, member_metrics
 from canon_pl.viewer.charts import (
     cosine_histogram_chart,
@@ -146,6 +147,17 @@ def load_centre_tokens(stats_dir: str, member: str):
     return top_centre_tokens(open_statistics(stats_dir), member)
 
 
+@st.cache_data(ttl=300)
+def readable_latents(stats_dir: str, member: str, n: int = 20) -> pd.DataFrame:
+    """The ``n`` most readable latents of ``member`` by the report's rule (canon_pl/stats/readable.py)."""
+    stats = open_statistics(stats_dir)
+    frequency = stats.frequencies(member)
+    scores = readability_scores(frequency, load_centre_tokens(stats_dir, member))
+    order = [j for j in scores.argsort(descending=True).tolist() if scores[j] >= 0][:n]
+    return pd.DataFrame({"latent": order, "concentration": [float(scores[j]) for j in order],
+                         "frequency": [float(frequency[j]) for j in order]})
+
+
 def curve(metrics: pd.DataFrame, column: str, title: str) -> alt.Chart:
     data = metrics[["step", column]].dropna()
     return alt.Chart(data, title=title).mark_line().encode(x=alt.X("step:Q"), y=alt.Y(f"{column}:Q", title=None))
@@ -237,6 +249,12 @@ def latent_page(root: Path) -> None:
     label = choose("run", list(found), "run")
     stats = open_statistics(str(found[label]))
     member = choose("SAE", stats.members, "sae")
+    with st.expander("most readable latents (fire on 0.05–2% of tokens; ranked by the share of top examples that "
+                     "peak on one token, the rule the report uses)"):
+        readable = readable_latents(str(found[label]), member)
+        readable = readable.assign(page=[latent_url(label, member, j) for j in readable["latent"]])
+        st.dataframe(readable, hide_index=True,
+                     column_config={"page": st.column_config.LinkColumn("latent page", display_text="open")})
     j = choose_index("latent", int(stats.index["members"][member]["d_sae"]), "latent")
     try:
         view = latent_view(stats, member, j)

@@ -95,6 +95,7 @@ def cache_command(argv: list[str]) -> int:
                         help="activations of held-out documents to write as the cache's held-out part, read by "
                              "validation, canon-pl stitch --data and canon-pl meta-sae --data (default 131072; 0 = none)")
     parser.add_argument("--dtype", default="float16", choices=["float16", "bfloat16", "float32"])
+    parser.add_argument("--device", help="where the LM runs (default: cuda when a GPU is present, else cpu)")
     ns = parser.parse_args(argv)
     if ns.tokens <= 0 or ns.val_tokens < 0:
         print(f"canon-pl cache: error: --tokens must be > 0 and --val-tokens >= 0, got {ns.tokens}, {ns.val_tokens}",
@@ -107,7 +108,10 @@ def cache_command(argv: list[str]) -> int:
     if not isinstance(data, ActivationDataModule):
         print(f"canon-pl cache: error: {ns.config} does not use ActivationDataModule", file=sys.stderr)
         return 2
-    index = write_activation_cache(data, ns.out, ns.tokens, ns.dtype, val_tokens=ns.val_tokens)
+    import torch
+
+    device = ns.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    index = write_activation_cache(data, ns.out, ns.tokens, ns.dtype, val_tokens=ns.val_tokens, device=device)
     print(f"wrote {index.split_tokens('train')} training and {index.split_tokens('val')} held-out activations "
           f"({len(index.shards)} shards) to {ns.out}; train on them with "
           f"data.class_path: canon_pl.training.ActivationShardDataModule, data.init_args.path: {ns.out}")

@@ -121,7 +121,9 @@ def test_stitching_callback_analyses_each_adjacent_pair_inside_fit(family_run) -
 def test_stitch_command_on_a_family_and_on_a_pair(family_run, tmp_path: Path) -> None:
     _, root = family_run
     data = SyntheticActivationDataModule(**SMALL_DATA)
-    write_activation_shards(data.val_dataloader(), tmp_path / "cache", tokens_per_shard=1024, dtype="float32")
+    # a cache whose held-out part is the validation stream: the analysis reads that part only
+    write_activation_shards([torch.randn(1024, 48)], tmp_path / "cache", tokens_per_shard=1024, dtype="float32",
+                            val_batches=data.val_dataloader())
     result = run_cli("stitch", str(root), "--data", str(tmp_path / "cache"), "--tokens", "1500",
                      "--out", str(tmp_path / "fam"), cwd=tmp_path, script="canon-pl")
     assert result.returncode == 0, result.stderr

@@ -70,6 +70,7 @@ def _pairs(ns: argparse.Namespace) -> tuple[list[dict[str, Any]], Path]:
     control = load_sae(ns.control, ns.device) if ns.control else None
     pair = {"small": load_sae(ns.small, ns.device), "large": load_sae(ns.large, ns.device),
             "names": (ns.small, ns.large), "large_initial_decoder": initial_decoder(ns.large),
+            "small_initial_decoder": initial_decoder(ns.small),
             "control": control, "control_name": ns.control}
     return [pair], Path(ns.out or "stitching")
 

@@ -141,18 +141,20 @@ def analyze_pair(small: SparseAutoencoder, large: SparseAutoencoder, activations
                  spliced_loss: SplicedLoss | None = None, ce_points: int = 0, progress: bool = False,
                  names: tuple[str | None, str | None] = (None, None),
                  large_initial_decoder: Tensor | None = None, control: SparseAutoencoder | None = None,
-                 control_name: str | None = None) -> StitchingResult:
+                 control_name: str | None = None, small_initial_decoder: Tensor | None = None) -> StitchingResult:
     """Match, group, check and walk from ``small`` to ``large`` on raw held-out ``activations [N, d_in]``.
 
     ``spliced_loss`` with ``ce_points > 0`` also measures the next-token loss at that many points along the path
     (endpoints included). ``large_initial_decoder [d_large, d_in]`` splits latents into moved and stuck at their
-    initialisation; ``control`` (an SAE of L's width from another init seed) adds the cross-seed control: the
-    same classification of L's latents against it.
+    initialisation (``small_initial_decoder`` is used instead when the pair is given the wrong way round and
+    swapped); ``control`` (an SAE of L's width from another init seed) adds the cross-seed control: the same
+    classification of L's latents against it.
     """
     tau = check_tau(tau)
     small, large, swapped = check_pair(small, large, names[0] or "small", names[1] or "large")
     if swapped:
         names = (names[1], names[0])
+        large_initial_decoder = small_initial_decoder
     if activations.dim() != 2 or activations.shape[1] != small.d_in:
         raise StitchingError(f"activations must be [tokens, {small.d_in}], got {tuple(activations.shape)}")
     if activations.shape[0] == 0:

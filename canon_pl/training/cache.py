@@ -45,15 +45,15 @@ def held_out_activations(datamodule: ActivationDataModule, n_tokens: int) -> Ite
 
 def write_activation_cache(datamodule: ActivationDataModule, directory: str | Path, n_tokens: int,
                            dtype: str = "float16", tokens_per_shard: int = 262_144,
-                           val_tokens: int = 0) -> ShardIndex:
+                           val_tokens: int = 0, device: str = "cpu") -> ShardIndex:
     """Capture ``n_tokens`` training activations (shuffled as for training) into safetensors shards, and
     ``val_tokens`` activations of held-out documents into shards marked ``"split": "val"`` (what validation and the
-    analyses read)."""
+    analyses read). The LM runs on ``device``."""
     if n_tokens <= 0:
         raise ValueError(f"n_tokens must be positive, got {n_tokens}")
     if val_tokens < 0:
         raise ValueError(f"val_tokens must be >= 0, got {val_tokens}")
-    datamodule.load_model()
+    datamodule.load_model(device)
     progress = tqdm(total=n_tokens, desc="caching activations", unit="tok", unit_scale=True, dynamic_ncols=True)
 
     def batches() -> Iterator[Tensor]:
