@@ -292,7 +292,7 @@ def test_a_family_assembled_from_other_libraries_runs_stitching_and_meta_saes(tm
     x = rand(5, D_IN)
     torch.testing.assert_close(family.saes[32](x), load_sae(tmp_path / "gemma")(x))
 
-    write_activation_shards([rand(256, D_IN)], tmp_path / "cache", tokens_per_shard=512)
+    write_activation_shards([rand(256, D_IN)], tmp_path / "cache", tokens_per_shard=512, val_batches=[rand(256, D_IN)])
     stitched = run_cli("stitch", str(tmp_path / "fam"), "--data", str(tmp_path / "cache"), "--tokens", "256",
                        cwd=tmp_path, script="canon-pl")
     assert stitched.returncode == 0, stitched.stderr[-2000:]

@@ -94,7 +94,9 @@ def stage_done(stage: str, cfg: dict[str, Any]) -> bool:
         "fit": lambda: load_family(run).widths == widths and all(
             read_export_config(run / str(w)).get("training", {}).get("global_step") == cfg["max_steps"]
             for w in widths),
-        "stitch": lambda: all(read_stitching_results(run / "stitching" / f"{a}_{b}.json")
+        # the StitchingCallback's results (on the validation tokens, with a global_step) do not count: the stage
+        # analyses the pipeline's own held-out set
+        "stitch": lambda: all("global_step" not in read_stitching_results(run / "stitching" / f"{a}_{b}.json")
                               for a, b in zip(widths, widths[1:])),
         "meta-sae": lambda: read_meta_analysis(meta_dir),
         "stats": lambda: sorted(LatentStatistics.open(run / "stats").members) == sorted(map(str, widths)),
