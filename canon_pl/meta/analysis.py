@@ -132,7 +132,8 @@ def meta_floors(meta: SparseAutoencoder, rows: Tensor, initial_rows: Tensor | No
         candidates["initial_decoder"] = F.normalize(initial_rows.float().to(rows.device), dim=-1)
     out: dict[str, Any] = {"steps": steps, "batch_size": batch_size, "initial_decoder": None}
     for name, floor_rows in candidates.items():
-        fitted = fit_meta_sae(floor_rows, meta.d_sae, int(meta.cfg.k), steps, batch_size, lr, seed)
+        fitted = fit_meta_sae(floor_rows, meta.d_sae, int(meta.cfg.k), steps, batch_size, lr, seed,
+                              desc=f"meta-SAE floor: {name.replace('_', ' ')}")
         out[name] = fraction_of_variance_explained(floor_rows, decompose(fitted, floor_rows)[1])
     return out
 

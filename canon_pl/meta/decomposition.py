@@ -127,21 +127,23 @@ def refit_encoder(W_dec: Tensor, rows: Tensor, k: int, steps: int, batch_size: i
 
 
 def fit_meta_sae(rows: Tensor, d_meta: int, k: int, steps: int, batch_size: int = 4096, lr: float = 1e-3,
-                 seed: int = 0, fixed_decoder: Tensor | None = None) -> SparseAutoencoder:
+                 seed: int = 0, fixed_decoder: Tensor | None = None, desc: str | None = None) -> SparseAutoencoder:
     """A BatchTopK meta-SAE of ``d_meta`` latents trained on ``rows [n, d_in]`` in plain torch: the same
     initialisation, training step (AuxK included), Adam and decoder constraint as ``MetaSAEModule``, without
     Lightning. With ``fixed_decoder [d_meta, d_in]`` only the encoder side is trained.
 
     Used for the floors a meta-SAE's FVE is read against: the same meta-SAE trained on the base's initial decoder,
-    and on random unit rows.
+    and on random unit rows. ``desc`` shows a progress bar with that label.
     """
     with torch.inference_mode(False), torch.enable_grad():  # callable from analysis code that runs without grad
         return _fit_meta_sae(rows.clone(), d_meta, k, steps, batch_size, lr, seed,
-                             None if fixed_decoder is None else fixed_decoder.clone())
+                             None if fixed_decoder is None else fixed_decoder.clone(), desc)
 
 
 def _fit_meta_sae(rows: Tensor, d_meta: int, k: int, steps: int, batch_size: int, lr: float, seed: int,
-                  fixed_decoder: Tensor | None) -> SparseAutoencoder:
+                  fixed_decoder: Tensor | None, desc: str | None = None) -> SparseAutoencoder:
+    from tqdm.auto import tqdm
+
     d_in = rows.shape[1]
     check_meta_width(rows.shape[0], d_meta)
     with torch.random.fork_rng(devices=[]):
@@ -157,7 +159,7 @@ def _fit_meta_sae(rows: Tensor, d_meta: int, k: int, steps: int, batch_size: int
         sae.W_dec.requires_grad_(False)
     optimizer = torch.optim.Adam([p for p in sae.parameters() if p.requires_grad], lr=lr, betas=(0.9, 0.99))
     sae.train()
-    for step in range(steps):
+    for step in tqdm(range(steps), desc=desc, unit="step", disable=desc is None, dynamic_ncols=True):
         loss = sae.training_forward(sample_rows(rows, batch_size, step, seed)).loss
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
