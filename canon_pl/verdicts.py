@@ -14,7 +14,9 @@ The rules:
   above the worse endpoint, ``path_excess``) and L reconstructs better than S; *not reproduced* otherwise.
 - **Meta-SAE**: *reproduced* when the meta-SAE's FVE exceeds both floors (the same meta-SAE trained on random unit
   rows and on the base's initial decoder) by at least ``META_MARGIN``: latents share structure beyond what the
-  geometry alone gives. *Not reproduced* otherwise; *inconclusive* without floors.
+  geometry alone gives. *Not reproduced* otherwise; *inconclusive* without floors, or when a floor reaches
+  ``MAX_FLOOR`` (the meta-SAE is wide enough to explain random rows as well: capacity, not structure, and no FVE
+  could show the difference).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ MARGIN = 0.05
 MIN_SHARE = 0.10
 META_MARGIN = 0.10
 MAX_STUCK = 0.5
+MAX_FLOOR = 0.5
 PAPER = {"novel_fraction": 0.35, "fve": 0.555, "meta_l0": 4.0}
 
 
@@ -123,6 +126,10 @@ def meta_verdict(meta: dict[str, Any] | None, trained: bool, why_not: str) -> Ve
         return Verdict(**base, verdict="inconclusive", why=why_not)
     if not floor_values:
         return Verdict(**base, verdict="inconclusive", why="no floors: an FVE alone cannot be told from geometry")
+    if max(floor_values) >= MAX_FLOOR:
+        return Verdict(**base, verdict="inconclusive",
+                       why=f"a floor reaches {max(floor_values):.3f} (≥ {MAX_FLOOR}): this meta-SAE is wide enough to "
+                           f"explain random rows, so its FVE cannot show shared structure; use fewer meta-latents")
     margin = float(meta["fve"]) - max(floor_values)
     ok = margin >= META_MARGIN
     why = f"FVE exceeds the higher floor by {margin:+.3f} (needed ≥ {META_MARGIN:.2f})"
@@ -138,4 +145,4 @@ def study_verdicts(family: list[dict[str, Any]], pairs: list[dict[str, Any]],
             meta_verdict(meta, trained, why_not)], (trained, reason)
 
 
-__all__ = ["MARGIN", "META_MARGIN", "MIN_SHARE", "PAPER", "Verdict", "preconditions", "study_verdicts"]
+__all__ = ["MARGIN", "MAX_FLOOR", "META_MARGIN", "MIN_SHARE", "PAPER", "Verdict", "preconditions", "study_verdicts"]

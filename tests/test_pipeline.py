@@ -25,11 +25,11 @@ def tiny_configs(root: Path) -> Path:
     (root / "capture.yaml").write_text(yaml.safe_dump(capture))
     fit = yaml.safe_load((REPO / "configs" / "family_smollm2.yaml").read_text())
     run = str(root / "checkpoints" / "tiny")
-    fit["trainer"].update({"max_steps": 6, "val_check_interval": 3, "log_every_n_steps": 2, "default_root_dir": run})
+    fit["trainer"].update({"max_steps": 6, "val_check_interval": 6, "log_every_n_steps": 2, "default_root_dir": run})
     fit["trainer"]["logger"]["init_args"]["save_dir"] = run
     fit["trainer"]["callbacks"][0]["init_args"].update({"dirpath": f"{run}/ckpt", "every_n_train_steps": 3})
     fit["trainer"]["callbacks"][2]["init_args"].update({"max_tokens": 512})
-    fit["model"]["init_args"].update({"dead_tokens_threshold": 2000})
+    fit["model"]["init_args"].update({"widths": [576, 1152], "dead_tokens_threshold": 2000})
     fit["data"]["init_args"].update({"path": str(root / "cache"), "batch_size": 256, "shards_in_memory": 1})
     (root / "fit.yaml").write_text(yaml.safe_dump(fit))
     pipeline = yaml.safe_load((REPO / "configs" / "pipeline_smollm2.yaml").read_text())
@@ -48,13 +48,14 @@ def test_the_pipeline_runs_every_stage_and_a_rerun_skips_them(tmp_path: Path) ->
     first = run_cli("pipeline", "--config", str(config), cwd=tmp_path, script="canon-pl")
     assert first.returncode == 0, first.stderr[-3000:]
     run = tmp_path / "checkpoints" / "tiny"
-    assert load_family(run).widths == [576, 1152, 2304]
+    family = load_family(run)
+    assert family.widths == [576, 1152] and family.control_of(1152)[0] == "1152_seed1"
     results = {p.stem: read_stitching_results(p) for p in (run / "stitching").glob("*.json")}
-    assert sorted(results) == ["1152_2304", "576_1152"]
-    meta = read_meta_analysis(run / "meta_sae_2304")
-    assert meta["n_meta"] == 40 and load_sae(run / "meta_sae_2304").d_sae == 40
-    assert sorted(LatentStatistics.open(run / "stats").members) == ["1152", "2304", "576"]
-    assert LatentStatistics.open(run / "meta_sae_2304" / "stats").index["kind"] == "meta_sae"
+    assert sorted(results) == ["576_1152"] and results["576_1152"]["n_tokens"] == 1024  # the stage's, not the callback's
+    meta = read_meta_analysis(run / "meta_sae_1152")
+    assert meta["n_meta"] == 40 and load_sae(run / "meta_sae_1152").d_sae == 40
+    assert sorted(LatentStatistics.open(run / "stats").members) == ["1152", "576"]
+    assert LatentStatistics.open(run / "meta_sae_1152" / "stats").index["kind"] == "meta_sae"
 
     for summary in results.values():  # every pair carries its cross-seed control and the moved/stuck split
         assert summary["control"] is not None and summary["control"]["name"].endswith("_seed1")

@@ -183,3 +183,14 @@ def test_an_analysis_reads_only_the_held_out_part_of_a_cache(tmp_path: Path) -> 
     assert ShardIndex.load(tmp_path / "no_val").split_ids("val") == []
     with pytest.raises(AnalysisDataError, match="no held-out part"):
         cache_activations(tmp_path / "no_val", 10, 8)
+
+
+def test_a_meta_sae_that_explains_random_rows_as_well_is_inconclusive() -> None:
+    from canon_pl.verdicts import meta_verdict
+
+    meta = {"fve": 0.77, "fve_uncentred": 0.77, "n_meta": 1728, "k": 4,
+            "floors": {"random_rows": 0.79, "initial_decoder": 0.79}, "pca_cap": {"m": 576, "fraction": 1.0}}
+    assert meta_verdict(meta, trained=True, why_not="").verdict == "inconclusive"
+    low = {**meta, "fve": 0.25, "floors": {"random_rows": 0.21, "initial_decoder": 0.21}}
+    assert meta_verdict(low, trained=True, why_not="").verdict == "not reproduced"
+    assert meta_verdict({**low, "fve": 0.5}, trained=True, why_not="").verdict == "reproduced"
