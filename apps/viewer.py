@@ -249,8 +249,8 @@ def latent_page(root: Path) -> None:
     label = choose("run", list(found), "run")
     stats = open_statistics(str(found[label]))
     member = choose("SAE", stats.members, "sae")
-    with st.expander("most readable latents (fire on 0.05–2% of tokens; ranked by the share of top examples that "
-                     "peak on one token, the rule the report uses)"):
+    with st.sidebar.expander("most readable latents (fire on 0.05–2% of tokens; ranked by the share of top examples "
+                             "that peak on one token, the rule the report uses)"):
         readable = readable_latents(str(found[label]), member)
         readable = readable.assign(page=[latent_url(label, member, j) for j in readable["latent"]])
         st.dataframe(readable, hide_index=True,

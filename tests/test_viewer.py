@@ -124,6 +124,9 @@ def test_a_deep_link_opens_the_latent_with_its_class_nearest_latents_and_meta_la
     nearest = app.dataframe[0].value
     assert nearest.iloc[0]["latent"] == 0 and nearest.iloc[0]["cosine"] > 0.99
     assert nearest.iloc[0]["page"] == "?page=Latent&run=fam&sae=8&latent=0"
+    readable = app.sidebar.dataframe[0].value  # the report's readability rule, best first
+    assert list(readable.columns[:3]) == ["latent", "concentration", "frequency"]
+    assert readable["concentration"].is_monotonic_decreasing
     expected = [m for m, _ in analysed["decomposition"].of_latent(3)]
     assert app.dataframe[1].value["meta"].tolist() == expected
     assert f'href="?page=Meta-latent&amp;meta_run=meta&amp;meta={expected[0]}"' in "".join(
@@ -208,7 +211,7 @@ def test_latent_page_shows_its_meta_decomposition(tmp_path: Path) -> None:
               "decomposition_value": decomposition.value}
     write_meta_analysis(MetaAnalysis(summary, decomposition, arrays), tmp_path / "meta")
     app = open_page(tmp_path, page="Latent", sae="8", latent="0")
-    table = app.dataframe[-1].value
+    table = app.main.dataframe[-1].value
     assert table["meta"].tolist() == [3, 1] and table["siblings"].tolist() == [[1], [2]]
 
 
