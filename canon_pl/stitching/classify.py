@@ -1,5 +1,5 @@
 """Novel vs reconstruction latents of a larger SAE against a smaller one, by the definition and by the cosine proxy,
-with the diagnostics that say whether the answer means anything (the paper, Leask et al. 2025, section on SAE stitching).
+with the diagnostics that say whether the answer means anything (Leask et al. 2025, SAE stitching).
 
 - **By definition** (the paper's): an L-latent is *novel* when adding it alone to S (with its exact L activation)
   lowers S's MSE on held-out tokens, a *reconstruction* latent when it raises it (it double counts what S has).
