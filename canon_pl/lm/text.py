@@ -12,9 +12,8 @@ Python-docs page is ~24 kB and would otherwise be one document, so a held-out se
 pieces), hub rows are documents as they come. Every ``val_every``-th document, counted in the source's own order, is
 held out, so the held-out documents are spread over the whole corpus. Each split is then read in a seeded random
 order (a whole permutation for a local source, a shuffle buffer of ``SHUFFLE_BUFFER`` documents for a hub
-dataset), so training does not see
-one documentation area after another and any prefix of the held-out split is a sample of the whole corpus. The order
-is a pure function of the seed: a resumed stream skips to the same place.
+dataset), so training does not see one documentation area after another and any prefix of the held-out split is a
+sample of the whole corpus. The order is a pure function of the seed: a resumed stream skips to the same place.
 """
 
 from __future__ import annotations
