@@ -9,12 +9,15 @@ import torch
 import torch.nn.functional as F
 import yaml
 
+from canon_pl import load_sae
 from canon_pl.io import export_sae
 from canon_pl.meta import (
     MetaSAEError,
     analyze_meta_sae,
     decoder_rows,
     decompose,
+    fit_meta_sae,
+    random_unit_rows,
     read_meta_analysis,
     write_meta_analysis,
 )
@@ -117,7 +120,22 @@ def test_meta_sae_command_trains_exports_and_analyses(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr[-2000:]
     summary = read_meta_analysis(tmp_path / "meta")
     assert summary["n_meta"] == round(N_BASE / 21) and set(summary["baselines"]) == {"random"}
-    assert (tmp_path / "meta" / "cfg.json").is_file()
+    assert summary["encoder_bias"] is True and (tmp_path / "meta" / "cfg.json").is_file()
+
+
+def test_the_authors_meta_sae_has_no_encoder_bias_and_its_floors_are_trained_the_same_way(tmp_path: Path) -> None:
+    base_path, _ = planted_base(tmp_path)
+    result = run_cli("meta-sae", "--sae", str(base_path), "--steps", "30", "--batch-size", "512", "--k", "3",
+                     "--no-encoder-bias", "--b-dec-init", "zeros", "--baseline-steps", "0", "--floor-steps", "5",
+                     "--out", str(tmp_path / "meta"), cwd=tmp_path, script="canon-pl")
+    assert result.returncode == 0, result.stderr[-2000:]
+    summary = read_meta_analysis(tmp_path / "meta")
+    assert summary["encoder_bias"] is False and set(summary["floors"]) >= {"random_rows"}
+    meta = load_sae(tmp_path / "meta")
+    assert not meta.cfg.encoder_bias and torch.count_nonzero(meta.b_enc) == 0
+    rows = random_unit_rows(300, D_IN)
+    fitted = fit_meta_sae(rows, 20, 3, steps=3, batch_size=64, encoder_bias=False, b_dec_init="zeros")
+    assert torch.count_nonzero(fitted.b_enc) == 0
 
 
 def test_decoder_rows_are_unit_norm_and_batches_replay_exactly(tmp_path: Path) -> None:

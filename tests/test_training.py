@@ -114,3 +114,26 @@ def test_d_in_mismatch_fails_before_training(tmp_path: Path) -> None:
     with pytest.raises(InputShapeError, match="d_in: 48"):
         make_trainer(tmp_path, max_steps=5, every_n_steps=1).fit(module, SyntheticActivationDataModule(**SMALL_DATA))
     assert not (tmp_path / "ckpt").exists()
+
+
+def test_relu_sae_warms_its_l1_penalty_up_and_trains_without_auxk(tmp_path: Path) -> None:
+    """ReLU + L1 as in the literature: the L1 weight rises linearly over ``l1_warmup_steps`` (latents move before the
+    penalty silences them) and AuxK is off unless asked for; the TopK family keeps AuxK at 1/32."""
+    module = SAEModule(d_in=16, d_sae=32, architecture="relu", l1_coefficient=2.0, l1_warmup_steps=10)
+    assert module.sae.cfg.aux_coefficient == 0.0 and SAEModule(d_in=16, d_sae=32).sae.cfg.aux_coefficient == 1 / 32
+    assert module.sparsity_scale() == pytest.approx(0.1)  # step 0 of 10
+    x = torch.rand(64, 16)
+    early, full = module.sae.training_forward(x, sparsity_scale=0.1), module.sae.training_forward(x)
+    torch.testing.assert_close(early.losses["l1"] * 10, full.losses["l1"])
+    torch.testing.assert_close(early.losses["mse"], full.losses["mse"])
+    make_trainer(tmp_path, max_steps=12).fit(module, SyntheticActivationDataModule(d_in=16, n_features=32))
+    assert module.sparsity_scale() == 1.0 and "auxk" not in module.sae.training_forward(x).losses
+
+
+def test_an_sae_without_encoder_bias_keeps_it_at_zero_through_training_and_export(tmp_path: Path) -> None:
+    module = SAEModule(d_in=16, d_sae=32, k=4, encoder_bias=False)
+    make_trainer(tmp_path, max_steps=5, callbacks=[SAEExportCallback()]).fit(
+        module, SyntheticActivationDataModule(d_in=16, n_features=32))
+    loaded = load_sae(tmp_path)
+    assert not loaded.cfg.encoder_bias and torch.count_nonzero(loaded.b_enc) == 0
+    assert "b_enc" not in dict(loaded.named_parameters())

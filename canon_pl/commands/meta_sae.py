@@ -29,6 +29,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--floor-steps", type=int,
                         help="steps of each floor (the same meta-SAE on random unit rows and on the base's initial "
                              "decoder; default: as many as --steps; 0 skips them)")
+    parser.add_argument("--no-encoder-bias", dest="encoder_bias", action="store_false",
+                        help="no learned encoder bias (the authors' meta-SAE); pair with --b-dec-init zeros")
+    parser.add_argument("--b-dec-init", choices=("mean", "zeros"), default="mean",
+                        help="decoder bias at the start: the mean row (default) or 0 (the authors' meta-SAE)")
     parser.add_argument("--out", help="output folder (default checkpoints/meta_sae_<width>)")
     parser.add_argument("--accelerator", default="auto", help="auto, cpu, gpu (default auto)")
     parser.add_argument("--seed", type=int, default=0)
@@ -61,7 +65,8 @@ def meta_sae_command(argv: list[str]) -> int:
     check_meta_width(n_rows, d_sae)
     out = Path(ns.out or Path("checkpoints") / f"meta_sae_{n_rows}")
     L.seed_everything(ns.seed, verbose=False)
-    module = MetaSAEModule(d_in=data.d_in, d_sae=d_sae, k=ns.k, lr=ns.lr, init_seed=ns.seed, export_dir=str(out))
+    module = MetaSAEModule(d_in=data.d_in, d_sae=d_sae, k=ns.k, lr=ns.lr, encoder_bias=ns.encoder_bias,
+                           b_dec_init=ns.b_dec_init, init_seed=ns.seed, export_dir=str(out))
     trainer = L.Trainer(
         default_root_dir=out, max_steps=ns.steps, accelerator=ns.accelerator, devices=1,
         val_check_interval=min(ns.steps, 500), check_val_every_n_epoch=None, num_sanity_val_steps=0,

@@ -6,6 +6,6 @@ from canon_pl.data.shards import (
     iterate_shard_batches,
     write_activation_shards,
 )
-from canon_pl.data.synthetic import SyntheticSparseActivations
+from canon_pl.data.synthetic import PlantedHierarchyActivations, SyntheticSparseActivations
 
-__all__ = ["ShardError", "ShardIndex", "SyntheticSparseActivations", "iterate_shard_batches", "write_activation_shards"]
+__all__ = ["PlantedHierarchyActivations", "ShardError", "ShardIndex", "SyntheticSparseActivations", "iterate_shard_batches", "write_activation_shards"]

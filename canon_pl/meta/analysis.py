@@ -59,7 +59,8 @@ def analyze_meta_sae(meta: SparseAutoencoder, base: SparseAutoencoder,
                      smaller: dict[int, SparseAutoencoder] | None = None, activations: Tensor | None = None,
                      spliced_loss: SplicedLoss | None = None, baseline_steps: int = 300,
                      baseline_batch_size: int = 4096, seed: int = 0, initial_rows: Tensor | None = None,
-                     floor_steps: int = 0, floor_batch_size: int = 4096, floor_lr: float = 1e-3) -> MetaAnalysis:
+                     floor_steps: int = 0, floor_batch_size: int = 4096, floor_lr: float = 1e-3,
+                     floor_b_dec_init: str = "mean") -> MetaAnalysis:
     """Decompose every base latent, measure FVE, compare meta-latents with smaller SAEs' latents, and (given raw
     ``activations [N, d_in]`` of the base SAE's hook point) the base SAE with its decoder replaced by the meta-SAE's
     reconstruction. ``baseline_steps > 0`` also fits the paper's baselines (meta-decoder = nearest latents of each
@@ -79,7 +80,7 @@ def analyze_meta_sae(meta: SparseAutoencoder, base: SparseAutoencoder,
     density = decomposition.meta_density()
     summary: dict[str, Any] = {
         "format": FORMAT_NAME, "format_version": FORMAT_VERSION,
-        "n_base": base.d_sae, "n_meta": meta.d_sae, "k": meta.cfg.k,
+        "n_base": base.d_sae, "n_meta": meta.d_sae, "k": meta.cfg.k, "encoder_bias": meta.cfg.encoder_bias,
         "fve": fraction_of_variance_explained(rows, rows_hat),
         "fve_uncentred": fraction_of_variance_explained(rows, rows_hat, centred=False),
         "pca_cap": {"m": min(meta.d_sae, rows.shape[1]),
@@ -115,14 +116,16 @@ def analyze_meta_sae(meta: SparseAutoencoder, base: SparseAutoencoder,
     if baseline_steps > 0:
         summary["baselines"] = _baselines(meta, rows, smaller or {}, arrays, baseline_steps, baseline_batch_size, seed)
     if floor_steps > 0:
-        summary["floors"] = meta_floors(meta, rows, initial_rows, floor_steps, floor_batch_size, floor_lr, seed)
+        summary["floors"] = meta_floors(meta, rows, initial_rows, floor_steps, floor_batch_size, floor_lr, seed,
+                                        floor_b_dec_init)
     return MetaAnalysis(summary, decomposition, arrays)
 
 
 def meta_floors(meta: SparseAutoencoder, rows: Tensor, initial_rows: Tensor | None, steps: int, batch_size: int,
-                lr: float, seed: int) -> dict[str, Any]:
-    """FVE (centred) of the same meta-SAE trained from scratch on random unit rows and on the base's initial
-    decoder rows ``[n_base, d_in]`` (``None`` when not given), each as many rows as the base has."""
+                lr: float, seed: int, b_dec_init: str = "mean") -> dict[str, Any]:
+    """FVE (centred) of the same meta-SAE (width, k, encoder bias or not, ``b_dec_init``) trained from scratch on
+    random unit rows and on the base's initial decoder rows ``[n_base, d_in]`` (``None`` when not given), each as
+    many rows as the base has."""
     n, d_in = rows.shape
     candidates = {"random_rows": random_unit_rows(n, d_in, seed, rows.device)}
     if initial_rows is not None:
@@ -133,7 +136,8 @@ def meta_floors(meta: SparseAutoencoder, rows: Tensor, initial_rows: Tensor | No
     out: dict[str, Any] = {"steps": steps, "batch_size": batch_size, "initial_decoder": None}
     for name, floor_rows in candidates.items():
         fitted = fit_meta_sae(floor_rows, meta.d_sae, int(meta.cfg.k), steps, batch_size, lr, seed,
-                              desc=f"meta-SAE floor: {name.replace('_', ' ')}")
+                              desc=f"meta-SAE floor: {name.replace('_', ' ')}", encoder_bias=meta.cfg.encoder_bias,
+                              b_dec_init=b_dec_init)
         out[name] = fraction_of_variance_explained(floor_rows, decompose(fitted, floor_rows)[1])
     return out
 

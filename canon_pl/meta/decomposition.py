@@ -127,34 +127,41 @@ def refit_encoder(W_dec: Tensor, rows: Tensor, k: int, steps: int, batch_size: i
 
 
 def fit_meta_sae(rows: Tensor, d_meta: int, k: int, steps: int, batch_size: int = 4096, lr: float = 1e-3,
-                 seed: int = 0, fixed_decoder: Tensor | None = None, desc: str | None = None) -> SparseAutoencoder:
+                 seed: int = 0, fixed_decoder: Tensor | None = None, desc: str | None = None,
+                 encoder_bias: bool = True, b_dec_init: str = "mean") -> SparseAutoencoder:
     """A BatchTopK meta-SAE of ``d_meta`` latents trained on ``rows [n, d_in]`` in plain torch: the same
     initialisation, training step (AuxK included), Adam and decoder constraint as ``MetaSAEModule``, without
-    Lightning. With ``fixed_decoder [d_meta, d_in]`` only the encoder side is trained.
+    Lightning. With ``fixed_decoder [d_meta, d_in]`` only the encoder side is trained. ``encoder_bias=False`` and
+    ``b_dec_init="zeros"`` are the authors' meta-SAE (no encoder bias, decoder bias starting at 0); the defaults
+    learn ``b_enc`` and start ``b_dec`` at the mean row.
 
     Used for the floors a meta-SAE's FVE is read against: the same meta-SAE trained on the base's initial decoder,
     and on random unit rows. ``desc`` shows a progress bar with that label.
     """
     with torch.inference_mode(False), torch.enable_grad():  # callable from analysis code that runs without grad
         return _fit_meta_sae(rows.clone(), d_meta, k, steps, batch_size, lr, seed,
-                             None if fixed_decoder is None else fixed_decoder.clone(), desc)
+                             None if fixed_decoder is None else fixed_decoder.clone(), desc, encoder_bias, b_dec_init)
 
 
 def _fit_meta_sae(rows: Tensor, d_meta: int, k: int, steps: int, batch_size: int, lr: float, seed: int,
-                  fixed_decoder: Tensor | None, desc: str | None = None) -> SparseAutoencoder:
+                  fixed_decoder: Tensor | None, desc: str | None, encoder_bias: bool,
+                  b_dec_init: str) -> SparseAutoencoder:
     from tqdm.auto import tqdm
 
+    if b_dec_init not in ("mean", "zeros"):
+        raise MetaSAEError(f"b_dec_init must be 'mean' or 'zeros', got {b_dec_init!r}")
     d_in = rows.shape[1]
     check_meta_width(rows.shape[0], d_meta)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        sae = build_sae(SAEConfig(d_in=d_in, d_sae=d_meta, architecture="batchtopk", k=k,
+        sae = build_sae(SAEConfig(d_in=d_in, d_sae=d_meta, architecture="batchtopk", k=k, encoder_bias=encoder_bias,
                                   dead_tokens_threshold=max(steps * batch_size // 4, 1))).to(rows.device)
     with torch.no_grad():
         if fixed_decoder is not None:
             sae.W_dec.copy_(F.normalize(fixed_decoder.float(), dim=-1))
             sae.W_enc.copy_(sae.W_dec.T)
-        sae.b_dec.copy_(rows.mean(0))  # as MetaSAEModule: b_dec starts at the mean row
+        if b_dec_init == "mean":  # as MetaSAEModule
+            sae.b_dec.copy_(rows.mean(0))
     if fixed_decoder is not None:
         sae.W_dec.requires_grad_(False)
     optimizer = torch.optim.Adam([p for p in sae.parameters() if p.requires_grad], lr=lr, betas=(0.9, 0.99))

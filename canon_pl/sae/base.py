@@ -80,7 +80,10 @@ class SparseAutoencoder(nn.Module):
         w = torch.empty(d_sae, d_in)
         nn.init.kaiming_uniform_(w)  # fan-in d_in, as for a Linear(d_in -> d_sae)
         self.W_enc = nn.Parameter(w.T.contiguous())
-        self.b_enc = nn.Parameter(torch.zeros(d_sae))
+        if cfg.encoder_bias:
+            self.b_enc = nn.Parameter(torch.zeros(d_sae))
+        else:  # fixed at zero, but still in the state dict, so every export and format reads it the same way
+            self.register_buffer("b_enc", torch.zeros(d_sae))
         self.W_dec = nn.Parameter(F.normalize(w, dim=-1))
         self.b_dec = nn.Parameter(torch.zeros(d_in))
         # Inference threshold: a scalar for BatchTopK (or [d_sae] for per-latent thresholds).
@@ -142,8 +145,9 @@ class SparseAutoencoder(nn.Module):
         return self._decode_any(self.select(self.pre_activations(x), inference))
 
     # ----------------------------------------------------------------------------------------------- training
-    def training_forward(self, x: Tensor) -> TrainStepOutput:
-        """Loss for one training batch. x: ``[batch, d_in]`` (already normalised).
+    def training_forward(self, x: Tensor, sparsity_scale: float = 1.0) -> TrainStepOutput:
+        """Loss for one training batch. x: ``[batch, d_in]`` (already normalised); ``sparsity_scale`` multiplies the
+        sparsity penalty (an L1 warm-up; the TopK family has none).
 
         Updates the training state (dead-latent counters, inference threshold) as a side effect. With
         ``kernel="sparse"`` the TopK family computes the dense pre-activations once without autograd and lets only
@@ -160,7 +164,8 @@ class SparseAutoencoder(nn.Module):
             acts = pre  # dense architectures (ReLU): always the autograd path below
         x_hat = self._decode_any(acts)
         losses: dict[str, Tensor] = {"mse": F.mse_loss(x_hat, x)}
-        losses.update(self.sparsity_losses(acts if isinstance(acts, Tensor) else None))
+        losses.update({name: sparsity_scale * value
+                       for name, value in self.sparsity_losses(acts if isinstance(acts, Tensor) else None).items()})
         with torch.no_grad():
             self._update_dead_counters(acts, x.shape[0])
         if self.cfg.aux_coefficient > 0:

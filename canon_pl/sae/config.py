@@ -37,6 +37,9 @@ class SAEConfig:
     """EMA momentum of the BatchTopK inference threshold (smallest kept activation per batch). About ten batches:
     pre-activations shrink during training and a longer average lags behind (0.99 left θ 35% above the final
     batches' value after 250 steps on SmolLM2, so held-out L0 was 20 instead of k = 32)."""
+    encoder_bias: bool = True
+    """Whether ``b_enc`` is learned; ``False`` fixes it at zero (the meta-SAE of the paper's code has no encoder
+    bias)."""
     kernel: str = "sparse"
     """Training step of the TopK family: ``sparse`` (only the selected latents enter the backward pass) or
     ``dense`` (the plain formula; a reference, slower)."""

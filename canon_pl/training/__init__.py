@@ -5,6 +5,7 @@ from canon_pl.training.callbacks import SAEExportCallback, StepProgressBar
 from canon_pl.training.datamodules import (
     ActivationShardDataModule,
     ResumableStreamDataModule,
+    PlantedHierarchyDataModule,
     SyntheticActivationDataModule,
 )
 from canon_pl.training.meta import (
@@ -47,6 +48,7 @@ __all__ = [
     "SAEThroughputMonitor",
     "StepProgressBar",
     "StitchingCallback",
+    "PlantedHierarchyDataModule",
     "SyntheticActivationDataModule",
     "default_learning_rate",
 ]

@@ -18,6 +18,7 @@ from torch.utils.data import DataLoader, IterableDataset
 
 from canon_pl.data.shards import INDEX_FILE
 from canon_pl.data import (
+    PlantedHierarchyActivations,
     ShardError,
     ShardIndex,
     SyntheticSparseActivations,
@@ -113,7 +114,39 @@ class ResumableStreamDataModule(L.LightningDataModule):
         self.train_batches_consumed = int(state_dict["train_batches_consumed"])
 
 
-class SyntheticActivationDataModule(ResumableStreamDataModule):
+class _SyntheticStreamDataModule(ResumableStreamDataModule):
+    """Base of the synthetic DataModules: batches of a seeded ``source`` (anything with ``d_in`` and
+    ``batch(index, batch_size) -> [batch_size, d_in]``), validation from negative, never-trained indices."""
+
+    source: Any
+
+    def _check_sizes(self, batch_size: int, val_batches: int) -> None:
+        if batch_size <= 0 or val_batches < 0:
+            raise ValueError(f"batch_size must be > 0 and val_batches >= 0, got {batch_size}, {val_batches}")
+
+    @property
+    def d_in(self) -> int:
+        return self.source.d_in
+
+    def train_batches(self, start: int) -> Iterator[tuple[int, Tensor]]:
+        """Batch ``i`` of the stream; under DDP each rank takes its slice of the global batch ``i`` of
+        ``batch_size x world_size`` tokens, so the ranks together see what one process would with that batch size."""
+        index = start
+        while True:
+            yield index + 1, self._rank_slice(index)
+            index += 1
+
+    def _rank_slice(self, index: int) -> Tensor:
+        rank, size = world()
+        bs = self.hparams.batch_size
+        return self.source.batch(index, bs * size)[rank * bs:(rank + 1) * bs]
+
+    def val_dataloader(self) -> DataLoader:
+        # Validation draws from negative indices: never part of the training stream.
+        return _loader(lambda: (self._rank_slice(-1 - i) for i in range(self.hparams.val_batches)))
+
+
+class SyntheticActivationDataModule(_SyntheticStreamDataModule):
     """Sparse non-negative combinations of a known dictionary plus noise (see ``SyntheticSparseActivations``)."""
 
     def __init__(
@@ -138,30 +171,47 @@ class SyntheticActivationDataModule(ResumableStreamDataModule):
         """
         super().__init__()
         self.save_hyperparameters()
-        if batch_size <= 0 or val_batches < 0:
-            raise ValueError(f"batch_size must be > 0 and val_batches >= 0, got {batch_size}, {val_batches}")
+        self._check_sizes(batch_size, val_batches)
         self.source = SyntheticSparseActivations(d_in, n_features, active_per_token, noise_std, seed=seed)
 
-    @property
-    def d_in(self) -> int:
-        return self.source.d_in
 
-    def train_batches(self, start: int) -> Iterator[tuple[int, Tensor]]:
-        """Batch ``i`` of the stream; under DDP each rank takes its slice of the global batch ``i`` of
-        ``batch_size x world_size`` tokens, so the ranks together see what one process would with that batch size."""
-        index = start
-        while True:
-            yield index + 1, self._rank_slice(index)
-            index += 1
+class PlantedHierarchyDataModule(_SyntheticStreamDataModule):
+    """Activations with a planted hierarchy (parents that split into children, plus rare novel features; see
+    ``PlantedHierarchyActivations``): train a small family on it to see stitching find what was planted."""
 
-    def _rank_slice(self, index: int) -> Tensor:
-        rank, size = world()
-        bs = self.hparams.batch_size
-        return self.source.batch(index, bs * size)[rank * bs:(rank + 1) * bs]
-
-    def val_dataloader(self) -> DataLoader:
-        # Validation draws from negative indices: never part of the training stream.
-        return _loader(lambda: (self._rank_slice(-1 - i) for i in range(self.hparams.val_batches)))
+    def __init__(
+        self,
+        d_in: int = 32,
+        n_parents: int = 6,
+        children_per_parent: int = 2,
+        n_novel: int = 4,
+        parent_probability: float = 0.15,
+        novel_probability: float = 0.03,
+        split_strength: float = 0.6,
+        noise_std: float = 0.0,
+        batch_size: int = 1024,
+        val_batches: int = 4,
+        seed: int = 0,
+    ) -> None:
+        """
+        Args:
+            d_in: Width of the activations (at least ``n_parents * (1 + children_per_parent) + n_novel``).
+            n_parents: Parent features (what a narrow SAE learns).
+            children_per_parent: Children each parent splits into (what a wide SAE learns instead).
+            n_novel: Rare features only a wide SAE affords.
+            parent_probability: Probability that a token uses a parent family (through one child).
+            novel_probability: Probability that a token uses each novel feature.
+            split_strength: How far each child leans away from its parent (cosine ``1 / sqrt(1 + s^2)``).
+            noise_std: Gaussian noise on every coordinate.
+            batch_size: Tokens per batch on each rank.
+            val_batches: Held-out batches for validation.
+            seed: Seed of the directions and of the stream.
+        """
+        super().__init__()
+        self.save_hyperparameters()
+        self._check_sizes(batch_size, val_batches)
+        self.source = PlantedHierarchyActivations(d_in, n_parents, children_per_parent, n_novel, parent_probability,
+                                                  novel_probability, split_strength, noise_std, seed)
 
 
 class ActivationShardDataModule(ResumableStreamDataModule):

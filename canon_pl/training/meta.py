@@ -130,6 +130,8 @@ class MetaSAEModule(SAEModule):
         aux_coefficient: float = 1.0 / 32.0,
         dead_tokens_threshold: int = 1_000_000,
         threshold_momentum: float = 0.9,
+        encoder_bias: bool = True,
+        b_dec_init: str = "mean",
         init_seed: int = 0,
         export_dir: str | None = None,
     ) -> None:
@@ -143,13 +145,16 @@ class MetaSAEModule(SAEModule):
             aux_coefficient: AuxK weight.
             dead_tokens_threshold: Rows without firing after which a meta-latent is dead.
             threshold_momentum: EMA momentum of the inference threshold.
+            encoder_bias: Learn ``b_enc`` (the authors' meta-SAE has none: ``False``).
+            b_dec_init: ``mean`` (the mean row of the first batch) or ``zeros`` (the authors' meta-SAE).
             init_seed: Seed of the weight initialisation.
             export_dir: Where the export and the analysis go; ``None`` = the trainer's ``default_root_dir``.
         """
         super().__init__(d_in=d_in, d_sae=d_sae, architecture="batchtopk", k=k, aux_k=aux_k,
                          aux_coefficient=aux_coefficient, dead_tokens_threshold=dead_tokens_threshold,
-                         threshold_momentum=threshold_momentum, lr=lr, normalize_activations=False,
-                         b_dec_init="mean", init_seed=init_seed, export_dir=export_dir)
+                         threshold_momentum=threshold_momentum, encoder_bias=encoder_bias, lr=lr,
+                         normalize_activations=False, b_dec_init=b_dec_init, init_seed=init_seed,
+                         export_dir=export_dir)
         self.save_hyperparameters()
 
 
@@ -198,7 +203,8 @@ class MetaSAEAnalysisCallback(L.Callback):
                                     baseline_steps=self.baseline_steps, initial_rows=datamodule.initial_rows(),
                                     floor_steps=floor_steps,
                                     floor_batch_size=self.floor_batch_size or datamodule.hparams.batch_size,
-                                    floor_lr=float(pl_module.learning_rates[str(pl_module.widths[0])]))
+                                    floor_lr=float(pl_module.learning_rates[str(pl_module.widths[0])]),
+                                    floor_b_dec_init=str(pl_module.settings.b_dec_init))
         analysis.summary["base"] = {"source": str(datamodule.hparams.sae), "width": datamodule.hparams.width,
                                     "model_id": base.cfg.model_id, "hook_point": base.cfg.hook_point}
         target = Path(self.dirpath or getattr(getattr(pl_module, "settings", pl_module.hparams), "export_dir", None) or trainer.default_root_dir)

@@ -53,6 +53,13 @@ def default_learning_rate(d_sae: int) -> float:
     return 3e-4 / math.sqrt(max(d_sae / 2**14, 1.0))
 
 
+def default_aux_coefficient(architecture: str, aux_coefficient: float | None) -> float:
+    """The AuxK weight a member trains with: the given one, else 1/32 for the TopK family and 0 for ``relu``."""
+    if aux_coefficient is not None:
+        return float(aux_coefficient)
+    return 0.0 if architecture == "relu" else 1.0 / 32.0
+
+
 def check_widths(widths: list[int], base_width: int | None) -> list[int]:
     """Widths must be distinct, increasing and (when ``base_width`` is set) multiples of it."""
     if not widths:
@@ -94,10 +101,12 @@ class SAEFamilyModule(L.LightningModule):
         architecture: str = "batchtopk",
         k: int = 32,
         l1_coefficient: float = 5.0,
+        l1_warmup_steps: int = 0,
         aux_k: int = 512,
-        aux_coefficient: float = 1.0 / 32.0,
+        aux_coefficient: float | None = None,
         dead_tokens_threshold: int = 10_000_000,
         threshold_momentum: float = 0.9,
+        encoder_bias: bool = True,
         kernel: str = "sparse",
         hook_point: str | None = None,
         model_id: str | None = None,
@@ -118,10 +127,15 @@ class SAEFamilyModule(L.LightningModule):
             architecture: ``batchtopk``, ``topk`` or ``relu``.
             k: Latents per token (TopK family).
             l1_coefficient: L1 weight (``relu`` only).
+            l1_warmup_steps: Steps over which the L1 weight rises linearly from 0 to ``l1_coefficient`` (``relu``;
+                0 = full weight from the first step). Latents move away from their initialisation before the
+                penalty silences them.
             aux_k: Dead latents per token in the AuxK loss.
-            aux_coefficient: AuxK weight (1/32 in the BatchTopK paper).
+            aux_coefficient: AuxK weight; ``None`` = 1/32 (the BatchTopK paper) for the TopK family and 0 for
+                ``relu`` (ReLU + L1 SAEs in the literature train without it).
             dead_tokens_threshold: Training tokens without firing after which a latent is dead.
             threshold_momentum: EMA momentum of the inference threshold.
+            encoder_bias: Learn ``b_enc`` (``False``: fixed at zero).
             kernel: ``sparse`` (fast training step) or ``dense`` (the plain formula).
             hook_point: Where the activations come from, recorded in the export.
             model_id: The language model, recorded in the export.
@@ -176,8 +190,9 @@ class SAEFamilyModule(L.LightningModule):
         hp = self.settings
         cfg = SAEConfig(
             d_in=hp.d_in, d_sae=width, architecture=hp.architecture, k=hp.k, l1_coefficient=hp.l1_coefficient,
-            aux_k=hp.aux_k, aux_coefficient=hp.aux_coefficient, dead_tokens_threshold=hp.dead_tokens_threshold,
-            threshold_momentum=hp.threshold_momentum, kernel=hp.kernel, hook_point=hp.hook_point, model_id=hp.model_id,
+            aux_k=hp.aux_k, aux_coefficient=default_aux_coefficient(hp.architecture, hp.aux_coefficient),
+            dead_tokens_threshold=hp.dead_tokens_threshold, threshold_momentum=hp.threshold_momentum,
+            encoder_bias=hp.encoder_bias, kernel=hp.kernel, hook_point=hp.hook_point, model_id=hp.model_id,
         )
         return initial_sae(cfg, init_seed)
 
@@ -285,8 +300,9 @@ class SAEFamilyModule(L.LightningModule):
         with torch.no_grad():
             total_variance = (x_n - x_n.mean(dim=0)).pow(2).sum().clamp_min(1e-12)
         losses, log = [], {}
+        sparsity_scale = self.sparsity_scale()
         for key, sae in self.members.items():
-            out = sae.training_forward(x_n)
+            out = sae.training_forward(x_n, sparsity_scale=sparsity_scale)
             if not torch.isfinite(out.loss):
                 parts = ", ".join(f"{k}={v.item():.4g}" for k, v in out.losses.items())
                 raise NonFiniteError(
@@ -315,6 +331,11 @@ class SAEFamilyModule(L.LightningModule):
         last = self._prefix(str(self.widths[-1]))
         self.log("fvu", log[f"{last}train/fvu"], prog_bar=True, on_step=True, logger=False)
         return torch.stack(losses).sum()
+
+    def sparsity_scale(self) -> float:
+        """Fraction of the L1 weight in force at this step: rises linearly to 1 over ``l1_warmup_steps``."""
+        warmup = int(self.settings.l1_warmup_steps)
+        return 1.0 if warmup <= 0 else min(1.0, (int(self.global_step) + 1) / warmup)
 
     @property
     def flops_per_batch(self) -> int | None:
@@ -437,10 +458,12 @@ class SAEModule(SAEFamilyModule):
         architecture: str = "batchtopk",
         k: int = 32,
         l1_coefficient: float = 5.0,
+        l1_warmup_steps: int = 0,
         aux_k: int = 512,
-        aux_coefficient: float = 1.0 / 32.0,
+        aux_coefficient: float | None = None,
         dead_tokens_threshold: int = 10_000_000,
         threshold_momentum: float = 0.9,
+        encoder_bias: bool = True,
         kernel: str = "sparse",
         hook_point: str | None = None,
         model_id: str | None = None,
@@ -458,10 +481,15 @@ class SAEModule(SAEFamilyModule):
             architecture: ``batchtopk``, ``topk`` or ``relu``.
             k: Latents per token (TopK family).
             l1_coefficient: L1 weight (``relu`` only).
+            l1_warmup_steps: Steps over which the L1 weight rises linearly from 0 to ``l1_coefficient`` (``relu``;
+                0 = full weight from the first step). Latents move away from their initialisation before the
+                penalty silences them.
             aux_k: Dead latents per token in the AuxK loss.
-            aux_coefficient: AuxK weight (1/32 in the BatchTopK paper).
+            aux_coefficient: AuxK weight; ``None`` = 1/32 (the BatchTopK paper) for the TopK family and 0 for
+                ``relu`` (ReLU + L1 SAEs in the literature train without it).
             dead_tokens_threshold: Training tokens without firing after which a latent is dead.
             threshold_momentum: EMA momentum of the inference threshold.
+            encoder_bias: Learn ``b_enc`` (``False``: fixed at zero).
             kernel: ``sparse`` (fast training step) or ``dense`` (the plain formula).
             hook_point: Where the activations come from, recorded in the export.
             model_id: The language model, recorded in the export.
@@ -473,9 +501,10 @@ class SAEModule(SAEFamilyModule):
             export_dir: Where the export goes at the end of ``fit``; ``None`` = the trainer's ``default_root_dir``.
         """
         super().__init__(
-            d_in=d_in, widths=[d_sae], architecture=architecture, k=k, l1_coefficient=l1_coefficient, aux_k=aux_k,
-            aux_coefficient=aux_coefficient, dead_tokens_threshold=dead_tokens_threshold,
-            threshold_momentum=threshold_momentum, kernel=kernel, hook_point=hook_point, model_id=model_id, lr=lr,
+            d_in=d_in, widths=[d_sae], architecture=architecture, k=k, l1_coefficient=l1_coefficient,
+            l1_warmup_steps=l1_warmup_steps, aux_k=aux_k, aux_coefficient=aux_coefficient,
+            dead_tokens_threshold=dead_tokens_threshold, threshold_momentum=threshold_momentum,
+            encoder_bias=encoder_bias, kernel=kernel, hook_point=hook_point, model_id=model_id, lr=lr,
             betas=betas, normalize_activations=normalize_activations, b_dec_init=b_dec_init, init_seed=init_seed,
             export_dir=export_dir,
         )
