@@ -1,4 +1,4 @@
-"""Activation capture throughput on the bundled SmolLM2, measured side by side in one run (DESIGN.md section 4).
+"""Activation capture throughput on the bundled SmolLM2, measured side by side in one run (docs/design.md section 5).
 
 Times, on the same contexts:
   - canon-pl's nnsight capture that stops after the hook layer (``HookedLanguageModel.capture``),

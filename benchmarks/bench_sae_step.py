@@ -1,8 +1,8 @@
-"""SAE training-step throughput, measured side by side in one run (DESIGN.md section 4).
+"""SAE training-step throughput, measured side by side in one run (docs/design.md section 5).
 
 Shape: d_in 576, d_sae 9216, batch 4096, k 32, fp32. Prints tokens/s for
   - canon-pl's BatchTopK and TopK steps (``training_forward`` + backward + Adam + decoder constraint),
-  - a straightforward dense PyTorch BatchTopK step (the formula of DESIGN.md 1.1 written out densely),
+  - a straightforward dense PyTorch BatchTopK step (the formula of docs/design.md 1.1 written out densely),
   - EleutherAI sparsify's own TopK step (``SparseCoder.forward`` + backward + Adam + its decoder constraint), when
     ``eai-sparsify`` is installed (``pip install -e '.[bench]'``),
   - the same steps with AuxK active and half the latents dead (k_aux = d_in / 2 for both),

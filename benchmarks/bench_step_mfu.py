@@ -1,4 +1,4 @@
-"""The SAE training step's achieved FLOP/s as a fraction of the device's peak (issue 11's headline).
+"""The SAE training step's achieved FLOP/s as a fraction of the device's peak.
 
 One canon-pl BatchTopK step (``training_forward`` + backward + Adam + decoder constraint, sparse kernel, fp32 weights
 with TF32 matmuls on GPUs) at d_in 768 (GPT-2 small) for d_sae 32768 and 98304, batch 4096, k 32; its FLOPs from

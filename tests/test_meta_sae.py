@@ -1,4 +1,4 @@
-"""Meta-SAEs (DESIGN.md 1.3): trained with the token-SAE core on decoder rows, they recover planted meta-directions."""
+"""Meta-SAEs (docs/design.md 1.3): trained with the token-SAE core on decoder rows, they recover planted meta-directions."""
 
 from __future__ import annotations
 

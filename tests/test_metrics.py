@@ -1,4 +1,4 @@
-"""Metric definitions of DESIGN.md 1.4, aggregated over batches exactly as over one big batch."""
+"""Metric definitions of docs/design.md 1.4, aggregated over batches exactly as over one big batch."""
 
 from __future__ import annotations
 

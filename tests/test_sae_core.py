@@ -72,7 +72,7 @@ def test_inference_threshold_makes_latents_independent_of_the_batch() -> None:
 
 
 def naive_batchtopk_loss(sae: BatchTopKSAE, x: torch.Tensor) -> torch.Tensor:
-    """DESIGN.md 1.1 written out densely: the reference for the fast path."""
+    """docs/design.md 1.1 written out densely: the reference for the fast path."""
     pre = torch.relu((x - sae.b_dec) @ sae.W_enc + sae.b_enc)
     k_total = sae.cfg.k * x.shape[0]
     flat = pre.flatten()

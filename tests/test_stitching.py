@@ -1,4 +1,4 @@
-"""SAE stitching (DESIGN.md 1.2): matching, groups, the stitched SAE, the path and the definitional check."""
+"""SAE stitching (docs/design.md 1.2): matching, groups, the stitched SAE, the path and the definitional check."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The portable SAE export: ``sae.safetensors`` + ``cfg.json`` (DESIGN.md 2), read by :func:`load_sae`.
+"""The portable SAE export: ``sae.safetensors`` + ``cfg.json`` (docs/design.md 2), read by :func:`load_sae`.
 
 An export takes raw activations: any activation normalisation used in training is folded into the weights first.
 ``cfg.json`` records the architecture, sizes, threshold, hook point, model, the folded scale, the canon_pl version

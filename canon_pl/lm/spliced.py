@@ -1,4 +1,4 @@
-"""Spliced next-token loss: the LM's cross-entropy with a hook point's output replaced (DESIGN.md 1.4)."""
+"""Spliced next-token loss: the LM's cross-entropy with a hook point's output replaced (docs/design.md 1.4)."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """Which captured tokens an SAE trains on: BOS and abnormally high-norm tokens are excluded by default.
 
 In SmolLM2's residual stream a few attention-sink tokens have norms ~200x the median; they dominate the variance and
-make FVU swing from batch to batch (DESIGN.md section 3). dictionary_learning and sparsify drop them too.
+make FVU swing from batch to batch (docs/design.md section 3). dictionary_learning and sparsify drop them too.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Meta-SAEs (DESIGN.md 1.3): SAEs trained on another SAE's decoder rows, and what they say about its latents.
+"""Meta-SAEs (docs/design.md 1.3): SAEs trained on another SAE's decoder rows, and what they say about its latents.
 
 Pure torch; ``MetaSAEModule``, ``DecoderRowsDataModule`` and ``canon-pl meta-sae`` (canon_pl.training / commands)
 wrap it.

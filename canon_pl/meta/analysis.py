@@ -1,6 +1,6 @@
 """What a trained meta-SAE says about its base SAE, and its files (``analysis.json`` + ``analysis.safetensors``).
 
-See DESIGN.md 1.3 and docs/meta_sae_results.md for every field.
+See docs/design.md 1.3 and docs/meta_sae_results.md for every field.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Meta-SAE core (DESIGN.md 1.3): decoder rows as data, decompositions of latents into meta-latents, FVE, baselines.
+"""Meta-SAE core (docs/design.md 1.3): decoder rows as data, decompositions of latents into meta-latents, FVE, baselines.
 
 Pure torch: a meta-SAE is an ordinary :class:`SparseAutoencoder` (BatchTopK, small k) trained on the unit-normalised
 decoder rows ``W_dec [d_base, d_in]`` of a base SAE. Nothing here imports Lightning.

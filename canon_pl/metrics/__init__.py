@@ -1,4 +1,4 @@
-"""Metrics used everywhere (DESIGN.md 1.4), as torchmetrics ``Metric``s."""
+"""Metrics used everywhere (docs/design.md 1.4), as torchmetrics ``Metric``s."""
 
 from canon_pl.metrics.flops import sae_training_flops
 from canon_pl.metrics.reconstruction import (

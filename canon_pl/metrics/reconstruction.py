@@ -1,4 +1,4 @@
-"""Reconstruction quality as torchmetrics ``Metric``s (DESIGN.md 1.4), aggregated in float64 across batches and ranks."""
+"""Reconstruction quality as torchmetrics ``Metric``s (docs/design.md 1.4), aggregated in float64 across batches and ranks."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Aggregation of spliced next-token losses into CE recovered, ΔCE and KL (DESIGN.md 1.4)."""
+"""Aggregation of spliced next-token losses into CE recovered, ΔCE and KL (docs/design.md 1.4)."""
 
 from __future__ import annotations
 

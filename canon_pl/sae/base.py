@@ -1,4 +1,4 @@
-"""The sparse autoencoder shared by every architecture (DESIGN.md 1.1).
+"""The sparse autoencoder shared by every architecture (docs/design.md 1.1).
 
 Weights use one orientation everywhere: ``W_enc [d_in, d_sae]``, ``W_dec [d_sae, d_in]`` (rows are latent
 directions, unit norm). Subclasses decide which pre-activations survive (:meth:`select`); everything else —

@@ -14,7 +14,7 @@ class SAEConfigError(ValueError):
 
 @dataclass
 class SAEConfig:
-    """Architecture of one sparse autoencoder (DESIGN.md 1.1)."""
+    """Architecture of one sparse autoencoder (docs/design.md 1.1)."""
 
     d_in: int
     """Width of the activations the SAE reads (the model's d_model for a residual stream)."""

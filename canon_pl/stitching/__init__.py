@@ -1,4 +1,4 @@
-"""SAE stitching (DESIGN.md 1.2): novel vs reconstruction latents, groups, the stitched SAE and the path.
+"""SAE stitching (docs/design.md 1.2): novel vs reconstruction latents, groups, the stitched SAE and the path.
 
 Pure torch: usable in a notebook without Lightning. ``StitchingCallback`` (canon_pl.training) and
 ``canon-pl stitch`` wrap :func:`analyze_pair`.

@@ -1,4 +1,4 @@
-"""Groups of latents swapped together (DESIGN.md 1.2, step 3): the connected components of the bipartite graph
+"""Groups of latents swapped together (docs/design.md 1.2, step 3): the connected components of the bipartite graph
 S <-> L whose edges are the pairs with decoder cosine ``>= tau``.
 
 A component with L-latents only is a *novel* insertion, one with both is a *swap* (a latent that split, or several

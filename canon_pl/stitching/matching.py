@@ -1,4 +1,4 @@
-"""Decoder-cosine matching between a smaller SAE S and a larger SAE L (DESIGN.md 1.2, steps 1-2).
+"""Decoder-cosine matching between a smaller SAE S and a larger SAE L (docs/design.md 1.2, steps 1-2).
 
 ``C = normalize(W_dec^L) @ normalize(W_dec^S).T`` is ``[d_large, d_small]`` and can be 98304 x 49152 (19 GB in
 fp32): :func:`match_latents` computes it a block of L-rows at a time and keeps only what the analysis needs — each

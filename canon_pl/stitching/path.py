@@ -1,4 +1,4 @@
-"""The stitching path from S to L (DESIGN.md 1.2, step 5) and the definitional check of the cosine proxy.
+"""The stitching path from S to L (docs/design.md 1.2, step 5) and the definitional check of the cosine proxy.
 
 Everything is computed from the two SAEs' sparse codes on a fixed set of ``N`` tokens and the residual
 ``r = x - x_hat`` of the current stitched SAE. A step applies one group (insert its L-latents, remove its S-latents):

@@ -1,4 +1,4 @@
-"""``StitchedSAE``: a plain SAE whose latents are a subset of S ∪ L (DESIGN.md 1.2, step 4).
+"""``StitchedSAE``: a plain SAE whose latents are a subset of S ∪ L (docs/design.md 1.2, step 4).
 
 Every latent keeps the exact activation it has in its source SAE. The stitched SAE has one decoder bias (S's or
 L's); a latent from the other source gets the bias difference folded into its encoder bias,

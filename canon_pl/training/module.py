@@ -49,7 +49,7 @@ class InputShapeError(ValueError):
 
 
 def default_learning_rate(d_sae: int) -> float:
-    """3e-4 for 2^14 latents, scaled as ``1 / sqrt(d_sae / 2^14)`` for wider SAEs (DESIGN.md 1.1)."""
+    """3e-4 for 2^14 latents, scaled as ``1 / sqrt(d_sae / 2^14)`` for wider SAEs (docs/design.md 1.1)."""
     return 3e-4 / math.sqrt(max(d_sae / 2**14, 1.0))
 
 
