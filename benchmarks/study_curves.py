@@ -4,7 +4,9 @@ each pair's novel fractions (by definition, and against the cross-seed control) 
 Usage: ``python benchmarks/study_curves.py checkpoints/family_smollm2`` after ``make main`` (or ``lightning fit
 --config configs/family_smollm2.yaml``). Prints markdown tables for benchmarks/RESULTS.md and ends with
 ``ratio: <novel fraction against the smaller width / against the other seed>`` for the last pair at the last
-validation (1 = no width effect beyond seed noise).
+validation (1 = no width effect beyond seed noise). Given several runs (the study's arms, e.g. ``checkpoints/
+family_smollm2 checkpoints/family_smollm2_relu``), it also prints them side by side at every validation step they
+share: equal budget; the ratio is then the first run's.
 """
 
 from __future__ import annotations
@@ -41,17 +43,45 @@ def markdown(frame: pd.DataFrame) -> str:
     return "\n".join([header, *rows])
 
 
+def side_by_side(runs: list[Path]) -> pd.DataFrame:
+    """One row per (run, validation step shared by every run): the widths' EV and each pair's novel fraction by
+    definition with its cross-seed control."""
+    frames = []
+    for run in runs:
+        ev, novel = curves(run)
+        widths = [c for c in ev.columns if c != "step" and "_seed" not in c]
+        merged = ev[["step", *widths]].merge(novel, on="step", how="inner")
+        keep = {"step": "step", **{w: f"EV {w}" for w in widths}}
+        for column in merged.columns:
+            parts = column.split("/")
+            if column.startswith("stitch/") and parts[2] in ("novel_fraction_definition",
+                                                              "control_novel_fraction_definition"):
+                keep[column] = f"{parts[1].replace('_', '→')} {'control' if parts[2].startswith('control') else 'novel'}"
+        frames.append(merged[list(keep)].rename(columns=keep).assign(run=run.name))
+    shared = set.intersection(*(set(f["step"]) for f in frames))
+    table = pd.concat(frames)
+    table = table[table["step"].isin(shared)].sort_values(["step", "run"])
+    return table[["step", "run", *[c for c in table.columns if c not in ("step", "run")]]]
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("run", help="the family run folder (with logs/)")
+    parser.add_argument("runs", nargs="+", help="family run folders (with logs/); several = the arms side by side")
     ns = parser.parse_args(argv)
-    ev, novel = curves(Path(ns.run))
-    print("held-out explained variance by step\n")
-    print(markdown(ev.astype({"step": int})))
-    print("\nnovel fractions by step (definition; cosine; against the other seed)\n")
-    print(markdown(novel.astype({"step": int}).T.reset_index().rename(columns={"index": "quantity"})
-                   .pipe(lambda f: f.set_axis(["quantity", *[f"step {int(s)}" for s in novel["step"]]], axis=1))
-                   .iloc[1:]))
+    runs = [Path(r) for r in ns.runs]
+    for run in runs:
+        ev, novel = curves(run)
+        print(f"## {run}\n\nheld-out explained variance by step\n")
+        print(markdown(ev.astype({"step": int})))
+        print("\nnovel fractions by step (definition; cosine; against the other seed)\n")
+        print(markdown(novel.astype({"step": int}).T.reset_index().rename(columns={"index": "quantity"})
+                       .pipe(lambda f: f.set_axis(["quantity", *[f"step {int(s)}" for s in novel["step"]]], axis=1))
+                       .iloc[1:]))
+        print()
+    if len(runs) > 1:
+        print("## side by side at equal steps\n")
+        print(markdown(side_by_side(runs).astype({"step": int})))
+    ev, novel = curves(runs[0])
     last = novel.iloc[-1]
     pairs = sorted({c.split("/")[1] for c in novel.columns if c.startswith("stitch/")},
                    key=lambda p: int(p.split("_")[0]))

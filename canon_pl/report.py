@@ -236,6 +236,25 @@ def _meta_section(meta: dict[str, Any], examples: list[dict[str, Any]]) -> list[
     return lines
 
 
+def arm_description(run: Path) -> str:
+    """The family's architecture and training budget in words, from ``family.json`` and the widest member's cfg.json,
+    e.g. "BatchTopK (k = 32), 6,144,000 training tokens"."""
+    from canon_pl.io import read_export_config, read_family_manifest
+
+    manifest = read_family_manifest(run)
+    architecture = manifest.get("architecture")
+    if architecture in ("batchtopk", "topk"):
+        name = f"{'BatchTopK' if architecture == 'batchtopk' else 'TopK'} (k = {manifest.get('k')})"
+    elif architecture == "relu":
+        widest = manifest["members"][str(manifest["widths"][-1])]
+        cfg = read_export_config(run / widest)
+        sae = cfg.get("sae") or {}
+        name = f"ReLU + L1 (L1 coefficient {sae.get('l1_coefficient')}, AuxK weight {sae.get('aux_coefficient')})"
+    else:
+        name = str(architecture)
+    return f"{name}, {int(manifest.get('tokens') or 0):,} training tokens per member"
+
+
 def write_report(run: str | os.PathLike, meta_dir: str | os.PathLike | None = None) -> Path:
     """Write ``<run>/report.md`` and its figures (``<run>/report/*.png``); returns the report's path."""
     run = Path(run)
@@ -251,6 +270,7 @@ def write_report(run: str | os.PathLike, meta_dir: str | os.PathLike | None = No
     lines = [f"# canon-pl report: {run.name}", "",
              "Read from the run's files (family exports, `stitching/`, the meta-SAE analysis, `stats/`, the training "
              f"log); open them interactively with `streamlit run apps/viewer.py -- --checkpoints {run.parent}`.", "",
+             f"Arm: {arm_description(run)}.", "",
              "## Verdicts", "", f"Preconditions: **{'pass' if trained else 'fail'}** — {reason}.", "",
              _markdown_table(pd.DataFrame([v.row() for v in verdicts])), "",
              f"Rules (canon_pl/verdicts.py): every claim is *inconclusive* unless held-out EV rises with width and no "
@@ -279,4 +299,4 @@ def write_report(run: str | os.PathLike, meta_dir: str | os.PathLike | None = No
     return path
 
 
-__all__ = ["REPORT_FILE", "gather", "stuck_at_init_fraction", "training_curves", "write_report"]
+__all__ = ["REPORT_FILE", "arm_description", "gather", "stuck_at_init_fraction", "training_curves", "write_report"]

@@ -236,6 +236,17 @@ def test_an_analysis_reads_only_the_held_out_part_of_a_cache(tmp_path: Path) -> 
         cache_activations(tmp_path / "no_val", 10, 8)
 
 
+def test_an_analysis_refuses_a_cache_of_another_model_or_hook_point(tmp_path: Path) -> None:
+    write_activation_shards([torch.zeros(64, 8)], tmp_path / "cache", tokens_per_shard=32, dtype="float32",
+                            metadata={"model": "smollm2-135m", "hook_point": "model.layers.6"},
+                            val_batches=[torch.ones(32, 8)])
+    assert cache_activations(tmp_path / "cache", 8, 8, "smollm2-135m", "model.layers.6").shape == (8, 8)
+    with pytest.raises(AnalysisDataError, match="'model.layers.6' but the SAEs were trained on 'model.layers.5'"):
+        cache_activations(tmp_path / "cache", 8, 8, "smollm2-135m", "model.layers.5")
+    with pytest.raises(AnalysisDataError, match="model 'smollm2-135m' but the SAEs were trained on 'gpt2'"):
+        cache_activations(tmp_path / "cache", 8, 8, "gpt2", "model.layers.6")
+
+
 def test_a_meta_sae_that_explains_random_rows_as_well_is_inconclusive() -> None:
     from canon_pl.verdicts import meta_verdict
 

@@ -130,6 +130,17 @@ def test_relu_sae_warms_its_l1_penalty_up_and_trains_without_auxk(tmp_path: Path
     assert module.sparsity_scale() == 1.0 and "auxk" not in module.sae.training_forward(x).losses
 
 
+@pytest.mark.parametrize("bad, message", [({"lr": -1e-3}, "lr must be a positive number"),
+                                          ({"lr": float("nan")}, "lr must be a positive number"),
+                                          ({"l1_coefficient": float("nan")}, "l1_coefficient must be a finite"),
+                                          ({"l1_warmup_steps": -5}, "l1_warmup_steps must be >= 0")])
+def test_a_bad_training_setting_is_refused_when_the_module_is_built(bad: dict, message: str) -> None:
+    from canon_pl.sae import SAEConfigError
+
+    with pytest.raises(SAEConfigError, match=message):
+        SAEModule(d_in=16, d_sae=32, architecture="relu", **bad)
+
+
 def test_an_sae_without_encoder_bias_keeps_it_at_zero_through_training_and_export(tmp_path: Path) -> None:
     module = SAEModule(d_in=16, d_sae=32, k=4, encoder_bias=False)
     make_trainer(tmp_path, max_steps=5, callbacks=[SAEExportCallback()]).fit(

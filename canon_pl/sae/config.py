@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
@@ -67,7 +68,9 @@ class SAEConfig:
                 )
         if self.kernel not in ("sparse", "dense"):
             raise SAEConfigError(f"kernel must be 'sparse' or 'dense', got {self.kernel!r}")
-        if self.aux_k <= 0 or self.aux_coefficient < 0:
+        if not math.isfinite(self.l1_coefficient) or self.l1_coefficient < 0:
+            raise SAEConfigError(f"l1_coefficient must be a finite number >= 0, got {self.l1_coefficient}")
+        if self.aux_k <= 0 or not math.isfinite(self.aux_coefficient) or self.aux_coefficient < 0:
             raise SAEConfigError(f"aux_k must be > 0 and aux_coefficient >= 0, got {self.aux_k}, {self.aux_coefficient}")
         if self.dead_tokens_threshold <= 0:
             raise SAEConfigError(f"dead_tokens_threshold must be > 0, got {self.dead_tokens_threshold}")

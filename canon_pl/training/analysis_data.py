@@ -18,12 +18,21 @@ class AnalysisDataError(ValueError):
     """Analysis data that does not fit the SAEs (width, model, hook point) or is empty."""
 
 
-def cache_activations(path: str | Path, n_tokens: int, d_in: int) -> Tensor:
+def cache_activations(path: str | Path, n_tokens: int, d_in: int, model_id: str | None = None,
+                      hook_point: str | None = None) -> Tensor:
     """The first ``n_tokens`` *held-out* activations ``[n, d_in]`` (float32) of a cache written by ``canon-pl
-    cache`` (its shards marked ``val``; an unmarked cache's last shard): never tokens the SAEs trained on."""
+    cache`` (its shards marked ``val``; an unmarked cache's last shard): never tokens the SAEs trained on.
+
+    ``model_id`` / ``hook_point`` (the SAEs'): a cache that records another model or hook point is refused (the same
+    d_in does not make the same activations)."""
     index = ShardIndex.load(path)
     if index.d_in != d_in:
         raise AnalysisDataError(f"the activation cache at {path} has d_in={index.d_in} but the SAEs take {d_in}")
+    for what, mine in (("model", model_id), ("hook_point", hook_point)):
+        recorded = index.metadata.get(what)
+        if mine is not None and recorded is not None and str(recorded) != str(mine):
+            raise AnalysisDataError(f"the activation cache at {path} holds {what} {recorded!r} but the SAEs were "
+                                    f"trained on {mine!r}: pass a cache of {mine!r} (canon-pl cache) or a text source")
     held_out = index.split_ids("val")
     if not held_out:
         raise AnalysisDataError(f"the activation cache at {path} has no held-out part (analyses never read training "
@@ -65,7 +74,8 @@ def analysis_activations(data: str, n_tokens: int, sae: SparseAutoencoder, ce: b
     if n_tokens <= 0:
         raise AnalysisDataError(f"the number of analysis tokens must be positive, got {n_tokens}")
     if (Path(data) / INDEX_FILE).is_file():
-        return cache_activations(data, n_tokens, sae.d_in), None
+        return cache_activations(data, n_tokens, sae.d_in, model or sae.cfg.model_id,
+                                 hook_point or sae.cfg.hook_point), None
     model, hook_point = model or sae.cfg.model_id, hook_point or sae.cfg.hook_point
     if not model or not hook_point:
         raise AnalysisDataError(f"the SAE records no model_id/hook_point, so text data {data!r} cannot be captured: "

@@ -160,6 +160,10 @@ class SAEFamilyModule(L.LightningModule):
         self.settings = AttributeDict(settings)
         if b_dec_init not in ("mean", "zeros"):
             raise ValueError(f"b_dec_init must be 'mean' or 'zeros', got {b_dec_init!r}")
+        if lr is not None and not (math.isfinite(lr) and lr > 0):
+            raise SAEConfigError(f"lr must be a positive number, got {lr} (a negative rate trains by gradient ascent)")
+        if l1_warmup_steps < 0:
+            raise SAEConfigError(f"l1_warmup_steps must be >= 0, got {l1_warmup_steps}")
         self.widths = check_widths(list(widths), base_width)
         self.member_specs = self._member_specs(control_seeds or [], control_widths)
         self.members = nn.ModuleDict({key: self._build_member(w, seed) for key, (w, seed) in self.member_specs.items()})
