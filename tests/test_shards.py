@@ -81,3 +81,17 @@ def test_sae_trains_from_the_cache(cache, tmp_path: Path) -> None:
     (metrics,) = trainer.validate(module, data, verbose=False)
     assert data.train_batches_consumed == 200
     assert 0 < metrics["val/l0"] and metrics["val/explained_variance"] > 0.5
+
+
+def test_the_export_records_the_hook_point_of_the_data_and_a_contradiction_is_refused(cache, tmp_path: Path) -> None:
+    from canon_pl import load_sae
+    from canon_pl.training import InputShapeError, SAEExportCallback
+
+    data = ActivationShardDataModule(str(cache[0]), batch_size=64, shards_in_memory=2)
+    wrong = SAEModule(d_in=16, d_sae=64, k=4, hook_point="model.layers.5")
+    with pytest.raises(InputShapeError, match="hook_point 'synthetic' but model.init_args.hook_point is 'model.layers.5'"):
+        make_trainer(tmp_path / "wrong", max_steps=2).fit(wrong, data)
+    assert not (tmp_path / "wrong" / "cfg.json").exists()
+    unset = SAEModule(d_in=16, d_sae=64, k=4)  # the data's hook point is taken and written into the export
+    make_trainer(tmp_path / "ok", max_steps=2, callbacks=[SAEExportCallback()]).fit(unset, data)
+    assert load_sae(tmp_path / "ok").cfg.hook_point == "synthetic"

@@ -119,6 +119,10 @@ class ActivationDataModule(ResumableStreamDataModule):
     def d_in(self) -> int:
         return self.load_model().loaded.d_model
 
+    def activation_source(self) -> dict[str, str | None]:
+        """The model and hook point this DataModule captures."""
+        return {"model": str(self.hparams.model), "hook_point": str(self.hparams.hook_point)}
+
     @property
     def excluded_fraction(self) -> float:
         return self.tokens_excluded / max(self.tokens_seen, 1)

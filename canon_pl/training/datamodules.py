@@ -70,6 +70,11 @@ class ResumableStreamDataModule(L.LightningDataModule):
     def initial_position(self) -> Any:
         return 0
 
+    def activation_source(self) -> dict[str, str | None]:
+        """``{"model", "hook_point"}`` the activations come from, as far as this DataModule knows them (``None``
+        for synthetic data). The SAE module compares them with its own before training."""
+        return {"model": None, "hook_point": None}
+
     def train_batches(self, start: Any) -> Iterator[tuple[Any, Tensor]]:
         """``(position_after, batch [batch_size, d_in])`` pairs from position ``start`` onwards (this rank's part)."""
         raise NotImplementedError
@@ -279,6 +284,11 @@ class ActivationShardDataModule(ResumableStreamDataModule):
 
     def setup(self, stage: str) -> None:
         self.index  # noqa: B018 - a missing or mismatched cache fails here, before training
+
+    def activation_source(self) -> dict[str, str | None]:
+        """The model and hook point the cache records (``canon-pl cache`` writes both)."""
+        metadata = self.index.metadata
+        return {key: (None if metadata.get(key) is None else str(metadata[key])) for key in ("model", "hook_point")}
 
     @property
     def d_in(self) -> int:

@@ -247,12 +247,33 @@ class SAEFamilyModule(L.LightningModule):
 
     # --------------------------------------------------------------------------------------------- inputs
     def setup(self, stage: str) -> None:
-        data_d_in = getattr(getattr(self.trainer, "datamodule", None), "d_in", None)
+        datamodule = getattr(self.trainer, "datamodule", None)
+        data_d_in = getattr(datamodule, "d_in", None)
         if isinstance(data_d_in, int) and data_d_in != self.d_in:
             raise InputShapeError(
                 f"the data yields {data_d_in}-dimensional activations but the SAE has d_in={self.d_in}; "
                 f"set model.init_args.d_in: {data_d_in} (or point the data at the right hook point)"
             )
+        if hasattr(datamodule, "activation_source"):
+            self._adopt_activation_source(datamodule.activation_source())
+
+    def _adopt_activation_source(self, source: dict[str, str | None]) -> None:
+        """Every export records where its activations came from: the data's hook point and model fill the module's
+        when it left them unset; a hook point (or a model named differently from a model the data names, not a
+        local folder) that disagrees is refused before training, since cfg.json would record the wrong one."""
+        for data_key, setting in (("hook_point", "hook_point"), ("model", "model_id")):
+            data_value, mine = source.get(data_key), self.settings[setting]
+            if data_value is None:
+                continue
+            if mine is None:
+                self.settings[setting] = data_value
+                for sae in self.members.values():
+                    setattr(sae.cfg, setting, data_value)
+            elif mine != data_value and not (setting == "model_id" and Path(data_value).exists()):
+                raise InputShapeError(
+                    f"the data's activations come from {data_key} {data_value!r} but model.init_args.{setting} is "
+                    f"{mine!r}, which every export would record; state the same {data_key} in both (or leave "
+                    f"model.init_args.{setting} unset to take the data's)")
 
     def _check_input(self, x: Any, stage: str) -> Tensor:
         if not isinstance(x, Tensor) or x.dim() != 2:
