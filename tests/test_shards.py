@@ -95,3 +95,6 @@ def test_the_export_records_the_hook_point_of_the_data_and_a_contradiction_is_re
     unset = SAEModule(d_in=16, d_sae=64, k=4)  # the data's hook point is taken and written into the export
     make_trainer(tmp_path / "ok", max_steps=2, callbacks=[SAEExportCallback()]).fit(unset, data)
     assert load_sae(tmp_path / "ok").cfg.hook_point == "synthetic"
+    from canon_pl.io import training_data
+
+    assert training_data(tmp_path / "ok") == {"hook_point": "synthetic"}  # all the cache records, for the analyses

@@ -120,6 +120,35 @@ def test_stats_command_on_the_bundled_model_and_a_mismatched_hook_point(tmp_path
     assert stats.latent("sae", 0)["top_ids"].shape == (3,)
     assert 0 < stats.index["members"]["sae"]["n_tokens"] <= 512
 
+    # A run trained with its own capture settings is analysed with them: context length, text, token selection
+    # (no outlier filter) come from the export's record, and analysing another text is said.
+    export_sae(sae, tmp_path / "own", extra={"data": {"text": "pydoc-topics", "context_length": 32,
+                                                      "outlier_factor": None, "exclude_bos": True}})
+    result = run_cli("stats", "--run", str(tmp_path / "own"), "--tokens", "256", "--top", "3", cwd=tmp_path,
+                     script="canon-pl")
+    assert result.returncode == 0, result.stderr[-2000:]
+    stats = LatentStatistics.open(tmp_path / "own" / "stats")
+    assert stats.index["text"] == "pydoc-topics" and stats.contexts().shape == (8, 32)
+    assert stats.index["members"]["sae"]["n_tokens"] == 8 * 31  # every token but BOS: no outlier left out
+
+
+def test_an_analysis_captures_text_as_the_run_was_trained(tmp_path: Path, capsys) -> None:
+    from canon_pl.io import training_data
+    from canon_pl.training.analysis_data import capture_like_training
+
+    sae = build_sae(SAEConfig(d_in=8, d_sae=16, architecture="relu"))
+    recorded = {"model": "smollm2-135m", "hook_point": "model.layers.6", "text": "python-docs", "context_length": 64,
+                "exclude_bos": False, "outlier_factor": None, "val_every": 10, "document_chars": None,
+                "shuffle_documents": False, "seed": 3}
+    export_sae(sae, tmp_path / "run", extra={"data": recorded})
+    export_sae(sae, tmp_path / "old")
+    assert training_data(tmp_path / "run") == recorded and training_data(tmp_path / "old") == {}
+    settings = capture_like_training("python-docs", training_data(tmp_path / "run"))
+    assert settings == {k: v for k, v in recorded.items() if k not in ("model", "hook_point", "text")}
+    assert capsys.readouterr().err == ""
+    capture_like_training("pydoc-topics", recorded)
+    assert "the SAEs were trained on 'python-docs'" in capsys.readouterr().err
+
 
 def test_meta_sae_statistics_list_each_meta_latents_members(tmp_path: Path) -> None:
     from canon_pl.meta import MetaDecomposition

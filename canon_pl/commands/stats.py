@@ -13,10 +13,11 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from canon_pl.io import CheckpointError, load_sae
+from canon_pl.io import CheckpointError, load_sae, training_data
 from canon_pl.io.export import CONFIG_FILE
-from canon_pl.io.family import MANIFEST_FILE, load_family
+from canon_pl.io.family import MANIFEST_FILE, load_family, read_family_manifest
 from canon_pl.lm.loading import LoadedModel
+from canon_pl.lm.text import DOCUMENT_CHARS, document_order_seed
 from canon_pl.meta import MetaSAEError, read_meta_analysis
 from canon_pl.sae import SparseAutoencoder
 from canon_pl.stats import (
@@ -37,18 +38,27 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="canon-pl stats", description=DESCRIPTION)
     parser.add_argument("--run", required=True, help="export folder (cfg.json) or family folder (family.json)")
     parser.add_argument("--tokens", type=int, default=65536, help="held-out tokens to pass (default 65536)")
-    parser.add_argument("--text", default="python-docs", help="text source (default python-docs; held-out split)")
+    parser.add_argument("--text", help="text source (default: the run's training text, else python-docs; its "
+                                       "held-out documents, split, ordered and selected as the run's training was)")
     parser.add_argument("--model", help="language model (default: the run's model_id; must match it)")
     parser.add_argument("--hook-point", help="hook point (default: the run's hook_point; must match it)")
     parser.add_argument("--top", type=int, default=10, help="top examples per latent (default 10)")
     parser.add_argument("--samples", type=int, default=20, help="uniform firing examples per latent (default 20)")
     parser.add_argument("--window", type=int, default=8, help="tokens each side of an example (default 8)")
-    parser.add_argument("--context-length", type=int, default=128)
+    parser.add_argument("--context-length", type=int, help="tokens per context (default: the run's, else 128)")
     parser.add_argument("--contexts-per-forward", type=int, default=32,
                         help="contexts per LM forward and per statistics update (default 32)")
     parser.add_argument("--out", help="output folder (default <run>/stats)")
     parser.add_argument("--device", default="cpu")
     return parser
+
+
+def first_export(path: Path) -> Path:
+    """The export folder of a run: itself, or for a family the smallest member's (members share their data)."""
+    if (path / MANIFEST_FILE).is_file():
+        manifest = read_family_manifest(path)
+        return path / manifest["members"][str(manifest["widths"][0])]
+    return path
 
 
 def load_run(path: Path, device: str) -> dict[str, SparseAutoencoder]:
@@ -84,6 +94,7 @@ def stats_command(argv: list[str]) -> int:
         load_causal_lm,
         select_training_tokens,
     )
+    from canon_pl.training.analysis_data import capture_like_training
 
     try:
         if ns.tokens <= 0:
@@ -93,6 +104,12 @@ def stats_command(argv: list[str]) -> int:
             return meta_stats(run, ns)
         saes = load_run(run, ns.device)
         model_id, hook_point = check_source(saes, ns.model, ns.hook_point)
+        provenance = training_data(first_export(run))
+        ns.text = ns.text or provenance.get("text") or "python-docs"
+        settings = capture_like_training(ns.text, provenance)
+        ns.context_length = ns.context_length or int(settings.get("context_length", 128))
+        if ns.context_length < 2:
+            raise StatsError(f"--context-length must be at least 2 (BOS and one token), got {ns.context_length}")
     except (StatsError, CheckpointError, MetaSAEError) as err:
         print(f"canon-pl stats: error: {err}", file=sys.stderr)
         return 2
@@ -101,7 +118,11 @@ def stats_command(argv: list[str]) -> int:
     hooked.parse_hook_point(hook_point)
     n_contexts = math.ceil(ns.tokens / ns.context_length)
     stream = islice(context_stream(ns.text, "val", loaded.tokenizer, ns.context_length, 0,
-                                   bos_token_id=loaded.tokenizer.bos_token_id), n_contexts)
+                                   val_every=int(settings.get("val_every", 20)),
+                                   bos_token_id=loaded.tokenizer.bos_token_id,
+                                   order_seed=document_order_seed(settings.get("seed", 0),
+                                                                  settings.get("shuffle_documents", True)),
+                                   document_chars=settings.get("document_chars", DOCUMENT_CHARS)), n_contexts)
     bar = tqdm(total=n_contexts * ns.context_length, desc="statistics", unit="tok", unit_scale=True,
                dynamic_ncols=True)
 
@@ -110,7 +131,8 @@ def stats_command(argv: list[str]) -> int:
             tokens = torch.stack(chunk)
             with torch.inference_mode():
                 acts = hooked.capture(tokens, hook_point).float()
-            mask = select_training_tokens(acts, exclude_bos=True).mask
+            mask = select_training_tokens(acts, exclude_bos=settings.get("exclude_bos", True),
+                                          outlier_factor=settings.get("outlier_factor", 10.0)).mask
             yield tokens, acts, mask
             bar.update(tokens.numel())
 

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from canon_pl.data import ShardError
-from canon_pl.io import CheckpointError, initial_decoder, load_sae
+from canon_pl.io import CheckpointError, initial_decoder, load_sae, training_data
 from canon_pl.io.family import MANIFEST_FILE, load_family
 from canon_pl.stitching import (
     DEFAULT_TAU,
@@ -99,7 +99,8 @@ def stitch_command(argv: list[str]) -> int:
         check_tau(ns.tau)
         pairs, out = _pairs(ns)
         x, spliced = analysis_activations(ns.data, ns.tokens, pairs[0]["small"], ce=ns.ce_points > 0,
-                                          model=ns.model, hook_point=ns.hook_point, device=ns.device)
+                                          model=ns.model, hook_point=ns.hook_point, device=ns.device,
+                                          provenance=training_data(pairs[0]["names"][0]))
         if ns.ce_points and spliced is None:
             warnings.warn("--ce-points needs text data (the LM runs on tokens); skipped for an activation cache")
         for pair in pairs:

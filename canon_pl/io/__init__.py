@@ -13,6 +13,7 @@ from canon_pl.io.export import (
     initial_decoder,
     load_export,
     read_export_config,
+    training_data,
 )
 from canon_pl.io.family import (
     SAEFamily,
@@ -35,6 +36,7 @@ __all__ = [
     "load_lightning_checkpoint",
     "load_sae",
     "read_export_config",
+    "training_data",
     "read_family_manifest",
     "safe_torch_load",
     "sha256_file",

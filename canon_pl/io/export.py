@@ -84,6 +84,16 @@ def export_sae(
     return directory
 
 
+def training_data(directory: str | os.PathLike) -> dict[str, Any]:
+    """How the export's training activations were made (model, hook point, text, context length, token selection,
+    document split and order), as its ``cfg.json`` records under ``data``; empty for exports that do not record it
+    (synthetic data, imported SAEs, older versions) or that are not export folders (a ``.ckpt``)."""
+    if not (Path(directory) / CONFIG_FILE).is_file():
+        return {}
+    data = read_export_config(directory).get("data")
+    return dict(data) if isinstance(data, dict) else {}
+
+
 def read_export_config(directory: str | os.PathLike) -> dict[str, Any]:
     """Parse and check ``cfg.json`` of an export directory."""
     cfg_path = Path(directory) / CONFIG_FILE

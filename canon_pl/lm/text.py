@@ -180,6 +180,12 @@ def pack_contexts(documents: Iterator[str], tokenizer: Any, context_length: int,
             yield torch.tensor(([bos_token_id] if bos_token_id is not None else []) + chunk, dtype=torch.long)
 
 
+def document_order_seed(seed: int, shuffle_documents: bool) -> int | None:
+    """The ``order_seed`` of a run's documents: its seed when it shuffles them, ``None`` (the source's order) when
+    it does not."""
+    return int(seed) if shuffle_documents else None
+
+
 def context_stream(source: str, split: str, tokenizer: Any, context_length: int, start: int = 0,
                    val_every: int = 20, text_column: str = "text", bos_token_id: int | None = None,
                    shard: tuple[int, int] = (0, 1), order_seed: int | None = 0,

@@ -23,8 +23,14 @@ from canon_pl.lm import (
     select_training_tokens,
     spliced_loss_sums,
 )
-from canon_pl.lm.text import TextSourceError, iter_documents
+from canon_pl.lm.text import TextSourceError, document_order_seed, iter_documents
 from canon_pl.training.datamodules import ResumableStreamDataModule, _loader
+
+
+CAPTURE_KEYS = ("model", "hook_point", "text", "context_length", "exclude_bos", "outlier_factor", "val_every",
+                "document_chars", "shuffle_documents", "seed")
+"""The settings that decide which activations a run sees: the model and hook point, the text and its documents
+(held-out split, order), the context length and the token selection."""
 
 
 class ActivationDataModule(ResumableStreamDataModule):
@@ -119,9 +125,10 @@ class ActivationDataModule(ResumableStreamDataModule):
     def d_in(self) -> int:
         return self.load_model().loaded.d_model
 
-    def activation_source(self) -> dict[str, str | None]:
-        """The model and hook point this DataModule captures."""
-        return {"model": str(self.hparams.model), "hook_point": str(self.hparams.hook_point)}
+    def provenance(self) -> dict[str, Any]:
+        """How these activations are made (:data:`CAPTURE_KEYS`): recorded in every export's cfg.json under
+        ``data`` and in an activation cache's index, and read back by the analyses."""
+        return {key: self.hparams[key] for key in CAPTURE_KEYS}
 
     @property
     def excluded_fraction(self) -> float:
@@ -154,7 +161,7 @@ class ActivationDataModule(ResumableStreamDataModule):
     @property
     def order_seed(self) -> int | None:
         """Seed of the document order (``None``: the source's own order)."""
-        return self.hparams.seed if self.hparams.shuffle_documents else None
+        return document_order_seed(self.hparams.seed, self.hparams.shuffle_documents)
 
     def load_block(self, k: int) -> Tensor:
         """Block ``k``: kept activations of train contexts ``[k * block_contexts, (k + 1) * block_contexts)``."""

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import math
+import sys
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -47,13 +49,33 @@ def cache_activations(path: str | Path, n_tokens: int, d_in: int, model_id: str 
     return torch.cat(pieces)
 
 
+SELECTION_KEYS = ("context_length", "exclude_bos", "outlier_factor", "val_every", "document_chars", "shuffle_documents",
+                  "seed")
+"""The capture settings an analysis takes from the run it analyses (``canon_pl.io.training_data``)."""
+
+
+def capture_like_training(text: str, provenance: dict[str, Any] | None) -> dict[str, Any]:
+    """``ActivationDataModule`` settings that capture ``text`` exactly as the run's training did: its context
+    length, token selection and document split and order (the defaults where the run records nothing). Analysing
+    another text than the run's is allowed and said on stderr."""
+    provenance = provenance or {}
+    trained_on = provenance.get("text")
+    if trained_on is not None and str(trained_on) != str(text):
+        print(f"note: analysing {text!r}; the SAEs were trained on {trained_on!r} (captured with the run's context "
+              f"length and token selection)", file=sys.stderr)
+    return {key: provenance[key] for key in SELECTION_KEYS if key in provenance}
+
+
 def text_activations(text: str, n_tokens: int, model: str, hook_point: str, ce: bool = False,
-                     device: str = "cpu", context_length: int = 128) -> tuple[Tensor, SplicedLoss | None]:
-    """Activations ``[n, d]`` at ``hook_point`` on held-out documents of ``text`` (BOS and outliers left out, as in
-    training), and with ``ce`` a :data:`SplicedLoss` on the first batch of those contexts."""
+                     device: str = "cpu", provenance: dict[str, Any] | None = None) -> tuple[Tensor, SplicedLoss | None]:
+    """Activations ``[n, d]`` at ``hook_point`` on held-out documents of ``text``, captured as the run's training
+    captured its own (``provenance``: the export's recorded data settings; BOS and outliers left out by default),
+    and with ``ce`` a :data:`SplicedLoss` on the first batch of those contexts."""
     from canon_pl.training.activations import ActivationDataModule
 
-    data = ActivationDataModule(model=model, hook_point=hook_point, text=text, context_length=context_length,
+    settings = capture_like_training(text, provenance)
+    context_length = int(settings.get("context_length", 128))
+    data = ActivationDataModule(model=model, hook_point=hook_point, text=text, **settings,
                                 val_contexts=math.ceil(n_tokens / (context_length - 1)))
     data.load_model(device)
     activations, lm_batches = [], []
@@ -68,9 +90,11 @@ def text_activations(text: str, n_tokens: int, model: str, hook_point: str, ce: 
 
 def analysis_activations(data: str, n_tokens: int, sae: SparseAutoencoder, ce: bool = False,
                          model: str | None = None, hook_point: str | None = None,
-                         device: str = "cpu") -> tuple[Tensor, SplicedLoss | None]:
+                         device: str = "cpu", provenance: dict[str, Any] | None = None,
+                         ) -> tuple[Tensor, SplicedLoss | None]:
     """``data`` is an activation-cache folder (no next-token loss possible) or a text source captured through the
-    SAE's model and hook point (or the ones given)."""
+    SAE's model and hook point (or the ones given), as the run recorded in ``provenance`` captured its training
+    text (``canon_pl.io.training_data`` of its export)."""
     if n_tokens <= 0:
         raise AnalysisDataError(f"the number of analysis tokens must be positive, got {n_tokens}")
     if (Path(data) / INDEX_FILE).is_file():
@@ -80,7 +104,7 @@ def analysis_activations(data: str, n_tokens: int, sae: SparseAutoencoder, ce: b
     if not model or not hook_point:
         raise AnalysisDataError(f"the SAE records no model_id/hook_point, so text data {data!r} cannot be captured: "
                                 f"pass the model and hook point (--model, --hook-point)")
-    x, spliced = text_activations(data, n_tokens, model, hook_point, ce, device)
+    x, spliced = text_activations(data, n_tokens, model, hook_point, ce, device, provenance)
     if x.shape[1] != sae.d_in:
         raise AnalysisDataError(f"{hook_point} of {model} gives {x.shape[1]}-dimensional activations but the SAE "
                                 f"takes {sae.d_in}")

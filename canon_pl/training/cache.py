@@ -13,13 +13,9 @@ from tqdm.auto import tqdm
 from canon_pl.data import ShardIndex, write_activation_shards
 from canon_pl.training.activations import ActivationDataModule
 
-CACHE_KEYS = ("model", "hook_point", "text", "context_length", "exclude_bos", "outlier_factor", "val_every",
-              "document_chars", "shuffle_documents", "seed")
-
-
 def cache_metadata(datamodule: ActivationDataModule) -> dict:
-    """What a cache must match to stand in for ``datamodule``'s stream."""
-    return {key: datamodule.hparams[key] for key in CACHE_KEYS}
+    """What a cache must match to stand in for ``datamodule``'s stream: its provenance."""
+    return datamodule.provenance()
 
 
 def held_out_activations(datamodule: ActivationDataModule, n_tokens: int) -> Iterator[Tensor]:

@@ -70,10 +70,11 @@ class ResumableStreamDataModule(L.LightningDataModule):
     def initial_position(self) -> Any:
         return 0
 
-    def activation_source(self) -> dict[str, str | None]:
-        """``{"model", "hook_point"}`` the activations come from, as far as this DataModule knows them (``None``
-        for synthetic data). The SAE module compares them with its own before training."""
-        return {"model": None, "hook_point": None}
+    def provenance(self) -> dict[str, Any]:
+        """How the activations were made, as far as this DataModule knows (``ActivationDataModule.provenance``'s
+        keys; empty for synthetic data). The SAE module checks the model and hook point against its own before
+        training and writes the whole into every export."""
+        return {}
 
     def train_batches(self, start: Any) -> Iterator[tuple[Any, Tensor]]:
         """``(position_after, batch [batch_size, d_in])`` pairs from position ``start`` onwards (this rank's part)."""
@@ -285,10 +286,11 @@ class ActivationShardDataModule(ResumableStreamDataModule):
     def setup(self, stage: str) -> None:
         self.index  # noqa: B018 - a missing or mismatched cache fails here, before training
 
-    def activation_source(self) -> dict[str, str | None]:
-        """The model and hook point the cache records (``canon-pl cache`` writes both)."""
-        metadata = self.index.metadata
-        return {key: (None if metadata.get(key) is None else str(metadata[key])) for key in ("model", "hook_point")}
+    def provenance(self) -> dict[str, Any]:
+        """What the cache's index records of how it was captured (``canon-pl cache`` writes it all)."""
+        from canon_pl.training.activations import CAPTURE_KEYS
+
+        return {key: self.index.metadata[key] for key in CAPTURE_KEYS if key in self.index.metadata}
 
     @property
     def d_in(self) -> int:

@@ -196,7 +196,12 @@ class MetaSAEAnalysisCallback(L.Callback):
         base = datamodule.base
         activations = spliced = None
         if self.data is not None:
-            activations, spliced = analysis_activations(self.data, self.tokens, base, ce=self.ce)
+            from canon_pl.io import training_data
+
+            directory = datamodule.base_directory()
+            activations, spliced = analysis_activations(
+                self.data, self.tokens, base, ce=self.ce,
+                provenance=training_data(directory) if directory is not None else None)
         device = meta.W_dec.device
         floor_steps = int(trainer.global_step) if self.floor_steps is None else self.floor_steps
         analysis = analyze_meta_sae(meta, base.to(device), datamodule.smaller_saes(), activations, spliced,

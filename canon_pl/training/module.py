@@ -175,6 +175,9 @@ class SAEFamilyModule(L.LightningModule):
         self.val_metrics = nn.ModuleDict({key: _member_metrics(w) for key, (w, _) in self.member_specs.items()})
         self._last_step_time: float | None = None
         self._batch_tokens: int | None = None
+        # How the training activations were made (the DataModule's provenance, set in ``setup``): every export
+        # records it, so analyses capture text exactly as training did.
+        self.data_provenance: dict[str, Any] = {}
 
     def _member_specs(self, control_seeds: list[int], control_widths: list[int] | None) -> dict[str, tuple[int, int]]:
         """``{member name: (width, init seed)}``: the widths first, then their seed controls."""
@@ -254,10 +257,11 @@ class SAEFamilyModule(L.LightningModule):
                 f"the data yields {data_d_in}-dimensional activations but the SAE has d_in={self.d_in}; "
                 f"set model.init_args.d_in: {data_d_in} (or point the data at the right hook point)"
             )
-        if hasattr(datamodule, "activation_source"):
-            self._adopt_activation_source(datamodule.activation_source())
+        if hasattr(datamodule, "provenance"):
+            self.data_provenance = dict(datamodule.provenance())
+            self._adopt_activation_source(self.data_provenance)
 
-    def _adopt_activation_source(self, source: dict[str, str | None]) -> None:
+    def _adopt_activation_source(self, source: dict[str, Any]) -> None:
         """Every export records where its activations came from: the data's hook point and model fill the module's
         when it left them unset; a hook point (or a model named differently from a model the data names, not a
         local folder) that disagrees is refused before training, since cfg.json would record the wrong one."""
@@ -265,6 +269,7 @@ class SAEFamilyModule(L.LightningModule):
             data_value, mine = source.get(data_key), self.settings[setting]
             if data_value is None:
                 continue
+            data_value = str(data_value)
             if mine is None:
                 self.settings[setting] = data_value
                 for sae in self.members.values():
@@ -451,9 +456,12 @@ class SAEFamilyModule(L.LightningModule):
 
     # --------------------------------------------------------------------------------------------- export
     def _export_extra(self, key: str) -> dict[str, Any]:
-        return {"training": {"global_step": int(self.global_step), "tokens": int(self.tokens_trained),
-                             "init_seed": self.member_specs[key][1]},
-                "lr": self.learning_rates[key]}
+        extra = {"training": {"global_step": int(self.global_step), "tokens": int(self.tokens_trained),
+                              "init_seed": self.member_specs[key][1]},
+                 "lr": self.learning_rates[key]}
+        if self.data_provenance:
+            extra["data"] = dict(self.data_provenance)
+        return extra
 
     def export(self, directory: str | Path) -> Path:
         """Write each member to ``<directory>/<name>/`` (activation scale folded in) and ``family.json`` last (the
