@@ -29,6 +29,7 @@ from canon_pl.distributed import (
 )
 from canon_pl.io.export import export_sae
 from canon_pl.io.family import write_family_manifest
+from canon_pl.io.lock import RunFolderLock
 from canon_pl.metrics import (
     DeadLatentFraction,
     ExplainedVariance,
@@ -260,6 +261,16 @@ class SAEFamilyModule(L.LightningModule):
         if hasattr(datamodule, "provenance"):
             self.data_provenance = dict(datamodule.provenance())
             self._adopt_activation_source(self.data_provenance)
+        if stage == "fit" and self._writes_files() and self._trainer is not None:
+            # One writer per run folder: a second live run into it is refused before anything is written. A run
+            # that dies leaves a stale lock that the next run on this host takes over.
+            self._run_lock = RunFolderLock(self.trainer.default_root_dir)
+            self._run_lock.acquire()
+
+    def teardown(self, stage: str) -> None:
+        lock = getattr(self, "_run_lock", None)
+        if lock is not None:
+            lock.release()
 
     def _adopt_activation_source(self, source: dict[str, Any]) -> None:
         """Every export records where its activations came from: the data's hook point and model fill the module's

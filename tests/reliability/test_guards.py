@@ -179,3 +179,28 @@ def test_diverged_weights_are_never_checkpointed(tmp_path: Path) -> None:
         result.stderr[-2000:]
     assert "Traceback" not in result.stderr
     assert_good_checkpoints_kept(tmp_path / "run" / "ckpt", before_step=4)
+
+
+def test_a_second_live_run_into_the_same_folder_is_refused_and_a_dead_ones_lock_is_taken_over(tmp_path: Path) -> None:
+    import socket
+
+    from canon_pl.io.lock import LOCK_FILE, RunFolderLockedError
+    from canon_pl.training import SAEModule, SyntheticActivationDataModule
+    from tests.helpers import make_trainer
+
+    run = tmp_path / "run"
+    run.mkdir()
+    other = subprocess.Popen(["sleep", "60"])  # another live process "training" into the folder
+    try:
+        (run / LOCK_FILE).write_text(json.dumps({"pid": other.pid, "host": socket.gethostname(), "started": 0}))
+        with pytest.raises(RunFolderLockedError, match=f"{re.escape(str(run))} is in use by process {other.pid}"):
+            make_trainer(run, max_steps=2, every_n_steps=1).fit(SAEModule(d_in=16, d_sae=32, k=4),
+                                                                SyntheticActivationDataModule(d_in=16, n_features=32))
+        assert not (run / "ckpt").exists()  # refused before anything was written
+    finally:
+        other.kill()
+        other.wait()
+    # that process is gone now: its lock is stale and the next run takes it over, then releases it
+    make_trainer(run, max_steps=2, every_n_steps=1).fit(SAEModule(d_in=16, d_sae=32, k=4),
+                                                        SyntheticActivationDataModule(d_in=16, n_features=32))
+    assert (run / "ckpt" / "last.ckpt").is_file() and not (run / LOCK_FILE).exists()
