@@ -144,3 +144,13 @@ def test_stitch_command_on_a_family_and_on_a_pair(family_run, tmp_path: Path) ->
     assert not (tmp_path / "none").exists()
     result = run_cli("stitch", str(root / "48"), "--data", str(tmp_path / "cache"), cwd=tmp_path, script="canon-pl")
     assert result.returncode == 2 and "not a family folder" in result.stderr
+
+
+def test_a_family_checkpoint_with_seed_controls_loads_each_width(tmp_path: Path) -> None:
+    from canon_pl import load_sae
+
+    module = SAEFamilyModule(widths=[48, 96], control_seeds=[1], **FAMILY)
+    make_trainer(tmp_path, max_steps=2, every_n_steps=2).fit(module, SyntheticActivationDataModule(**SMALL_DATA))
+    for width in (48, 96):
+        sae = load_sae(tmp_path / "ckpt" / "last.ckpt", width=width)
+        assert sae.d_sae == width

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from canon_pl.io.export import CheckpointError
+from canon_pl.io.export import CheckpointError, check_shapes_before_building
 from canon_pl.io.validate import STRUCTURAL_ERRORS, malformed_as
 from canon_pl.sae import SAEConfig, SAEConfigError, SparseAutoencoder, build_sae
 
@@ -56,7 +56,8 @@ def load_lightning_checkpoint(path: str | os.PathLike, width: int | None = None)
 def _sae_from_checkpoint(ckpt: dict[str, Any], path: Path, width: int | None) -> SparseAutoencoder:
     state = ckpt.get("state_dict")
     hparams = ckpt.get("hyper_parameters")
-    members = sorted({int(key.split(".")[1]) for key in state or {} if key.startswith(MEMBER_PREFIX)})
+    names = {key.split(".")[1] for key in state or {} if isinstance(key, str) and key.startswith(MEMBER_PREFIX)}
+    members = sorted(int(name) for name in names if name.isdigit())  # the widths; seed controls are "<w>_seed<s>"
     if not isinstance(state, dict) or not isinstance(hparams, dict) or not members:
         raise CheckpointError(
             f"{path} is not a canon-pl SAEModule checkpoint (no 'state_dict' with SAE members and no "
@@ -77,9 +78,11 @@ def _sae_from_checkpoint(ckpt: dict[str, Any], path: Path, width: int | None) ->
             cfg = SAEConfig(d_sae=width, **{key: value for key, value in hparams.items() if key in known})
     except (TypeError, SAEConfigError) as err:
         raise CheckpointError(f"{path}: hyper-parameters do not describe an SAE: {err}") from err
-    sae = build_sae(cfg)
     prefix = f"{MEMBER_PREFIX}{width}."
     sae_state = {key[len(prefix):]: value for key, value in state.items() if key.startswith(prefix)}
+    check_shapes_before_building(cfg, {k: tuple(v.shape) for k, v in sae_state.items() if hasattr(v, "shape")},
+                                 str(path))
+    sae = build_sae(cfg)
     try:
         sae.load_state_dict(sae_state, strict=True)
     except RuntimeError as err:

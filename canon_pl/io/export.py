@@ -129,6 +129,7 @@ def load_export(directory: str | os.PathLike, device: str | torch.device = "cpu"
         tensors = load_safetensors_bytes(weights)
     except (SafetensorError, *STRUCTURAL_ERRORS) as err:
         raise CheckpointError(f"{weights_path} is not a readable safetensors file ({err}); re-export the SAE") from err
+    check_shapes_before_building(sae_cfg, {k: tuple(v.shape) for k, v in tensors.items()}, str(weights_path))
     with malformed_as(CheckpointError, directory, "re-export the SAE"):
         sae = build_sae(sae_cfg)
         load_sae_tensors(sae, tensors, source=str(weights_path))
@@ -151,9 +152,27 @@ def initial_decoder(directory: str | os.PathLike) -> torch.Tensor | None:
         return None
     try:
         sae_cfg = SAEConfig.from_dict(cfg["sae"])
-    except (SAEConfigError, *STRUCTURAL_ERRORS):
+        from safetensors import safe_open
+
+        with safe_open(str(Path(directory) / WEIGHTS_FILE), "pt") as handle:  # the header only: no tensor is read
+            shapes = {key: tuple(handle.get_slice(key).get_shape()) for key in handle.keys()}
+        check_shapes_before_building(sae_cfg, shapes, str(Path(directory) / WEIGHTS_FILE))
+    except (SAEConfigError, CheckpointError, SafetensorError, OSError, *STRUCTURAL_ERRORS):
         return None
     return initial_sae(sae_cfg, seed).W_dec.detach()
+
+
+def check_shapes_before_building(cfg: SAEConfig, shapes: dict[str, tuple[int, ...]], source: str) -> None:
+    """Refuse a config whose sizes disagree with the weight ``shapes`` it comes with, *before* an SAE of that size is
+    allocated (a crafted cfg.json of a few bytes could otherwise ask for gigabytes)."""
+    expected = {"W_enc": (cfg.d_in, cfg.d_sae), "W_dec": (cfg.d_sae, cfg.d_in), "b_enc": (cfg.d_sae,),
+                "b_dec": (cfg.d_in,)}
+    for key, shape in expected.items():
+        found = shapes.get(key)
+        if found is None or tuple(found) != shape:
+            raise CheckpointError(f"{source}: the config describes d_in={cfg.d_in}, d_sae={cfg.d_sae} but {key} is "
+                                  f"{tuple(found) if found is not None else 'missing'} (expected {shape}); the "
+                                  f"config and the weights do not belong together: re-export the SAE")
 
 
 def load_sae_tensors(sae: SparseAutoencoder, tensors: dict[str, torch.Tensor], source: str) -> None:

@@ -159,3 +159,26 @@ def test_the_viewer_skips_an_oversized_file_without_reading_it(tmp_path: Path) -
     app.sidebar.text_input[0].set_value(str(root)).run()
     assert not app.exception
     assert app.sidebar.selectbox[0].options == ["fam · 8 → 16"]  # the oversized file is not offered
+
+
+def test_a_crafted_config_is_refused_before_an_sae_of_its_size_is_allocated(tmp_path: Path, monkeypatch) -> None:
+    import json
+
+    import canon_pl.io.export as export_module
+    import canon_pl.sae as sae_module
+    from canon_pl.io import initial_decoder
+
+    export_sae(build_sae(SAEConfig(d_in=8, d_sae=16, architecture="relu")), tmp_path / "sae",
+               extra={"training": {"init_seed": 0}})
+    cfg = json.loads((tmp_path / "sae" / "cfg.json").read_text())
+    cfg["sae"]["d_sae"] = 20_000_000  # 640 MB per matrix, from a file of a few hundred bytes
+    (tmp_path / "sae" / "cfg.json").write_text(json.dumps(cfg))
+
+    def no_allocation(*args, **kwargs):
+        raise AssertionError("an SAE of the config's size was allocated")
+
+    monkeypatch.setattr(export_module, "build_sae", no_allocation)
+    monkeypatch.setattr(sae_module, "initial_sae", no_allocation)
+    with pytest.raises(CheckpointError, match=r"d_sae=20000000 but W_enc is \(8, 16\)"):
+        load_sae(tmp_path / "sae")
+    assert initial_decoder(tmp_path / "sae") is None
