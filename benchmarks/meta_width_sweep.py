@@ -2,9 +2,11 @@
 on one base SAE, in one run.
 
 For each width: the meta-SAE on the base's decoder rows, the same meta-SAE on random unit rows and on the base's
-initial decoder (the floors), and the PCA cap. Usage (after ``make main``):
+initial decoder (the floors), and the PCA cap; with ``--inits canon authors`` each width twice, side by side:
+canon-pl's default meta-SAE (learned encoder bias, decoder bias from the mean row) and the authors' (no encoder
+bias, decoder bias from 0), each with floors trained the same way. Usage (after ``make main``):
 ``python benchmarks/meta_width_sweep.py checkpoints/family_smollm2/2304 --steps 500``. Ends with
-``ratio: <FVE / higher floor at the widest meta width>``.
+``ratio: <FVE / higher floor at the widest meta width>`` (of the last init).
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ from canon_pl.io import initial_decoder, load_sae
 from canon_pl.meta import decoder_rows, decompose, fit_meta_sae, fraction_of_variance_explained, pca_variance_fraction
 from canon_pl.meta.analysis import meta_floors
 
+INITS = {"canon": dict(encoder_bias=True, b_dec_init="mean"), "authors": dict(encoder_bias=False, b_dec_init="zeros")}
+
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
@@ -26,26 +30,30 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--steps", type=int, default=500)
     parser.add_argument("--batch-size", type=int, default=1024)
     parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--inits", nargs="+", choices=sorted(INITS), default=["canon"],
+                        help="canon: learned b_enc, b_dec from the mean row; authors: no b_enc, b_dec from 0")
     ns = parser.parse_args(argv)
     base = load_sae(ns.base)
     rows = decoder_rows(base)
     initial = initial_decoder(ns.base)
     print(f"base {ns.base}: {rows.shape[0]} rows, d_in {rows.shape[1]}; k {ns.k}, {ns.steps} steps of {ns.batch_size}")
-    print("| meta width | × d_in | FVE | FVE uncentred | floor: random rows | floor: initial decoder | PCA cap | s |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| meta width | × d_in | init | FVE | FVE uncentred | floor: random rows | floor: initial decoder | PCA cap "
+          "| s |")
+    print("|---|---|---|---|---|---|---|---|---|")
     ratio = float("nan")
-    for multiple in ns.multiples:
+    for multiple, init_name in ((m, i) for m in ns.multiples for i in ns.inits):
         width = round(multiple * rows.shape[1])
         start = time.perf_counter()
-        meta = fit_meta_sae(rows, width, ns.k, ns.steps, ns.batch_size, ns.lr, seed=0)
+        meta = fit_meta_sae(rows, width, ns.k, ns.steps, ns.batch_size, ns.lr, seed=0, **INITS[init_name])
         rows_hat = decompose(meta, rows)[1]
         fve = fraction_of_variance_explained(rows, rows_hat)
-        floors = meta_floors(meta, rows, initial, ns.steps, ns.batch_size, ns.lr, seed=0)
+        floors = meta_floors(meta, rows, initial, ns.steps, ns.batch_size, ns.lr, seed=0,
+                             b_dec_init=INITS[init_name]["b_dec_init"])
         cap = pca_variance_fraction(rows, min(width, rows.shape[1]))
         high = max(v for v in (floors["random_rows"], floors["initial_decoder"]) if v is not None)
         ratio = fve / max(high, 1e-9)
         init = "—" if floors["initial_decoder"] is None else f"{floors['initial_decoder']:.3f}"
-        print(f"| {width} | {multiple:g} | {fve:.3f} | {fraction_of_variance_explained(rows, rows_hat, False):.3f} | "
+        print(f"| {width} | {multiple:g} | {init_name} | {fve:.3f} | {fraction_of_variance_explained(rows, rows_hat, False):.3f} | "
               f"{floors['random_rows']:.3f} | {init} | {cap:.3f} | {time.perf_counter() - start:.0f} |", flush=True)
     print(f"ratio: {ratio:.3f}")
     return 0
