@@ -64,7 +64,7 @@ def main() -> None:
     print("| source | member | EV | L0 |\n|---|---|---|---|")
     ev = {}
     for source, x in sources.items():
-        for width, sae in family.saes.items():
+        for width, sae in sorted(family.saes.items()):
             ev[source, width] = explained_variance(sae, x)
             print(f"| {source} | {width} | {ev[source, width][0]:.3f} | {ev[source, width][1]:.1f} |", flush=True)
     print("\n| source | pair | novel (definition) | control (definition) | novel (cosine) | control (cosine) |\n"
