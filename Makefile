@@ -40,7 +40,7 @@ sae: setup text
 	$(BIN)/lightning fit --config $(CONFIG)
 
 test: setup browser
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q --durations=15
 
 bench: setup
 	$(BIN)/pip install --quiet -c constraints-cpu.txt -e '.[bench]'
