@@ -80,6 +80,7 @@ def test_a_family_trained_on_a_planted_hierarchy_finds_its_novel_and_reconstruct
     from canon_pl.io import load_family
     from canon_pl.training import PlantedHierarchyDataModule
 
+    torch.set_num_threads(1)  # tiny matrices: one thread is faster, and immune to a busy machine (the fixture resets it)
     L.seed_everything(0, verbose=False)
     data = PlantedHierarchyDataModule(novel_probability=0.05, batch_size=512, seed=0)
     module = SAEFamilyModule(d_in=32, widths=[6, 16], control_seeds=[1], k=1, lr=3e-3, dead_tokens_threshold=20000)
