@@ -154,3 +154,15 @@ def test_a_family_checkpoint_with_seed_controls_loads_each_width(tmp_path: Path)
     for width in (48, 96):
         sae = load_sae(tmp_path / "ckpt" / "last.ckpt", width=width)
         assert sae.d_sae == width
+
+
+def test_the_stitching_callback_follows_a_relu_family_too(tmp_path: Path) -> None:
+    """ReLU latents need no inference threshold: the callback analyses them at every validation (it once skipped
+    them, waiting for a threshold that never comes)."""
+    relu = {**FAMILY, "architecture": "relu", "l1_coefficient": 1.0, "l1_warmup_steps": 5}
+    module = SAEFamilyModule(widths=[48, 96], control_seeds=[1], **relu)
+    trainer = make_trainer(tmp_path, max_steps=10, val_check_interval=10,
+                           callbacks=[StitchingCallback(max_tokens=512)])
+    trainer.fit(module, SyntheticActivationDataModule(**SMALL_DATA))
+    summary = read_stitching_results(tmp_path / "stitching" / "48_96.json")
+    assert summary["control"] is not None and summary["global_step"] == 10
