@@ -6,7 +6,8 @@ initial decoder (the floors), and the PCA cap; with ``--inits canon authors`` ea
 canon-pl's default meta-SAE (learned encoder bias, decoder bias from the mean row) and the authors' (no encoder
 bias, decoder bias from 0), each with floors trained the same way. Usage (after ``make main``):
 ``python benchmarks/meta_width_sweep.py checkpoints/family_smollm2/2304 --steps 500``. Ends with
-``ratio: <FVE / higher floor at the widest meta width>`` (of the last init).
+``ratio: <FVE / higher floor at the widest meta width>`` (of the last init). The measurement is
+``canon_pl.meta.analysis.meta_width_sweep``, the one the study's meta-SAE stage runs.
 """
 
 from __future__ import annotations
@@ -16,8 +17,8 @@ import sys
 import time
 
 from canon_pl.io import initial_decoder, load_sae
-from canon_pl.meta import decoder_rows, decompose, fit_meta_sae, fraction_of_variance_explained, pca_variance_fraction
-from canon_pl.meta.analysis import meta_floors
+from canon_pl.meta import decoder_rows
+from canon_pl.meta.analysis import meta_width_sweep
 
 INITS = {"canon": dict(encoder_bias=True, b_dec_init="mean"), "authors": dict(encoder_bias=False, b_dec_init="zeros")}
 
@@ -41,20 +42,20 @@ def main(argv: list[str]) -> int:
           "| s |")
     print("|---|---|---|---|---|---|---|---|---|")
     ratio = float("nan")
-    for multiple, init_name in ((m, i) for m in ns.multiples for i in ns.inits):
-        width = round(multiple * rows.shape[1])
+    widths = [round(multiple * rows.shape[1]) for multiple in ns.multiples]
+    for init_name in ns.inits:
         start = time.perf_counter()
-        meta = fit_meta_sae(rows, width, ns.k, ns.steps, ns.batch_size, ns.lr, seed=0, **INITS[init_name])
-        rows_hat = decompose(meta, rows)[1]
-        fve = fraction_of_variance_explained(rows, rows_hat)
-        floors = meta_floors(meta, rows, initial, ns.steps, ns.batch_size, ns.lr, seed=0,
-                             b_dec_init=INITS[init_name]["b_dec_init"])
-        cap = pca_variance_fraction(rows, min(width, rows.shape[1]))
-        high = max(v for v in (floors["random_rows"], floors["initial_decoder"]) if v is not None)
-        ratio = fve / max(high, 1e-9)
-        init = "—" if floors["initial_decoder"] is None else f"{floors['initial_decoder']:.3f}"
-        print(f"| {width} | {multiple:g} | {init_name} | {fve:.3f} | {fraction_of_variance_explained(rows, rows_hat, False):.3f} | "
-              f"{floors['random_rows']:.3f} | {init} | {cap:.3f} | {time.perf_counter() - start:.0f} |", flush=True)
+        entries = meta_width_sweep(rows, initial, widths, ns.k, ns.steps, ns.batch_size, ns.lr, seed=0,
+                                   **INITS[init_name])
+        seconds = (time.perf_counter() - start) / len(entries)
+        for entry in entries:
+            floors = entry["floors"]
+            high = max(v for v in (floors["random_rows"], floors["initial_decoder"]) if v is not None)
+            ratio = entry["fve"] / max(high, 1e-9)
+            init = "—" if floors["initial_decoder"] is None else f"{floors['initial_decoder']:.3f}"
+            print(f"| {entry['n_meta']} | {entry['per_d_in']:.3g} | {init_name} | {entry['fve']:.3f} | "
+                  f"{entry['fve_uncentred']:.3f} | {floors['random_rows']:.3f} | {init} | {entry['pca_cap']:.3f} | "
+                  f"{seconds:.0f} (mean) |", flush=True)
     print(f"ratio: {ratio:.3f}")
     return 0
 

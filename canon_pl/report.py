@@ -217,6 +217,8 @@ def _meta_section(meta: dict[str, Any], examples: list[dict[str, Any]]) -> list[
                  f"PCA top {meta.get('k')}": (meta.get("pca_cap") or {}).get("top_k_fraction"),
                  "meta-latents per latent": meta["mean_meta_per_latent"], "dead meta-latents": meta["dead_meta_fraction"],
              }])), ""]
+    if meta.get("width_sweep"):
+        lines += _width_sweep_section(meta)
     if examples:
         lines += ["### Example decompositions", "", "Chosen by a fixed rule (canon_pl/stats/readable.py): latents that "
                   "fire on 0.05–2% of held-out tokens, ranked by the share of their top examples that peak on the "
@@ -234,6 +236,32 @@ def _meta_section(meta: dict[str, Any], examples: list[dict[str, Any]]) -> list[
                          f"latents {part['siblings']}")
         lines.append("")
     return lines
+
+
+def _width_sweep_section(meta: dict[str, Any]) -> list[str]:
+    """The meta-SAE read at several widths, the paper's 3 × d_in among them, each against its own floors."""
+    floors = meta.get("floors") or {}
+    d_in = meta.get("d_in") or meta["width_sweep"][0]["n_meta"] / meta["width_sweep"][0]["per_d_in"]
+    rows = [{"meta-latents": e["n_meta"], "× d_in": e["per_d_in"], "base rows per meta-latent": e["rows_per_meta"],
+             "FVE": e["fve"], "floor: random rows": e["floors"].get("random_rows"),
+             "floor: initial decoder": e["floors"].get("initial_decoder"), "PCA cap": e["pca_cap"],
+             "FVE − higher floor": e["fve"] - max(v for v in (e["floors"].get("random_rows"),
+                                                              e["floors"].get("initial_decoder")) if v is not None)}
+            for e in meta["width_sweep"]]
+    main = [v for v in (floors.get("random_rows"), floors.get("initial_decoder")) if isinstance(v, float)]
+    if main:
+        rows.append({"meta-latents": f"{meta['n_meta']} (the meta-SAE above)", "× d_in": meta["n_meta"] / d_in,
+                     "base rows per meta-latent": meta["n_base"] / meta["n_meta"], "FVE": meta["fve"],
+                     "floor: random rows": floors.get("random_rows"), "floor: initial decoder": floors.get("initial_decoder"),
+                     "PCA cap": (meta.get("pca_cap") or {}).get("fraction"), "FVE − higher floor": meta["fve"] - max(main)})
+    rows.append({"meta-latents": "the paper: 2304 on 49,152 rows", "× d_in": PAPER["meta_per_d_in"],
+                 "base rows per meta-latent": PAPER["base_rows_per_meta"], "FVE": PAPER["fve"]})
+    return ["### Meta-SAE width sweep", "",
+            f"The paper's meta-SAE is {PAPER['meta_per_d_in']:g} × d_in wide with {PAPER['base_rows_per_meta']:g} base "
+            "rows per meta-latent; a base narrower than 64 × d_in cannot match both ratios, so the same meta-SAE (k, "
+            "steps, initialisation) is trained from scratch at several widths, each read against its own floors. "
+            "Where a floor comes close to the FVE, the width explains random rows as well: capacity, not structure.",
+            "", _markdown_table(pd.DataFrame(rows)), ""]
 
 
 def arm_description(run: Path) -> str:

@@ -29,7 +29,7 @@ MIN_SHARE = 0.10
 META_MARGIN = 0.10
 MAX_STUCK = 0.5
 MAX_FLOOR = 0.5
-PAPER = {"novel_fraction": 0.35, "fve": 0.555, "meta_l0": 4.0}
+PAPER = {"novel_fraction": 0.35, "fve": 0.555, "meta_l0": 4.0, "meta_per_d_in": 3.0, "base_rows_per_meta": 21.0}
 
 
 @dataclass
@@ -118,6 +118,12 @@ def meta_verdict(meta: dict[str, Any] | None, trained: bool, why_not: str) -> Ve
                          if isinstance(floors.get(name), float)) or "none")
     if meta is not None and meta.get("pca_cap"):
         control += f"; PCA cap {meta['pca_cap']['fraction']:.3f} (top {meta['pca_cap']['m']} directions)"
+    paper_geometry = paper_geometry_entry(meta)
+    if paper_geometry is not None:
+        measured += (f"; at the paper's {PAPER['meta_per_d_in']:g} × d_in ({paper_geometry['n_meta']} meta-latents): "
+                     f"FVE {paper_geometry['fve']:.3f}")
+        control += (f"; at {PAPER['meta_per_d_in']:g} × d_in: random rows "
+                    f"{paper_geometry['floors']['random_rows']:.3f}, PCA cap {paper_geometry['pca_cap']:.3f}")
     base = dict(claim="Latents decompose into a few shared meta-latents", paper="FVE ≈ 0.55 at k = 4",
                 measured=measured, control=control)
     if meta is None:
@@ -136,6 +142,14 @@ def meta_verdict(meta: dict[str, Any] | None, trained: bool, why_not: str) -> Ve
     return Verdict(**base, verdict="reproduced" if ok else "not reproduced", why=why)
 
 
+def paper_geometry_entry(meta: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The width-sweep entry of a meta-SAE analysis at the paper's meta width (3 × d_in), or ``None``."""
+    for entry in (meta or {}).get("width_sweep") or []:
+        if abs(float(entry["per_d_in"]) - PAPER["meta_per_d_in"]) < 0.01:
+            return entry
+    return None
+
+
 def study_verdicts(family: list[dict[str, Any]], pairs: list[dict[str, Any]],
                    meta: dict[str, Any] | None) -> tuple[list[Verdict], tuple[bool, str]]:
     """The three claims' verdicts and the preconditions (passed, reason) they rest on."""
@@ -145,4 +159,5 @@ def study_verdicts(family: list[dict[str, Any]], pairs: list[dict[str, Any]],
             meta_verdict(meta, trained, why_not)], (trained, reason)
 
 
-__all__ = ["MARGIN", "MAX_FLOOR", "META_MARGIN", "MIN_SHARE", "PAPER", "Verdict", "preconditions", "study_verdicts"]
+__all__ = ["MARGIN", "MAX_FLOOR", "META_MARGIN", "MIN_SHARE", "PAPER", "Verdict", "paper_geometry_entry",
+           "preconditions", "study_verdicts"]

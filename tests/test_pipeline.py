@@ -37,7 +37,8 @@ def tiny_configs(root: Path) -> Path:
                      "cache": {"config": str(root / "capture.yaml"), "tokens": 4096, "val_tokens": 1024},
                      "stitch": {"data": str(root / "cache"), "tokens": 1024},
                      "meta_sae": {"k": 2, "steps": 5, "batch_size": 512, "baseline_steps": 0, "d_sae": 40,
-                                  "floor_steps": 3, "data": str(root / "cache"), "tokens": 512},
+                                  "floor_steps": 3, "data": str(root / "cache"), "tokens": 512,
+                                  "sweep_d_sae_per_d_in": [0.1]},
                      "stats": {"text": "pydoc-topics", "tokens": 1024, "top": 4, "samples": 4}})
     (root / "pipeline.yaml").write_text(yaml.safe_dump(pipeline))
     return root / "pipeline.yaml"
@@ -61,6 +62,7 @@ def test_the_pipeline_runs_every_stage_and_a_rerun_skips_them(tmp_path: Path) ->
         assert summary["control"] is not None and summary["control"]["name"].endswith("_seed1")
         assert summary["classes"]["stuck_at_init_fraction"] is not None
     assert meta["floors"]["initial_decoder"] is not None and meta["floors"]["random_rows"] is not None
+    assert [e["n_meta"] for e in meta["width_sweep"]] == [58]  # 0.1 x d_in, read against its own floors
 
     report = (run / "report.md").read_text()
     for name, summary in results.items():  # the report's counts are the results files'
@@ -72,6 +74,7 @@ def test_the_pipeline_runs_every_stage_and_a_rerun_skips_them(tmp_path: Path) ->
         assert float(row.group(2)) == pytest.approx(summary["control"]["novel_fraction_definition"], abs=1e-3)
         assert (int(row.group(4)), int(row.group(5))) == (summary["n_novel"], summary["n_reconstruction"])
     assert f"| {meta['fve']:.3f} |" in report
+    assert "### Meta-SAE width sweep" in report and f"| {meta['width_sweep'][0]['fve']:.3f} |" in report
     assert "## Verdicts" in report and report.count("inconclusive") + report.count("reproduced") >= 3
     assert not re.search(r"^\| 40 \|", report, re.M)  # the family table lists the family, not the meta-SAE
     for image in re.findall(r"\]\((report/[^)]+\.png)\)", report):

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from canon_pl.data import ShardIndex, write_activation_shards
 from canon_pl.io import initial_decoder
 from canon_pl.lm.text import iter_documents
-from canon_pl.meta import fit_meta_sae, pca_variance_fraction, random_unit_rows
+from canon_pl.meta import MetaSAEError, fit_meta_sae, pca_variance_fraction, random_unit_rows
 from canon_pl.meta.analysis import analyze_meta_sae
 from canon_pl.sae import initial_sae
 from canon_pl.stitching import analyze_pair
@@ -169,6 +169,28 @@ def test_a_planted_compositional_decoder_gives_an_fve_far_above_its_floors() -> 
     assert max(s["floors"]["random_rows"], s["floors"]["initial_decoder"]) < s["fve"] - 0.3, s["floors"]
     assert s["pca_cap"]["m"] == 16 and 0 < s["pca_cap"]["top_k_fraction"] < s["pca_cap"]["fraction"] <= 1.0
     assert s["fve_uncentred"] >= s["fve"] - 1e-6  # uncentred divides by the larger sum of |r|^2
+
+
+def test_a_width_sweep_shows_the_floors_rising_as_the_meta_sae_widens() -> None:
+    """The same planted decoder read at the planted width and far wider: at 16 meta-latents the learned structure
+    stands far above the floors; at 200 (2 rows per meta-latent, like the paper's 3 x d_in on a narrow base) random
+    unit rows are explained almost as well, which is what the study's sweep shows a reader."""
+    g = torch.Generator().manual_seed(0)
+    atoms = F.normalize(torch.randn(16, 32, generator=g), dim=-1)
+    picks = torch.stack([torch.randperm(16, generator=g)[:2] for _ in range(400)])
+    base_rows = F.normalize((atoms[picks] * (torch.rand(400, 2, 1, generator=g) * 0.5 + 0.5)).sum(1), dim=-1)
+    meta = fit_meta_sae(base_rows, 16, k=2, steps=10, batch_size=256, lr=1e-2, seed=0)
+    s = analyze_meta_sae(meta, tied_sae(base_rows), baseline_steps=0, initial_rows=random_unit_rows(400, 32, seed=7),
+                         floor_steps=600, floor_batch_size=256, floor_lr=1e-2, sweep_widths=[200, 16]).summary
+    narrow, wide = s["width_sweep"]
+    assert (narrow["n_meta"], wide["n_meta"]) == (16, 200) and s["d_in"] == 32
+    assert narrow["per_d_in"] == pytest.approx(0.5) and wide["rows_per_meta"] == pytest.approx(2.0)
+    assert narrow["fve"] > max(narrow["floors"]["random_rows"], narrow["floors"]["initial_decoder"]) + 0.3, narrow
+    assert wide["floors"]["random_rows"] > narrow["floors"]["random_rows"] + 0.1, (narrow, wide)
+    assert wide["fve"] - wide["floors"]["random_rows"] < narrow["fve"] - narrow["floors"]["random_rows"], (narrow, wide)
+    assert wide["pca_cap"] == pytest.approx(1.0)  # 16 planted atoms span 16 directions: the cap says so at both
+    with pytest.raises(MetaSAEError, match="floors"):
+        analyze_meta_sae(meta, tied_sae(base_rows), baseline_steps=0, sweep_widths=[16])
 
 
 def test_pca_cap_is_the_variance_of_the_top_directions() -> None:

@@ -29,6 +29,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--floor-steps", type=int,
                         help="steps of each floor (the same meta-SAE on random unit rows and on the base's initial "
                              "decoder; default: as many as --steps; 0 skips them)")
+    parser.add_argument("--sweep-d-sae-per-d-in", type=float, nargs="+", metavar="MULTIPLE",
+                        help="also train meta-SAEs of these widths (multiples of d_in; the paper's is 3) as long as "
+                             "the floors, each with its own floors and PCA cap (analysis.json width_sweep)")
     parser.add_argument("--no-encoder-bias", dest="encoder_bias", action="store_false",
                         help="no learned encoder bias (the authors' meta-SAE); pair with --b-dec-init zeros")
     parser.add_argument("--b-dec-init", choices=("mean", "zeros"), default="mean",
@@ -63,6 +66,16 @@ def meta_sae_command(argv: list[str]) -> int:
     else:
         d_sae = ns.d_sae or max(1, round(n_rows / 21))
     check_meta_width(n_rows, d_sae)
+    for multiple in ns.sweep_d_sae_per_d_in or []:  # refused before any training, not after the meta-SAE
+        if not multiple > 0:
+            print(f"canon-pl meta-sae: error: --sweep-d-sae-per-d-in takes positive multiples, got {multiple}",
+                  file=sys.stderr)
+            return 2
+        check_meta_width(n_rows, max(1, round(multiple * data.d_in)))
+    if ns.sweep_d_sae_per_d_in and ns.floor_steps == 0:
+        print("canon-pl meta-sae: error: a width sweep trains as long as the floors; drop --floor-steps 0",
+              file=sys.stderr)
+        return 2
     out = Path(ns.out or Path("checkpoints") / f"meta_sae_{n_rows}")
     L.seed_everything(ns.seed, verbose=False)
     module = MetaSAEModule(d_in=data.d_in, d_sae=d_sae, k=ns.k, lr=ns.lr, encoder_bias=ns.encoder_bias,
@@ -73,7 +86,8 @@ def meta_sae_command(argv: list[str]) -> int:
         logger=CSVLogger(out, name="logs"), enable_checkpointing=False, log_every_n_steps=min(ns.steps, 20),
         callbacks=[StepProgressBar(), SAEExportCallback(str(out)),
                    MetaSAEAnalysisCallback(ns.data, ns.tokens, ns.ce, ns.baseline_steps, dirpath=str(out),
-                                           floor_steps=ns.floor_steps)],
+                                           floor_steps=ns.floor_steps,
+                                           sweep_d_sae_per_d_in=ns.sweep_d_sae_per_d_in)],
     )
     trainer.fit(module, data)
     print(f"meta-SAE of {n_rows} latents ({d_sae} meta-latents, k={ns.k}) written to {out}")

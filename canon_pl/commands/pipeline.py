@@ -51,14 +51,16 @@ def read_pipeline_config(path: Path) -> dict[str, Any]:
 
 
 def _args(options: dict[str, Any] | None) -> list[str]:
-    """``{tokens: 8192, ce_points: 0}`` -> ``["--tokens", "8192", "--ce-points", "0"]`` (``None`` values left out,
-    ``True`` as a bare flag)."""
+    """``{tokens: 8192, ce_points: 0, sweep: [1, 3]}`` -> ``["--tokens", "8192", "--ce-points", "0", "--sweep", "1",
+    "3"]`` (``None`` values left out, ``True`` as a bare flag, a list as several values)."""
     out = []
     for key, value in (options or {}).items():
         if value is None or value is False:
             continue
         out.append(f"--{key.replace('_', '-')}")
-        if value is not True:
+        if isinstance(value, (list, tuple)):
+            out.extend(str(v) for v in value)
+        elif value is not True:
             out.append(str(value))
     return out
 

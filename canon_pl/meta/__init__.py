@@ -7,6 +7,7 @@ wrap it.
 from canon_pl.meta.analysis import (
     MetaAnalysis,
     analyze_meta_sae,
+    meta_width_sweep,
     read_meta_analysis,
     write_meta_analysis,
 )
@@ -37,6 +38,7 @@ __all__ = [
     "random_unit_rows",
     "decoder_rows",
     "fraction_of_variance_explained",
+    "meta_width_sweep",
     "read_meta_analysis",
     "refit_encoder",
     "sample_rows",

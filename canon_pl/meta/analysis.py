@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -19,6 +19,7 @@ from canon_pl.io.validate import STRUCTURAL_ERRORS
 from canon_pl.meta.decomposition import (
     MetaDecomposition,
     MetaSAEError,
+    check_meta_width,
     decoder_rows,
     decompose,
     fit_meta_sae,
@@ -35,7 +36,7 @@ from canon_pl.stitching.path import reconstruction
 
 FORMAT_NAME = "canon_pl.meta_sae_analysis"
 FORMAT_VERSION = 2
-"""2: uncentred FVE, the PCA caps and the floors (initial decoder, random unit rows)."""
+"""2: uncentred FVE, the PCA caps and the floors (initial decoder, random unit rows); an optional ``width_sweep``."""
 ANALYSIS_NAME = "analysis"
 
 
@@ -60,7 +61,7 @@ def analyze_meta_sae(meta: SparseAutoencoder, base: SparseAutoencoder,
                      spliced_loss: SplicedLoss | None = None, baseline_steps: int = 300,
                      baseline_batch_size: int = 4096, seed: int = 0, initial_rows: Tensor | None = None,
                      floor_steps: int = 0, floor_batch_size: int = 4096, floor_lr: float = 1e-3,
-                     floor_b_dec_init: str = "mean") -> MetaAnalysis:
+                     floor_b_dec_init: str = "mean", sweep_widths: Sequence[int] = ()) -> MetaAnalysis:
     """Decompose every base latent, measure FVE, compare meta-latents with smaller SAEs' latents, and (given raw
     ``activations [N, d_in]`` of the base SAE's hook point) the base SAE with its decoder replaced by the meta-SAE's
     reconstruction. ``baseline_steps > 0`` also fits the paper's baselines (meta-decoder = nearest latents of each
@@ -69,7 +70,9 @@ def analyze_meta_sae(meta: SparseAutoencoder, base: SparseAutoencoder,
     Always: FVE centred and uncentred, and the PCA caps (variance of the rows in their top ``min(n_meta, d_in)`` and
     top ``k`` principal directions). ``floor_steps > 0`` trains the same meta-SAE (width, k) from scratch on random
     unit rows and, given ``initial_rows [n_base, d_in]`` (the base's decoder at initialisation), on those: an FVE
-    is a finding about learned structure only above these floors.
+    is a finding about learned structure only above these floors. ``sweep_widths`` (meta-latent counts) adds
+    ``width_sweep``: the same measurements for meta-SAEs of those widths trained from scratch as long as the floors
+    (see :func:`meta_width_sweep`), so one analysis can show the paper's geometry beside the one it reads.
     """
     rows = decoder_rows(base).to(meta.W_dec.device)
     if meta.d_in != rows.shape[1]:
@@ -80,7 +83,7 @@ def analyze_meta_sae(meta: SparseAutoencoder, base: SparseAutoencoder,
     density = decomposition.meta_density()
     summary: dict[str, Any] = {
         "format": FORMAT_NAME, "format_version": FORMAT_VERSION,
-        "n_base": base.d_sae, "n_meta": meta.d_sae, "k": meta.cfg.k, "encoder_bias": meta.cfg.encoder_bias,
+        "n_base": base.d_sae, "n_meta": meta.d_sae, "d_in": rows.shape[1], "k": meta.cfg.k, "encoder_bias": meta.cfg.encoder_bias,
         "fve": fraction_of_variance_explained(rows, rows_hat),
         "fve_uncentred": fraction_of_variance_explained(rows, rows_hat, centred=False),
         "pca_cap": {"m": min(meta.d_sae, rows.shape[1]),
@@ -118,6 +121,12 @@ def analyze_meta_sae(meta: SparseAutoencoder, base: SparseAutoencoder,
     if floor_steps > 0:
         summary["floors"] = meta_floors(meta, rows, initial_rows, floor_steps, floor_batch_size, floor_lr, seed,
                                         floor_b_dec_init)
+    if sweep_widths:
+        if floor_steps <= 0:
+            raise MetaSAEError("a width sweep trains each width as long as the floors: give floor_steps > 0")
+        summary["width_sweep"] = meta_width_sweep(rows, initial_rows, sweep_widths, int(meta.cfg.k), floor_steps,
+                                                  floor_batch_size, floor_lr, seed, meta.cfg.encoder_bias,
+                                                  floor_b_dec_init)
     return MetaAnalysis(summary, decomposition, arrays)
 
 
@@ -139,6 +148,30 @@ def meta_floors(meta: SparseAutoencoder, rows: Tensor, initial_rows: Tensor | No
                               desc=f"meta-SAE floor: {name.replace('_', ' ')}", encoder_bias=meta.cfg.encoder_bias,
                               b_dec_init=b_dec_init)
         out[name] = fraction_of_variance_explained(floor_rows, decompose(fitted, floor_rows)[1])
+    return out
+
+
+def meta_width_sweep(rows: Tensor, initial_rows: Tensor | None, widths: Sequence[int], k: int, steps: int,
+                     batch_size: int, lr: float, seed: int, encoder_bias: bool = True,
+                     b_dec_init: str = "mean") -> list[dict[str, Any]]:
+    """Meta-SAEs of each width in ``widths`` trained from scratch on ``rows [n_base, d_in]`` (k, steps, batch, lr,
+    initialisation as given), each read against its own floors and PCA cap. One entry per width, ascending:
+    ``{"n_meta", "per_d_in", "rows_per_meta", "fve", "fve_uncentred", "floors", "pca_cap"}``.
+
+    The paper's meta-SAE is 3 x d_in wide on a base of 64 x d_in rows (21 rows per meta-latent); a narrow base
+    cannot match both ratios at once, and a sweep shows where the floors stop being informative."""
+    n, d_in = rows.shape
+    out = []
+    for width in sorted(set(int(w) for w in widths)):
+        check_meta_width(n, width)
+        fitted = fit_meta_sae(rows, width, k, steps, batch_size, lr, seed, desc=f"meta-SAE width sweep: {width}",
+                              encoder_bias=encoder_bias, b_dec_init=b_dec_init)
+        rows_hat = decompose(fitted, rows)[1]
+        out.append({"n_meta": width, "per_d_in": width / d_in, "rows_per_meta": n / width,
+                    "fve": fraction_of_variance_explained(rows, rows_hat),
+                    "fve_uncentred": fraction_of_variance_explained(rows, rows_hat, centred=False),
+                    "floors": meta_floors(fitted, rows, initial_rows, steps, batch_size, lr, seed, b_dec_init),
+                    "pca_cap": pca_variance_fraction(rows, min(width, d_in))})
     return out
 
 

@@ -14,6 +14,7 @@ from canon_pl.data import ShardIndex
 from canon_pl.data.shards import INDEX_FILE
 from canon_pl.sae import SparseAutoencoder
 from canon_pl.stitching.analysis import SplicedLoss, spliced_loss_on
+from canon_pl.training.activations import CAPTURE_KEYS
 
 
 class AnalysisDataError(ValueError):
@@ -49,9 +50,9 @@ def cache_activations(path: str | Path, n_tokens: int, d_in: int, model_id: str 
     return torch.cat(pieces)
 
 
-SELECTION_KEYS = ("context_length", "exclude_bos", "outlier_factor", "val_every", "document_chars", "shuffle_documents",
-                  "seed")
-"""The capture settings an analysis takes from the run it analyses (``canon_pl.io.training_data``)."""
+SELECTION_KEYS = tuple(key for key in CAPTURE_KEYS if key not in ("model", "hook_point", "text"))
+"""The capture settings an analysis takes from the run it analyses (``canon_pl.io.training_data``): every capture
+setting but the model and hook point (the SAE's own) and the text (the analysis's choice)."""
 
 
 def capture_like_training(text: str, provenance: dict[str, Any] | None) -> dict[str, Any]:

@@ -163,7 +163,8 @@ class MetaSAEAnalysisCallback(L.Callback):
     meta-SAE's export (see docs/meta_sae_results.md)."""
 
     def __init__(self, data: str | None = None, tokens: int = 8192, ce: bool = False, baseline_steps: int = 300,
-                 dirpath: str | None = None, floor_steps: int | None = 0, floor_batch_size: int | None = None) -> None:
+                 dirpath: str | None = None, floor_steps: int | None = 0, floor_batch_size: int | None = None,
+                 sweep_d_sae_per_d_in: list[float] | None = None) -> None:
         """
         Args:
             data: Activations at the base SAE's hook point for the base-reconstruction comparison: an activation cache
@@ -175,10 +176,15 @@ class MetaSAEAnalysisCallback(L.Callback):
             floor_steps: Steps of each floor (the same meta-SAE trained on random unit rows and on the base's
                 initial decoder); ``None`` = as many as the meta-SAE trained; 0 skips them.
             floor_batch_size: Rows per floor batch; ``None`` = the meta-SAE's batch size.
+            sweep_d_sae_per_d_in: Also train meta-SAEs of these widths (multiples of d_in; the paper's is 3) from
+                scratch, each with its floors and PCA cap, as long as the floors (``width_sweep`` in the analysis).
         """
+        if sweep_d_sae_per_d_in and any(not m > 0 for m in sweep_d_sae_per_d_in):
+            raise ValueError(f"sweep_d_sae_per_d_in must be positive multiples of d_in, got {sweep_d_sae_per_d_in}")
         self.data, self.tokens, self.ce = data, tokens, ce
         self.baseline_steps, self.dirpath = baseline_steps, dirpath
         self.floor_steps, self.floor_batch_size = floor_steps, floor_batch_size
+        self.sweep_d_sae_per_d_in = list(sweep_d_sae_per_d_in or [])
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         datamodule = getattr(trainer, "datamodule", None)
@@ -209,7 +215,8 @@ class MetaSAEAnalysisCallback(L.Callback):
                                     floor_steps=floor_steps,
                                     floor_batch_size=self.floor_batch_size or datamodule.hparams.batch_size,
                                     floor_lr=float(pl_module.learning_rates[str(pl_module.widths[0])]),
-                                    floor_b_dec_init=str(pl_module.settings.b_dec_init))
+                                    floor_b_dec_init=str(pl_module.settings.b_dec_init),
+                                    sweep_widths=[max(1, round(m * meta.d_in)) for m in self.sweep_d_sae_per_d_in])
         analysis.summary["base"] = {"source": str(datamodule.hparams.sae), "width": datamodule.hparams.width,
                                     "model_id": base.cfg.model_id, "hook_point": base.cfg.hook_point}
         target = Path(self.dirpath or getattr(getattr(pl_module, "settings", pl_module.hparams), "export_dir", None) or trainer.default_root_dir)
@@ -221,3 +228,6 @@ class MetaSAEAnalysisCallback(L.Callback):
         rank_zero_info(f"canon-pl: meta-SAE FVE {s['fve']:.3f} (floors: {floor_text or 'not run'}; PCA cap "
                        f"{s['pca_cap']['fraction']:.3f}), {s['mean_meta_per_latent']:.2f} meta-latents per "
                        f"latent, {s['dead_meta_fraction']:.1%} dead; analysis in {path}")
+        for entry in s.get("width_sweep") or []:
+            rank_zero_info(f"canon-pl: meta-SAE width sweep: {entry['n_meta']} meta-latents ({entry['per_d_in']:.2g} x "
+                           f"d_in) FVE {entry['fve']:.3f}, floors {entry['floors']['random_rows']:.3f} (random rows)")
