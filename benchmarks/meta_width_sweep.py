@@ -18,7 +18,7 @@ import time
 
 from canon_pl.io import initial_decoder, load_sae
 from canon_pl.meta import decoder_rows
-from canon_pl.meta.analysis import meta_width_sweep
+from canon_pl.meta.analysis import higher_floor, meta_width_sweep
 
 INITS = {"canon": dict(encoder_bias=True, b_dec_init="mean"), "authors": dict(encoder_bias=False, b_dec_init="zeros")}
 
@@ -50,8 +50,7 @@ def main(argv: list[str]) -> int:
         seconds = (time.perf_counter() - start) / len(entries)
         for entry in entries:
             floors = entry["floors"]
-            high = max(v for v in (floors["random_rows"], floors["initial_decoder"]) if v is not None)
-            ratio = entry["fve"] / max(high, 1e-9)
+            ratio = entry["fve"] / max(higher_floor(floors), 1e-9)
             init = "—" if floors["initial_decoder"] is None else f"{floors['initial_decoder']:.3f}"
             print(f"| {entry['n_meta']} | {entry['per_d_in']:.3g} | {init_name} | {entry['fve']:.3f} | "
                   f"{entry['fve_uncentred']:.3f} | {floors['random_rows']:.3f} | {init} | {entry['pca_cap']:.3f} | "

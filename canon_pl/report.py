@@ -12,6 +12,7 @@ from typing import Any
 import pandas as pd
 
 from canon_pl.io.atomic import atomic_write_text
+from canon_pl.meta.analysis import higher_floor
 from canon_pl.verdicts import MARGIN, META_MARGIN, MIN_SHARE, PAPER, study_verdicts
 
 REPORT_FILE = "report.md"
@@ -241,19 +242,17 @@ def _meta_section(meta: dict[str, Any], examples: list[dict[str, Any]]) -> list[
 def _width_sweep_section(meta: dict[str, Any]) -> list[str]:
     """The meta-SAE read at several widths, the paper's 3 × d_in among them, each against its own floors."""
     floors = meta.get("floors") or {}
-    d_in = meta.get("d_in") or meta["width_sweep"][0]["n_meta"] / meta["width_sweep"][0]["per_d_in"]
     rows = [{"meta-latents": e["n_meta"], "× d_in": e["per_d_in"], "base rows per meta-latent": e["rows_per_meta"],
              "FVE": e["fve"], "floor: random rows": e["floors"].get("random_rows"),
              "floor: initial decoder": e["floors"].get("initial_decoder"), "PCA cap": e["pca_cap"],
-             "FVE − higher floor": e["fve"] - max(v for v in (e["floors"].get("random_rows"),
-                                                              e["floors"].get("initial_decoder")) if v is not None)}
+             "FVE − higher floor": e["fve"] - higher_floor(e["floors"])}
             for e in meta["width_sweep"]]
-    main = [v for v in (floors.get("random_rows"), floors.get("initial_decoder")) if isinstance(v, float)]
-    if main:
-        rows.append({"meta-latents": f"{meta['n_meta']} (the meta-SAE above)", "× d_in": meta["n_meta"] / d_in,
+    if higher_floor(floors) is not None:
+        rows.append({"meta-latents": f"{meta['n_meta']} (the meta-SAE above)", "× d_in": meta["n_meta"] / meta["d_in"],
                      "base rows per meta-latent": meta["n_base"] / meta["n_meta"], "FVE": meta["fve"],
                      "floor: random rows": floors.get("random_rows"), "floor: initial decoder": floors.get("initial_decoder"),
-                     "PCA cap": (meta.get("pca_cap") or {}).get("fraction"), "FVE − higher floor": meta["fve"] - max(main)})
+                     "PCA cap": (meta.get("pca_cap") or {}).get("fraction"),
+                     "FVE − higher floor": meta["fve"] - higher_floor(floors)})
     rows.append({"meta-latents": "the paper: 2304 on 49,152 rows", "× d_in": PAPER["meta_per_d_in"],
                  "base rows per meta-latent": PAPER["base_rows_per_meta"], "FVE": PAPER["fve"]})
     return ["### Meta-SAE width sweep", "",

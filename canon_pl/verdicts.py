@@ -24,6 +24,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from canon_pl.meta.analysis import floor_text, higher_floor
+
 MARGIN = 0.05
 MIN_SHARE = 0.10
 META_MARGIN = 0.10
@@ -111,11 +113,10 @@ def path_verdict(pairs: list[dict[str, Any]], trained: bool, why_not: str) -> Ve
 
 def meta_verdict(meta: dict[str, Any] | None, trained: bool, why_not: str) -> Verdict:
     floors = (meta or {}).get("floors") or {}
-    floor_values = [v for v in (floors.get("random_rows"), floors.get("initial_decoder")) if isinstance(v, float)]
+    highest = higher_floor(floors)
     measured = "—" if meta is None else (f"FVE {meta['fve']:.3f} (uncentred {meta.get('fve_uncentred', float('nan')):.3f}) "
                                          f"with {meta['n_meta']} meta-latents, k = {meta.get('k')}")
-    control = ("; ".join(f"{name.replace('_', ' ')} {floors[name]:.3f}" for name in ("random_rows", "initial_decoder")
-                         if isinstance(floors.get(name), float)) or "none")
+    control = floor_text(floors) or "none"
     if meta is not None and meta.get("pca_cap"):
         control += f"; PCA cap {meta['pca_cap']['fraction']:.3f} (top {meta['pca_cap']['m']} directions)"
     paper_geometry = paper_geometry_entry(meta)
@@ -130,13 +131,13 @@ def meta_verdict(meta: dict[str, Any] | None, trained: bool, why_not: str) -> Ve
         return Verdict(**base, verdict="inconclusive", why="no meta-SAE analysis")
     if not trained:
         return Verdict(**base, verdict="inconclusive", why=why_not)
-    if not floor_values:
+    if highest is None:
         return Verdict(**base, verdict="inconclusive", why="no floors: an FVE alone cannot be told from geometry")
-    if max(floor_values) >= MAX_FLOOR:
+    if highest >= MAX_FLOOR:
         return Verdict(**base, verdict="inconclusive",
-                       why=f"a floor reaches {max(floor_values):.3f} (≥ {MAX_FLOOR}): this meta-SAE is wide enough to "
+                       why=f"a floor reaches {highest:.3f} (≥ {MAX_FLOOR}): this meta-SAE is wide enough to "
                            f"explain random rows, so its FVE cannot show shared structure; use fewer meta-latents")
-    margin = float(meta["fve"]) - max(floor_values)
+    margin = float(meta["fve"]) - highest
     ok = margin >= META_MARGIN
     why = f"FVE exceeds the higher floor by {margin:+.3f} (needed ≥ {META_MARGIN:.2f})"
     return Verdict(**base, verdict="reproduced" if ok else "not reproduced", why=why)

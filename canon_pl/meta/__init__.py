@@ -7,6 +7,8 @@ wrap it.
 from canon_pl.meta.analysis import (
     MetaAnalysis,
     analyze_meta_sae,
+    floor_text,
+    higher_floor,
     meta_width_sweep,
     read_meta_analysis,
     write_meta_analysis,
@@ -34,6 +36,8 @@ __all__ = [
     "check_meta_width",
     "decompose",
     "fit_meta_sae",
+    "floor_text",
+    "higher_floor",
     "pca_variance_fraction",
     "random_unit_rows",
     "decoder_rows",

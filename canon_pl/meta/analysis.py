@@ -38,6 +38,21 @@ FORMAT_NAME = "canon_pl.meta_sae_analysis"
 FORMAT_VERSION = 2
 """2: uncentred FVE, the PCA caps and the floors (initial decoder, random unit rows); an optional ``width_sweep``."""
 ANALYSIS_NAME = "analysis"
+FLOOR_NAMES = ("random_rows", "initial_decoder")
+"""The floors a meta-SAE's FVE is read against, as keys of ``floors`` in an analysis (``initial_decoder`` is
+``None`` when the base's initial decoder was not given)."""
+
+
+def higher_floor(floors: dict[str, Any] | None) -> float | None:
+    """The higher of the floors in ``floors`` that were measured, or ``None`` when none was (no floors run)."""
+    measured = [float(floors[name]) for name in FLOOR_NAMES if isinstance((floors or {}).get(name), float)]
+    return max(measured) if measured else None
+
+
+def floor_text(floors: dict[str, Any] | None) -> str:
+    """The measured floors in words, e.g. "random rows 0.120; initial decoder 0.080" ("" when none was run)."""
+    return "; ".join(f"{name.replace('_', ' ')} {floors[name]:.3f}" for name in FLOOR_NAMES
+                     if isinstance((floors or {}).get(name), float))
 
 
 def _quantiles(values: Tensor) -> dict[str, float]:
@@ -72,7 +87,8 @@ def analyze_meta_sae(meta: SparseAutoencoder, base: SparseAutoencoder,
     unit rows and, given ``initial_rows [n_base, d_in]`` (the base's decoder at initialisation), on those: an FVE
     is a finding about learned structure only above these floors. ``sweep_widths`` (meta-latent counts) adds
     ``width_sweep``: the same measurements for meta-SAEs of those widths trained from scratch as long as the floors
-    (see :func:`meta_width_sweep`), so one analysis can show the paper's geometry beside the one it reads.
+    (see :func:`meta_width_sweep`), so one analysis can show the paper's geometry beside the one it reads. A sweep
+    width equal to this meta-SAE's own is trained again on purpose: every sweep row then has its floors' budget.
     """
     rows = decoder_rows(base).to(meta.W_dec.device)
     if meta.d_in != rows.shape[1]:

@@ -18,6 +18,7 @@ from canon_pl.meta import (
     analyze_meta_sae,
     check_meta_width,
     decoder_rows,
+    floor_text,
     sample_rows,
     write_meta_analysis,
 )
@@ -222,12 +223,9 @@ class MetaSAEAnalysisCallback(L.Callback):
         target = Path(self.dirpath or getattr(getattr(pl_module, "settings", pl_module.hparams), "export_dir", None) or trainer.default_root_dir)
         path = write_meta_analysis(analysis, target)
         s = analysis.summary
-        floors = s.get("floors") or {}
-        floor_text = ", ".join(f"{name} {floors[name]:.3f}" for name in ("random_rows", "initial_decoder")
-                               if isinstance(floors.get(name), float))
-        rank_zero_info(f"canon-pl: meta-SAE FVE {s['fve']:.3f} (floors: {floor_text or 'not run'}; PCA cap "
+        rank_zero_info(f"canon-pl: meta-SAE FVE {s['fve']:.3f} (floors: {floor_text(s.get('floors')) or 'not run'}; PCA cap "
                        f"{s['pca_cap']['fraction']:.3f}), {s['mean_meta_per_latent']:.2f} meta-latents per "
                        f"latent, {s['dead_meta_fraction']:.1%} dead; analysis in {path}")
         for entry in s.get("width_sweep") or []:
             rank_zero_info(f"canon-pl: meta-SAE width sweep: {entry['n_meta']} meta-latents ({entry['per_d_in']:.2g} x "
-                           f"d_in) FVE {entry['fve']:.3f}, floors {entry['floors']['random_rows']:.3f} (random rows)")
+                           f"d_in) FVE {entry['fve']:.3f}, floors: {floor_text(entry['floors'])}")
