@@ -50,12 +50,15 @@ def atomic_paths(*paths: str | os.PathLike) -> Iterator[list[Path]]:
 
 
 def _errno_of(err: BaseException) -> int | None:
-    """The OS error behind ``err``: an ``OSError``'s errno, or the "os error N" that Rust writers (safetensors) put
-    in their message."""
+    """The OS error behind ``err``: an ``OSError``'s errno, the "os error N" that Rust writers (safetensors) put in
+    their message, or the OS error that an error raised while cleaning up after it (torch's zip writer) hides."""
     if isinstance(err, OSError):
         return err.errno
     found = re.search(r"\(os error (\d+)\)", str(err))
-    return int(found.group(1)) if found else None
+    if found:
+        return int(found.group(1))
+    hidden = err.__cause__ or err.__context__
+    return _errno_of(hidden) if hidden is not None else None
 
 
 def _fsync(tmp: Path, target: Path) -> None:

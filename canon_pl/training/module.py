@@ -39,6 +39,7 @@ from canon_pl.metrics import (
     sae_training_flops,
 )
 from canon_pl.sae import SAEConfig, SAEConfigError, SparseAutoencoder, build_sae, initial_sae
+from canon_pl.training.checkpoint_io import use_atomic_checkpoint_io
 
 
 class NonFiniteError(FloatingPointError):
@@ -266,6 +267,8 @@ class SAEFamilyModule(L.LightningModule):
             # that dies leaves a stale lock that the next run on this host takes over.
             self._run_lock = RunFolderLock(self.trainer.default_root_dir)
             self._run_lock.acquire()
+        if self._trainer is not None:
+            use_atomic_checkpoint_io(self.trainer)  # no truncated .ckpt on a full disk; restricted reads on resume
 
     def teardown(self, stage: str) -> None:
         lock = getattr(self, "_run_lock", None)

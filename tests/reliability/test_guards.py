@@ -125,6 +125,30 @@ def test_an_export_that_fills_a_real_filesystem_keeps_the_previous_export(tiny_f
     torch.testing.assert_close(load_sae(tiny_filesystem / "sae")(x), small(x))
 
 
+def test_a_full_disk_while_checkpointing_leaves_only_whole_checkpoints(tmp_path: Path, tiny_filesystem: Path) -> None:
+    """Checkpoints every 2 steps into a 192 KiB filesystem: training stops with ENOSPC at the one that does not fit,
+    and every ``.ckpt`` left there is whole (Lightning alone stages each in the system's temporary folder and copies
+    it across, leaving a truncated file under a checkpoint's name)."""
+    import lightning as L
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from canon_pl.io.checkpoint import safe_torch_load
+    from canon_pl.training import SAEModule, SyntheticActivationDataModule
+    from tests.helpers import SMALL_DATA
+
+    checkpoints = ModelCheckpoint(dirpath=tiny_filesystem / "ckpt", every_n_train_steps=2, save_top_k=-1, save_last=True)
+    trainer = L.Trainer(default_root_dir=tmp_path / "run", max_steps=40, accelerator="cpu", devices=1, logger=False,
+                        enable_progress_bar=False, enable_model_summary=False, callbacks=[checkpoints],
+                        limit_val_batches=0, num_sanity_val_steps=0)
+    with pytest.raises(OSError) as caught:
+        trainer.fit(SAEModule(d_in=48, d_sae=96, k=3), SyntheticActivationDataModule(**SMALL_DATA))
+    assert caught.value.errno == errno.ENOSPC, caught.value
+    left = sorted(p.name for p in (tiny_filesystem / "ckpt").iterdir())
+    assert left and not [name for name in left if name.endswith(".tmp")], left
+    for name in left:
+        assert safe_torch_load(tiny_filesystem / "ckpt" / name)["global_step"] > 0, name
+
+
 def fit(root: Path, data: dict, callbacks: list[dict]) -> subprocess.CompletedProcess:
     config = {
         "seed_everything": 0,
