@@ -1,4 +1,8 @@
-"""canon-pl viewer: ``streamlit run apps/viewer.py [-- --checkpoints DIR]``.
+"""canon-pl viewer: ``streamlit run apps/viewer.py [-- --checkpoints DIR] [--any-folder]``.
+
+From the repository root it listens on 127.0.0.1 only (``.streamlit/config.toml``; ``--server.address 0.0.0.0``
+opens it to the network) and reads only below ``DIR`` (default ``checkpoints``), never through a symlink that leads
+out of it, unless started with ``--any-folder``.
 
 Pages: **Runs** (every SAE under ``checkpoints/`` with its held-out metrics, family charts and training curves),
 **Stitching** (novel vs reconstruction latents of a pair, the path from S to L), **Latent** (examples, tokens,
@@ -26,6 +30,7 @@ from canon_pl.viewer.charts import (
     path_l0_chart,
     stitching_path_chart,
 )
+from canon_pl.viewer.folders import ViewerFolderError, choose_folder
 from canon_pl.viewer.latents import (
     family_decoders,
     find_statistics,
@@ -53,10 +58,20 @@ TAU = 0.7
 
 
 def checkpoints_dir() -> Path:
-    parser = argparse.ArgumentParser()
+    """The folder the pages read: the sidebar's folder box, which starts at ``--checkpoints`` and may choose only
+    below it unless the viewer was started with ``--any-folder`` (canon_pl/viewer/folders.py)."""
+    parser = argparse.ArgumentParser(allow_abbrev=False)
     parser.add_argument("--checkpoints", default="checkpoints")
+    parser.add_argument("--any-folder", action="store_true")
     args, _ = parser.parse_known_args(sys.argv[1:])
-    return Path(st.sidebar.text_input("checkpoints folder", args.checkpoints))
+    asked = st.sidebar.text_input("checkpoints folder", args.checkpoints,
+                                  help="a folder below the one the viewer was started on" if not args.any_folder
+                                  else "any folder this machine can read (started with --any-folder)")
+    try:
+        return choose_folder(args.checkpoints, asked, args.any_folder)
+    except ViewerFolderError as err:
+        st.error(str(err))
+        st.stop()
 
 
 def choose(label: str, options: list[str], param: str) -> str:

@@ -4,11 +4,18 @@ from __future__ import annotations
 
 import os
 import random
+import sys
 
 import pytest
 import torch
 
 os.environ.setdefault("PYTHONHASHSEED", "0")
+
+
+@pytest.fixture(autouse=True)
+def _restore_argv(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A test may set ``sys.argv`` (the viewer reads its flags there); the next test sees pytest's again."""
+    monkeypatch.setattr(sys, "argv", list(sys.argv))
 
 
 @pytest.fixture(autouse=True)

@@ -15,9 +15,7 @@ from canon_pl.training import (
 )
 from canon_pl.viewer import find_runs
 from tests.helpers import SMALL_DATA, make_trainer
-from tests.viewer_data import build_analysed_run
-
-APP = str(Path(__file__).resolve().parents[1] / "apps" / "viewer.py")
+from tests.viewer_data import build_analysed_run, open_viewer
 
 
 @pytest.fixture(scope="module")
@@ -42,8 +40,7 @@ def test_runs_are_found_with_their_validation_metrics(checkpoints: Path) -> None
 
 
 def test_viewer_shows_the_table_and_training_curves(checkpoints: Path) -> None:
-    app = AppTest.from_file(APP, default_timeout=60).run()
-    app.sidebar.text_input[0].set_value(str(checkpoints)).run()
+    app = open_viewer(checkpoints)
     assert not app.exception
     assert app.dataframe[0].value["run"].tolist() == ["toy"]
     specs = [chart.proto.spec for chart in app.get("vega_lite_chart")]
@@ -78,10 +75,7 @@ def analysed(tmp_path_factory: pytest.TempPathFactory) -> dict:
 
 
 def open_page(root: Path, **params: str) -> AppTest:
-    app = AppTest.from_file(APP, default_timeout=60)
-    app.query_params.update(params)
-    app.run()
-    app.sidebar.text_input[0].set_value(str(root)).run()
+    app = open_viewer(root, **params)
     assert not app.exception, app.exception
     return app
 

@@ -1,10 +1,26 @@
-"""A whole small analysed run (family, statistics, stitching, meta-SAE) for the viewer's tests."""
+"""A whole small analysed run (family, statistics, stitching, meta-SAE) for the viewer's tests, and the viewer opened
+on a folder as `streamlit run apps/viewer.py -- --checkpoints DIR` would (Streamlit AppTest, no browser)."""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 from canon_pl.sae import SAEConfig, build_sae
+
+APP = str(Path(__file__).resolve().parents[1] / "apps" / "viewer.py")
+
+
+def open_viewer(root: Path, *flags: str, **params: str):
+    """The viewer started on ``root`` (``-- --checkpoints root`` plus ``flags``) at the query parameters ``params``,
+    after its first run. It reads ``sys.argv`` as `streamlit run` passes it; the conftest restores it after each
+    test."""
+    from streamlit.testing.v1 import AppTest
+
+    sys.argv = ["viewer.py", "--checkpoints", str(root), *flags]
+    app = AppTest.from_file(APP, default_timeout=60)
+    app.query_params.update(params)
+    return app.run()
 
 
 def build_analysed_run(root: Path) -> dict:

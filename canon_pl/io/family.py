@@ -52,6 +52,16 @@ def read_family_manifest(directory: str | os.PathLike) -> dict[str, Any]:
             isinstance(w, str) and w.isdigit() and isinstance(f, str) and f for w, f in members.items())):
         raise CheckpointError(f"{path} is malformed: \"members\" must map each width to its export folder; "
                               f"re-write the manifest (write_family_manifest) or re-run the family")
+    controls = manifest.setdefault("controls", {})
+    if not (isinstance(controls, dict) and all(isinstance(c, dict) and isinstance(c.get("width"), int)
+                                               for c in controls.values())):
+        raise CheckpointError(f"{path} is malformed: \"controls\" must map each export folder to its "
+                              f"{{\"width\", \"init_seed\"}}; re-write the manifest or re-run the family")
+    for folder in [*members.values(), *controls]:
+        if Path(folder).name != folder or folder in (".", ".."):
+            raise CheckpointError(f"{path} names the member folder {folder!r}: a family's members are folders "
+                                  f"directly inside it (a name, no path); move the export there and re-write the "
+                                  f"manifest (write_family_manifest)")
     return manifest
 
 

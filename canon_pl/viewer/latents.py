@@ -11,6 +11,7 @@ import torch
 
 from canon_pl.io.validate import malformed_as
 from canon_pl.stats import HIST_EDGES, LatentStatistics, StatsError
+from canon_pl.viewer.folders import files_inside, inside
 
 
 def find_statistics(root: str | os.PathLike, kind: str | None = "sae") -> dict[str, Path]:
@@ -18,7 +19,7 @@ def find_statistics(root: str | os.PathLike, kind: str | None = "sae") -> dict[s
     (``"sae"`` for token SAEs, ``"meta_sae"`` for meta-SAEs, ``None`` for both)."""
     root = Path(root)
     found = {}
-    for index in sorted(root.glob("**/stats/stats.json")):
+    for index in files_inside(root, "**/stats/stats.json"):
         try:
             stats = LatentStatistics.open(index.parent)
         except StatsError:
@@ -111,13 +112,18 @@ __all__ = ["find_statistics", "highlighted_context", "latent_view", "token_html"
 
 
 def family_decoders(run_dir: Path) -> dict[int, torch.Tensor]:
-    """Unit decoder rows ``[d_sae, d_in]`` of every width of the family at ``run_dir`` (empty outside a family)."""
+    """Unit decoder rows ``[d_sae, d_in]`` of every width of the family at ``run_dir`` (empty outside a family, or
+    when a member folder is a symlink that leads out of the family's folder)."""
     from canon_pl.io import CheckpointError
-    from canon_pl.io.family import MANIFEST_FILE, load_family
+    from canon_pl.io.family import MANIFEST_FILE, load_family, read_family_manifest
 
     if not (run_dir / MANIFEST_FILE).is_file():
         return {}
     try:
+        manifest = read_family_manifest(run_dir)
+        if not all(inside(run_dir, run_dir / folder) for folder in [*manifest["members"].values(),
+                                                                      *manifest.get("controls", {})]):
+            return {}
         family = load_family(run_dir)
     except CheckpointError:
         return {}

@@ -9,13 +9,14 @@ from typing import Any
 
 from canon_pl.meta import MetaDecomposition, MetaSAEError, read_meta_analysis
 from canon_pl.stats import LatentStatistics, StatsError
+from canon_pl.viewer.folders import files_inside
 
 
 def _meta_summaries(root: Path) -> dict[str, tuple[Path, dict[str, Any]]]:
     """``{label: (analysis folder, summary)}`` for every readable meta-SAE ``analysis.json`` below ``root`` (each read
     once)."""
     found = {}
-    for path in sorted(root.glob("**/analysis.json")):
+    for path in files_inside(root, "**/analysis.json"):
         try:
             summary = read_meta_analysis(path)
         except MetaSAEError:

@@ -11,6 +11,7 @@ import pandas as pd
 
 from canon_pl.io.export import CONFIG_FILE, CheckpointError, read_export_config
 from canon_pl.io.family import read_family_manifest
+from canon_pl.viewer.folders import files_inside
 
 MAX_METRICS_BYTES = 200 * 1024 * 1024
 HEADLINE_METRICS = ("explained_variance", "l0", "ce_recovered", "dead_fraction")
@@ -49,14 +50,27 @@ class RunSummary:
 
 
 def read_metrics(run: Path) -> pd.DataFrame:
-    """All rows of the run's newest ``logs/*/metrics.csv`` (empty frame when there is none)."""
-    files = sorted(Path(run).glob("logs/*/metrics.csv"), key=lambda p: p.stat().st_mtime)
-    if not files or files[-1].stat().st_size > MAX_METRICS_BYTES:
-        return pd.DataFrame()
-    try:
-        return pd.read_csv(files[-1])
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError):
-        return pd.DataFrame()
+    """The run's whole training log: every ``logs/version_*/metrics.csv`` (one per start of a run, a resume included)
+    in the order they were written, each older segment cut where the next one resumed (its steps from the resumed
+    step on were trained again). An empty frame when there is none; an unreadable or oversized segment is left out."""
+    segments = []
+    for path in sorted(files_inside(run, "logs/*/metrics.csv"), key=_version_order):
+        if path.stat().st_size > MAX_METRICS_BYTES:
+            continue
+        try:
+            segments.append(pd.read_csv(path))
+        except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError):
+            continue
+    if len(segments) > 1 and all("step" in s.columns for s in segments):
+        segments = [older[older["step"] < newer["step"].min()] for older, newer in zip(segments, segments[1:])] + \
+            segments[-1:]
+    return pd.concat(segments, ignore_index=True) if segments else pd.DataFrame()
+
+
+def _version_order(path: Path) -> tuple[int, float]:
+    """Lightning's ``version_<n>`` folders by ``n``, any other name by when it was written."""
+    name = path.parent.name.removeprefix("version_")
+    return (int(name) if name.isdigit() else -1, path.stat().st_mtime)
 
 
 def member_metrics(run: Path, family_metrics: pd.DataFrame | None = None) -> pd.DataFrame:
@@ -96,7 +110,7 @@ def find_runs(root: str | Path) -> list[RunSummary]:
     root = Path(root)
     runs = []
     family_logs: dict[Path, pd.DataFrame] = {}  # a family's log is read once for all its members
-    for cfg in sorted(list(root.glob(f"*/{CONFIG_FILE}")) + list(root.glob(f"*/*/{CONFIG_FILE}"))):
+    for cfg in sorted(files_inside(root, f"*/{CONFIG_FILE}") + files_inside(root, f"*/*/{CONFIG_FILE}")):
         try:
             config = read_export_config(cfg.parent)
         except (CheckpointError, json.JSONDecodeError, OSError):

@@ -1,4 +1,4 @@
-"""Start the viewer as ``streamlit run`` on 127.0.0.1 for scripted use (browser tests, page-time benchmark,
+"""Start the viewer as ``streamlit run`` (on 127.0.0.1) for scripted use (browser tests, page-time benchmark,
 screenshots), and open it in headless Chromium."""
 
 from __future__ import annotations
@@ -75,16 +75,17 @@ def example_views(root: Path, query: str) -> dict[str, tuple[dict[str, str], str
 
 @contextmanager
 def serve_viewer(checkpoints: str | Path, timeout_s: float = 90.0) -> Iterator[str]:
-    """Run ``streamlit run apps/viewer.py -- --checkpoints DIR`` on a free port of 127.0.0.1; yields its URL once the
-    health endpoint answers, stops it on exit."""
+    """Run ``streamlit run apps/viewer.py -- --checkpoints DIR`` from the repository root, as the README says, on a
+    free port (its ``.streamlit/config.toml`` keeps it on 127.0.0.1); yields its URL once the health endpoint
+    answers, stops it on exit."""
     if not APP.is_file():
         raise FileNotFoundError(f"{APP} is missing: the viewer runs from a checkout of canon-pl (pip install -e .)")
     port = free_port()
     with tempfile.TemporaryFile("w+") as log:
         server = subprocess.Popen(
-            [str(Path(sys.executable).parent / "streamlit"), "run", str(APP), "--server.address", "127.0.0.1",
-             "--server.port", str(port), "--server.headless", "true", "--browser.gatherUsageStats", "false", "--",
-             "--checkpoints", str(checkpoints)], stdout=log, stderr=subprocess.STDOUT)
+            [str(Path(sys.executable).parent / "streamlit"), "run", str(APP), "--server.port", str(port),
+             "--server.headless", "true", "--", "--checkpoints", str(Path(checkpoints).resolve())],
+            cwd=APP.parents[1], stdout=log, stderr=subprocess.STDOUT)  # the repository's .streamlit/config.toml
         url = f"http://127.0.0.1:{port}"
         try:
             deadline = time.monotonic() + timeout_s

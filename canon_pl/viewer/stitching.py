@@ -14,6 +14,7 @@ import pandas as pd
 from canon_pl.io.validate import malformed_as
 from canon_pl.stitching import StitchingError, read_stitching_results
 from canon_pl.stitching.path import STEP_KINDS
+from canon_pl.viewer.folders import files_inside
 
 MAX_RESULTS_BYTES = 64 * 1024 * 1024
 
@@ -30,7 +31,7 @@ def find_stitching_results(root: str | os.PathLike) -> list[StitchingPair]:
     """Every ``stitching/<small>_<large>.json`` below ``root`` that reads as a canon-pl stitching result."""
     root = Path(root)
     pairs = []
-    for path in sorted(root.glob("**/stitching/*.json")):
+    for path in files_inside(root, "**/stitching/*.json"):
         if path.stat().st_size > MAX_RESULTS_BYTES:
             continue
         try:

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from streamlit.testing.v1 import AppTest
 
 from canon_pl import load_sae
 from canon_pl.io import CheckpointError, export_sae
@@ -25,9 +24,7 @@ from canon_pl.stitching import (
     write_stitching_results,
 )
 from tests.helpers import REPO
-from tests.viewer_data import build_analysed_run
-
-APP = str(REPO / "apps" / "viewer.py")
+from tests.viewer_data import build_analysed_run, open_viewer
 
 
 def relu_sae(d_sae: int, seed: int) -> torch.nn.Module:
@@ -113,6 +110,20 @@ def test_a_checkpoint_carrying_code_is_refused_without_running_it(tmp_path: Path
     assert marker.exists()
 
 
+def test_resuming_training_from_a_checkpoint_carrying_code_is_refused_without_running_it(tmp_path: Path) -> None:
+    """`lightning fit --ckpt_path evil.ckpt`: canon-pl's "refusing to load", not torch's advice to load it unrestricted."""
+    from canon_pl.training import SAEModule, SyntheticActivationDataModule
+    from tests.helpers import SMALL_DATA, make_trainer
+
+    marker = tmp_path / "exploited"
+    evil = tmp_path / "evil.ckpt"
+    torch.save({"state_dict": {}, "hyper_parameters": {}, "payload": RunsCode(marker)}, evil)
+    trainer = make_trainer(tmp_path / "run", max_steps=2)
+    with pytest.raises(CheckpointError, match="refusing to load .*evil.ckpt.*could run code"):
+        trainer.fit(SAEModule(d_in=48, d_sae=96, k=3), SyntheticActivationDataModule(**SMALL_DATA), ckpt_path=evil)
+    assert not marker.exists()
+
+
 def test_no_loader_unpickles_without_weights_only() -> None:
     """Every ``torch.load`` in the package passes ``weights_only=True``, and nothing calls ``pickle.load(s)``."""
     offenders = []
@@ -136,10 +147,7 @@ def test_the_viewer_never_writes_to_the_checkpoints_folder(tmp_path: Path) -> No
     before, entries = tree_digest(root), sorted(root.rglob("*"))
     for page, params in [("Runs", {}), ("Stitching", {}), ("Latent", {"run": "fam", "sae": "16", "latent": "3"}),
                          ("Meta-latent", {"meta_run": "meta", "meta": "0"}), ("Search", {"q": "PLANTED"})]:
-        app = AppTest.from_file(APP, default_timeout=60)
-        app.query_params.update({"page": page, **params})
-        app.run()
-        app.sidebar.text_input[0].set_value(str(root)).run()
+        app = open_viewer(root, page=page, **params)
         assert not app.exception
     assert tree_digest(root) == before and sorted(root.rglob("*")) == entries
 
@@ -153,10 +161,7 @@ def test_the_viewer_skips_an_oversized_file_without_reading_it(tmp_path: Path) -
         f.truncate(MAX_JSON_BYTES + 1)
     with pytest.raises(StitchingError, match="more than any"):
         read_stitching_results(huge)
-    app = AppTest.from_file(APP, default_timeout=60)
-    app.query_params["page"] = "Stitching"
-    app.run()
-    app.sidebar.text_input[0].set_value(str(root)).run()
+    app = open_viewer(root, page="Stitching")
     assert not app.exception
     assert app.sidebar.selectbox[0].options == ["fam · 8 → 16"]  # the oversized file is not offered
 
