@@ -8,11 +8,15 @@ turns a Lightning checkpoint into a portable export.
 from __future__ import annotations
 
 import argparse
+import errno
 import sys
 import warnings
 from typing import Any
 
 from lightning.pytorch.cli import LightningCLI
+
+from canon_pl.checks import check_counts, check_device, check_output_folder
+from canon_pl.errors import CanonError
 
 
 class CanonCLI(LightningCLI):
@@ -69,15 +73,16 @@ def run_lightning_cli(args: list[str] | None = None, run: bool = True) -> CanonC
 
 def export_command(argv: list[str]) -> int:
     """``canon-pl export --ckpt FILE --out DIR``: portable export of an ``SAEModule`` checkpoint."""
-    from canon_pl.io import CheckpointError, export_sae, load_sae
+    from canon_pl.io import export_sae, load_sae
 
     parser = argparse.ArgumentParser(prog="canon-pl export", description=export_command.__doc__)
     parser.add_argument("--ckpt", required=True, help="Lightning .ckpt written by SAEModule")
     parser.add_argument("--out", required=True, help="folder for sae.safetensors + cfg.json")
     ns = parser.parse_args(argv)
     try:
+        check_output_folder(ns.out)
         sae = load_sae(ns.ckpt)  # activation scale already folded in
-    except CheckpointError as err:
+    except CanonError as err:
         print(f"canon-pl export: error: {err}", file=sys.stderr)
         return 2
     export_sae(sae, ns.out)
@@ -97,10 +102,11 @@ def cache_command(argv: list[str]) -> int:
     parser.add_argument("--dtype", default="float16", choices=["float16", "bfloat16", "float32"])
     parser.add_argument("--device", help="where the LM runs (default: cuda when a GPU is present, else cpu)")
     ns = parser.parse_args(argv)
-    if ns.tokens <= 0 or ns.val_tokens < 0:
-        print(f"canon-pl cache: error: --tokens must be > 0 and --val-tokens >= 0, got {ns.tokens}, {ns.val_tokens}",
-              file=sys.stderr)
-        return 2
+    check_counts(**{"--tokens": ns.tokens})
+    check_counts(0, **{"--val-tokens": ns.val_tokens})
+    check_output_folder(ns.out)
+    if ns.device:
+        check_device(ns.device)
     from canon_pl.training import ActivationDataModule
     from canon_pl.training.cache import write_activation_cache
 
@@ -152,27 +158,21 @@ COMMANDS = {"export": export_command, "cache": cache_command, "stitch": stitch_c
             "stats": stats_command, "family": family_command, "pipeline": pipeline_command}
 
 
-def _user_errors() -> tuple[type[BaseException], ...]:
-    """Errors caused by the user's input: shown as one line, not a traceback."""
-    from canon_pl.data import ShardError
-    from canon_pl.io import CheckpointError
-    from canon_pl.lm import (
-        ContextLengthError,
-        HookPointError,
-        ModelLoadError,
-        TextSourceError,
-    )
-    from canon_pl.meta import MetaSAEError
-    from canon_pl.sae import SAEConfigError
-    from canon_pl.stats import StatsError
-    from canon_pl.stitching import StitchingError
-    from canon_pl.training import InputShapeError, NonFiniteError
-    from canon_pl.training.analysis_data import AnalysisDataError
-    from canon_pl.training.datamodules import StreamResumeError
+WRITE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOTDIR,
+                          errno.EISDIR, errno.EEXIST, errno.ENOENT, errno.ENAMETOOLONG})
+"""OS errors that a path or a full disk causes (shown as one line naming the file), not a bug in canon-pl."""
 
-    return (SAEConfigError, CheckpointError, ShardError, InputShapeError, NonFiniteError, HookPointError,
-            ModelLoadError, TextSourceError, ContextLengthError, StitchingError, MetaSAEError, AnalysisDataError,
-            StatsError, StreamResumeError)
+
+def _is_user_error(err: BaseException) -> bool:
+    """Errors caused by the user's input or machine: canon-pl's own (:class:`canon_pl.errors.CanonError`),
+    Lightning's configuration errors (an accelerator this machine lacks) and the OS errors of :data:`WRITE_ERRNOS`."""
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
+
+    from canon_pl.errors import CanonError
+
+    if isinstance(err, OSError):
+        return err.errno in WRITE_ERRNOS
+    return isinstance(err, (CanonError, MisconfigurationException))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -195,7 +195,7 @@ def _find_user_error(err: BaseException) -> BaseException | None:
     seen: set[int] = set()
     current: BaseException | None = err
     while current is not None and id(current) not in seen:
-        if isinstance(current, _user_errors()):
+        if _is_user_error(current):
             return current
         seen.add(id(current))
         current = current.__cause__ or current.__context__

@@ -26,15 +26,18 @@ def family_command(argv: list[str]) -> int:
     ns = build_parser().parse_args(argv)
     from dataclasses import replace
 
-    from canon_pl.io import CheckpointError, export_sae, load_sae, write_family_manifest
+    from canon_pl.checks import check_output_folder
+    from canon_pl.errors import CanonError
+    from canon_pl.io import export_sae, load_sae, write_family_manifest
 
     try:
+        check_output_folder(ns.out)
         saes = [load_sae(source, format=ns.format) for source in ns.sources]
         for sae in saes:
             sae.cfg = replace(sae.cfg, model_id=ns.model or sae.cfg.model_id,
                               hook_point=ns.hook_point or sae.cfg.hook_point)
         _check_family(saes, ns.sources)
-    except CheckpointError as err:
+    except CanonError as err:
         print(f"canon-pl family: error: {err}", file=sys.stderr)
         return 2
     out = Path(ns.out)

@@ -56,6 +56,19 @@ def meta_sae_command(argv: list[str]) -> int:
         StepProgressBar,
     )
 
+    from canon_pl.checks import check_counts, check_output_folder, check_positive
+
+    check_counts(**{"--k": ns.k, "--steps": ns.steps, "--batch-size": ns.batch_size, "--tokens": ns.tokens})
+    check_counts(0, **{"--baseline-steps": ns.baseline_steps})
+    check_positive(**{"--lr": ns.lr})
+    if ns.d_sae is not None:
+        check_counts(**{"--d-sae": ns.d_sae})
+    if ns.floor_steps is not None:
+        check_counts(0, **{"--floor-steps": ns.floor_steps})
+    if ns.d_sae_per_d_in is not None:
+        check_positive(**{"--d-sae-per-d-in": ns.d_sae_per_d_in})
+    if ns.out:
+        check_output_folder(ns.out)
     data = DecoderRowsDataModule(ns.sae, width=ns.width, batch_size=ns.batch_size, seed=ns.seed)
     n_rows = data.rows.shape[0]
     if ns.d_sae and ns.d_sae_per_d_in:
@@ -67,16 +80,13 @@ def meta_sae_command(argv: list[str]) -> int:
         d_sae = ns.d_sae or max(1, round(n_rows / 21))
     check_meta_width(n_rows, d_sae)
     for multiple in ns.sweep_d_sae_per_d_in or []:  # refused before any training, not after the meta-SAE
-        if not multiple > 0:
-            print(f"canon-pl meta-sae: error: --sweep-d-sae-per-d-in takes positive multiples, got {multiple}",
-                  file=sys.stderr)
-            return 2
+        check_positive(**{"--sweep-d-sae-per-d-in": multiple})
         check_meta_width(n_rows, max(1, round(multiple * data.d_in)))
     if ns.sweep_d_sae_per_d_in and ns.floor_steps == 0:
         print("canon-pl meta-sae: error: a width sweep trains as long as the floors; drop --floor-steps 0",
               file=sys.stderr)
         return 2
-    out = Path(ns.out or Path("checkpoints") / f"meta_sae_{n_rows}")
+    out = check_output_folder(ns.out or Path("checkpoints") / f"meta_sae_{n_rows}")
     L.seed_everything(ns.seed, verbose=False)
     module = MetaSAEModule(d_in=data.d_in, d_sae=d_sae, k=ns.k, lr=ns.lr, encoder_bias=ns.encoder_bias,
                            b_dec_init=ns.b_dec_init, init_seed=ns.seed, export_dir=str(out))

@@ -147,11 +147,13 @@ def run_stage(stage: str, cfg: dict[str, Any], device: str) -> int:
 
 def pipeline_command(argv: list[str]) -> int:
     ns = build_parser().parse_args(argv)
-    from canon_pl.io import CheckpointError
+    from canon_pl.checks import check_device
+    from canon_pl.errors import CanonError
 
     try:
+        check_device(ns.device)
         cfg = read_pipeline_config(Path(ns.config))
-    except CheckpointError as err:
+    except CanonError as err:
         print(f"canon-pl pipeline: error: {err}", file=sys.stderr)
         return 2
     meta = cfg.get("meta_sae") or {}

@@ -13,12 +13,14 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from canon_pl.io import CheckpointError, load_sae, training_data
+from canon_pl.checks import check_counts, check_device, check_output_folder
+from canon_pl.errors import CanonError
+from canon_pl.io import load_sae, training_data
 from canon_pl.io.export import CONFIG_FILE
 from canon_pl.io.family import MANIFEST_FILE, load_family, read_family_manifest
 from canon_pl.lm.loading import LoadedModel
 from canon_pl.lm.text import DOCUMENT_CHARS, document_order_seed
-from canon_pl.meta import MetaSAEError, read_meta_analysis
+from canon_pl.meta import read_meta_analysis
 from canon_pl.sae import SparseAutoencoder
 from canon_pl.stats import (
     StatsError,
@@ -90,6 +92,7 @@ def stats_command(argv: list[str]) -> int:
     ns = build_parser().parse_args(argv)
     from canon_pl.lm import (
         HookedLanguageModel,
+        check_text_source,
         context_stream,
         load_causal_lm,
         select_training_tokens,
@@ -97,9 +100,12 @@ def stats_command(argv: list[str]) -> int:
     from canon_pl.training.analysis_data import capture_like_training
 
     try:
-        if ns.tokens <= 0:
-            raise StatsError(f"--tokens must be positive, got {ns.tokens}")
+        check_counts(**{"--tokens": ns.tokens, "--top": ns.top, "--samples": ns.samples,
+                        "--contexts-per-forward": ns.contexts_per_forward})
+        check_counts(0, **{"--window": ns.window})
+        check_device(ns.device)
         run = Path(ns.run)
+        check_output_folder(ns.out or run / "stats")
         if (run / "analysis.json").is_file():
             return meta_stats(run, ns)
         saes = load_run(run, ns.device)
@@ -107,10 +113,12 @@ def stats_command(argv: list[str]) -> int:
         provenance = training_data(first_export(run))
         ns.text = ns.text or provenance.get("text") or "python-docs"
         settings = capture_like_training(ns.text, provenance)
-        ns.context_length = ns.context_length or int(settings.get("context_length", 128))
+        if ns.context_length is None:  # 0 is the user's, and refused below
+            ns.context_length = int(settings.get("context_length", 128))
         if ns.context_length < 2:
             raise StatsError(f"--context-length must be at least 2 (BOS and one token), got {ns.context_length}")
-    except (StatsError, CheckpointError, MetaSAEError) as err:
+        check_text_source(ns.text)
+    except CanonError as err:
         print(f"canon-pl stats: error: {err}", file=sys.stderr)
         return 2
     loaded = load_causal_lm(model_id, device=ns.device)

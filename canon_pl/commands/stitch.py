@@ -8,8 +8,9 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from canon_pl.data import ShardError
-from canon_pl.io import CheckpointError, initial_decoder, load_sae, training_data
+from canon_pl.checks import check_counts, check_device, check_output_folder
+from canon_pl.errors import CanonError
+from canon_pl.io import initial_decoder, load_sae, training_data
 from canon_pl.io.family import MANIFEST_FILE, load_family
 from canon_pl.stitching import (
     DEFAULT_TAU,
@@ -18,7 +19,7 @@ from canon_pl.stitching import (
     check_tau,
     write_stitching_results,
 )
-from canon_pl.training.analysis_data import AnalysisDataError, analysis_activations
+from canon_pl.training.analysis_data import analysis_activations
 
 DESCRIPTION = """Which latents of a larger SAE are novel and which only re-split a smaller SAE's (Leask et al. 2025).
 SMALL and LARGE are exports (folders with cfg.json) of the same d_in; a family folder alone (family.json) stitches
@@ -97,7 +98,11 @@ def stitch_command(argv: list[str]) -> int:
     ns = build_parser().parse_args(argv)
     try:
         check_tau(ns.tau)
+        check_counts(**{"--tokens": ns.tokens})
+        check_counts(0, **{"--ce-points": ns.ce_points})
+        check_device(ns.device)
         pairs, out = _pairs(ns)
+        check_output_folder(out)  # before the analysis, not after it
         x, spliced = analysis_activations(ns.data, ns.tokens, pairs[0]["small"], ce=ns.ce_points > 0,
                                           model=ns.model, hook_point=ns.hook_point, device=ns.device,
                                           provenance=training_data(pairs[0]["names"][0]))
@@ -105,10 +110,10 @@ def stitch_command(argv: list[str]) -> int:
             warnings.warn("--ce-points needs text data (the LM runs on tokens); skipped for an activation cache")
         for pair in pairs:
             result = analyze_pair(activations=x, tau=ns.tau, spliced_loss=spliced, ce_points=ns.ce_points,
-                                  progress=True, **pair)
+                                  progress=True, data=ns.data, **pair)
             path = write_stitching_results(result, out)
             print(f"{describe_result(result.summary)}; wrote {path}")
-    except (StitchingError, CheckpointError, ShardError, AnalysisDataError) as err:
+    except CanonError as err:
         print(f"canon-pl stitch: error: {err}", file=sys.stderr)
         return 2
     return 0

@@ -19,6 +19,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
+from canon_pl.errors import CanonError
 from canon_pl.io.atomic import atomic_path, atomic_write_json, sha256_file
 from canon_pl.io.validate import STRUCTURAL_ERRORS, malformed_as, read_json
 
@@ -27,7 +28,7 @@ TENSOR_KEY = "activations"
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
-class ShardError(ValueError):
+class ShardError(CanonError, ValueError):
     """An activation cache that is missing, empty, corrupt or inconsistent with its index."""
 
 

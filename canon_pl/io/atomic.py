@@ -1,8 +1,16 @@
-"""Atomic file writes: a reader sees the old complete file or the new complete one, never half of one."""
+"""Atomic file writes: a reader sees the old complete file or the new complete one, never half of one.
+
+Each file is written to ``.<name>.<pid>.<random>.tmp`` beside it and renamed into place. A process killed before its
+renames leaves such temporaries behind; the next write of the same file removes those whose process is gone.
+A set of files (an export, a results file and its arrays, a statistics folder) is renamed file by file, its index
+last; the index records every other file's SHA-256, so a reader refuses a set that a kill between two renames left
+mixed instead of reading it.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import glob
 import hashlib
 import json
 import os
@@ -26,7 +34,8 @@ def atomic_paths(*paths: str | os.PathLike) -> Iterator[list[Path]]:
     try:
         for path in targets:
             path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+            remove_stale_temporaries(path)
+            fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
             os.close(fd)
             temps.append(Path(tmp_name))
         try:
@@ -47,6 +56,30 @@ def atomic_paths(*paths: str | os.PathLike) -> Iterator[list[Path]]:
     finally:
         for tmp in temps:
             tmp.unlink(missing_ok=True)
+
+
+def process_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists on this host (one owned by another user counts)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def remove_stale_temporaries(path: str | os.PathLike) -> list[Path]:
+    """Remove the temporaries of ``path`` (``.<name>.<pid>.<random>.tmp`` beside it) whose writing process is gone;
+    those of a live writer stay. Returns what was removed."""
+    path = Path(path)
+    removed = []
+    for tmp in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        pid = tmp.name[len(path.name) + 2:].split(".", 1)[0]
+        if pid.isdigit() and not process_alive(int(pid)):
+            tmp.unlink(missing_ok=True)
+            removed.append(tmp)
+    return removed
 
 
 def _errno_of(err: BaseException) -> int | None:

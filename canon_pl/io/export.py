@@ -17,6 +17,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors_bytes
 from safetensors.torch import save_file
 
+from canon_pl.errors import CanonError
 from canon_pl.io.atomic import atomic_paths, sha256_file
 from canon_pl.io.validate import (
     STRUCTURAL_ERRORS,
@@ -33,7 +34,7 @@ FORMAT_VERSION = 1
 PARAMETER_KEYS = ("W_enc", "b_enc", "W_dec", "b_dec", "threshold")
 
 
-class CheckpointError(ValueError):
+class CheckpointError(CanonError, ValueError):
     """A file that is not a readable canon-pl SAE: corrupt, truncated, foreign or inconsistent."""
 
 

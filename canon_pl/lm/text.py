@@ -7,6 +7,11 @@ Named sources (no network):
 Anything else is a local file, folder or glob (read with ``datasets``' ``text`` builder, one document per file), or
 a hub dataset name for users with a network.
 
+Local files must be UTF-8 text: a file that is binary (a NUL byte in its first 8 KiB) or not UTF-8 stops the read
+with a :class:`TextSourceError` naming it, so nothing undecodable is ever tokenised; leave it out of the glob or
+convert it. A name that is no local path is read from the hub only when the hub can be reached
+(:func:`check_text_source` says so at once otherwise, before any model is loaded).
+
 Documents: a local file is cut into documents of about ``document_chars`` characters at paragraph breaks (one
 Python-docs page is ~24 kB and would otherwise be one document, so a held-out set of a few hundred documents needs
 pieces), hub rows are documents as they come. Every ``val_every``-th document, counted in the source's own order, is
@@ -18,6 +23,7 @@ sample of the whole corpus. The order is a pure function of the seed: a resumed 
 
 from __future__ import annotations
 
+import codecs
 import glob
 import random
 from collections.abc import Iterable, Iterator
@@ -27,6 +33,8 @@ from typing import Any
 
 import torch
 from torch import Tensor
+
+from canon_pl.errors import CanonError
 
 NAMED_SOURCES = {
     "python-docs": "/usr/share/doc/python3.11/html/_sources/**/*.rst.txt",
@@ -40,11 +48,11 @@ SHUFFLE_BUFFER = 10_000
 """Documents held by the seeded shuffle of a hub dataset's split (a local source is permuted whole)."""
 
 
-class TextSourceError(ValueError):
+class TextSourceError(CanonError, ValueError):
     """A text source that is missing or empty."""
 
 
-class ContextLengthError(ValueError):
+class ContextLengthError(CanonError, ValueError):
     """A context length the model cannot take."""
 
 
@@ -63,6 +71,52 @@ def _local_files(source: str) -> list[str] | None:
         hint = " (install it with: apt-get install python3.11-doc)" if source == "python-docs" else ""
         raise TextSourceError(f"text source {source!r} matches no files at {pattern}{hint}")
     return files or None
+
+
+HEAD_BYTES = 8192
+"""Bytes at the start of each local file checked for NULs and UTF-8 before any file is read whole."""
+
+
+def _undecodable(path: str, limit: int | None = HEAD_BYTES) -> str | None:
+    """Why the first ``limit`` bytes of ``path`` (all of it for ``None``) are not UTF-8 text, or ``None``."""
+    with open(path, "rb") as f:
+        data = f.read() if limit is None else f.read(limit)
+    nul = data.find(b"\0")
+    if nul >= 0:
+        return f"a NUL byte at offset {nul}: a binary file"
+    try:
+        codecs.getincrementaldecoder("utf-8")().decode(data, final=limit is None or len(data) < limit)
+    except UnicodeDecodeError as err:
+        return f"not UTF-8 (byte {err.start}: {data[err.start:err.start + 1]!r})"
+    return None
+
+
+def _refuse_undecodable(source: str, files: list[str], limit: int | None = HEAD_BYTES) -> None:
+    for path in files:
+        why = _undecodable(path, limit)
+        if why is not None:
+            raise TextSourceError(f"{path} in the text source {source!r} is not text: {why}. Leave it out of the "
+                                  f"path or glob, or convert it (iconv -t utf-8)")
+
+
+def check_text_source(source: str) -> None:
+    """Fail at once, with one :class:`TextSourceError`, for a text source that cannot be read: a named or local
+    source with no files or a file that is not UTF-8 text at its start, or a name that is not on this machine while
+    the hub cannot be reached (the hub client would retry for minutes)."""
+    if source == "pydoc-topics":
+        return
+    files = _local_files(source)
+    if files is not None:
+        _refuse_undecodable(source, files)
+        return
+    from canon_pl.lm.loading import hub_unavailable_reason
+
+    why = hub_unavailable_reason(("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
+    if why is not None:
+        raise TextSourceError(
+            f"text source {source!r} is not a named source ({', '.join(NAMED_SOURCES)}), nor a file, folder or glob "
+            f"on this machine (nothing at {Path(source).resolve()}), and it cannot be read from the hub as a dataset: "
+            f"{why}. Check the path")
 
 
 def split_paragraphs(text: str, document_chars: int) -> Iterator[str]:
@@ -105,14 +159,22 @@ def _stream(source: str, text_column: str, document_chars: int | None = DOCUMENT
         return
     files = _local_files(source)
     if files is not None:
+        _refuse_undecodable(source, files)  # the start of every file, before any is read
         dataset = datasets.load_dataset("text", data_files=files, split="train", streaming=True, sample_by="document")
-        for row in dataset:
-            if document_chars:
-                yield from split_paragraphs(row["text"], document_chars)
-            else:
-                yield row["text"]
+        try:
+            for row in dataset:
+                if document_chars:
+                    yield from split_paragraphs(row["text"], document_chars)
+                else:
+                    yield row["text"]
+        except Exception as err:  # noqa: BLE001 - datasets wraps a decoding error in its own types
+            if not _caused_by(err, UnicodeDecodeError):
+                raise
+            _refuse_undecodable(source, files, limit=None)  # names the file whose later bytes are not UTF-8
+            raise
         return
     else:
+        check_text_source(source)  # no hub to read it from: say so now, not after minutes of retries
         try:
             dataset = datasets.load_dataset(source, split="train", streaming=True)
         except Exception as err:  # noqa: BLE001 - the hub client raises many types
@@ -125,6 +187,17 @@ def _stream(source: str, text_column: str, document_chars: int | None = DOCUMENT
         if text is None:
             raise TextSourceError(f"text source {source!r} has no column {text_column!r}; columns: {sorted(row)}")
         yield text
+
+
+def _caused_by(err: BaseException, kind: type[BaseException]) -> bool:
+    seen: set[int] = set()
+    current: BaseException | None = err
+    while current is not None and id(current) not in seen:
+        if isinstance(current, kind):
+            return True
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return False
 
 
 def iter_documents(source: str, split: str, val_every: int = 20, text_column: str = "text",

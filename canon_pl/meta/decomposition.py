@@ -12,10 +12,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from canon_pl.errors import CanonError
 from canon_pl.sae import SAEConfig, SparseAutoencoder, build_sae
 
 
-class MetaSAEError(ValueError):
+class MetaSAEError(CanonError, ValueError):
     """A base SAE or setting a meta-SAE cannot be trained or analysed with."""
 
 

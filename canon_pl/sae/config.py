@@ -6,10 +6,12 @@ import math
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
+from canon_pl.errors import CanonError
+
 ARCHITECTURES = ("batchtopk", "topk", "relu", "jumprelu")
 
 
-class SAEConfigError(ValueError):
+class SAEConfigError(CanonError, ValueError):
     """A hyper-parameter that cannot describe a valid SAE."""
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import os
+import random
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,7 +16,8 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import Tensor
 
-from canon_pl.io.atomic import atomic_paths
+from canon_pl.errors import CanonError
+from canon_pl.io.atomic import atomic_paths, sha256_file
 from canon_pl.io.validate import STRUCTURAL_ERRORS, expect, read_json
 from canon_pl.meta import MetaDecomposition
 from canon_pl.stats.collect import HIST_EDGES, LatentStatsCollector
@@ -26,23 +29,38 @@ CONTEXTS_FILE = "contexts.safetensors"
 TOKENS_FILE = "tokens.json"
 
 
-class StatsError(ValueError):
+class StatsError(CanonError, ValueError):
     """Statistics that cannot be computed or read as asked (wrong model or hook point, corrupt or foreign files)."""
 
 
 def _write_set(directory: Path, files: dict[str, Any]) -> Path:
-    """Write ``{file name: tensors (a .safetensors) or a JSON document}`` into ``directory``: all to temporary files
-    first, then renamed into place in order (the index last), so a reader never sees a partial or mixed set and a
-    failure leaves the previous set as it was. Returns the last file."""
+    """Write ``{file name: tensors (a .safetensors) or a JSON document}`` into ``directory``, the index
+    (:data:`INDEX_FILE`, the last entry) recording every other file's SHA-256 under ``sha256``: all to temporary files
+    first, then renamed into place in order, the index last. A failure leaves the previous set as it was; a kill
+    between two renames leaves a mix that :meth:`LatentStatistics.open` refuses. Returns the index."""
     names = list(files)
+    assert names[-1] == INDEX_FILE, "the index is written last"
     with atomic_paths(*(directory / name for name in names)) as temps:
-        for name, tmp in zip(names, temps):
+        digests = {}
+        for name, tmp in zip(names[:-1], temps):
             if name.endswith(".safetensors"):
                 save_file({k: v.detach().cpu().contiguous() for k, v in files[name].items()}, str(tmp),
                           metadata={"format": FORMAT_NAME})
             else:
                 tmp.write_text(json.dumps(files[name], indent=2, sort_keys=True) + "\n")
-    return directory / names[-1]
+            digests[name] = sha256_file(tmp)
+        temps[-1].write_text(json.dumps({**files[INDEX_FILE], "sha256": digests}, indent=2, sort_keys=True) + "\n")
+    return directory / INDEX_FILE
+
+
+def _mismatched_file(directory: Path, index: dict[str, Any]) -> str | None:
+    """The first file of the set whose SHA-256 differs from the one ``index`` records (or that is missing); ``None``
+    when all match or the index records none (written before checksums were)."""
+    for name, digest in (index.get("sha256") or {}).items():
+        path = directory / name
+        if not path.is_file() or sha256_file(path) != digest:
+            return name
+    return None
 
 
 def write_statistics(directory: str | os.PathLike, collectors: dict[str, LatentStatsCollector], contexts: Tensor,
@@ -106,8 +124,23 @@ class LatentStatistics:
     _token_strings: dict[int, str] | None = field(default=None, repr=False)
 
     @classmethod
-    def open(cls, directory: str | os.PathLike) -> LatentStatistics:
+    def open(cls, directory: str | os.PathLike, verify: bool = True, attempts: int = 10) -> LatentStatistics:
+        """Read and check the index and (``verify``) every file of the set against the checksums it records: a
+        folder that mixes two ``canon-pl stats`` runs (one killed between its renames) is refused, never read.
+        ``verify=False`` reads the index alone (a listing that shows what a folder holds, not its arrays)."""
         directory = Path(directory)
+        for attempt in range(attempts):
+            index = cls._read_index(directory)
+            mismatched = _mismatched_file(directory, index) if verify else None
+            if mismatched is None:
+                return cls(directory, index)
+            time.sleep(random.uniform(0.005, 0.02) * (attempt + 1))  # a writer between two renames finishes
+        raise StatsError(f"{directory / mismatched} does not match the checksum its index {INDEX_FILE} records: the "
+                         f"folder mixes files of two canon-pl stats runs (one was stopped while writing) or a file "
+                         f"was damaged; re-run canon-pl stats")
+
+    @staticmethod
+    def _read_index(directory: Path) -> dict[str, Any]:
         path = directory / INDEX_FILE
         index = read_json(path, StatsError, "statistics index (run canon-pl stats)")
         if not isinstance(index, dict) or index.get("format") != FORMAT_NAME:
@@ -124,7 +157,11 @@ class LatentStatistics:
             f"{path} is malformed: \"members\" must map each SAE to its file, d_sae and n_tokens; re-run canon-pl stats")
         expect(isinstance(index.get("window", 0), int) and index.get("window", 0) >= 0, StatsError,
                f"{path} is malformed: \"window\" is not a non-negative integer; re-run canon-pl stats")
-        return cls(directory, index)
+        digests = index.get("sha256", {})
+        expect(isinstance(digests, dict) and all(isinstance(k, str) and k and "/" not in k and isinstance(v, str)
+                                                 for k, v in digests.items()), StatsError,
+               f"{path} is malformed: \"sha256\" must map each file of the folder to its checksum; re-run canon-pl stats")
+        return index
 
     @property
     def members(self) -> list[str]:

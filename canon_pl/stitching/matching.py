@@ -14,12 +14,14 @@ import torch.nn.functional as F
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from canon_pl.errors import CanonError
+
 DEFAULT_TAU = 0.7
 DEFAULT_BLOCK_BYTES = 256 * 2**20
 """Memory for one block of the cosine matrix; peak memory is about this plus the two decoders."""
 
 
-class StitchingError(ValueError):
+class StitchingError(CanonError, ValueError):
     """Two SAEs (or a setting) that cannot be stitched as asked."""
 
 

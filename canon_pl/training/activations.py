@@ -13,7 +13,9 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from canon_pl.checks import check_counts, check_positive
 from canon_pl.distributed import world
+from canon_pl.errors import SettingError
 from canon_pl.lm import (
     ContextLengthError,
     HookedLanguageModel,
@@ -23,7 +25,7 @@ from canon_pl.lm import (
     select_training_tokens,
     spliced_loss_sums,
 )
-from canon_pl.lm.text import TextSourceError, document_order_seed, iter_documents
+from canon_pl.lm.text import TextSourceError, check_text_source, document_order_seed, iter_documents
 from canon_pl.training.datamodules import ResumableStreamDataModule, _loader
 
 
@@ -86,10 +88,16 @@ class ActivationDataModule(ResumableStreamDataModule):
         """
         super().__init__()
         self.save_hyperparameters()
-        if context_length < 2:
-            raise ValueError(f"context_length must be at least 2, got {context_length}")
-        if block_contexts < contexts_per_forward or contexts_per_forward <= 0:
-            raise ValueError(f"need 0 < contexts_per_forward <= block_contexts, got {contexts_per_forward}, {block_contexts}")
+        check_counts(2, context_length=context_length, val_every=val_every)
+        check_counts(contexts_per_forward=contexts_per_forward, block_contexts=block_contexts, batch_size=batch_size)
+        check_counts(0, val_contexts=val_contexts)
+        if block_contexts < contexts_per_forward:
+            raise SettingError(f"block_contexts ({block_contexts}) must be at least contexts_per_forward "
+                               f"({contexts_per_forward}): a buffer block holds whole forwards")
+        if document_chars is not None:
+            check_counts(document_chars=document_chars)
+        if outlier_factor is not None:
+            check_positive(outlier_factor=outlier_factor)
         self.hooked: HookedLanguageModel | None = None
         self.tokens_seen = 0
         self.tokens_excluded = 0
@@ -104,6 +112,7 @@ class ActivationDataModule(ResumableStreamDataModule):
         """Load and check the LM once: hook point, context length and text source fail here, before long work."""
         if self.hooked is None:
             hp = self.hparams
+            check_text_source(hp.text)  # a missing, binary or unreachable text fails before the model loads
             loaded = load_causal_lm(hp.model, device=device, dtype=hp.model_dtype, device_map=hp.model_device_map)
             hooked = HookedLanguageModel(loaded)
             hooked.parse_hook_point(hp.hook_point)

@@ -12,12 +12,14 @@ from torch import Tensor
 
 from canon_pl.data import ShardIndex
 from canon_pl.data.shards import INDEX_FILE
+from canon_pl.errors import CanonError
+from canon_pl.lm.text import TextSourceError, check_text_source
 from canon_pl.sae import SparseAutoencoder
 from canon_pl.stitching.analysis import SplicedLoss, spliced_loss_on
 from canon_pl.training.activations import CAPTURE_KEYS
 
 
-class AnalysisDataError(ValueError):
+class AnalysisDataError(CanonError, ValueError):
     """Analysis data that does not fit the SAEs (width, model, hook point) or is empty."""
 
 
@@ -101,6 +103,11 @@ def analysis_activations(data: str, n_tokens: int, sae: SparseAutoencoder, ce: b
     if (Path(data) / INDEX_FILE).is_file():
         return cache_activations(data, n_tokens, sae.d_in, model or sae.cfg.model_id,
                                  hook_point or sae.cfg.hook_point), None
+    try:
+        check_text_source(data)  # before any model is loaded
+    except TextSourceError as err:
+        raise AnalysisDataError(f"{data!r} is not an activation cache (no {INDEX_FILE} there) and not a readable "
+                                f"text source: {err}") from err
     model, hook_point = model or sae.cfg.model_id, hook_point or sae.cfg.hook_point
     if not model or not hook_point:
         raise AnalysisDataError(f"the SAE records no model_id/hook_point, so text data {data!r} cannot be captured: "

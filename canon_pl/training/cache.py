@@ -10,6 +10,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from canon_pl.checks import check_counts
 from canon_pl.data import ShardIndex, write_activation_shards
 from canon_pl.training.activations import ActivationDataModule
 
@@ -45,10 +46,8 @@ def write_activation_cache(datamodule: ActivationDataModule, directory: str | Pa
     """Capture ``n_tokens`` training activations (shuffled as for training) into safetensors shards, and
     ``val_tokens`` activations of held-out documents into shards marked ``"split": "val"`` (what validation and the
     analyses read). The LM runs on ``device``."""
-    if n_tokens <= 0:
-        raise ValueError(f"n_tokens must be positive, got {n_tokens}")
-    if val_tokens < 0:
-        raise ValueError(f"val_tokens must be >= 0, got {val_tokens}")
+    check_counts(n_tokens=n_tokens)
+    check_counts(0, val_tokens=val_tokens)
     datamodule.load_model(device)
     progress = tqdm(total=n_tokens, desc="caching activations", unit="tok", unit_scale=True, dynamic_ncols=True)
 

@@ -16,6 +16,7 @@ import lightning as L
 from torch import Tensor
 from torch.utils.data import DataLoader, IterableDataset
 
+from canon_pl.checks import check_counts
 from canon_pl.data.shards import INDEX_FILE
 from canon_pl.data import (
     PlantedHierarchyActivations,
@@ -25,6 +26,7 @@ from canon_pl.data import (
     iterate_shard_batches,
 )
 from canon_pl.distributed import all_gather_objects, all_ranks_agree, world
+from canon_pl.errors import CanonError
 
 
 class _BatchStream(IterableDataset):
@@ -41,7 +43,7 @@ def _loader(make_iterator: Callable[[], Iterator[Tensor]]) -> DataLoader:
     return DataLoader(_BatchStream(make_iterator), batch_size=None, num_workers=0)
 
 
-class StreamResumeError(ValueError):
+class StreamResumeError(CanonError, ValueError):
     """A checkpoint's stream positions that do not fit this run (another number of ranks)."""
 
 
@@ -127,8 +129,8 @@ class _SyntheticStreamDataModule(ResumableStreamDataModule):
     source: Any
 
     def _check_sizes(self, batch_size: int, val_batches: int) -> None:
-        if batch_size <= 0 or val_batches < 0:
-            raise ValueError(f"batch_size must be > 0 and val_batches >= 0, got {batch_size}, {val_batches}")
+        check_counts(batch_size=batch_size)
+        check_counts(0, val_batches=val_batches)
 
     @property
     def d_in(self) -> int:
@@ -247,8 +249,7 @@ class ActivationShardDataModule(ResumableStreamDataModule):
         """
         super().__init__()
         self.save_hyperparameters()
-        if batch_size <= 0 or shards_in_memory <= 0:
-            raise ValueError(f"batch_size and shards_in_memory must be positive, got {batch_size}, {shards_in_memory}")
+        check_counts(batch_size=batch_size, shards_in_memory=shards_in_memory)
         self._index: ShardIndex | None = None
         if (Path(path) / INDEX_FILE).is_file():
             self.index  # noqa: B018 - an existing cache is checked now; a missing one when first used (setup)

@@ -11,6 +11,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 from torch.utils.data import DataLoader
 
+from canon_pl.checks import check_counts, check_positive
 from canon_pl.distributed import rank_local, world
 from canon_pl.io import load_sae
 from canon_pl.io.family import MANIFEST_FILE, load_family
@@ -46,8 +47,7 @@ class DecoderRowsDataModule(ResumableStreamDataModule):
         """
         super().__init__()
         self.save_hyperparameters()
-        if batch_size <= 0:
-            raise ValueError(f"batch_size must be positive, got {batch_size}")
+        check_counts(batch_size=batch_size, val_batch_size=val_batch_size)
         self._base: SparseAutoencoder | None = None
         self._rows: Tensor | None = None
 
@@ -180,8 +180,14 @@ class MetaSAEAnalysisCallback(L.Callback):
             sweep_d_sae_per_d_in: Also train meta-SAEs of these widths (multiples of d_in; the paper's is 3) from
                 scratch, each with its floors and PCA cap, as long as the floors (``width_sweep`` in the analysis).
         """
-        if sweep_d_sae_per_d_in and any(not m > 0 for m in sweep_d_sae_per_d_in):
-            raise ValueError(f"sweep_d_sae_per_d_in must be positive multiples of d_in, got {sweep_d_sae_per_d_in}")
+        for multiple in sweep_d_sae_per_d_in or []:
+            check_positive(sweep_d_sae_per_d_in=multiple)
+        check_counts(tokens=tokens)
+        check_counts(0, baseline_steps=baseline_steps)
+        if floor_steps is not None:
+            check_counts(0, floor_steps=floor_steps)
+        if floor_batch_size is not None:
+            check_counts(floor_batch_size=floor_batch_size)
         self.data, self.tokens, self.ce = data, tokens, ce
         self.baseline_steps, self.dirpath = baseline_steps, dirpath
         self.floor_steps, self.floor_batch_size = floor_steps, floor_batch_size

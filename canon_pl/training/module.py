@@ -18,6 +18,7 @@ import torch
 from lightning.fabric.utilities.data import AttributeDict
 from torch import Tensor, nn
 
+from canon_pl.checks import check_output_folder
 from canon_pl.distributed import (
     all_reduce,
     assign_parameter,
@@ -27,6 +28,7 @@ from canon_pl.distributed import (
     is_sharded,
     world,
 )
+from canon_pl.errors import CanonError
 from canon_pl.io.export import export_sae
 from canon_pl.io.family import write_family_manifest
 from canon_pl.io.lock import RunFolderLock
@@ -42,11 +44,11 @@ from canon_pl.sae import SAEConfig, SAEConfigError, SparseAutoencoder, build_sae
 from canon_pl.training.checkpoint_io import use_atomic_checkpoint_io
 
 
-class NonFiniteError(FloatingPointError):
+class NonFiniteError(CanonError, FloatingPointError):
     """NaN or Inf in the activations or the loss; training stops and earlier checkpoints are left as they were."""
 
 
-class InputShapeError(ValueError):
+class InputShapeError(CanonError, ValueError):
     """The data does not have the SAE's input width."""
 
 
@@ -265,6 +267,7 @@ class SAEFamilyModule(L.LightningModule):
         if stage == "fit" and self._writes_files() and self._trainer is not None:
             # One writer per run folder: a second live run into it is refused before anything is written. A run
             # that dies leaves a stale lock that the next run on this host takes over.
+            check_output_folder(self.trainer.default_root_dir, "trainer.default_root_dir")
             self._run_lock = RunFolderLock(self.trainer.default_root_dir)
             self._run_lock.acquire()
         if self._trainer is not None:

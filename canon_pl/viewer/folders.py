@@ -9,8 +9,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from canon_pl.errors import CanonError
 
-class ViewerFolderError(ValueError):
+
+class ViewerFolderError(CanonError, ValueError):
     """A folder the viewer was asked to read lies outside the folder it was started on."""
 
 

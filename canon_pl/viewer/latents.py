@@ -21,7 +21,7 @@ def find_statistics(root: str | os.PathLike, kind: str | None = "sae") -> dict[s
     found = {}
     for index in files_inside(root, "**/stats/stats.json"):
         try:
-            stats = LatentStatistics.open(index.parent)
+            stats = LatentStatistics.open(index.parent, verify=False)  # the index alone: a listing
         except StatsError:
             continue  # foreign or corrupt: skipped, never fatal
         if kind is not None and stats.index.get("kind", "sae") != kind:

@@ -66,7 +66,7 @@ def base_location(root: str | os.PathLike, base: dict[str, Any],
     the viewer can link a base latent to its latent page; ``None`` when no statistics cover it."""
     for label, stats_dir in statistics.items():
         try:
-            members = LatentStatistics.open(stats_dir).members
+            members = LatentStatistics.open(stats_dir, verify=False).members
         except StatsError:
             continue
         for member in members:

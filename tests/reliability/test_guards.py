@@ -55,6 +55,7 @@ def write_stats(folder: Path, seed: int) -> None:
 
 
 def write_meta_stats(folder: Path, seed: int) -> None:
+    torch.manual_seed(seed)
     decomposition = MetaDecomposition(torch.tensor([0, 1, 2]), torch.tensor([0, 1, seed % 2]),
                                       torch.tensor([0.5, 0.4, 0.3]), n_base=3, n_meta=2)
     write_meta_statistics(folder, decomposition, unembedding_directions(torch.randn(2, 24), torch.randn(50, 24), n=2),
