@@ -47,6 +47,7 @@ from canon_pl.viewer.meta import (
     meta_rows,
 )
 from canon_pl.viewer.search import search_latents, top_centre_tokens
+from canon_pl.viewer.stitching import settings_mismatch_in_run
 
 CURVES = {
     "train/fvu": "FVU (training batch)",
@@ -216,6 +217,9 @@ def stitching_page(root: Path) -> None:
         return
     labels = [p.label for p in pairs]
     pair = pairs[labels.index(choose("pair", labels, "pair"))]
+    mismatch = settings_mismatch_in_run(pairs, pair.run_folder)
+    if mismatch:
+        st.warning(mismatch)
     data = load_stitching(str(pair.path))
     s = data["summary"]
     small, large = str(s["small"]["d_sae"]), str(s["large"]["d_sae"])

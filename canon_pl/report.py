@@ -13,6 +13,7 @@ import pandas as pd
 
 from canon_pl.io.atomic import atomic_write_text
 from canon_pl.meta.analysis import higher_floor
+from canon_pl.stitching import settings_mismatch
 from canon_pl.verdicts import MARGIN, META_MARGIN, MIN_SHARE, PAPER, study_verdicts
 
 REPORT_FILE = "report.md"
@@ -190,6 +191,9 @@ def _stitching_section(facts: dict[str, Any], figures: Path) -> list[str]:
              "*control* columns are the same measurements of L against an SAE of its own width from another init "
              "seed: what seeds alone give. *Path excess*: how far the path's MSE rises above the worse endpoint "
              "(0 = it stays between S and L).", "", _markdown_table(pd.DataFrame(rows)), ""]
+    mismatch = settings_mismatch({f"{s['small']['d_sae']} → {s['large']['d_sae']}": s for s in facts["pairs"]})
+    if mismatch:
+        lines += [f"> **Warning:** {mismatch}.", ""]
     if bars:
         lines.append(f"![novel vs control](report/{_save(novel_vs_control_chart(pd.DataFrame(bars)), figures / 'novel_fraction.png')})")
     if len(facts["paths"]):

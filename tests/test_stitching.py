@@ -207,6 +207,31 @@ def test_results_file_round_trips_and_a_foreign_file_is_refused(tmp_path: Path) 
         read_stitching_results(path, arrays=True)
 
 
+def test_results_of_one_run_analysed_with_different_settings_are_flagged(tmp_path: Path) -> None:
+    """A family `stitch` stopped midway and re-run with other settings leaves pairs that look alike: each file
+    records its tau, token count and data, and the viewer and the report say the set is mixed."""
+    from canon_pl.viewer.stitching import find_stitching_results, settings_mismatch_in_run
+    from tests.viewer_data import open_viewer
+
+    a, b, c = (random_trained_like(width, seed=seed) for width, seed in ((16, 1), (32, 2), (64, 3)))
+    x = torch.randn(300, D_IN)
+    folder = tmp_path / "fam" / "stitching"
+    write_stitching_results(analyze_pair(a, b, x, data="checkpoints/cache_smollm2_l6"), folder)
+    write_stitching_results(analyze_pair(b, c, x[:200], tau=0.5, data="checkpoints/cache_smollm2_l6"), folder)
+    pairs = find_stitching_results(tmp_path)
+    assert [p.settings for p in pairs] == [
+        {"tau": 0.7, "n_tokens": 300, "data": "checkpoints/cache_smollm2_l6"},
+        {"tau": 0.5, "n_tokens": 200, "data": "checkpoints/cache_smollm2_l6"}]
+    mismatch = settings_mismatch_in_run(pairs, tmp_path / "fam")
+    assert mismatch is not None and "tau 0.7 (16_32.json), 0.5 (32_64.json)" in mismatch
+    assert "n_tokens 300 (16_32.json), 200 (32_64.json)" in mismatch and "data" not in mismatch.split(".")[0]
+    app = open_viewer(tmp_path, page="Stitching")
+    assert not app.exception and "analysed with different settings" in app.warning[0].value
+    write_stitching_results(analyze_pair(b, c, x, data="checkpoints/cache_smollm2_l6"), folder)  # the re-run
+    assert settings_mismatch_in_run(find_stitching_results(tmp_path), tmp_path / "fam") is None
+    assert not open_viewer(tmp_path, page="Stitching").warning
+
+
 def test_bad_pairs_and_settings_fail_with_one_clear_error() -> None:
     small, large = random_trained_like(16, seed=1), random_trained_like(32, seed=2)
     x = torch.randn(64, D_IN)

@@ -5,11 +5,13 @@ Pure torch: usable in a notebook without Lightning. ``StitchingCallback`` (canon
 """
 
 from canon_pl.stitching.analysis import (
+    SETTINGS,
     StitchingResult,
     analyze_pair,
     check_pair,
     proxy_agreement,
     read_stitching_results,
+    settings_mismatch,
     spliced_loss_on,
     write_stitching_results,
 )
@@ -33,6 +35,7 @@ from canon_pl.stitching.stitched import StitchedSAE, latent_thresholds
 
 __all__ = [
     "DEFAULT_TAU",
+    "SETTINGS",
     "LatentGroups",
     "LatentMatch",
     "SparseCodes",
@@ -50,6 +53,7 @@ __all__ = [
     "match_latents",
     "proxy_agreement",
     "read_stitching_results",
+    "settings_mismatch",
     "single_insertion_delta_mse",
     "spliced_loss_on",
     "sparse_codes",

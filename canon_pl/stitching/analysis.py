@@ -141,14 +141,17 @@ def analyze_pair(small: SparseAutoencoder, large: SparseAutoencoder, activations
                  spliced_loss: SplicedLoss | None = None, ce_points: int = 0, progress: bool = False,
                  names: tuple[str | None, str | None] = (None, None),
                  large_initial_decoder: Tensor | None = None, control: SparseAutoencoder | None = None,
-                 control_name: str | None = None, small_initial_decoder: Tensor | None = None) -> StitchingResult:
+                 control_name: str | None = None, small_initial_decoder: Tensor | None = None,
+                 data: str | None = None) -> StitchingResult:
     """Match, group, check and walk from ``small`` to ``large`` on raw held-out ``activations [N, d_in]``.
 
     ``spliced_loss`` with ``ce_points > 0`` also measures the next-token loss at that many points along the path
     (endpoints included). ``large_initial_decoder [d_large, d_in]`` splits latents into moved and stuck at their
     initialisation (``small_initial_decoder`` is used instead when the pair is given the wrong way round and
     swapped); ``control`` (an SAE of L's width from another init seed) adds the cross-seed control: the same
-    classification of L's latents against it.
+    classification of L's latents against it. ``data`` (the source ``activations`` came from, e.g. a cache folder
+    or a text source) is recorded with ``tau`` and the token count: the :data:`SETTINGS` that
+    :func:`settings_mismatch` compares across the results of one run.
     """
     tau = check_tau(tau)
     small, large, swapped = check_pair(small, large, names[0] or "small", names[1] or "large")
@@ -201,6 +204,7 @@ def analyze_pair(small: SparseAutoencoder, large: SparseAutoencoder, activations
         "swapped": swapped,
         "tau": tau,
         "n_tokens": int(x.shape[0]),
+        "data": data,
         "novel_fraction": float(is_novel.float().mean()),
         "n_novel": int(is_novel.sum()),
         "n_reconstruction": int((~is_novel).sum()),
@@ -248,6 +252,25 @@ def _arrays(result: StitchingResult) -> dict[str, Tensor]:
         tensors["control_max_cos"] = result.control.match.large_max_cos
         tensors["control_delta_mse"] = result.control.delta_mse
     return tensors
+
+
+SETTINGS = ("tau", "n_tokens", "data")
+"""The keys of a results summary that say how a pair was analysed: results that differ in one are not comparable."""
+
+
+def settings_mismatch(summaries: dict[str, dict[str, Any]]) -> str | None:
+    """``None`` when every summary (by file or pair name) was analysed with the same :data:`SETTINGS`, else a
+    sentence naming each setting that differs and its value per name (for example after a family ``stitch`` that
+    was stopped midway and re-run with other settings)."""
+    differing = []
+    for key in SETTINGS:
+        values = {name: summary.get(key) for name, summary in summaries.items()}
+        if len({repr(v) for v in values.values()}) > 1:
+            differing.append(f"{key} " + ", ".join(f"{v!r} ({name})" for name, v in values.items()))
+    if not differing:
+        return None
+    return ("these stitching results were analysed with different settings and are not comparable: "
+            + "; ".join(differing) + ". Re-run canon-pl stitch on the family to make them one set")
 
 
 def write_stitching_results(result: StitchingResult, directory: str | os.PathLike, name: str | None = None) -> Path:

@@ -117,7 +117,7 @@ class StitchingCallback(L.Callback):
             initial = initial_sae(large.cfg, specs[str(large_w)][1]).W_dec if str(large_w) in specs else None
             result = analyze_pair(small, large, x, self.tau, spliced_loss=spliced, ce_points=self.ce_points,
                                   names=(f"width {small_w}", f"width {large_w}"), large_initial_decoder=initial,
-                                  control=control, control_name=control_key)
+                                  control=control, control_name=control_key, data="the run's validation batches")
             result.summary["global_step"] = int(trainer.global_step)
             path = write_stitching_results(result, out_dir, name=f"{small_w}_{large_w}")
             s = result.summary

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 from canon_pl.io.validate import malformed_as
-from canon_pl.stitching import StitchingError, read_stitching_results
+from canon_pl.stitching import SETTINGS, StitchingError, read_stitching_results, settings_mismatch
 from canon_pl.stitching.path import STEP_KINDS
 from canon_pl.viewer.folders import files_inside
 
@@ -21,10 +21,20 @@ MAX_RESULTS_BYTES = 64 * 1024 * 1024
 
 @dataclass
 class StitchingPair:
-    """One results file: ``label`` is ``<run folder> · <small> → <large>``."""
+    """One results file: ``label`` is ``<run folder> · <small> → <large>``; ``settings`` its :data:`SETTINGS`."""
 
     path: Path
     label: str
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def run_folder(self) -> Path:
+        return self.path.parent.parent
+
+
+def settings_mismatch_in_run(pairs: list[StitchingPair], run_folder: Path) -> str | None:
+    """:func:`canon_pl.stitching.settings_mismatch` over the results of ``run_folder`` (``None``: one set)."""
+    return settings_mismatch({p.path.name: p.settings for p in pairs if p.run_folder == run_folder})
 
 
 def find_stitching_results(root: str | os.PathLike) -> list[StitchingPair]:
@@ -39,7 +49,8 @@ def find_stitching_results(root: str | os.PathLike) -> list[StitchingPair]:
         except StitchingError:
             continue  # foreign or corrupt: skipped, never fatal
         run = path.parent.parent.relative_to(root)
-        pairs.append(StitchingPair(path, f"{run} · {summary['small']['d_sae']} → {summary['large']['d_sae']}"))
+        pairs.append(StitchingPair(path, f"{run} · {summary['small']['d_sae']} → {summary['large']['d_sae']}",
+                                   {key: summary.get(key) for key in SETTINGS}))
     return pairs
 
 
