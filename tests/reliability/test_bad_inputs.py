@@ -110,6 +110,30 @@ def test_an_accelerator_this_machine_lacks_is_one_line(inputs: dict[str, str], c
     assert "Traceback" not in err and "MisconfigurationException: No supported gpu backend found" in err
 
 
+def test_a_full_disk_while_writing_is_one_line_and_keeps_the_previous_output(inputs: dict[str, str], tmp_path: Path,
+                                                                              capsys: pytest.CaptureFixture,
+                                                                              monkeypatch) -> None:
+    import errno
+    import os
+
+    out = tmp_path / "exp"
+    assert main(["export", "--ckpt", inputs["small"], "--out", str(out)]) == 0
+    before = (out / "sae.safetensors").read_bytes()
+    real_fsync = os.fsync
+
+    def full_disk(fd: int) -> None:
+        if os.readlink(f"/proc/self/fd/{fd}").endswith(".tmp"):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", full_disk)
+    capsys.readouterr()
+    assert main(["export", "--ckpt", inputs["large"], "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and f"could not write {out}" in err and "No space left on device" in err
+    assert (out / "sae.safetensors").read_bytes() == before
+
+
 @pytest.fixture
 def read_only_folder(tmp_path: Path):
     """A real read-only filesystem (root ignores permission bits; needs mount rights, skipped elsewhere)."""
