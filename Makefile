@@ -39,8 +39,11 @@ main: setup text
 sae: setup text
 	$(BIN)/lightning fit --config $(CONFIG)
 
+# TEST_WORKERS pytest-xdist processes share the cores, one test file each at a time (much of the suite waits on
+# subprocesses, model loads and the browser); TEST_WORKERS=0 runs it in one process.
+TEST_WORKERS ?= 2
 test: setup browser
-	$(BIN)/pytest -q --durations=15
+	$(BIN)/pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=15
 
 bench: setup
 	$(BIN)/pip install --quiet -c constraints-cpu.txt -e '.[bench]'

@@ -18,11 +18,15 @@ def _restore_argv(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(sys, "argv", list(sys.argv))
 
 
+TORCH_THREADS = max(1, min(2, os.cpu_count() or 1) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
+"""Threads per test process: the machine's (at most 2) shared among the pytest-xdist workers (`make test` runs 2)."""
+
+
 @pytest.fixture(autouse=True)
 def _deterministic() -> None:
     random.seed(0)
     torch.manual_seed(0)
-    torch.set_num_threads(min(2, os.cpu_count() or 1))
+    torch.set_num_threads(TORCH_THREADS)
     default_dtype = torch.get_default_dtype()
     yield
     torch.set_default_dtype(default_dtype)

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import lightning as L
+import pytest
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 REPO = Path(__file__).resolve().parents[1]
@@ -30,3 +33,17 @@ def make_trainer(root: Path, max_steps: int, every_n_steps: int | None = None, *
 def run_cli(*args: str, cwd: Path, script: str = "lightning") -> subprocess.CompletedProcess:
     """Run an installed console script (``lightning`` or ``canon-pl``) as a researcher would."""
     return subprocess.run([str(BIN / script), *args], cwd=cwd, capture_output=True, text=True, timeout=600)
+
+
+@contextlib.contextmanager
+def mounted_tmpfs(mount: Path, options: str, why_skipped: str = "") -> Iterator[Path]:
+    """A real tmpfs mounted at ``mount`` with ``options`` (e.g. ``size=192k`` or ``ro``) for the test's duration;
+    the test is skipped where this machine allows no mounting (needs root)."""
+    mount.mkdir(parents=True, exist_ok=True)
+    result = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(mount)], capture_output=True)
+    if result.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs ({options}) here ({result.stderr.decode().strip()}){why_skipped}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", str(mount)], check=False)

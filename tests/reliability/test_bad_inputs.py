@@ -5,7 +5,6 @@ run it. No case may print a traceback, load the language model or write anything
 from __future__ import annotations
 
 import math
-import subprocess
 import time
 from pathlib import Path
 
@@ -15,6 +14,7 @@ from canon_pl.cli import main
 from canon_pl.errors import CanonError, SettingError
 from canon_pl.io import export_sae
 from canon_pl.sae import SAEConfig, build_sae
+from tests.helpers import mounted_tmpfs
 
 REPO = Path(__file__).resolve().parents[2]
 SYNTHETIC = str(REPO / "configs" / "sae_synthetic.yaml")
@@ -137,15 +137,8 @@ def test_a_full_disk_while_writing_is_one_line_and_keeps_the_previous_output(inp
 @pytest.fixture
 def read_only_folder(tmp_path: Path):
     """A real read-only filesystem (root ignores permission bits; needs mount rights, skipped elsewhere)."""
-    mount = tmp_path / "ro"
-    mount.mkdir()
-    result = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(mount)], capture_output=True)
-    if result.returncode != 0:
-        pytest.skip(f"cannot mount a read-only tmpfs here ({result.stderr.decode().strip()})")
-    try:
+    with mounted_tmpfs(tmp_path / "ro", "ro,size=64k") as mount:
         yield mount
-    finally:
-        subprocess.run(["umount", str(mount)], check=False)
 
 
 def test_an_output_on_a_read_only_filesystem_is_refused_before_the_work(inputs: dict[str, str], read_only_folder: Path,

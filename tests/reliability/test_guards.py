@@ -23,7 +23,7 @@ from canon_pl.sae import SAEConfig, build_sae
 from canon_pl.stats import collect_statistics, unembedding_directions, write_statistics
 from canon_pl.stats.files import write_meta_statistics
 from canon_pl.stitching import analyze_pair, write_stitching_results
-from tests.helpers import BIN, REPO
+from tests.helpers import BIN, REPO, mounted_tmpfs
 from tests.test_stats import planted_run
 
 
@@ -102,16 +102,8 @@ def test_a_disk_full_while_rewriting_leaves_the_previous_output_as_it_was(tmp_pa
 @pytest.fixture
 def tiny_filesystem(tmp_path: Path):
     """A real 192 KiB tmpfs (needs root and mount rights: skipped elsewhere)."""
-    mount = tmp_path / "small"
-    mount.mkdir()
-    result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=192k", "tmpfs", str(mount)], capture_output=True)
-    if result.returncode != 0:
-        pytest.skip(f"cannot mount a small tmpfs here ({result.stderr.decode().strip()}); the simulated ENOSPC "
-                    f"test covers the same path")
-    try:
+    with mounted_tmpfs(tmp_path / "small", "size=192k", "; the simulated ENOSPC test covers the same path") as mount:
         yield mount
-    finally:
-        subprocess.run(["umount", str(mount)], check=False)
 
 
 def test_an_export_that_fills_a_real_filesystem_keeps_the_previous_export(tiny_filesystem: Path) -> None:
