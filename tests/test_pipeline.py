@@ -27,8 +27,9 @@ def tiny_configs(root: Path) -> Path:
     run = str(root / "checkpoints" / "tiny")
     fit["trainer"].update({"max_steps": 6, "val_check_interval": 6, "log_every_n_steps": 2, "default_root_dir": run})
     fit["trainer"]["logger"]["init_args"]["save_dir"] = run
-    fit["trainer"]["callbacks"][0]["init_args"].update({"dirpath": f"{run}/ckpt", "every_n_train_steps": 3})
-    fit["trainer"]["callbacks"][2]["init_args"].update({"max_tokens": 512})
+    callbacks = {callback["class_path"].rsplit(".", 1)[1]: callback for callback in fit["trainer"]["callbacks"]}
+    callbacks["ModelCheckpoint"]["init_args"].update({"dirpath": f"{run}/ckpt", "every_n_train_steps": 3})
+    callbacks["StitchingCallback"]["init_args"].update({"max_tokens": 512})
     fit["model"]["init_args"].update({"widths": [576, 1152], "dead_tokens_threshold": 2000})
     fit["data"]["init_args"].update({"path": str(root / "cache"), "batch_size": 256, "shards_in_memory": 1})
     (root / "fit.yaml").write_text(yaml.safe_dump(fit))
@@ -80,6 +81,7 @@ def test_the_pipeline_runs_every_stage_and_a_rerun_skips_them(tmp_path: Path) ->
     for image in re.findall(r"\]\((report/[^)]+\.png)\)", report):
         assert (run / image).stat().st_size > 1000
     assert "streamlit run apps/viewer.py" in first.stdout
+    assert "of which (share of the fit)" in first.stdout and "SAE steps" in first.stdout  # the fit's own parts
 
     again = run_cli("pipeline", "--config", str(config), cwd=tmp_path, script="canon-pl")
     assert again.returncode == 0, again.stderr[-3000:]

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
+import lightning as L
 import pytest
 import torch
 
@@ -148,3 +150,92 @@ def test_an_sae_without_encoder_bias_keeps_it_at_zero_through_training_and_expor
     loaded = load_sae(tmp_path)
     assert not loaded.cfg.encoder_bias and torch.count_nonzero(loaded.b_enc) == 0
     assert "b_enc" not in dict(loaded.named_parameters())
+
+
+def test_the_fit_time_breakdown_accounts_for_every_second_of_the_fit(tmp_path: Path) -> None:
+    """`<run>/fit_time.json` splits the fit into data, SAE steps, validation, checkpoint writes and the rest: each
+    part non-negative, together the whole fit, and the pipeline shows them under its fit row."""
+    from canon_pl.commands.pipeline import stage_table
+    from canon_pl.training import FitTimeBreakdown
+    from canon_pl.training.timing import PARTS, read_fit_time
+
+    trainer = make_trainer(tmp_path, max_steps=20, every_n_steps=5, val_check_interval=10,
+                           check_val_every_n_epoch=None, callbacks=[FitTimeBreakdown()])
+    trainer.fit(SAEModule(d_in=48, d_sae=96, k=3), SyntheticActivationDataModule(**SMALL_DATA))
+    record = read_fit_time(tmp_path)
+    assert record is not None and record["steps"] == 20
+    seconds = record["seconds"]
+    assert all(seconds[part] >= 0 for part in PARTS)
+    assert seconds["sae_steps"] > 0 and seconds["validation"] > 0 and seconds["checkpointing"] > 0
+    assert sum(seconds.values()) == pytest.approx(record["total"], abs=0.05)
+    table = stage_table({"fit": record["total"], "report": 1.0}, record["total"] + 1.0, record)
+    assert "of which (share of the fit)" in table and "checkpoint writes" in table and "SAE steps" in table
+
+
+class RecordLearningRate(L.Callback):
+    """The learning rate each optimizer step uses, by global step; stops the run at ``stop_at`` if given."""
+
+    def __init__(self, stop_at: int | None = None) -> None:
+        self.rates: dict[int, float] = {}
+        self.stop_at = stop_at
+
+    def on_train_batch_start(self, trainer: L.Trainer, *args) -> None:
+        self.rates[trainer.global_step] = trainer.optimizers[0].param_groups[0]["lr"]
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args) -> None:
+        if trainer.global_step == self.stop_at:
+            trainer.should_stop = True
+
+
+SCHEDULE = dict(lr=1e-3, lr_warmup_steps=4, lr_decay="cosine", lr_decay_steps=6, lr_final_fraction=0.1)
+
+
+def test_the_learning_rate_warms_up_then_decays_as_the_formula_says(tmp_path: Path) -> None:
+    record = RecordLearningRate()
+    make_trainer(tmp_path, max_steps=20, callbacks=[record]).fit(SAEModule(d_in=48, d_sae=96, k=3, **SCHEDULE),
+                                                                 SyntheticActivationDataModule(**SMALL_DATA))
+    expected = {0: 0.25e-3, 1: 0.5e-3, 3: 1e-3, 10: 1e-3, 13: 1e-3, 19: 1e-4,
+                16: 1e-4 + 0.9e-3 * 0.5 * (1 + math.cos(math.pi * 3 / 6))}  # step 16: half-way down the cosine
+    assert sorted(record.rates) == list(range(20))
+    for step, rate in expected.items():
+        assert record.rates[step] == pytest.approx(rate, rel=1e-6), step
+    linear = RecordLearningRate()
+    make_trainer(tmp_path / "linear", max_steps=10, callbacks=[linear]).fit(
+        SAEModule(d_in=48, d_sae=96, k=3, lr=1e-3, lr_decay="linear", lr_decay_steps=5, lr_final_fraction=0.0),
+        SyntheticActivationDataModule(**SMALL_DATA))
+    assert [round(linear.rates[s] / 1e-3, 6) for s in range(10)] == [1, 1, 1, 1, 1, 0.8, 0.6, 0.4, 0.2, 0.0]
+
+
+def test_a_resumed_run_continues_the_schedule_at_the_step_it_stopped(tmp_path: Path) -> None:
+    whole, first, resumed = RecordLearningRate(), RecordLearningRate(stop_at=12), RecordLearningRate()
+    data = dict(SMALL_DATA)
+    make_trainer(tmp_path / "whole", max_steps=20, callbacks=[whole]).fit(
+        SAEModule(d_in=48, d_sae=96, k=3, **SCHEDULE), SyntheticActivationDataModule(**data))
+    make_trainer(tmp_path, max_steps=20, every_n_steps=10, callbacks=[first]).fit(
+        SAEModule(d_in=48, d_sae=96, k=3, **SCHEDULE), SyntheticActivationDataModule(**data))
+    make_trainer(tmp_path, max_steps=20, callbacks=[resumed]).fit(
+        SAEModule(d_in=48, d_sae=96, k=3, **SCHEDULE), SyntheticActivationDataModule(**data),
+        ckpt_path=str(tmp_path / "ckpt" / "epoch=0-step=10.ckpt"))
+    assert sorted(resumed.rates) == list(range(10, 20))
+    assert resumed.rates == {step: whole.rates[step] for step in range(10, 20)}
+
+
+@pytest.mark.parametrize("bad, message", [
+    ({"lr_decay": "cosine"}, "lr_decay 'cosine' needs lr_decay_steps > 0"),
+    ({"lr_decay": "exponential", "lr_decay_steps": 5}, "lr_decay must be one of constant, linear, cosine"),
+    ({"lr_warmup_steps": -1}, "lr_warmup_steps must be a whole number >= 0"),
+    ({"lr_final_fraction": 2.0, "lr_decay": "linear", "lr_decay_steps": 5}, "lr_final_fraction must lie in"),
+])
+def test_a_bad_schedule_is_refused_when_the_module_is_built(bad: dict, message: str) -> None:
+    from canon_pl.errors import SettingError
+
+    with pytest.raises(SettingError, match=message):
+        SAEModule(d_in=16, d_sae=32, **bad)
+
+
+def test_a_schedule_longer_than_the_run_is_refused_before_training(tmp_path: Path) -> None:
+    from canon_pl.errors import SettingError
+
+    with pytest.raises(SettingError, match=r"lr_warmup_steps \(8\) \+ lr_decay_steps \(8\) exceed trainer.max_steps \(10\)"):
+        make_trainer(tmp_path, max_steps=10).fit(SAEModule(d_in=48, d_sae=96, k=3, lr_warmup_steps=8, lr_decay="linear",
+                                                           lr_decay_steps=8), SyntheticActivationDataModule(**SMALL_DATA))

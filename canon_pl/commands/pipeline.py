@@ -145,10 +145,24 @@ def run_stage(stage: str, cfg: dict[str, Any], device: str) -> int:
     return 0
 
 
+def stage_table(timings: dict[str, float], total: float, fit_time: dict[str, Any] | None) -> str:
+    """The stages that ran, with seconds and share of the whole; the fit's parts (``fit_time.json``, when its
+    config has the ``FitTimeBreakdown`` callback) as indented rows under it."""
+    from canon_pl.training.timing import fit_time_table
+
+    lines = [f"{'stage':<60} {'time':>10} {'share':>6}"]
+    for stage, seconds in timings.items():
+        lines.append(f"{stage:<60} {seconds:>8.1f} s {seconds / max(total, 1e-9):>6.1%}")
+        if stage == "fit" and fit_time is not None:
+            lines += ["  of which (share of the fit):", fit_time_table(fit_time, indent="    ")]
+    return "\n".join(lines)
+
+
 def pipeline_command(argv: list[str]) -> int:
     ns = build_parser().parse_args(argv)
     from canon_pl.checks import check_device
     from canon_pl.errors import CanonError
+    from canon_pl.training.timing import read_fit_time
 
     try:
         check_device(ns.device)
@@ -174,6 +188,7 @@ def pipeline_command(argv: list[str]) -> int:
                   f"stages are kept and skipped", file=sys.stderr)
             return code
     total = time.monotonic() - started
+    print(stage_table(timings, total, read_fit_time(cfg["run"]) if "fit" in timings else None))
     print(f"pipeline finished in {total / 60:.1f} min ({json.dumps(timings)}); report: {cfg['run'] / 'report.md'}")
     print(f"open it in the viewer: streamlit run apps/viewer.py -- --checkpoints {cfg['run'].parent}")
     return 0

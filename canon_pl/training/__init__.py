@@ -28,11 +28,13 @@ from canon_pl.training.parallel import (
     SAEThroughputMonitor,
 )
 from canon_pl.training.stitching import StitchingCallback
+from canon_pl.training.timing import FitTimeBreakdown
 
 __all__ = [
     "ActivationDataModule",
     "ActivationShardDataModule",
     "DecoderRowsDataModule",
+    "FitTimeBreakdown",
     "Float32MatmulPrecision",
     "InputShapeError",
     "MetaSAEAnalysisCallback",

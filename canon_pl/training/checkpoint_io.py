@@ -11,6 +11,7 @@ through :func:`canon_pl.io.checkpoint.safe_torch_load`. The SAE modules install 
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -23,16 +24,23 @@ from canon_pl.io.checkpoint import safe_torch_load
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """Lightning's checkpoint IO for local folders, with atomic writes and restricted (``weights_only``) reads."""
+    """Lightning's checkpoint IO for local folders, with atomic writes and restricted (``weights_only``) reads.
+    ``seconds_writing`` counts the time spent in writes (read by :class:`canon_pl.training.timing.FitTimeBreakdown`)."""
+
+    seconds_writing: float = 0.0
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: str | os.PathLike,
                         storage_options: Any | None = None) -> None:
         if storage_options is not None:
             raise TypeError(f"{type(self).__name__} takes no storage_options (got {storage_options!r})")
-        with atomic_paths(path) as (temporary,), open(temporary, "wb") as stream:
-            # through a Python file, so a full disk raises its own OSError (torch's own writer reports an iostream
-            # error with no errno)
-            torch.save(checkpoint, stream)
+        started = time.perf_counter()
+        try:
+            with atomic_paths(path) as (temporary,), open(temporary, "wb") as stream:
+                # through a Python file, so a full disk raises its own OSError (torch's own writer reports an
+                # iostream error with no errno)
+                torch.save(checkpoint, stream)
+        finally:
+            self.seconds_writing += time.perf_counter() - started
 
     def load_checkpoint(self, path: str | os.PathLike, map_location: Any | None = None,
                         weights_only: bool | None = None) -> dict[str, Any]:

@@ -42,6 +42,7 @@ from canon_pl.metrics import (
 )
 from canon_pl.sae import SAEConfig, SAEConfigError, SparseAutoencoder, build_sae, initial_sae
 from canon_pl.training.checkpoint_io import use_atomic_checkpoint_io
+from canon_pl.training.schedule import LRSchedule, lr_factor
 
 
 class NonFiniteError(CanonError, FloatingPointError):
@@ -115,6 +116,10 @@ class SAEFamilyModule(L.LightningModule):
         hook_point: str | None = None,
         model_id: str | None = None,
         lr: float | None = None,
+        lr_warmup_steps: int = 0,
+        lr_decay: str = "constant",
+        lr_decay_steps: int = 0,
+        lr_final_fraction: float = 0.1,
         betas: tuple[float, float] = (0.9, 0.99),
         normalize_activations: bool = True,
         b_dec_init: str = "mean",
@@ -144,6 +149,11 @@ class SAEFamilyModule(L.LightningModule):
             hook_point: Where the activations come from, recorded in the export.
             model_id: The language model, recorded in the export.
             lr: Adam learning rate for every member; ``None`` = 3e-4 scaled by ``1/sqrt(width / 2^14)`` per member.
+            lr_warmup_steps: Steps over which the learning rate rises linearly to ``lr`` (0 = none).
+            lr_decay: ``constant`` (default), ``linear`` or ``cosine``: how the rate falls over the last
+                ``lr_decay_steps`` steps of ``trainer.max_steps``, to ``lr_final_fraction`` x ``lr``.
+            lr_decay_steps: Steps at the end of the run over which the rate decays.
+            lr_final_fraction: The rate at the last step over ``lr`` (``linear`` / ``cosine``).
             betas: Adam betas.
             normalize_activations: Scale inputs so ``E[||x||^2] = d_in`` (first batch; folded into the exports).
             b_dec_init: ``mean`` (mean of the first batch) or ``zeros``.
@@ -168,6 +178,7 @@ class SAEFamilyModule(L.LightningModule):
             raise SAEConfigError(f"lr must be a positive number, got {lr} (a negative rate trains by gradient ascent)")
         if l1_warmup_steps < 0:
             raise SAEConfigError(f"l1_warmup_steps must be >= 0, got {l1_warmup_steps}")
+        self.lr_schedule = LRSchedule(lr_warmup_steps, lr_decay, lr_decay_steps, lr_final_fraction)
         self.widths = check_widths(list(widths), base_width)
         self.member_specs = self._member_specs(control_seeds or [], control_widths)
         self.members = nn.ModuleDict({key: self._build_member(w, seed) for key, (w, seed) in self.member_specs.items()})
@@ -404,9 +415,18 @@ class SAEFamilyModule(L.LightningModule):
         for sae in self.members.values():
             sae.normalize_decoder()
 
-    def configure_optimizers(self) -> torch.optim.Optimizer:
+    def configure_optimizers(self) -> torch.optim.Optimizer | dict[str, Any]:
+        """Adam over every member at its own learning rate, under the ``lr_*`` schedule (a ``LambdaLR`` stepped
+        every optimizer step; its position is saved in every checkpoint)."""
         groups = [{"params": list(sae.parameters()), "lr": self.learning_rates[key]} for key, sae in self.members.items()]
-        return torch.optim.Adam(groups, betas=tuple(self.settings.betas))
+        optimizer = torch.optim.Adam(groups, betas=tuple(self.settings.betas))
+        if self.lr_schedule.is_constant:
+            return optimizer
+        max_steps = int(self.trainer.max_steps) if self._trainer is not None else -1
+        self.lr_schedule.check_fits(max_steps)
+        schedule = self.lr_schedule
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(schedule, step, max_steps))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     # --------------------------------------------------------------------------------------------- evaluation
     def reconstruct(self, x: Tensor, width: int | str | None = None, inference: bool = True) -> Tensor:
@@ -518,6 +538,10 @@ class SAEModule(SAEFamilyModule):
         hook_point: str | None = None,
         model_id: str | None = None,
         lr: float | None = None,
+        lr_warmup_steps: int = 0,
+        lr_decay: str = "constant",
+        lr_decay_steps: int = 0,
+        lr_final_fraction: float = 0.1,
         betas: tuple[float, float] = (0.9, 0.99),
         normalize_activations: bool = True,
         b_dec_init: str = "mean",
@@ -544,6 +568,11 @@ class SAEModule(SAEFamilyModule):
             hook_point: Where the activations come from, recorded in the export.
             model_id: The language model, recorded in the export.
             lr: Adam learning rate; ``None`` = 3e-4 scaled by ``1/sqrt(d_sae / 2^14)`` for wide SAEs.
+            lr_warmup_steps: Steps over which the learning rate rises linearly to ``lr`` (0 = none).
+            lr_decay: ``constant`` (default), ``linear`` or ``cosine``: how the rate falls over the last
+                ``lr_decay_steps`` steps of ``trainer.max_steps``, to ``lr_final_fraction`` x ``lr``.
+            lr_decay_steps: Steps at the end of the run over which the rate decays.
+            lr_final_fraction: The rate at the last step over ``lr`` (``linear`` / ``cosine``).
             betas: Adam betas.
             normalize_activations: Scale inputs so ``E[||x||^2] = d_in`` (first batch; folded into the export).
             b_dec_init: ``mean`` (mean of the first batch) or ``zeros``.
@@ -555,7 +584,8 @@ class SAEModule(SAEFamilyModule):
             l1_warmup_steps=l1_warmup_steps, aux_k=aux_k, aux_coefficient=aux_coefficient,
             dead_tokens_threshold=dead_tokens_threshold, threshold_momentum=threshold_momentum,
             encoder_bias=encoder_bias, kernel=kernel, hook_point=hook_point, model_id=model_id, lr=lr,
-            betas=betas, normalize_activations=normalize_activations, b_dec_init=b_dec_init, init_seed=init_seed,
+            lr_warmup_steps=lr_warmup_steps, lr_decay=lr_decay, lr_decay_steps=lr_decay_steps,
+            lr_final_fraction=lr_final_fraction, betas=betas, normalize_activations=normalize_activations, b_dec_init=b_dec_init, init_seed=init_seed,
             export_dir=export_dir,
         )
         self.save_hyperparameters()
