@@ -235,7 +235,7 @@ def stitching_page(root: Path) -> None:
     left.altair_chart(cosine_histogram_chart(data["histogram"], s["tau"], small), width="stretch")
     right.altair_chart(stitching_path_chart(data["path_drawn"]), width="stretch")
     st.altair_chart(path_l0_chart(data["path_drawn"]), width="stretch")
-    run = str(pair.path.parent.parent.relative_to(root))
+    run = str(pair.run_folder.relative_to(root))
     linked = run in statistics_of(str(root))
     st.subheader("Large latents")
     table = latents.sort_values("delta_mse_alone")

@@ -16,7 +16,7 @@ from typing import Any
 from lightning.pytorch.cli import LightningCLI
 
 from canon_pl.checks import check_counts, check_device, check_output_folder
-from canon_pl.errors import CanonError
+from canon_pl.errors import CanonError, find_cause
 
 
 class CanonCLI(LightningCLI):
@@ -168,8 +168,6 @@ def _is_user_error(err: BaseException) -> bool:
     Lightning's configuration errors (an accelerator this machine lacks) and the OS errors of :data:`WRITE_ERRNOS`."""
     from lightning.fabric.utilities.exceptions import MisconfigurationException
 
-    from canon_pl.errors import CanonError
-
     if isinstance(err, OSError):
         return err.errno in WRITE_ERRNOS
     return isinstance(err, (CanonError, MisconfigurationException))
@@ -192,14 +190,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _find_user_error(err: BaseException) -> BaseException | None:
     """The user error in ``err``'s chain of causes (jsonargparse wraps errors raised while instantiating)."""
-    seen: set[int] = set()
-    current: BaseException | None = err
-    while current is not None and id(current) not in seen:
-        if _is_user_error(current):
-            return current
-        seen.add(id(current))
-        current = current.__cause__ or current.__context__
-    return None
+    return find_cause(err, _is_user_error)
 
 
 if __name__ == "__main__":

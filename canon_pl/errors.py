@@ -7,6 +7,8 @@ error it is, e.g. ``ValueError``), and the command line needs no change. No impo
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 
 class CanonError(Exception):
     """An error the user can fix (a setting, an input file, an output folder, a device); the message says how."""
@@ -25,4 +27,18 @@ class DeviceError(CanonError, ValueError):
     """A device this machine does not have (``--device cuda:7`` on a machine with one GPU, ``cuda`` without one)."""
 
 
-__all__ = ["CanonError", "DeviceError", "OutputPathError", "SettingError"]
+def find_cause(err: BaseException, matches: Callable[[BaseException], bool]) -> BaseException | None:
+    """The first error in ``err``'s chain (itself, then each ``__cause__`` or else ``__context__``) that
+    ``matches``, or ``None``: libraries wrap the error that matters (jsonargparse an instantiation error, datasets a
+    decoding error, torch's zip writer the OSError behind its cleanup error)."""
+    seen: set[int] = set()
+    current: BaseException | None = err
+    while current is not None and id(current) not in seen:
+        if matches(current):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None
+
+
+__all__ = ["CanonError", "DeviceError", "OutputPathError", "SettingError", "find_cause"]

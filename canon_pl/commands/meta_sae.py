@@ -86,7 +86,7 @@ def meta_sae_command(argv: list[str]) -> int:
         print("canon-pl meta-sae: error: a width sweep trains as long as the floors; drop --floor-steps 0",
               file=sys.stderr)
         return 2
-    out = check_output_folder(ns.out or Path("checkpoints") / f"meta_sae_{n_rows}")
+    out = Path(ns.out) if ns.out else check_output_folder(Path("checkpoints") / f"meta_sae_{n_rows}")
     L.seed_everything(ns.seed, verbose=False)
     module = MetaSAEModule(d_in=data.d_in, d_sae=d_sae, k=ns.k, lr=ns.lr, encoder_bias=ns.encoder_bias,
                            b_dec_init=ns.b_dec_init, init_seed=ns.seed, export_dir=str(out))

@@ -20,6 +20,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from canon_pl.errors import find_cause
+
 
 @contextlib.contextmanager
 def atomic_paths(*paths: str | os.PathLike) -> Iterator[list[Path]]:
@@ -82,16 +84,19 @@ def remove_stale_temporaries(path: str | os.PathLike) -> list[Path]:
     return removed
 
 
-def _errno_of(err: BaseException) -> int | None:
-    """The OS error behind ``err``: an ``OSError``'s errno, the "os error N" that Rust writers (safetensors) put in
-    their message, or the OS error that an error raised while cleaning up after it (torch's zip writer) hides."""
+def _own_errno(err: BaseException) -> int | None:
+    """An ``OSError``'s errno, or the "os error N" that Rust writers (safetensors) put in their message."""
     if isinstance(err, OSError):
         return err.errno
     found = re.search(r"\(os error (\d+)\)", str(err))
-    if found:
-        return int(found.group(1))
-    hidden = err.__cause__ or err.__context__
-    return _errno_of(hidden) if hidden is not None else None
+    return int(found.group(1)) if found else None
+
+
+def _errno_of(err: BaseException) -> int | None:
+    """The OS error behind ``err``: its own (:func:`_own_errno`), or one an error raised while cleaning up after it
+    (torch's zip writer) hides in its chain."""
+    cause = find_cause(err, lambda e: _own_errno(e) is not None)
+    return None if cause is None else _own_errno(cause)
 
 
 def _fsync(tmp: Path, target: Path) -> None:

@@ -34,7 +34,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from canon_pl.errors import CanonError
+from canon_pl.errors import CanonError, find_cause
 
 NAMED_SOURCES = {
     "python-docs": "/usr/share/doc/python3.11/html/_sources/**/*.rst.txt",
@@ -168,7 +168,7 @@ def _stream(source: str, text_column: str, document_chars: int | None = DOCUMENT
                 else:
                     yield row["text"]
         except Exception as err:  # noqa: BLE001 - datasets wraps a decoding error in its own types
-            if not _caused_by(err, UnicodeDecodeError):
+            if find_cause(err, lambda e: isinstance(e, UnicodeDecodeError)) is None:
                 raise
             _refuse_undecodable(source, files, limit=None)  # names the file whose later bytes are not UTF-8
             raise
@@ -187,17 +187,6 @@ def _stream(source: str, text_column: str, document_chars: int | None = DOCUMENT
         if text is None:
             raise TextSourceError(f"text source {source!r} has no column {text_column!r}; columns: {sorted(row)}")
         yield text
-
-
-def _caused_by(err: BaseException, kind: type[BaseException]) -> bool:
-    seen: set[int] = set()
-    current: BaseException | None = err
-    while current is not None and id(current) not in seen:
-        if isinstance(current, kind):
-            return True
-        seen.add(id(current))
-        current = current.__cause__ or current.__context__
-    return False
 
 
 def iter_documents(source: str, split: str, val_every: int = 20, text_column: str = "text",

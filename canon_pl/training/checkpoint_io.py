@@ -44,8 +44,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
     def load_checkpoint(self, path: str | os.PathLike, map_location: Any | None = None,
                         weights_only: bool | None = None) -> dict[str, Any]:
-        checkpoint = safe_torch_load(Path(path))  # tensors on the CPU; Lightning moves them where they belong
-        return checkpoint
+        return safe_torch_load(Path(path))  # tensors on the CPU; Lightning moves them where they belong
 
 
 def use_atomic_checkpoint_io(trainer: L.Trainer) -> None:

@@ -585,7 +585,8 @@ class SAEModule(SAEFamilyModule):
             dead_tokens_threshold=dead_tokens_threshold, threshold_momentum=threshold_momentum,
             encoder_bias=encoder_bias, kernel=kernel, hook_point=hook_point, model_id=model_id, lr=lr,
             lr_warmup_steps=lr_warmup_steps, lr_decay=lr_decay, lr_decay_steps=lr_decay_steps,
-            lr_final_fraction=lr_final_fraction, betas=betas, normalize_activations=normalize_activations, b_dec_init=b_dec_init, init_seed=init_seed,
+            lr_final_fraction=lr_final_fraction, betas=betas, normalize_activations=normalize_activations,
+            b_dec_init=b_dec_init, init_seed=init_seed,
             export_dir=export_dir,
         )
         self.save_hyperparameters()
