@@ -20,6 +20,7 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
+from canon_pl.io.layout import RunLayout
 from canon_pl.meta import MetaSAEError, read_meta_analysis
 from canon_pl.stats import LatentStatistics, StatsError
 from canon_pl.stats.readable import readability_scores
@@ -340,7 +341,7 @@ def meta_latent_page(root: Path) -> None:
         st.error(str(err))
         return
     m = choose_index("meta-latent", decomposition.n_meta, "meta")
-    meta_stats_dir = found[label] / "stats"
+    meta_stats_dir = RunLayout(found[label]).stats
     meta_stats = open_statistics(str(meta_stats_dir)) if (meta_stats_dir / "stats.json").is_file() else None
     view = meta_latent_view(decomposition, m, meta_stats)
     base = summary.get("base") or {}

@@ -18,7 +18,8 @@ import lightning as L
 import torch
 
 from canon_pl.lm import HookedLanguageModel, load_causal_lm
-from canon_pl.training import ActivationDataModule, SAEFamilyModule, SAEModule
+from canon_pl.sae import BatchTopKSettings
+from canon_pl.training import ActivationDataModule, OptimizerSettings, SAEFamilyModule, SAEModule
 
 WIDTHS = [576 * m for m in (2, 4, 8, 16, 32)]
 
@@ -45,7 +46,7 @@ def main() -> None:
         dm.hooked = hooked
         return dm
 
-    sae_args = dict(d_in=576, k=32, lr=1e-3, hook_point="model.layers.6")
+    sae_args = dict(d_in=576, sae=BatchTopKSettings(k=32), optimizer=OptimizerSettings(lr=1e-3), hook_point="model.layers.6")
     print(f"device={device} threads={torch.get_num_threads()} text={text} steps={args.steps} batch=4096 "
           f"widths={WIDTHS}")
     family = fit(SAEFamilyModule(widths=WIDTHS, **sae_args), data(), args.steps)

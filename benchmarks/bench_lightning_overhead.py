@@ -25,13 +25,14 @@ from canon_pl.data import (
     iterate_shard_batches,
     write_activation_shards,
 )
-from canon_pl.training import ActivationShardDataModule, SAEModule
+from canon_pl.sae import BatchTopKSettings
+from canon_pl.training import ActivationShardDataModule, OptimizerSettings, SAEModule
 
 D_IN, D_SAE, K, BATCH = 576, 4608, 32, 4096
 
 
 def bare_loop(index: ShardIndex, steps: int) -> float:
-    module = SAEModule(d_in=D_IN, d_sae=D_SAE, k=K, lr=1e-3)
+    module = SAEModule(d_in=D_IN, d_sae=D_SAE, sae=BatchTopKSettings(k=K), optimizer=OptimizerSettings(lr=1e-3))
     sae = module.sae
     opt = torch.optim.Adam(sae.parameters(), lr=1e-3, betas=(0.9, 0.99))
     batches = iterate_shard_batches(index, list(range(len(index.shards))), BATCH, seed=0)
@@ -55,7 +56,7 @@ def lightning_fit(path: Path, steps: int) -> float:
     data = ActivationShardDataModule(str(path), batch_size=BATCH, val_path=str(path))
     trainer = L.Trainer(max_steps=steps, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0)
-    module = SAEModule(d_in=D_IN, d_sae=D_SAE, k=K, lr=1e-3)
+    module = SAEModule(d_in=D_IN, d_sae=D_SAE, sae=BatchTopKSettings(k=K), optimizer=OptimizerSettings(lr=1e-3))
     start = time.perf_counter()
     trainer.fit(module, data)
     return time.perf_counter() - start

@@ -10,6 +10,7 @@ Ends with ``ratio: <meta rows/s / token-SAE rows/s>``. Usage: ``python benchmark
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import tempfile
 import time
 import warnings
@@ -21,9 +22,10 @@ import torch
 from torch import Tensor
 
 from canon_pl.io import export_sae
-from canon_pl.sae import SAEConfig, build_sae
-from canon_pl.training import DecoderRowsDataModule, MetaSAEModule, SAEModule
+from canon_pl.sae import BatchTopKSettings, SAEConfig, build_sae
+from canon_pl.training import DecoderRowsDataModule, MetaSAEModule, OptimizerSettings, SAEModule
 from canon_pl.training.datamodules import ResumableStreamDataModule
+from canon_pl.training.meta import META_SAE_SETTINGS
 
 D_IN, N_BASE, D_META, K, BATCH = 768, 49152, 2304, 4, 16384
 
@@ -76,10 +78,13 @@ def main() -> None:
         base = build_sae(SAEConfig(d_in=D_IN, d_sae=args.base, architecture="batchtopk", k=32))
         export_sae(base, Path(tmp) / "base")
         del base
-        meta = fit(MetaSAEModule(d_in=D_IN, d_sae=D_META, k=K), DecoderRowsDataModule(str(Path(tmp) / "base"),
+        meta = fit(MetaSAEModule(d_in=D_IN, d_sae=D_META,
+                                 sae=dataclasses.replace(META_SAE_SETTINGS, k=K)), DecoderRowsDataModule(str(Path(tmp) / "base"),
                                                                                    batch_size=BATCH), args.steps)
     batches = [torch.randn(BATCH, D_IN) for _ in range(2)]
-    token = fit(SAEModule(d_in=D_IN, d_sae=D_META, k=K, lr=1e-3), InMemoryActivations(batches), args.steps)
+    token = fit(SAEModule(d_in=D_IN, d_sae=D_META,
+                          sae=BatchTopKSettings(k=K),
+                          optimizer=OptimizerSettings(lr=1e-3)), InMemoryActivations(batches), args.steps)
     print(f"meta-SAE (MetaSAEModule + DecoderRowsDataModule): {meta:10,.0f} rows/s")
     print(f"token SAE (SAEModule, same shape):                {token:10,.0f} rows/s")
     print(f"ratio: {meta / token:.3f}")

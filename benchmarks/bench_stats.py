@@ -17,12 +17,7 @@ from pathlib import Path
 
 import torch
 
-from canon_pl.lm import (
-    HookedLanguageModel,
-    context_stream,
-    load_causal_lm,
-    select_training_tokens,
-)
+from canon_pl.lm.source import ActivationSource, CaptureSettings
 from canon_pl.sae import SAEConfig, build_sae
 from canon_pl.stats import collect_statistics
 
@@ -38,10 +33,9 @@ def main() -> None:
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
     text = "python-docs" if Path("/usr/share/doc/python3.11/html/_sources").is_dir() else "pydoc-topics"
-    loaded = load_causal_lm("smollm2-135m")
-    hooked = HookedLanguageModel(loaded)
-    contexts = list(islice(context_stream(text, "val", loaded.tokenizer, 128, bos_token_id=loaded.tokenizer.bos_token_id),
-                           args.contexts))
+    source = ActivationSource(CaptureSettings(hook_point=HOOK, text=text))  # what canon-pl stats captures with
+    hooked = source.load()
+    contexts = list(islice(source.contexts("val"), args.contexts))
     chunks = [torch.stack(contexts[i:i + args.per_forward]) for i in range(0, len(contexts), args.per_forward)]
     n_tokens = sum(c.numel() for c in chunks)
     with torch.inference_mode():
@@ -58,9 +52,8 @@ def main() -> None:
 
     def batches():
         for tokens in chunks:
-            with torch.inference_mode():
-                acts = hooked.capture(tokens, HOOK).float()
-            yield tokens, acts, select_training_tokens(acts).mask
+            batch = source.capture(tokens)
+            yield batch.tokens, batch.activations, batch.mask
 
     hooked.capture(chunks[0], HOOK)  # warm-up
     start = time.perf_counter()

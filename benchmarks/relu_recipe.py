@@ -29,8 +29,8 @@ import torch
 import torch.nn.functional as F
 
 from canon_pl.data import ShardIndex
-from canon_pl.sae import initial_sae
-from canon_pl.training import ActivationShardDataModule, SAEModule, SyntheticActivationDataModule
+from canon_pl.sae import SAESettings, initial_sae
+from canon_pl.training import ActivationShardDataModule, OptimizerSettings, SAEModule, SyntheticActivationDataModule
 from canon_pl.training.analysis_data import cache_activations
 
 
@@ -68,7 +68,8 @@ def held_out_diagnostics(module: SAEModule, x: torch.Tensor, seed: int) -> dict[
 def train(data: L.LightningDataModule, width: int, steps: int, lr: float, seed: int, **arch) -> tuple[SAEModule, float]:
     """One SAE of ``width`` latents trained for ``steps`` on ``data``; returns it and its seconds per step."""
     L.seed_everything(seed, verbose=False)
-    module = SAEModule(d_in=data.d_in, d_sae=width, lr=lr, init_seed=seed, **arch)
+    module = SAEModule(d_in=data.d_in, d_sae=width, sae=SAESettings.from_value(arch),
+                       optimizer=OptimizerSettings(lr=lr), init_seed=seed)
     timer = _StepTimer()
     trainer = L.Trainer(max_steps=steps, accelerator="auto", devices=1, logger=False, enable_checkpointing=False,
                         enable_model_summary=False, limit_val_batches=0, num_sanity_val_steps=0, callbacks=[timer],

@@ -25,7 +25,7 @@ for step in "${steps[@]}"; do
     meta)   $PYTHON benchmarks/meta_width_sweep.py "$RUN/2304" --multiples 0.5 3 --steps 1000 --inits canon authors ;;
     source) $PYTHON benchmarks/held_out_source.py "$RUN" --cache "$CACHE" --tokens 32768 ;;
     family) $LIGHTNING fit --config configs/family_smollm2_relu.yaml --trainer.max_steps "$ARM_STEPS" \
-              --model.init_args.l1_warmup_steps $(( ARM_STEPS / 4 )) ${ARM_ARGS:-}
+              --model.init_args.sae.init_args.l1_warmup_steps $(( ARM_STEPS / 4 )) ${ARM_ARGS:-}
             $PYTHON benchmarks/study_curves.py "$RUN" checkpoints/family_smollm2_relu ;;
     *) echo "unknown step $step (relu, meta, source, family)"; exit 2 ;;
   esac > "$LOGS/$step.log" 2>&1

@@ -57,8 +57,13 @@ def run_lightning_cli(args: list[str] | None = None, run: bool = True) -> CanonC
     ``run=False`` only parses and instantiates (``args`` then carry no subcommand).
     """
     import lightning as L
+    from jsonargparse import set_parsing_settings
+
+    from canon_pl.sae import SAESettings
 
     _quiet_known_warnings()
+    # ``sae:`` takes any registered architecture's settings (``class_path: ReLUSettings``), or the default's fields.
+    set_parsing_settings(subclasses_enabled=[SAESettings])
     return CanonCLI(
         L.LightningModule,
         L.LightningDataModule,
@@ -158,6 +163,36 @@ COMMANDS = {"export": export_command, "cache": cache_command, "stitch": stitch_c
             "stats": stats_command, "family": family_command, "pipeline": pipeline_command}
 
 
+LIGHTNING_COMMANDS = {
+    "fit": "train an SAE, an SAE family or a meta-SAE from a config (LightningCLI; --help lists every setting)",
+    "validate": "one evaluation pass of a config's model over its validation data",
+    "test": "one evaluation pass over the test data (LightningCLI)",
+    "predict": "run the model over the predict data (LightningCLI)",
+}
+
+
+def command_summary(name: str) -> str:
+    """The one-line summary of a ``canon-pl`` command: what follows the usage in its docstring's first line (the
+    command module's docstring for those in ``canon_pl/commands/``)."""
+    import importlib
+
+    if name in LIGHTNING_COMMANDS:
+        return LIGHTNING_COMMANDS[name]
+    function = COMMANDS[name]
+    doc = function.__doc__ or importlib.import_module(f"canon_pl.commands.{name.replace('-', '_')}").__doc__ or ""
+    first = doc.strip().splitlines()[0] if doc.strip() else ""
+    return first.split("``: ", 1)[-1].rstrip(".").replace("``", "")
+
+
+def print_overview() -> None:
+    """``canon-pl --help``: every subcommand with its summary."""
+    names = [*LIGHTNING_COMMANDS, *COMMANDS]
+    width = max(len(name) for name in names)
+    print("usage: canon-pl COMMAND [options]   (canon-pl COMMAND --help for a command's options)\n\ncommands:")
+    for name in names:
+        print(f"  {name:<{width}}  {command_summary(name)}")
+
+
 WRITE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOTDIR,
                           errno.EISDIR, errno.EEXIST, errno.ENOENT, errno.ENAMETOOLONG})
 """OS errors that a path or a full disk causes (shown as one line naming the file), not a bug in canon-pl."""
@@ -176,7 +211,10 @@ def _is_user_error(err: BaseException) -> bool:
 def main(argv: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     try:
-        if args and args[0] in COMMANDS:
+        if not args or args[0] in ("-h", "--help"):
+            print_overview()
+            return 0 if args else 2
+        if args[0] in COMMANDS:
             return COMMANDS[args[0]](args[1:])
         run_lightning_cli(argv)  # None: LightningCLI reads sys.argv itself
     except Exception as err:  # noqa: BLE001 - re-raised unless it wraps a user error

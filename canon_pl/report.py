@@ -12,11 +12,12 @@ from typing import Any
 import pandas as pd
 
 from canon_pl.io.atomic import atomic_write_text
+from canon_pl.io.layout import RunLayout
 from canon_pl.meta.analysis import higher_floor
 from canon_pl.stitching import settings_mismatch
 from canon_pl.verdicts import MARGIN, META_MARGIN, MIN_SHARE, PAPER, study_verdicts
 
-REPORT_FILE = "report.md"
+REPORT_FILE = RunLayout.REPORT
 
 
 def _fmt(value: Any, digits: int = 3) -> str:
@@ -109,8 +110,9 @@ def _examples(run: Path, meta_dir: Path, meta: dict[str, Any], n: int = 3) -> li
     decomposition = meta["decomposition"]
     width = str((meta.get("base") or {}).get("width"))
     try:
-        stats = LatentStatistics.open(run / "stats")
-        meta_stats = LatentStatistics.open(meta_dir / "stats") if (meta_dir / "stats").is_dir() else None
+        stats = LatentStatistics.open(RunLayout(run).stats)
+        meta_stats_dir = RunLayout(meta_dir).stats
+        meta_stats = LatentStatistics.open(meta_stats_dir) if meta_stats_dir.is_dir() else None
         frequency = stats.frequencies(width)
         centre = top_centre_tokens(stats, width)
     except StatsError:
@@ -291,7 +293,7 @@ def write_report(run: str | os.PathLike, meta_dir: str | os.PathLike | None = No
     run = Path(run)
     meta_dir = Path(meta_dir) if meta_dir is not None else None
     facts = gather(run, meta_dir)
-    figures = run / "report"
+    figures = RunLayout(run).report_figures
     figures.mkdir(parents=True, exist_ok=True)
     family, pairs, meta = facts["family"], facts["pairs"], facts["meta"]
     widths = family[family["member"] == "width"].sort_values("d_sae") if len(family) else family
@@ -325,7 +327,7 @@ def write_report(run: str | os.PathLike, meta_dir: str | os.PathLike | None = No
         {"quantity": "meta-SAE FVE (k = 4)", "paper": PAPER["fve"], "this run": meta["fve"] if meta else None},
     ])), "", "The paper's figures come from GPT-2 small ReLU + L1 SAEs of 768–98,304 latents trained on ~10^8 tokens; "
         "the verdicts above rest on this run's own controls, not on the size of the gap.", ""]
-    path = run / REPORT_FILE
+    path = RunLayout(run).report
     atomic_write_text(path, "\n".join(lines))
     return path
 

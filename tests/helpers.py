@@ -12,9 +12,13 @@ import lightning as L
 import pytest
 from lightning.pytorch.callbacks import ModelCheckpoint
 
+from canon_pl.sae import BatchTopKSettings
+from canon_pl.training.schedule import OptimizerSettings
+
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-SMALL_SAE = dict(d_in=48, d_sae=192, k=3, lr=3e-3, aux_k=32, dead_tokens_threshold=20_000)
+SMALL_SAE = dict(d_in=48, d_sae=192, sae=BatchTopKSettings(k=3, aux_k=32, dead_tokens_threshold=20_000),
+                 optimizer=OptimizerSettings(lr=3e-3))
 SMALL_DATA = dict(d_in=48, n_features=96, active_per_token=3.0, batch_size=1024, val_batches=2, seed=0)
 
 

@@ -17,7 +17,8 @@ from canon_pl.lm import (
     load_causal_lm,
     spliced_loss_sums,
 )
-from canon_pl.training import ActivationDataModule, ActivationShardDataModule, SAEModule
+from canon_pl.sae import BatchTopKSettings
+from canon_pl.training import ActivationDataModule, ActivationShardDataModule, OptimizerSettings, SAEModule
 from canon_pl.training.cache import cache_metadata, write_activation_cache
 from tests.helpers import make_trainer
 
@@ -124,7 +125,9 @@ def test_spliced_loss_with_a_perfect_reconstruction_equals_the_clean_loss(hooked
 
 def test_sae_trains_on_real_activations_and_reports_ce_recovered(hooked, tmp_path: Path) -> None:
     dm = datamodule(hooked)
-    module = SAEModule(d_in=576, d_sae=256, k=16, lr=1e-3, hook_point="model.layers.2", model_id="smollm2-135m")
+    module = SAEModule(d_in=576, d_sae=256, hook_point="model.layers.2", model_id="smollm2-135m",
+                       sae=BatchTopKSettings(k=16),
+                       optimizer=OptimizerSettings(lr=1e-3))
     trainer = make_trainer(tmp_path, max_steps=12, val_check_interval=12)
     trainer.fit(module, dm)
     metrics = trainer.callback_metrics
@@ -148,9 +151,9 @@ def test_model_that_cannot_be_found_offline(monkeypatch) -> None:
 
 
 def test_empty_or_missing_text_source_fails_before_training(hooked, tmp_path: Path, monkeypatch) -> None:
-    import canon_pl.training.activations as activations
+    import canon_pl.lm.source as source
 
-    monkeypatch.setattr(activations, "load_causal_lm", lambda *a, **k: hooked.loaded)
+    monkeypatch.setattr(source, "load_causal_lm", lambda *a, **k: hooked.loaded)
     (tmp_path / "empty.txt").write_text("\n\n")
     for text, message in ((str(tmp_path / "empty.txt"), "is empty"), (str(tmp_path / "nothing*.txt"), "matches no files")):
         with pytest.raises(TextSourceError, match=message):
@@ -158,9 +161,9 @@ def test_empty_or_missing_text_source_fails_before_training(hooked, tmp_path: Pa
 
 
 def test_context_longer_than_the_model_allows(hooked, monkeypatch) -> None:
-    import canon_pl.training.activations as activations
+    import canon_pl.lm.source as source
 
-    monkeypatch.setattr(activations, "load_causal_lm", lambda *a, **k: hooked.loaded)
+    monkeypatch.setattr(source, "load_causal_lm", lambda *a, **k: hooked.loaded)
     dm = ActivationDataModule(**{**SMALL, "context_length": 9000})
     with pytest.raises(ContextLengthError, match="exceeds the model's maximum of 8192"):
         dm.load_model()
@@ -195,3 +198,25 @@ def test_a_device_map_places_the_model_with_accelerate_instead_of_moving_it_whol
     assert {p.device.type for p in loaded.model.parameters()} == {"cpu"}
     hooked = HookedLanguageModel(loaded)
     assert hooked.capture(torch.ones(1, 4, dtype=torch.long), "model.layers.1").shape == (1, 4, loaded.d_model)
+
+
+def test_training_validation_and_an_analysis_capture_the_same_activations(hooked, tmp_path: Path) -> None:
+    """One capture source: the held-out activations an analysis of a run's export captures (stitching, meta-SAE,
+    statistics) are exactly the ones the run's validation saw, with the run's own token selection (here: no
+    outlier filter, BOS kept), though the analysis builds no DataModule."""
+    from canon_pl.lm import ActivationSource, CaptureSettings
+    from canon_pl.training.analysis_data import text_activations
+
+    dm = datamodule(hooked, outlier_factor=None, exclude_bos=False)
+    validation = torch.cat([batch["activations"] for batch in dm.val_dataloader()])
+    assert validation.shape[0] == SMALL["val_contexts"] * SMALL["context_length"]  # nothing left out
+    source = ActivationSource(CaptureSettings.like_training(dm.provenance()), hooked=hooked)
+    analysed = torch.cat([b.kept for b in source.take("val", SMALL["val_contexts"], SMALL["contexts_per_forward"])])
+    torch.testing.assert_close(analysed, validation)
+    # and through the analyses' entry point, given only the export's record (it loads its own LM)
+    again, _ = text_activations("pydoc-topics", validation.shape[0], "smollm2-135m", "model.layers.2",
+                                provenance=dm.provenance(), contexts_per_forward=SMALL["contexts_per_forward"])
+    torch.testing.assert_close(again, validation)
+    # the default selection (outliers and BOS out) would have captured fewer tokens: the setting mattered
+    default = sum(batch["activations"].shape[0] for batch in datamodule(hooked).val_dataloader())
+    assert default <= SMALL["val_contexts"] * (SMALL["context_length"] - 1) < validation.shape[0]

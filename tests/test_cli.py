@@ -70,7 +70,7 @@ def test_lightning_fit_trains_exports_and_resumes(tmp_path: Path) -> None:
     [
         (["--model.init_args.bogus_key", "1"], "bogus_key"),
         (["--model", "canon_pl.training.NoSuchModule"], "NoSuchModule"),
-        (["--model.init_args.k", "1000"], "k=1000 must be between 1 and d_sae=256"),
+        (["--model.init_args.sae.k", "1000"], "k=1000 must be between 1 and d_sae=256"),
         (["--model.init_args.d_in", "32"], "d_in: 64"),
     ],
 )
@@ -102,3 +102,19 @@ def test_readme_set_up_commands_are_the_ones_ci_and_make_run() -> None:
         assert dry.returncode == 0, dry.stderr
     assert "constraints-cpu.txt" in (REPO / "Makefile").read_text()
     assert "torch==2.13.0" in (REPO / "constraints-cpu.txt").read_text()
+
+
+def test_help_lists_every_subcommand_with_what_it_does(tmp_path: Path) -> None:
+    """``canon-pl --help`` is where a newcomer starts: the Lightning subcommands and canon-pl's own, each with its
+    summary, and each of them answers ``--help`` itself."""
+    from canon_pl.cli import COMMANDS, LIGHTNING_COMMANDS
+
+    result = run_cli("--help", cwd=tmp_path, script="canon-pl")
+    assert result.returncode == 0, result.stderr
+    listed = {line.split()[0]: line for line in result.stdout.splitlines() if line.startswith("  ")}
+    assert set(listed) == {*LIGHTNING_COMMANDS, *COMMANDS} == {"fit", "validate", "test", "predict", "export", "cache",
+                                                              "stitch", "meta-sae", "stats", "family", "pipeline"}
+    assert all(len(line.split()) > 3 for line in listed.values()), "every command has a summary"
+    for name in ("fit", "stitch", "pipeline"):
+        own = run_cli(name, "--help", cwd=tmp_path, script="canon-pl")
+        assert own.returncode == 0 and "usage:" in own.stdout, own.stderr

@@ -23,8 +23,8 @@ from tests.helpers import BIN, REPO
 STEPS = 16
 PER_RANK_BATCH = 256
 FAMILY = {"class_path": "canon_pl.training.SAEFamilyModule",
-          "init_args": {"d_in": 32, "widths": [64, 128], "k": 3, "aux_k": 16, "lr": 3e-3,
-                        "dead_tokens_threshold": 1024}}
+          "init_args": {"d_in": 32, "widths": [64, 128], "sae": {"k": 3, "aux_k": 16, "dead_tokens_threshold": 1024},
+                        "optimizer": {"lr": 3e-3}}}
 
 
 def fit(root: Path, batch_size: int, preset: str | None, *extra: str, ckpt_path: Path | None = None,
@@ -322,7 +322,8 @@ def test_ddp_on_the_bundled_language_model_trains_validates_and_exports(tmp_path
                                   {"class_path": "canon_pl.training.RankAgreementCheck",
                                    "init_args": {"every_n_steps": 1}}]},
         "model": {"class_path": "canon_pl.training.SAEModule",
-                  "init_args": {"d_in": 576, "d_sae": 1152, "k": 16, "lr": 1e-3, "dead_tokens_threshold": 2000,
+                  "init_args": {"d_in": 576, "d_sae": 1152, "sae": {"k": 16, "dead_tokens_threshold": 2000},
+                                "optimizer": {"lr": 1e-3},
                                 "hook_point": "model.layers.3", "model_id": "smollm2-135m"}},
         "data": {"class_path": "canon_pl.training.ActivationDataModule",
                  "init_args": {"hook_point": "model.layers.3", "text": "pydoc-topics", "context_length": 32,
@@ -377,9 +378,9 @@ def test_a_meta_sae_trains_under_ddp_and_rank_0_analyses_it_alone(tmp_path: Path
                                    "init_args": {"baseline_steps": 3}},
                                   {"class_path": "canon_pl.training.RankAgreementCheck",
                                    "init_args": {"every_n_steps": 2}}]},
-        "model": {"class_path": "canon_pl.training.MetaSAEModule", "init_args": {"d_in": 32, "d_sae": 10, "k": 2}},
+        "model": {"class_path": "canon_pl.training.MetaSAEModule", "init_args": {"d_in": 32, "d_sae": 10, "sae": {"k": 2}}},
         "data": {"class_path": "canon_pl.training.DecoderRowsDataModule",
-                 "init_args": {"sae": str(tmp_path / "base"), "batch_size": 64, "val_batch_size": 256}},
+                 "init_args": {"base_sae": str(tmp_path / "base"), "batch_size": 64, "val_batch_size": 256}},
     }
     _ok(launch(tmp_path, config, "ddp_cpu_sim", timeout=240))
     assert (tmp_path / "meta" / "sae.safetensors").is_file() and (tmp_path / "meta" / "analysis.json").is_file()
@@ -394,7 +395,7 @@ def test_bad_data_on_one_rank_stops_every_rank_with_the_same_clear_error(tmp_pat
     config = {"seed_everything": 0,
               "trainer": {"max_steps": 5, "limit_val_batches": 0, "enable_progress_bar": False, "logger": False,
                           "enable_checkpointing": False, "default_root_dir": str(tmp_path / "run")},
-              "model": {"class_path": "canon_pl.training.SAEModule", "init_args": {"d_in": 16, "d_sae": 32, "k": 2}},
+              "model": {"class_path": "canon_pl.training.SAEModule", "init_args": {"d_in": 16, "d_sae": 32, "sae": {"k": 2}}},
               "data": {"class_path": "canon_pl.training.ActivationShardDataModule",
                        "init_args": {"path": str(tmp_path / "cache"), "batch_size": 50, "shards_in_memory": 1}}}
     result = launch(tmp_path, config, "ddp_cpu_sim", timeout=240)

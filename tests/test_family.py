@@ -10,9 +10,10 @@ import torch
 
 from canon_pl import CheckpointError, load_family, load_sae
 from canon_pl.data import write_activation_shards
-from canon_pl.sae import SAEConfigError
+from canon_pl.sae import BatchTopKSettings, ReLUSettings, SAEConfigError
 from canon_pl.stitching import read_stitching_results
 from canon_pl.training import (
+    OptimizerSettings,
     SAEExportCallback,
     SAEFamilyModule,
     SAEModule,
@@ -21,7 +22,8 @@ from canon_pl.training import (
 )
 from tests.helpers import SMALL_DATA, make_trainer, run_cli
 
-FAMILY = dict(d_in=48, k=3, lr=3e-3, aux_k=16, dead_tokens_threshold=5_000, init_seed=7)
+FAMILY = dict(d_in=48, sae=BatchTopKSettings(k=3, aux_k=16, dead_tokens_threshold=5_000),
+              optimizer=OptimizerSettings(lr=3e-3), init_seed=7)
 
 
 @pytest.fixture(scope="module")
@@ -159,7 +161,7 @@ def test_a_family_checkpoint_with_seed_controls_loads_each_width(tmp_path: Path)
 def test_the_stitching_callback_follows_a_relu_family_too(tmp_path: Path) -> None:
     """ReLU latents need no inference threshold: the callback analyses them at every validation (it once skipped
     them, waiting for a threshold that never comes)."""
-    relu = {**FAMILY, "architecture": "relu", "l1_coefficient": 1.0, "l1_warmup_steps": 5}
+    relu = {**FAMILY, "sae": ReLUSettings(aux_k=16, dead_tokens_threshold=5_000, l1_coefficient=1.0, l1_warmup_steps=5)}
     module = SAEFamilyModule(widths=[48, 96], control_seeds=[1], **relu)
     trainer = make_trainer(tmp_path, max_steps=10, val_check_interval=10,
                            callbacks=[StitchingCallback(max_tokens=512)])

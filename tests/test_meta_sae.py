@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -27,8 +28,10 @@ from canon_pl.training import (
     DecoderRowsDataModule,
     MetaSAEAnalysisCallback,
     MetaSAEModule,
+    OptimizerSettings,
     SAEExportCallback,
 )
+from canon_pl.training.meta import META_SAE_SETTINGS
 from tests.helpers import make_trainer, run_cli
 
 D_IN, N_META, N_BASE = 48, 24, 1536
@@ -57,7 +60,9 @@ def meta_run(tmp_path_factory: pytest.TempPathFactory):
     root = tmp_path_factory.mktemp("meta")
     base_path, planted = planted_base(root)
     data = DecoderRowsDataModule(str(base_path), batch_size=1024, seed=0)
-    module = MetaSAEModule(d_in=D_IN, d_sae=32, k=3, lr=3e-3, dead_tokens_threshold=20_000)
+    module = MetaSAEModule(d_in=D_IN, d_sae=32,
+                           sae=dataclasses.replace(META_SAE_SETTINGS, k=3, dead_tokens_threshold=20_000),
+                           optimizer=OptimizerSettings(lr=3e-3))
     trainer = make_trainer(root / "run", max_steps=400, val_check_interval=400, callbacks=[
         SAEExportCallback(), MetaSAEAnalysisCallback(baseline_steps=100)])
     trainer.fit(module, data)
@@ -104,7 +109,7 @@ def test_base_reconstruction_with_the_meta_decoder_is_compared(meta_run, tmp_pat
 
 def test_a_meta_sae_wider_than_its_base_is_refused(tmp_path: Path) -> None:
     base_path, _ = planted_base(tmp_path)
-    module = MetaSAEModule(d_in=D_IN, d_sae=N_BASE, k=3)
+    module = MetaSAEModule(d_in=D_IN, d_sae=N_BASE, sae=dataclasses.replace(META_SAE_SETTINGS, k=3))
     with pytest.raises(MetaSAEError, match=f"{N_BASE} latents but the base SAE has only {N_BASE} decoder rows"):
         make_trainer(tmp_path / "run", max_steps=1).fit(module, DecoderRowsDataModule(str(base_path)))
     result = run_cli("meta-sae", "--sae", str(base_path), "--d-sae", "5000", "--out", str(tmp_path / "x"),
@@ -161,7 +166,7 @@ def test_meta_sae_config_trains_through_lightning_cli(tmp_path: Path) -> None:
         if callback["class_path"].endswith("MetaSAEAnalysisCallback"):  # no Python docs or LM needed here
             callback["init_args"].update(data=None, ce=False, baseline_steps=0)
     (tmp_path / "meta.yaml").write_text(yaml.safe_dump(config))
-    result = run_cli("fit", "--config", str(tmp_path / "meta.yaml"), "--data.init_args.sae", str(tmp_path / "base"),
+    result = run_cli("fit", "--config", str(tmp_path / "meta.yaml"), "--data.init_args.base_sae", str(tmp_path / "base"),
                      "--data.init_args.width", "null", "--data.init_args.batch_size", "256",
                      "--model.init_args.d_sae", "32", "--trainer.max_steps", "4", "--trainer.val_check_interval", "4",
                      cwd=tmp_path)

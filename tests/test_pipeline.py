@@ -30,7 +30,8 @@ def tiny_configs(root: Path) -> Path:
     callbacks = {callback["class_path"].rsplit(".", 1)[1]: callback for callback in fit["trainer"]["callbacks"]}
     callbacks["ModelCheckpoint"]["init_args"].update({"dirpath": f"{run}/ckpt", "every_n_train_steps": 3})
     callbacks["StitchingCallback"]["init_args"].update({"max_tokens": 512})
-    fit["model"]["init_args"].update({"widths": [576, 1152], "dead_tokens_threshold": 2000})
+    fit["model"]["init_args"].update({"widths": [576, 1152]})
+    fit["model"]["init_args"]["sae"]["dead_tokens_threshold"] = 2000
     fit["data"]["init_args"].update({"path": str(root / "cache"), "batch_size": 256, "shards_in_memory": 1})
     (root / "fit.yaml").write_text(yaml.safe_dump(fit))
     pipeline = yaml.safe_load((REPO / "configs" / "pipeline_smollm2.yaml").read_text())

@@ -14,7 +14,8 @@ from canon_pl.data import (
     iterate_shard_batches,
     write_activation_shards,
 )
-from canon_pl.training import ActivationShardDataModule, SAEModule
+from canon_pl.sae import BatchTopKSettings
+from canon_pl.training import ActivationShardDataModule, OptimizerSettings, SAEModule
 from tests.helpers import make_trainer
 
 
@@ -75,7 +76,7 @@ def test_empty_or_missing_cache_fails_clearly(tmp_path: Path) -> None:
 
 def test_sae_trains_from_the_cache(cache, tmp_path: Path) -> None:
     data = ActivationShardDataModule(str(cache[0]), batch_size=64, shards_in_memory=2)
-    module = SAEModule(d_in=16, d_sae=64, k=4, lr=3e-3)
+    module = SAEModule(d_in=16, d_sae=64, sae=BatchTopKSettings(k=4), optimizer=OptimizerSettings(lr=3e-3))
     trainer = make_trainer(tmp_path, max_steps=200)
     trainer.fit(module, data)
     (metrics,) = trainer.validate(module, data, verbose=False)
@@ -88,11 +89,12 @@ def test_the_export_records_the_hook_point_of_the_data_and_a_contradiction_is_re
     from canon_pl.training import InputShapeError, SAEExportCallback
 
     data = ActivationShardDataModule(str(cache[0]), batch_size=64, shards_in_memory=2)
-    wrong = SAEModule(d_in=16, d_sae=64, k=4, hook_point="model.layers.5")
+    wrong = SAEModule(d_in=16, d_sae=64, hook_point="model.layers.5", sae=BatchTopKSettings(k=4))
     with pytest.raises(InputShapeError, match="hook_point 'synthetic' but model.init_args.hook_point is 'model.layers.5'"):
         make_trainer(tmp_path / "wrong", max_steps=2).fit(wrong, data)
     assert not (tmp_path / "wrong" / "cfg.json").exists()
-    unset = SAEModule(d_in=16, d_sae=64, k=4)  # the data's hook point is taken and written into the export
+    unset = SAEModule(d_in=16, d_sae=64,
+                      sae=BatchTopKSettings(k=4))  # the data's hook point is taken and written into the export
     make_trainer(tmp_path / "ok", max_steps=2, callbacks=[SAEExportCallback()]).fit(unset, data)
     assert load_sae(tmp_path / "ok").cfg.hook_point == "synthetic"
     from canon_pl.io import training_data

@@ -134,7 +134,7 @@ def test_stats_command_on_the_bundled_model_and_a_mismatched_hook_point(tmp_path
 
 def test_an_analysis_captures_text_as_the_run_was_trained(tmp_path: Path, capsys) -> None:
     from canon_pl.io import training_data
-    from canon_pl.training.analysis_data import capture_like_training
+    from canon_pl.lm.source import CaptureSettings
 
     sae = build_sae(SAEConfig(d_in=8, d_sae=16, architecture="relu"))
     recorded = {"model": "smollm2-135m", "hook_point": "model.layers.6", "text": "python-docs", "context_length": 64,
@@ -143,10 +143,13 @@ def test_an_analysis_captures_text_as_the_run_was_trained(tmp_path: Path, capsys
     export_sae(sae, tmp_path / "run", extra={"data": recorded})
     export_sae(sae, tmp_path / "old")
     assert training_data(tmp_path / "run") == recorded and training_data(tmp_path / "old") == {}
-    settings = capture_like_training("python-docs", training_data(tmp_path / "run"))
-    assert settings == {k: v for k, v in recorded.items() if k not in ("model", "hook_point", "text")}
+    settings = CaptureSettings.like_training(training_data(tmp_path / "run"), text="python-docs",
+                                             hook_point="model.layers.6")
+    assert settings.provenance() == recorded
+    assert CaptureSettings.like_training(training_data(tmp_path / "old"), text="pydoc-topics") == CaptureSettings(
+        text="pydoc-topics")  # nothing recorded: the defaults
     assert capsys.readouterr().err == ""
-    capture_like_training("pydoc-topics", recorded)
+    CaptureSettings.like_training(recorded, text="pydoc-topics")
     assert "the SAEs were trained on 'python-docs'" in capsys.readouterr().err
 
 

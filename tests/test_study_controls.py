@@ -15,9 +15,9 @@ from canon_pl.io import initial_decoder
 from canon_pl.lm.text import iter_documents
 from canon_pl.meta import MetaSAEError, fit_meta_sae, pca_variance_fraction, random_unit_rows
 from canon_pl.meta.analysis import analyze_meta_sae
-from canon_pl.sae import initial_sae
+from canon_pl.sae import BatchTopKSettings, initial_sae
 from canon_pl.stitching import analyze_pair
-from canon_pl.training import SAEFamilyModule
+from canon_pl.training import OptimizerSettings, SAEFamilyModule
 from canon_pl.training.analysis_data import AnalysisDataError, cache_activations
 from canon_pl.verdicts import novel_latents_verdict, path_verdict, preconditions, study_verdicts
 from tests.test_stitching import orthonormal, tied_sae
@@ -83,7 +83,9 @@ def test_a_family_trained_on_a_planted_hierarchy_finds_its_novel_and_reconstruct
     torch.set_num_threads(1)  # tiny matrices: one thread is faster, and immune to a busy machine (the fixture resets it)
     L.seed_everything(0, verbose=False)
     data = PlantedHierarchyDataModule(novel_probability=0.05, batch_size=512, seed=0)
-    module = SAEFamilyModule(d_in=32, widths=[6, 16], control_seeds=[1], k=1, lr=3e-3, dead_tokens_threshold=20000)
+    module = SAEFamilyModule(d_in=32, widths=[6, 16], control_seeds=[1],
+                             sae=BatchTopKSettings(k=1, dead_tokens_threshold=20000),
+                             optimizer=OptimizerSettings(lr=3e-3))
     L.Trainer(max_steps=2000, logger=False, enable_checkpointing=False, enable_progress_bar=False,
               enable_model_summary=False, limit_val_batches=0, accelerator="cpu").fit(module, data)
     family = load_family(module.export(tmp_path / "planted"))

@@ -10,9 +10,11 @@ import pytest
 import torch
 
 from canon_pl import load_sae
+from canon_pl.sae import BatchTopKSettings, ReLUSettings
 from canon_pl.training import (
     InputShapeError,
     NonFiniteError,
+    OptimizerSettings,
     SAEExportCallback,
     SAEModule,
     SyntheticActivationDataModule,
@@ -40,7 +42,7 @@ def test_inference_threshold_gives_l0_close_to_k(trained_run) -> None:
     module, data, _ = trained_run
     x = data.source.batch(-5, 4096) * module.activation_scale
     l0 = (module.sae.encode(x, inference=True) > 0).sum(dim=1).float().mean().item()
-    assert abs(l0 - SMALL_SAE["k"]) / SMALL_SAE["k"] < 0.2
+    assert abs(l0 - SMALL_SAE["sae"].k) / SMALL_SAE["sae"].k < 0.2
 
 
 def test_export_reproduces_the_trained_module_on_raw_activations(trained_run) -> None:
@@ -62,7 +64,7 @@ def test_validation_logs_explained_variance_and_l0(trained_run, tmp_path: Path) 
     trainer = make_trainer(tmp_path, max_steps=1)
     (metrics,) = trainer.validate(module, data, verbose=False)
     assert metrics["val/explained_variance"] > 0.8
-    assert 0 < metrics["val/l0"] < 2 * SMALL_SAE["k"]
+    assert 0 < metrics["val/l0"] < 2 * SMALL_SAE["sae"].k
     assert metrics["val/explained_variance"] == pytest.approx(1 - metrics["val/fvu"], abs=1e-6)
 
 
@@ -121,7 +123,7 @@ def test_d_in_mismatch_fails_before_training(tmp_path: Path) -> None:
 def test_relu_sae_warms_its_l1_penalty_up_and_trains_without_auxk(tmp_path: Path) -> None:
     """ReLU + L1 as in the literature: the L1 weight rises linearly over ``l1_warmup_steps`` (latents move before the
     penalty silences them) and AuxK is off unless asked for; the TopK family keeps AuxK at 1/32."""
-    module = SAEModule(d_in=16, d_sae=32, architecture="relu", l1_coefficient=2.0, l1_warmup_steps=10)
+    module = SAEModule(d_in=16, d_sae=32, sae=ReLUSettings(l1_coefficient=2.0, l1_warmup_steps=10))
     assert module.sae.cfg.aux_coefficient == 0.0 and SAEModule(d_in=16, d_sae=32).sae.cfg.aux_coefficient == 1 / 32
     assert module.sparsity_scale() == pytest.approx(0.1)  # step 0 of 10
     x = torch.rand(64, 16)
@@ -132,19 +134,24 @@ def test_relu_sae_warms_its_l1_penalty_up_and_trains_without_auxk(tmp_path: Path
     assert module.sparsity_scale() == 1.0 and "auxk" not in module.sae.training_forward(x).losses
 
 
-@pytest.mark.parametrize("bad, message", [({"lr": -1e-3}, "lr must be a positive number"),
-                                          ({"lr": float("nan")}, "lr must be a positive number"),
-                                          ({"l1_coefficient": float("nan")}, "l1_coefficient must be a finite"),
-                                          ({"l1_warmup_steps": -5}, "l1_warmup_steps must be >= 0")])
-def test_a_bad_training_setting_is_refused_when_the_module_is_built(bad: dict, message: str) -> None:
-    from canon_pl.sae import SAEConfigError
+@pytest.mark.parametrize("settings, message", [
+    (dict(optimizer={"lr": -1e-3}), "optimizer.lr must be a positive number"),
+    (dict(optimizer={"lr": float("nan")}), "optimizer.lr must be a positive number"),
+    (dict(sae={"architecture": "relu", "l1_coefficient": float("nan")}), "l1_coefficient must be a finite"),
+    (dict(sae={"architecture": "relu", "l1_warmup_steps": -5}), "l1_warmup_steps must be a whole number >= 0"),
+    (dict(sae={"architecture": "relu", "k": 4}), "ReLUSettings has no setting k"),
+    (dict(sae={"architecture": "gated"}), "no trainable SAE architecture 'gated'"),
+])
+def test_a_bad_training_setting_is_refused_when_the_module_is_built(settings: dict, message: str) -> None:
+    """Settings as a checkpoint or a notebook gives them (plain dicts) are checked as the module is built."""
+    from canon_pl.errors import CanonError
 
-    with pytest.raises(SAEConfigError, match=message):
-        SAEModule(d_in=16, d_sae=32, architecture="relu", **bad)
+    with pytest.raises(CanonError, match=message):
+        SAEModule(d_in=16, d_sae=32, **settings)
 
 
 def test_an_sae_without_encoder_bias_keeps_it_at_zero_through_training_and_export(tmp_path: Path) -> None:
-    module = SAEModule(d_in=16, d_sae=32, k=4, encoder_bias=False)
+    module = SAEModule(d_in=16, d_sae=32, sae=BatchTopKSettings(k=4, encoder_bias=False))
     make_trainer(tmp_path, max_steps=5, callbacks=[SAEExportCallback()]).fit(
         module, SyntheticActivationDataModule(d_in=16, n_features=32))
     loaded = load_sae(tmp_path)
@@ -161,7 +168,7 @@ def test_the_fit_time_breakdown_accounts_for_every_second_of_the_fit(tmp_path: P
 
     trainer = make_trainer(tmp_path, max_steps=20, every_n_steps=5, val_check_interval=10,
                            check_val_every_n_epoch=None, callbacks=[FitTimeBreakdown()])
-    trainer.fit(SAEModule(d_in=48, d_sae=96, k=3), SyntheticActivationDataModule(**SMALL_DATA))
+    trainer.fit(SAEModule(d_in=48, d_sae=96, sae=BatchTopKSettings(k=3)), SyntheticActivationDataModule(**SMALL_DATA))
     record = read_fit_time(tmp_path)
     assert record is not None and record["steps"] == 20
     seconds = record["seconds"]
@@ -187,12 +194,13 @@ class RecordLearningRate(L.Callback):
             trainer.should_stop = True
 
 
-SCHEDULE = dict(lr=1e-3, lr_warmup_steps=4, lr_decay="cosine", lr_decay_steps=6, lr_final_fraction=0.1)
+SCHEDULE = dict(optimizer=OptimizerSettings(lr=1e-3, warmup_steps=4, decay="cosine", decay_steps=6, final_fraction=0.1))
 
 
 def test_the_learning_rate_warms_up_then_decays_as_the_formula_says(tmp_path: Path) -> None:
     record = RecordLearningRate()
-    make_trainer(tmp_path, max_steps=20, callbacks=[record]).fit(SAEModule(d_in=48, d_sae=96, k=3, **SCHEDULE),
+    make_trainer(tmp_path, max_steps=20, callbacks=[record]).fit(SAEModule(d_in=48, d_sae=96, **SCHEDULE,
+                                                                           sae=BatchTopKSettings(k=3)),
                                                                  SyntheticActivationDataModule(**SMALL_DATA))
     expected = {0: 0.25e-3, 1: 0.5e-3, 3: 1e-3, 10: 1e-3, 13: 1e-3, 19: 1e-4,
                 16: 1e-4 + 0.9e-3 * 0.5 * (1 + math.cos(math.pi * 3 / 6))}  # step 16: half-way down the cosine
@@ -201,7 +209,9 @@ def test_the_learning_rate_warms_up_then_decays_as_the_formula_says(tmp_path: Pa
         assert record.rates[step] == pytest.approx(rate, rel=1e-6), step
     linear = RecordLearningRate()
     make_trainer(tmp_path / "linear", max_steps=10, callbacks=[linear]).fit(
-        SAEModule(d_in=48, d_sae=96, k=3, lr=1e-3, lr_decay="linear", lr_decay_steps=5, lr_final_fraction=0.0),
+        SAEModule(d_in=48, d_sae=96,
+                  sae=BatchTopKSettings(k=3),
+                  optimizer=OptimizerSettings(lr=1e-3, decay="linear", decay_steps=5, final_fraction=0.0)),
         SyntheticActivationDataModule(**SMALL_DATA))
     assert [round(linear.rates[s] / 1e-3, 6) for s in range(10)] == [1, 1, 1, 1, 1, 0.8, 0.6, 0.4, 0.2, 0.0]
 
@@ -210,32 +220,34 @@ def test_a_resumed_run_continues_the_schedule_at_the_step_it_stopped(tmp_path: P
     whole, first, resumed = RecordLearningRate(), RecordLearningRate(stop_at=12), RecordLearningRate()
     data = dict(SMALL_DATA)
     make_trainer(tmp_path / "whole", max_steps=20, callbacks=[whole]).fit(
-        SAEModule(d_in=48, d_sae=96, k=3, **SCHEDULE), SyntheticActivationDataModule(**data))
+        SAEModule(d_in=48, d_sae=96, **SCHEDULE, sae=BatchTopKSettings(k=3)), SyntheticActivationDataModule(**data))
     make_trainer(tmp_path, max_steps=20, every_n_steps=10, callbacks=[first]).fit(
-        SAEModule(d_in=48, d_sae=96, k=3, **SCHEDULE), SyntheticActivationDataModule(**data))
+        SAEModule(d_in=48, d_sae=96, **SCHEDULE, sae=BatchTopKSettings(k=3)), SyntheticActivationDataModule(**data))
     make_trainer(tmp_path, max_steps=20, callbacks=[resumed]).fit(
-        SAEModule(d_in=48, d_sae=96, k=3, **SCHEDULE), SyntheticActivationDataModule(**data),
+        SAEModule(d_in=48, d_sae=96, **SCHEDULE, sae=BatchTopKSettings(k=3)), SyntheticActivationDataModule(**data),
         ckpt_path=str(tmp_path / "ckpt" / "epoch=0-step=10.ckpt"))
     assert sorted(resumed.rates) == list(range(10, 20))
     assert resumed.rates == {step: whole.rates[step] for step in range(10, 20)}
 
 
 @pytest.mark.parametrize("bad, message", [
-    ({"lr_decay": "cosine"}, "lr_decay 'cosine' needs lr_decay_steps > 0"),
-    ({"lr_decay": "exponential", "lr_decay_steps": 5}, "lr_decay must be one of constant, linear, cosine"),
-    ({"lr_warmup_steps": -1}, "lr_warmup_steps must be a whole number >= 0"),
-    ({"lr_final_fraction": 2.0, "lr_decay": "linear", "lr_decay_steps": 5}, "lr_final_fraction must lie in"),
+    ({"decay": "cosine"}, "optimizer.decay 'cosine' needs optimizer.decay_steps > 0"),
+    ({"decay": "exponential", "decay_steps": 5}, "optimizer.decay must be one of constant, linear, cosine"),
+    ({"warmup_steps": -1}, "optimizer.warmup_steps must be a whole number >= 0"),
+    ({"final_fraction": 2.0, "decay": "linear", "decay_steps": 5}, "optimizer.final_fraction must lie in"),
 ])
 def test_a_bad_schedule_is_refused_when_the_module_is_built(bad: dict, message: str) -> None:
     from canon_pl.errors import SettingError
 
     with pytest.raises(SettingError, match=message):
-        SAEModule(d_in=16, d_sae=32, **bad)
+        SAEModule(d_in=16, d_sae=32, optimizer=OptimizerSettings(**bad))
 
 
 def test_a_schedule_longer_than_the_run_is_refused_before_training(tmp_path: Path) -> None:
     from canon_pl.errors import SettingError
 
-    with pytest.raises(SettingError, match=r"lr_warmup_steps \(8\) \+ lr_decay_steps \(8\) exceed trainer.max_steps \(10\)"):
-        make_trainer(tmp_path, max_steps=10).fit(SAEModule(d_in=48, d_sae=96, k=3, lr_warmup_steps=8, lr_decay="linear",
-                                                           lr_decay_steps=8), SyntheticActivationDataModule(**SMALL_DATA))
+    longer = SAEModule(d_in=48, d_sae=96, sae=BatchTopKSettings(k=3),
+                       optimizer=OptimizerSettings(warmup_steps=8, decay="linear", decay_steps=8))
+    with pytest.raises(SettingError, match=r"optimizer.warmup_steps \(8\) \+ optimizer.decay_steps \(8\) exceed "
+                                           r"trainer.max_steps \(10\)"):
+        make_trainer(tmp_path, max_steps=10).fit(longer, SyntheticActivationDataModule(**SMALL_DATA))

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from canon_pl.sae import SAEConfig, build_sae
+from canon_pl.sae import BatchTopKSettings, SAEConfig, build_sae
 from canon_pl.training import (
     SAEExportCallback,
     SAEModule,
@@ -27,7 +27,7 @@ def checkpoints(tmp_path_factory: pytest.TempPathFactory) -> Path:
     trainer = make_trainer(run, max_steps=30, val_check_interval=30, log_every_n_steps=5,
                            callbacks=[SAEExportCallback()])
     trainer.loggers = [CSVLogger(save_dir=run, name="logs")]
-    trainer.fit(SAEModule(d_in=48, d_sae=96, k=3), SyntheticActivationDataModule(**SMALL_DATA))
+    trainer.fit(SAEModule(d_in=48, d_sae=96, sae=BatchTopKSettings(k=3)), SyntheticActivationDataModule(**SMALL_DATA))
     (root / "broken").mkdir()
     (root / "broken" / "cfg.json").write_text("{not json")
     return root

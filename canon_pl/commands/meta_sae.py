@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
+
+from canon_pl.io.layout import RunLayout
 
 DESCRIPTION = """Train a meta-SAE (Leask et al. 2025) on the unit-normalised decoder rows of an SAE and decompose every
 latent into meta-latents. Writes <out>/sae.safetensors + cfg.json (the meta-SAE), analysis.json + analysis.safetensors
@@ -47,16 +50,17 @@ def meta_sae_command(argv: list[str]) -> int:
     import lightning as L
     from lightning.pytorch.loggers import CSVLogger
 
+    from canon_pl.checks import check_counts, check_output_folder, check_positive
     from canon_pl.meta import check_meta_width
     from canon_pl.training import (
         DecoderRowsDataModule,
         MetaSAEAnalysisCallback,
         MetaSAEModule,
+        OptimizerSettings,
         SAEExportCallback,
         StepProgressBar,
     )
-
-    from canon_pl.checks import check_counts, check_output_folder, check_positive
+    from canon_pl.training.meta import META_SAE_SETTINGS
 
     check_counts(**{"--k": ns.k, "--steps": ns.steps, "--batch-size": ns.batch_size, "--tokens": ns.tokens})
     check_counts(0, **{"--baseline-steps": ns.baseline_steps})
@@ -86,14 +90,15 @@ def meta_sae_command(argv: list[str]) -> int:
         print("canon-pl meta-sae: error: a width sweep trains as long as the floors; drop --floor-steps 0",
               file=sys.stderr)
         return 2
-    out = Path(ns.out) if ns.out else check_output_folder(Path("checkpoints") / f"meta_sae_{n_rows}")
+    out = Path(ns.out) if ns.out else check_output_folder(RunLayout("checkpoints").meta_sae(n_rows))
     L.seed_everything(ns.seed, verbose=False)
-    module = MetaSAEModule(d_in=data.d_in, d_sae=d_sae, k=ns.k, lr=ns.lr, encoder_bias=ns.encoder_bias,
+    settings = dataclasses.replace(META_SAE_SETTINGS, k=ns.k, encoder_bias=ns.encoder_bias)
+    module = MetaSAEModule(d_in=data.d_in, d_sae=d_sae, sae=settings, optimizer=OptimizerSettings(lr=ns.lr),
                            b_dec_init=ns.b_dec_init, init_seed=ns.seed, export_dir=str(out))
     trainer = L.Trainer(
         default_root_dir=out, max_steps=ns.steps, accelerator=ns.accelerator, devices=1,
         val_check_interval=min(ns.steps, 500), check_val_every_n_epoch=None, num_sanity_val_steps=0,
-        logger=CSVLogger(out, name="logs"), enable_checkpointing=False, log_every_n_steps=min(ns.steps, 20),
+        logger=CSVLogger(out, name=RunLayout.LOGS), enable_checkpointing=False, log_every_n_steps=min(ns.steps, 20),
         callbacks=[StepProgressBar(), SAEExportCallback(str(out)),
                    MetaSAEAnalysisCallback(ns.data, ns.tokens, ns.ce, ns.baseline_steps, dirpath=str(out),
                                            floor_steps=ns.floor_steps,

@@ -9,6 +9,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from canon_pl.io.layout import RunLayout
+
 DESCRIPTION = """Run the study end to end: capture the activation cache when the family trains on one (canon-pl
 cache), train the family (lightning fit), stitch every adjacent pair with its cross-seed control (canon-pl stitch), train a meta-SAE on the widest member (canon-pl meta-sae), collect latent statistics for the family and the
 meta-SAE (canon-pl stats), and write <run>/report.md with its figures. Each stage is the same command a researcher
@@ -80,7 +82,8 @@ def stage_done(stage: str, cfg: dict[str, Any]) -> bool:
     from canon_pl.stitching import read_stitching_results
 
     run, widths = cfg["run"], cfg["widths"]
-    meta_dir = run / f"meta_sae_{cfg['meta_width']}"
+    layout = RunLayout(run)
+    meta_dir = layout.meta_sae(cfg["meta_width"])
     def cache_done() -> bool:
         from canon_pl.data import ShardIndex
 
@@ -98,11 +101,11 @@ def stage_done(stage: str, cfg: dict[str, Any]) -> bool:
             for w in widths),
         # the StitchingCallback's results (on the validation tokens, with a global_step) do not count: the stage
         # analyses the pipeline's own held-out set
-        "stitch": lambda: all("global_step" not in read_stitching_results(run / "stitching" / f"{a}_{b}.json")
+        "stitch": lambda: all("global_step" not in read_stitching_results(layout.stitching_pair(a, b))
                               for a, b in zip(widths, widths[1:])),
         "meta-sae": lambda: read_meta_analysis(meta_dir),
-        "stats": lambda: sorted(LatentStatistics.open(run / "stats").members) == sorted(map(str, widths)),
-        "meta stats": lambda: LatentStatistics.open(meta_dir / "stats"),
+        "stats": lambda: sorted(LatentStatistics.open(layout.stats).members) == sorted(map(str, widths)),
+        "meta stats": lambda: LatentStatistics.open(RunLayout(meta_dir).stats),
         "report": lambda: False,  # cheap: always rewritten from the files
     }
     return _readable(checks[stage])
@@ -116,7 +119,7 @@ def run_stage(stage: str, cfg: dict[str, Any], device: str) -> int:
     from canon_pl.report import write_report
 
     run = cfg["run"]
-    meta_dir = run / f"meta_sae_{cfg['meta_width']}"
+    meta_dir = RunLayout(run).meta_sae(cfg["meta_width"])
     if stage == "cache":
         from canon_pl.cli import cache_command
 
@@ -125,7 +128,7 @@ def run_stage(stage: str, cfg: dict[str, Any], device: str) -> int:
                               "--tokens", str(cache["tokens"]), "--val-tokens", str(cache.get("val_tokens") or 0)])
     if stage == "fit":
         args = ["fit", "--config", str(cfg["fit_config"]), *map(str, cfg.get("fit_args") or [])]
-        last = run / "ckpt" / "last.ckpt"
+        last = RunLayout(run).last_checkpoint
         if last.is_file():
             print(f"  resuming from {last}")
             args += ["--ckpt_path", str(last)]

@@ -6,20 +6,18 @@ import argparse
 import math
 import sys
 from collections.abc import Iterator
-from itertools import islice
 from pathlib import Path
 
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from canon_pl.checks import check_counts, check_device, check_output_folder
 from canon_pl.errors import CanonError
 from canon_pl.io import load_sae, training_data
 from canon_pl.io.export import CONFIG_FILE
 from canon_pl.io.family import MANIFEST_FILE, load_family, read_family_manifest
+from canon_pl.io.layout import RunLayout
 from canon_pl.lm.loading import LoadedModel
-from canon_pl.lm.text import DOCUMENT_CHARS, document_order_seed
 from canon_pl.meta import read_meta_analysis
 from canon_pl.sae import SparseAutoencoder
 from canon_pl.stats import (
@@ -90,14 +88,8 @@ def check_source(saes: dict[str, SparseAutoencoder], model: str | None, hook_poi
 
 def stats_command(argv: list[str]) -> int:
     ns = build_parser().parse_args(argv)
-    from canon_pl.lm import (
-        HookedLanguageModel,
-        check_text_source,
-        context_stream,
-        load_causal_lm,
-        select_training_tokens,
-    )
-    from canon_pl.training.analysis_data import capture_like_training
+    from canon_pl.lm import check_text_source
+    from canon_pl.lm.source import ActivationSource, CaptureSettings
 
     try:
         check_counts(**{"--tokens": ns.tokens, "--top": ns.top, "--samples": ns.samples,
@@ -105,54 +97,40 @@ def stats_command(argv: list[str]) -> int:
         check_counts(0, **{"--window": ns.window})
         check_device(ns.device)
         run = Path(ns.run)
-        check_output_folder(ns.out or run / "stats")
+        check_output_folder(ns.out or RunLayout(run).stats)
         if (run / "analysis.json").is_file():
             return meta_stats(run, ns)
         saes = load_run(run, ns.device)
         model_id, hook_point = check_source(saes, ns.model, ns.hook_point)
         provenance = training_data(first_export(run))
-        ns.text = ns.text or provenance.get("text") or "python-docs"
-        settings = capture_like_training(ns.text, provenance)
-        if ns.context_length is None:  # 0 is the user's, and refused below
-            ns.context_length = int(settings.get("context_length", 128))
-        if ns.context_length < 2:
+        if ns.context_length is not None and ns.context_length < 2:  # None: the run's; 0 is the user's, refused
             raise StatsError(f"--context-length must be at least 2 (BOS and one token), got {ns.context_length}")
-        check_text_source(ns.text)
+        settings = CaptureSettings.like_training(provenance, model=model_id, hook_point=hook_point,
+                                                 text=ns.text or provenance.get("text") or CaptureSettings.text,
+                                                 context_length=ns.context_length)
+        check_text_source(settings.text)
     except CanonError as err:
         print(f"canon-pl stats: error: {err}", file=sys.stderr)
         return 2
-    loaded = load_causal_lm(model_id, device=ns.device)
-    hooked = HookedLanguageModel(loaded)
-    hooked.parse_hook_point(hook_point)
+    ns.text, ns.context_length = settings.text, settings.context_length
+    source = ActivationSource(settings)
+    loaded = source.load(ns.device).loaded
     n_contexts = math.ceil(ns.tokens / ns.context_length)
-    stream = islice(context_stream(ns.text, "val", loaded.tokenizer, ns.context_length, 0,
-                                   val_every=int(settings.get("val_every", 20)),
-                                   bos_token_id=loaded.tokenizer.bos_token_id,
-                                   order_seed=document_order_seed(settings.get("seed", 0),
-                                                                  settings.get("shuffle_documents", True)),
-                                   document_chars=settings.get("document_chars", DOCUMENT_CHARS)), n_contexts)
-    bar = tqdm(total=n_contexts * ns.context_length, desc="statistics", unit="tok", unit_scale=True,
-               dynamic_ncols=True)
 
     def batches() -> Iterator[tuple[Tensor, Tensor, Tensor]]:
-        while chunk := list(islice(stream, ns.contexts_per_forward)):
-            tokens = torch.stack(chunk)
-            with torch.inference_mode():
-                acts = hooked.capture(tokens, hook_point).float()
-            mask = select_training_tokens(acts, exclude_bos=settings.get("exclude_bos", True),
-                                          outlier_factor=settings.get("outlier_factor", 10.0)).mask
-            yield tokens, acts, mask
-            bar.update(tokens.numel())
+        for batch in source.take("val", n_contexts, ns.contexts_per_forward, progress="statistics"):
+            yield batch.tokens, batch.activations, batch.mask
 
-    collectors, contexts = collect_statistics(saes, batches(), n_top=ns.top, n_sample=ns.samples, window=ns.window)
-    bar.close()
+    with torch.inference_mode():
+        collectors, contexts = collect_statistics(saes, batches(), n_top=ns.top, n_sample=ns.samples,
+                                                  window=ns.window)
     if not contexts:
         print(f"canon-pl stats: error: the text source {ns.text!r} gave no held-out contexts", file=sys.stderr)
         return 2
     unembed, norm_weight = _unembedding(loaded)
     unembedded = {name: unembedding_directions(sae.W_dec.detach(), unembed, norm_weight)
                   for name, sae in saes.items()}
-    out = Path(ns.out or run / "stats")
+    out = Path(ns.out or RunLayout(run).stats)
     all_contexts = torch.cat(contexts)
     mentioned = torch.cat([all_contexts.flatten()] + [torch.cat([u[0].flatten(), u[2].flatten()])
                                                       for u in unembedded.values()]).unique().tolist()
@@ -184,7 +162,7 @@ def meta_stats(run: Path, ns: argparse.Namespace) -> int:
     unembed, norm_weight = _unembedding(loaded)
     unembedded = unembedding_directions(meta.W_dec.detach(), unembed, norm_weight)
     mentioned = torch.cat([unembedded[0].flatten(), unembedded[2].flatten()]).unique().tolist()
-    out = Path(ns.out or run / "stats")
+    out = Path(ns.out or RunLayout(run).stats)
     index = write_meta_statistics(out, analysis["decomposition"], unembedded,
                                   {"model_id": model_id, "base": analysis.get("base")}, n_members=ns.top * 2,
                                   token_strings={i: loaded.tokenizer.decode([i]) for i in mentioned})

@@ -12,6 +12,7 @@ from canon_pl.checks import check_counts, check_device, check_output_folder
 from canon_pl.errors import CanonError
 from canon_pl.io import initial_decoder, load_sae, training_data
 from canon_pl.io.family import MANIFEST_FILE, load_family
+from canon_pl.io.layout import RunLayout
 from canon_pl.stitching import (
     DEFAULT_TAU,
     StitchingError,
@@ -67,7 +68,7 @@ def _pairs(ns: argparse.Namespace) -> tuple[list[dict[str, Any]], Path]:
                           "large_initial_decoder": initial_decoder(large_dir),
                           "control": control[1] if control else None,
                           "control_name": str(small_path / control[0]) if control else None})
-        return pairs, Path(ns.out or small_path / "stitching")
+        return pairs, Path(ns.out or RunLayout(small_path).stitching)
     control = load_sae(ns.control, ns.device) if ns.control else None
     pair = {"small": load_sae(ns.small, ns.device), "large": load_sae(ns.large, ns.device),
             "names": (ns.small, ns.large), "large_initial_decoder": initial_decoder(ns.large),

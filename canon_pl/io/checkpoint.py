@@ -17,7 +17,7 @@ import torch
 
 from canon_pl.io.export import CheckpointError, check_shapes_before_building
 from canon_pl.io.validate import STRUCTURAL_ERRORS, malformed_as
-from canon_pl.sae import SAEConfig, SAEConfigError, SparseAutoencoder, build_sae
+from canon_pl.sae import SAEConfig, SAEConfigError, SAESettings, SparseAutoencoder, build_sae
 
 MEMBER_PREFIX = "members."
 
@@ -74,6 +74,9 @@ def _sae_from_checkpoint(ckpt: dict[str, Any], path: Path, width: int | None) ->
     try:
         if isinstance(stored, dict):  # written by canon-pl since the meta-SAE module: the member's own config
             cfg = SAEConfig.from_dict(stored)
+        elif isinstance(hparams.get("sae"), dict):  # the module's settings, as its hyper-parameters hold them
+            cfg = SAESettings.from_value(hparams["sae"]).sae_config(
+                int(hparams["d_in"]), width, hparams.get("hook_point"), hparams.get("model_id"))
         else:
             cfg = SAEConfig(d_sae=width, **{key: value for key, value in hparams.items() if key in known})
     except (TypeError, SAEConfigError) as err:

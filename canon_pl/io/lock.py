@@ -16,8 +16,9 @@ from pathlib import Path
 
 from canon_pl.errors import CanonError
 from canon_pl.io.atomic import process_alive
+from canon_pl.io.layout import RunLayout
 
-LOCK_FILE = ".canon-pl.lock"
+LOCK_FILE = RunLayout.LOCK
 
 
 class RunFolderLockedError(CanonError, RuntimeError):

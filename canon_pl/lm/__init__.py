@@ -8,6 +8,7 @@ from canon_pl.lm.loading import (
     ModelLoadError,
     load_causal_lm,
 )
+from canon_pl.lm.source import CAPTURE_KEYS, ActivationSource, CapturedBatch, CaptureSettings
 from canon_pl.lm.spliced import spliced_loss_sums
 from canon_pl.lm.text import (
     NAMED_SOURCES,
@@ -21,6 +22,10 @@ from canon_pl.lm.text import (
 from canon_pl.lm.tokens import TokenSelection, select_training_tokens
 
 __all__ = [
+    "CAPTURE_KEYS",
+    "ActivationSource",
+    "CaptureSettings",
+    "CapturedBatch",
     "BUNDLED_MODELS",
     "ContextLengthError",
     "HookPointError",

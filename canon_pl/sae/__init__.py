@@ -1,22 +1,30 @@
-"""Pure-torch sparse autoencoders (no Lightning imports)."""
+"""Pure-torch sparse autoencoders (no Lightning imports).
+
+One file per architecture holds its SAE class and its settings class; both register themselves by name.
+"""
 
 from canon_pl.sae.base import SparseActivations, SparseAutoencoder, TrainStepOutput
-from canon_pl.sae.batchtopk import BatchTopKSAE, batch_topk
-from canon_pl.sae.config import ARCHITECTURES, SAEConfig, SAEConfigError
-from canon_pl.sae.registry import SAE_CLASSES, build_sae, initial_sae
-from canon_pl.sae.relu import ReLUSAE
-from canon_pl.sae.topk import TopKSAE
+from canon_pl.sae.batchtopk import BatchTopKSAE, BatchTopKSettings, batch_topk
+from canon_pl.sae.config import SAEConfig, SAEConfigError
+from canon_pl.sae.registry import SAE_CLASSES, SETTINGS_CLASSES, build_sae, initial_sae
+from canon_pl.sae.relu import ReLUSAE, ReLUSettings
+from canon_pl.sae.settings import SAESettings
+from canon_pl.sae.topk import TopKSAE, TopKSettings
 
 __all__ = [
-    "ARCHITECTURES",
     "BatchTopKSAE",
+    "BatchTopKSettings",
     "ReLUSAE",
+    "ReLUSettings",
     "SAEConfig",
     "SAEConfigError",
+    "SAESettings",
     "SAE_CLASSES",
+    "SETTINGS_CLASSES",
     "SparseActivations",
     "SparseAutoencoder",
     "TopKSAE",
+    "TopKSettings",
     "TrainStepOutput",
     "batch_topk",
     "build_sae",

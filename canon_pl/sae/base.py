@@ -66,10 +66,25 @@ class TrainStepOutput:
 register_dataclass(TrainStepOutput)
 
 
+SAE_CLASSES: dict[str, type[SparseAutoencoder]] = {}
+"""Architecture name -> SAE class, filled as each subclass with an ``architecture`` is defined."""
+
+
 class SparseAutoencoder(nn.Module):
-    """Base SAE: ``x_hat = f(x) @ W_dec + b_dec`` with ``f`` chosen by the subclass."""
+    """Base SAE: ``x_hat = f(x) @ W_dec + b_dec`` with ``f`` chosen by the subclass.
+
+    A subclass that sets ``architecture`` registers itself (:data:`SAE_CLASSES`); with a settings class beside it
+    (:class:`canon_pl.sae.settings.SAESettings`) it trains through every command and config.
+    """
 
     architecture: str = ""
+    selects_k: bool = False
+    """Whether ``cfg.k`` latents per token survive (the TopK family): ``k`` must then lie in ``1..d_sae``."""
+
+    def __init_subclass__(cls, **kwargs: object) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.__dict__.get("architecture"):
+            SAE_CLASSES[cls.architecture] = cls
 
     def __init__(self, cfg: SAEConfig) -> None:
         super().__init__()

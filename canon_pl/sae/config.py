@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from canon_pl.errors import CanonError
-
-ARCHITECTURES = ("batchtopk", "topk", "relu", "jumprelu")
 
 
 class SAEConfigError(CanonError, ValueError):
@@ -50,19 +48,26 @@ class SAEConfig:
     """Where the activations come from (for example ``model.layers.12``)."""
     model_id: str | None = None
     """The language model the activations come from."""
+    options: dict[str, Any] = field(default_factory=dict)
+    """Hyper-parameters of the architecture that no other has (its settings class's own fields, by name)."""
 
     def __post_init__(self) -> None:
         self.validate()
 
     def validate(self) -> None:
         """Raise :class:`SAEConfigError` naming the first invalid field and how to fix it."""
-        if self.architecture not in ARCHITECTURES:
+        from canon_pl.sae.base import SAE_CLASSES  # filled as each architecture's class is defined
+
+        if self.architecture not in SAE_CLASSES:
             raise SAEConfigError(
-                f"unknown SAE architecture {self.architecture!r}; choose one of {', '.join(ARCHITECTURES)}"
+                f"unknown SAE architecture {self.architecture!r}; choose one of {', '.join(SAE_CLASSES)} (or import "
+                f"the module that defines it first)"
             )
+        if not isinstance(self.options, dict):
+            raise SAEConfigError(f"options must be a dict of architecture settings, got {type(self.options).__name__}")
         if self.d_in <= 0 or self.d_sae <= 0:
             raise SAEConfigError(f"d_in and d_sae must be positive, got d_in={self.d_in}, d_sae={self.d_sae}")
-        if self.architecture in ("batchtopk", "topk"):
+        if SAE_CLASSES[self.architecture].selects_k:
             if not 0 < self.k <= self.d_sae:
                 raise SAEConfigError(
                     f"k={self.k} must be between 1 and d_sae={self.d_sae}: a token cannot use more latents than "

@@ -1,23 +1,23 @@
-"""Architecture name -> SAE class."""
+"""Building SAEs by architecture name. Importing this module imports every built-in architecture, each of which
+registers its SAE class (:data:`SAE_CLASSES`) and its settings class (:data:`SETTINGS_CLASSES`) as it is defined."""
 
 from __future__ import annotations
 
 import torch
 
-from canon_pl.sae.base import SparseAutoencoder
-from canon_pl.sae.batchtopk import BatchTopKSAE
-from canon_pl.sae.config import SAEConfig
-from canon_pl.sae.jumprelu import JumpReLUSAE
-from canon_pl.sae.relu import ReLUSAE
-from canon_pl.sae.topk import TopKSAE
-
-SAE_CLASSES: dict[str, type[SparseAutoencoder]] = {
-    cls.architecture: cls for cls in (BatchTopKSAE, TopKSAE, ReLUSAE, JumpReLUSAE)
-}
+import canon_pl.sae.batchtopk
+import canon_pl.sae.jumprelu
+import canon_pl.sae.relu
+import canon_pl.sae.topk  # noqa: F401 - the built-in architectures register themselves
+from canon_pl.sae.base import SAE_CLASSES, SparseAutoencoder
+from canon_pl.sae.config import SAEConfig, SAEConfigError
+from canon_pl.sae.settings import SETTINGS_CLASSES
 
 
 def build_sae(cfg: SAEConfig) -> SparseAutoencoder:
     """A freshly initialised SAE of ``cfg.architecture``."""
+    if cfg.architecture not in SAE_CLASSES:
+        raise SAEConfigError(f"unknown SAE architecture {cfg.architecture!r}; choose one of {', '.join(SAE_CLASSES)}")
     return SAE_CLASSES[cfg.architecture](cfg)
 
 
@@ -28,3 +28,6 @@ def initial_sae(cfg: SAEConfig, init_seed: int) -> SparseAutoencoder:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(init_seed * 1_000_003 + cfg.d_sae)
         return build_sae(cfg)
+
+
+__all__ = ["SAE_CLASSES", "SETTINGS_CLASSES", "build_sae", "initial_sae"]

@@ -2,9 +2,30 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from torch import Tensor
 
+from canon_pl.checks import check_counts
 from canon_pl.sae.base import SparseAutoencoder
+from canon_pl.sae.settings import SAESettings
+
+
+@dataclass(frozen=True)
+class ReLUSettings(SAESettings):
+    """A ReLU + L1 SAE, as the paper's stitching SAEs."""
+
+    architecture = "relu"
+    training_only = ("l1_warmup_steps",)
+    default_aux_coefficient = 0.0  # ReLU + L1 SAEs in the literature train without AuxK
+    l1_coefficient: float = 5.0
+    """Weight of the L1 penalty."""
+    l1_warmup_steps: int = 0
+    """Steps over which the L1 weight rises linearly from 0 to ``l1_coefficient`` (0 = full weight from the first
+    step): latents move away from their initialisation before the penalty silences them."""
+
+    def __post_init__(self) -> None:
+        check_counts(0, l1_warmup_steps=self.l1_warmup_steps)
 
 
 class ReLUSAE(SparseAutoencoder):

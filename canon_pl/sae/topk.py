@@ -2,17 +2,30 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor
 
 from canon_pl.distributed import all_reduce
 from canon_pl.sae.base import SparseActivations, SparseAutoencoder
+from canon_pl.sae.settings import SAESettings
+
+
+@dataclass(frozen=True)
+class TopKSettings(SAESettings):
+    """A TopK SAE: exactly ``k`` latents per token."""
+
+    architecture = "topk"
+    k: int = 32
+    """Active latents per token."""
 
 
 class TopKSAE(SparseAutoencoder):
     """Exactly ``k`` latents per token (fewer only where fewer pre-activations are positive)."""
 
     architecture = "topk"
+    selects_k = True
 
     def select(self, pre: Tensor, inference: bool) -> SparseActivations:
         batch = pre.shape[0]

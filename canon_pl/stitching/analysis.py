@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from canon_pl.io.layout import RunLayout
 from canon_pl.io.results import read_results, write_results
 from canon_pl.metrics import SplicedLanguageModelLoss
 from canon_pl.sae import SparseAutoencoder
@@ -275,7 +276,7 @@ def settings_mismatch(summaries: dict[str, dict[str, Any]]) -> str | None:
 
 def write_stitching_results(result: StitchingResult, directory: str | os.PathLike, name: str | None = None) -> Path:
     """Write ``<name>.safetensors`` then ``<name>.json`` (default name ``<d_small>_<d_large>``); returns the JSON."""
-    name = name or f"{result.summary['small']['d_sae']}_{result.summary['large']['d_sae']}"
+    name = name or RunLayout.pair_name(result.summary["small"]["d_sae"], result.summary["large"]["d_sae"])
     return write_results(directory, name, result.summary, _arrays(result), FORMAT_NAME)
 
 

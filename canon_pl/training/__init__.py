@@ -4,8 +4,8 @@ from canon_pl.training.activations import ActivationDataModule
 from canon_pl.training.callbacks import SAEExportCallback, StepProgressBar
 from canon_pl.training.datamodules import (
     ActivationShardDataModule,
-    ResumableStreamDataModule,
     PlantedHierarchyDataModule,
+    ResumableStreamDataModule,
     SyntheticActivationDataModule,
 )
 from canon_pl.training.meta import (
@@ -27,10 +27,12 @@ from canon_pl.training.parallel import (
     SAEFSDPStrategy,
     SAEThroughputMonitor,
 )
+from canon_pl.training.schedule import OptimizerSettings
 from canon_pl.training.stitching import StitchingCallback
 from canon_pl.training.timing import FitTimeBreakdown
 
 __all__ = [
+    "OptimizerSettings",
     "ActivationDataModule",
     "ActivationShardDataModule",
     "DecoderRowsDataModule",

@@ -3,7 +3,6 @@ on the training device, resumable at the exact batch."""
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable, Iterator
 from itertools import islice
 from typing import Any
@@ -16,23 +15,10 @@ from tqdm.auto import tqdm
 from canon_pl.checks import check_counts, check_positive
 from canon_pl.distributed import world
 from canon_pl.errors import SettingError
-from canon_pl.lm import (
-    ContextLengthError,
-    HookedLanguageModel,
-    context_stream,
-    iterate_buffered_batches,
-    load_causal_lm,
-    select_training_tokens,
-    spliced_loss_sums,
-)
-from canon_pl.lm.text import TextSourceError, check_text_source, document_order_seed, iter_documents
+from canon_pl.lm import HookedLanguageModel, iterate_buffered_batches
+from canon_pl.lm.source import CAPTURE_KEYS, ActivationSource, CaptureSettings
+from canon_pl.lm.text import TextSourceError
 from canon_pl.training.datamodules import ResumableStreamDataModule, _loader
-
-
-CAPTURE_KEYS = ("model", "hook_point", "text", "context_length", "exclude_bos", "outlier_factor", "val_every",
-                "document_chars", "shuffle_documents", "seed")
-"""The settings that decide which activations a run sees: the model and hook point, the text and its documents
-(held-out split, order), the context length and the token selection."""
 
 
 class ActivationDataModule(ResumableStreamDataModule):
@@ -44,23 +30,23 @@ class ActivationDataModule(ResumableStreamDataModule):
 
     def __init__(
         self,
-        model: str = "smollm2-135m",
-        hook_point: str = "model.layers.6",
-        text: str = "python-docs",
+        model: str = CaptureSettings.model,
+        hook_point: str = CaptureSettings.hook_point,
+        text: str = CaptureSettings.text,
         text_column: str = "text",
-        context_length: int = 128,
+        context_length: int = CaptureSettings.context_length,
         contexts_per_forward: int = 32,
         block_contexts: int = 256,
         batch_size: int = 4096,
-        exclude_bos: bool = True,
-        outlier_factor: float | None = 10.0,
+        exclude_bos: bool = CaptureSettings.exclude_bos,
+        outlier_factor: float | None = CaptureSettings.outlier_factor,
         val_contexts: int = 64,
-        val_every: int = 20,
-        document_chars: int | None = 2000,
-        shuffle_documents: bool = True,
+        val_every: int = CaptureSettings.val_every,
+        document_chars: int | None = CaptureSettings.document_chars,
+        shuffle_documents: bool = CaptureSettings.shuffle_documents,
         model_dtype: str = "float32",
         model_device_map: str | None = None,
-        seed: int = 0,
+        seed: int = CaptureSettings.seed,
     ) -> None:
         """
         Args:
@@ -98,9 +84,9 @@ class ActivationDataModule(ResumableStreamDataModule):
             check_counts(document_chars=document_chars)
         if outlier_factor is not None:
             check_positive(outlier_factor=outlier_factor)
-        self.hooked: HookedLanguageModel | None = None
-        self.tokens_seen = 0
-        self.tokens_excluded = 0
+        self.source = ActivationSource(
+            CaptureSettings(**{key: self.hparams[key] for key in CAPTURE_KEYS}), text_column=text_column,
+            model_dtype=model_dtype, model_device_map=model_device_map)
         self._stream: Iterator[Tensor] | None = None
         self._stream_position = 0
 
@@ -108,23 +94,18 @@ class ActivationDataModule(ResumableStreamDataModule):
     def initial_position(self) -> Any:
         return [0, 0]
 
+    @property
+    def hooked(self) -> HookedLanguageModel | None:
+        """The loaded LM (``None`` until :meth:`load_model`); set it to share one LM between DataModules."""
+        return self.source.hooked
+
+    @hooked.setter
+    def hooked(self, hooked: HookedLanguageModel | None) -> None:
+        self.source.hooked = hooked
+
     def load_model(self, device: torch.device | str = "cpu") -> HookedLanguageModel:
         """Load and check the LM once: hook point, context length and text source fail here, before long work."""
-        if self.hooked is None:
-            hp = self.hparams
-            check_text_source(hp.text)  # a missing, binary or unreachable text fails before the model loads
-            loaded = load_causal_lm(hp.model, device=device, dtype=hp.model_dtype, device_map=hp.model_device_map)
-            hooked = HookedLanguageModel(loaded)
-            hooked.parse_hook_point(hp.hook_point)
-            if hp.context_length > loaded.max_context:
-                raise ContextLengthError(
-                    f"context_length={hp.context_length} exceeds the model's maximum of {loaded.max_context} tokens; "
-                    f"lower data.init_args.context_length"
-                )
-            # missing/empty text fails now
-            next(iter_documents(hp.text, "train", hp.val_every, hp.text_column, order_seed=None))
-            self.hooked = hooked
-        return self.hooked
+        return self.source.load(device)
 
     def setup(self, stage: str) -> None:
         device = self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
@@ -132,45 +113,21 @@ class ActivationDataModule(ResumableStreamDataModule):
 
     @property
     def d_in(self) -> int:
-        return self.load_model().loaded.d_model
+        return self.source.d_in
 
     def provenance(self) -> dict[str, Any]:
-        """How these activations are made (:data:`CAPTURE_KEYS`): recorded in every export's cfg.json under
+        """How these activations are made (:class:`CaptureSettings`): recorded in every export's cfg.json under
         ``data`` and in an activation cache's index, and read back by the analyses."""
-        return {key: self.hparams[key] for key in CAPTURE_KEYS}
+        return self.source.settings.provenance()
 
     @property
     def excluded_fraction(self) -> float:
-        return self.tokens_excluded / max(self.tokens_seen, 1)
+        return self.source.excluded_fraction
 
     # ------------------------------------------------------------------------------------------- capture
-    def _autocast(self) -> contextlib.AbstractContextManager:
-        device = self.hooked.device
-        if device.type == "cuda":
-            return torch.autocast("cuda", dtype=torch.bfloat16)
-        return contextlib.nullcontext()
-
-    def capture(self, contexts: Tensor) -> tuple[Tensor, Tensor]:
-        """contexts ``[n, seq]`` -> (kept activations ``[n_kept, d]`` float32 on the LM's device, mask ``[n, seq]``)."""
-        hooked = self.load_model()
-        with self._autocast():
-            acts = hooked.capture(contexts, self.hparams.hook_point)
-        selection = select_training_tokens(acts.float(), self.hparams.exclude_bos, self.hparams.outlier_factor)
-        self.tokens_seen += selection.mask.numel()
-        self.tokens_excluded += selection.mask.numel() - int(selection.mask.sum())
-        return selection.kept, selection.mask
-
     def _contexts(self, split: str, start: int) -> Iterator[Tensor]:
         """This rank's contexts: under DDP rank ``r`` of ``W`` reads documents ``r, r + W, ...`` of the split."""
-        hp, tokenizer = self.hparams, self.load_model().tokenizer
-        return context_stream(hp.text, split, tokenizer, hp.context_length, start, hp.val_every, hp.text_column,
-                              bos_token_id=tokenizer.bos_token_id, shard=world(), order_seed=self.order_seed,
-                              document_chars=hp.document_chars)
-
-    @property
-    def order_seed(self) -> int | None:
-        """Seed of the document order (``None``: the source's own order)."""
-        return document_order_seed(self.hparams.seed, self.hparams.shuffle_documents)
+        return self.source.contexts(split, start, shard=world())
 
     def load_block(self, k: int) -> Tensor:
         """Block ``k``: kept activations of train contexts ``[k * block_contexts, (k + 1) * block_contexts)``."""
@@ -186,7 +143,7 @@ class ActivationDataModule(ResumableStreamDataModule):
             self._stream_position += len(contexts)
             if not contexts:
                 break
-            pieces.append(self.capture(torch.stack(contexts))[0])
+            pieces.append(self.source.capture(torch.stack(contexts)).kept)
         if not pieces:
             return torch.empty(0, self.d_in, device=self.load_model().device)
         return torch.cat(pieces)
@@ -208,16 +165,12 @@ class ActivationDataModule(ResumableStreamDataModule):
 
         def batches() -> Iterator[dict[str, Tensor]]:
             per_rank = -(-hp.val_contexts // world()[1])  # the ranks share val_contexts between them
-            contexts = list(islice(self._contexts("val", 0), per_rank))
-            for i in range(0, len(contexts), hp.contexts_per_forward):
-                tokens = torch.stack(contexts[i:i + hp.contexts_per_forward])
-                kept, mask = self.capture(tokens)
-                yield {"tokens": tokens, "activations": kept, "mask": mask}
+            for batch in self.source.take("val", per_rank, hp.contexts_per_forward, shard=world()):
+                yield {"tokens": batch.tokens, "activations": batch.kept, "mask": batch.mask}
 
         return _loader(batches)
 
     def spliced_sums(self, tokens: Tensor, mask: Tensor,
                      reconstructions: dict[str, Callable[[Tensor], Tensor]]) -> dict[str, dict[str, Tensor]]:
         """Next-token loss sums with each SAE spliced in at the kept positions (see ``spliced_loss_sums``)."""
-        with self._autocast():
-            return spliced_loss_sums(self.load_model(), tokens, self.hparams.hook_point, reconstructions, mask)
+        return self.source.spliced_sums(tokens, mask, reconstructions)

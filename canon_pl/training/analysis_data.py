@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -13,10 +12,10 @@ from torch import Tensor
 from canon_pl.data import ShardIndex
 from canon_pl.data.shards import INDEX_FILE
 from canon_pl.errors import CanonError
+from canon_pl.lm.source import ActivationSource, CaptureSettings
 from canon_pl.lm.text import TextSourceError, check_text_source
 from canon_pl.sae import SparseAutoencoder
 from canon_pl.stitching.analysis import SplicedLoss, spliced_loss_on
-from canon_pl.training.activations import CAPTURE_KEYS
 
 
 class AnalysisDataError(CanonError, ValueError):
@@ -52,43 +51,23 @@ def cache_activations(path: str | Path, n_tokens: int, d_in: int, model_id: str 
     return torch.cat(pieces)
 
 
-SELECTION_KEYS = tuple(key for key in CAPTURE_KEYS if key not in ("model", "hook_point", "text"))
-"""The capture settings an analysis takes from the run it analyses (``canon_pl.io.training_data``): every capture
-setting but the model and hook point (the SAE's own) and the text (the analysis's choice)."""
-
-
-def capture_like_training(text: str, provenance: dict[str, Any] | None) -> dict[str, Any]:
-    """``ActivationDataModule`` settings that capture ``text`` exactly as the run's training did: its context
-    length, token selection and document split and order (the defaults where the run records nothing). Analysing
-    another text than the run's is allowed and said on stderr."""
-    provenance = provenance or {}
-    trained_on = provenance.get("text")
-    if trained_on is not None and str(trained_on) != str(text):
-        print(f"note: analysing {text!r}; the SAEs were trained on {trained_on!r} (captured with the run's context "
-              f"length and token selection)", file=sys.stderr)
-    return {key: provenance[key] for key in SELECTION_KEYS if key in provenance}
-
-
 def text_activations(text: str, n_tokens: int, model: str, hook_point: str, ce: bool = False,
-                     device: str = "cpu", provenance: dict[str, Any] | None = None) -> tuple[Tensor, SplicedLoss | None]:
+                     device: str = "cpu", provenance: dict[str, Any] | None = None,
+                     contexts_per_forward: int = 32) -> tuple[Tensor, SplicedLoss | None]:
     """Activations ``[n, d]`` at ``hook_point`` on held-out documents of ``text``, captured as the run's training
-    captured its own (``provenance``: the export's recorded data settings; BOS and outliers left out by default),
+    captured its own (``provenance``: the export's recorded data settings, :meth:`CaptureSettings.like_training`),
     and with ``ce`` a :data:`SplicedLoss` on the first batch of those contexts."""
-    from canon_pl.training.activations import ActivationDataModule
-
-    settings = capture_like_training(text, provenance)
-    context_length = int(settings.get("context_length", 128))
-    data = ActivationDataModule(model=model, hook_point=hook_point, text=text, **settings,
-                                val_contexts=math.ceil(n_tokens / (context_length - 1)))
-    data.load_model(device)
+    source = ActivationSource(CaptureSettings.like_training(provenance, model=model, hook_point=hook_point, text=text))
+    source.load(device)
+    n_contexts = math.ceil(n_tokens / (source.settings.context_length - 1))
     activations, lm_batches = [], []
-    for batch in data.val_dataloader():
-        activations.append(batch["activations"])
+    for batch in source.take("val", n_contexts, contexts_per_forward):
+        activations.append(batch.kept)
         if not lm_batches:
-            lm_batches.append((batch["tokens"], batch["mask"]))
+            lm_batches.append((batch.tokens, batch.mask))
     if not activations:
         raise AnalysisDataError(f"the text source {text!r} gave no held-out tokens")
-    return torch.cat(activations)[:n_tokens], (spliced_loss_on(data.spliced_sums, lm_batches) if ce else None)
+    return torch.cat(activations)[:n_tokens], (spliced_loss_on(source.spliced_sums, lm_batches) if ce else None)
 
 
 def analysis_activations(data: str, n_tokens: int, sae: SparseAutoencoder, ce: bool = False,

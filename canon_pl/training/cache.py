@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from itertools import islice
 from pathlib import Path
 
-import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
 from canon_pl.checks import check_counts
 from canon_pl.data import ShardIndex, write_activation_shards
 from canon_pl.training.activations import ActivationDataModule
+
 
 def cache_metadata(datamodule: ActivationDataModule) -> dict:
     """What a cache must match to stand in for ``datamodule``'s stream: its provenance."""
@@ -22,22 +21,15 @@ def cache_metadata(datamodule: ActivationDataModule) -> dict:
 def held_out_activations(datamodule: ActivationDataModule, n_tokens: int) -> Iterator[Tensor]:
     """Kept activations ``[n, d_in]`` (CPU) of the held-out documents, in their seeded order, ``n_tokens`` in all (or
     as many as the held-out split has)."""
-    hp = datamodule.hparams
-    contexts = datamodule._contexts("val", 0)
     written = 0
-    progress = tqdm(total=n_tokens, desc="caching held-out activations", unit="tok", unit_scale=True,
-                    dynamic_ncols=True)
-    try:
-        while written < n_tokens:
-            chunk = list(islice(contexts, hp.contexts_per_forward))
-            if not chunk:
-                return
-            kept = datamodule.capture(torch.stack(chunk))[0][: n_tokens - written]
-            written += kept.shape[0]
-            progress.update(kept.shape[0])
-            yield kept.cpu()
-    finally:
-        progress.close()
+    batches = datamodule.source.batches(datamodule.source.contexts("val"), datamodule.hparams.contexts_per_forward,
+                                        progress="caching held-out activations")
+    for batch in batches:
+        kept = batch.kept[: n_tokens - written]
+        written += kept.shape[0]
+        yield kept.cpu()
+        if written >= n_tokens:
+            return
 
 
 def write_activation_cache(datamodule: ActivationDataModule, directory: str | Path, n_tokens: int,

@@ -17,7 +17,6 @@ from torch import Tensor
 from torch.utils.data import DataLoader, IterableDataset
 
 from canon_pl.checks import check_counts
-from canon_pl.data.shards import INDEX_FILE
 from canon_pl.data import (
     PlantedHierarchyActivations,
     ShardError,
@@ -25,6 +24,7 @@ from canon_pl.data import (
     SyntheticSparseActivations,
     iterate_shard_batches,
 )
+from canon_pl.data.shards import INDEX_FILE
 from canon_pl.distributed import all_gather_objects, all_ranks_agree, world
 from canon_pl.errors import CanonError
 
@@ -289,7 +289,7 @@ class ActivationShardDataModule(ResumableStreamDataModule):
 
     def provenance(self) -> dict[str, Any]:
         """What the cache's index records of how it was captured (``canon-pl cache`` writes it all)."""
-        from canon_pl.training.activations import CAPTURE_KEYS
+        from canon_pl.lm.source import CAPTURE_KEYS
 
         return {key: self.index.metadata[key] for key in CAPTURE_KEYS if key in self.index.metadata}
 

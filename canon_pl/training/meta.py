@@ -23,9 +23,10 @@ from canon_pl.meta import (
     sample_rows,
     write_meta_analysis,
 )
-from canon_pl.sae import SparseAutoencoder
+from canon_pl.sae import BatchTopKSettings, SAEConfigError, SAESettings, SparseAutoencoder
 from canon_pl.training.datamodules import ResumableStreamDataModule, _loader
 from canon_pl.training.module import SAEModule
+from canon_pl.training.schedule import OptimizerSettings
 
 
 class DecoderRowsDataModule(ResumableStreamDataModule):
@@ -35,11 +36,12 @@ class DecoderRowsDataModule(ResumableStreamDataModule):
     passes over every row once, so ``val/explained_variance`` is the FVE of the whole decoder.
     """
 
-    def __init__(self, sae: str, width: int | None = None, batch_size: int = 16384, seed: int = 0,
+    def __init__(self, base_sae: str, width: int | None = None, batch_size: int = 16384, seed: int = 0,
                  val_batch_size: int = 16384) -> None:
         """
         Args:
-            sae: The base SAE: an export folder, a family folder (with ``width``) or a ``.ckpt``.
+            base_sae: The base SAE: an export folder, a family folder (with ``width``) or a ``.ckpt`` (named apart
+                from the module's ``sae`` settings, which the logger records beside it).
             width: Which member of a family.
             batch_size: Rows per batch on each rank (the paper: 16384 in all).
             seed: Seed of the sampling.
@@ -55,7 +57,7 @@ class DecoderRowsDataModule(ResumableStreamDataModule):
     def base(self) -> SparseAutoencoder:
         """The base SAE (loaded on first use, so a config can name one that a later step writes)."""
         if self._base is None:
-            self._base = load_sae(self.hparams.sae, width=self.hparams.width)
+            self._base = load_sae(self.hparams.base_sae, width=self.hparams.width)
         return self._base
 
     @property
@@ -91,7 +93,7 @@ class DecoderRowsDataModule(ResumableStreamDataModule):
 
     def base_directory(self) -> Path | None:
         """The base SAE's export folder (a family member's own folder), or ``None`` for a ``.ckpt``."""
-        path = Path(self.hparams.sae)
+        path = Path(self.hparams.base_sae)
         if (path / MANIFEST_FILE).is_file():
             from canon_pl.io import read_family_manifest
 
@@ -109,12 +111,17 @@ class DecoderRowsDataModule(ResumableStreamDataModule):
 
     def smaller_saes(self) -> dict[int, SparseAutoencoder]:
         """The family members narrower than the base, when the base was given as (or lies in) a family folder."""
-        path = Path(self.hparams.sae)
+        path = Path(self.hparams.base_sae)
         family_dir = path if (path / MANIFEST_FILE).is_file() else path.parent
         if not (family_dir / MANIFEST_FILE).is_file():
             return {}
         family = load_family(family_dir)
         return {w: sae for w, sae in family.saes.items() if w < self.base.d_sae}
+
+
+META_SAE_SETTINGS = BatchTopKSettings(k=4, aux_k=256, dead_tokens_threshold=1_000_000)
+"""The meta-SAE's defaults: 4 meta-latents per decoder row on average (the paper), AuxK over 256 dead meta-latents,
+dead after a million rows without firing."""
 
 
 class MetaSAEModule(SAEModule):
@@ -125,13 +132,8 @@ class MetaSAEModule(SAEModule):
         self,
         d_in: int,
         d_sae: int,
-        k: int = 4,
-        lr: float = 1e-3,
-        aux_k: int = 256,
-        aux_coefficient: float = 1.0 / 32.0,
-        dead_tokens_threshold: int = 1_000_000,
-        threshold_momentum: float = 0.9,
-        encoder_bias: bool = True,
+        sae: BatchTopKSettings = META_SAE_SETTINGS,
+        optimizer: OptimizerSettings = OptimizerSettings(lr=1e-3),
         b_dec_init: str = "mean",
         init_seed: int = 0,
         export_dir: str | None = None,
@@ -140,20 +142,17 @@ class MetaSAEModule(SAEModule):
         Args:
             d_in: Width of the base SAE's decoder rows (its d_in).
             d_sae: Number of meta-latents (the paper: base width / 21, e.g. 49152 -> 2304).
-            k: Meta-latents per row, on average over the batch (the paper: 4).
-            lr: Adam learning rate (the paper: 1e-3).
-            aux_k: Dead meta-latents per row in the AuxK loss.
-            aux_coefficient: AuxK weight.
-            dead_tokens_threshold: Rows without firing after which a meta-latent is dead.
-            threshold_momentum: EMA momentum of the inference threshold.
-            encoder_bias: Learn ``b_enc`` (the authors' meta-SAE has none: ``False``).
+            sae: The meta-SAE's BatchTopK settings (default :data:`META_SAE_SETTINGS`: k = 4 meta-latents per row
+                on average, as the paper; ``encoder_bias: false`` is the authors' meta-SAE).
+            optimizer: Adam and its schedule (the paper: lr 1e-3).
             b_dec_init: ``mean`` (the mean row of the first batch) or ``zeros`` (the authors' meta-SAE).
             init_seed: Seed of the weight initialisation.
             export_dir: Where the export and the analysis go; ``None`` = the trainer's ``default_root_dir``.
         """
-        super().__init__(d_in=d_in, d_sae=d_sae, architecture="batchtopk", k=k, aux_k=aux_k,
-                         aux_coefficient=aux_coefficient, dead_tokens_threshold=dead_tokens_threshold,
-                         threshold_momentum=threshold_momentum, encoder_bias=encoder_bias, lr=lr,
+        sae = SAESettings.from_value(sae, META_SAE_SETTINGS)
+        if sae.architecture != "batchtopk":
+            raise SAEConfigError(f"a meta-SAE is a BatchTopK SAE; got {type(sae).__name__} settings")
+        super().__init__(d_in=d_in, d_sae=d_sae, sae=sae, optimizer=OptimizerSettings.from_value(optimizer),
                          normalize_activations=False, b_dec_init=b_dec_init, init_seed=init_seed,
                          export_dir=export_dir)
         self.save_hyperparameters()
@@ -224,7 +223,7 @@ class MetaSAEAnalysisCallback(L.Callback):
                                     floor_lr=float(pl_module.learning_rates[str(pl_module.widths[0])]),
                                     floor_b_dec_init=str(pl_module.settings.b_dec_init),
                                     sweep_widths=[max(1, round(m * meta.d_in)) for m in self.sweep_d_sae_per_d_in])
-        analysis.summary["base"] = {"source": str(datamodule.hparams.sae), "width": datamodule.hparams.width,
+        analysis.summary["base"] = {"source": str(datamodule.hparams.base_sae), "width": datamodule.hparams.width,
                                     "model_id": base.cfg.model_id, "hook_point": base.cfg.hook_point}
         target = Path(self.dirpath or getattr(getattr(pl_module, "settings", pl_module.hparams), "export_dir", None) or trainer.default_root_dir)
         path = write_meta_analysis(analysis, target)

@@ -8,6 +8,8 @@ losses gives each member the update it would get alone.
 
 from __future__ import annotations
 
+import copy
+import inspect
 import math
 import time
 from pathlib import Path
@@ -40,9 +42,17 @@ from canon_pl.metrics import (
     SplicedLanguageModelLoss,
     sae_training_flops,
 )
-from canon_pl.sae import SAEConfig, SAEConfigError, SparseAutoencoder, build_sae, initial_sae
+from canon_pl.sae import (
+    BatchTopKSettings,
+    SAEConfig,
+    SAEConfigError,
+    SAESettings,
+    SparseAutoencoder,
+    build_sae,
+    initial_sae,
+)
 from canon_pl.training.checkpoint_io import use_atomic_checkpoint_io
-from canon_pl.training.schedule import LRSchedule, lr_factor
+from canon_pl.training.schedule import OptimizerSettings, lr_factor
 
 
 class NonFiniteError(CanonError, FloatingPointError):
@@ -56,13 +66,6 @@ class InputShapeError(CanonError, ValueError):
 def default_learning_rate(d_sae: int) -> float:
     """3e-4 for 2^14 latents, scaled as ``1 / sqrt(d_sae / 2^14)`` for wider SAEs (docs/design.md 1.1)."""
     return 3e-4 / math.sqrt(max(d_sae / 2**14, 1.0))
-
-
-def default_aux_coefficient(architecture: str, aux_coefficient: float | None) -> float:
-    """The AuxK weight a member trains with: the given one, else 1/32 for the TopK family and 0 for ``relu``."""
-    if aux_coefficient is not None:
-        return float(aux_coefficient)
-    return 0.0 if architecture == "relu" else 1.0 / 32.0
 
 
 def check_widths(widths: list[int], base_width: int | None) -> list[int]:
@@ -103,27 +106,13 @@ class SAEFamilyModule(L.LightningModule):
         self,
         d_in: int,
         widths: list[int],
-        architecture: str = "batchtopk",
-        k: int = 32,
-        l1_coefficient: float = 5.0,
-        l1_warmup_steps: int = 0,
-        aux_k: int = 512,
-        aux_coefficient: float | None = None,
-        dead_tokens_threshold: int = 10_000_000,
-        threshold_momentum: float = 0.9,
-        encoder_bias: bool = True,
-        kernel: str = "sparse",
-        hook_point: str | None = None,
-        model_id: str | None = None,
-        lr: float | None = None,
-        lr_warmup_steps: int = 0,
-        lr_decay: str = "constant",
-        lr_decay_steps: int = 0,
-        lr_final_fraction: float = 0.1,
-        betas: tuple[float, float] = (0.9, 0.99),
+        sae: SAESettings = BatchTopKSettings(),
+        optimizer: OptimizerSettings = OptimizerSettings(),
         normalize_activations: bool = True,
         b_dec_init: str = "mean",
         init_seed: int = 0,
+        hook_point: str | None = None,
+        model_id: str | None = None,
         base_width: int | None = None,
         control_seeds: list[int] | None = None,
         control_widths: list[int] | None = None,
@@ -133,31 +122,14 @@ class SAEFamilyModule(L.LightningModule):
         Args:
             d_in: Width of the activations; must match the data.
             widths: Numbers of latents, strictly increasing (for example 576 × [2, 4, 8, 16, 32]).
-            architecture: ``batchtopk``, ``topk`` or ``relu``.
-            k: Latents per token (TopK family).
-            l1_coefficient: L1 weight (``relu`` only).
-            l1_warmup_steps: Steps over which the L1 weight rises linearly from 0 to ``l1_coefficient`` (``relu``;
-                0 = full weight from the first step). Latents move away from their initialisation before the
-                penalty silences them.
-            aux_k: Dead latents per token in the AuxK loss.
-            aux_coefficient: AuxK weight; ``None`` = 1/32 (the BatchTopK paper) for the TopK family and 0 for
-                ``relu`` (ReLU + L1 SAEs in the literature train without it).
-            dead_tokens_threshold: Training tokens without firing after which a latent is dead.
-            threshold_momentum: EMA momentum of the inference threshold.
-            encoder_bias: Learn ``b_enc`` (``False``: fixed at zero).
-            kernel: ``sparse`` (fast training step) or ``dense`` (the plain formula).
-            hook_point: Where the activations come from, recorded in the export.
-            model_id: The language model, recorded in the export.
-            lr: Adam learning rate for every member; ``None`` = 3e-4 scaled by ``1/sqrt(width / 2^14)`` per member.
-            lr_warmup_steps: Steps over which the learning rate rises linearly to ``lr`` (0 = none).
-            lr_decay: ``constant`` (default), ``linear`` or ``cosine``: how the rate falls over the last
-                ``lr_decay_steps`` steps of ``trainer.max_steps``, to ``lr_final_fraction`` x ``lr``.
-            lr_decay_steps: Steps at the end of the run over which the rate decays.
-            lr_final_fraction: The rate at the last step over ``lr`` (``linear`` / ``cosine``).
-            betas: Adam betas.
+            sae: The architecture and its hyper-parameters, shared by every width: ``BatchTopKSettings`` (the
+                default), ``TopKSettings``, ``ReLUSettings`` or any registered ``canon_pl.sae.SAESettings`` subclass.
+            optimizer: Adam's learning rate and betas and the learning-rate schedule.
             normalize_activations: Scale inputs so ``E[||x||^2] = d_in`` (first batch; folded into the exports).
             b_dec_init: ``mean`` (mean of the first batch) or ``zeros``.
             init_seed: Seed of the weight initialisation (each width draws its own stream from it).
+            hook_point: Where the activations come from; ``None`` = the data's (recorded in every export).
+            model_id: The language model; ``None`` = the data's.
             base_width: When set, every width must be a multiple of it.
             control_seeds: Other init seeds: each adds, for every width of ``control_widths``, a member that
                 differs only in its initialisation (``<width>_seed<seed>``), trained on the same batches. Stitching
@@ -167,6 +139,8 @@ class SAEFamilyModule(L.LightningModule):
             export_dir: Where exports go at the end of ``fit``; ``None`` = the trainer's ``default_root_dir``.
         """
         settings = {key: value for key, value in locals().items() if key not in ("self", "__class__")}
+        settings["sae"] = SAESettings.from_value(sae)
+        settings["optimizer"] = OptimizerSettings.from_value(optimizer)
         super().__init__()
         self.save_hyperparameters()
         # The resolved arguments, read by the code below. ``hparams`` holds what the caller gave (under LightningCLI
@@ -174,14 +148,11 @@ class SAEFamilyModule(L.LightningModule):
         self.settings = AttributeDict(settings)
         if b_dec_init not in ("mean", "zeros"):
             raise ValueError(f"b_dec_init must be 'mean' or 'zeros', got {b_dec_init!r}")
-        if lr is not None and not (math.isfinite(lr) and lr > 0):
-            raise SAEConfigError(f"lr must be a positive number, got {lr} (a negative rate trains by gradient ascent)")
-        if l1_warmup_steps < 0:
-            raise SAEConfigError(f"l1_warmup_steps must be >= 0, got {l1_warmup_steps}")
-        self.lr_schedule = LRSchedule(lr_warmup_steps, lr_decay, lr_decay_steps, lr_final_fraction)
+        self.lr_schedule = self.settings.optimizer
         self.widths = check_widths(list(widths), base_width)
         self.member_specs = self._member_specs(control_seeds or [], control_widths)
         self.members = nn.ModuleDict({key: self._build_member(w, seed) for key, (w, seed) in self.member_specs.items()})
+        lr = self.settings.optimizer.lr
         self.learning_rates = {key: lr if lr is not None else default_learning_rate(w)
                                for key, (w, _) in self.member_specs.items()}
         self.register_buffer("activation_scale", torch.ones(()))
@@ -208,15 +179,18 @@ class SAEFamilyModule(L.LightningModule):
             specs.update({control_key(w, seed): (w, int(seed)) for w in controlled})
         return specs
 
+    def save_hyperparameters(self, *args: Any, frame: Any = None, **kwargs: Any) -> None:
+        """Lightning's, with the settings objects stored as plain dicts (so checkpoints load with
+        ``torch.load(weights_only=True)`` and the module is rebuilt from them by ``load_from_checkpoint``)."""
+        super().save_hyperparameters(*args, frame=frame or inspect.currentframe().f_back, **kwargs)
+        for key in ("sae", "optimizer"):
+            if hasattr(self._hparams.get(key), "to_dict"):
+                self._hparams[key] = self._hparams[key].to_dict()
+        self._hparams_initial = copy.deepcopy(self._hparams)
+
     def _build_member(self, width: int, init_seed: int) -> SparseAutoencoder:
         hp = self.settings
-        cfg = SAEConfig(
-            d_in=hp.d_in, d_sae=width, architecture=hp.architecture, k=hp.k, l1_coefficient=hp.l1_coefficient,
-            aux_k=hp.aux_k, aux_coefficient=default_aux_coefficient(hp.architecture, hp.aux_coefficient),
-            dead_tokens_threshold=hp.dead_tokens_threshold, threshold_momentum=hp.threshold_momentum,
-            encoder_bias=hp.encoder_bias, kernel=hp.kernel, hook_point=hp.hook_point, model_id=hp.model_id,
-        )
-        return initial_sae(cfg, init_seed)
+        return initial_sae(hp.sae.sae_config(hp.d_in, width, hp.hook_point, hp.model_id), init_seed)
 
     def _prefix(self, key: str) -> str:
         return f"{key}/"
@@ -392,7 +366,7 @@ class SAEFamilyModule(L.LightningModule):
 
     def sparsity_scale(self) -> float:
         """Fraction of the L1 weight in force at this step: rises linearly to 1 over ``l1_warmup_steps``."""
-        warmup = int(self.settings.l1_warmup_steps)
+        warmup = int(getattr(self.settings.sae, "l1_warmup_steps", 0))
         return 1.0 if warmup <= 0 else min(1.0, (int(self.global_step) + 1) / warmup)
 
     @property
@@ -401,10 +375,9 @@ class SAEFamilyModule(L.LightningModule):
         the first batch."""
         if self._batch_tokens is None:
             return None
-        hp = self.settings
-        k = hp.k if hp.architecture != "relu" else 0
-        return sum(sae_training_flops(self._batch_tokens, self.d_in, w, k, hp.architecture, hp.kernel)
-                   for w, _ in self.member_specs.values())
+        sae = self.settings.sae
+        return sum(sae_training_flops(self._batch_tokens, self.d_in, w, getattr(sae, "k", 0), sae.architecture,
+                                      sae.kernel) for w, _ in self.member_specs.values())
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         for sae in self.members.values():
@@ -416,10 +389,10 @@ class SAEFamilyModule(L.LightningModule):
             sae.normalize_decoder()
 
     def configure_optimizers(self) -> torch.optim.Optimizer | dict[str, Any]:
-        """Adam over every member at its own learning rate, under the ``lr_*`` schedule (a ``LambdaLR`` stepped
-        every optimizer step; its position is saved in every checkpoint)."""
+        """Adam over every member at its own learning rate, under the ``optimizer`` settings' schedule (a ``LambdaLR``
+        stepped every optimizer step; its position is saved in every checkpoint)."""
         groups = [{"params": list(sae.parameters()), "lr": self.learning_rates[key]} for key, sae in self.members.items()]
-        optimizer = torch.optim.Adam(groups, betas=tuple(self.settings.betas))
+        optimizer = torch.optim.Adam(groups, betas=self.settings.optimizer.betas)
         if self.lr_schedule.is_constant:
             return optimizer
         max_steps = int(self.trainer.max_steps) if self._trainer is not None else -1
@@ -525,70 +498,25 @@ class SAEModule(SAEFamilyModule):
         self,
         d_in: int,
         d_sae: int,
-        architecture: str = "batchtopk",
-        k: int = 32,
-        l1_coefficient: float = 5.0,
-        l1_warmup_steps: int = 0,
-        aux_k: int = 512,
-        aux_coefficient: float | None = None,
-        dead_tokens_threshold: int = 10_000_000,
-        threshold_momentum: float = 0.9,
-        encoder_bias: bool = True,
-        kernel: str = "sparse",
-        hook_point: str | None = None,
-        model_id: str | None = None,
-        lr: float | None = None,
-        lr_warmup_steps: int = 0,
-        lr_decay: str = "constant",
-        lr_decay_steps: int = 0,
-        lr_final_fraction: float = 0.1,
-        betas: tuple[float, float] = (0.9, 0.99),
+        sae: SAESettings = BatchTopKSettings(),
+        optimizer: OptimizerSettings = OptimizerSettings(),
         normalize_activations: bool = True,
         b_dec_init: str = "mean",
         init_seed: int = 0,
+        hook_point: str | None = None,
+        model_id: str | None = None,
         export_dir: str | None = None,
     ) -> None:
         """
         Args:
             d_in: Width of the activations; must match the data.
             d_sae: Number of latents.
-            architecture: ``batchtopk``, ``topk`` or ``relu``.
-            k: Latents per token (TopK family).
-            l1_coefficient: L1 weight (``relu`` only).
-            l1_warmup_steps: Steps over which the L1 weight rises linearly from 0 to ``l1_coefficient`` (``relu``;
-                0 = full weight from the first step). Latents move away from their initialisation before the
-                penalty silences them.
-            aux_k: Dead latents per token in the AuxK loss.
-            aux_coefficient: AuxK weight; ``None`` = 1/32 (the BatchTopK paper) for the TopK family and 0 for
-                ``relu`` (ReLU + L1 SAEs in the literature train without it).
-            dead_tokens_threshold: Training tokens without firing after which a latent is dead.
-            threshold_momentum: EMA momentum of the inference threshold.
-            encoder_bias: Learn ``b_enc`` (``False``: fixed at zero).
-            kernel: ``sparse`` (fast training step) or ``dense`` (the plain formula).
-            hook_point: Where the activations come from, recorded in the export.
-            model_id: The language model, recorded in the export.
-            lr: Adam learning rate; ``None`` = 3e-4 scaled by ``1/sqrt(d_sae / 2^14)`` for wide SAEs.
-            lr_warmup_steps: Steps over which the learning rate rises linearly to ``lr`` (0 = none).
-            lr_decay: ``constant`` (default), ``linear`` or ``cosine``: how the rate falls over the last
-                ``lr_decay_steps`` steps of ``trainer.max_steps``, to ``lr_final_fraction`` x ``lr``.
-            lr_decay_steps: Steps at the end of the run over which the rate decays.
-            lr_final_fraction: The rate at the last step over ``lr`` (``linear`` / ``cosine``).
-            betas: Adam betas.
-            normalize_activations: Scale inputs so ``E[||x||^2] = d_in`` (first batch; folded into the export).
-            b_dec_init: ``mean`` (mean of the first batch) or ``zeros``.
-            init_seed: Seed of the weight initialisation.
-            export_dir: Where the export goes at the end of ``fit``; ``None`` = the trainer's ``default_root_dir``.
+            sae, optimizer, normalize_activations, b_dec_init, init_seed, hook_point, model_id, export_dir: as for
+                :class:`SAEFamilyModule` (the export goes to the run folder itself).
         """
-        super().__init__(
-            d_in=d_in, widths=[d_sae], architecture=architecture, k=k, l1_coefficient=l1_coefficient,
-            l1_warmup_steps=l1_warmup_steps, aux_k=aux_k, aux_coefficient=aux_coefficient,
-            dead_tokens_threshold=dead_tokens_threshold, threshold_momentum=threshold_momentum,
-            encoder_bias=encoder_bias, kernel=kernel, hook_point=hook_point, model_id=model_id, lr=lr,
-            lr_warmup_steps=lr_warmup_steps, lr_decay=lr_decay, lr_decay_steps=lr_decay_steps,
-            lr_final_fraction=lr_final_fraction, betas=betas, normalize_activations=normalize_activations,
-            b_dec_init=b_dec_init, init_seed=init_seed,
-            export_dir=export_dir,
-        )
+        super().__init__(d_in=d_in, widths=[d_sae], sae=sae, optimizer=optimizer,
+                         normalize_activations=normalize_activations, b_dec_init=b_dec_init, init_seed=init_seed,
+                         hook_point=hook_point, model_id=model_id, export_dir=export_dir)
         self.save_hyperparameters()
 
     @property

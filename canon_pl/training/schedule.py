@@ -1,4 +1,5 @@
-"""The learning-rate schedule of an SAE run: linear warm-up, constant, then an optional decay over the last steps.
+"""How an SAE run optimises, stated once (``model.init_args.optimizer`` in YAML): Adam's rate and betas and the
+learning-rate schedule: linear warm-up, constant, then an optional decay over the last steps.
 
 As SAELens states it: the rate rises linearly over ``warmup_steps`` (from ``1 / warmup_steps`` of the base rate at
 step 0 to the base rate), stays constant, and over the last ``decay_steps`` of ``max_steps`` falls to
@@ -10,7 +11,8 @@ checkpoint, so a resumed run continues the schedule where it stopped.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from typing import Any
 
 from canon_pl.checks import check_counts, check_non_negative
 from canon_pl.errors import SettingError
@@ -19,24 +21,53 @@ DECAYS = ("constant", "linear", "cosine")
 
 
 @dataclass(frozen=True)
-class LRSchedule:
-    """``warmup_steps`` (0: none), ``decay`` (one of :data:`DECAYS`), ``decay_steps`` (the last steps of the run
-    over which it decays) and ``final_fraction`` (the rate at the last step over the base rate)."""
+class OptimizerSettings:
+    """Adam and its learning-rate schedule, the same for every width of a run."""
 
+    lr: float | None = None
+    """Adam's learning rate; ``None`` = 3e-4 scaled by ``1/sqrt(width / 2^14)`` for each width above 2^14."""
+    betas: tuple[float, float] = (0.9, 0.99)
+    """Adam's betas."""
     warmup_steps: int = 0
+    """Steps over which the rate rises linearly to ``lr`` (0 = none)."""
     decay: str = "constant"
+    """``constant``, ``linear`` or ``cosine``: how the rate falls over the last ``decay_steps`` of
+    ``trainer.max_steps``."""
     decay_steps: int = 0
+    """The last steps of the run over which the rate decays."""
     final_fraction: float = 0.1
+    """The rate at the last step over ``lr`` (``linear`` / ``cosine``)."""
 
     def __post_init__(self) -> None:
-        check_counts(0, lr_warmup_steps=self.warmup_steps, lr_decay_steps=self.decay_steps)
-        check_non_negative(lr_final_fraction=self.final_fraction)
+        if self.lr is not None and not (math.isfinite(self.lr) and self.lr > 0):
+            raise SettingError(f"optimizer.lr must be a positive number, got {self.lr} (a negative rate trains by "
+                               f"gradient ascent)")
+        object.__setattr__(self, "betas", tuple(float(b) for b in self.betas))
+        check_counts(0, **{"optimizer.warmup_steps": self.warmup_steps, "optimizer.decay_steps": self.decay_steps})
+        check_non_negative(**{"optimizer.final_fraction": self.final_fraction})
         if self.final_fraction > 1:
-            raise SettingError(f"lr_final_fraction must lie in [0, 1], got {self.final_fraction}")
+            raise SettingError(f"optimizer.final_fraction must lie in [0, 1], got {self.final_fraction}")
         if self.decay not in DECAYS:
-            raise SettingError(f"lr_decay must be one of {', '.join(DECAYS)}, got {self.decay!r}")
+            raise SettingError(f"optimizer.decay must be one of {', '.join(DECAYS)}, got {self.decay!r}")
         if self.decay != "constant" and self.decay_steps == 0:
-            raise SettingError(f"lr_decay {self.decay!r} needs lr_decay_steps > 0 (the last steps to decay over)")
+            raise SettingError(f"optimizer.decay {self.decay!r} needs optimizer.decay_steps > 0 (the last steps to "
+                               f"decay over)")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain values, as checkpoints store them (``betas`` as a list)."""
+        return {**asdict(self), "betas": list(self.betas)}
+
+    @staticmethod
+    def from_value(value: OptimizerSettings | dict[str, Any] | None,
+                   default: OptimizerSettings | None = None) -> OptimizerSettings:
+        """Settings from an instance, a :meth:`to_dict` dict (a checkpoint's hyper-parameters) or ``None``."""
+        if isinstance(value, OptimizerSettings):
+            return value
+        if value is None:
+            return default or OptimizerSettings()
+        if not isinstance(value, dict):
+            raise SettingError(f"optimizer settings must be a dict, got {type(value).__name__}")
+        return OptimizerSettings(**value)
 
     @property
     def is_constant(self) -> bool:
@@ -45,13 +76,14 @@ class LRSchedule:
     def check_fits(self, max_steps: int) -> None:
         """The warm-up and the decay must fit in a run of ``max_steps`` (a run without ``max_steps`` cannot decay)."""
         if self.decay != "constant" and max_steps <= 0:
-            raise SettingError(f"lr_decay {self.decay!r} decays over the last steps of the run: set trainer.max_steps")
+            raise SettingError(f"optimizer.decay {self.decay!r} decays over the last steps of the run: set "
+                               f"trainer.max_steps")
         if max_steps > 0 and self.warmup_steps + self.decay_steps > max_steps:
-            raise SettingError(f"lr_warmup_steps ({self.warmup_steps}) + lr_decay_steps ({self.decay_steps}) exceed "
-                               f"trainer.max_steps ({max_steps})")
+            raise SettingError(f"optimizer.warmup_steps ({self.warmup_steps}) + optimizer.decay_steps "
+                               f"({self.decay_steps}) exceed trainer.max_steps ({max_steps})")
 
 
-def lr_factor(schedule: LRSchedule, step: int, max_steps: int) -> float:
+def lr_factor(schedule: OptimizerSettings, step: int, max_steps: int) -> float:
     """The multiple of the base learning rate used by optimizer step ``step`` (0-based) of ``max_steps``."""
     factor = 1.0
     if step < schedule.warmup_steps:
@@ -67,4 +99,4 @@ def lr_factor(schedule: LRSchedule, step: int, max_steps: int) -> float:
     return factor
 
 
-__all__ = ["DECAYS", "LRSchedule", "lr_factor"]
+__all__ = ["DECAYS", "OptimizerSettings", "lr_factor"]

@@ -11,6 +11,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor
 
 from canon_pl.distributed import rank_local
+from canon_pl.io.layout import RunLayout
 from canon_pl.sae import SAEConfigError, initial_sae
 from canon_pl.stitching import (
     DEFAULT_TAU,
@@ -105,7 +106,7 @@ class StitchingCallback(L.Callback):
         spliced = None
         if self.ce_points > 0 and self._lm_batches and hasattr(datamodule, "spliced_sums"):
             spliced = spliced_loss_on(datamodule.spliced_sums, self._lm_batches)
-        out_dir = Path(self.output_dir or Path(trainer.default_root_dir) / "stitching")
+        out_dir = Path(self.output_dir or RunLayout(trainer.default_root_dir).stitching)
         scale = float(pl_module.activation_scale)
         log: dict[str, float] = {}
         specs = getattr(pl_module, "member_specs", {})

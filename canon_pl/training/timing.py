@@ -18,8 +18,9 @@ import lightning as L
 from lightning.pytorch.utilities import rank_zero_info
 
 from canon_pl.io.atomic import atomic_write_json
+from canon_pl.io.layout import RunLayout
 
-FIT_TIME_FILE = "fit_time.json"
+FIT_TIME_FILE = RunLayout.FIT_TIME
 PARTS = ("data", "sae_steps", "validation", "checkpointing", "other")
 """The parts of a fit's wall time, in the order they are shown."""
 PART_NAMES = {"data": "data (LM capture or shard reads)", "sae_steps": "SAE steps (forward, backward, optimizer)",
@@ -80,14 +81,14 @@ class FitTimeBreakdown(L.Callback):
             return
         record = {"total": round(total, 2), "steps": self.steps,
                   "seconds": {part: round(value, 2) for part, value in self.seconds.items()}}
-        atomic_write_json(Path(trainer.default_root_dir) / FIT_TIME_FILE, record)
+        atomic_write_json(RunLayout(trainer.default_root_dir).fit_time, record)
         rank_zero_info("canon-pl: fit time\n" + fit_time_table(record))
 
 
 def read_fit_time(run: str | Path) -> dict[str, Any] | None:
     """``<run>/fit_time.json`` as written by :class:`FitTimeBreakdown`, or ``None`` when absent or unreadable."""
     try:
-        record = json.loads((Path(run) / FIT_TIME_FILE).read_text())
+        record = json.loads(RunLayout(run).fit_time.read_text())
     except (OSError, ValueError):
         return None
     seconds = record.get("seconds") if isinstance(record, dict) else None

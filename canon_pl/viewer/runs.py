@@ -11,6 +11,7 @@ import pandas as pd
 
 from canon_pl.io.export import CONFIG_FILE, CheckpointError, read_export_config
 from canon_pl.io.family import read_family_manifest
+from canon_pl.io.layout import RunLayout
 from canon_pl.viewer.folders import files_inside
 
 MAX_METRICS_BYTES = 200 * 1024 * 1024
@@ -54,7 +55,7 @@ def read_metrics(run: Path) -> pd.DataFrame:
     in the order they were written, each older segment cut where the next one resumed (its steps from the resumed
     step on were trained again). An empty frame when there is none; an unreadable or oversized segment is left out."""
     segments = []
-    for path in sorted(files_inside(run, "logs/*/metrics.csv"), key=_version_order):
+    for path in sorted(files_inside(run, f"{RunLayout.LOGS}/*/metrics.csv"), key=_version_order):
         if path.stat().st_size > MAX_METRICS_BYTES:
             continue
         try:

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from canon_pl.io.layout import RunLayout
 from canon_pl.io.validate import malformed_as
 from canon_pl.stitching import SETTINGS, StitchingError, read_stitching_results, settings_mismatch
 from canon_pl.stitching.path import STEP_KINDS
@@ -41,7 +42,7 @@ def find_stitching_results(root: str | os.PathLike) -> list[StitchingPair]:
     """Every ``stitching/<small>_<large>.json`` below ``root`` that reads as a canon-pl stitching result."""
     root = Path(root)
     pairs = []
-    for path in files_inside(root, "**/stitching/*.json"):
+    for path in files_inside(root, f"**/{RunLayout.STITCHING}/*.json"):
         if path.stat().st_size > MAX_RESULTS_BYTES:
             continue
         try:

@@ -58,8 +58,8 @@ COMMAND_CASES = [
     (["meta-sae", "--sae", "{large}", "--batch-size", "-1"], "--batch-size must be a whole number >= 1"),
     (["meta-sae", "--sae", "{large}", "--sweep-d-sae-per-d-in", "0"], "--sweep-d-sae-per-d-in must be a positive"),
     (["fit", "--config", SYNTHETIC, "--data.init_args.batch_size", "-1"], "batch_size must be a whole number >= 1"),
-    (["fit", "--config", SYNTHETIC, "--model.init_args.lr", "-0.1"], "lr must be a positive number"),
-    (["fit", "--config", SYNTHETIC, "--model.init_args.lr_decay", "cosine"], "needs lr_decay_steps > 0"),
+    (["fit", "--config", SYNTHETIC, "--model.init_args.optimizer.lr", "-0.1"], "optimizer.lr must be a positive number"),
+    (["fit", "--config", SYNTHETIC, "--model.init_args.optimizer.decay", "cosine"], "needs optimizer.decay_steps > 0"),
     # devices this machine does not have
     (["stitch", "{small}", "{large}", "--data", "x", "--device", "cuda:7"], "--device cuda:7: this machine has"),
     (["stats", "--run", "{small}", "--device", "cuda:7"], "--device cuda:7: this machine has"),

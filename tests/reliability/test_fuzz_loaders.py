@@ -20,6 +20,7 @@ import torch
 from canon_pl.data.shards import ShardError, ShardIndex, write_activation_shards
 from canon_pl.io import CheckpointError, load_family, read_family_manifest
 from canon_pl.meta import MetaSAEError, read_meta_analysis
+from canon_pl.sae import BatchTopKSettings
 from canon_pl.stats import LatentStatistics, StatsError
 from canon_pl.stitching import StitchingError
 from canon_pl.viewer.latents import latent_view
@@ -39,7 +40,7 @@ def pristine(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     root = build_analysed_run(tmp_path_factory.mktemp("pristine"))["root"]
     trainer = make_trainer(root / "run", max_steps=2, every_n_steps=2)
-    trainer.fit(SAEModule(d_in=48, d_sae=96, k=3), SyntheticActivationDataModule(**SMALL_DATA))
+    trainer.fit(SAEModule(d_in=48, d_sae=96, sae=BatchTopKSettings(k=3)), SyntheticActivationDataModule(**SMALL_DATA))
     foreign_formats(root / "foreign")
     index = write_activation_shards([torch.randn(64, 24) for _ in range(3)], root / "cache", tokens_per_shard=100)
     (root / "cache" / index.shards[0]["file"]).rename(root / "cache" / "first.safetensors")

@@ -19,7 +19,7 @@ from canon_pl import load_sae
 from canon_pl.data.shards import write_activation_shards
 from canon_pl.io import export_sae, write_family_manifest
 from canon_pl.meta import MetaDecomposition
-from canon_pl.sae import SAEConfig, build_sae
+from canon_pl.sae import BatchTopKSettings, SAEConfig, build_sae
 from canon_pl.stats import collect_statistics, unembedding_directions, write_statistics
 from canon_pl.stats.files import write_meta_statistics
 from canon_pl.stitching import analyze_pair, write_stitching_results
@@ -134,7 +134,8 @@ def test_a_full_disk_while_checkpointing_leaves_only_whole_checkpoints(tmp_path:
                         enable_progress_bar=False, enable_model_summary=False, callbacks=[checkpoints],
                         limit_val_batches=0, num_sanity_val_steps=0)
     with pytest.raises(OSError) as caught:
-        trainer.fit(SAEModule(d_in=48, d_sae=96, k=3), SyntheticActivationDataModule(**SMALL_DATA))
+        trainer.fit(SAEModule(d_in=48, d_sae=96,
+                              sae=BatchTopKSettings(k=3)), SyntheticActivationDataModule(**SMALL_DATA))
     assert caught.value.errno == errno.ENOSPC, caught.value
     left = sorted(p.name for p in (tiny_filesystem / "ckpt").iterdir())
     assert left and not [name for name in left if name.endswith(".tmp")], left
@@ -151,7 +152,7 @@ def fit(root: Path, data: dict, callbacks: list[dict]) -> subprocess.CompletedPr
                     "callbacks": [{"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
                                    "init_args": {"dirpath": str(root / "ckpt"), "save_last": True, "save_top_k": -1,
                                                  "every_n_train_steps": 2}}, *callbacks]},
-        "model": {"class_path": "canon_pl.training.SAEModule", "init_args": {"d_in": 24, "d_sae": 48, "k": 3}},
+        "model": {"class_path": "canon_pl.training.SAEModule", "init_args": {"d_in": 24, "d_sae": 48, "sae": {"k": 3}}},
         "data": data,
     }
     root.mkdir(parents=True, exist_ok=True)
@@ -211,13 +212,14 @@ def test_a_second_live_run_into_the_same_folder_is_refused_and_a_dead_ones_lock_
     try:
         (run / LOCK_FILE).write_text(json.dumps({"pid": other.pid, "host": socket.gethostname(), "started": 0}))
         with pytest.raises(RunFolderLockedError, match=f"{re.escape(str(run))} is in use by process {other.pid}"):
-            make_trainer(run, max_steps=2, every_n_steps=1).fit(SAEModule(d_in=16, d_sae=32, k=4),
+            make_trainer(run, max_steps=2, every_n_steps=1).fit(SAEModule(d_in=16, d_sae=32,
+                                                                          sae=BatchTopKSettings(k=4)),
                                                                 SyntheticActivationDataModule(d_in=16, n_features=32))
         assert not (run / "ckpt").exists()  # refused before anything was written
     finally:
         other.kill()
         other.wait()
     # that process is gone now: its lock is stale and the next run takes it over, then releases it
-    make_trainer(run, max_steps=2, every_n_steps=1).fit(SAEModule(d_in=16, d_sae=32, k=4),
+    make_trainer(run, max_steps=2, every_n_steps=1).fit(SAEModule(d_in=16, d_sae=32, sae=BatchTopKSettings(k=4)),
                                                         SyntheticActivationDataModule(d_in=16, n_features=32))
     assert (run / "ckpt" / "last.ckpt").is_file() and not (run / LOCK_FILE).exists()

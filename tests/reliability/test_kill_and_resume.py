@@ -26,14 +26,14 @@ SYNTHETIC = {"class_path": "canon_pl.training.SyntheticActivationDataModule",
                            "val_batches": 1, "seed": 0}}
 RUNS = {
     "token SAE": ({"class_path": "canon_pl.training.SAEModule",
-                   "init_args": {"d_in": 32, "d_sae": 64, "k": 3, "lr": 3e-3, "aux_k": 16,
-                                 "dead_tokens_threshold": 512}}, SYNTHETIC, None),
+                   "init_args": {"d_in": 32, "d_sae": 64, "sae": {"k": 3, "aux_k": 16, "dead_tokens_threshold": 512},
+                                 "optimizer": {"lr": 3e-3}}}, SYNTHETIC, None),
     "family": ({"class_path": "canon_pl.training.SAEFamilyModule",
-                "init_args": {"d_in": 32, "widths": [32, 64, 128], "k": 3, "aux_k": 16,
-                              "dead_tokens_threshold": 512}}, SYNTHETIC, 128),
-    "meta-SAE": ({"class_path": "canon_pl.training.MetaSAEModule", "init_args": {"d_in": 32, "d_sae": 12, "k": 2}},
+                "init_args": {"d_in": 32, "widths": [32, 64, 128],
+                              "sae": {"k": 3, "aux_k": 16, "dead_tokens_threshold": 512}}}, SYNTHETIC, 128),
+    "meta-SAE": ({"class_path": "canon_pl.training.MetaSAEModule", "init_args": {"d_in": 32, "d_sae": 12, "sae": {"k": 2}}},
                  {"class_path": "canon_pl.training.DecoderRowsDataModule",
-                  "init_args": {"sae": "BASE", "batch_size": 64, "val_batch_size": 256}}, None),
+                  "init_args": {"base_sae": "BASE", "batch_size": 64, "val_batch_size": 256}}, None),
 }
 
 
@@ -65,10 +65,10 @@ def snapshot(folder: Path) -> dict[str, bytes]:
 @pytest.mark.parametrize("kind", list(RUNS))
 def test_a_run_killed_at_a_random_step_resumes_to_the_same_weights(tmp_path: Path, kind: str) -> None:
     model, data, width = RUNS[kind]
-    if data["init_args"].get("sae") == "BASE":
+    if data["init_args"].get("base_sae") == "BASE":
         base = build_sae(SAEConfig(d_in=32, d_sae=200, architecture="relu"))
         export_sae(base, tmp_path / "base")
-        data = {**data, "init_args": {**data["init_args"], "sae": str(tmp_path / "base")}}
+        data = {**data, "init_args": {**data["init_args"], "base_sae": str(tmp_path / "base")}}
     whole = fit(tmp_path / "whole", model, data, [])
     assert whole.returncode == 0, whole.stderr[-3000:]
 

@@ -16,7 +16,7 @@ import torch
 
 from canon_pl import load_sae
 from canon_pl.io import CheckpointError, export_sae
-from canon_pl.sae import SAEConfig, build_sae
+from canon_pl.sae import BatchTopKSettings, SAEConfig, build_sae
 from canon_pl.stitching import (
     StitchingError,
     analyze_pair,
@@ -120,7 +120,8 @@ def test_resuming_training_from_a_checkpoint_carrying_code_is_refused_without_ru
     torch.save({"state_dict": {}, "hyper_parameters": {}, "payload": RunsCode(marker)}, evil)
     trainer = make_trainer(tmp_path / "run", max_steps=2)
     with pytest.raises(CheckpointError, match="refusing to load .*evil.ckpt.*could run code"):
-        trainer.fit(SAEModule(d_in=48, d_sae=96, k=3), SyntheticActivationDataModule(**SMALL_DATA), ckpt_path=evil)
+        trainer.fit(SAEModule(d_in=48, d_sae=96,
+                              sae=BatchTopKSettings(k=3)), SyntheticActivationDataModule(**SMALL_DATA), ckpt_path=evil)
     assert not marker.exists()
 
 

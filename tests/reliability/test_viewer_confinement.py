@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from canon_pl.io import CheckpointError, export_sae, load_family, write_family_manifest
-from canon_pl.sae import SAEConfig, build_sae
+from canon_pl.sae import BatchTopKSettings, SAEConfig, build_sae
 from canon_pl.viewer import find_runs, find_stitching_results, read_metrics
 from canon_pl.viewer.latents import family_decoders, find_statistics
 from canon_pl.viewer.meta import find_meta_runs
@@ -98,7 +98,8 @@ def test_training_curves_after_a_resume_show_the_whole_run(tmp_path: Path) -> No
         trainer = make_trainer(tmp_path, max_steps=max_steps, every_n_steps=10, log_every_n_steps=1,
                                limit_val_batches=0)
         trainer.loggers = [CSVLogger(save_dir=tmp_path, name="logs")]
-        trainer.fit(SAEModule(d_in=48, d_sae=96, k=3), SyntheticActivationDataModule(**SMALL_DATA), ckpt_path=ckpt_path)
+        trainer.fit(SAEModule(d_in=48, d_sae=96,
+                              sae=BatchTopKSettings(k=3)), SyntheticActivationDataModule(**SMALL_DATA), ckpt_path=ckpt_path)
 
     fit(12)
     fit(20, ckpt_path=str(tmp_path / "ckpt" / "epoch=0-step=10.ckpt"))

@@ -1,0 +1,94 @@
+"""The layout of a run folder, named once: what ``lightning fit``, ``canon-pl stitch / meta-sae / stats / pipeline``,
+the callbacks, the viewer and the report write into it and read back.
+
+::
+
+    <run>/
+      family.json, <member>/cfg.json + sae.safetensors   the exports (a single SAE: cfg.json in <run> itself)
+      ckpt/last.ckpt, ckpt/epoch=...-step=....ckpt       Lightning checkpoints (last.ckpt a link to the newest)
+      logs/version_<n>/metrics.csv                       the CSV logger
+      fit_time.json                                      where the fit's time went (FitTimeBreakdown)
+      stitching/<small>_<large>.json + .safetensors      stitching results, one pair each
+      stats/                                             latent statistics (canon-pl stats)
+      meta_sae_<width>/                                  a meta-SAE run on member <width> (its own run folder)
+      report.md, report/                                 the study's report and its figures
+      .canon-pl.lock                                     held by the one training run writing here
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class RunLayout:
+    """Paths inside the run folder ``root`` (nothing is created or checked here)."""
+
+    root: Path
+
+    STITCHING = "stitching"
+    STATS = "stats"
+    CHECKPOINTS = "ckpt"
+    LOGS = "logs"
+    FIT_TIME = "fit_time.json"
+    REPORT = "report.md"
+    REPORT_FIGURES = "report"
+    LOCK = ".canon-pl.lock"
+    META_SAE_PREFIX = "meta_sae_"
+
+    def __init__(self, root: str | os.PathLike) -> None:
+        object.__setattr__(self, "root", Path(root))
+
+    @property
+    def stitching(self) -> Path:
+        return self.root / self.STITCHING
+
+    @staticmethod
+    def pair_name(small: int, large: int) -> str:
+        """The file stem of the stitching results of ``small`` -> ``large`` latents."""
+        return f"{small}_{large}"
+
+    def stitching_pair(self, small: int, large: int) -> Path:
+        """``stitching/<small>_<large>.json``."""
+        return self.stitching / f"{self.pair_name(small, large)}.json"
+
+    @property
+    def stats(self) -> Path:
+        return self.root / self.STATS
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.root / self.CHECKPOINTS
+
+    @property
+    def last_checkpoint(self) -> Path:
+        return self.checkpoints / "last.ckpt"
+
+    @property
+    def logs(self) -> Path:
+        return self.root / self.LOGS
+
+    @property
+    def fit_time(self) -> Path:
+        return self.root / self.FIT_TIME
+
+    @property
+    def report(self) -> Path:
+        return self.root / self.REPORT
+
+    @property
+    def report_figures(self) -> Path:
+        return self.root / self.REPORT_FIGURES
+
+    @property
+    def lock(self) -> Path:
+        return self.root / self.LOCK
+
+    def meta_sae(self, width: int) -> Path:
+        """``meta_sae_<width>/``: the meta-SAE trained on member ``width``."""
+        return self.root / f"{self.META_SAE_PREFIX}{width}"
+
+
+__all__ = ["RunLayout"]
