@@ -66,6 +66,13 @@ def check_output_folder(path: str | os.PathLike, option: str = "--out") -> Path:
     return folder
 
 
+def default_device() -> str:
+    """Where analyses run unless told otherwise: ``cuda`` when this machine has a GPU, else ``cpu``."""
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 def check_device(device: str, option: str = "--device") -> str:
     """``device`` when this machine has it (``cpu``, ``cuda``, ``cuda:N``, ``mps``), else :class:`DeviceError` naming
     what the machine has."""
@@ -88,4 +95,4 @@ def check_device(device: str, option: str = "--device") -> str:
     return device
 
 
-__all__ = ["check_counts", "check_device", "check_non_negative", "check_output_folder", "check_positive"]
+__all__ = ["check_counts", "check_device", "check_non_negative", "check_output_folder", "check_positive", "default_device"]

@@ -1,5 +1,5 @@
-"""The command line: ``canon-pl`` and ``lightning`` (LightningCLI: ``fit``, ``validate``, ...) plus ``export``,
-``cache``, ``stitch``, ``meta-sae`` and ``stats``.
+"""The command line: ``canon-pl`` and ``lightning`` (LightningCLI: ``fit``, ``validate``, ...) plus canon-pl's own
+subcommands (:data:`COMMANDS`, one module each in ``canon_pl/commands/``); ``canon-pl --help`` lists them all.
 
 ``lightning fit --config configs/sae_synthetic.yaml`` trains and checkpoints; ``canon-pl export --ckpt X --out D``
 turns a Lightning checkpoint into a portable export.
@@ -7,7 +7,6 @@ turns a Lightning checkpoint into a portable export.
 
 from __future__ import annotations
 
-import argparse
 import errno
 import sys
 import warnings
@@ -15,7 +14,6 @@ from typing import Any
 
 from lightning.pytorch.cli import LightningCLI
 
-from canon_pl.checks import check_counts, check_device, check_output_folder
 from canon_pl.errors import CanonError, find_cause
 
 
@@ -76,91 +74,21 @@ def run_lightning_cli(args: list[str] | None = None, run: bool = True) -> CanonC
     )
 
 
-def export_command(argv: list[str]) -> int:
-    """``canon-pl export --ckpt FILE --out DIR``: portable export of an ``SAEModule`` checkpoint."""
-    from canon_pl.io import export_sae, load_sae
-
-    parser = argparse.ArgumentParser(prog="canon-pl export", description=export_command.__doc__)
-    parser.add_argument("--ckpt", required=True, help="Lightning .ckpt written by SAEModule")
-    parser.add_argument("--out", required=True, help="folder for sae.safetensors + cfg.json")
-    ns = parser.parse_args(argv)
-    try:
-        check_output_folder(ns.out)
-        sae = load_sae(ns.ckpt)  # activation scale already folded in
-    except CanonError as err:
-        print(f"canon-pl export: error: {err}", file=sys.stderr)
-        return 2
-    export_sae(sae, ns.out)
-    print(f"exported {ns.ckpt} to {ns.out}")
-    return 0
+COMMANDS = ("export", "cache", "stitch", "meta-sae", "stats", "family", "pipeline")
+"""canon-pl's own subcommands, each a typed function in ``canon_pl/commands/<name>.py`` whose signature and docstring
+make its command line (``canon_pl/commands/args.py``)."""
 
 
-def cache_command(argv: list[str]) -> int:
-    """``canon-pl cache --config CFG --out DIR --tokens N``: write the config's activation stream to disk shards."""
-    parser = argparse.ArgumentParser(prog="canon-pl cache", description=cache_command.__doc__)
-    parser.add_argument("--config", required=True, help="a fit config whose data is an ActivationDataModule")
-    parser.add_argument("--out", required=True, help="folder for the shards and index.json")
-    parser.add_argument("--tokens", type=int, required=True, help="number of activation vectors to write")
-    parser.add_argument("--val-tokens", type=int, default=131_072,
-                        help="activations of held-out documents to write as the cache's held-out part, read by "
-                             "validation, canon-pl stitch --data and canon-pl meta-sae --data (default 131072; 0 = none)")
-    parser.add_argument("--dtype", default="float16", choices=["float16", "bfloat16", "float32"])
-    parser.add_argument("--device", help="where the LM runs (default: cuda when a GPU is present, else cpu)")
-    ns = parser.parse_args(argv)
-    check_counts(**{"--tokens": ns.tokens})
-    check_counts(0, **{"--val-tokens": ns.val_tokens})
-    check_output_folder(ns.out)
-    if ns.device:
-        check_device(ns.device)
-    from canon_pl.training import ActivationDataModule
-    from canon_pl.training.cache import write_activation_cache
+def command_module(name: str) -> Any:
+    """The module of subcommand ``name`` (imported on demand: ``canon-pl --help`` stays fast)."""
+    import importlib
 
-    data = run_lightning_cli(["--config", ns.config], run=False).datamodule
-    if not isinstance(data, ActivationDataModule):
-        print(f"canon-pl cache: error: {ns.config} does not use ActivationDataModule", file=sys.stderr)
-        return 2
-    import torch
-
-    device = ns.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    index = write_activation_cache(data, ns.out, ns.tokens, ns.dtype, val_tokens=ns.val_tokens, device=device)
-    print(f"wrote {index.split_tokens('train')} training and {index.split_tokens('val')} held-out activations "
-          f"({len(index.shards)} shards) to {ns.out}; train on them with "
-          f"data.class_path: canon_pl.training.ActivationShardDataModule, data.init_args.path: {ns.out}")
-    return 0
+    return importlib.import_module(f"canon_pl.commands.{name.replace('-', '_')}")
 
 
-def stitch_command(argv: list[str]) -> int:
-    from canon_pl.commands.stitch import stitch_command as run
-
-    return run(argv)
-
-
-def meta_sae_command(argv: list[str]) -> int:
-    from canon_pl.commands.meta_sae import meta_sae_command as run
-
-    return run(argv)
-
-
-def stats_command(argv: list[str]) -> int:
-    from canon_pl.commands.stats import stats_command as run
-
-    return run(argv)
-
-
-def family_command(argv: list[str]) -> int:
-    from canon_pl.commands.family import family_command as run
-
-    return run(argv)
-
-
-def pipeline_command(argv: list[str]) -> int:
-    from canon_pl.commands.pipeline import pipeline_command as run
-
-    return run(argv)
-
-
-COMMANDS = {"export": export_command, "cache": cache_command, "stitch": stitch_command, "meta-sae": meta_sae_command,
-            "stats": stats_command, "family": family_command, "pipeline": pipeline_command}
+def run_subcommand(name: str, argv: list[str]) -> int:
+    """``canon-pl <name> ARGV``."""
+    return getattr(command_module(name), f"{name.replace('-', '_')}_command")(argv)
 
 
 LIGHTNING_COMMANDS = {
@@ -174,12 +102,9 @@ LIGHTNING_COMMANDS = {
 def command_summary(name: str) -> str:
     """The one-line summary of a ``canon-pl`` command: what follows the usage in its docstring's first line (the
     command module's docstring for those in ``canon_pl/commands/``)."""
-    import importlib
-
     if name in LIGHTNING_COMMANDS:
         return LIGHTNING_COMMANDS[name]
-    function = COMMANDS[name]
-    doc = function.__doc__ or importlib.import_module(f"canon_pl.commands.{name.replace('-', '_')}").__doc__ or ""
+    doc = command_module(name).__doc__ or ""
     first = doc.strip().splitlines()[0] if doc.strip() else ""
     return first.split("``: ", 1)[-1].rstrip(".").replace("``", "")
 
@@ -215,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
             print_overview()
             return 0 if args else 2
         if args[0] in COMMANDS:
-            return COMMANDS[args[0]](args[1:])
+            return run_subcommand(args[0], args[1:])
         run_lightning_cli(argv)  # None: LightningCLI reads sys.argv itself
     except Exception as err:  # noqa: BLE001 - re-raised unless it wraps a user error
         cause = _find_user_error(err)

@@ -87,3 +87,17 @@ def test_the_pipeline_runs_every_stage_and_a_rerun_skips_them(tmp_path: Path) ->
     again = run_cli("pipeline", "--config", str(config), cwd=tmp_path, script="canon-pl")
     assert again.returncode == 0, again.stderr[-3000:]
     assert again.stdout.count("done already, skipped") == 6  # everything but the report
+
+
+def test_a_stage_option_its_command_does_not_take_is_refused_before_any_stage_runs(tmp_path: Path) -> None:
+    """A typo in a late stage's options (the meta-SAE's) stops the pipeline at once, naming the option and what the
+    stage takes, instead of after the cache and the fit have run."""
+    config = tiny_configs(tmp_path)
+    pipeline = yaml.safe_load(config.read_text())
+    pipeline["meta_sae"]["stepz"] = 5
+    config.write_text(yaml.safe_dump(pipeline))
+    result = run_cli("pipeline", "--config", str(config), cwd=tmp_path, script="canon-pl")
+    assert result.returncode == 2
+    assert "meta_sae has no option stepz" in result.stderr and "steps" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "cache").exists() and not (tmp_path / "checkpoints").exists()

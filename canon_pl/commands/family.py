@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import argparse
-import sys
 from pathlib import Path
+from typing import Annotated
+
+from canon_pl.commands.args import run_command
 
 DESCRIPTION = """Assemble a family from existing SAEs of one model and hook point (any format load_sae reads: canon-pl,
 SAELens, Gemma Scope, dictionary_learning, sparsify, Lightning .ckpt). Each is written to <out>/<width>/ as a canon-pl
@@ -12,42 +13,38 @@ export with the same encode/decode, then <out>/family.json; the sources are not 
 statistics and the viewer then run on <out> as on a family trained here."""
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="canon-pl family", description=DESCRIPTION)
-    parser.add_argument("--from", dest="sources", nargs="+", required=True, help="the SAEs (files or folders)")
-    parser.add_argument("--out", required=True, help="the family folder to write")
-    parser.add_argument("--format", help="force the sources' format (default: recognised from the files)")
-    parser.add_argument("--model", help="model id to record when the sources name none (or to override)")
-    parser.add_argument("--hook-point", help="hook point to record when the sources name none (or to override)")
-    return parser
+def family(*, sources: Annotated[list[str], "--from"], out: str, format: str | None = None, model: str | None = None,
+           hook_point: str | None = None) -> int:
+    """Assemble a family folder from SAEs trained anywhere.
 
-
-def family_command(argv: list[str]) -> int:
-    ns = build_parser().parse_args(argv)
+    Args:
+        sources: the SAEs (files or folders)
+        out: the family folder to write
+        format: force the sources' format (default: recognised from the files)
+        model: model id to record when the sources name none (or to override)
+        hook_point: hook point to record when the sources name none (or to override)
+    """
     from dataclasses import replace
 
     from canon_pl.checks import check_output_folder
-    from canon_pl.errors import CanonError
     from canon_pl.io import export_sae, load_sae, write_family_manifest
 
-    try:
-        check_output_folder(ns.out)
-        saes = [load_sae(source, format=ns.format) for source in ns.sources]
-        for sae in saes:
-            sae.cfg = replace(sae.cfg, model_id=ns.model or sae.cfg.model_id,
-                              hook_point=ns.hook_point or sae.cfg.hook_point)
-        _check_family(saes, ns.sources)
-    except CanonError as err:
-        print(f"canon-pl family: error: {err}", file=sys.stderr)
-        return 2
-    out = Path(ns.out)
+    check_output_folder(out)
+    saes = [load_sae(source, format=format) for source in sources]
+    for sae in saes:
+        sae.cfg = replace(sae.cfg, model_id=model or sae.cfg.model_id, hook_point=hook_point or sae.cfg.hook_point)
+    _check_family(saes, sources)
     members = {}
-    for sae, source in sorted(zip(saes, ns.sources), key=lambda pair: pair[0].d_sae):
-        export_sae(sae, out / str(sae.d_sae), extra={"imported_from": str(Path(source).resolve())})
+    for sae, source in sorted(zip(saes, sources), key=lambda pair: pair[0].d_sae):
+        export_sae(sae, Path(out) / str(sae.d_sae), extra={"imported_from": str(Path(source).resolve())})
         members[sae.d_sae] = str(sae.d_sae)
     path = write_family_manifest(out, members, saes[0].cfg, tokens=0)
     print(f"family of widths {sorted(members)} written to {path}")
     return 0
+
+
+def family_command(argv: list[str]) -> int:
+    return run_command(family, argv, "family", DESCRIPTION)
 
 
 def _check_family(saes: list, sources: list[str]) -> None:
@@ -68,4 +65,4 @@ def _check_family(saes: list, sources: list[str]) -> None:
                                   f"under different names):\n  " + "\n  ".join(described))
 
 
-__all__ = ["family_command"]
+__all__ = ["family", "family_command"]

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
+from canon_pl.checks import default_device
+from canon_pl.commands.args import run_command
+from canon_pl.errors import CanonError
 from canon_pl.io.layout import RunLayout
 
 DESCRIPTION = """Run the study end to end: capture the activation cache when the family trains on one (canon-pl
@@ -18,13 +20,6 @@ runs by hand; a stage whose outputs already exist is skipped, and an interrupted
 checkpoint, so re-running the pipeline continues where it stopped."""
 
 STAGES = ("cache", "fit", "stitch", "meta-sae", "stats", "meta stats", "report")
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="canon-pl pipeline", description=DESCRIPTION)
-    parser.add_argument("--config", required=True, help="pipeline config (YAML), e.g. configs/pipeline_smollm2.yaml")
-    parser.add_argument("--device", default="cpu", help="device for the analysis stages (default cpu)")
-    return parser
 
 
 def read_pipeline_config(path: Path) -> dict[str, Any]:
@@ -49,22 +44,36 @@ def read_pipeline_config(path: Path) -> dict[str, Any]:
     if cache_path is not None and not isinstance(config.get("cache"), dict):
         raise CheckpointError(f"{path}: the family config trains on the activation cache {cache_path}; add a cache: "
                               f"section (config: a fit config whose data captures the activations, tokens, val_tokens)")
+    check_stage_options(config, path)
     return {**config, "run": run, "max_steps": max_steps, "widths": widths, "cache_path": cache_path}
 
 
-def _args(options: dict[str, Any] | None) -> list[str]:
-    """``{tokens: 8192, ce_points: 0, sweep: [1, 3]}`` -> ``["--tokens", "8192", "--ce-points", "0", "--sweep", "1",
-    "3"]`` (``None`` values left out, ``True`` as a bare flag, a list as several values)."""
-    out = []
-    for key, value in (options or {}).items():
-        if value is None or value is False:
-            continue
-        out.append(f"--{key.replace('_', '-')}")
-        if isinstance(value, (list, tuple)):
-            out.extend(str(v) for v in value)
-        elif value is not True:
-            out.append(str(value))
-    return out
+STAGE_OPTIONS = {"stitch": ("canon_pl.commands.stitch", "stitch"), "meta_sae": ("canon_pl.commands.meta_sae", "meta_sae"),
+                 "stats": ("canon_pl.commands.stats", "stats")}
+"""The config sections that pass options to a stage's command function, and which function."""
+
+STAGE_SET = {"stitch": ("small", "device"), "meta_sae": ("sae", "width", "out"), "stats": ("run", "device")}
+"""The arguments the pipeline gives each of those functions itself (a section may not set them)."""
+
+
+def check_stage_options(cfg: dict[str, Any], path: Path) -> None:
+    """Every option of a stage section must be an argument of its command function, refused before any stage runs
+    (``width`` of ``meta_sae`` is the pipeline's own: the member to decompose)."""
+    import importlib
+    import inspect
+
+    from canon_pl.io import CheckpointError
+
+    for section, (module, name) in STAGE_OPTIONS.items():
+        options = cfg.get(section) or {}
+        if not isinstance(options, dict):
+            raise CheckpointError(f"{path}: {section} must be a mapping of options, got {options!r}")
+        takes = set(inspect.signature(getattr(importlib.import_module(module), name)).parameters)
+        allowed = (takes - set(STAGE_SET[section])) | ({"width"} if section == "meta_sae" else set())
+        unknown = sorted(set(options) - allowed)
+        if unknown:
+            raise CheckpointError(f"{path}: {section} has no option {', '.join(unknown)}; it takes "
+                                  f"{', '.join(sorted(allowed))} (canon-pl {name.replace('_', '-')} --help)")
 
 
 def _readable(check) -> bool:
@@ -112,20 +121,20 @@ def stage_done(stage: str, cfg: dict[str, Any]) -> bool:
 
 
 def run_stage(stage: str, cfg: dict[str, Any], device: str) -> int:
+    """Run one stage by calling its command's function (the same one ``canon-pl <command>`` runs)."""
     from canon_pl.cli import run_lightning_cli
-    from canon_pl.commands.meta_sae import meta_sae_command
-    from canon_pl.commands.stats import stats_command
-    from canon_pl.commands.stitch import stitch_command
+    from canon_pl.commands.cache import cache
+    from canon_pl.commands.meta_sae import meta_sae
+    from canon_pl.commands.stats import stats
+    from canon_pl.commands.stitch import stitch
     from canon_pl.report import write_report
 
     run = cfg["run"]
     meta_dir = RunLayout(run).meta_sae(cfg["meta_width"])
     if stage == "cache":
-        from canon_pl.cli import cache_command
-
-        cache = cfg["cache"]
-        return cache_command(["--config", str(cache["config"]), "--out", str(cfg["cache_path"]),
-                              "--tokens", str(cache["tokens"]), "--val-tokens", str(cache.get("val_tokens") or 0)])
+        options = cfg["cache"]
+        return cache(config=str(options["config"]), out=str(cfg["cache_path"]), tokens=int(options["tokens"]),
+                     val_tokens=int(options.get("val_tokens") or 0))
     if stage == "fit":
         args = ["fit", "--config", str(cfg["fit_config"]), *map(str, cfg.get("fit_args") or [])]
         last = RunLayout(run).last_checkpoint
@@ -135,14 +144,13 @@ def run_stage(stage: str, cfg: dict[str, Any], device: str) -> int:
         run_lightning_cli(args)
         return 0
     if stage == "stitch":
-        return stitch_command([str(run), "--device", device, *_args(cfg.get("stitch"))])
+        return stitch(str(run), device=device, **(cfg.get("stitch") or {}))
     if stage == "meta-sae":
-        return meta_sae_command(["--sae", str(run), "--width", str(cfg["meta_width"]), "--out", str(meta_dir),
-                                 *_args(cfg.get("meta_sae"))])
+        return meta_sae(sae=str(run), width=cfg["meta_width"], out=str(meta_dir), **cfg["meta_sae"])
     if stage == "stats":
-        return stats_command(["--run", str(run), "--device", device, *_args(cfg.get("stats"))])
+        return stats(run=str(run), device=device, **(cfg.get("stats") or {}))
     if stage == "meta stats":
-        return stats_command(["--run", str(meta_dir), "--device", device])
+        return stats(run=str(meta_dir), device=device)
     path = write_report(run, meta_dir)
     print(f"  report: {path}")
     return 0
@@ -161,18 +169,18 @@ def stage_table(timings: dict[str, float], total: float, fit_time: dict[str, Any
     return "\n".join(lines)
 
 
-def pipeline_command(argv: list[str]) -> int:
-    ns = build_parser().parse_args(argv)
+def pipeline(*, config: str, device: str = default_device()) -> int:
+    """Run the study stage by stage, skipping the stages whose outputs exist.
+
+    Args:
+        config: pipeline config (YAML), e.g. configs/pipeline_smollm2.yaml
+        device: device for the analysis stages (cuda when a GPU is present)
+    """
     from canon_pl.checks import check_device
-    from canon_pl.errors import CanonError
     from canon_pl.training.timing import read_fit_time
 
-    try:
-        check_device(ns.device)
-        cfg = read_pipeline_config(Path(ns.config))
-    except CanonError as err:
-        print(f"canon-pl pipeline: error: {err}", file=sys.stderr)
-        return 2
+    check_device(device)
+    cfg = read_pipeline_config(Path(config))
     meta = cfg.get("meta_sae") or {}
     cfg["meta_sae"] = {k: v for k, v in meta.items() if k != "width"}
     cfg["meta_width"] = int(meta.get("width") or cfg["widths"][-1])
@@ -184,7 +192,11 @@ def pipeline_command(argv: list[str]) -> int:
             continue
         print(f"[{i}/{len(STAGES)}] {stage} ...", flush=True)
         t0 = time.monotonic()
-        code = run_stage(stage, cfg, ns.device)
+        try:
+            code = run_stage(stage, cfg, device)
+        except CanonError as err:
+            print(f"canon-pl pipeline: error: {err}", file=sys.stderr)
+            code = 2
         timings[stage] = round(time.monotonic() - t0, 1)
         if code != 0:
             print(f"canon-pl pipeline: stage {stage!r} failed (exit {code}); fix the cause and re-run: finished "
@@ -197,4 +209,8 @@ def pipeline_command(argv: list[str]) -> int:
     return 0
 
 
-__all__ = ["STAGES", "pipeline_command", "read_pipeline_config", "stage_done"]
+def pipeline_command(argv: list[str]) -> int:
+    return run_command(pipeline, argv, "pipeline", DESCRIPTION)
+
+
+__all__ = ["STAGES", "pipeline", "pipeline_command", "read_pipeline_config", "stage_done"]

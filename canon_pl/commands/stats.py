@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import argparse
 import math
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
-from canon_pl.checks import check_counts, check_device, check_output_folder
-from canon_pl.errors import CanonError
+from canon_pl.checks import check_counts, check_device, check_output_folder, default_device
+from canon_pl.commands.args import run_command
 from canon_pl.io import load_sae, training_data
 from canon_pl.io.export import CONFIG_FILE
 from canon_pl.io.family import MANIFEST_FILE, load_family, read_family_manifest
@@ -32,25 +30,6 @@ DESCRIPTION = """Per-latent statistics of every SAE of a run (an export folder o
 contexts with a window of activations, a uniform sample of firing examples (for quantiles), firing frequency, a
 log10 activation histogram, and the tokens each decoder direction promotes and suppresses through the unembedding.
 Writes <run>/stats/ (stats.json, contexts.safetensors, one <member>.safetensors per SAE)."""
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="canon-pl stats", description=DESCRIPTION)
-    parser.add_argument("--run", required=True, help="export folder (cfg.json) or family folder (family.json)")
-    parser.add_argument("--tokens", type=int, default=65536, help="held-out tokens to pass (default 65536)")
-    parser.add_argument("--text", help="text source (default: the run's training text, else python-docs; its "
-                                       "held-out documents, split, ordered and selected as the run's training was)")
-    parser.add_argument("--model", help="language model (default: the run's model_id; must match it)")
-    parser.add_argument("--hook-point", help="hook point (default: the run's hook_point; must match it)")
-    parser.add_argument("--top", type=int, default=10, help="top examples per latent (default 10)")
-    parser.add_argument("--samples", type=int, default=20, help="uniform firing examples per latent (default 20)")
-    parser.add_argument("--window", type=int, default=8, help="tokens each side of an example (default 8)")
-    parser.add_argument("--context-length", type=int, help="tokens per context (default: the run's, else 128)")
-    parser.add_argument("--contexts-per-forward", type=int, default=32,
-                        help="contexts per LM forward and per statistics update (default 32)")
-    parser.add_argument("--out", help="output folder (default <run>/stats)")
-    parser.add_argument("--device", default="cpu")
-    return parser
 
 
 def first_export(path: Path) -> Path:
@@ -86,60 +65,76 @@ def check_source(saes: dict[str, SparseAutoencoder], model: str | None, hook_poi
     return model, hook_point
 
 
-def stats_command(argv: list[str]) -> int:
-    ns = build_parser().parse_args(argv)
+def stats(*, run: str, tokens: int = 65536, text: str | None = None, model: str | None = None,
+          hook_point: str | None = None, top: int = 10, samples: int = 20, window: int = 8,
+          context_length: int | None = None, contexts_per_forward: int = 32, out: str | None = None,
+          device: str = default_device()) -> int:
+    """Per-latent statistics of every SAE of a run, from one pass of held-out text.
+
+    Args:
+        run: export folder (cfg.json) or family folder (family.json)
+        tokens: held-out tokens to pass
+        text: text source (default: the run's training text, else python-docs; its held-out documents, split,
+            ordered and selected as the run's training was)
+        model: language model (default: the run's model_id; must match it)
+        hook_point: hook point (default: the run's hook_point; must match it)
+        top: top examples per latent
+        samples: uniform firing examples per latent
+        window: tokens each side of an example
+        context_length: tokens per context (default: the run's, else 128)
+        contexts_per_forward: contexts per LM forward and per statistics update
+        out: output folder (default <run>/stats)
+        device: cpu, cuda, cuda:1, ... (cuda when a GPU is present)
+    """
     from canon_pl.lm import check_text_source
     from canon_pl.lm.source import ActivationSource, CaptureSettings
 
-    try:
-        check_counts(**{"--tokens": ns.tokens, "--top": ns.top, "--samples": ns.samples,
-                        "--contexts-per-forward": ns.contexts_per_forward})
-        check_counts(0, **{"--window": ns.window})
-        check_device(ns.device)
-        run = Path(ns.run)
-        check_output_folder(ns.out or RunLayout(run).stats)
-        if (run / "analysis.json").is_file():
-            return meta_stats(run, ns)
-        saes = load_run(run, ns.device)
-        model_id, hook_point = check_source(saes, ns.model, ns.hook_point)
-        provenance = training_data(first_export(run))
-        if ns.context_length is not None and ns.context_length < 2:  # None: the run's; 0 is the user's, refused
-            raise StatsError(f"--context-length must be at least 2 (BOS and one token), got {ns.context_length}")
-        settings = CaptureSettings.like_training(provenance, model=model_id, hook_point=hook_point,
-                                                 text=ns.text or provenance.get("text") or CaptureSettings.text,
-                                                 context_length=ns.context_length)
-        check_text_source(settings.text)
-    except CanonError as err:
-        print(f"canon-pl stats: error: {err}", file=sys.stderr)
-        return 2
-    ns.text, ns.context_length = settings.text, settings.context_length
+    check_counts(**{"--tokens": tokens, "--top": top, "--samples": samples,
+                    "--contexts-per-forward": contexts_per_forward})
+    check_counts(0, **{"--window": window})
+    check_device(device)
+    run_dir = Path(run)
+    out_dir = Path(out) if out else RunLayout(run_dir).stats
+    check_output_folder(out_dir)
+    if (run_dir / "analysis.json").is_file():
+        return meta_stats(run_dir, out_dir, model, top, device)
+    saes = load_run(run_dir, device)
+    model_id, hook_point = check_source(saes, model, hook_point)
+    provenance = training_data(first_export(run_dir))
+    if context_length is not None and context_length < 2:  # None: the run's; 0 is the user's, refused
+        raise StatsError(f"--context-length must be at least 2 (BOS and one token), got {context_length}")
+    settings = CaptureSettings.like_training(provenance, model=model_id, hook_point=hook_point,
+                                             text=text or provenance.get("text") or CaptureSettings.text,
+                                             context_length=context_length)
+    check_text_source(settings.text)
     source = ActivationSource(settings)
-    loaded = source.load(ns.device).loaded
-    n_contexts = math.ceil(ns.tokens / ns.context_length)
+    loaded = source.load(device).loaded
+    n_contexts = math.ceil(tokens / settings.context_length)
 
     def batches() -> Iterator[tuple[Tensor, Tensor, Tensor]]:
-        for batch in source.take("val", n_contexts, ns.contexts_per_forward, progress="statistics"):
+        for batch in source.take("val", n_contexts, contexts_per_forward, progress="statistics"):
             yield batch.tokens, batch.activations, batch.mask
 
     with torch.inference_mode():
-        collectors, contexts = collect_statistics(saes, batches(), n_top=ns.top, n_sample=ns.samples,
-                                                  window=ns.window)
+        collectors, contexts = collect_statistics(saes, batches(), n_top=top, n_sample=samples, window=window)
     if not contexts:
-        print(f"canon-pl stats: error: the text source {ns.text!r} gave no held-out contexts", file=sys.stderr)
-        return 2
+        raise StatsError(f"the text source {settings.text!r} gave no held-out contexts")
     unembed, norm_weight = _unembedding(loaded)
     unembedded = {name: unembedding_directions(sae.W_dec.detach(), unembed, norm_weight)
                   for name, sae in saes.items()}
-    out = Path(ns.out or RunLayout(run).stats)
     all_contexts = torch.cat(contexts)
     mentioned = torch.cat([all_contexts.flatten()] + [torch.cat([u[0].flatten(), u[2].flatten()])
                                                       for u in unembedded.values()]).unique().tolist()
     token_strings = {i: loaded.tokenizer.decode([i]) for i in mentioned}
-    index = write_statistics(out, collectors, all_contexts, unembedded, token_strings=token_strings, meta={
-        "model_id": model_id, "hook_point": hook_point, "text": ns.text, "n_top": ns.top, "n_sample": ns.samples,
-        "context_length": ns.context_length})
+    index = write_statistics(out_dir, collectors, all_contexts, unembedded, token_strings=token_strings, meta={
+        "model_id": model_id, "hook_point": hook_point, "text": settings.text, "n_top": top, "n_sample": samples,
+        "context_length": settings.context_length})
     print(f"statistics of {len(saes)} SAE(s) over {all_contexts.numel()} tokens written to {index}")
     return 0
+
+
+def stats_command(argv: list[str]) -> int:
+    return run_command(stats, argv, "stats", DESCRIPTION)
 
 
 def _unembedding(loaded: LoadedModel) -> tuple[Tensor, Tensor | None]:
@@ -148,23 +143,22 @@ def _unembedding(loaded: LoadedModel) -> tuple[Tensor, Tensor | None]:
     return loaded.model.lm_head.weight.detach(), getattr(norm, "weight", None)
 
 
-def meta_stats(run: Path, ns: argparse.Namespace) -> int:
+def meta_stats(run: Path, out: Path, model: str | None, top: int, device: str) -> int:
     """A meta-SAE run: each meta-latent's member latents (from its analysis) and promoted tokens; no text pass
     (a meta-SAE reads decoder rows, not activations)."""
     analysis = read_meta_analysis(run, arrays=True)
-    model_id = ns.model or (analysis.get("base") or {}).get("model_id")
+    model_id = model or (analysis.get("base") or {}).get("model_id")
     if not model_id:
         raise StatsError(f"{run}/analysis.json records no base model: pass --model")
-    meta = load_sae(run, ns.device)
+    meta = load_sae(run, device)
     from canon_pl.lm import load_causal_lm
 
-    loaded = load_causal_lm(model_id, device=ns.device)
+    loaded = load_causal_lm(model_id, device=device)
     unembed, norm_weight = _unembedding(loaded)
     unembedded = unembedding_directions(meta.W_dec.detach(), unembed, norm_weight)
     mentioned = torch.cat([unembedded[0].flatten(), unembedded[2].flatten()]).unique().tolist()
-    out = Path(ns.out or RunLayout(run).stats)
     index = write_meta_statistics(out, analysis["decomposition"], unembedded,
-                                  {"model_id": model_id, "base": analysis.get("base")}, n_members=ns.top * 2,
+                                  {"model_id": model_id, "base": analysis.get("base")}, n_members=top * 2,
                                   token_strings={i: loaded.tokenizer.decode([i]) for i in mentioned})
     print(f"statistics of {meta.d_sae} meta-latents written to {index}")
     return 0

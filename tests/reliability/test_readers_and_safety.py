@@ -95,7 +95,7 @@ class RunsCode:
 
 
 def test_a_checkpoint_carrying_code_is_refused_without_running_it(tmp_path: Path) -> None:
-    from canon_pl.cli import export_command
+    from canon_pl.commands.export import export_command
 
     marker = tmp_path / "exploited"
     evil = tmp_path / "evil.ckpt"

@@ -1,0 +1,53 @@
+"""``canon-pl cache --config CFG --out DIR --tokens N``: write the config's activation stream to disk shards."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from canon_pl.commands.args import run_command
+from canon_pl.errors import SettingError
+
+DESCRIPTION = """Capture the activation stream of a fit config (its ActivationDataModule: model, hook point, text,
+token selection) into safetensors shards plus index.json, with a held-out part from held-out documents. Train on it
+with data.class_path: canon_pl.training.ActivationShardDataModule."""
+
+
+def cache(*, config: str, out: str, tokens: int, val_tokens: int = 131_072,
+          dtype: Literal["float16", "bfloat16", "float32"] = "float16", device: str | None = None) -> int:
+    """Write a config's activation stream to disk shards.
+
+    Args:
+        config: a fit config whose data is an ActivationDataModule
+        out: folder for the shards and index.json
+        tokens: number of activation vectors to write
+        val_tokens: activations of held-out documents to write as the cache's held-out part, read by validation,
+            canon-pl stitch --data and canon-pl meta-sae --data (0 = none)
+        dtype: dtype of the stored activations
+        device: where the LM runs (default: cuda when a GPU is present, else cpu)
+    """
+    from canon_pl.checks import check_counts, check_device, check_output_folder, default_device
+
+    check_counts(**{"--tokens": tokens})
+    check_counts(0, **{"--val-tokens": val_tokens})
+    check_output_folder(out)
+    if device:
+        check_device(device)
+    from canon_pl.cli import run_lightning_cli
+    from canon_pl.training import ActivationDataModule
+    from canon_pl.training.cache import write_activation_cache
+
+    data = run_lightning_cli(["--config", config], run=False).datamodule
+    if not isinstance(data, ActivationDataModule):
+        raise SettingError(f"{config} does not use ActivationDataModule")
+    index = write_activation_cache(data, out, tokens, dtype, val_tokens=val_tokens, device=device or default_device())
+    print(f"wrote {index.split_tokens('train')} training and {index.split_tokens('val')} held-out activations "
+          f"({len(index.shards)} shards) to {out}; train on them with "
+          f"data.class_path: canon_pl.training.ActivationShardDataModule, data.init_args.path: {out}")
+    return 0
+
+
+def cache_command(argv: list[str]) -> int:
+    return run_command(cache, argv, "cache", DESCRIPTION)
+
+
+__all__ = ["cache", "cache_command"]
