@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -61,3 +63,14 @@ def test_bench_step_mfu_reports_the_fraction_of_peak_and_ends_with_a_ratio() -> 
 def test_bench_ddp_compares_one_process_with_two_and_ends_with_a_ratio() -> None:
     lines = run_benchmark("bench_ddp.py", "--quick")
     assert any(line.startswith("one device") for line in lines) and any("ddp" in line for line in lines)
+
+
+def test_a_run_folder_holds_each_checkpoint_once() -> None:
+    """The shipped configs' ``save_last: link``: ``last.ckpt`` is a link to the newest step checkpoint, so the
+    checkpoint folder holds half the bytes of Lightning's copying default (the exports are the same either way)."""
+    lines = run_benchmark("run_folder_size.py")
+    sizes = {line.split()[1]: line for line in lines if line.startswith("save_last:")}
+    assert set(sizes) == {"link", "copy"}
+    ckpt = {label: float(line.split("ckpt/ ")[1].split()[0]) for label, line in sizes.items()}
+    assert ckpt["link"] == pytest.approx(ckpt["copy"] / 2, rel=0.02)
+    assert float(lines[-1].split()[-1]) < 0.8
