@@ -24,6 +24,7 @@ from canon_pl.io.layout import RunLayout
 from canon_pl.meta import MetaSAEError, read_meta_analysis
 from canon_pl.stats import LatentStatistics, StatsError
 from canon_pl.stats.readable import readability_scores
+from canon_pl.stitching import StitchingError
 from canon_pl.viewer import find_runs, find_stitching_results, load_pair, member_metrics
 from canon_pl.viewer.charts import (
     cosine_histogram_chart,
@@ -56,7 +57,6 @@ CURVES = {
     "train/dead_fraction": "dead fraction",
     "tok/s": "tokens / s",
 }
-TAU = 0.7
 
 
 def checkpoints_dir() -> Path:
@@ -260,6 +260,23 @@ def stitching_page(root: Path) -> None:
     st.dataframe(groups, hide_index=True)
 
 
+def relative_to_smaller(run_dir: Path, small: int, large: int, latent: int, closest: float) -> str:
+    """The latent's class against the next smaller SAE as the run's stitching results state it (their own tau and
+    classes), or only its nearest cosine when the pair has no readable results."""
+    path = RunLayout(run_dir).stitching_pair(small, large)
+    try:
+        data = load_stitching(str(path)) if path.is_file() else None
+    except StitchingError:
+        data = None
+    if data is None or latent >= len(data["latents"]):
+        return (f"**against the {small}-latent SAE**: best decoder cosine {closest:.2f} (no stitching results for "
+                f"this pair: `canon-pl stitch {run_dir}`)")
+    row = data["latents"].iloc[latent]
+    return (f"**against the {small}-latent SAE** (its stitching results, τ = {data['summary']['tau']}): "
+            f"{row['class_by_definition']} by definition, {row['class']} by cosine (best decoder cosine "
+            f"{closest:.2f})")
+
+
 def latent_page(root: Path) -> None:
     st.header("Latent")
     found = statistics_of(str(root))
@@ -301,10 +318,9 @@ def latent_page(root: Path) -> None:
     if len(nearest):
         smaller = nearest[nearest["width"] < int(member)]
         if len(smaller):
-            closest = smaller[smaller["width"] == smaller["width"].max()]["cosine"].max()
-            kind = "reconstruction" if closest >= TAU else "novel"
-            st.markdown(f"**relative to the next smaller SAE**: {kind} (best decoder cosine {closest:.2f}, "
-                        f"τ = {TAU})")
+            next_smaller = int(smaller["width"].max())
+            closest = smaller[smaller["width"] == next_smaller]["cosine"].max()
+            st.markdown(relative_to_smaller(run_dir, next_smaller, int(member), j, closest))
         st.markdown("**nearest latents in the other widths** (decoder cosine)")
         nearest = nearest.assign(page=[latent_url(label, str(w), i) for w, i in zip(nearest["width"],
                                                                                     nearest["latent"])])

@@ -234,7 +234,10 @@ def test_latent_page_places_a_family_latent_among_the_other_widths(tmp_path: Pat
     app = open_page(tmp_path, page="Latent", sae="8", latent="0")
     nearest = app.dataframe[0].value
     assert nearest.iloc[0]["width"] == 4 and nearest.iloc[0]["latent"] == 2 and nearest.iloc[0]["cosine"] > 0.99
-    assert any("reconstruction" in m.value for m in app.markdown)
+    # no stitching results for 4 -> 8: the page gives the cosine and how to get a class, and classifies nothing
+    stated = [m.value for m in app.markdown if "against the 4-latent SAE" in m.value]
+    assert stated and "best decoder cosine 1.00" in stated[0] and "canon-pl stitch" in stated[0]
+    assert "reconstruction" not in stated[0] and "novel" not in stated[0]
 
 
 @pytest.mark.parametrize("text", ["`code`", "snake_case", "*args", "$x$", ":file:", "<|im_start|>", "    indented",
@@ -285,3 +288,27 @@ def test_a_meta_sae_inside_a_family_folder_is_not_drawn_as_a_member(tmp_path: Pa
     table = pd.DataFrame([r.row() | {"explained_variance": 0.5} for r in find_runs(tmp_path)])
     assert sorted(family_table(table).groupby("family")["d_sae"].apply(list).to_dict().items()) == [
         ("fam", [8, 16]), ("fam/meta_sae_16", [3])]
+
+
+def test_the_latent_page_states_the_class_the_stitching_results_decided(analysed: dict) -> None:
+    """The class of a latent against the next smaller SAE comes from that pair's results file (its tau, both
+    classifications), not from a threshold of the viewer's own."""
+    app = open_page(analysed["root"], page="Latent", run="fam", sae="16", latent="3")
+    stated = [m.value for m in app.markdown if "against the 8-latent SAE" in m.value]
+    assert stated and f"τ = {analysed['stitching']['tau']}" in stated[0]
+    assert "reconstruction by definition, reconstruction by cosine" in stated[0]
+
+
+def test_stored_classes_are_read_as_the_analysis_wrote_them() -> None:
+    import torch
+
+    from canon_pl.viewer.stitching import latent_classes
+
+    arrays = {"large_max_cos": torch.tensor([0.9, 0.2]), "large_fire_count": torch.tensor([5, 5]),
+              "large_delta_mse": torch.tensor([1.0, -1.0])}
+    assert latent_classes({"tau": 0.7}, arrays) == {"cosine": ["reconstruction", "novel"],
+                                                    "definition": ["reconstruction", "novel"]}
+    stored = {**arrays, "large_novel_cosine": torch.tensor([1, 0], dtype=torch.uint8),
+              "large_novel_definition": torch.tensor([0, 0], dtype=torch.uint8)}
+    assert latent_classes({"tau": 0.7}, stored) == {"cosine": ["novel", "reconstruction"],
+                                                    "definition": ["reconstruction", "reconstruction"]}

@@ -247,8 +247,12 @@ def _arrays(result: StitchingResult) -> dict[str, Tensor]:
         "path_order": p.order, "path_kind": p.kind, "path_group": p.group, "path_n_latents": p.n_latents,
         "path_mse": p.mse, "path_fvu": p.fvu, "path_l0": p.l0,
     }
-    if result.classes is not None and result.classes.init_cos is not None:
-        tensors["large_init_cos"] = result.classes.init_cos
+    if result.classes is not None:
+        # the classes as the analysis decided them (readers use these, never a threshold of their own)
+        tensors["large_novel_cosine"] = result.classes.match.is_novel.to(torch.uint8)
+        tensors["large_novel_definition"] = result.classes.novel_by_definition.to(torch.uint8)
+        if result.classes.init_cos is not None:
+            tensors["large_init_cos"] = result.classes.init_cos
     if result.control is not None:
         tensors["control_max_cos"] = result.control.match.large_max_cos
         tensors["control_delta_mse"] = result.control.delta_mse

@@ -86,14 +86,28 @@ def load_pair(path: str | os.PathLike) -> dict[str, Any]:
         return _tables(summary)
 
 
+def latent_classes(summary: dict[str, Any], arrays: dict[str, Any]) -> dict[str, list[str]]:
+    """Each large latent's class as the results file states it: ``cosine`` (no small decoder row within the file's
+    ``tau``) and ``definition`` (fires and lowers S's MSE when added alone), ``novel`` or ``reconstruction``. A file
+    written before the classes were stored gets them from its own ``tau`` and arrays, by the same rules."""
+    def named(novel: Any) -> list[str]:
+        return ["novel" if bool(v) else "reconstruction" for v in novel.tolist()]
+
+    if "large_novel_cosine" in arrays:
+        return {"cosine": named(arrays["large_novel_cosine"]), "definition": named(arrays["large_novel_definition"])}
+    return {"cosine": named(arrays["large_max_cos"] < summary["tau"]),
+            "definition": named((arrays["large_fire_count"] > 0) & (arrays["large_delta_mse"] < 0))}
+
+
 def _tables(summary: dict[str, Any]) -> dict[str, Any]:
     a = summary.pop("arrays")
-    tau = summary["tau"]
+    classes = latent_classes(summary, a)
     latents = pd.DataFrame({
         "latent": range(a["large_max_cos"].numel()),
         "max_cos": a["large_max_cos"].numpy(),
         "nearest_small": a["large_nearest"].numpy(),
-        "class": ["novel" if c < tau else "reconstruction" for c in a["large_max_cos"].tolist()],
+        "class": classes["cosine"],
+        "class_by_definition": classes["definition"],
         "group": a["large_group"].numpy(),
         "delta_mse_alone": a["large_delta_mse"].numpy(),
         "fires": a["large_fire_count"].numpy(),
