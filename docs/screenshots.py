@@ -1,14 +1,16 @@
 """Screenshots of every viewer page for the README: one representative view per page of a checkpoints folder
-(``canon_pl.viewer.serve.example_views``), opened in headless Chromium on a local ``streamlit run``.
+(``tests/viewer_harness.py`` ``example_views``), opened in headless Chromium on a local ``streamlit run``.
 Usage: ``python docs/screenshots.py --checkpoints DIR [--query def] [--out docs]``."""
 
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from urllib.parse import urlencode
 
-from canon_pl.viewer.serve import browser_page, example_views, find_chromium, serve_viewer
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the browser harness lives with the tests
+from tests.viewer_harness import browser_page, example_views, find_chromium, serve_viewer  # noqa: E402
 
 
 def main() -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from canon_pl.viewer.serve import browser_page, find_chromium, health, serve_viewer
+from tests.viewer_harness import browser_page, find_chromium, health, serve_viewer
 from tests.viewer_data import build_analysed_run
 
 CHROMIUM = find_chromium()

@@ -312,3 +312,17 @@ def test_stored_classes_are_read_as_the_analysis_wrote_them() -> None:
               "large_novel_definition": torch.tensor([0, 0], dtype=torch.uint8)}
     assert latent_classes({"tau": 0.7}, stored) == {"cosine": ["novel", "reconstruction"],
                                                     "definition": ["reconstruction", "reconstruction"]}
+
+
+def test_every_listed_page_is_one_file_and_every_page_file_is_listed() -> None:
+    """The page list is stated once (``PAGES``): adding a page is one file in ``apps/viewer_pages/`` and its title."""
+    import ast
+
+    from canon_pl.viewer.links import PAGES, page_module
+
+    pages = Path(__file__).resolve().parents[1] / "apps" / "viewer_pages"
+    files = {p.stem for p in pages.glob("*.py")} - {"__init__", "common"}
+    assert files == {page_module(page) for page in PAGES}
+    for name in files:
+        tree = ast.parse((pages / f"{name}.py").read_text())
+        assert any(isinstance(node, ast.FunctionDef) and node.name == "render" for node in tree.body), name

@@ -7,6 +7,12 @@ import html
 from urllib.parse import urlencode
 
 PAGES = ("Runs", "Stitching", "Latent", "Meta-latent", "Search")
+"""The viewer's pages, in the sidebar's order: each is ``apps/viewer_pages/<page_module(page)>.py``."""
+
+
+def page_module(page: str) -> str:
+    """The module of ``page`` in ``apps/viewer_pages/`` (``Meta-latent`` -> ``meta_latent``)."""
+    return page.lower().replace("-", "_")
 
 
 def page_url(page: str, **params: object) -> str:
@@ -29,4 +35,4 @@ def anchor(text: object, url: str) -> str:
     return f'<a href="{html.escape(url, quote=True)}" target="_self">{html.escape(str(text))}</a>'
 
 
-__all__ = ["PAGES", "anchor", "latent_url", "meta_latent_url", "page_url"]
+__all__ = ["PAGES", "anchor", "latent_url", "meta_latent_url", "page_module", "page_url"]

@@ -13,7 +13,7 @@ from canon_pl.sae import BatchTopKSettings, SAEConfig, build_sae
 from canon_pl.viewer import find_runs, find_stitching_results, read_metrics
 from canon_pl.viewer.latents import family_decoders, find_statistics
 from canon_pl.viewer.meta import find_meta_runs
-from canon_pl.viewer.serve import health, serve_viewer
+from tests.viewer_harness import health, serve_viewer
 from tests.helpers import SMALL_DATA, make_trainer
 from tests.viewer_data import build_analysed_run, open_viewer
 

@@ -1,5 +1,6 @@
-"""Start the viewer as ``streamlit run`` (on 127.0.0.1) for scripted use (browser tests, page-time benchmark,
-screenshots), and open it in headless Chromium."""
+"""The browser harness (kept with the tests, out of the package): start the viewer as ``streamlit run`` on
+127.0.0.1 for scripted use (browser tests, the page-time benchmark, the README's screenshots) and open it in
+headless Chromium through Playwright."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-APP = Path(__file__).resolve().parents[2] / "apps" / "viewer.py"
+APP = Path(__file__).resolve().parents[1] / "apps" / "viewer.py"
 # What Chromium needs on a closed network: no background connections, no first-run or component updates.
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync"]

@@ -1,0 +1,125 @@
+"""What the viewer's pages share: sidebar choices kept in the URL (deep links, the back button) and cached readers
+of the files under the checkpoints folder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import streamlit as st
+
+from canon_pl.meta import read_meta_analysis
+from canon_pl.stats import LatentStatistics
+from canon_pl.stats.readable import readability_scores
+from canon_pl.viewer import find_runs, load_pair, member_metrics
+from canon_pl.viewer.latents import (
+    family_decoders,
+    find_statistics,
+    token_html,
+)
+from canon_pl.viewer.links import anchor
+from canon_pl.viewer.meta import (
+    base_location,
+    find_meta_analysis,
+    find_meta_runs,
+)
+from canon_pl.viewer.search import top_centre_tokens
+
+
+def choose(label: str, options: list[str], param: str) -> str:
+    """A sidebar choice that starts at the query parameter ``param`` (a deep link) and writes it back."""
+    asked = st.query_params.get(param)
+    choice = st.sidebar.selectbox(label, options, index=options.index(asked) if asked in options else 0)
+    st.query_params[param] = choice
+    return choice
+
+
+def choose_index(label: str, size: int, param: str) -> int:
+    """A sidebar number in ``[0, size)`` that starts at the query parameter ``param`` and writes it back."""
+    try:
+        asked = min(max(int(st.query_params.get(param, 0)), 0), size - 1)
+    except ValueError:
+        asked = 0
+    value = int(st.sidebar.number_input(label, min_value=0, max_value=size - 1, value=asked))
+    st.query_params[param] = str(value)
+    return value
+
+
+def links(items: list[tuple[object, str]]) -> str:
+    return ", ".join(anchor(text, url) for text, url in items)
+
+
+def tokens_line(title: str, pairs: list[tuple[str, float]]) -> str:
+    """HTML: ``title`` then each token (quoted, shown literally) with its logit."""
+    return f"<b>{title}</b> " + (", ".join(f"<code>{token_html(repr(t))}</code> {v:.2f}" for t, v in pairs) or "—")
+
+
+@st.cache_data(ttl=30)
+def load_runs(root: str) -> list[dict]:
+    return [run.row() | {"_path": str(run.path)} for run in find_runs(root)]
+
+
+@st.cache_data(ttl=30)
+def load_metrics(path: str) -> pd.DataFrame:
+    return member_metrics(Path(path))
+
+
+@st.cache_data(ttl=30)
+def statistics_of(root: str, kind: str | None = "sae") -> dict[str, Path]:
+    return find_statistics(root, kind)
+
+
+@st.cache_data(ttl=30)
+def meta_runs_of(root: str) -> dict[str, Path]:
+    return find_meta_runs(root)
+
+
+@st.cache_data(ttl=30)
+def meta_analysis_of(root: str, run_dir: str, member: str) -> Path | None:
+    return find_meta_analysis(root, Path(run_dir), member)
+
+
+@st.cache_data(ttl=30)
+def base_statistics_of(root: str, base: dict) -> tuple[str, str] | None:
+    return base_location(root, base, statistics_of(root))
+
+
+@st.cache_data(ttl=30)
+def load_stitching(path: str) -> dict:
+    return load_pair(path)
+
+
+@st.cache_resource(ttl=300)
+def open_statistics(path: str) -> LatentStatistics:
+    return LatentStatistics.open(path)
+
+
+@st.cache_resource(ttl=300)
+def load_family_decoders(run_dir: str) -> dict:
+    return family_decoders(Path(run_dir))
+
+
+@st.cache_resource(ttl=300)
+def load_decomposition(path: str):
+    return read_meta_analysis(path, arrays=True)["decomposition"]
+
+
+@st.cache_resource(ttl=300)
+def load_array(stats_dir: str, member: str, key: str):
+    return open_statistics(stats_dir).array(member, key)
+
+
+@st.cache_resource(ttl=300)
+def load_centre_tokens(stats_dir: str, member: str):
+    return top_centre_tokens(open_statistics(stats_dir), member)
+
+
+@st.cache_data(ttl=300)
+def readable_latents(stats_dir: str, member: str, n: int = 20) -> pd.DataFrame:
+    """The ``n`` most readable latents of ``member`` by the report's rule (canon_pl/stats/readable.py)."""
+    stats = open_statistics(stats_dir)
+    frequency = stats.frequencies(member)
+    scores = readability_scores(frequency, load_centre_tokens(stats_dir, member))
+    order = [j for j in scores.argsort(descending=True).tolist() if scores[j] >= 0][:n]
+    return pd.DataFrame({"latent": order, "concentration": [float(scores[j]) for j in order],
+                         "frequency": [float(frequency[j]) for j in order]})

@@ -1,0 +1,75 @@
+"""The Meta-latent page: a meta-latent's member latents and the tokens it promotes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import streamlit as st
+
+from canon_pl.io.layout import RunLayout
+from canon_pl.meta import MetaSAEError, read_meta_analysis
+from canon_pl.viewer.links import latent_url
+from canon_pl.viewer.meta import meta_latent_view
+from viewer_pages.common import (
+    base_statistics_of,
+    choose,
+    choose_index,
+    load_array,
+    load_decomposition,
+    meta_runs_of,
+    open_statistics,
+    statistics_of,
+    tokens_line,
+)
+
+
+def render(root: Path) -> None:
+    st.header("Meta-latent")
+    found = meta_runs_of(str(root))
+    if not found:
+        st.info(f"No meta-SAE analysis under {root}. Train a meta-SAE: `lightning fit --config "
+                f"configs/meta_sae_smollm2.yaml`, or `canon-pl meta-sae checkpoints/<family> --width <w>`.")
+        return
+    label = choose("meta-SAE", list(found), "meta_run")
+    try:
+        summary = read_meta_analysis(found[label])
+        decomposition = load_decomposition(str(found[label]))
+    except MetaSAEError as err:
+        st.error(str(err))
+        return
+    m = choose_index("meta-latent", decomposition.n_meta, "meta")
+    meta_stats_dir = RunLayout(found[label]).stats
+    meta_stats = open_statistics(str(meta_stats_dir)) if (meta_stats_dir / "stats.json").is_file() else None
+    view = meta_latent_view(decomposition, m, meta_stats)
+    base = summary.get("base") or {}
+    st.subheader(f"{label} · meta-latent {m}")
+    cols = st.columns(3)
+    cols[0].metric("member latents", f"{view['n_members']:,}")
+    cols[1].metric("density", f"{view['density']:.2%}", f"of {decomposition.n_base:,} base latents",
+                   delta_color="off")
+    cols[2].metric("base SAE", f"{base.get('width', '?')} latents")
+    if meta_stats is None:
+        st.caption(f"Promoted tokens need the meta-SAE's statistics: `canon-pl stats --run {found[label]}`.")
+    else:
+        left, right = st.columns(2)
+        left.markdown(tokens_line("promoted tokens", view["promoted"]), unsafe_allow_html=True)
+        right.markdown(tokens_line("suppressed tokens", view["suppressed"]), unsafe_allow_html=True)
+    if not view["members"]:
+        st.caption("no base latent uses this meta-latent (dead)")
+        return
+    where = base_statistics_of(str(root), base)
+    members = pd.DataFrame(view["members"], columns=["latent", "activation"])
+    if where is None:
+        st.caption("Latent pages of the members need the base SAE's statistics: `canon-pl stats --run <base run>`.")
+    else:
+        run, member = where
+        stats_dir = str(statistics_of(str(root))[run])
+        promoted = load_array(stats_dir, member, "promoted_tokens")[members["latent"].tolist(), :4]
+        strings = open_statistics(stats_dir).token_strings()
+        members["promoted tokens"] = [" ".join(repr(strings.get(int(t), f"<{int(t)}>")) for t in row)
+                                      for row in promoted]
+        members["page"] = [latent_url(run, member, j) for j in members["latent"]]
+    st.markdown(f"**member latents** ranked by activation (the first {len(members)} of {view['n_members']})")
+    st.dataframe(members, hide_index=True,
+                 column_config={"page": st.column_config.LinkColumn("latent page", display_text="open")})
