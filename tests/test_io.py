@@ -114,3 +114,37 @@ def test_pickle_module_is_not_used_for_exports(exported) -> None:
     _, directory = exported
     with pytest.raises(pickle.UnpicklingError):
         pickle.loads((directory / "sae.safetensors").read_bytes())
+
+
+def _documents(root: Path) -> dict[str, tuple[Path, object]]:
+    """One real document of each kind canon-pl writes: ``{kind: (its JSON, a reader of it)}``."""
+    from canon_pl.io import read_export_config, read_family_manifest, write_family_manifest
+    from canon_pl.stitching import analyze_pair, read_stitching_results, write_stitching_results
+    from tests.test_stitching import random_trained_like
+
+    small, large = random_trained_like(16, seed=1), random_trained_like(32, seed=2)
+    export_sae(small, root / "fam" / "16")
+    export_sae(large, root / "fam" / "32")
+    write_family_manifest(root / "fam", {16: "16", 32: "32"}, small.cfg, tokens=0)
+    results = write_stitching_results(analyze_pair(small, large, torch.randn(200, 32)), root / "fam" / "stitching")
+    return {"export": (root / "fam" / "16" / "cfg.json", lambda: read_export_config(root / "fam" / "16")),
+            "family": (root / "fam" / "family.json", lambda: read_family_manifest(root / "fam")),
+            "stitching": (results, lambda: read_stitching_results(results))}
+
+
+@pytest.mark.parametrize("kind", ["export", "family", "stitching"])
+def test_every_document_records_its_format_and_refuses_a_newer_or_foreign_one(tmp_path: Path, kind: str) -> None:
+    """One versioned document reader: each kind is stamped with format, format_version and the canon-pl version,
+    and a file from a newer canon-pl or of another format gets the same one-line refusal, in the kind's error."""
+    from canon_pl.errors import CanonError
+
+    path, read = _documents(tmp_path)[kind]
+    document = json.loads(path.read_text())
+    assert {"format", "format_version", "canon_pl_version"} <= set(document)
+    read()
+    path.write_text(json.dumps({**document, "format_version": document["format_version"] + 1}))
+    with pytest.raises(CanonError, match="newer than this canon_pl understands .*; upgrade canon_pl"):
+        read()
+    path.write_text(json.dumps({**document, "format": "someone.else"}))
+    with pytest.raises(CanonError, match=f"is not a canon-pl .*no \"format\": \"{document['format']}\""):
+        read()

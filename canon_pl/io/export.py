@@ -19,11 +19,11 @@ from safetensors.torch import save_file
 
 from canon_pl.errors import CanonError
 from canon_pl.io.atomic import atomic_paths, sha256_file
+from canon_pl.io.document import DocumentKind
 from canon_pl.io.validate import (
     STRUCTURAL_ERRORS,
     malformed_as,
     read_consistent,
-    read_json,
 )
 from canon_pl.sae import SAEConfig, SAEConfigError, SparseAutoencoder, build_sae
 
@@ -38,10 +38,10 @@ class CheckpointError(CanonError, ValueError):
     """A file that is not a readable canon-pl SAE: corrupt, truncated, foreign or inconsistent."""
 
 
-def _version() -> str:
-    from canon_pl import __version__
-
-    return __version__
+EXPORT = DocumentKind(FORMAT_NAME, FORMAT_VERSION, "export", CheckpointError,
+                      foreign_hint="it may come from another library (SAELens, sparsify, dictionary_learning, Gemma "
+                                   "Scope): load_sae reads those from their own files")
+"""An export's ``cfg.json``."""
 
 
 def export_sae(
@@ -70,17 +70,14 @@ def export_sae(
     tensors = {key: getattr(folded, key).detach().float().cpu().contiguous() for key in PARAMETER_KEYS}
     with atomic_paths(directory / WEIGHTS_FILE, directory / CONFIG_FILE) as (weights_tmp, config_tmp):
         save_file(tensors, str(weights_tmp), metadata={"format": FORMAT_NAME})
-        cfg = {
-            "format": FORMAT_NAME,
-            "format_version": FORMAT_VERSION,
-            "canon_pl_version": _version(),
+        cfg = EXPORT.stamp({
             "sae": sae.cfg.to_dict(),
             "activation_scale_folded": float(activation_scale),
             "normalize_activations": "none",
             "threshold_initialized": bool(sae.threshold_initialized),
             "weights_sha256": sha256_file(weights_tmp),
             **(extra or {}),
-        }
+        })
         config_tmp.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
     return directory
 
@@ -100,20 +97,7 @@ def read_export_config(directory: str | os.PathLike) -> dict[str, Any]:
     cfg_path = Path(directory) / CONFIG_FILE
     if not cfg_path.is_file():
         raise CheckpointError(f"{cfg_path} not found: a canon-pl export is a folder with {CONFIG_FILE} and {WEIGHTS_FILE}")
-    cfg = read_json(cfg_path, CheckpointError, "canon-pl export config (the export is corrupt: re-export it)")
-    if not isinstance(cfg, dict) or cfg.get("format") != FORMAT_NAME:
-        raise CheckpointError(
-            f"{cfg_path} is not a canon-pl export (no \"format\": \"{FORMAT_NAME}\"); it may come from another "
-            f"library (SAELens, sparsify, dictionary_learning): those formats are not readable yet"
-        )
-    if not isinstance(cfg.get("format_version", 0), int):
-        raise CheckpointError(f"{cfg_path} is malformed: \"format_version\" must be an integer; re-export the SAE")
-    if cfg.get("format_version", 0) > FORMAT_VERSION:
-        raise CheckpointError(
-            f"{cfg_path} has format_version {cfg['format_version']}, newer than this canon_pl understands "
-            f"({FORMAT_VERSION}); upgrade canon_pl"
-        )
-    return cfg
+    return EXPORT.read(cfg_path, " config (the export is corrupt: re-export it)")
 
 
 def load_export(directory: str | os.PathLike, device: str | torch.device = "cpu") -> SparseAutoencoder:

@@ -8,24 +8,22 @@ from pathlib import Path
 from typing import Any
 
 from canon_pl.io.atomic import atomic_write_json
+from canon_pl.io.document import DocumentKind
 from canon_pl.io.export import CheckpointError
-from canon_pl.io.validate import read_json
 from canon_pl.sae import SAEConfig, SparseAutoencoder
 
 MANIFEST_FILE = "family.json"
 FORMAT_NAME = "canon_pl.family"
+FAMILY = DocumentKind(FORMAT_NAME, 1, "family manifest", CheckpointError)
+"""A family folder's ``family.json``."""
 
 
 def write_family_manifest(directory: str | os.PathLike, members: dict[int, str], cfg: SAEConfig, tokens: int,
                           controls: dict[str, dict[str, int]] | None = None) -> Path:
     """Record ``members`` (width -> export folder relative to ``directory``), the seed ``controls`` (export folder ->
     ``{"width", "init_seed"}``: the same width from another initialisation) and what they share."""
-    from canon_pl import __version__
-
     path = Path(directory) / MANIFEST_FILE
-    atomic_write_json(path, {
-        "format": FORMAT_NAME,
-        "canon_pl_version": __version__,
+    atomic_write_json(path, FAMILY.stamp({
         "widths": sorted(members),
         "members": {str(w): members[w] for w in sorted(members)},
         "controls": {name: {"width": int(c["width"]), "init_seed": int(c["init_seed"])}
@@ -36,7 +34,7 @@ def write_family_manifest(directory: str | os.PathLike, members: dict[int, str],
         "hook_point": cfg.hook_point,
         "model_id": cfg.model_id,
         "tokens": int(tokens),
-    })
+    }))
     return path
 
 
@@ -44,9 +42,7 @@ def read_family_manifest(directory: str | os.PathLike) -> dict[str, Any]:
     path = Path(directory) / MANIFEST_FILE
     if not path.is_file():
         raise CheckpointError(f"{path} not found: a family folder holds {MANIFEST_FILE} and one export per width")
-    manifest = read_json(path, CheckpointError, "family manifest")
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_NAME:
-        raise CheckpointError(f"{path} is not a canon-pl family manifest (no \"format\": \"{FORMAT_NAME}\")")
+    manifest = FAMILY.read(path)
     members = manifest.get("members")
     if not (isinstance(members, dict) and members and all(
             isinstance(w, str) and w.isdigit() and isinstance(f, str) and f for w, f in members.items())):

@@ -1,6 +1,7 @@
 """Analysis results on disk: a JSON summary plus a safetensors file of arrays, written atomically (arrays first).
 
-Used by the stitching and meta-SAE analyses; each names its ``format`` and its own error type.
+Used by the stitching and meta-SAE analyses; each is a :class:`~canon_pl.io.document.DocumentKind` (its format,
+version and error type).
 """
 
 from __future__ import annotations
@@ -16,32 +17,31 @@ from safetensors.torch import save_file
 from torch import Tensor
 
 from canon_pl.io.atomic import atomic_paths, sha256_file
-from canon_pl.io.validate import STRUCTURAL_ERRORS, read_consistent, read_json
+from canon_pl.io.document import DocumentKind
+from canon_pl.io.validate import STRUCTURAL_ERRORS, read_consistent
 
 
 def write_results(directory: str | os.PathLike, name: str, summary: dict[str, Any], arrays: dict[str, Tensor],
-                  format_name: str) -> Path:
+                  kind: DocumentKind) -> Path:
     """Write ``<name>.safetensors`` and ``<name>.json`` (the summary, pointing at the arrays), renamed into place
     together once both are written; returns the JSON."""
     directory = Path(directory)
     with atomic_paths(directory / f"{name}.safetensors", directory / f"{name}.json") as (arrays_tmp, summary_tmp):
         save_file({k: v.detach().cpu().contiguous() for k, v in arrays.items()}, str(arrays_tmp),
-                  metadata={"format": format_name})
-        document = {**summary, "arrays": f"{name}.safetensors", "arrays_sha256": sha256_file(arrays_tmp)}
+                  metadata={"format": kind.format})
+        document = kind.stamp({**summary, "arrays": f"{name}.safetensors", "arrays_sha256": sha256_file(arrays_tmp)})
         summary_tmp.write_text(json.dumps(document, indent=2, sort_keys=True) + "\n")
     return directory / f"{name}.json"
 
 
-def read_results(path: str | os.PathLike, format_name: str, what: str, error: type[Exception],
-                 arrays: bool = False) -> dict[str, Any]:
+def read_results(path: str | os.PathLike, kind: DocumentKind, arrays: bool = False) -> dict[str, Any]:
     """The summary in ``path``; with ``arrays=True`` its arrays replace ``summary["arrays"]``. Anything unreadable,
-    foreign or missing raises ``error`` naming the file (``what`` describes it: "stitching results file")."""
+    foreign, newer or missing raises ``kind.error`` naming the file."""
     path = Path(path)
+    error = kind.error
 
     def read_summary() -> dict[str, Any]:
-        summary = read_json(path, error, what)
-        if not isinstance(summary, dict) or summary.get("format") != format_name:
-            raise error(f"{path} is not a canon-pl {what} (no \"format\": \"{format_name}\")")
+        summary = kind.read(path)
         name = summary.get("arrays")
         if not isinstance(name, str) or Path(name).name != name:
             raise error(f"{path} is malformed: \"arrays\" must name a file next to it; re-run the analysis")

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from canon_pl.io.document import DocumentKind
 from canon_pl.io.results import read_results, write_results
 from canon_pl.io.validate import STRUCTURAL_ERRORS
 from canon_pl.meta.decomposition import (
@@ -37,6 +38,8 @@ from canon_pl.stitching.path import reconstruction
 FORMAT_NAME = "canon_pl.meta_sae_analysis"
 FORMAT_VERSION = 2
 """2: uncentred FVE, the PCA caps and the floors (initial decoder, random unit rows); an optional ``width_sweep``."""
+META_ANALYSIS = DocumentKind(FORMAT_NAME, FORMAT_VERSION, "meta-SAE analysis", MetaSAEError)
+"""A meta-SAE analysis JSON (docs/meta_sae_results.md)."""
 ANALYSIS_NAME = "analysis"
 FLOOR_NAMES = ("random_rows", "initial_decoder")
 """The floors a meta-SAE's FVE is read against, as keys of ``floors`` in an analysis (``initial_decoder`` is
@@ -207,7 +210,7 @@ def _baselines(meta: SparseAutoencoder, rows: Tensor, smaller: dict[int, SparseA
 
 def write_meta_analysis(analysis: MetaAnalysis, directory: str | os.PathLike) -> Path:
     """Write ``analysis.safetensors`` then ``analysis.json`` (atomically) into ``directory``; returns the JSON path."""
-    return write_results(directory, ANALYSIS_NAME, analysis.summary, analysis.arrays, FORMAT_NAME)
+    return write_results(directory, ANALYSIS_NAME, analysis.summary, analysis.arrays, META_ANALYSIS)
 
 
 def read_meta_analysis(path: str | os.PathLike, arrays: bool = False) -> dict[str, Any]:
@@ -216,7 +219,7 @@ def read_meta_analysis(path: str | os.PathLike, arrays: bool = False) -> dict[st
     path = Path(path)
     if path.is_dir():
         path = path / f"{ANALYSIS_NAME}.json"
-    summary = read_results(path, FORMAT_NAME, "meta-SAE analysis", MetaSAEError, arrays)
+    summary = read_results(path, META_ANALYSIS, arrays)
     if arrays:
         tensors = summary["arrays"]
         try:

@@ -18,6 +18,7 @@ from torch import Tensor
 
 from canon_pl.errors import CanonError
 from canon_pl.io.atomic import atomic_paths, sha256_file
+from canon_pl.io.document import DocumentKind
 from canon_pl.io.validate import STRUCTURAL_ERRORS, expect, read_json
 from canon_pl.meta import MetaDecomposition
 from canon_pl.stats.collect import HIST_EDGES, LatentStatsCollector
@@ -31,6 +32,10 @@ TOKENS_FILE = "tokens.json"
 
 class StatsError(CanonError, ValueError):
     """Statistics that cannot be computed or read as asked (wrong model or hook point, corrupt or foreign files)."""
+
+
+STATS_INDEX = DocumentKind(FORMAT_NAME, FORMAT_VERSION, "statistics index", StatsError)
+"""A statistics folder's ``stats.json``."""
 
 
 def _write_set(directory: Path, files: dict[str, Any]) -> Path:
@@ -81,9 +86,8 @@ def write_statistics(directory: str | os.PathLike, collectors: dict[str, LatentS
             "suppressed_tokens": suppressed, "suppressed_logits": suppressed_v,
         }
         members[name] = {"file": f"{name}.safetensors", "d_sae": c.sae.d_sae, "n_tokens": c.n_tokens}
-    files[INDEX_FILE] = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "members": members,
-                         "window": next(iter(collectors.values())).window,
-                         "histogram_log10_edges": HIST_EDGES.tolist(), **meta}
+    files[INDEX_FILE] = STATS_INDEX.stamp({"members": members, "window": next(iter(collectors.values())).window,
+                                           "histogram_log10_edges": HIST_EDGES.tolist(), **meta})
     return _write_set(Path(directory), files)
 
 
@@ -108,9 +112,9 @@ def write_meta_statistics(directory: str | os.PathLike, decomposition: MetaDecom
                              "fire_count": torch.bincount(decomposition.meta, minlength=n),
                              "promoted_tokens": promoted, "promoted_logits": promoted_v,
                              "suppressed_tokens": suppressed, "suppressed_logits": suppressed_v},
-        INDEX_FILE: {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "kind": "meta_sae",
-                     "members": {"meta": {"file": "meta.safetensors", "d_sae": n, "n_tokens": decomposition.n_base}},
-                     **meta},
+        INDEX_FILE: STATS_INDEX.stamp({
+            "kind": "meta_sae", "members": {"meta": {"file": "meta.safetensors", "d_sae": n,
+                                                     "n_tokens": decomposition.n_base}}, **meta}),
     })
 
 
@@ -142,13 +146,7 @@ class LatentStatistics:
     @staticmethod
     def _read_index(directory: Path) -> dict[str, Any]:
         path = directory / INDEX_FILE
-        index = read_json(path, StatsError, "statistics index (run canon-pl stats)")
-        if not isinstance(index, dict) or index.get("format") != FORMAT_NAME:
-            raise StatsError(f"{path} is not a canon-pl statistics index")
-        version = index.get("format_version", 0)
-        expect(isinstance(version, int), StatsError, f"{path} is malformed: \"format_version\" is not an integer")
-        if version > FORMAT_VERSION:
-            raise StatsError(f"{path} has a newer format version; upgrade canon_pl")
+        index = STATS_INDEX.read(path, " (run canon-pl stats)")
         members = index.get("members")
         expect(isinstance(members, dict) and all(
             isinstance(m, dict) and isinstance(m.get("file"), str) and m["file"] and "/" not in m["file"]

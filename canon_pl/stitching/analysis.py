@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from canon_pl.io.document import DocumentKind
 from canon_pl.io.layout import RunLayout
 from canon_pl.io.results import read_results, write_results
 from canon_pl.metrics import SplicedLanguageModelLoss
@@ -43,6 +44,8 @@ from canon_pl.stitching.stitched import StitchedSAE, latent_thresholds
 FORMAT_NAME = "canon_pl.stitching"
 FORMAT_VERSION = 2
 """2: per-latent classification by the definition, the moved/stuck split, the cross-seed control, path excess."""
+STITCHING_RESULTS = DocumentKind(FORMAT_NAME, FORMAT_VERSION, "stitching results file", StitchingError)
+"""A stitching results JSON (docs/stitching_results.md)."""
 SUMMARY_POINTS = 256
 """Path points kept in the JSON summary (the safetensors file holds all of them)."""
 
@@ -281,9 +284,9 @@ def settings_mismatch(summaries: dict[str, dict[str, Any]]) -> str | None:
 def write_stitching_results(result: StitchingResult, directory: str | os.PathLike, name: str | None = None) -> Path:
     """Write ``<name>.safetensors`` then ``<name>.json`` (default name ``<d_small>_<d_large>``); returns the JSON."""
     name = name or RunLayout.pair_name(result.summary["small"]["d_sae"], result.summary["large"]["d_sae"])
-    return write_results(directory, name, result.summary, _arrays(result), FORMAT_NAME)
+    return write_results(directory, name, result.summary, _arrays(result), STITCHING_RESULTS)
 
 
 def read_stitching_results(path: str | os.PathLike, arrays: bool = False) -> dict[str, Any]:
     """The summary of a results JSON; with ``arrays=True`` also ``summary["arrays"]`` as a dict of tensors."""
-    return read_results(path, FORMAT_NAME, "stitching results file", StitchingError, arrays)
+    return read_results(path, STITCHING_RESULTS, arrays)

@@ -1,0 +1,56 @@
+"""canon-pl's JSON documents, stated once: each kind (an export's ``cfg.json``, a family manifest, analysis results,
+a statistics index) names its ``format`` and ``format_version``; writers stamp both (and the canon-pl version), and
+every reader checks them the same way before it trusts anything else in the file.
+
+A document that names another format, or a newer version than this canon-pl reads, is refused with the kind's own
+error type, the file and what to do.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from canon_pl.io.validate import read_json
+
+
+@dataclass(frozen=True)
+class DocumentKind:
+    """One kind of document: ``format`` (``canon_pl.sae``), the ``version`` this code writes and reads up to, what
+    to call it in errors (``what``), the error type, and ``foreign_hint``: a sentence for a file of another format."""
+
+    format: str
+    version: int
+    what: str
+    error: type[Exception]
+    foreign_hint: str = ""
+
+    def stamp(self, document: dict[str, Any]) -> dict[str, Any]:
+        """``document`` with ``format``, ``format_version`` and ``canon_pl_version`` (what every writer records)."""
+        from canon_pl import __version__
+
+        return {"format": self.format, "format_version": self.version, "canon_pl_version": __version__, **document}
+
+    def check(self, document: Any, path: str | os.PathLike) -> dict[str, Any]:
+        """``document`` when it is a dict of this format at a version this code reads (a missing version is 0, what
+        canon-pl wrote before it recorded one); else :attr:`error` naming ``path``."""
+        if not isinstance(document, dict) or document.get("format") != self.format:
+            hint = f"; {self.foreign_hint}" if self.foreign_hint else ""
+            raise self.error(f"{path} is not a canon-pl {self.what} (no \"format\": \"{self.format}\"){hint}")
+        version = document.get("format_version", 0)
+        if isinstance(version, bool) or not isinstance(version, int):
+            raise self.error(f"{path} is malformed: \"format_version\" must be an integer; write it again")
+        if version > self.version:
+            raise self.error(f"{path} has format_version {version}, newer than this canon_pl understands "
+                             f"({self.version}); upgrade canon_pl")
+        return document
+
+    def read(self, path: str | os.PathLike, what_else: str = "") -> dict[str, Any]:
+        """Read and :meth:`check` the document at ``path`` (size-limited, one clear error when unreadable);
+        ``what_else`` is added to the unreadable-file message (the fix)."""
+        return self.check(read_json(Path(path), self.error, f"{self.what}{what_else}"), path)
+
+
+__all__ = ["DocumentKind"]
