@@ -102,9 +102,15 @@ LIGHTNING_COMMANDS = {
 def command_summary(name: str) -> str:
     """The one-line summary of a ``canon-pl`` command: what follows the usage in its docstring's first line (the
     command module's docstring for those in ``canon_pl/commands/``)."""
+    import ast
+    import importlib.util
+
     if name in LIGHTNING_COMMANDS:
         return LIGHTNING_COMMANDS[name]
-    doc = command_module(name).__doc__ or ""
+    # the docstring read from the source, not by importing the module (which imports torch and Lightning: seconds)
+    origin = importlib.util.find_spec(f"canon_pl.commands.{name.replace('-', '_')}").origin
+    with open(origin, encoding="utf-8") as source:
+        doc = ast.get_docstring(ast.parse(source.read())) or ""
     first = doc.strip().splitlines()[0] if doc.strip() else ""
     return first.split("``: ", 1)[-1].rstrip(".").replace("``", "")
 

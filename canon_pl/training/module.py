@@ -148,7 +148,6 @@ class SAEFamilyModule(L.LightningModule):
         self.settings = AttributeDict(settings)
         if b_dec_init not in ("mean", "zeros"):
             raise ValueError(f"b_dec_init must be 'mean' or 'zeros', got {b_dec_init!r}")
-        self.lr_schedule = self.settings.optimizer
         self.widths = check_widths(list(widths), base_width)
         self.member_specs = self._member_specs(control_seeds or [], control_widths)
         self.members = nn.ModuleDict({key: self._build_member(w, seed) for key, (w, seed) in self.member_specs.items()})
@@ -392,12 +391,12 @@ class SAEFamilyModule(L.LightningModule):
         """Adam over every member at its own learning rate, under the ``optimizer`` settings' schedule (a ``LambdaLR``
         stepped every optimizer step; its position is saved in every checkpoint)."""
         groups = [{"params": list(sae.parameters()), "lr": self.learning_rates[key]} for key, sae in self.members.items()]
-        optimizer = torch.optim.Adam(groups, betas=self.settings.optimizer.betas)
-        if self.lr_schedule.is_constant:
+        schedule = self.settings.optimizer
+        optimizer = torch.optim.Adam(groups, betas=schedule.betas)
+        if schedule.is_constant:
             return optimizer
         max_steps = int(self.trainer.max_steps) if self._trainer is not None else -1
-        self.lr_schedule.check_fits(max_steps)
-        schedule = self.lr_schedule
+        schedule.check_fits(max_steps)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(schedule, step, max_steps))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
