@@ -118,3 +118,30 @@ def test_help_lists_every_subcommand_with_what_it_does(tmp_path: Path) -> None:
     for name in ("fit", "stitch", "pipeline"):
         own = run_cli(name, "--help", cwd=tmp_path, script="canon-pl")
         assert own.returncode == 0 and "usage:" in own.stdout, own.stderr
+
+
+def test_every_command_takes_flags_spelt_like_lightning_and_the_pipeline_yaml(tmp_path: Path) -> None:
+    """One spelling works everywhere: ``canon-pl stitch --ce_points 3`` as ``canon-pl fit --trainer.max_steps 3`` and
+    the pipeline YAML's ``ce_points: 3``; the dashed ``--ce-points`` is accepted too and means the same."""
+    import inspect
+
+    from canon_pl.cli import COMMANDS, command_module
+    from canon_pl.commands.args import command_parser
+
+    for name in COMMANDS:
+        function = getattr(command_module(name), name.replace("-", "_"))
+        parser = command_parser(function, f"canon-pl {name}")
+        flags = {flag for action in parser._actions for flag in action.option_strings}
+        for parameter in inspect.signature(function).parameters.values():
+            if parameter.kind is not inspect.Parameter.KEYWORD_ONLY or parameter.name == "sources":
+                continue
+            own = f"--{parameter.name}" if parameter.default is not True else f"--no_{parameter.name}"
+            assert own in flags, f"canon-pl {name} lacks {own}"
+            assert "--" + own[2:].replace("_", "-") in flags, f"canon-pl {name} lacks the dashed {own}"
+    stitch = getattr(command_module("stitch"), "stitch")
+    parser = command_parser(stitch, "canon-pl stitch")
+    underscored = parser.parse_args(["a", "--data", "d", "--ce_points", "3"])
+    dashed = parser.parse_args(["a", "--data", "d", "--ce-points", "3"])
+    assert vars(underscored) == vars(dashed) and underscored.ce_points == 3
+    help_text = run_cli("stitch", "--help", cwd=tmp_path, script="canon-pl").stdout
+    assert "--ce_points" in help_text

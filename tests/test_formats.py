@@ -283,7 +283,7 @@ def test_a_family_assembled_from_other_libraries_runs_stitching_and_meta_saes(tm
     sources = [str(tmp_path / "gemma"), str(tmp_path / "saelens_8"), str(tmp_path / "saelens_16")]
 
     refused = run_cli("family", "--from", *sources, "--out", str(tmp_path / "fam"), cwd=tmp_path, script="canon-pl")
-    assert refused.returncode == 2 and "disagree on hook_point" in refused.stderr and "--hook-point" in refused.stderr
+    assert refused.returncode == 2 and "disagree on hook_point" in refused.stderr and "--hook_point" in refused.stderr
     made = run_cli("family", "--from", *sources, "--out", str(tmp_path / "fam"), "--hook-point",
                    "blocks.8.hook_resid_pre", "--model", "gpt2", cwd=tmp_path, script="canon-pl")
     assert made.returncode == 0, made.stderr[-2000:]

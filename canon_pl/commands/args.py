@@ -1,7 +1,9 @@
 """Each ``canon-pl`` command is a typed function; its signature and docstring make its command line.
 
 - Parameters before ``*`` are positional arguments (optional when they have a default); keyword-only ones are
-  ``--flags`` with dashes for underscores (required when they have no default).
+  ``--flags`` spelt like the parameter (required when they have no default): ``--ce_points``, the style of
+  ``canon-pl fit --trainer.max_steps`` and of the pipeline YAML's stage options, so one spelling works everywhere;
+  the dashed spelling (``--ce-points``) is accepted as well.
 - ``int``, ``float``, ``str`` (and ``X | None``) parse as that type; ``list[X]`` takes one or more values;
   ``Literal[...]`` gives choices; ``bool`` is a switch (``--x`` when the default is ``False``, ``--no-x`` when it is
   ``True``). ``Annotated[X, "--name"]`` names the flag otherwise (``--from`` for a parameter ``sources``).
@@ -56,6 +58,12 @@ def _unwrap(annotation: Any) -> tuple[Any, str | None]:
     return annotation, flag
 
 
+def _spellings(flag: str) -> list[str]:
+    """``--ce_points`` and its dashed alias ``--ce-points`` (just the flag when it has no underscore)."""
+    dashed = "--" + flag[2:].replace("_", "-")
+    return [flag] if dashed == flag else [flag, dashed]
+
+
 def command_parser(function: Callable[..., Any], prog: str, description: str | None = None) -> argparse.ArgumentParser:
     """The ``argparse`` parser of ``function`` (see the module docstring for the rules)."""
     parser = argparse.ArgumentParser(prog=prog, description=description or inspect.getdoc(function))
@@ -80,17 +88,18 @@ def command_parser(function: Callable[..., Any], prog: str, description: str | N
                 options.update(nargs="?", default=parameter.default)
             parser.add_argument(name, **options)
             continue
-        flag = flag or "--" + name.replace("_", "-")
+        flag = flag or "--" + name
         if kind is bool:
             default = bool(parameter.default) if has_default else False
-            flag = ("--no-" + flag[2:]) if default else flag
-            parser.add_argument(flag, dest=name, action="store_false" if default else "store_true", help=text)
+            flag = ("--no_" + flag[2:]) if default else flag
+            parser.add_argument(*_spellings(flag), dest=name, action="store_false" if default else "store_true",
+                                help=text)
             continue
         if has_default:
             options["default"] = parameter.default
         else:
             options["required"] = True
-        parser.add_argument(flag, dest=name, **options)
+        parser.add_argument(*_spellings(flag), dest=name, **options)
     return parser
 
 

@@ -28,7 +28,7 @@ def cache(*, config: str, out: str, tokens: int, val_tokens: int = 131_072,
     from canon_pl.checks import check_counts, check_device, check_output_folder, default_device
 
     check_counts(**{"--tokens": tokens})
-    check_counts(0, **{"--val-tokens": val_tokens})
+    check_counts(0, **{"--val_tokens": val_tokens})
     check_output_folder(out)
     if device:
         check_device(device)

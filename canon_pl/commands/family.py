@@ -61,7 +61,7 @@ def _check_family(saes: list, sources: list[str]) -> None:
         values = {getattr(sae.cfg, field) for sae in saes}
         if len(values) > 1:
             raise CheckpointError(f"the SAEs disagree on {field} ({sorted(map(str, values))}); a family shares one "
-                                  f"(pass --{field.replace('_id', '').replace('_', '-')} if they are the same one "
+                                  f"(pass --{field.replace('_id', '')} if they are the same one "
                                   f"under different names):\n  " + "\n  ".join(described))
 
 

@@ -40,8 +40,8 @@ def meta_sae(*, sae: str, width: int | None = None, d_sae: int | None = None, d_
             default: as many as --steps; 0 skips them)
         sweep_d_sae_per_d_in: also train meta-SAEs of these widths (multiples of d_in; the paper's is 3) as long as
             the floors, each with its own floors and PCA cap (analysis.json width_sweep)
-        encoder_bias: learn the encoder bias (--no-encoder-bias: none, as the authors' meta-SAE; pair with
-            --b-dec-init zeros)
+        encoder_bias: learn the encoder bias (--no_encoder_bias: none, as the authors' meta-SAE; pair with
+            --b_dec_init zeros)
         b_dec_init: decoder bias at the start: the mean row or 0 (the authors' meta-SAE)
         out: output folder (default checkpoints/meta_sae_<width>)
         accelerator: auto, cpu, gpu
@@ -62,31 +62,31 @@ def meta_sae(*, sae: str, width: int | None = None, d_sae: int | None = None, d_
     )
     from canon_pl.training.meta import META_SAE_SETTINGS
 
-    check_counts(**{"--k": k, "--steps": steps, "--batch-size": batch_size, "--tokens": tokens})
-    check_counts(0, **{"--baseline-steps": baseline_steps})
+    check_counts(**{"--k": k, "--steps": steps, "--batch_size": batch_size, "--tokens": tokens})
+    check_counts(0, **{"--baseline_steps": baseline_steps})
     check_positive(**{"--lr": lr})
     if d_sae is not None:
-        check_counts(**{"--d-sae": d_sae})
+        check_counts(**{"--d_sae": d_sae})
     if floor_steps is not None:
-        check_counts(0, **{"--floor-steps": floor_steps})
+        check_counts(0, **{"--floor_steps": floor_steps})
     if d_sae_per_d_in is not None:
-        check_positive(**{"--d-sae-per-d-in": d_sae_per_d_in})
+        check_positive(**{"--d_sae_per_d_in": d_sae_per_d_in})
     if out:
         check_output_folder(out)
     rows = DecoderRowsDataModule(sae, width=width, batch_size=batch_size, seed=seed)
     n_rows = rows.rows.shape[0]
     if d_sae and d_sae_per_d_in:
-        raise SettingError("give --d-sae or --d-sae-per-d-in, not both")
+        raise SettingError("give --d_sae or --d_sae_per_d_in, not both")
     if d_sae_per_d_in:
         n_meta = max(1, round(d_sae_per_d_in * rows.d_in))
     else:
         n_meta = d_sae or max(1, round(n_rows / 21))
     check_meta_width(n_rows, n_meta)
     for multiple in sweep_d_sae_per_d_in or []:  # refused before any training, not after the meta-SAE
-        check_positive(**{"--sweep-d-sae-per-d-in": multiple})
+        check_positive(**{"--sweep_d_sae_per_d_in": multiple})
         check_meta_width(n_rows, max(1, round(multiple * rows.d_in)))
     if sweep_d_sae_per_d_in and floor_steps == 0:
-        raise SettingError("a width sweep trains as long as the floors; drop --floor-steps 0")
+        raise SettingError("a width sweep trains as long as the floors; drop --floor_steps 0")
     out_dir = Path(out) if out else check_output_folder(RunLayout("checkpoints").meta_sae(n_rows))
     L.seed_everything(seed, verbose=False)
     settings = dataclasses.replace(META_SAE_SETTINGS, k=k, encoder_bias=encoder_bias)

@@ -57,11 +57,11 @@ def check_source(saes: dict[str, SparseAutoencoder], model: str | None, hook_poi
         raise StatsError(f"the run was exported for model {run_model!r} but --model {model!r} was asked for; "
                          f"statistics must use the activations the SAEs were trained on")
     if hook_point and run_hook and hook_point != run_hook:
-        raise StatsError(f"the run was exported for hook point {run_hook!r} but --hook-point {hook_point!r} was "
+        raise StatsError(f"the run was exported for hook point {run_hook!r} but --hook_point {hook_point!r} was "
                          f"asked for; statistics must use the activations the SAEs were trained on")
     model, hook_point = model or run_model, hook_point or run_hook
     if not model or not hook_point:
-        raise StatsError("the run records no model_id/hook_point: pass --model and --hook-point")
+        raise StatsError("the run records no model_id/hook_point: pass --model and --hook_point")
     return model, hook_point
 
 
@@ -90,7 +90,7 @@ def stats(*, run: str, tokens: int = 65536, text: str | None = None, model: str 
     from canon_pl.lm.source import ActivationSource, CaptureSettings
 
     check_counts(**{"--tokens": tokens, "--top": top, "--samples": samples,
-                    "--contexts-per-forward": contexts_per_forward})
+                    "--contexts_per_forward": contexts_per_forward})
     check_counts(0, **{"--window": window})
     check_device(device)
     run_dir = Path(run)
@@ -102,7 +102,7 @@ def stats(*, run: str, tokens: int = 65536, text: str | None = None, model: str 
     model_id, hook_point = check_source(saes, model, hook_point)
     provenance = training_data(first_export(run_dir))
     if context_length is not None and context_length < 2:  # None: the run's; 0 is the user's, refused
-        raise StatsError(f"--context-length must be at least 2 (BOS and one token), got {context_length}")
+        raise StatsError(f"--context_length must be at least 2 (BOS and one token), got {context_length}")
     settings = CaptureSettings.like_training(provenance, model=model_id, hook_point=hook_point,
                                              text=text or provenance.get("text") or CaptureSettings.text,
                                              context_length=context_length)

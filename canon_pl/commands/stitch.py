@@ -95,7 +95,7 @@ def stitch(small: str, large: str | None = None, *, data: str, tokens: int = 819
     """
     check_tau(tau)
     check_counts(**{"--tokens": tokens})
-    check_counts(0, **{"--ce-points": ce_points})
+    check_counts(0, **{"--ce_points": ce_points})
     check_device(device)
     pairs, out_dir = _pairs(small, large, control, out, device)
     check_output_folder(out_dir)  # before the analysis, not after it
@@ -103,7 +103,7 @@ def stitch(small: str, large: str | None = None, *, data: str, tokens: int = 819
                                       hook_point=hook_point, device=device,
                                       provenance=training_data(pairs[0]["names"][0]))
     if ce_points and spliced is None:
-        warnings.warn("--ce-points needs text data (the LM runs on tokens); skipped for an activation cache")
+        warnings.warn("--ce_points needs text data (the LM runs on tokens); skipped for an activation cache")
     for pair in pairs:
         result = analyze_pair(activations=x, tau=tau, spliced_loss=spliced, ce_points=ce_points, progress=True,
                               data=data, **pair)

@@ -40,7 +40,7 @@ def cache_activations(path: str | Path, n_tokens: int, d_in: int, model_id: str 
     held_out = index.split_ids("val")
     if not held_out:
         raise AnalysisDataError(f"the activation cache at {path} has no held-out part (analyses never read training "
-                                f"tokens): rebuild it with canon-pl cache --val-tokens N, or pass a text source")
+                                f"tokens): rebuild it with canon-pl cache --val_tokens N, or pass a text source")
     pieces, have = [], 0
     for i in held_out:
         if have >= n_tokens:
@@ -90,7 +90,7 @@ def analysis_activations(data: str, n_tokens: int, sae: SparseAutoencoder, ce: b
     model, hook_point = model or sae.cfg.model_id, hook_point or sae.cfg.hook_point
     if not model or not hook_point:
         raise AnalysisDataError(f"the SAE records no model_id/hook_point, so text data {data!r} cannot be captured: "
-                                f"pass the model and hook point (--model, --hook-point)")
+                                f"pass the model and hook point (--model, --hook_point)")
     x, spliced = text_activations(data, n_tokens, model, hook_point, ce, device, provenance)
     if x.shape[1] != sae.d_in:
         raise AnalysisDataError(f"{hook_point} of {model} gives {x.shape[1]}-dimensional activations but the SAE "
