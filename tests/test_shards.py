@@ -67,6 +67,30 @@ def test_corrupt_shard_is_named(cache) -> None:
         ShardIndex.load(path).read_shard(1)
 
 
+def test_the_index_says_its_format_and_an_older_unstamped_one_still_reads(cache, tmp_path: Path) -> None:
+    """A cache names its format and version like every canon-pl document; one written before it did (no ``format``)
+    reads as before, while a newer version or another canon-pl document in its place is refused by name."""
+    import json
+    import shutil
+
+    path, original = cache
+    written = json.loads((path / "index.json").read_text())
+    assert written["format"] == "canon_pl.activation_cache" and written["format_version"] == 1
+    old = tmp_path / "old"
+    shutil.copytree(path, old)
+    unstamped = {key: value for key, value in written.items() if key not in ("format", "format_version",
+                                                                              "canon_pl_version")}
+    (old / "index.json").write_text(json.dumps(unstamped))
+    index = ShardIndex.load(old)
+    assert torch.equal(torch.cat([index.read_shard(i) for i in range(len(index.shards))]), original)
+    (old / "index.json").write_text(json.dumps({**written, "format_version": 99}))
+    with pytest.raises(ShardError, match="format_version 99, newer than this canon_pl"):
+        ShardIndex.load(old)
+    (old / "index.json").write_text(json.dumps({**written, "format": "canon_pl.sae"}))
+    with pytest.raises(ShardError, match="not a canon-pl activation-cache index.*canon-pl cache"):
+        ShardIndex.load(old)
+
+
 def test_empty_or_missing_cache_fails_clearly(tmp_path: Path) -> None:
     with pytest.raises(ShardError, match="index.json not found"):
         ShardIndex.load(tmp_path)

@@ -21,7 +21,8 @@ from torch import Tensor
 
 from canon_pl.errors import CanonError
 from canon_pl.io.atomic import atomic_path, atomic_write_json, sha256_file
-from canon_pl.io.validate import STRUCTURAL_ERRORS, malformed_as, read_json
+from canon_pl.io.document import DocumentKind
+from canon_pl.io.validate import STRUCTURAL_ERRORS, malformed_as
 
 INDEX_FILE = "index.json"
 TENSOR_KEY = "activations"
@@ -30,6 +31,12 @@ DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.
 
 class ShardError(CanonError, ValueError):
     """An activation cache that is missing, empty, corrupt or inconsistent with its index."""
+
+
+CACHE_INDEX = DocumentKind("canon_pl.activation_cache", 1, "activation-cache index", ShardError,
+                           "point at a folder written by `canon-pl cache`", unstamped_is_v0=True)
+"""``index.json``: version 1 stamps format and version; an index without them (older canon-pl, or one written by
+hand in the same layout) is read as version 0."""
 
 
 @dataclass
@@ -68,7 +75,7 @@ class ShardIndex:
         path = directory / INDEX_FILE
         if not path.is_file():
             raise ShardError(f"no activation cache at {directory}: {INDEX_FILE} not found (write one with write_activation_shards)")
-        raw = read_json(path, ShardError, "activation-cache index")
+        raw = CACHE_INDEX.read(path)
         with malformed_as(ShardError, path, "rebuild the cache"):
             index = cls(directory, int(raw["d_in"]), str(raw["dtype"]), list(raw["shards"]), dict(raw.get("metadata", {})))
         if index.d_in <= 0 or index.dtype not in DTYPES or not all(
@@ -158,8 +165,8 @@ def write_activation_shards(
         if d_in is None or not shards:
             raise ShardError("no activations to write: the source yielded nothing")
         index = ShardIndex(directory, d_in, dtype, shards, dict(metadata or {}))
-        atomic_write_json(directory / INDEX_FILE, {"d_in": d_in, "dtype": dtype, "shards": shards,
-                                                   "metadata": index.metadata, "n_tokens": index.n_tokens})
+        atomic_write_json(directory / INDEX_FILE, CACHE_INDEX.stamp({
+            "d_in": d_in, "dtype": dtype, "shards": shards, "metadata": index.metadata, "n_tokens": index.n_tokens}))
     except BaseException:
         for entry in shards:  # a failed or interrupted write leaves the folder as it was
             (directory / entry["file"]).unlink(missing_ok=True)

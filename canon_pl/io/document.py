@@ -19,13 +19,16 @@ from canon_pl.io.validate import read_json
 @dataclass(frozen=True)
 class DocumentKind:
     """One kind of document: ``format`` (``canon_pl.sae``), the ``version`` this code writes and reads up to, what
-    to call it in errors (``what``), the error type, and ``foreign_hint``: a sentence for a file of another format."""
+    to call it in errors (``what``), the error type, ``foreign_hint``: a sentence for a file of another format, and
+    ``unstamped_is_v0``: a document with no ``format`` at all is read as version 0 (for a kind canon-pl wrote before
+    it stamped it: activation-cache indexes)."""
 
     format: str
     version: int
     what: str
     error: type[Exception]
     foreign_hint: str = ""
+    unstamped_is_v0: bool = False
 
     def stamp(self, document: dict[str, Any]) -> dict[str, Any]:
         """``document`` with ``format``, ``format_version`` and ``canon_pl_version`` (what every writer records)."""
@@ -36,6 +39,8 @@ class DocumentKind:
     def check(self, document: Any, path: str | os.PathLike) -> dict[str, Any]:
         """``document`` when it is a dict of this format at a version this code reads (a missing version is 0, what
         canon-pl wrote before it recorded one); else :attr:`error` naming ``path``."""
+        if self.unstamped_is_v0 and isinstance(document, dict) and "format" not in document:
+            return document
         if not isinstance(document, dict) or document.get("format") != self.format:
             hint = f"; {self.foreign_hint}" if self.foreign_hint else ""
             raise self.error(f"{path} is not a canon-pl {self.what} (no \"format\": \"{self.format}\"){hint}")
