@@ -7,7 +7,8 @@ out of it, unless started with ``--any-folder``.
 Pages: **Runs** (every SAE under ``checkpoints/`` with its held-out metrics, family charts and training curves),
 **Stitching** (novel vs reconstruction latents of a pair, the path from S to L), **Latent** (examples, tokens,
 nearest latents in the other widths, meta-SAE decomposition), **Meta-latent** (its member latents) and **Search**
-(latents by a token). Every view is a URL (query parameters). Read-only: it never writes to the checkpoints folder.
+(latents by a token), in Streamlit's multipage navigation. Every view is a URL (``/latent?run=...&latent=3``).
+Read-only: it never writes to the checkpoints folder.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import streamlit as st
@@ -22,7 +24,7 @@ import streamlit as st
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the page modules (apps/viewer_pages/) beside this file
 
 from canon_pl.viewer.folders import ViewerFolderError, choose_folder  # noqa: E402
-from canon_pl.viewer.links import PAGES, page_module  # noqa: E402
+from canon_pl.viewer.links import PAGES, page_module, page_path  # noqa: E402
 
 
 def checkpoints_dir() -> Path:
@@ -42,14 +44,28 @@ def checkpoints_dir() -> Path:
         st.stop()
 
 
+def page_renderer(page: str, root: Path) -> Callable[[], None]:
+    """What Streamlit runs for ``page``: its module's ``render(root)`` (``apps/viewer_pages/<module>.py``)."""
+
+    def render() -> None:
+        importlib.import_module(f"viewer_pages.{page_module(page)}").render(root)
+
+    render.__name__ = page_module(page)
+    return render
+
+
 def main() -> None:
     st.set_page_config(page_title="canon-pl", layout="wide")
-    st.title("canon-pl")
     root = checkpoints_dir()
-    asked = st.query_params.get("page", PAGES[0])
-    page = st.sidebar.radio("page", PAGES, index=PAGES.index(asked) if asked in PAGES else 0)
-    st.query_params["page"] = page
-    importlib.import_module(f"viewer_pages.{page_module(page)}").render(root)
+    pages = {page: st.Page(page_renderer(page, root), title=page, url_path=page_path(page) or None,
+                             default=i == 0)
+             for i, page in enumerate(PAGES)}
+    current = st.navigation(list(pages.values()))
+    asked = st.query_params.get("page")
+    if asked in pages:  # a link of the older form ?page=Latent&run=...: open that page with the rest of the query
+        st.switch_page(pages[asked], query_params={k: v for k, v in st.query_params.items() if k != "page"})
+    st.title(f"canon-pl · {current.title}")
+    current.run()
 
 
 main()

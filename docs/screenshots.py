@@ -7,7 +7,6 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from urllib.parse import urlencode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the browser harness lives with the tests
 from tests.viewer_harness import browser_page, example_views, find_chromium, serve_viewer  # noqa: E402
@@ -24,8 +23,8 @@ def main() -> None:
     if chromium is None:
         raise SystemExit("Chromium is not installed: apt-get install chromium")
     with serve_viewer(args.checkpoints) as url, browser_page(url, chromium, height=args.height) as page:
-        for name, (params, marker) in example_views(Path(args.checkpoints), args.query).items():
-            page.goto(f"{url}/?{urlencode(params)}")
+        for name, (view, marker) in example_views(Path(args.checkpoints), args.query).items():
+            page.goto(f"{url}/{view}")
             page.get_by_text(marker).first.wait_for()
             page.wait_for_timeout(1500)  # charts draw after the text
             path = Path(args.out) / f"viewer_{name.lower().replace('-', '_')}.png"

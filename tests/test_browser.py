@@ -47,11 +47,14 @@ def assert_not_blank(png: Path) -> None:
     assert inked > 0.01 and len(set(pixels)) > 20, f"{png} looks blank ({inked:.2%} inked)"
 
 
-@pytest.mark.parametrize("query, text", [("page=Stitching", "novel latents"),
-                                         ("page=Latent&run=fam&sae=16&latent=3", "fam · 16 · latent 3")])
-def test_pages_render_in_a_real_browser(viewer: dict, page, tmp_path: Path, query: str, text: str) -> None:
+@pytest.mark.parametrize("view, text", [("stitching", "novel latents"),
+                                        ("latent?run=fam&sae=16&latent=3", "fam · 16 · latent 3"),
+                                        ("?page=Latent&run=fam&sae=16&latent=3", "fam · 16 · latent 3")])
+def test_pages_render_in_a_real_browser(viewer: dict, page, tmp_path: Path, view: str, text: str) -> None:
+    """Each page has its own path in the navigation (``/stitching``); a link of the older ``?page=`` form opens the
+    same view."""
     assert health(viewer["url"]) == "ok"
-    open_view(page, f"{viewer['url']}/?{query}", text)
+    open_view(page, f"{viewer['url']}/{view}", text)
     assert page.locator("[data-testid=stException]").count() == 0
     shot = tmp_path / "page.png"
     page.screenshot(path=str(shot), full_page=True)
@@ -59,11 +62,11 @@ def test_pages_render_in_a_real_browser(viewer: dict, page, tmp_path: Path, quer
 
 
 def test_a_link_opens_its_page_and_the_back_button_returns(viewer: dict, page) -> None:
-    open_view(page, f"{viewer['url']}/?page=Latent&run=fam&sae=16&latent=3", "fam · 16 · latent 3")
+    open_view(page, f"{viewer['url']}/latent?run=fam&sae=16&latent=3", "fam · 16 · latent 3")
     meta = viewer["decomposition"].of_latent(3)[0][0]
     page.get_by_role("link", name=f"meta-latent {meta}").click()
     page.get_by_text(f"meta · meta-latent {meta}").first.wait_for()
-    assert "page=Meta-latent" in page.url
+    assert f"/meta-latent?meta_run=meta&meta={meta}" in page.url
     page.go_back()
     page.get_by_text("fam · 16 · latent 3").first.wait_for()
     assert "latent=3" in page.url

@@ -42,8 +42,8 @@ def health(url: str) -> str:
         return ""
 
 
-def example_views(root: Path, query: str) -> dict[str, tuple[dict[str, str], str]]:
-    """One representative view per page this folder feeds: ``{page: (query parameters, text that shows once the page
+def example_views(root: Path, query: str) -> dict[str, tuple[str, str]]:
+    """One representative view per page this folder feeds: ``{page: (its relative URL, text that shows once the page
     has rendered)}``. The largest stitching pair, the most frequent latent of the widest SAE with statistics, the
     densest meta-latent, a search for ``query``."""
     from canon_pl.meta import read_meta_analysis
@@ -52,24 +52,26 @@ def example_views(root: Path, query: str) -> dict[str, tuple[dict[str, str], str
     from canon_pl.viewer.latents import find_statistics
     from canon_pl.viewer.meta import find_meta_runs
 
-    found: dict[str, tuple[dict[str, str], str]] = {"Runs": ({"page": "Runs"}, "Training of")}
+    from canon_pl.viewer.links import page_url
+
+    found: dict[str, tuple[str, str]] = {"Runs": (page_url("Runs"), "Training of")}
     pairs = find_stitching_results(root)
     if pairs:
-        found["Stitching"] = ({"page": "Stitching", "pair": pairs[-1].label}, "novel latents")
+        found["Stitching"] = (page_url("Stitching", pair=pairs[-1].label), "novel latents")
     statistics = find_statistics(root)
     if statistics:
         run, path = next(iter(statistics.items()))
         stats = LatentStatistics.open(path)
         member = max(stats.members, key=lambda m: int(stats.index["members"][m]["d_sae"]))
         latent = int(stats.frequencies(member).argmax())
-        found["Latent"] = ({"page": "Latent", "run": run, "sae": member, "latent": str(latent)},
+        found["Latent"] = (page_url("Latent", run=run, sae=member, latent=latent),
                            f"{run} · {member} · latent {latent}")
-        found["Search"] = ({"page": "Search", "q": query}, "promoted rank")
+        found["Search"] = (page_url("Search", q=query), "promoted rank")
     meta_runs = find_meta_runs(root)
     if meta_runs:
         label, path = next(iter(meta_runs.items()))
         meta = int(read_meta_analysis(path, arrays=True)["decomposition"].meta_density().argmax())
-        found["Meta-latent"] = ({"page": "Meta-latent", "meta_run": label, "meta": str(meta)},
+        found["Meta-latent"] = (page_url("Meta-latent", meta_run=label, meta=meta),
                                 f"{label} · meta-latent {meta}")
     return found
 

@@ -48,7 +48,6 @@ def relative_to_smaller(run_dir: Path, small: int, large: int, latent: int, clos
 
 
 def render(root: Path) -> None:
-    st.header("Latent")
     found = statistics_of(str(root))
     if not found:
         st.info(f"No latent statistics under {root}. Create them with `canon-pl stats --run checkpoints/<run>`.")

@@ -25,7 +25,6 @@ from viewer_pages.common import (
 
 
 def render(root: Path) -> None:
-    st.header("Meta-latent")
     found = meta_runs_of(str(root))
     if not found:
         st.info(f"No meta-SAE analysis under {root}. Train a meta-SAE: `lightning fit --config "

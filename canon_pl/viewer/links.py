@@ -1,5 +1,6 @@
-"""Deep links between the viewer's pages: every view is a URL (``?page=Latent&run=...&sae=...&latent=...``) that can
-be shared, opened in a new tab or returned to with the browser's back button."""
+"""Deep links between the viewer's pages: every view is a URL (``latent?run=...&sae=...&latent=...``: the page's path
+in Streamlit's multipage navigation, then the view's query parameters) that can be shared, opened in a new tab or
+returned to with the browser's back button. Links of the older form ``?page=Latent&run=...`` still open their view."""
 
 from __future__ import annotations
 
@@ -15,11 +16,17 @@ def page_module(page: str) -> str:
     return page.lower().replace("-", "_")
 
 
+def page_path(page: str) -> str:
+    """The URL path of ``page`` (``Meta-latent`` -> ``meta-latent``); the first page is the viewer's root (``""``)."""
+    return "" if page == PAGES[0] else page.lower()
+
+
 def page_url(page: str, **params: object) -> str:
     """A relative URL that opens ``page`` with ``params`` (e.g. ``run``, ``sae``, ``latent``)."""
     if page not in PAGES:
         raise ValueError(f"unknown viewer page {page!r}; pages are {PAGES}")
-    return "?" + urlencode({"page": page, **{k: str(v) for k, v in params.items() if v is not None}})
+    query = urlencode({k: str(v) for k, v in params.items() if v is not None})
+    return f"{page_path(page)}?{query}" if query else page_path(page) or "./"
 
 
 def latent_url(run: str, sae: str, latent: int) -> str:
@@ -35,4 +42,4 @@ def anchor(text: object, url: str) -> str:
     return f'<a href="{html.escape(url, quote=True)}" target="_self">{html.escape(str(text))}</a>'
 
 
-__all__ = ["PAGES", "anchor", "latent_url", "meta_latent_url", "page_module", "page_url"]
+__all__ = ["PAGES", "anchor", "latent_url", "meta_latent_url", "page_module", "page_path", "page_url"]
