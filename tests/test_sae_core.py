@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from canon_pl.data import SyntheticSparseActivations
-from canon_pl.sae import BatchTopKSAE, SAEConfig, SAEConfigError, batch_topk, build_sae
+from canon_pl.sae import BatchTopKSAE, SAEConfig, SAEConfigError, SparseActivations, batch_topk, build_sae
 
 
 def make_sae(architecture: str = "batchtopk", d_in: int = 16, d_sae: int = 64, k: int = 4, **kw) -> torch.nn.Module:
@@ -161,6 +161,51 @@ def test_folding_the_activation_scale_gives_an_sae_for_raw_activations() -> None
     assert torch.allclose(folded(x), sae(x * scale) / scale, atol=1e-5)
     assert torch.allclose(folded.W_dec, sae.W_dec)
     assert torch.equal(folded.encode(x, inference=True) > 0, sae.encode(x * scale, inference=True) > 0)
+
+
+@pytest.mark.parametrize("kernel", ["sparse", "dense"])
+def test_relu_l1_step_matches_the_plain_formula_values_and_gradients(kernel: str) -> None:
+    """The paper's stitching SAEs are ReLU + L1: the fast step (only positive pre-activations in the graph, the L1 on
+    the gathered values) gives the loss and every gradient (weights, biases, the input) of the dense formula."""
+    sae = make_sae("relu", d_in=24, d_sae=96, l1_coefficient=3.0, kernel=kernel)
+    with torch.no_grad():
+        sae.b_dec.normal_()
+        sae.b_enc.normal_(std=0.5)
+    x = (torch.randn(40, 24) * 2).requires_grad_()
+    out = sae.training_forward(x, sparsity_scale=0.5)
+    assert isinstance(out.acts, SparseActivations) == (kernel == "sparse")  # no dense [batch, d_sae] graph
+    fast_grads = torch.autograd.grad(out.loss, [*sae.parameters(), x])
+    pre = torch.relu((x - sae.b_dec) @ sae.W_enc + sae.b_enc)
+    assert 0 < (pre > 0).float().mean() < 0.9, "the test needs both active and silent latents"
+    x_hat = pre @ sae.W_dec + sae.b_dec
+    naive = F.mse_loss(x_hat, x) + 0.5 * 3.0 * pre.sum(dim=-1).mean() / 24
+    naive_grads = torch.autograd.grad(naive, [*sae.parameters(), x])
+    assert torch.allclose(out.loss, naive, rtol=1e-5, atol=1e-6)
+    assert torch.allclose(out.x_hat, x_hat.detach(), rtol=1e-5, atol=1e-5)
+    assert out.l0 == (pre > 0).sum(dim=-1).float().mean()
+    names = [name for name, _ in sae.named_parameters()] + ["x"]
+    for name, g_fast, g_naive in zip(names, fast_grads, naive_grads):
+        assert torch.allclose(g_fast, g_naive, rtol=1e-4, atol=1e-6), name
+
+
+def test_relu_sparse_and_dense_kernels_agree_with_auxk_active() -> None:
+    """Revival of dead latents (AuxK, if a ReLU run turns it on) gets the same gradients through the sparse step."""
+    grads = {}
+    for kernel in ("sparse", "dense"):
+        torch.manual_seed(0)
+        sae = make_sae("relu", d_in=24, d_sae=96, kernel=kernel, aux_k=8, aux_coefficient=0.1,
+                       dead_tokens_threshold=1)
+        with torch.no_grad():
+            sae.tokens_since_fired[::2] = 10
+            sae.b_enc[::4] = -100.0  # a quarter never fire: they stay dead through this batch
+        out = sae.training_forward(torch.randn(40, 24) * 2)
+        assert out.losses["auxk"] > 0 and set(out.losses) == {"mse", "l1", "auxk"}
+        grads[kernel] = (out.loss.detach(), torch.autograd.grad(out.loss, list(sae.parameters())),
+                         sae.tokens_since_fired.clone())
+    assert torch.allclose(grads["sparse"][0], grads["dense"][0], rtol=1e-5)
+    assert torch.equal(grads["sparse"][2], grads["dense"][2])  # the dead-latent counters too
+    for g_sparse, g_dense in zip(grads["sparse"][1], grads["dense"][1]):
+        assert torch.allclose(g_sparse, g_dense, rtol=1e-4, atol=1e-6)
 
 
 def test_relu_sae_pays_an_l1_penalty() -> None:

@@ -165,9 +165,9 @@ class SparseAutoencoder(nn.Module):
         sparsity penalty (an L1 warm-up; the TopK family has none).
 
         Updates the training state (dead-latent counters, inference threshold) as a side effect. With
-        ``kernel="sparse"`` the TopK family computes the dense pre-activations once without autograd and lets only
-        the selected entries into the graph (see :mod:`canon_pl.sae.sparse_grad`); ``kernel="dense"`` is the plain
-        formula.
+        ``kernel="sparse"`` the dense pre-activations are computed once without autograd and only the selected
+        entries (the TopK family's choice, ReLU's positive ones) enter the graph (see
+        :mod:`canon_pl.sae.sparse_grad`); ``kernel="dense"`` is the plain formula.
         """
         take, pre = self._pre_activations_for_training(x)
         with torch.no_grad():
@@ -176,11 +176,10 @@ class SparseAutoencoder(nn.Module):
             acts = SparseActivations(selected.rows, selected.cols, take(selected.rows, selected.cols),
                                      selected.batch_size)
         else:
-            acts = pre  # dense architectures (ReLU): always the autograd path below
+            acts = pre  # a dense selection (ReLU with kernel="dense"): the autograd path of the plain formula
         x_hat = self._decode_any(acts)
         losses: dict[str, Tensor] = {"mse": F.mse_loss(x_hat, x)}
-        losses.update({name: sparsity_scale * value
-                       for name, value in self.sparsity_losses(acts if isinstance(acts, Tensor) else None).items()})
+        losses.update({name: sparsity_scale * value for name, value in self.sparsity_losses(acts).items()})
         with torch.no_grad():
             self._update_dead_counters(acts, x.shape[0])
         if self.cfg.aux_coefficient > 0:
@@ -192,7 +191,7 @@ class SparseAutoencoder(nn.Module):
 
     def _pre_activations_for_training(self, x: Tensor):
         """``(take, pre)``: ``pre [batch, d_sae]`` and ``take(rows, cols) -> [n]``, differentiable entries of it."""
-        if self.cfg.kernel == "sparse" and self.architecture != "relu":
+        if self.cfg.kernel == "sparse":
             bias = self.encoder_bias()
             with torch.no_grad():
                 pre = torch.addmm(bias, x, self.W_enc).relu_()
@@ -200,8 +199,9 @@ class SparseAutoencoder(nn.Module):
         pre = self.pre_activations(x)
         return (lambda rows, cols: pre[rows, cols]), pre
 
-    def sparsity_losses(self, feature_acts: Tensor | None) -> dict[str, Tensor]:
-        """Extra penalties on dense activations ``[batch, d_sae]`` (none for the TopK family, given ``None``)."""
+    def sparsity_losses(self, acts: SparseActivations | Tensor) -> dict[str, Tensor]:
+        """Penalties on the batch's activations (sparse, or dense ``[batch, d_sae]``): none for the TopK family, whose
+        sparsity is the selection; L1 for ReLU."""
         return {}
 
     def dead_mask(self) -> Tensor:

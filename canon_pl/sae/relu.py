@@ -1,4 +1,9 @@
-"""ReLU SAE with an L1 penalty (Bricken et al. 2023; decoder rows unit norm, so L1 needs no norm weighting)."""
+"""ReLU SAE with an L1 penalty (Bricken et al. 2023; decoder rows unit norm, so L1 needs no norm weighting).
+
+Training with ``kernel="sparse"`` (the default) takes the same fast path as the TopK family: the gradient of
+``relu`` is zero wherever a pre-activation is not positive, so only the positive entries (L0 per token, tens out of
+thousands) enter the graph; the L1 term is their sum. ``kernel="dense"`` is the plain formula, the reference.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +12,8 @@ from dataclasses import dataclass
 from torch import Tensor
 
 from canon_pl.checks import check_counts
-from canon_pl.sae.base import SparseAutoencoder
+from canon_pl.sae.base import SparseActivations, SparseAutoencoder
+from canon_pl.sae.batchtopk import threshold_select
 from canon_pl.sae.settings import SAESettings
 
 
@@ -33,9 +39,18 @@ class ReLUSAE(SparseAutoencoder):
 
     architecture = "relu"
 
-    def select(self, pre: Tensor, inference: bool) -> Tensor:
-        return pre
+    def select(self, pre: Tensor, inference: bool) -> SparseActivations | Tensor:
+        """pre: ``[batch, d_sae]`` non-negative. In training with the sparse kernel, its positive entries as
+        :class:`SparseActivations` (decoded with ``embedding_bag``); otherwise ``pre`` itself, dense."""
+        if inference or self.cfg.kernel == "dense":
+            return pre
+        return threshold_select(pre, pre.new_zeros(()))
 
-    def sparsity_losses(self, feature_acts: Tensor | None) -> dict[str, Tensor]:
-        """L1 of the activations ``[batch, d_sae]``, summed over latents, averaged over tokens and d_in."""
-        return {"l1": self.cfg.l1_coefficient * feature_acts.sum(dim=-1).mean() / self.d_in}
+    def sparsity_losses(self, acts: SparseActivations | Tensor) -> dict[str, Tensor]:
+        """L1 of the activations (sparse, or dense ``[batch, d_sae]``), summed over latents, averaged over tokens and
+        divided by d_in."""
+        if isinstance(acts, SparseActivations):
+            total = acts.values.sum() / max(acts.batch_size, 1)
+        else:
+            total = acts.sum(dim=-1).mean()
+        return {"l1": self.cfg.l1_coefficient * total / self.d_in}

@@ -47,6 +47,7 @@ from canon_pl.sae import (
     SAEConfig,
     SAEConfigError,
     SAESettings,
+    SparseActivations,
     SparseAutoencoder,
     build_sae,
     initial_sae,
@@ -160,6 +161,7 @@ class SAEFamilyModule(L.LightningModule):
         self.val_metrics = nn.ModuleDict({key: _member_metrics(w) for key, (w, _) in self.member_specs.items()})
         self._last_step_time: float | None = None
         self._batch_tokens: int | None = None
+        self._active_per_token: dict[str, float] = {}  # each member's L0 in the last training batch
         # How the training activations were made (the DataModule's provenance, set in ``setup``): every export
         # records it, so analyses capture text exactly as training did.
         self.data_provenance: dict[str, Any] = {}
@@ -342,6 +344,8 @@ class SAEFamilyModule(L.LightningModule):
                     f"(now {self.learning_rates[key]:.3g}) or check the data"
                 )
             losses.append(out.loss)
+            if isinstance(out.acts, SparseActivations):  # its size is known on the host: no device sync
+                self._active_per_token[key] = out.acts.values.numel() / x_n.shape[0]
             prefix = self._prefix(key)
             log.update({f"{prefix}train/{name}": value.detach() for name, value in out.losses.items()})
             fvu = (out.x_hat - x_n).pow(2).sum() / total_variance
@@ -375,8 +379,8 @@ class SAEFamilyModule(L.LightningModule):
         if self._batch_tokens is None:
             return None
         sae = self.settings.sae
-        return sum(sae_training_flops(self._batch_tokens, self.d_in, w, getattr(sae, "k", 0), sae.architecture,
-                                      sae.kernel) for w, _ in self.member_specs.values())
+        return sum(sae_training_flops(self._batch_tokens, self.d_in, w, self._active_per_token.get(key, 0.0),
+                                      sae.architecture, sae.kernel) for key, (w, _) in self.member_specs.items())
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         for sae in self.members.values():
