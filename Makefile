@@ -47,7 +47,9 @@ test: setup browser
 
 bench: setup
 	$(BIN)/pip install --quiet -c constraints-cpu.txt -e '.[bench]'
+	$(BIN)/pip install --quiet --no-deps dictionary-learning==0.1.0
 	$(BIN)/python benchmarks/bench_sae_step.py
+	$(BIN)/python benchmarks/bench_relu_step.py
 
 clean:
 	rm -rf $(VENV) checkpoints/*/

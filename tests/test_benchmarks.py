@@ -27,6 +27,14 @@ def test_bench_sae_step_runs_and_ends_with_a_ratio() -> None:
     assert any("one-matmul limit" in line for line in lines)
 
 
+def test_bench_relu_step_compares_the_sparse_and_dense_relu_steps_at_the_same_l0() -> None:
+    """Both canon-pl kernels start from the same weights: after the same steps they fire on the same latents."""
+    lines = run_benchmark("bench_relu_step.py", "--quick")
+    assert any(line.startswith("one-matmul limit") for line in lines)
+    kernels = [line for line in lines if line.startswith("canon-pl ReLU + L1 step")]
+    assert len(kernels) == 2 and kernels[0].rsplit(None, 1)[-1] == kernels[1].rsplit(None, 1)[-1]
+
+
 def test_bench_lightning_overhead_runs_and_ends_with_a_ratio() -> None:
     lines = run_benchmark("bench_lightning_overhead.py", "--steps", "3")
     assert any(line.startswith("bare PyTorch loop") for line in lines)
