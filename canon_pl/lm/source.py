@@ -123,7 +123,7 @@ class ActivationSource:
             loaded = load_causal_lm(s.model, device=device, dtype=self.model_dtype,
                                     device_map=self.model_device_map)
             hooked = HookedLanguageModel(loaded)
-            hooked.parse_hook_point(s.hook_point)
+            hooked.site(s.hook_point)
             if s.context_length > loaded.max_context:
                 raise ContextLengthError(
                     f"context_length={s.context_length} exceeds the model's maximum of {loaded.max_context} tokens; "

@@ -1,0 +1,133 @@
+"""The hook names SAE libraries record (TransformerLens / SAELens ``blocks.L.hook_resid_pre``, ...) drive capture and
+splicing on the Hugging Face models researchers use: each name is checked against what the model itself computes
+(its hidden states, and plain torch hooks on the module TransformerLens means), on small random models built here."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from canon_pl.lm import HookedLanguageModel
+from canon_pl.lm.hooked import HookPointError
+from canon_pl.lm.loading import LoadedModel
+
+N_LAYERS, VOCAB = 3, 64
+
+
+def tiny_tokenizer():
+    """A word-level tokenizer of ``VOCAB`` entries (nnsight wants one; the tests feed token ids)."""
+    from tokenizers import Tokenizer
+    from tokenizers.models import WordLevel
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"[UNK]": 0, **{f"w{i}": i for i in range(1, VOCAB)}}
+    return PreTrainedTokenizerFast(tokenizer_object=Tokenizer(WordLevel(vocab, unk_token="[UNK]")), unk_token="[UNK]")
+
+
+def tiny_model(kind: str):
+    """A random model of each family with ``N_LAYERS`` blocks of width 32."""
+    import transformers as tf
+
+    shared = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=N_LAYERS, num_attention_heads=2,
+                  vocab_size=VOCAB, max_position_embeddings=64)
+    torch.manual_seed(0)
+    if kind == "gpt2":
+        return tf.GPT2LMHeadModel(tf.GPT2Config(n_layer=N_LAYERS, n_embd=32, n_head=2, n_positions=64, vocab_size=VOCAB))
+    if kind == "llama":
+        return tf.LlamaForCausalLM(tf.LlamaConfig(num_key_value_heads=1, **shared))
+    if kind == "gemma2":
+        return tf.Gemma2ForCausalLM(tf.Gemma2Config(num_key_value_heads=1, head_dim=16, attn_implementation="eager",
+                                                    **shared))
+    if kind == "gemma3":
+        return tf.Gemma3ForCausalLM(tf.Gemma3TextConfig(num_key_value_heads=1, head_dim=16,
+                                                        attn_implementation="eager", **shared))
+    return tf.GPTNeoXForCausalLM(tf.GPTNeoXConfig(**shared))
+
+
+# The module whose output TransformerLens calls hook_attn_out / hook_mlp_out, per family, stated independently of the
+# code under test: Gemma 2 and 3 normalise each sub-layer's output before adding it to the residual stream.
+SUBLAYER_MODULES = {
+    "gpt2": ("transformer.h.{L}.attn", "transformer.h.{L}.mlp"),
+    "llama": ("model.layers.{L}.self_attn", "model.layers.{L}.mlp"),
+    "gemma2": ("model.layers.{L}.post_attention_layernorm", "model.layers.{L}.post_feedforward_layernorm"),
+    "gemma3": ("model.layers.{L}.post_attention_layernorm", "model.layers.{L}.post_feedforward_layernorm"),
+    "gpt_neox": ("gpt_neox.layers.{L}.attention", "gpt_neox.layers.{L}.mlp"),
+}
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return tiny_tokenizer()
+
+
+def first(value):
+    return value[0] if isinstance(value, tuple) else value
+
+
+def module_output(model, path: str, tokens: torch.Tensor) -> torch.Tensor:
+    """What ``path`` returns in a plain forward pass (a torch forward hook)."""
+    seen = []
+    handle = model.get_submodule(path).register_forward_hook(lambda m, args, out: seen.append(first(out)))
+    with torch.no_grad():
+        model(tokens)
+    handle.remove()
+    return seen[0]
+
+
+def logits_with_zeroed(model, path: str, port: str, tokens: torch.Tensor) -> torch.Tensor:
+    """Logits with the module's input (``port='input'``) or output zeroed by plain torch hooks."""
+    module = model.get_submodule(path)
+    if port == "input":
+        handle = module.register_forward_pre_hook(
+            lambda m, args, kwargs: ((torch.zeros_like(args[0]), *args[1:]), kwargs), with_kwargs=True)
+    else:
+        def zero(m, args, out):
+            return (torch.zeros_like(out[0]), *out[1:]) if isinstance(out, tuple) else torch.zeros_like(out)
+        handle = module.register_forward_hook(zero)
+    with torch.no_grad():
+        logits = model(tokens).logits
+    handle.remove()
+    return logits
+
+
+@pytest.mark.parametrize("kind", list(SUBLAYER_MODULES))
+def test_transformer_lens_names_capture_and_splice_the_tensor_they_name(kind: str, tokenizer) -> None:
+    model = tiny_model(kind).eval()
+    hooked = HookedLanguageModel(LoadedModel(model, tokenizer, f"tiny-{kind}"))
+    tokens = torch.randint(1, VOCAB, (2, 7))
+    with torch.no_grad():
+        hidden = model(tokens, output_hidden_states=True).hidden_states  # [0] embeddings, [L] the output of block L-1
+    block = f"{hooked.layers_path}.{{L}}"
+    for layer in range(N_LAYERS):
+        resid_pre = hooked.capture(tokens, f"blocks.{layer}.hook_resid_pre")
+        assert torch.allclose(resid_pre, hidden[layer], atol=1e-6), f"resid_pre {layer} is the input of block {layer}"
+        resid_post = hooked.capture(tokens, f"blocks.{layer}.hook_resid_post")
+        assert torch.equal(resid_post, hooked.capture(tokens, block.format(L=layer)))
+        if layer + 1 < N_LAYERS:  # the last hidden state has the final norm applied
+            assert torch.allclose(resid_post, hidden[layer + 1], atol=1e-6)
+        for name, path in zip(("attn_out", "mlp_out"), SUBLAYER_MODULES[kind]):
+            expected = module_output(model, path.format(L=layer), tokens)
+            assert torch.allclose(hooked.capture(tokens, f"blocks.{layer}.hook_{name}"), expected, atol=1e-6), name
+    # splicing at a mapped name changes exactly that tensor: the same logits as zeroing it with torch hooks
+    cases = {"blocks.1.hook_resid_pre": (block.format(L=1), "input"),
+             "blocks.0.hook_resid_pre": (block.format(L=0), "input"),
+             "blocks.1.hook_resid_post": (block.format(L=1), "output"),
+             "blocks.1.hook_attn_out": (SUBLAYER_MODULES[kind][0].format(L=1), "output"),
+             "blocks.1.hook_mlp_out": (SUBLAYER_MODULES[kind][1].format(L=1), "output")}
+    clean = hooked.logits(tokens)
+    for name, (path, port) in cases.items():
+        spliced = hooked.logits(tokens, name, torch.zeros_like)
+        assert torch.allclose(spliced, logits_with_zeroed(model, path, port, tokens), atol=1e-5), name
+        assert not torch.allclose(spliced, clean, atol=1e-4), name
+        assert torch.allclose(hooked.logits(tokens, name, lambda h: h), clean, atol=1e-5), name
+
+
+def test_names_translate_both_ways_and_an_unknown_one_lists_both_forms(tokenizer) -> None:
+    hooked = HookedLanguageModel(LoadedModel(tiny_model("gpt2").eval(), tokenizer, "tiny-gpt2"))
+    assert hooked.transformer_lens_name("transformer.h.2") == "blocks.2.hook_resid_post"
+    assert hooked.transformer_lens_name("transformer.h.1.mlp") == "blocks.1.hook_mlp_out"
+    assert hooked.transformer_lens_name("transformer.h.1.ln_1") is None  # TransformerLens has no hook there
+    assert hooked.site("blocks.2.hook_resid_pre").port == "input"
+    for bad in ("blocks.3.hook_resid_pre", "blocks.0.hook_q", "model.layers.1"):
+        with pytest.raises(HookPointError, match=r"transformer.h.N \(residual stream\).*blocks.N.hook_resid_pre"):
+            hooked.site(bad)
