@@ -228,6 +228,22 @@ def test_export_to_saelens_and_back_is_lossless(tmp_path: Path, x: torch.Tensor,
     assert torch.equal(load_sae(tmp_path / "ours")(x), sae(x))
 
 
+def test_a_saelens_export_names_its_hook_both_ways_and_reads_back_the_module(tmp_path: Path) -> None:
+    """SAELens tools look for ``hook_name`` (TransformerLens); canon-pl and newer SAELens read ``hf_hook_name``."""
+    sae = trained_like("relu")
+    sae.cfg.hook_point = "model.layers.6"
+    export_sae(sae, tmp_path / "saelens", format="saelens",
+               extra={"data": {"hook_point": "model.layers.6", "transformer_lens_hook": "blocks.6.hook_resid_post"}})
+    metadata = json.loads((tmp_path / "saelens" / "cfg.json").read_text())["metadata"]
+    assert metadata["hook_name"] == "blocks.6.hook_resid_post" and metadata["hf_hook_name"] == "model.layers.6"
+    assert load_sae(tmp_path / "saelens").cfg.hook_point == "model.layers.6"
+    # a file that records only a TransformerLens name keeps it: capture maps it to the model's module
+    imported = load_sae(write_saelens(tmp_path / "tl", {"architecture": "standard"}, saelens_tensors()))
+    export_sae(imported, tmp_path / "again", format="saelens")
+    metadata = json.loads((tmp_path / "again" / "cfg.json").read_text())["metadata"]
+    assert metadata["hook_name"] == "blocks.8.hook_resid_pre" and metadata["hf_hook_name"] is None
+
+
 @pytest.mark.parametrize("change, message", [
     (lambda t: t | {"W_skip": rand(D_IN, D_IN)}, r"unknown tensors \['W_skip'\]"),
     (lambda t: t | {"W_dec": rand(D_IN, D_SAE)}, r"W_dec has shape \(12, 20\), expected \(20, 12\)"),

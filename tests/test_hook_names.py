@@ -4,6 +4,8 @@ splicing on the Hugging Face models researchers use: each name is checked agains
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -131,3 +133,33 @@ def test_names_translate_both_ways_and_an_unknown_one_lists_both_forms(tokenizer
     for bad in ("blocks.3.hook_resid_pre", "blocks.0.hook_q", "model.layers.1"):
         with pytest.raises(HookPointError, match=r"transformer.h.N \(residual stream\).*blocks.N.hook_resid_pre"):
             hooked.site(bad)
+
+
+def test_an_imported_sae_that_names_a_transformer_lens_hook_is_stitched_on_text_with_no_flag(tmp_path: Path,
+                                                                                              capsys) -> None:
+    """SAELens files name ``blocks.L.hook_resid_pre``: canon-pl stitch captures held-out text there (the output of
+    block L-1 of the bundled model) and splices there for the next-token loss, with nothing but the two folders."""
+    import json
+
+    from safetensors.torch import save_file
+
+    from canon_pl.cli import main
+    from canon_pl.stitching import read_stitching_results
+
+    for name, d_sae, seed in (("s", 64, 1), ("l", 128, 2)):
+        torch.manual_seed(seed)
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "cfg.json").write_text(json.dumps({
+            "architecture": "standard", "d_in": 576, "d_sae": d_sae, "dtype": "float32", "apply_b_dec_to_input": True,
+            "normalize_activations": "none",
+            "metadata": {"model_name": "smollm2-135m", "hook_name": "blocks.6.hook_resid_pre"}}))
+        save_file({"W_enc": torch.randn(576, d_sae) / 24, "b_enc": torch.full((d_sae,), -0.5),
+                   "W_dec": torch.nn.functional.normalize(torch.randn(d_sae, 576), dim=-1), "b_dec": torch.zeros(576)},
+                  str(folder / "sae_weights.safetensors"))
+    code = main(["stitch", str(tmp_path / "s"), str(tmp_path / "l"), "--data", "pydoc-topics", "--tokens", "200",
+                 "--ce_points", "2", "--out", str(tmp_path / "out")])
+    assert code == 0, capsys.readouterr().err
+    summary = read_stitching_results(tmp_path / "out" / "64_128.json")
+    assert summary["n_tokens"] == 200 and summary["small"]["hook_point"] == "blocks.6.hook_resid_pre"
+    assert summary["path_ce"]["ce_clean"] < summary["path_ce"]["ce_zero"]

@@ -24,6 +24,7 @@ from canon_pl.io.validate import (
     STRUCTURAL_ERRORS,
     malformed_as,
     read_consistent,
+    read_json,
 )
 from canon_pl.sae import SAEConfig, SAEConfigError, SparseAutoencoder, build_sae
 
@@ -64,7 +65,7 @@ def export_sae(
     if format == "saelens":
         from canon_pl.io.formats.saelens import export_saelens
 
-        return export_saelens(folded, directory)
+        return export_saelens(folded, directory, (extra or {}).get("data", {}).get("transformer_lens_hook"))
     if format != "canon_pl":
         raise CheckpointError(f"cannot write format {format!r}: canon-pl writes 'canon_pl' and 'saelens'")
     tensors = {key: getattr(folded, key).detach().float().cpu().contiguous() for key in PARAMETER_KEYS}
@@ -86,7 +87,11 @@ def training_data(directory: str | os.PathLike) -> dict[str, Any]:
     """How the export's training activations were made (model, hook point, text, context length, token selection,
     document split and order), as its ``cfg.json`` records under ``data``; empty for exports that do not record it
     (synthetic data, imported SAEs, older versions) or that are not export folders (a ``.ckpt``)."""
-    if not (Path(directory) / CONFIG_FILE).is_file():
+    path = Path(directory) / CONFIG_FILE
+    if not path.is_file():
+        return {}
+    raw = read_json(path, CheckpointError, "config")
+    if not isinstance(raw, dict) or raw.get("format") != FORMAT_NAME:  # another library's cfg.json (an imported SAE)
         return {}
     data = read_export_config(directory).get("data")
     return dict(data) if isinstance(data, dict) else {}

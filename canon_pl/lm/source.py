@@ -74,6 +74,9 @@ class CaptureSettings:
 
 
 CAPTURE_KEYS = tuple(f.name for f in fields(CaptureSettings))
+PROVENANCE_KEYS = (*CAPTURE_KEYS, "transformer_lens_hook")
+"""What a run records of its activations: the capture settings, and the hook point's TransformerLens name (what
+SAELens files call ``hook_name``; ``None`` where TransformerLens has no hook)."""
 """The provenance keys, in order."""
 
 
@@ -137,6 +140,13 @@ class ActivationSource:
     def d_in(self) -> int:
         return self.load().loaded.d_model
 
+    def provenance(self) -> dict[str, Any]:
+        """:data:`PROVENANCE_KEYS`: the settings, and once the model is loaded the hook point's TransformerLens name."""
+        record = self.settings.provenance()
+        if self.hooked is not None:
+            record["transformer_lens_hook"] = self.hooked.transformer_lens_name(self.settings.hook_point)
+        return record
+
     @property
     def excluded_fraction(self) -> float:
         return self.tokens_excluded / max(self.tokens_seen, 1)
@@ -189,4 +199,4 @@ class ActivationSource:
             return spliced_loss_sums(self.load(), tokens, self.settings.hook_point, reconstructions, mask)
 
 
-__all__ = ["CAPTURE_KEYS", "ActivationSource", "CaptureSettings", "CapturedBatch"]
+__all__ = ["CAPTURE_KEYS", "PROVENANCE_KEYS", "ActivationSource", "CaptureSettings", "CapturedBatch"]

@@ -118,7 +118,7 @@ class ActivationDataModule(ResumableStreamDataModule):
     def provenance(self) -> dict[str, Any]:
         """How these activations are made (:class:`CaptureSettings`): recorded in every export's cfg.json under
         ``data`` and in an activation cache's index, and read back by the analyses."""
-        return self.source.settings.provenance()
+        return self.source.provenance()
 
     @property
     def excluded_fraction(self) -> float:

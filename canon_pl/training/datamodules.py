@@ -289,9 +289,9 @@ class ActivationShardDataModule(ResumableStreamDataModule):
 
     def provenance(self) -> dict[str, Any]:
         """What the cache's index records of how it was captured (``canon-pl cache`` writes it all)."""
-        from canon_pl.lm.source import CAPTURE_KEYS
+        from canon_pl.lm.source import PROVENANCE_KEYS
 
-        return {key: self.index.metadata[key] for key in CAPTURE_KEYS if key in self.index.metadata}
+        return {key: self.index.metadata[key] for key in PROVENANCE_KEYS if key in self.index.metadata}
 
     @property
     def d_in(self) -> int:

@@ -1,4 +1,8 @@
-"""SAELens 6.x: ``cfg.json`` + ``sae_weights.safetensors`` (W_enc ``[d_in, d_sae]``, W_dec ``[d_sae, d_in]``)."""
+"""SAELens 6.x: ``cfg.json`` + ``sae_weights.safetensors`` (W_enc ``[d_in, d_sae]``, W_dec ``[d_sae, d_in]``).
+
+The hook point read is ``hf_hook_name`` (a module of the Hugging Face model, as newer SAELens files record it) when
+present, else ``hook_name`` (a TransformerLens name such as ``blocks.8.hook_resid_pre``): capture understands both.
+"""
 
 from __future__ import annotations
 
@@ -16,6 +20,7 @@ from canon_pl.io.formats.common import (
     take,
     text,
 )
+from canon_pl.lm.hook_names import is_transformer_lens_name
 from canon_pl.sae import SparseAutoencoder
 
 CONFIG_FILE = "cfg.json"
@@ -73,12 +78,16 @@ def load_saelens(directory: str | os.PathLike) -> SparseAutoencoder:
         raise CheckpointError(f"{directory / CONFIG_FILE}: a topk SAE needs an integer k, got {k!r}")
     return imported_sae(ARCHITECTURES[arch], W_enc, b_enc, W_dec, t["b_dec"], subtract_b_dec=subtract,
                         source=directory, threshold=t.get("threshold"), k=k if arch == "topk" else None,
-                        hook_point=_metadata(cfg, "hook_name"), model_id=_metadata(cfg, "model_name"))
+                        hook_point=_metadata(cfg, "hf_hook_name") or _metadata(cfg, "hook_name"),
+                        model_id=_metadata(cfg, "model_name"))
 
 
-def export_saelens(sae: SparseAutoencoder, directory: str | os.PathLike) -> Path:
+def export_saelens(sae: SparseAutoencoder, directory: str | os.PathLike,
+                   transformer_lens_hook: str | None = None) -> Path:
     """Write ``sae`` in SAELens 6.x format (BatchTopK as jumprelu with its threshold broadcast, as SAELens saves
-    them); both files renamed into place together. Returns the directory."""
+    them); both files renamed into place together. The hook point is recorded as SAELens records it: ``hook_name``
+    the TransformerLens name (``transformer_lens_hook`` when given, else the SAE's own hook point) and
+    ``hf_hook_name`` the module of the Hugging Face model (what canon-pl reads back). Returns the directory."""
     from safetensors.torch import save_file
 
     directory = Path(directory)
@@ -93,7 +102,8 @@ def export_saelens(sae: SparseAutoencoder, directory: str | os.PathLike) -> Path
     cfg: dict[str, Any] = {
         "architecture": arch, "d_in": sae.d_in, "d_sae": sae.d_sae, "dtype": "float32", "device": "cpu",
         "apply_b_dec_to_input": True, "normalize_activations": "none", "reshape_activations": "none",
-        "metadata": {"model_name": sae.cfg.model_id, "hook_name": sae.cfg.hook_point,
+        "metadata": {"model_name": sae.cfg.model_id, "hook_name": transformer_lens_hook or sae.cfg.hook_point,
+                     "hf_hook_name": None if is_transformer_lens_name(sae.cfg.hook_point or "") else sae.cfg.hook_point,
                      "sae_lens_training_version": None, "exported_by": "canon_pl"},
     }
     if arch == "topk":
