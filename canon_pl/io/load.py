@@ -15,7 +15,7 @@ from canon_pl.sae import SparseAutoencoder
 
 
 def load_sae(path: str | os.PathLike, device: str | torch.device = "cpu", width: int | None = None,
-             format: str | None = None) -> SparseAutoencoder:
+             format: str | None = None, revision: str | None = None) -> SparseAutoencoder:
     """Load an SAE that takes raw activations, in eval mode, whatever library wrote it.
 
     ``path`` may be a canon-pl export folder (``cfg.json`` + ``sae.safetensors``) or either file, a family folder
@@ -25,12 +25,21 @@ def load_sae(path: str | os.PathLike, device: str | torch.device = "cpu", width:
     sparsify (``cfg.json`` + ``sae.safetensors``). The format is recognised from the files; ``format=`` forces one
     (``canon_pl``, ``lightning``, ``saelens``, ``gemma_scope``, ``dictionary_learning``, ``sparsify``). Nothing is
     unpickled beyond tensors and plain containers.
+
+    A name that is not a local path is looked up as a pretrained SAE (:mod:`canon_pl.io.releases`): a SAELens
+    release and SAE id (``gpt2-small-res-jb-feature-splitting/blocks.8.hook_resid_pre_768``) or a Hugging Face
+    repository folder (``EleutherAI/sae-llama-3-8b-32x/layers.10``), at ``revision`` (default: the main branch),
+    fetched into the Hugging Face cache.
     """
     from canon_pl.io.formats import FOREIGN_FORMATS, LOADERS, detect_format
+    from canon_pl.io.releases import fetch, parse_name
 
+    if not Path(path).exists():
+        release = parse_name(str(path), revision)
+        if release is None:
+            raise CheckpointError(f"{path} does not exist (and is not a release/sae_id or owner/repo/folder name)")
+        return load_sae(fetch(release), device, width, format or release.format)
     path = Path(path)
-    if not path.exists():
-        raise CheckpointError(f"{path} does not exist")
     kind = format or detect_format(path)
     if kind in FOREIGN_FORMATS:
         with malformed_as(CheckpointError, path, f"its {kind} files are corrupt or not what their names say"):

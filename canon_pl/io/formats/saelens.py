@@ -47,7 +47,7 @@ def load_saelens(directory: str | os.PathLike) -> SparseAutoencoder:
     if not isinstance(arch, str) or arch not in ARCHITECTURES:
         raise CheckpointError(f"{directory / CONFIG_FILE}: SAELens architecture {arch!r} is not supported; canon-pl "
                               f"reads {sorted(ARCHITECTURES)}")
-    norm = cfg.get("normalize_activations", "none") or "none"
+    norm = cfg.get("normalize_activations", "none") or "none"  # files before SAELens 6 may say false
     if norm != "none":
         raise CheckpointError(
             f"{directory / CONFIG_FILE}: normalize_activations={norm!r} rescales each input at run time, which a "
@@ -78,7 +78,8 @@ def load_saelens(directory: str | os.PathLike) -> SparseAutoencoder:
         raise CheckpointError(f"{directory / CONFIG_FILE}: a topk SAE needs an integer k, got {k!r}")
     return imported_sae(ARCHITECTURES[arch], W_enc, b_enc, W_dec, t["b_dec"], subtract_b_dec=subtract,
                         source=directory, threshold=t.get("threshold"), k=k if arch == "topk" else None,
-                        hook_point=_metadata(cfg, "hf_hook_name") or _metadata(cfg, "hook_name"),
+                        hook_point=(_metadata(cfg, "hf_hook_name") or _metadata(cfg, "hook_name")
+                                    or text(cfg.get("hook_point"))),  # before SAELens 6: hook_point
                         model_id=_metadata(cfg, "model_name"))
 
 

@@ -1,0 +1,114 @@
+"""Pretrained SAEs by name, offline: a Hugging Face cache laid out here (the hub's own layout: refs, snapshots,
+blobs) holds a SAELens release and a sparsify repository written by the test, and ``HF_HUB_OFFLINE=1`` keeps the hub
+out of it. Release names resolve through SAELens's registry (its ``pretrained_saes.yaml``, installed by ``make``)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from canon_pl import load_sae
+from canon_pl.io.releases import ReleaseError, release_ids, resolve_release
+
+RELEASE = "gpt2-small-res-jb-feature-splitting"
+REPO = "jbloom/GPT2-Small-Feature-Splitting-Experiment-Layer-8"
+
+
+def put_in_hub_cache(cache: Path, repo_id: str, files: dict[str, bytes], revision: str = "main") -> str:
+    """Lay ``files`` ({path in the repo: bytes}) out as huggingface_hub caches a download of ``repo_id`` at
+    ``revision``: content-addressed blobs, a snapshot folder of links to them, and the ref naming the commit."""
+    repo = cache / f"models--{repo_id.replace('/', '--')}"
+    commit = hashlib.sha1(f"{repo_id}@{revision}".encode()).hexdigest()
+    for name, data in files.items():
+        blob = repo / "blobs" / hashlib.sha256(data).hexdigest()
+        blob.parent.mkdir(parents=True, exist_ok=True)
+        blob.write_bytes(data)
+        link = repo / "snapshots" / commit / name
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(blob)
+    (repo / "refs").mkdir(exist_ok=True)
+    (repo / "refs" / revision).write_text(commit)
+    return commit
+
+
+def safetensors_bytes(tensors: dict[str, torch.Tensor], folder: Path) -> bytes:
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(folder / "w.safetensors"))
+    return (folder / "w.safetensors").read_bytes()
+
+
+@pytest.fixture
+def offline_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    cache = tmp_path / "hub"
+    cache.mkdir()
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    return cache
+
+
+def test_the_registry_knows_the_papers_release_without_a_network() -> None:
+    sae = resolve_release(RELEASE, "blocks.8.hook_resid_pre_768")
+    assert (sae.repo_id, sae.path, sae.format) == (REPO, "blocks.8.hook_resid_pre_768", "saelens")
+    widths = [int(i.rsplit("_", 1)[1]) for i in release_ids(RELEASE)]
+    assert widths[0] == 768 and widths[-1] == 98304 and 49152 in widths and widths == sorted(widths)
+
+
+def test_a_release_by_name_loads_the_same_sae_as_its_files(offline_cache: Path, tmp_path: Path) -> None:
+    """The paper's release as SAELens wrote it before version 6 (``hook_point``, no ``architecture``), small."""
+    torch.manual_seed(0)
+    d_in, d_sae = 12, 24
+    tensors = {"W_enc": torch.randn(d_in, d_sae), "b_enc": torch.randn(d_sae) * 0.1, "W_dec": torch.randn(d_sae, d_in),
+               "b_dec": torch.randn(d_in)}
+    cfg = {"model_name": "gpt2-small", "hook_point": "blocks.8.hook_resid_pre", "hook_point_layer": 8, "d_in": d_in,
+           "d_sae": d_sae, "dtype": "float32", "device": "cpu"}
+    sae_id = "blocks.8.hook_resid_pre_768"
+    put_in_hub_cache(offline_cache, REPO, {f"{sae_id}/cfg.json": json.dumps(cfg).encode(),
+                                           f"{sae_id}/sae_weights.safetensors": safetensors_bytes(tensors, tmp_path)})
+    by_name = load_sae(f"{RELEASE}/{sae_id}")
+    direct = tmp_path / "direct"
+    direct.mkdir()
+    (direct / "cfg.json").write_text(json.dumps(cfg))
+    save_file(tensors, str(direct / "sae_weights.safetensors"))
+    from_files = load_sae(direct)
+    assert by_name.cfg.hook_point == "blocks.8.hook_resid_pre" and by_name.cfg.architecture == "relu"
+    for name in ("W_enc", "b_enc", "W_dec", "b_dec"):
+        assert torch.equal(getattr(by_name, name), getattr(from_files, name)), name
+    x = torch.randn(5, d_in)
+    assert torch.equal(by_name(x), from_files(x))
+
+
+def test_a_sparsify_repository_folder_by_name_at_a_revision(offline_cache: Path, tmp_path: Path) -> None:
+    torch.manual_seed(1)
+    d_in, d_sae = 8, 16
+    tensors = {"encoder.weight": torch.randn(d_sae, d_in), "encoder.bias": torch.randn(d_sae) * 0.1,
+               "W_dec": torch.randn(d_sae, d_in), "b_dec": torch.randn(d_in)}
+    files = {"layers.3/cfg.json": json.dumps({"k": 4, "num_latents": d_sae}).encode(),
+             "layers.3/sae.safetensors": safetensors_bytes(tensors, tmp_path)}
+    put_in_hub_cache(offline_cache, "EleutherAI/sae-tiny-test", files, revision="v1")
+    sae = load_sae("EleutherAI/sae-tiny-test/layers.3", revision="v1")
+    assert sae.cfg.architecture == "topk" and sae.cfg.k == 4 and sae.cfg.hook_point == "layers.3"
+    assert torch.equal(sae.W_dec, tensors["W_dec"])
+
+
+@pytest.mark.parametrize("name, revision, message", [
+    ("gpt2-small-res-jb-feature-splittin/blocks.8.hook_resid_pre_768", None,
+     "if a SAELens release was meant: gpt2-small-res-jb-feature-splitting"),
+    (f"{RELEASE}/blocks.8.hook_resid_pre_700", None, "has no SAE 'blocks.8.hook_resid_pre_700'.*closest"),
+    (f"{RELEASE}/blocks.8.hook_resid_pre_768", None, f"{RELEASE}/blocks.8.hook_resid_pre_768: {REPO}/"
+                                                      f"blocks.8.hook_resid_pre_768 is not in the Hugging Face cache.*"
+                                                      f"HF_HUB_OFFLINE=1.*HF_HUB_CACHE"),
+    ("EleutherAI/sae-tiny-test/layers.3", "v2", "at revision v2 is not in the Hugging Face cache"),
+    (RELEASE, None, "is a release of 8 SAEs: name one"),
+])
+def test_what_cannot_be_found_gets_one_clear_error_in_seconds(offline_cache: Path, tmp_path: Path, name: str,
+                                                               revision: str | None, message: str) -> None:
+    put_in_hub_cache(offline_cache, "EleutherAI/sae-tiny-test", {"layers.3/cfg.json": b"{}"}, revision="v1")
+    started = time.monotonic()
+    with pytest.raises(ReleaseError, match=message):
+        load_sae(name, revision=revision)
+    assert time.monotonic() - started < 10
