@@ -58,17 +58,24 @@ def test_the_registry_knows_the_papers_release_without_a_network() -> None:
     assert widths[0] == 768 and widths[-1] == 98304 and 49152 in widths and widths == sorted(widths)
 
 
-def test_a_release_by_name_loads_the_same_sae_as_its_files(offline_cache: Path, tmp_path: Path) -> None:
-    """The paper's release as SAELens wrote it before version 6 (``hook_point``, no ``architecture``), small."""
-    torch.manual_seed(0)
-    d_in, d_sae = 12, 24
+def legacy_saelens_files(sae_id: str, d_in: int, d_sae: int, scratch: Path) -> tuple[dict, dict[str, torch.Tensor],
+                                                                                     dict[str, bytes]]:
+    """(cfg, tensors, repo files) of a small SAE as SAELens wrote the paper's release before version 6
+    (``hook_point``, no ``architecture``)."""
     tensors = {"W_enc": torch.randn(d_in, d_sae), "b_enc": torch.randn(d_sae) * 0.1, "W_dec": torch.randn(d_sae, d_in),
                "b_dec": torch.randn(d_in)}
     cfg = {"model_name": "gpt2-small", "hook_point": "blocks.8.hook_resid_pre", "hook_point_layer": 8, "d_in": d_in,
            "d_sae": d_sae, "dtype": "float32", "device": "cpu"}
+    return cfg, tensors, {f"{sae_id}/cfg.json": json.dumps(cfg).encode(),
+                          f"{sae_id}/sae_weights.safetensors": safetensors_bytes(tensors, scratch)}
+
+
+def test_a_release_by_name_loads_the_same_sae_as_its_files(offline_cache: Path, tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    d_in, d_sae = 12, 24
     sae_id = "blocks.8.hook_resid_pre_768"
-    put_in_hub_cache(offline_cache, REPO, {f"{sae_id}/cfg.json": json.dumps(cfg).encode(),
-                                           f"{sae_id}/sae_weights.safetensors": safetensors_bytes(tensors, tmp_path)})
+    cfg, tensors, files = legacy_saelens_files(sae_id, d_in, d_sae, tmp_path)
+    put_in_hub_cache(offline_cache, REPO, files)
     by_name = load_sae(f"{RELEASE}/{sae_id}")
     direct = tmp_path / "direct"
     direct.mkdir()
@@ -80,6 +87,25 @@ def test_a_release_by_name_loads_the_same_sae_as_its_files(offline_cache: Path, 
         assert torch.equal(getattr(by_name, name), getattr(from_files, name)), name
     x = torch.randn(5, d_in)
     assert torch.equal(by_name(x), from_files(x))
+
+
+def test_a_family_is_assembled_from_a_release_by_name(offline_cache: Path, tmp_path: Path) -> None:
+    from canon_pl.cli import main
+    from canon_pl.io import read_family_manifest, training_data
+
+    files = {}
+    for sae_id, d_sae in (("blocks.8.hook_resid_pre_768", 24), ("blocks.8.hook_resid_pre_1536", 48)):
+        files |= legacy_saelens_files(sae_id, 12, d_sae, tmp_path)[2]
+    put_in_hub_cache(offline_cache, REPO, files)
+    assert main(["family", "--from_release", RELEASE, "--ids", "blocks.8.hook_resid_pre_1536",
+                 "blocks.8.hook_resid_pre_768", "--model", "gpt2", "--out", str(tmp_path / "fam")]) == 0
+    family = read_family_manifest(tmp_path / "fam")
+    assert family["widths"] == [24, 48]
+    member = load_sae(tmp_path / "fam", width=48)
+    assert member.cfg.model_id == "gpt2" and member.cfg.hook_point == "blocks.8.hook_resid_pre"
+    assert training_data(tmp_path / "fam" / "48") == {}
+    assert main(["family", "--from_release", RELEASE, "--ids", "blocks.8.hook_resid_pre_700",
+                 "--out", str(tmp_path / "bad")]) == 2
 
 
 def test_a_sparsify_repository_folder_by_name_at_a_revision(offline_cache: Path, tmp_path: Path) -> None:
