@@ -70,6 +70,31 @@ def test_saelens_standard_and_the_b_dec_flag(tmp_path: Path, x: torch.Tensor, ap
     assert sae.cfg.hook_point == "blocks.8.hook_resid_pre"
 
 
+def saelens_layer_norm(t: dict[str, torch.Tensor], x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """SAELens's ``normalize_activations: layer_norm`` written out: (latents, reconstruction) of raw ``x``."""
+    mu = x.mean(dim=-1, keepdim=True)
+    std = (x - mu).std(dim=-1, keepdim=True)
+    f = F.relu(((x - mu) / (std + 1e-5) - t["b_dec"]) @ t["W_enc"] + t["b_enc"])
+    return f, (f @ t["W_dec"] + t["b_dec"]) * std + mu
+
+
+def test_saelens_layer_norm_sae_reproduces_the_published_formula(tmp_path: Path, x: torch.Tensor) -> None:
+    """Each input is centred and scaled by its own statistics, and the reconstruction scaled back with them: the
+    statistics travel from encode to decode inside the SAE, so a batch of inputs of different scales is exact."""
+    t = saelens_tensors()
+    sae = load_sae(write_saelens(tmp_path / "ln", {"architecture": "standard", "normalize_activations": "layer_norm"},
+                                 t))
+    assert sae.cfg.input_norm == "layer_norm"
+    scaled = x * torch.linspace(0.1, 10.0, x.shape[0])[:, None] + 3.0
+    f, x_hat = saelens_layer_norm(t, scaled)
+    assert_same(sae, scaled, f, x_hat)
+    export_sae(sae, tmp_path / "ours")
+    export_sae(sae, tmp_path / "back", format="saelens")
+    for copy in (load_sae(tmp_path / "ours"), load_sae(tmp_path / "back")):
+        torch.testing.assert_close(copy(scaled), x_hat, rtol=1e-4, atol=1e-4)
+    assert json.loads((tmp_path / "back" / "cfg.json").read_text())["normalize_activations"] == "layer_norm"
+
+
 def test_saelens_jumprelu_threshold_is_strict_on_the_pre_activation(tmp_path: Path, x: torch.Tensor) -> None:
     t = saelens_tensors(threshold=True)
     sae = load_sae(write_saelens(tmp_path, {"architecture": "jumprelu"}, t))
@@ -263,9 +288,9 @@ def test_unsupported_saelens_options_are_refused_by_name(tmp_path: Path) -> None
     write_saelens(tmp_path / "a", {"architecture": "gated"}, saelens_tensors())
     with pytest.raises(CheckpointError, match="architecture 'gated' is not supported"):
         load_sae(tmp_path / "a")
-    write_saelens(tmp_path / "b", {"architecture": "standard", "normalize_activations": "layer_norm"},
+    write_saelens(tmp_path / "b", {"architecture": "standard", "normalize_activations": "expected_average_only_in"},
                   saelens_tensors())
-    with pytest.raises(CheckpointError, match="normalize_activations='layer_norm'"):
+    with pytest.raises(CheckpointError, match="normalize_activations='expected_average_only_in'.*outside the file"):
         load_sae(tmp_path / "b")
 
 

@@ -163,3 +163,33 @@ def test_an_imported_sae_that_names_a_transformer_lens_hook_is_stitched_on_text_
     summary = read_stitching_results(tmp_path / "out" / "64_128.json")
     assert summary["n_tokens"] == 200 and summary["small"]["hook_point"] == "blocks.6.hook_resid_pre"
     assert summary["path_ce"]["ce_clean"] < summary["path_ce"]["ce_zero"]
+
+
+def test_an_input_normalising_sae_is_spliced_with_each_positions_own_statistics(tokenizer) -> None:
+    """A SAELens ``layer_norm`` SAE spliced into the model: the logits equal splicing the published formula by hand."""
+    from canon_pl.sae import SAEConfig, build_sae
+
+    model = tiny_model("gpt2").eval()
+    hooked = HookedLanguageModel(LoadedModel(model, tokenizer, "tiny-gpt2"))
+    torch.manual_seed(3)
+    sae = build_sae(SAEConfig(d_in=32, d_sae=64, architecture="relu", input_norm="layer_norm")).eval()
+    with torch.no_grad():
+        sae.b_enc.normal_(0, 0.2)
+        sae.b_dec.normal_(0, 0.5)
+
+    def formula(h: torch.Tensor) -> torch.Tensor:
+        mu = h.mean(dim=-1, keepdim=True)
+        std = (h - mu).std(dim=-1, keepdim=True)
+        f = torch.relu(((h - mu) / (std + 1e-5) - sae.b_dec) @ sae.W_enc + sae.b_enc)
+        return (f @ sae.W_dec + sae.b_dec) * std + mu
+
+    tokens = torch.randint(1, VOCAB, (2, 7))
+    block = model.get_submodule("transformer.h.1")
+    handle = block.register_forward_pre_hook(lambda m, args, kwargs: ((formula(args[0]), *args[1:]), kwargs),
+                                             with_kwargs=True)
+    with torch.no_grad():
+        expected = model(tokens).logits
+    handle.remove()
+    with torch.no_grad():
+        spliced = hooked.logits(tokens, "blocks.1.hook_resid_pre", lambda h: sae(h.reshape(-1, 32)).view_as(h))
+    assert torch.allclose(spliced, expected, atol=1e-5)

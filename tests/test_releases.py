@@ -85,8 +85,13 @@ def test_a_release_by_name_loads_the_same_sae_as_its_files(offline_cache: Path, 
     assert by_name.cfg.hook_point == "blocks.8.hook_resid_pre" and by_name.cfg.architecture == "relu"
     for name in ("W_enc", "b_enc", "W_dec", "b_dec"):
         assert torch.equal(getattr(by_name, name), getattr(from_files, name)), name
-    x = torch.randn(5, d_in)
-    assert torch.equal(by_name(x), from_files(x))
+    # the release was trained on TransformerLens's GPT-2 with center_writing_weights (the registry says so): its
+    # residual stream is the Hugging Face one minus its mean over d_model, so the SAE centres each input
+    assert by_name.cfg.input_norm == "center" and from_files.cfg.input_norm == "none"
+    x = torch.randn(5, d_in) + 4.0
+    mean = x.mean(dim=-1, keepdim=True)
+    assert torch.allclose(by_name(x), from_files(x - mean) + mean, atol=1e-6)
+    assert torch.equal(by_name.encode(x, inference=True), from_files.encode(x - mean, inference=True))
 
 
 def test_a_family_is_assembled_from_a_release_by_name(offline_cache: Path, tmp_path: Path) -> None:

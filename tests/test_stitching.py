@@ -177,6 +177,31 @@ def test_the_path_starts_exactly_at_s_and_ends_exactly_at_l() -> None:
     assert path.l0[0] == pytest.approx(sparse_codes(small, x).values.numel() / 1024)
 
 
+def test_input_normalising_saes_are_stitched_in_the_space_they_reconstruct() -> None:
+    """Imported SAELens ``layer_norm`` SAEs: the analysis equals that of the same SAEs without the normalisation on
+    the normalised activations (their own objective), and a pair that normalises differently is refused."""
+    from dataclasses import replace
+
+    plain_small, plain_large = random_trained_like(24, seed=1), random_trained_like(48, seed=2)
+    with torch.no_grad():
+        plain_large.W_dec[:10] = plain_small.W_dec[:10]
+    normed = []
+    for plain in (plain_small, plain_large):
+        sae = random_trained_like(plain.d_sae, seed=0)
+        sae.load_state_dict(plain.state_dict())
+        sae.cfg = replace(plain.cfg, input_norm="layer_norm")
+        normed.append(sae)
+    x = torch.randn(1024, D_IN) * torch.linspace(0.5, 20.0, 1024)[:, None] + 1.0  # inputs of very different scales
+    x_normalised = normed[0].normalize_input(x).x
+    ours = analyze_pair(*normed, x, tau=0.7).summary
+    reference = analyze_pair(plain_small, plain_large, x_normalised, tau=0.7).summary
+    for key in ("novel_fraction", "mse_small", "mse_large", "path_monotone_fraction", "path_points"):
+        assert ours[key] == pytest.approx(reference[key], rel=1e-5), key
+    assert ours["small"]["input_norm"] == "layer_norm" and reference["small"]["input_norm"] == "none"
+    with pytest.raises(StitchingError, match=r"normalise their inputs differently \(\['layer_norm', 'none'\]\)"):
+        analyze_pair(normed[0], plain_large, x, tau=0.7)
+
+
 def test_path_on_planted_data_falls_monotonically() -> None:
     e = orthonormal(12)
     x = sparse_data(e[:12], p=0.1)

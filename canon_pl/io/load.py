@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -29,7 +30,8 @@ def load_sae(path: str | os.PathLike, device: str | torch.device = "cpu", width:
     A name that is not a local path is looked up as a pretrained SAE (:mod:`canon_pl.io.releases`): a SAELens
     release and SAE id (``gpt2-small-res-jb-feature-splitting/blocks.8.hook_resid_pre_768``) or a Hugging Face
     repository folder (``EleutherAI/sae-llama-3-8b-32x/layers.10``), at ``revision`` (default: the main branch),
-    fetched into the Hugging Face cache.
+    fetched into the Hugging Face cache. A release read from a TransformerLens model with ``center_writing_weights``
+    (the paper's GPT-2 releases) centres each input, as that model's residual stream is centred.
     """
     from canon_pl.io.formats import FOREIGN_FORMATS, LOADERS, detect_format
     from canon_pl.io.releases import fetch, parse_name
@@ -38,7 +40,10 @@ def load_sae(path: str | os.PathLike, device: str | torch.device = "cpu", width:
         release = parse_name(str(path), revision)
         if release is None:
             raise CheckpointError(f"{path} does not exist (and is not a release/sae_id or owner/repo/folder name)")
-        return load_sae(fetch(release), device, width, format or release.format)
+        sae = load_sae(fetch(release), device, width, format or release.format)
+        if release.input_norm and sae.cfg.input_norm == "none":
+            sae.cfg = replace(sae.cfg, input_norm=release.input_norm)
+        return sae
     path = Path(path)
     kind = format or detect_format(path)
     if kind in FOREIGN_FORMATS:

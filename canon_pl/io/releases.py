@@ -52,6 +52,14 @@ class ReleaseSAE:
     """For a repository name that is not a release: the near release names, said when it cannot be fetched."""
 
     @property
+    def input_norm(self) -> str | None:
+        """``center`` when the release's SAEs read a TransformerLens model loaded with ``center_writing_weights``
+        (its residual stream has mean 0 over d_model at every position: the Hugging Face model's minus its mean);
+        ``None`` otherwise."""
+        loaded_with = (self.extra.get("config_overrides") or {}).get("model_from_pretrained_kwargs") or {}
+        return "center" if loaded_with.get("center_writing_weights") else None
+
+    @property
     def described(self) -> str:
         """``release/sae_id: repo/path`` for a registry release, ``repo/path`` for a repository folder."""
         where = self.repo_id + (f"/{self.path}" if self.path else "")

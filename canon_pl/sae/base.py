@@ -65,6 +65,26 @@ class TrainStepOutput:
 # A pytree node, so that FSDP2 finds the loss inside a ``training_forward`` output and hooks its backward.
 register_dataclass(TrainStepOutput)
 
+LAYER_NORM_EPS = 1e-5
+"""SAELens's ``layer_norm`` input normalisation divides by ``std + 1e-5``."""
+
+
+@dataclass
+class NormalizedInput:
+    """An input as the SAE encodes it, with what undoes the normalisation (``cfg.input_norm``).
+
+    x: ``[batch, d_in]`` normalised; mean, std: ``[batch, 1]`` (``None`` where the mode does not use them)."""
+
+    x: Tensor
+    mean: Tensor | None = None
+    std: Tensor | None = None
+
+    def restore(self, x_hat: Tensor) -> Tensor:
+        """A reconstruction ``[batch, d_in]`` of the normalised input, as one of the raw input."""
+        if self.std is not None:
+            x_hat = x_hat * self.std
+        return x_hat + self.mean if self.mean is not None else x_hat
+
 
 SAE_CLASSES: dict[str, type[SparseAutoencoder]] = {}
 """Architecture name -> SAE class, filled as each subclass with an ``architecture`` is defined."""
@@ -116,13 +136,31 @@ class SparseAutoencoder(nn.Module):
         return self.cfg.d_sae
 
     # ----------------------------------------------------------------------------------------------- encoding
+    def normalize_input(self, x: Tensor) -> NormalizedInput:
+        """``x [batch, d_in]`` as the encoder reads it (``cfg.input_norm``), with the per-input statistics that
+        :meth:`NormalizedInput.restore` needs to undo it after decoding."""
+        mode = self.cfg.input_norm
+        if mode == "none":
+            return NormalizedInput(x)
+        mean = x.mean(dim=-1, keepdim=True)
+        centred = x - mean
+        if mode == "center":
+            return NormalizedInput(centred, mean)
+        std = centred.std(dim=-1, keepdim=True)
+        return NormalizedInput(centred / (std + LAYER_NORM_EPS), mean, std)
+
     def encoder_bias(self) -> Tensor:
         """``b_enc - b_dec @ W_enc`` ``[d_sae]``: the decoder bias folded into the encoder's, so that the backward
         pass never forms a ``[batch, d_in]`` gradient for ``b_dec`` through a second large matmul."""
         return self.b_enc - self.b_dec @ self.W_enc
 
     def pre_activations(self, x: Tensor) -> Tensor:
-        """``relu((x - b_dec) @ W_enc + b_enc)``. x: ``[batch, d_in]`` -> ``[batch, d_sae]``."""
+        """``relu((n(x) - b_dec) @ W_enc + b_enc)`` with ``n`` the input normalisation (the identity unless
+        ``cfg.input_norm`` says otherwise). x: ``[batch, d_in]`` -> ``[batch, d_sae]``."""
+        return self._pre_activations(self.normalize_input(x).x)
+
+    def _pre_activations(self, x: Tensor) -> Tensor:
+        """Of an input already normalised ``[batch, d_in]`` -> ``[batch, d_sae]``."""
         return torch.relu(torch.addmm(self.encoder_bias(), x, self.W_enc))
 
     def select(self, pre: Tensor, inference: bool) -> SparseActivations | Tensor:
@@ -142,7 +180,8 @@ class SparseAutoencoder(nn.Module):
 
     # ----------------------------------------------------------------------------------------------- decoding
     def decode(self, feature_acts: Tensor) -> Tensor:
-        """feature_acts: ``[batch, d_sae]`` -> ``[batch, d_in]``."""
+        """feature_acts: ``[batch, d_sae]`` -> ``[batch, d_in]``, in the space the encoder reads: for an SAE with an
+        input normalisation, the normalised input's (``forward`` and :meth:`reconstruct` restore the raw one)."""
         return feature_acts @ self.W_dec + self.b_dec
 
     def decode_sparse(self, acts: SparseActivations) -> Tensor:
@@ -156,8 +195,10 @@ class SparseAutoencoder(nn.Module):
         return self.decode_sparse(acts) if isinstance(acts, SparseActivations) else self.decode(acts)
 
     def forward(self, x: Tensor, inference: bool = True) -> Tensor:
-        """Reconstruction. x: ``[batch, d_in]`` -> ``[batch, d_in]`` (inference mode by default)."""
-        return self._decode_any(self.select(self.pre_activations(x), inference))
+        """Reconstruction of the raw input (normalised, encoded, decoded, the normalisation undone with this input's
+        own statistics). x: ``[batch, d_in]`` -> ``[batch, d_in]`` (inference mode by default)."""
+        normalized = self.normalize_input(x)
+        return normalized.restore(self._decode_any(self.select(self._pre_activations(normalized.x), inference)))
 
     # ----------------------------------------------------------------------------------------------- training
     def training_forward(self, x: Tensor, sparsity_scale: float = 1.0) -> TrainStepOutput:
@@ -169,6 +210,11 @@ class SparseAutoencoder(nn.Module):
         entries (the TopK family's choice, ReLU's positive ones) enter the graph (see
         :mod:`canon_pl.sae.sparse_grad`); ``kernel="dense"`` is the plain formula.
         """
+        if self.cfg.input_norm != "none":
+            from canon_pl.sae.config import SAEConfigError
+
+            raise SAEConfigError(f"canon-pl trains SAEs with input_norm 'none' (one activation scale, folded into the "
+                                 f"weights on export); this one has {self.cfg.input_norm!r}, an imported SAE")
         take, pre = self._pre_activations_for_training(x)
         with torch.no_grad():
             selected = self.select(pre, inference=False)

@@ -13,6 +13,9 @@ class SAEConfigError(CanonError, ValueError):
     """A hyper-parameter that cannot describe a valid SAE."""
 
 
+INPUT_NORMS = ("none", "center", "layer_norm")
+
+
 @dataclass
 class SAEConfig:
     """Architecture of one sparse autoencoder (docs/design.md 1.1)."""
@@ -44,6 +47,12 @@ class SAEConfig:
     kernel: str = "sparse"
     """Training step of the TopK family: ``sparse`` (only the selected latents enter the backward pass) or
     ``dense`` (the plain formula; a reference, slower)."""
+    input_norm: str = "none"
+    """What the SAE does to each input before encoding, undone after decoding (imported SAEs; canon-pl trains with
+    ``none`` and one activation scale folded into the weights): ``none``; ``center`` (subtract the input's mean over
+    its d_in entries, as a TransformerLens model with ``center_writing_weights`` sees the residual stream);
+    ``layer_norm`` (SAELens's ``normalize_activations: layer_norm``: centre, then divide by the input's standard
+    deviation + 1e-5; the reconstruction is multiplied by it and the mean added back)."""
     hook_point: str | None = None
     """Where the activations come from (for example ``model.layers.12``)."""
     model_id: str | None = None
@@ -73,6 +82,8 @@ class SAEConfig:
                     f"k={self.k} must be between 1 and d_sae={self.d_sae}: a token cannot use more latents than "
                     f"the SAE has; lower k or raise d_sae"
                 )
+        if self.input_norm not in INPUT_NORMS:
+            raise SAEConfigError(f"input_norm must be one of {', '.join(INPUT_NORMS)}, got {self.input_norm!r}")
         if self.kernel not in ("sparse", "dense"):
             raise SAEConfigError(f"kernel must be 'sparse' or 'dense', got {self.kernel!r}")
         if not math.isfinite(self.l1_coefficient) or self.l1_coefficient < 0:

@@ -7,10 +7,12 @@ safetensors (``<name>.safetensors``), both written atomically.
 
 from __future__ import annotations
 
+import copy
+
 import os
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -72,7 +74,30 @@ def spliced_loss_on(spliced_sums: Callable[..., dict[str, dict[str, Tensor]]],
 
 def describe_sae(sae: SparseAutoencoder, source: str | None = None) -> dict[str, Any]:
     return {"d_sae": sae.d_sae, "d_in": sae.d_in, "architecture": sae.cfg.architecture, "k": sae.cfg.k,
-            "hook_point": sae.cfg.hook_point, "model_id": sae.cfg.model_id, "source": source}
+            "hook_point": sae.cfg.hook_point, "model_id": sae.cfg.model_id, "input_norm": sae.cfg.input_norm,
+            "source": source}
+
+
+def in_encoder_space(saes: list[SparseAutoencoder | None], x: Tensor) -> tuple[list[SparseAutoencoder | None], Tensor]:
+    """SAEs that normalise each input (``cfg.input_norm``; imported ``layer_norm`` or ``center`` SAEs) are stitched in
+    the space they encode and reconstruct: ``x [N, d_in]`` normalised once, and copies of the SAEs that take it as
+    it is. Decoder cosines do not depend on the space; the path's MSE is then the SAEs' own objective. SAEs that
+    normalise differently cannot share one stitched SAE: an error. Plain SAEs are returned as they are."""
+    modes = {sae.cfg.input_norm for sae in saes if sae is not None}
+    if modes == {"none"}:
+        return saes, x
+    if len(modes) > 1:
+        raise StitchingError(f"the SAEs normalise their inputs differently ({sorted(modes)}): a stitched SAE reads one "
+                             f"input, so stitch SAEs with the same input_norm")
+    first = next(sae for sae in saes if sae is not None)
+    x = first.normalize_input(x).x
+
+    def plain(sae: SparseAutoencoder) -> SparseAutoencoder:
+        copied = copy.deepcopy(sae)
+        copied.cfg = replace(sae.cfg, input_norm="none")
+        return copied
+
+    return [None if sae is None else plain(sae) for sae in saes], x
 
 
 def check_pair(small: SparseAutoencoder, large: SparseAutoencoder, small_name: str = "small",
@@ -169,7 +194,9 @@ def analyze_pair(small: SparseAutoencoder, large: SparseAutoencoder, activations
     if not torch.isfinite(activations).all():
         raise StitchingError("the activations contain NaN or Inf: check the data source")
     device = small.W_dec.device
+    raw_small, raw_large = small, large  # as given: described in the summary, their normalisation used to splice
     x = activations.to(device).float()
+    (small, large, control), x = in_encoder_space([small, large, control], x)
     match = match_latents(small.W_dec, large.W_dec, tau, progress=progress)
     groups = latent_groups(match)
     small_codes, large_codes = sparse_codes(small, x), sparse_codes(large, x)
@@ -190,7 +217,11 @@ def analyze_pair(small: SparseAutoencoder, large: SparseAutoencoder, activations
         points = _downsample(path.n_points, max(ce_points, 2)).tolist()
 
         def stitched_at(point: int) -> Reconstruction:  # built when called: one stitched SAE in memory at a time
-            return lambda h: StitchedSAE.from_pair(small, large, *path.masks_at(point, groups))(h.float())
+            def reconstruct(h: Tensor) -> Tensor:
+                normalized = raw_small.normalize_input(h.float())  # the raw stream's statistics, restored after
+                return normalized.restore(StitchedSAE.from_pair(small, large, *path.masks_at(point, groups))(
+                    normalized.x))
+            return reconstruct
 
         losses = spliced_loss({str(p): stitched_at(p) for p in points})
         first = losses[str(points[0])]
@@ -203,8 +234,8 @@ def analyze_pair(small: SparseAutoencoder, large: SparseAutoencoder, activations
     summary = {
         "format": FORMAT_NAME,
         "format_version": FORMAT_VERSION,
-        "small": describe_sae(small, names[0]),
-        "large": describe_sae(large, names[1]),
+        "small": describe_sae(raw_small, names[0]),
+        "large": describe_sae(raw_large, names[1]),
         "swapped": swapped,
         "tau": tau,
         "n_tokens": int(x.shape[0]),

@@ -38,7 +38,8 @@ def load_saelens(directory: str | os.PathLike) -> SparseAutoencoder:
     """An SAELens SAE with SAELens's encode: ``pre = (x - b_dec·apply_b_dec_to_input) @ W_enc + b_enc``; standard
     ``relu(pre)``; JumpReLU ``relu(pre) * (pre > threshold)``; TopK the top k of ``pre`` then ReLU, with
     ``rescale_acts_by_decoder_norm`` folded in (pre-activations times decoder row norms, divided back out in
-    decode)."""
+    decode); ``normalize_activations: layer_norm`` as the SAE's ``input_norm`` (each input centred and scaled before
+    encoding, its own statistics undoing it after decoding)."""
     directory = Path(directory)
     if directory.is_file():  # cfg.json or the weights: their folder
         directory = directory.parent
@@ -48,11 +49,11 @@ def load_saelens(directory: str | os.PathLike) -> SparseAutoencoder:
         raise CheckpointError(f"{directory / CONFIG_FILE}: SAELens architecture {arch!r} is not supported; canon-pl "
                               f"reads {sorted(ARCHITECTURES)}")
     norm = cfg.get("normalize_activations", "none") or "none"  # files before SAELens 6 may say false
-    if norm != "none":
+    if norm not in ("none", "layer_norm"):
         raise CheckpointError(
-            f"{directory / CONFIG_FILE}: normalize_activations={norm!r} rescales each input at run time, which a "
-            f"canon-pl SAE cannot reproduce; fold it into the weights in SAELens first "
-            f"(sae.fold_activation_norm_scaling_factor) or use an SAE saved with 'none'")
+            f"{directory / CONFIG_FILE}: normalize_activations={norm!r} rescales inputs by a factor SAELens keeps "
+            f"outside the file; fold it into the weights in SAELens first (sae.fold_activation_norm_scaling_factor) "
+            f"or use an SAE saved with 'none' or 'layer_norm'")
     d_in, d_sae = cfg.get("d_in"), cfg.get("d_sae")
     if not isinstance(d_in, int) or not isinstance(d_sae, int):
         raise CheckpointError(f"{directory / CONFIG_FILE}: d_in and d_sae must be integers, got {d_in!r}, {d_sae!r}")
@@ -78,6 +79,7 @@ def load_saelens(directory: str | os.PathLike) -> SparseAutoencoder:
         raise CheckpointError(f"{directory / CONFIG_FILE}: a topk SAE needs an integer k, got {k!r}")
     return imported_sae(ARCHITECTURES[arch], W_enc, b_enc, W_dec, t["b_dec"], subtract_b_dec=subtract,
                         source=directory, threshold=t.get("threshold"), k=k if arch == "topk" else None,
+                        input_norm=norm,
                         hook_point=(_metadata(cfg, "hf_hook_name") or _metadata(cfg, "hook_name")
                                     or text(cfg.get("hook_point"))),  # before SAELens 6: hook_point
                         model_id=_metadata(cfg, "model_name"))
@@ -96,13 +98,16 @@ def export_saelens(sae: SparseAutoencoder, directory: str | os.PathLike,
     if sae.cfg.architecture == "batchtopk" and not bool(sae.threshold_initialized):
         raise CheckpointError("this BatchTopK SAE has no inference threshold yet (never trained): SAELens would read "
                               "it as jumprelu with threshold 0; train it first")
+    if sae.cfg.input_norm not in ("none", "layer_norm"):
+        raise CheckpointError(f"SAELens has no input normalisation {sae.cfg.input_norm!r} (it reads 'none' and "
+                              f"'layer_norm'); keep this SAE in canon-pl's format")
     tensors = {name: getattr(sae, name).detach().float().cpu().contiguous()
                for name in ("W_enc", "b_enc", "W_dec", "b_dec")}
     if arch == "jumprelu":
         tensors["threshold"] = sae.threshold.detach().float().cpu().expand(sae.d_sae).contiguous()
     cfg: dict[str, Any] = {
         "architecture": arch, "d_in": sae.d_in, "d_sae": sae.d_sae, "dtype": "float32", "device": "cpu",
-        "apply_b_dec_to_input": True, "normalize_activations": "none", "reshape_activations": "none",
+        "apply_b_dec_to_input": True, "normalize_activations": sae.cfg.input_norm, "reshape_activations": "none",
         "metadata": {"model_name": sae.cfg.model_id, "hook_name": transformer_lens_hook or sae.cfg.hook_point,
                      "hf_hook_name": None if is_transformer_lens_name(sae.cfg.hook_point or "") else sae.cfg.hook_point,
                      "sae_lens_training_version": None, "exported_by": "canon_pl"},
