@@ -143,3 +143,43 @@ def test_what_cannot_be_found_gets_one_clear_error_in_seconds(offline_cache: Pat
     with pytest.raises(ReleaseError, match=message):
         load_sae(name, revision=revision)
     assert time.monotonic() - started < 10
+
+
+def test_the_release_recipe_runs_the_study_on_a_release_without_training(offline_cache: Path, tmp_path: Path,
+                                                                         capsys) -> None:
+    """configs/pipeline_gpt2_release.yaml, shrunk: a two-width release in the cache (d_in 576, on the bundled model's
+    blocks.8.hook_resid_pre instead of GPT-2's), then family, stitching, meta-SAE, statistics and report."""
+    import yaml
+
+    from canon_pl.cli import main
+    from canon_pl.stitching import read_stitching_results
+    from tests.helpers import REPO as REPOSITORY
+
+    torch.manual_seed(2)
+    files = {}
+    for sae_id, d_sae in (("blocks.8.hook_resid_pre_768", 64), ("blocks.8.hook_resid_pre_1536", 128)):
+        cfg, tensors, written = legacy_saelens_files(sae_id, 576, d_sae, tmp_path)
+        tensors["W_enc"] /= 24
+        tensors["b_enc"] = torch.full((d_sae,), -0.3)
+        cfg["model_name"] = "smollm2-135m"
+        files |= {f"{sae_id}/cfg.json": json.dumps(cfg).encode(),
+                  f"{sae_id}/sae_weights.safetensors": safetensors_bytes(tensors, tmp_path)}
+    put_in_hub_cache(offline_cache, REPO, files)
+    recipe = yaml.safe_load((REPOSITORY / "configs" / "pipeline_gpt2_release.yaml").read_text())
+    recipe["release"].update({"ids": ["blocks.8.hook_resid_pre_768", "blocks.8.hook_resid_pre_1536"],
+                              "model": "smollm2-135m"})
+    recipe["run"] = str(tmp_path / "release_run")
+    recipe["stitch"].update({"data": "pydoc-topics", "tokens": 256, "ce_points": 2})
+    recipe["meta_sae"].update({"width": 128, "d_sae_per_d_in": None, "d_sae": 4, "k": 2, "steps": 10,
+                               "batch_size": 32, "floor_steps": 2, "data": None, "ce": False})
+    recipe["stats"].update({"text": "pydoc-topics", "tokens": 256})
+    (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(recipe))
+    assert main(["pipeline", "--config", str(tmp_path / "recipe.yaml"), "--device", "cpu"]) == 0, capsys.readouterr()
+    out = capsys.readouterr().out
+    assert "[2/7] family ..." in out and "fit" not in out.split("[3/7]")[0]
+    run = tmp_path / "release_run"
+    pair = read_stitching_results(run / "stitching" / "64_128.json")
+    assert pair["small"]["hook_point"] == "blocks.8.hook_resid_pre" and pair["small"]["input_norm"] == "center"
+    assert (run / "meta_sae_128" / "analysis.json").is_file() and (run / "report.md").is_file()
+    assert main(["pipeline", "--config", str(tmp_path / "recipe.yaml"), "--device", "cpu"]) == 0
+    assert capsys.readouterr().out.count("done already, skipped") == 6  # all but the report

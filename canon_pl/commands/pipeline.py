@@ -22,6 +22,10 @@ checkpoint, so re-running the pipeline continues where it stopped."""
 STAGES = ("cache", "fit", "stitch", "meta-sae", "stats", "meta stats", "report")
 
 
+RELEASE_KEYS = {"name", "ids", "model", "revision"}
+"""A ``release:`` section (the study on a SAELens release's SAEs, no training): ``canon-pl family --from_release``."""
+
+
 def read_pipeline_config(path: Path) -> dict[str, Any]:
     import yaml
 
@@ -29,6 +33,11 @@ def read_pipeline_config(path: Path) -> dict[str, Any]:
 
     try:
         config = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as err:
+        raise CheckpointError(f"{path}: not a pipeline config ({type(err).__name__}: {err})") from err
+    if isinstance(config, dict) and "release" in config:
+        return _release_config(config, path)
+    try:
         fit_config = Path(config["fit_config"])
         fit = yaml.safe_load(fit_config.read_text())
         run = Path(fit["trainer"]["default_root_dir"])
@@ -45,7 +54,36 @@ def read_pipeline_config(path: Path) -> dict[str, Any]:
         raise CheckpointError(f"{path}: the family config trains on the activation cache {cache_path}; add a cache: "
                               f"section (config: a fit config whose data captures the activations, tokens, val_tokens)")
     check_stage_options(config, path)
-    return {**config, "run": run, "max_steps": max_steps, "widths": widths, "cache_path": cache_path}
+    return {**config, "run": run, "max_steps": max_steps, "widths": widths, "cache_path": cache_path, "release": None}
+
+
+def _release_config(config: dict[str, Any], path: Path) -> dict[str, Any]:
+    """A pipeline config whose family is a SAELens release (``release:`` and ``run:``, no ``fit_config``)."""
+    from canon_pl.io import CheckpointError
+
+    release = config["release"]
+    if not isinstance(release, dict) or not release.get("name") or set(release) - RELEASE_KEYS:
+        raise CheckpointError(f"{path}: release must be a mapping with name (a SAELens release) and optionally "
+                              f"{', '.join(sorted(RELEASE_KEYS - {'name'}))}; got {release!r}")
+    if not config.get("run") or "fit_config" in config:
+        raise CheckpointError(f"{path}: a release pipeline names its family folder with run: (and has no fit_config)")
+    check_stage_options(config, path)
+    return {**config, "run": Path(config["run"]), "max_steps": None, "widths": None, "cache_path": None}
+
+
+def stages(cfg: dict[str, Any]) -> tuple[str, ...]:
+    """The stages of this config: a release's family is assembled (``family``) instead of trained (``fit``)."""
+    return tuple("family" if stage == "fit" and cfg["release"] else stage for stage in STAGES)
+
+
+def fill_widths(cfg: dict[str, Any]) -> None:
+    """A release's widths (and the default meta width, the widest) once its family folder exists."""
+    from canon_pl.io import load_family
+
+    if cfg["widths"] is None and _readable(lambda: load_family(cfg["run"])):
+        cfg["widths"] = list(load_family(cfg["run"]).widths)
+    if cfg.get("meta_width") is None and cfg["widths"]:
+        cfg["meta_width"] = int(cfg["widths"][-1])
 
 
 STAGE_OPTIONS = {"stitch": ("canon_pl.commands.stitch", "stitch"), "meta_sae": ("canon_pl.commands.meta_sae", "meta_sae"),
@@ -86,13 +124,16 @@ def _readable(check) -> bool:
 def stage_done(stage: str, cfg: dict[str, Any]) -> bool:
     """Whether ``stage``'s outputs exist, read back and are complete."""
     from canon_pl.io import load_family, read_export_config
+    from canon_pl.io.releases import release_ids
     from canon_pl.meta import read_meta_analysis
     from canon_pl.stats import LatentStatistics
     from canon_pl.stitching import read_stitching_results
 
     run, widths = cfg["run"], cfg["widths"]
     layout = RunLayout(run)
-    meta_dir = layout.meta_sae(cfg["meta_width"])
+    if stage not in ("cache", "family") and (widths is None or cfg.get("meta_width") is None):
+        return False  # a release whose family is not assembled yet
+    meta_dir = layout.meta_sae(cfg["meta_width"]) if cfg.get("meta_width") else None
     def cache_done() -> bool:
         from canon_pl.data import ShardIndex
 
@@ -105,6 +146,8 @@ def stage_done(stage: str, cfg: dict[str, Any]) -> bool:
 
     checks = {
         "cache": cache_done,
+        "family": lambda: len(load_family(run).widths) == len((cfg["release"] or {}).get("ids") or
+                                                               release_ids(cfg["release"]["name"])),
         "fit": lambda: load_family(run).widths == widths and all(
             read_export_config(run / str(w)).get("training", {}).get("global_step") == cfg["max_steps"]
             for w in widths),
@@ -129,8 +172,14 @@ def run_stage(stage: str, cfg: dict[str, Any], device: str) -> int:
     from canon_pl.commands.stitch import stitch
     from canon_pl.report import write_report
 
+    from canon_pl.commands.family import family
+
     run = cfg["run"]
-    meta_dir = RunLayout(run).meta_sae(cfg["meta_width"])
+    meta_dir = RunLayout(run).meta_sae(cfg["meta_width"]) if cfg.get("meta_width") else None
+    if stage == "family":
+        release = cfg["release"]
+        return family(from_release=release["name"], ids=release.get("ids"), revision=release.get("revision"),
+                      model=release.get("model"), out=str(run))
     if stage == "cache":
         options = cfg["cache"]
         return cache(config=str(options["config"]), out=str(cfg["cache_path"]), tokens=int(options["tokens"]),
@@ -183,14 +232,17 @@ def pipeline(*, config: str, device: str = default_device()) -> int:
     cfg = read_pipeline_config(Path(config))
     meta = cfg.get("meta_sae") or {}
     cfg["meta_sae"] = {k: v for k, v in meta.items() if k != "width"}
-    cfg["meta_width"] = int(meta.get("width") or cfg["widths"][-1])
+    cfg["meta_width"] = int(meta["width"]) if meta.get("width") else None
+    fill_widths(cfg)
     started = time.monotonic()
     timings = {}
-    for i, stage in enumerate(STAGES, 1):
+    order = stages(cfg)
+    for i, stage in enumerate(order, 1):
+        fill_widths(cfg)
         if stage_done(stage, cfg):
-            print(f"[{i}/{len(STAGES)}] {stage}: done already, skipped", flush=True)
+            print(f"[{i}/{len(order)}] {stage}: done already, skipped", flush=True)
             continue
-        print(f"[{i}/{len(STAGES)}] {stage} ...", flush=True)
+        print(f"[{i}/{len(order)}] {stage} ...", flush=True)
         t0 = time.monotonic()
         try:
             code = run_stage(stage, cfg, device)
