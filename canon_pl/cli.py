@@ -32,6 +32,27 @@ class CanonCLI(LightningCLI):
             callbacks = [*callbacks, StepProgressBar()]  # a total of max_steps for infinite activation streams
         return super()._instantiate_trainer(config, callbacks)
 
+    def before_instantiate_classes(self) -> None:
+        """The run folder (``trainer.default_root_dir``) is stated once, by the training config: a logger given
+        without ``save_dir`` (``canon_pl.training.RunCSVLogger`` and the others, as in the shipped configs and the
+        presets in ``configs/logger/``) writes into it, and a ``ModelCheckpoint`` without ``dirpath`` into its
+        checkpoint folder (:class:`canon_pl.io.layout.RunLayout`)."""
+        from canon_pl.io.layout import RunLayout
+
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        trainer = config.get("trainer")
+        if trainer is None or not trainer.get("default_root_dir"):
+            return
+        root = trainer.get("default_root_dir")
+        for key, field, value in (("logger", "save_dir", str(root)),
+                                  ("callbacks", "dirpath", str(RunLayout(root).checkpoints))):
+            entries = trainer.get(key)
+            for entry in entries if isinstance(entries, list) else [entries]:
+                init_args = getattr(entry, "init_args", None)
+                wanted = key == "logger" or str(getattr(entry, "class_path", "")).endswith(".ModelCheckpoint")
+                if wanted and init_args is not None and field in init_args and init_args.get(field) is None:
+                    init_args[field] = value
+
     def _prepare_subcommand_kwargs(self, subcommand: str) -> dict[str, Any]:
         kwargs = super()._prepare_subcommand_kwargs(subcommand)
         if "weights_only" in kwargs and kwargs["weights_only"] is None:

@@ -13,8 +13,8 @@ from canon_pl.cli import run_lightning_cli
 from canon_pl.training import ActivationDataModule, ActivationShardDataModule, DecoderRowsDataModule
 from tests.helpers import REPO, run_cli
 
-CONFIGS = sorted(p for p in (REPO / "configs").glob("**/*.yaml")
-                 if not p.name.startswith("pipeline_") and p.parent.name != "trainer")  # presets: test_distributed
+CONFIGS = sorted(p for p in (REPO / "configs").glob("**/*.yaml")  # presets: test_distributed, the logger tests
+                 if not p.name.startswith("pipeline_") and p.parent.name not in ("trainer", "logger"))
 PIPELINES = sorted((REPO / "configs").glob("**/pipeline_*.yaml"))
 
 
@@ -36,6 +36,11 @@ def test_every_pipeline_config_names_a_family_config_that_instantiates(config: P
 
     monkeypatch.chdir(REPO)
     pipeline = read_pipeline_config(config)
+    if pipeline["release"]:  # the family is a SAELens release, assembled by name: the registry must know it
+        from canon_pl.io.releases import release_ids
+
+        assert release_ids(pipeline["release"]["name"]) and pipeline["widths"] is None
+        return
     assert pipeline["widths"] == sorted(pipeline["widths"]) and pipeline["max_steps"] > 0
     monkeypatch.chdir(tmp_path)
     cli = run_lightning_cli(["--config", str(REPO / pipeline["fit_config"])], run=False)
@@ -145,3 +150,53 @@ def test_every_command_takes_flags_spelt_like_lightning_and_the_pipeline_yaml(tm
     assert vars(underscored) == vars(dashed) and underscored.ce_points == 3
     help_text = run_cli("stitch", "--help", cwd=tmp_path, script="canon-pl").stdout
     assert "--ce_points" in help_text
+
+
+def scalars_in_event_files(folder: Path) -> dict[str, list[float]]:
+    """Every scalar TensorBoard would show for the event files below ``folder``: {tag: values in step order}."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    found: dict[str, list[float]] = {}
+    for events in folder.rglob("events.out.tfevents.*"):
+        accumulator = EventAccumulator(str(events.parent))
+        accumulator.Reload()
+        for tag in accumulator.Tags()["scalars"]:
+            found[tag] = [event.value for event in accumulator.Scalars(tag)]
+    return found
+
+
+def test_the_tensorboard_preset_records_every_metric_the_csv_log_has(tmp_path: Path) -> None:
+    """``--config configs/logger/tensorboard.yaml`` after a training config: the event files in the run folder hold
+    every metric of the CSV log, with the same values."""
+    import csv
+
+    run = tmp_path / "run"
+    result = run_cli("fit", "--config", str(REPO / "configs" / "sae_synthetic.yaml"), "--config",
+                     str(REPO / "configs" / "logger" / "tensorboard.yaml"), "--trainer.default_root_dir", str(run),
+                     "--trainer.max_steps", "20", "--trainer.val_check_interval", "10",
+                     "--trainer.log_every_n_steps", "5", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    scalars = scalars_in_event_files(run / "tensorboard")
+    with open(next((run / "logs").rglob("metrics.csv"))) as handle:
+        rows = list(csv.DictReader(handle))
+    logged = {key for row in rows for key, value in row.items() if value and key not in ("step", "epoch")}
+    assert {"train/loss", "train/fvu", "val/explained_variance", "val/l0"} <= logged
+    assert logged <= set(scalars), f"missing in TensorBoard: {sorted(logged - set(scalars))}"
+    val_ev = [float(row["val/explained_variance"]) for row in rows if row.get("val/explained_variance")]
+    assert scalars["val/explained_variance"] == pytest.approx(val_ev, rel=1e-6)
+    assert not (tmp_path / "checkpoints").exists()  # nothing written outside the run folder
+    assert list((run / "ckpt").glob("*.ckpt")) and (run / "cfg.json").is_file()
+
+
+def test_the_wandb_preset_logs_offline_into_the_run_folder(tmp_path: Path, monkeypatch) -> None:
+    pytest.importorskip("wandb", reason="wandb is not installed (pip install 'canon-pl[trackers]')")
+    run = tmp_path / "run"
+    env = {"WANDB_MODE": "offline", "WANDB_SILENT": "true"}
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    result = run_cli("fit", "--config", str(REPO / "configs" / "sae_synthetic.yaml"), "--config",
+                     str(REPO / "configs" / "logger" / "wandb.yaml"), "--trainer.default_root_dir", str(run),
+                     "--trainer.max_steps", "10", "--trainer.val_check_interval", "10", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert list((run / "wandb").glob("offline-run-*/run-*.wandb")), sorted(p.name for p in run.rglob("*"))[:20]
+    assert list((run / "logs").rglob("metrics.csv"))

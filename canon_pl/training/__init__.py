@@ -8,6 +8,7 @@ from canon_pl.training.datamodules import (
     ResumableStreamDataModule,
     SyntheticActivationDataModule,
 )
+from canon_pl.training.loggers import RunCSVLogger, RunTensorBoardLogger, RunWandbLogger
 from canon_pl.training.meta import (
     DecoderRowsDataModule,
     MetaSAEAnalysisCallback,
@@ -43,6 +44,9 @@ __all__ = [
     "MetaSAEModule",
     "NonFiniteError",
     "RankAgreementCheck",
+    "RunCSVLogger",
+    "RunTensorBoardLogger",
+    "RunWandbLogger",
     "ResumableStreamDataModule",
     "SAEDDPStrategy",
     "SAEExportCallback",
