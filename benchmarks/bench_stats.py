@@ -3,8 +3,11 @@
 Both arms read the same held-out contexts of the Python docs (or pydoc-topics) at layer 6 of SmolLM2 with early stop;
 the statistics arm also runs the five family widths (576 x {2, 4, 8, 16, 32} latents, random BatchTopK SAEs whose
 threshold gives L0 = 32, the same cost as trained ones) through ``collect_statistics`` (top-10 windows, 20 samples, histograms).
+Also measured in the same run: capture plus the five encoders' forward alone (``pre_activations``: the matmuls any
+statistics pass must pay, so its tokens/s bound the pass from above), and with ``--profile`` the pass's own time by
+operator (torch.profiler, self CPU time), to say where the rest goes.
 Ends with ``ratio: <statistics tokens/s / capture tokens/s>`` (goal >= 0.5: the LM forward should dominate).
-Usage: ``python benchmarks/bench_stats.py [--contexts 128]``.
+Usage: ``python benchmarks/bench_stats.py [--contexts 128] [--profile]``.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ def main() -> None:
     parser.add_argument("--contexts", type=int, default=128)
     parser.add_argument("--per-forward", type=int, default=32)
     parser.add_argument("--widths", type=int, nargs="*", default=WIDTHS)
+    parser.add_argument("--profile", action="store_true", help="the statistics pass's time by operator")
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
     text = "python-docs" if Path("/usr/share/doc/python3.11/html/_sources").is_dir() else "pydoc-topics"
@@ -61,10 +65,28 @@ def main() -> None:
         pass
     capture = n_tokens / (time.perf_counter() - start)
     start = time.perf_counter()
+    with torch.inference_mode():
+        for _, activations, _ in batches():
+            for sae in saes.values():
+                sae.pre_activations(activations.reshape(-1, activations.shape[-1]))
+    encoders = n_tokens / (time.perf_counter() - start)
+    start = time.perf_counter()
     collect_statistics(saes, batches())
     stats = n_tokens / (time.perf_counter() - start)
     print(f"capture only (nnsight, stop after layer 6): {capture:8,.0f} tokens/s")
+    print(f"capture + the {len(saes)} encoders alone:          {encoders:8,.0f} tokens/s  (ceiling of any pass: "
+          f"{encoders / capture:.3f} of capture)")
     print(f"statistics pass, {len(saes)} SAEs:               {stats:8,.0f} tokens/s")
+    if args.profile:
+        from torch.profiler import ProfilerActivity, profile
+
+        with profile(activities=[ProfilerActivity.CPU]) as profiler:
+            collect_statistics(saes, batches())
+        events = sorted(profiler.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
+        total = sum(e.self_cpu_time_total for e in events) or 1
+        print("the pass by operator (self CPU time, share of the profiled pass):")
+        for event in events[:14]:
+            print(f"  {event.key:40s} {event.self_cpu_time_total / 1e6:7.2f} s  {event.self_cpu_time_total / total:6.1%}")
     print(f"ratio: {stats / capture:.3f}")
 
 
