@@ -168,3 +168,58 @@ def test_the_stitching_callback_follows_a_relu_family_too(tmp_path: Path) -> Non
     trainer.fit(module, SyntheticActivationDataModule(**SMALL_DATA))
     summary = read_stitching_results(tmp_path / "stitching" / "48_96.json")
     assert summary["control"] is not None and summary["global_step"] == 10
+
+
+MATRYOSHKA_CONFIG = """
+seed_everything: 0
+trainer:
+  max_steps: 40
+  logger: false
+  enable_checkpointing: false
+  enable_progress_bar: false
+  default_root_dir: run
+  callbacks:
+    - class_path: canon_pl.training.SAEExportCallback
+model:
+  class_path: canon_pl.training.SAEModule
+  init_args:
+    d_in: 16
+    d_sae: 64
+    sae:
+      class_path: canon_pl.sae.MatryoshkaBatchTopKSettings
+      init_args:
+        k: 4
+        prefix_fractions: [0.25, 0.5]
+        aux_k: 8
+    optimizer:
+      lr: 0.003
+data:
+  class_path: canon_pl.training.SyntheticActivationDataModule
+  init_args:
+    d_in: 16
+    n_features: 48
+    batch_size: 256
+"""
+
+
+def test_a_matryoshka_sae_trains_through_the_cli_and_its_prefixes_load_as_a_family(tmp_path: Path) -> None:
+    from tests.helpers import run_cli
+
+    (tmp_path / "matryoshka.yaml").write_text(MATRYOSHKA_CONFIG)
+    trained = run_cli("fit", "--config", "matryoshka.yaml", cwd=tmp_path)
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    nested = load_sae(tmp_path / "run")
+    assert nested.cfg.architecture == "matryoshka_batchtopk" and nested.prefix_sizes == [16, 32, 64]
+    made = run_cli("family", "--from", str(tmp_path / "run"), "--prefixes", "--out", str(tmp_path / "fam"),
+                   cwd=tmp_path, script="canon-pl")
+    assert made.returncode == 0, made.stderr
+    family = load_family(tmp_path / "fam")
+    assert family.widths == [16, 32, 64]
+    x = torch.randn(32, 16).abs()
+    acts = nested.encode(x, inference=True)
+    for m in family.widths:
+        member = load_sae(tmp_path / "fam", width=m)
+        assert torch.equal(member.encode(x, inference=True), acts[:, :m])
+    refused = run_cli("family", "--from", str(tmp_path / "fam" / "16"), "--prefixes", "--out", str(tmp_path / "x"),
+                      cwd=tmp_path, script="canon-pl")
+    assert refused.returncode == 2 and "one Matryoshka SAE" in refused.stderr

@@ -208,6 +208,48 @@ def test_relu_sparse_and_dense_kernels_agree_with_auxk_active() -> None:
         assert torch.allclose(g_sparse, g_dense, rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.parametrize("kernel", ["sparse", "dense"])
+def test_matryoshka_loss_is_the_mean_of_every_nested_prefixs_mse_with_its_gradients(kernel: str) -> None:
+    """Each prefix of the latents reconstructs on its own: the training loss is the mean over the prefixes (the
+    full width included) of each prefix's MSE, with BatchTopK's selection over all latents."""
+    sae = make_sae("matryoshka_batchtopk", d_in=24, d_sae=96, k=6, aux_coefficient=0.0, kernel=kernel,
+                   options={"prefix_fractions": [0.125, 0.5]})
+    assert sae.prefix_sizes == [12, 48, 96]
+    with torch.no_grad():
+        sae.b_dec.normal_()
+        sae.b_enc.normal_(std=0.1)
+    x = torch.randn(40, 24) * 2
+    out = sae.training_forward(x)
+    fast_grads = torch.autograd.grad(out.loss, list(sae.parameters()))
+    pre = torch.relu((x - sae.b_dec) @ sae.W_enc + sae.b_enc)
+    flat = pre.flatten()
+    mask = torch.zeros_like(flat, dtype=torch.bool)
+    mask[flat.topk(6 * 40).indices] = True
+    f = (flat * mask).view_as(pre)
+    naive = torch.stack([F.mse_loss(f[:, :m] @ sae.W_dec[:m] + sae.b_dec, x) for m in (12, 48, 96)]).mean()
+    naive_grads = torch.autograd.grad(naive, list(sae.parameters()))
+    assert torch.allclose(out.loss, naive, rtol=1e-5, atol=1e-6)
+    for (name, _), g_fast, g_naive in zip(sae.named_parameters(), fast_grads, naive_grads):
+        assert torch.allclose(g_fast, g_naive, rtol=1e-4, atol=1e-6), name
+    assert not torch.allclose(out.loss, F.mse_loss(out.x_hat, x))  # the prefixes count, not only the whole
+
+
+def test_a_matryoshka_prefix_is_the_sae_of_its_first_latents() -> None:
+    sae = make_sae("matryoshka_batchtopk", d_in=16, d_sae=64, k=4)
+    with torch.no_grad():
+        sae.b_enc.normal_(std=0.2)
+        sae.threshold.fill_(0.3)
+        sae.threshold_initialized.fill_(True)
+    sae.eval()
+    x = positive_inputs(16)
+    prefix = sae.prefix(16)
+    assert prefix.cfg.architecture == "batchtopk" and prefix.d_sae == 16
+    acts = sae.encode(x, inference=True)
+    assert torch.equal(prefix.encode(x, inference=True), acts[:, :16])
+    assert torch.allclose(prefix(x), sae.prefix_reconstruction(acts, 16), atol=1e-6)
+    assert torch.allclose(sae.prefix(64)(x), sae(x), atol=1e-6)
+
+
 def test_relu_sae_pays_an_l1_penalty() -> None:
     sae = make_sae("relu", l1_coefficient=2.0)
     out = sae.training_forward(positive_inputs())

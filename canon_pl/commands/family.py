@@ -15,8 +15,8 @@ statistics and the viewer then run on <out> as on a family trained here."""
 
 
 def family(*, sources: Annotated[list[str] | None, "--from"] = None, from_release: str | None = None,
-           ids: list[str] | None = None, revision: str | None = None, out: str, format: str | None = None,
-           model: str | None = None, hook_point: str | None = None) -> int:
+           ids: list[str] | None = None, revision: str | None = None, prefixes: bool = False, out: str,
+           format: str | None = None, model: str | None = None, hook_point: str | None = None) -> int:
     """Assemble a family folder from SAEs trained anywhere.
 
     Args:
@@ -24,6 +24,7 @@ def family(*, sources: Annotated[list[str] | None, "--from"] = None, from_releas
         from_release: a SAELens release (its registry name), instead of --from: every SAE of it, or those in --ids
         ids: with --from_release, the SAE ids to take (default all)
         revision: the hub revision of named SAEs (default the main branch)
+        prefixes: --from names one Matryoshka SAE: its nested prefixes are the family's widths
         out: the family folder to write
         format: force the sources' format (default: recognised from the files)
         model: model id to record when the sources name none (or to override; a release names TransformerLens
@@ -49,12 +50,18 @@ def family(*, sources: Annotated[list[str] | None, "--from"] = None, from_releas
         sources = [f"{from_release}/{sae_id}" for sae_id in (ids or known)]
     check_output_folder(out)
     saes = [load_sae(source, format=format, revision=revision) for source in sources]
+    if prefixes:
+        if len(saes) != 1 or not hasattr(saes[0], "prefix_sizes"):
+            raise SettingError("--prefixes takes one Matryoshka SAE (architecture matryoshka_batchtopk) in --from")
+        nested = saes[0]
+        saes = [nested.prefix(m) for m in nested.prefix_sizes]
+        sources = [f"{sources[0]} (its first {m} latents)" for m in nested.prefix_sizes]
     for sae in saes:
         sae.cfg = replace(sae.cfg, model_id=model or sae.cfg.model_id, hook_point=hook_point or sae.cfg.hook_point)
     _check_family(saes, sources)
     members = {}
     for sae, source in sorted(zip(saes, sources), key=lambda pair: pair[0].d_sae):
-        origin = str(Path(source).resolve()) if Path(source).exists() else source  # a release or hub name as given
+        origin = str(Path(source).resolve()) if Path(source).exists() else source  # a name or a prefix, as given
         export_sae(sae, Path(out) / str(sae.d_sae), extra={"imported_from": origin})
         members[sae.d_sae] = str(sae.d_sae)
     path = write_family_manifest(out, members, saes[0].cfg, tokens=0)

@@ -224,7 +224,7 @@ class SparseAutoencoder(nn.Module):
         else:
             acts = pre  # a dense selection (ReLU with kernel="dense"): the autograd path of the plain formula
         x_hat = self._decode_any(acts)
-        losses: dict[str, Tensor] = {"mse": F.mse_loss(x_hat, x)}
+        losses: dict[str, Tensor] = {"mse": self.reconstruction_loss(acts, x, x_hat)}
         losses.update({name: sparsity_scale * value for name, value in self.sparsity_losses(acts).items()})
         with torch.no_grad():
             self._update_dead_counters(acts, x.shape[0])
@@ -244,6 +244,11 @@ class SparseAutoencoder(nn.Module):
             return (lambda rows, cols: gather_pre_activations(x, self.W_enc, bias, pre, rows, cols)), pre
         pre = self.pre_activations(x)
         return (lambda rows, cols: pre[rows, cols]), pre
+
+    def reconstruction_loss(self, acts: SparseActivations | Tensor, x: Tensor, x_hat: Tensor) -> Tensor:
+        """The training MSE of ``x_hat [batch, d_in]`` against ``x``; an architecture that reconstructs in several
+        ways (Matryoshka: every nested prefix of the latents) overrides it."""
+        return F.mse_loss(x_hat, x)
 
     def sparsity_losses(self, acts: SparseActivations | Tensor) -> dict[str, Tensor]:
         """Penalties on the batch's activations (sparse, or dense ``[batch, d_sae]``): none for the TopK family, whose

@@ -7,6 +7,7 @@ import torch
 
 import canon_pl.sae.batchtopk
 import canon_pl.sae.jumprelu
+import canon_pl.sae.matryoshka
 import canon_pl.sae.relu
 import canon_pl.sae.topk  # noqa: F401 - the built-in architectures register themselves
 from canon_pl.sae.base import SAE_CLASSES, SparseAutoencoder

@@ -1,0 +1,89 @@
+"""Matryoshka BatchTopK SAE (Bussmann, Nabeshima, Karvonen, Nanda 2025; dictionary_learning's
+``MatryoshkaBatchTopKSAE``): one dictionary whose nested prefixes — the first ``m`` latents, for each prefix size
+``m`` — are each trained to reconstruct on their own. Selection and inference are BatchTopK's (one batch top-k over
+every latent, one threshold); the loss is the mean over the prefixes of each prefix's MSE, the full width included:
+
+    loss = mean_m  MSE( sum_{j < m} f_j W_dec[j] + b_dec ,  x )   (+ AuxK)
+
+A prefix is itself an SAE of width ``m`` (:meth:`MatryoshkaBatchTopKSAE.prefix`), so one Matryoshka SAE exports as a
+family of widths.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, replace
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from canon_pl.checks import check_positive
+from canon_pl.sae.base import SparseActivations, SparseAutoencoder
+from canon_pl.sae.batchtopk import BatchTopKSAE, BatchTopKSettings
+from canon_pl.sae.config import SAEConfigError
+
+
+@dataclass(frozen=True)
+class MatryoshkaBatchTopKSettings(BatchTopKSettings):
+    """A Matryoshka BatchTopK SAE: BatchTopK with the mean reconstruction loss of nested prefixes."""
+
+    architecture = "matryoshka_batchtopk"
+    prefix_fractions: tuple[float, ...] = (0.0625, 0.125, 0.25, 0.5)
+    """Prefix sizes as fractions of the SAE's width (each in (0, 1); the full width is always the last prefix):
+    a 9216-latent SAE with the default trains its first 576, 1152, 2304, 4608 and all 9216 latents to reconstruct."""
+
+    def __post_init__(self) -> None:
+        if not self.prefix_fractions:
+            raise SAEConfigError("prefix_fractions must name at least one prefix, e.g. [0.25, 0.5]")
+        check_positive(prefix_fractions=min(self.prefix_fractions))
+        if max(self.prefix_fractions) >= 1:
+            raise SAEConfigError(f"prefix_fractions must lie in (0, 1) (the full width is always a prefix), got "
+                                 f"{list(self.prefix_fractions)}")
+
+
+class MatryoshkaBatchTopKSAE(BatchTopKSAE):
+    """BatchTopK selection and inference; every nested prefix of the latents trained to reconstruct alone."""
+
+    architecture = "matryoshka_batchtopk"
+    selects_k = True
+
+    @property
+    def prefix_sizes(self) -> list[int]:
+        """Widths of the nested prefixes, ascending, ending with ``d_sae``."""
+        fractions = self.cfg.options.get("prefix_fractions", MatryoshkaBatchTopKSettings.prefix_fractions)
+        sizes = {max(1, round(float(f) * self.d_sae)) for f in fractions}
+        return sorted(sizes - {self.d_sae}) + [self.d_sae]
+
+    def reconstruction_loss(self, acts: SparseActivations | Tensor, x: Tensor, x_hat: Tensor) -> Tensor:
+        """Mean over :attr:`prefix_sizes` of the MSE of each prefix's reconstruction (the last one is ``x_hat``).
+        acts: the batch's activations (sparse in training); x, x_hat: ``[batch, d_in]``."""
+        losses = [F.mse_loss(self.prefix_reconstruction(acts, m), x) for m in self.prefix_sizes[:-1]]
+        return torch.stack([*losses, F.mse_loss(x_hat, x)]).mean()
+
+    def prefix_reconstruction(self, acts: SparseActivations | Tensor, m: int) -> Tensor:
+        """``sum_{j < m} f_j W_dec[j] + b_dec`` ``[batch, d_in]`` of activations (sparse or ``[batch, d_sae]``)."""
+        if isinstance(acts, Tensor):
+            return acts[:, :m] @ self.W_dec[:m] + self.b_dec
+        inside = acts.cols < m
+        return self.decode_sparse(SparseActivations(acts.rows[inside], acts.cols[inside], acts.values[inside],
+                                                    acts.batch_size))
+
+    @torch.no_grad()
+    def prefix(self, m: int) -> SparseAutoencoder:
+        """The first ``m`` latents as a BatchTopK SAE of width ``m`` (same threshold, biases and hook point): what a
+        prefix computes at inference."""
+        if not 0 < m <= self.d_sae:
+            raise SAEConfigError(f"a prefix has 1 to {self.d_sae} latents, got {m}")
+        cfg = replace(self.cfg, d_sae=m, architecture="batchtopk", k=min(self.cfg.k, m), options={})
+        sae = BatchTopKSAE(cfg)
+        state = copy.deepcopy(self.state_dict())
+        for name in ("W_enc",):
+            state[name] = state[name][:, :m]
+        for name in ("b_enc", "W_dec", "tokens_since_fired"):
+            state[name] = state[name][:m]
+        sae.load_state_dict(state)
+        return sae.train(self.training)
+
+
+__all__ = ["MatryoshkaBatchTopKSAE", "MatryoshkaBatchTopKSettings"]
