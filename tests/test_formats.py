@@ -196,6 +196,20 @@ def test_dictionary_learning_batchtopk_threshold_on_the_post_relu_value(tmp_path
     torch.testing.assert_close(unset.encode(x, inference=True), kept.view_as(post))
 
 
+@pytest.mark.parametrize("dict_class", ["MatryoshkaBatchTopKSAE", None])
+def test_dictionary_learning_matryoshka_keeps_its_nested_groups(tmp_path: Path, x: torch.Tensor,
+                                                                dict_class: str | None) -> None:
+    """Its state dict (``group_sizes`` beside BatchTopK's tensors) is recognised with or without config.json."""
+    t = saelens_tensors()
+    s = t | {"k": torch.tensor(K), "threshold": torch.tensor(1.5), "group_sizes": torch.tensor([5, 5, 10])}
+    sae = load_sae(write_dictionary_learning(tmp_path, s, dict_class))
+    assert sae.cfg.architecture == "matryoshka_batchtopk" and sae.prefix_sizes == [5, 10, 20]
+    post = F.relu((x - t["b_dec"]) @ t["W_enc"] + t["b_enc"])
+    f = post * (post > 1.5)
+    assert_same(sae, x, f, f @ t["W_dec"] + t["b_dec"])
+    assert torch.allclose(sae.prefix(10)(x), f[:, :10] @ t["W_dec"][:10] + t["b_dec"], atol=1e-5)
+
+
 def test_dictionary_learning_jumprelu_does_not_subtract_b_dec(tmp_path: Path, x: torch.Tensor) -> None:
     s = saelens_tensors(threshold=True)
     sae = load_sae(write_dictionary_learning(tmp_path, s, "JumpReluAutoEncoder"))

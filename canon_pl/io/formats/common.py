@@ -16,6 +16,10 @@ from canon_pl.io.validate import STRUCTURAL_ERRORS, read_json
 from canon_pl.sae import SAEConfig, SAEConfigError, SparseAutoencoder, build_sae
 
 
+INTEGER_TENSORS = ("k", "group_sizes")
+"""Tensors the formats store as integers (TopK's ``k``, a Matryoshka SAE's ``group_sizes``); every other is float."""
+
+
 def read_safetensors(path: Path) -> dict[str, Tensor]:
     try:
         return load_safetensors_bytes(path.read_bytes())
@@ -44,7 +48,7 @@ def take(tensors: dict[str, Tensor], expected: dict[str, tuple[int, ...] | None]
         if name not in tensors:
             continue
         value = tensors[name]
-        if not isinstance(value, Tensor) or not value.is_floating_point() and name != "k":
+        if not isinstance(value, Tensor) or not value.is_floating_point() and name not in INTEGER_TENSORS:
             raise CheckpointError(f"{source}: {name} is not a floating-point tensor")
         if shape is not None and tuple(value.shape) != shape:
             raise CheckpointError(f"{source}: tensor {name} has shape {tuple(value.shape)}, expected {shape}")
@@ -58,7 +62,7 @@ def take(tensors: dict[str, Tensor], expected: dict[str, tuple[int, ...] | None]
 def imported_sae(architecture: str, W_enc: Tensor, b_enc: Tensor, W_dec: Tensor, b_dec: Tensor, *,
                  subtract_b_dec: bool, source: str | os.PathLike, threshold: Tensor | None = None,
                  k: int | None = None, hook_point: str | None = None, model_id: str | None = None,
-                 input_norm: str = "none") -> SparseAutoencoder:
+                 input_norm: str = "none", options: dict[str, Any] | None = None) -> SparseAutoencoder:
     """Our SAE computing exactly the source's ``f = σ((x - b_dec·[subtract_b_dec]) @ W_enc + b_enc)`` and
     ``x̂ = f @ W_dec + b_dec``. W_enc ``[d_in, d_sae]``, b_enc ``[d_sae]``, W_dec ``[d_sae, d_in]``, b_dec ``[d_in]``,
     threshold ``[]`` or ``[d_sae]``. A source that does not subtract ``b_dec`` before encoding gets
@@ -67,7 +71,7 @@ def imported_sae(architecture: str, W_enc: Tensor, b_enc: Tensor, W_dec: Tensor,
     d_in, d_sae = W_enc.shape
     try:
         cfg = SAEConfig(d_in=d_in, d_sae=d_sae, architecture=architecture, k=k if k is not None else min(32, d_sae),
-                        hook_point=hook_point, model_id=model_id, input_norm=input_norm)
+                        hook_point=hook_point, model_id=model_id, input_norm=input_norm, options=dict(options or {}))
     except SAEConfigError as err:
         raise CheckpointError(f"{source}: {err}") from err
     sae = build_sae(cfg)

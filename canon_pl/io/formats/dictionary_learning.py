@@ -13,13 +13,15 @@ from canon_pl.sae import SparseAutoencoder
 
 WEIGHTS_FILE = "ae.pt"
 CONFIG_FILE = "config.json"
-CLASSES = ("AutoEncoder", "AutoEncoderTopK", "BatchTopKSAE", "JumpReluAutoEncoder")
+CLASSES = ("AutoEncoder", "AutoEncoderTopK", "BatchTopKSAE", "JumpReluAutoEncoder", "MatryoshkaBatchTopKSAE")
 
 
 def _dict_class(state: dict[str, Any], trainer: dict[str, Any], path: Path) -> str:
     named = text(trainer.get("dict_class"))
     if named is not None:
         return named
+    if "group_sizes" in state:
+        return "MatryoshkaBatchTopKSAE"
     if "W_enc" in state:
         return "JumpReluAutoEncoder"
     if "bias" in state:
@@ -33,7 +35,8 @@ def load_dictionary_learning(path: str | os.PathLike) -> SparseAutoencoder:
     """A dictionary_learning SAE, read with ``torch.load(weights_only=True)``: ``AutoEncoder`` (ReLU;
     ``decoder.weight [d_in, d_sae]``, ``b_dec`` stored as ``bias``), ``AutoEncoderTopK`` (top k of
     ``relu(encoder(x - b_dec))``), ``BatchTopKSAE`` (its scalar threshold on the post-ReLU value; −1 = unset, then the
-    batch's top k·batch) and ``JumpReluAutoEncoder`` (no ``b_dec`` subtraction). ``path`` is ``ae.pt`` or its folder;
+    batch's top k·batch), ``JumpReluAutoEncoder`` (no ``b_dec`` subtraction) and ``MatryoshkaBatchTopKSAE`` (BatchTopK
+    whose ``group_sizes`` make its nested prefixes). ``path`` is ``ae.pt`` or its folder;
     the class comes from ``config.json`` (``trainer.dict_class``) when it is there."""
     path = Path(path)
     if path.is_dir():
@@ -53,6 +56,8 @@ def load_dictionary_learning(path: str | os.PathLike) -> SparseAutoencoder:
                          "threshold": (d_sae,)}, path)
         return imported_sae("jumprelu", t["W_enc"], t["b_enc"], t["W_dec"], t["b_dec"], subtract_b_dec=False,
                             source=path, threshold=t["threshold"], hook_point=hook, model_id=model_id)
+    if cls == "MatryoshkaBatchTopKSAE":
+        return _matryoshka(state, path, hook, model_id)
     d_sae, d_in = _shape(state, "encoder.weight", path)
     if cls == "AutoEncoder":
         t = take(state, {"encoder.weight": (d_sae, d_in), "encoder.bias": (d_sae,), "decoder.weight": (d_in, d_sae),
@@ -74,6 +79,23 @@ def load_dictionary_learning(path: str | os.PathLike) -> SparseAutoencoder:
     return imported_sae("batchtopk", t["encoder.weight"].T, t["encoder.bias"], t["decoder.weight"].T, t["b_dec"],
                         subtract_b_dec=True, source=path, k=k, threshold=set_threshold, hook_point=hook,
                         model_id=model_id)
+
+
+def _matryoshka(state: dict[str, Any], path: Path, hook: str | None, model_id: str | None) -> SparseAutoencoder:
+    """``MatryoshkaBatchTopKSAE``: BatchTopK (threshold on the post-ReLU value) with nested groups
+    ``group_sizes [n_groups]``, whose running sums are the prefix widths."""
+    d_in, d_sae = _shape(state, "W_enc", path)
+    t = take(state, {"W_enc": (d_in, d_sae), "b_enc": (d_sae,), "W_dec": (d_sae, d_in), "b_dec": (d_in,), "k": (),
+                     "threshold": None, "group_sizes": None}, path)
+    sizes = [int(g) for g in t["group_sizes"].reshape(-1)]
+    if not sizes or min(sizes) <= 0 or sum(sizes) != d_sae:
+        raise CheckpointError(f"{path}: group_sizes {sizes} must be positive and sum to the {d_sae} latents")
+    ends = [sum(sizes[:i + 1]) for i in range(len(sizes) - 1)]
+    threshold = t["threshold"]
+    set_threshold = threshold if threshold.numel() == 1 and float(threshold) >= 0 else None  # -1: never set
+    return imported_sae("matryoshka_batchtopk", t["W_enc"], t["b_enc"], t["W_dec"], t["b_dec"], subtract_b_dec=True,
+                        source=path, k=int(t["k"]), threshold=set_threshold, hook_point=hook, model_id=model_id,
+                        options={"prefix_fractions": [end / d_sae for end in ends]})
 
 
 def _shape(state: dict[str, Any], name: str, path: Path) -> tuple[int, int]:
