@@ -17,7 +17,6 @@ import sys
 import time
 import warnings
 from pathlib import Path
-from urllib.parse import urlencode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the browser harness lives with the tests
 from tests.viewer_harness import (  # noqa: E402
@@ -32,20 +31,23 @@ BUDGET_S = 2.0
 WARM_VISITS = 3
 
 
-def script_times(root: Path, pages: dict[str, tuple[dict[str, str], str]]) -> dict[str, tuple[float, float]]:
+def script_times(root: Path, pages: dict[str, tuple[str, str]]) -> dict[str, tuple[float, float]]:
     """(first, second) wall seconds of each page's script run, in one process (shared Streamlit caches)."""
     from streamlit.logger import set_log_level
     from streamlit.testing.v1 import AppTest
+
+    from canon_pl.viewer.links import parse_view
 
     set_log_level("error")  # AppTest outside a server warns on every cached call
 
     sys.argv = ["viewer.py", "--checkpoints", str(root)]
     times = {}
-    for page, (params, _) in pages.items():
+    for page, (view, _) in pages.items():
         runs = []
+        name, params = parse_view(view)
         for _ in range(2):
             app = AppTest.from_file(str(APP), default_timeout=300)
-            app.query_params.update(params)
+            app.query_params.update({"page": name, **params})  # the entry opens the page a ?page= link names
             start = time.perf_counter()
             app.run()
             runs.append(time.perf_counter() - start)
@@ -55,18 +57,17 @@ def script_times(root: Path, pages: dict[str, tuple[dict[str, str], str]]) -> di
     return times
 
 
-def browser_times(root: Path, pages: dict[str, tuple[dict[str, str], str]],
-                  chromium: str) -> dict[str, tuple[float, float]]:
+def browser_times(root: Path, pages: dict[str, tuple[str, str]], chromium: str) -> dict[str, tuple[float, float]]:
     """(first visit, median of the next ``WARM_VISITS``) seconds from navigation until each page's content shows, on
     a fresh ``streamlit run``."""
     times = {}
     with serve_viewer(root) as url, browser_page(url, chromium) as tab:
-        for page, (params, marker) in pages.items():
+        for page, (view, marker) in pages.items():
             runs = []
             for _ in range(1 + WARM_VISITS):
                 tab.goto("about:blank")
                 start = time.perf_counter()
-                tab.goto(f"{url}/?{urlencode(params)}")
+                tab.goto(f"{url}/{view}")
                 tab.get_by_text(marker).first.wait_for()
                 runs.append(time.perf_counter() - start)
             times[page] = (runs[0], statistics.median(runs[1:]))

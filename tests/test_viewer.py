@@ -326,3 +326,14 @@ def test_every_listed_page_is_one_file_and_every_page_file_is_listed() -> None:
     for name in files:
         tree = ast.parse((pages / f"{name}.py").read_text())
         assert any(isinstance(node, ast.FunctionDef) and node.name == "render" for node in tree.body), name
+
+
+def test_every_view_url_names_its_page_and_parameters_back() -> None:
+    """A link made by page_url is read back the same (the benchmark and the screenshots open views by URL)."""
+    from canon_pl.viewer.links import PAGES, page_url, parse_view
+
+    for page in PAGES:
+        assert parse_view(page_url(page, run="fam", latent=3)) == (page, {"run": "fam", "latent": "3"})
+        assert parse_view(page_url(page)) == (page, {})
+    with pytest.raises(ValueError, match="names no viewer page"):
+        parse_view("nowhere?run=fam")

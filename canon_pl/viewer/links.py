@@ -29,6 +29,18 @@ def page_url(page: str, **params: object) -> str:
     return f"{page_path(page)}?{query}" if query else page_path(page) or "./"
 
 
+def parse_view(url: str) -> tuple[str, dict[str, str]]:
+    """``(page, params)`` of a :func:`page_url` (``latent?run=fam&latent=3`` -> ``("Latent", {...})``)."""
+    from urllib.parse import parse_qsl
+
+    path, _, query = url.partition("?")
+    path = path.strip("./")
+    page = next((p for p in PAGES if page_path(p) == path), None)
+    if page is None:
+        raise ValueError(f"{url!r} names no viewer page; pages are {PAGES}")
+    return page, dict(parse_qsl(query))
+
+
 def latent_url(run: str, sae: str, latent: int) -> str:
     return page_url("Latent", run=run, sae=sae, latent=latent)
 
@@ -42,4 +54,4 @@ def anchor(text: object, url: str) -> str:
     return f'<a href="{html.escape(url, quote=True)}" target="_self">{html.escape(str(text))}</a>'
 
 
-__all__ = ["PAGES", "anchor", "latent_url", "meta_latent_url", "page_module", "page_path", "page_url"]
+__all__ = ["PAGES", "anchor", "latent_url", "meta_latent_url", "page_module", "page_path", "page_url", "parse_view"]
