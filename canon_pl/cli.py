@@ -37,6 +37,7 @@ class CanonCLI(LightningCLI):
         without ``save_dir`` (``canon_pl.training.RunCSVLogger`` and the others, as in the shipped configs and the
         presets in ``configs/logger/``) writes into it, and a ``ModelCheckpoint`` without ``dirpath`` into its
         checkpoint folder (:class:`canon_pl.io.layout.RunLayout`)."""
+        from canon_pl.checks import check_output_folder
         from canon_pl.io.layout import RunLayout
 
         config = self.config[self.subcommand] if self.subcommand else self.config
@@ -44,6 +45,7 @@ class CanonCLI(LightningCLI):
         if trainer is None or not trainer.get("default_root_dir"):
             return
         root = trainer.get("default_root_dir")
+        check_output_folder(root, "trainer.default_root_dir")  # before a logger creates anything in it
         for key, field, value in (("logger", "save_dir", str(root)),
                                   ("callbacks", "dirpath", str(RunLayout(root).checkpoints))):
             entries = trainer.get(key)
