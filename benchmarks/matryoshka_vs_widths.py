@@ -66,11 +66,14 @@ def main(argv: list[str]) -> int:
     config, widths = matryoshka_config(run, ns.steps)
     bin_dir = Path(sys.executable).parent
     if not (run / str(widths[-1]) / "cfg.json").is_file():
-        shutil.rmtree(run, ignore_errors=True)
-        run.mkdir(parents=True)
-        (run / "config.yaml").write_text(yaml.safe_dump(config))
+        last = RunLayout(run).last_checkpoint
+        resume = ["--ckpt_path", str(last)] if last.is_file() else []  # an interrupted run continues
+        if not resume:
+            shutil.rmtree(run, ignore_errors=True)
+            run.mkdir(parents=True)
+            (run / "config.yaml").write_text(yaml.safe_dump(config))
         subprocess.run([str(bin_dir / "lightning"), "fit", "--config", str(run / "config.yaml"),
-                        "--trainer.enable_progress_bar", "false"], check=True)
+                        "--trainer.enable_progress_bar", "false", *resume], check=True)
     shutil.rmtree(prefixes, ignore_errors=True)
     subprocess.run([str(bin_dir / "canon-pl"), "family", "--from", str(run / str(widths[-1])), "--prefixes", "--out",
                     str(prefixes)], check=True)
