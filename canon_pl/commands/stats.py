@@ -13,7 +13,7 @@ from canon_pl.checks import check_counts, check_device, check_output_folder, def
 from canon_pl.commands.args import run_command
 from canon_pl.io import load_sae, training_data
 from canon_pl.io.export import CONFIG_FILE
-from canon_pl.io.family import MANIFEST_FILE, load_family, read_family_manifest
+from canon_pl.io.family import MANIFEST_FILE, hook_families, is_multi_hook_run, load_family, read_family_manifest
 from canon_pl.io.layout import RunLayout
 from canon_pl.lm.loading import LoadedModel
 from canon_pl.meta import read_meta_analysis
@@ -26,7 +26,8 @@ from canon_pl.stats import (
 )
 from canon_pl.stats.files import write_meta_statistics
 
-DESCRIPTION = """Per-latent statistics of every SAE of a run (an export folder or a family folder): top activating
+DESCRIPTION = """Per-latent statistics of every SAE of a run (an export folder, a family folder, or a multi-hook run:
+each hook point's family): top activating
 contexts with a window of activations, a uniform sample of firing examples (for quantiles), firing frequency, a
 log10 activation histogram, and the tokens each decoder direction promotes and suppresses through the unembedding.
 Writes <run>/stats/ (stats.json, contexts.safetensors, one <member>.safetensors per SAE)."""
@@ -72,7 +73,7 @@ def stats(*, run: str, tokens: int = 65536, text: str | None = None, model: str 
     """Per-latent statistics of every SAE of a run, from one pass of held-out text.
 
     Args:
-        run: export folder (cfg.json) or family folder (family.json)
+        run: export folder (cfg.json), family folder (family.json) or multi-hook run (hooks.json: each family)
         tokens: held-out tokens to pass
         text: text source (default: the run's training text, else python-docs; its held-out documents, split,
             ordered and selected as the run's training was)
@@ -94,6 +95,16 @@ def stats(*, run: str, tokens: int = 65536, text: str | None = None, model: str 
     check_counts(0, **{"--window": window})
     check_device(device)
     run_dir = Path(run)
+    if is_multi_hook_run(run_dir):
+        if hook_point is not None:
+            raise StatsError(f"{run_dir} is a multi-hook run: each hook point's family is read at its own hook point; "
+                             f"leave out --hook_point")
+        for hook, folder in hook_families(run_dir).items():  # <run>/<hook point>/stats/ each
+            print(f"hook point {hook}:")
+            stats(run=str(folder), tokens=tokens, text=text, model=model, top=top, samples=samples, window=window,
+                  context_length=context_length, contexts_per_forward=contexts_per_forward,
+                  out=str(Path(out) / folder.name) if out else None, device=device)
+        return 0
     out_dir = Path(out) if out else RunLayout(run_dir).stats
     check_output_folder(out_dir)
     if (run_dir / "analysis.json").is_file():

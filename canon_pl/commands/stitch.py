@@ -9,7 +9,7 @@ from typing import Any
 from canon_pl.checks import check_counts, check_device, check_output_folder, default_device
 from canon_pl.commands.args import run_command
 from canon_pl.io import initial_decoder, load_sae, training_data
-from canon_pl.io.family import MANIFEST_FILE, load_family
+from canon_pl.io.family import MANIFEST_FILE, hook_families, is_multi_hook_run, load_family
 from canon_pl.io.layout import RunLayout
 from canon_pl.stitching import (
     DEFAULT_TAU,
@@ -22,7 +22,7 @@ from canon_pl.training.analysis_data import analysis_activations
 
 DESCRIPTION = """Which latents of a larger SAE are novel and which only re-split a smaller SAE's (Leask et al. 2025).
 SMALL and LARGE are exports (folders with cfg.json) of the same d_in; a family folder alone (family.json) stitches
-every adjacent pair of widths. Writes <out>/<small>_<large>.json (summary and path) and .safetensors (per-latent
+every adjacent pair of widths, and a multi-hook run (hooks.json) every hook point's family at its own hook point. Writes <out>/<small>_<large>.json (summary and path) and .safetensors (per-latent
 arrays); the format is in docs/stitching_results.md."""
 
 
@@ -79,7 +79,7 @@ def stitch(small: str, large: str | None = None, *, data: str, tokens: int = 819
     """Stitch two exported SAEs, or every adjacent pair of a family, and write each pair's results.
 
     Args:
-        small: the smaller SAE (export folder), or a family folder
+        small: the smaller SAE (export folder), a family folder, or a multi-hook run (each hook point's family)
         large: the larger SAE (export folder); omit for a family
         data: an activation cache (folder with index.json, from `canon-pl cache`), or a text source (python-docs,
             pydoc-topics, a local file/glob, a hub dataset) captured through the model
@@ -97,6 +97,15 @@ def stitch(small: str, large: str | None = None, *, data: str, tokens: int = 819
     check_counts(**{"--tokens": tokens})
     check_counts(0, **{"--ce_points": ce_points})
     check_device(device)
+    if large is None and is_multi_hook_run(small):
+        if hook_point is not None:
+            raise StitchingError(f"{small} is a multi-hook run: each hook point's family is stitched at its own hook "
+                                 f"point; leave out --hook_point")
+        for hook, folder in hook_families(small).items():  # pairs only ever within one hook point's family
+            print(f"hook point {hook}:")
+            stitch(str(folder), data=data, tokens=tokens, tau=tau, out=str(Path(out) / folder.name) if out else None,
+                   ce_points=ce_points, model=model, device=device)
+        return 0
     pairs, out_dir = _pairs(small, large, control, out, device)
     check_output_folder(out_dir)  # before the analysis, not after it
     x, spliced = analysis_activations(data, tokens, pairs[0]["small"], ce=ce_points > 0, model=model,

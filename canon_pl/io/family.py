@@ -1,4 +1,5 @@
-"""The family manifest ``family.json``: which exports form a family of SAE widths on one hook point."""
+"""The family manifest ``family.json``: which exports form a family of SAE widths on one hook point; and the hook
+points manifest ``hooks.json`` of a run that trained a family at each of several hook points."""
 
 from __future__ import annotations
 
@@ -16,6 +17,9 @@ MANIFEST_FILE = "family.json"
 FORMAT_NAME = "canon_pl.family"
 FAMILY = DocumentKind(FORMAT_NAME, 1, "family manifest", CheckpointError)
 """A family folder's ``family.json``."""
+HOOKS_FILE = "hooks.json"
+HOOKS = DocumentKind("canon_pl.hook_families", 1, "hook points manifest", CheckpointError)
+"""A multi-hook run's ``hooks.json``: its hook points, in order, and each one's family folder."""
 
 
 def write_family_manifest(directory: str | os.PathLike, members: dict[int, str], cfg: SAEConfig, tokens: int,
@@ -36,6 +40,39 @@ def write_family_manifest(directory: str | os.PathLike, members: dict[int, str],
         "tokens": int(tokens),
     }))
     return path
+
+
+def write_hooks_manifest(directory: str | os.PathLike, families: dict[str, str]) -> Path:
+    """Record ``families`` (hook point -> its family folder relative to ``directory``), in the run's order."""
+    path = Path(directory) / HOOKS_FILE
+    atomic_write_json(path, HOOKS.stamp({"hook_points": list(families), "families": dict(families)}))
+    return path
+
+
+def is_multi_hook_run(directory: str | os.PathLike) -> bool:
+    return (Path(directory) / HOOKS_FILE).is_file()
+
+
+def hook_families(directory: str | os.PathLike) -> dict[str, Path]:
+    """``{hook point: family folder}`` of a multi-hook run (``hooks.json``), in the run's order; each folder must be
+    a family folder directly inside ``directory``."""
+    directory = Path(directory)
+    path = directory / HOOKS_FILE
+    manifest = HOOKS.read(path)
+    families = manifest.get("families")
+    if not (isinstance(families, dict) and families and all(isinstance(f, str) for f in families.values())):
+        raise CheckpointError(f"{path} is malformed: \"families\" must map each hook point to its family folder; "
+                              f"re-run the multi-hook fit or write it with write_hooks_manifest")
+    found = {}
+    for hook_point, folder in families.items():
+        if Path(folder).name != folder or folder in (".", ".."):
+            raise CheckpointError(f"{path} names the family folder {folder!r}: each hook point's family is a folder "
+                                  f"directly inside the run (a name, no path)")
+        if not (directory / folder / MANIFEST_FILE).is_file():
+            raise CheckpointError(f"{path} lists {hook_point!r} in {folder!r}, which has no {MANIFEST_FILE}; the run "
+                                  f"did not finish its export: re-run it or resume from its last checkpoint")
+        found[str(hook_point)] = directory / folder
+    return found
 
 
 def read_family_manifest(directory: str | os.PathLike) -> dict[str, Any]:

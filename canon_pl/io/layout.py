@@ -5,6 +5,8 @@ the callbacks, the viewer and the report write into it and read back.
 
     <run>/
       family.json, <member>/cfg.json + sae.safetensors   the exports (a single SAE: cfg.json in <run> itself)
+      hooks.json, <hook point>/                          a multi-hook run: one family folder per hook point
+                                                         (each with its own family.json, stitching/, stats/)
       ckpt/last.ckpt, ckpt/epoch=...-step=....ckpt       Lightning checkpoints (last.ckpt a link to the newest)
       logs/version_<n>/metrics.csv                       the CSV logger
       fit_time.json                                      where the fit's time went (FitTimeBreakdown)
@@ -85,6 +87,10 @@ class RunLayout:
     @property
     def lock(self) -> Path:
         return self.root / self.LOCK
+
+    def hook_family(self, hook_point: str) -> Path:
+        """``<hook point>/``: a multi-hook run's family at ``hook_point`` (the name as written, ``model.layers.6``)."""
+        return self.root / hook_point
 
     def meta_sae(self, width: int) -> Path:
         """``meta_sae_<width>/``: the meta-SAE trained on member ``width``."""

@@ -27,6 +27,10 @@ class HookPointError(CanonError, ValueError):
     """A hook point name the model does not have."""
 
 
+class _ProbeDone(Exception):
+    """Raised by the execution-order probe once it has seen every hook point."""
+
+
 class HookedLanguageModel:
     """A causal LM wrapped with nnsight, with capture and splicing at named hook points."""
 
@@ -108,6 +112,54 @@ class HookedLanguageModel:
             saved = (envoy.input if port == "input" else envoy.output).save()
             tracer.stop()
         return saved[0] if isinstance(saved, tuple) else saved
+
+    def execution_order(self, hook_points: list[str]) -> list[str]:
+        """``hook_points`` in the order one forward pass reaches them (nnsight reads a trace's values in that order).
+        Found once per set by a two-token probe forward with plain torch hooks: a block's children are not always
+        declared in the order they run (Gemma 2 declares its norms after its MLP)."""
+        key = tuple(hook_points)
+        cache = self.__dict__.setdefault("_execution_orders", {})
+        if key not in cache:
+            reached: list[str] = []
+            handles = []
+            wanted = list(dict.fromkeys(hook_points))
+            for hook_point in wanted:
+                site = self.site(hook_point)
+                module = self.model.get_submodule(site.module)
+
+                def record(*_: object, name: str = hook_point) -> None:
+                    if name not in reached:
+                        reached.append(name)
+                    if len(reached) == len(wanted):
+                        raise _ProbeDone  # the rest of the model need not run
+
+                handles.append(module.register_forward_pre_hook(record) if site.port == "input"
+                               else module.register_forward_hook(record))
+            try:
+                with torch.inference_mode():
+                    self.model(torch.zeros(1, 2, dtype=torch.long, device=self.device))
+            except _ProbeDone:
+                pass
+            finally:
+                for handle in handles:
+                    handle.remove()
+            cache[key] = reached
+        return list(cache[key])
+
+    @torch.inference_mode()
+    def capture_many(self, tokens: Tensor, hook_points: list[str]) -> dict[str, Tensor]:
+        """Activations at every hook point from one forward pass that stops after the last of them.
+
+        tokens: ``[batch, seq]`` -> ``{hook point: [batch, seq, d_model]}``, equal to :meth:`capture` at each.
+        """
+        order = self.execution_order(hook_points)
+        saved = {}
+        with self._nn.trace(tokens.to(self.device)) as tracer:
+            for hook_point in order:
+                envoy, port = self._envoy(hook_point)
+                saved[hook_point] = (envoy.input if port == "input" else envoy.output).save()
+            tracer.stop()
+        return {h: saved[h][0] if isinstance(saved[h], tuple) else saved[h] for h in hook_points}
 
     @torch.inference_mode()
     def logits(self, tokens: Tensor, hook_point: str | None = None,

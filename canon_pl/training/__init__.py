@@ -1,6 +1,6 @@
 """Lightning wrappers: the SAE LightningModule, activation DataModules and callbacks."""
 
-from canon_pl.training.activations import ActivationDataModule
+from canon_pl.training.activations import ActivationDataModule, MultiHookActivationDataModule
 from canon_pl.training.callbacks import SAEExportCallback, StepProgressBar
 from canon_pl.training.datamodules import (
     ActivationShardDataModule,
@@ -28,6 +28,7 @@ from canon_pl.training.parallel import (
     SAEFSDPStrategy,
     SAEThroughputMonitor,
 )
+from canon_pl.training.multi_hook import MultiHookFamilyModule
 from canon_pl.training.schedule import OptimizerSettings
 from canon_pl.training.stitching import StitchingCallback
 from canon_pl.training.timing import FitTimeBreakdown
@@ -42,6 +43,8 @@ __all__ = [
     "InputShapeError",
     "MetaSAEAnalysisCallback",
     "MetaSAEModule",
+    "MultiHookActivationDataModule",
+    "MultiHookFamilyModule",
     "NonFiniteError",
     "RankAgreementCheck",
     "RunCSVLogger",

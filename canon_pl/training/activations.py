@@ -16,6 +16,7 @@ from canon_pl.checks import check_counts, check_positive
 from canon_pl.distributed import world
 from canon_pl.errors import SettingError
 from canon_pl.lm import HookedLanguageModel, iterate_buffered_batches
+from canon_pl.lm.multi_hook import MultiHookBatch, MultiHookSource, check_hook_points
 from canon_pl.lm.source import CAPTURE_KEYS, ActivationSource, CaptureSettings
 from canon_pl.lm.text import TextSourceError
 from canon_pl.training.datamodules import ResumableStreamDataModule, _loader
@@ -72,6 +73,7 @@ class ActivationDataModule(ResumableStreamDataModule):
                 the visible GPUs (one process, for an LM too big to sit next to the SAE; see README "Scaling out").
             seed: Seed of the document order and of the buffer's shuffling.
         """
+        given = {key: value for key, value in locals().items() if key in CAPTURE_KEYS}
         super().__init__()
         self.save_hyperparameters()
         check_counts(2, context_length=context_length, val_every=val_every)
@@ -84,13 +86,17 @@ class ActivationDataModule(ResumableStreamDataModule):
             check_counts(document_chars=document_chars)
         if outlier_factor is not None:
             check_positive(outlier_factor=outlier_factor)
-        self.source = ActivationSource(
-            CaptureSettings(**{key: self.hparams[key] for key in CAPTURE_KEYS}), text_column=text_column,
-            model_dtype=model_dtype, model_device_map=model_device_map)
+        self.source = self._make_source(CaptureSettings(**given),
+                                        text_column, model_dtype, model_device_map)
         self._stream: Iterator[Tensor] | None = None
         self._stream_position = 0
 
     # ------------------------------------------------------------------------------------------- set-up
+    def _make_source(self, settings: CaptureSettings, text_column: str, model_dtype: str,
+                     model_device_map: str | None) -> ActivationSource:
+        return ActivationSource(settings, text_column=text_column, model_dtype=model_dtype,
+                                model_device_map=model_device_map)
+
     def initial_position(self) -> Any:
         return [0, 0]
 
@@ -166,11 +172,88 @@ class ActivationDataModule(ResumableStreamDataModule):
         def batches() -> Iterator[dict[str, Tensor]]:
             per_rank = -(-hp.val_contexts // world()[1])  # the ranks share val_contexts between them
             for batch in self.source.take("val", per_rank, hp.contexts_per_forward, shard=world()):
-                yield {"tokens": batch.tokens, "activations": batch.kept, "mask": batch.mask}
+                yield {"tokens": batch.tokens, "activations": self._val_activations(batch), "mask": batch.mask}
 
         return _loader(batches)
+
+    def _val_activations(self, batch: Any) -> Any:
+        """What a validation batch carries under ``activations``: the kept ``[n_kept, d]``."""
+        return batch.kept
 
     def spliced_sums(self, tokens: Tensor, mask: Tensor,
                      reconstructions: dict[str, Callable[[Tensor], Tensor]]) -> dict[str, dict[str, Tensor]]:
         """Next-token loss sums with each SAE spliced in at the kept positions (see ``spliced_loss_sums``)."""
         return self.source.spliced_sums(tokens, mask, reconstructions)
+
+
+class MultiHookActivationDataModule(ActivationDataModule):
+    """:class:`ActivationDataModule` read at several hook points from one LM forward that stops after the last.
+
+    Training batches are ``{hook point: [batch, d_in]}`` (row ``i`` the same token at every hook point); validation
+    batches carry ``activations`` as ``{hook point: [n_kept, d]}``. A token is kept at every hook point or at none
+    (see :mod:`canon_pl.lm.multi_hook`). Train it with :class:`~canon_pl.training.MultiHookFamilyModule`.
+    """
+
+    def __init__(self, hook_points: list[str], model: str = CaptureSettings.model, text: str = CaptureSettings.text,
+                 text_column: str = "text", context_length: int = CaptureSettings.context_length,
+                 contexts_per_forward: int = 32, block_contexts: int = 256, batch_size: int = 4096,
+                 exclude_bos: bool = CaptureSettings.exclude_bos,
+                 outlier_factor: float | None = CaptureSettings.outlier_factor, val_contexts: int = 64,
+                 val_every: int = CaptureSettings.val_every, document_chars: int | None = CaptureSettings.document_chars,
+                 shuffle_documents: bool = CaptureSettings.shuffle_documents, model_dtype: str = "float32",
+                 model_device_map: str | None = None, seed: int = CaptureSettings.seed) -> None:
+        """
+        Args:
+            hook_points: The hook points, each as ``ActivationDataModule``'s ``hook_point`` (for example
+                ``[model.layers.3, model.layers.6, model.layers.9]``); each listed once.
+            model, text, text_column, context_length, contexts_per_forward, block_contexts, batch_size, exclude_bos,
+                outlier_factor, val_contexts, val_every, document_chars, shuffle_documents, model_dtype,
+                model_device_map, seed: as for :class:`ActivationDataModule` (``batch_size`` tokens per batch, each
+                read at every hook point).
+        """
+        self.hook_points = check_hook_points(hook_points)
+        super().__init__(model=model, hook_point=self.hook_points[0], text=text, text_column=text_column,
+                         context_length=context_length, contexts_per_forward=contexts_per_forward,
+                         block_contexts=block_contexts, batch_size=batch_size, exclude_bos=exclude_bos,
+                         outlier_factor=outlier_factor, val_contexts=val_contexts, val_every=val_every,
+                         document_chars=document_chars, shuffle_documents=shuffle_documents,
+                         model_dtype=model_dtype, model_device_map=model_device_map, seed=seed)
+        self.save_hyperparameters()
+
+    def _make_source(self, settings: CaptureSettings, text_column: str, model_dtype: str,
+                     model_device_map: str | None) -> MultiHookSource:
+        return MultiHookSource(settings, self.hook_points, text_column=text_column, model_dtype=model_dtype,
+                               model_device_map=model_device_map)
+
+    def provenance(self) -> dict[str, Any]:
+        raise SettingError(f"this DataModule reads {len(self.hook_points)} hook points ({', '.join(self.hook_points)}): "
+                           f"train it with canon_pl.training.MultiHookFamilyModule, which records each hook point's "
+                           f"provenance in its own family")
+
+    def provenance_by_hook(self) -> dict[str, dict[str, Any]]:
+        """``{hook point: what its family's exports record}``."""
+        return self.source.provenance_by_hook()
+
+    def load_block(self, k: int) -> Tensor:
+        """Block ``k`` with the hook points side by side: ``[n_kept, n_hooks * d_in]``."""
+        block = super().load_block(k)
+        if block.numel() == 0:
+            return torch.empty(0, self.d_in * len(self.hook_points), device=block.device)
+        return block
+
+    def split_by_hook(self, batch: Tensor) -> dict[str, Tensor]:
+        """``[batch, n_hooks * d_in]`` -> ``{hook point: [batch, d_in]}`` (each contiguous, as the SAE kernels read)."""
+        return {h: part.contiguous() for h, part in zip(self.hook_points, batch.split(self.d_in, dim=1))}
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        batch = super().on_after_batch_transfer(batch, dataloader_idx)
+        return self.split_by_hook(batch) if isinstance(batch, Tensor) else batch
+
+    def _val_activations(self, batch: MultiHookBatch) -> dict[str, Tensor]:
+        return dict(batch.kept_by_hook)
+
+    def spliced_sums_by_hook(self, tokens: Tensor, mask: Tensor,
+                             reconstructions: dict[str, dict[str, Callable[[Tensor], Tensor]]],
+                             ) -> dict[str, dict[str, dict[str, Tensor]]]:
+        """``{hook point: {name: loss sums}}`` with each hook point's reconstructions spliced in there."""
+        return self.source.spliced_sums_by_hook(tokens, mask, reconstructions)

@@ -9,6 +9,8 @@ import lightning as L
 from lightning.pytorch.callbacks import TQDMProgressBar
 from lightning.pytorch.utilities import rank_zero_info
 
+from canon_pl.io.family import MANIFEST_FILE, is_multi_hook_run
+
 
 class SAEExportCallback(L.Callback):
     """Writes ``sae.safetensors`` + ``cfg.json`` under ``dirpath`` when ``fit`` ends normally.
@@ -31,7 +33,10 @@ class SAEExportCallback(L.Callback):
         pl_module.export(target)  # every rank: a sharded SAE is gathered first; rank 0 alone writes
         if not trainer.is_global_zero:
             return
-        if (target / "family.json").is_file():
+        if is_multi_hook_run(target):
+            rank_zero_info(f"canon-pl: exported a family per hook point to {target}/<hook point>/ (load one with "
+                           f"canon_pl.load_family({str(target)!r} + '/<hook point>'))")
+        elif (target / MANIFEST_FILE).is_file():
             rank_zero_info(f"canon-pl: exported the family to {target} (load it with canon_pl.load_family({str(target)!r}))")
         else:
             rank_zero_info(f"canon-pl: exported the SAE to {target} (load it with canon_pl.load_sae({str(target)!r}))")

@@ -97,6 +97,70 @@ def _member_metrics(d_sae: int) -> nn.ModuleDict:
     })
 
 
+def claim_run_folder(module: L.LightningModule, stage: str) -> None:
+    """One writer per run folder: a second live run into ``trainer.default_root_dir`` is refused before anything is
+    written (a run that dies leaves a stale lock that the next run on this host takes over); checkpoints are written
+    atomically."""
+    if module._trainer is None:
+        return
+    if stage == "fit" and module.trainer.is_global_zero:
+        check_output_folder(module.trainer.default_root_dir, "trainer.default_root_dir")
+        module._run_lock = RunFolderLock(module.trainer.default_root_dir)
+        module._run_lock.acquire()
+    use_atomic_checkpoint_io(module.trainer)  # no truncated .ckpt on a full disk; restricted reads on resume
+
+
+def release_run_folder(module: L.LightningModule) -> None:
+    lock = getattr(module, "_run_lock", None)
+    if lock is not None:
+        lock.release()
+
+
+def log_training_step(module: L.LightningModule, log: dict[str, Tensor], batch_tokens: int) -> None:
+    """Log one step's metrics, the data's excluded fraction and the tokens per second of ``batch_tokens`` per rank
+    (timed from the module's previous step: ``module._last_step_time``)."""
+    excluded = getattr(getattr(module.trainer, "datamodule", None), "excluded_fraction", None)
+    if isinstance(excluded, float):
+        log["data/excluded_fraction"] = torch.tensor(excluded)
+    module.log_dict(log, on_step=True, on_epoch=False)
+    tokens = batch_tokens * world()[1]
+    now = time.perf_counter()
+    last = getattr(module, "_last_step_time", None)
+    if last is not None:
+        module.log("tok/s", tokens / max(now - last, 1e-9), prog_bar=True, on_step=True)
+    module._last_step_time = now
+
+
+def refuse_non_finite_checkpoint(checkpoint: dict[str, Any], step: int, device: torch.device) -> None:
+    """:class:`NonFiniteError` when any floating-point tensor of the checkpoint's state dict has NaN/Inf values on
+    any rank (every rank decides together), so the last checkpoint on disk stays the last good one."""
+    bad = ""
+    for name, tensor in checkpoint["state_dict"].items():
+        local = tensor.to_local() if is_sharded(tensor) else tensor  # a rank's shard (distributed checkpoints)
+        if local.is_floating_point() and not torch.isfinite(local).all():
+            bad = f"{name} has NaN/Inf values ({int((~torch.isfinite(local)).sum())} of {local.numel()})"
+            break
+    if all_reduce(torch.tensor(int(bool(bad)), device=device), "max"):
+        what = bad or "weights on another rank have NaN/Inf values"
+        raise NonFiniteError(
+            f"refusing to write a checkpoint at step {step}: {what}; the checkpoints already written are untouched: "
+            f"resume from the last one with a lower learning rate or check the data"
+        )
+
+
+def adam_with_schedule(groups: list[dict[str, Any]], schedule: OptimizerSettings,
+                       module: L.LightningModule) -> torch.optim.Optimizer | dict[str, Any]:
+    """Adam over ``groups`` under ``schedule`` (a ``LambdaLR`` stepped every optimizer step, its position saved in
+    every checkpoint; plain Adam when the rate is constant)."""
+    optimizer = torch.optim.Adam(groups, betas=schedule.betas)
+    if schedule.is_constant:
+        return optimizer
+    max_steps = int(module.trainer.max_steps) if module._trainer is not None else -1
+    schedule.check_fits(max_steps)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(schedule, step, max_steps))
+    return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
 class SAEFamilyModule(L.LightningModule):
     """SAEs of several widths trained side by side on one stream; exported to ``<dir>/<width>/`` + ``family.json``.
 
@@ -193,8 +257,11 @@ class SAEFamilyModule(L.LightningModule):
         hp = self.settings
         return initial_sae(hp.sae.sae_config(hp.d_in, width, hp.hook_point, hp.model_id), init_seed)
 
+    metric_prefix = ""
+    """Put before every logged metric's name (a multi-hook run sets ``<hook point>/`` on each hook point's family)."""
+
     def _prefix(self, key: str) -> str:
-        return f"{key}/"
+        return f"{self.metric_prefix}{key}/"
 
     # --------------------------------------------------------------------------------------------- sharding
     def configure_model(self) -> None:
@@ -250,19 +317,10 @@ class SAEFamilyModule(L.LightningModule):
         if hasattr(datamodule, "provenance"):
             self.data_provenance = dict(datamodule.provenance())
             self._adopt_activation_source(self.data_provenance)
-        if stage == "fit" and self._writes_files() and self._trainer is not None:
-            # One writer per run folder: a second live run into it is refused before anything is written. A run
-            # that dies leaves a stale lock that the next run on this host takes over.
-            check_output_folder(self.trainer.default_root_dir, "trainer.default_root_dir")
-            self._run_lock = RunFolderLock(self.trainer.default_root_dir)
-            self._run_lock.acquire()
-        if self._trainer is not None:
-            use_atomic_checkpoint_io(self.trainer)  # no truncated .ckpt on a full disk; restricted reads on resume
+        claim_run_folder(self, stage)
 
     def teardown(self, stage: str) -> None:
-        lock = getattr(self, "_run_lock", None)
-        if lock is not None:
-            lock.release()
+        release_run_folder(self)
 
     def _adopt_activation_source(self, source: dict[str, Any]) -> None:
         """Every export records where its activations came from: the data's hook point and model fill the module's
@@ -326,6 +384,15 @@ class SAEFamilyModule(L.LightningModule):
 
     # --------------------------------------------------------------------------------------------- training
     def training_step(self, batch: Tensor, batch_idx: int) -> Tensor:
+        loss, log = self.train_members(batch)
+        log_training_step(self, log, batch.shape[0])
+        last = self._prefix(str(self.widths[-1]))
+        self.log("fvu", log[f"{last}train/fvu"], prog_bar=True, on_step=True, logger=False)
+        return loss
+
+    def train_members(self, batch: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        """Every member's training forward on ``batch`` ``[batch, d_in]`` (raw activations): the sum of their losses
+        and what to log of each (under :meth:`_prefix`); counts the batch's tokens as trained."""
         x = self._check_input(batch, "training")
         if not bool(self.input_stats_initialized):
             self._initialize_input_statistics(x)
@@ -352,20 +419,9 @@ class SAEFamilyModule(L.LightningModule):
             log.update({f"{prefix}train/loss": out.loss.detach(), f"{prefix}train/fvu": fvu,
                         f"{prefix}train/l0": out.l0, f"{prefix}train/dead_fraction": sae.dead_mask().float().mean(),
                         f"{prefix}train/threshold": sae.threshold.detach().mean()})
-        excluded = getattr(getattr(self.trainer, "datamodule", None), "excluded_fraction", None)
-        if isinstance(excluded, float):
-            log["data/excluded_fraction"] = torch.tensor(excluded)
-        self.log_dict(log, on_step=True, on_epoch=False)
         self._batch_tokens = x.shape[0]
-        tokens = x.shape[0] * world()[1]  # every rank's batch has the same size (the DataModules guarantee it)
-        self.tokens_trained += tokens
-        now = time.perf_counter()
-        if self._last_step_time is not None:
-            self.log("tok/s", tokens / max(now - self._last_step_time, 1e-9), prog_bar=True, on_step=True)
-        self._last_step_time = now
-        last = self._prefix(str(self.widths[-1]))
-        self.log("fvu", log[f"{last}train/fvu"], prog_bar=True, on_step=True, logger=False)
-        return torch.stack(losses).sum()
+        self.tokens_trained += x.shape[0] * world()[1]  # every rank's batch has the same size (the DataModules say)
+        return torch.stack(losses).sum(), log
 
     def sparsity_scale(self) -> float:
         """Fraction of the L1 weight in force at this step: rises linearly to 1 over ``l1_warmup_steps``."""
@@ -394,15 +450,11 @@ class SAEFamilyModule(L.LightningModule):
     def configure_optimizers(self) -> torch.optim.Optimizer | dict[str, Any]:
         """Adam over every member at its own learning rate, under the ``optimizer`` settings' schedule (a ``LambdaLR``
         stepped every optimizer step; its position is saved in every checkpoint)."""
-        groups = [{"params": list(sae.parameters()), "lr": self.learning_rates[key]} for key, sae in self.members.items()]
-        schedule = self.settings.optimizer
-        optimizer = torch.optim.Adam(groups, betas=schedule.betas)
-        if schedule.is_constant:
-            return optimizer
-        max_steps = int(self.trainer.max_steps) if self._trainer is not None else -1
-        schedule.check_fits(max_steps)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(schedule, step, max_steps))
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return adam_with_schedule(self.param_groups(), self.settings.optimizer, self)
+
+    def param_groups(self) -> list[dict[str, Any]]:
+        """One Adam parameter group per member, at the member's learning rate."""
+        return [{"params": list(sae.parameters()), "lr": self.learning_rates[key]} for key, sae in self.members.items()]
 
     # --------------------------------------------------------------------------------------------- evaluation
     def reconstruct(self, x: Tensor, width: int | str | None = None, inference: bool = True) -> Tensor:
@@ -413,7 +465,13 @@ class SAEFamilyModule(L.LightningModule):
     def validation_step(self, batch: Tensor | dict[str, Tensor], batch_idx: int) -> None:
         """batch: ``[batch, d_in]`` activations, or a dict with ``activations``, ``tokens`` and ``mask`` from a
         DataModule that can also splice SAEs into the language model (``spliced_sums``)."""
-        raw = batch["activations"] if isinstance(batch, dict) else batch
+        self.update_validation(batch["activations"] if isinstance(batch, dict) else batch)
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if isinstance(batch, dict) and hasattr(datamodule, "spliced_sums"):
+            self.update_spliced(datamodule.spliced_sums(batch["tokens"], batch["mask"], self.reconstructions()))
+
+    def update_validation(self, raw: Tensor) -> None:
+        """Add held-out activations ``[n, d_in]`` (raw) to every member's EV, L0, dead fraction and density."""
         x = self._check_input(raw, "validation") * self.activation_scale
         for key, sae in self.members.items():
             metrics = self.val_metrics[key]
@@ -421,13 +479,22 @@ class SAEFamilyModule(L.LightningModule):
             metrics["explained_variance"].update(sae.decode(acts), x)
             for name in ("l0", "dead_fraction", "density"):
                 metrics[name].update(acts)
-        datamodule = getattr(self.trainer, "datamodule", None)
-        if isinstance(batch, dict) and hasattr(datamodule, "spliced_sums"):
-            reconstructions = {key: (lambda h, key=key: self.reconstruct(h.float(), key)) for key in self.members}
-            for key, sums in datamodule.spliced_sums(batch["tokens"], batch["mask"], reconstructions).items():
-                self.val_metrics[key]["spliced"].update(sums)
+
+    def reconstructions(self) -> dict[str, Any]:
+        """``{member: raw [n, d_in] -> its reconstruction [n, d_in]}``, to splice into the LM."""
+        return {key: (lambda h, key=key: self.reconstruct(h.float(), key)) for key in self.members}
+
+    def update_spliced(self, sums: dict[str, dict[str, Tensor]]) -> None:
+        """Add each member's spliced next-token loss sums (``spliced_loss_sums``'s result)."""
+        for key, member_sums in sums.items():
+            self.val_metrics[key]["spliced"].update(member_sums)
 
     def on_validation_epoch_end(self) -> None:
+        self.log_dict(self.validation_log(), prog_bar=False, sync_dist=True)  # reduced by torchmetrics already
+        self._reshard()
+
+    def validation_log(self) -> dict[str, Tensor]:
+        """Every member's held-out metrics since the last call (under :meth:`_prefix`); resets them."""
         log = {}
         for key, metrics in self.val_metrics.items():
             prefix = self._prefix(key)
@@ -439,8 +506,7 @@ class SAEFamilyModule(L.LightningModule):
                 log.update({f"{prefix}val/{name}": value for name, value in metrics["spliced"].compute().items()})
             for metric in metrics.values():
                 metric.reset()
-        self.log_dict(log, prog_bar=False, sync_dist=True)  # already reduced by torchmetrics: equal on every rank
-        self._reshard()
+        return log
 
     def _reshard(self) -> None:
         """Free the gathered weights an FSDP member kept after an evaluation forward (``reshard_after_forward`` is
@@ -452,19 +518,7 @@ class SAEFamilyModule(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Each member's full SAE config, so a checkpoint describes its SAEs whatever ``hparams`` holds. A checkpoint
         of non-finite weights is refused, so the last one on disk stays the last good one."""
-        bad = ""
-        for name, tensor in checkpoint["state_dict"].items():
-            local = tensor.to_local() if is_sharded(tensor) else tensor  # a rank's shard (distributed checkpoints)
-            if local.is_floating_point() and not torch.isfinite(local).all():
-                bad = f"{name} has NaN/Inf values ({int((~torch.isfinite(local)).sum())} of {local.numel()})"
-                break
-        # Every rank decides together (a rank with an empty or healthy state dict must not go on writing alone).
-        if all_reduce(torch.tensor(int(bool(bad)), device=self.activation_scale.device), "max"):
-            what = bad or "weights on another rank have NaN/Inf values"
-            raise NonFiniteError(
-                f"refusing to write a checkpoint at step {self.global_step}: {what}; the checkpoints already written "
-                f"are untouched: resume from the last one with a lower learning rate or check the data"
-            )
+        refuse_non_finite_checkpoint(checkpoint, int(self.global_step), self.activation_scale.device)
         checkpoint["canon_pl_sae_configs"] = {key: sae.cfg.to_dict() for key, sae in self.members.items()}
 
     # --------------------------------------------------------------------------------------------- export

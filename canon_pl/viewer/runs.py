@@ -10,7 +10,7 @@ from typing import Any
 import pandas as pd
 
 from canon_pl.io.export import CONFIG_FILE, CheckpointError, read_export_config
-from canon_pl.io.family import read_family_manifest
+from canon_pl.io.family import is_multi_hook_run, read_family_manifest
 from canon_pl.io.layout import RunLayout
 from canon_pl.viewer.folders import files_inside
 
@@ -76,12 +76,14 @@ def _version_order(path: Path) -> tuple[int, float]:
 
 def member_metrics(run: Path, family_metrics: pd.DataFrame | None = None) -> pd.DataFrame:
     """The run's metrics; for a family member (``<family>/<width>/``) its columns of the family's log, with the
-    ``<width>/`` prefix removed. ``family_metrics`` passes the family's log when the caller has read it already."""
+    ``<width>/`` prefix removed (in a multi-hook run, of the run's log with ``<hook point>/<width>/`` removed). ``family_metrics`` passes the family's log when the caller has read it already."""
     run = Path(run)
     metrics = read_metrics(run)
     if metrics.empty and (run.parent / "family.json").is_file():
         family = read_metrics(run.parent) if family_metrics is None else family_metrics
         prefix = f"{run.name}/"
+        if family.empty and is_multi_hook_run(run.parent.parent):  # one log for every hook point's family
+            family, prefix = read_metrics(run.parent.parent), f"{run.parent.name}/{run.name}/"
         columns = {c: c[len(prefix):] for c in family.columns if c.startswith(prefix)}
         keep = [c for c in ("step", "epoch", "tok/s") if c in family.columns]
         metrics = family[keep + list(columns)].rename(columns=columns)
@@ -107,11 +109,13 @@ def _members(family_dir: Path) -> set[str]:
 
 
 def find_runs(root: str | Path) -> list[RunSummary]:
-    """Every folder below ``root`` (two levels at most) holding a readable canon-pl ``cfg.json``."""
+    """Every folder below ``root`` (three levels at most: a multi-hook run's members) holding a readable canon-pl
+    ``cfg.json``."""
     root = Path(root)
     runs = []
     family_logs: dict[Path, pd.DataFrame] = {}  # a family's log is read once for all its members
-    for cfg in sorted(files_inside(root, f"*/{CONFIG_FILE}") + files_inside(root, f"*/*/{CONFIG_FILE}")):
+    found = [cfg for depth in ("*", "*/*", "*/*/*") for cfg in files_inside(root, f"{depth}/{CONFIG_FILE}")]
+    for cfg in sorted(found):
         try:
             config = read_export_config(cfg.parent)
         except (CheckpointError, json.JSONDecodeError, OSError):
@@ -120,7 +124,9 @@ def find_runs(root: str | Path) -> list[RunSummary]:
         family = None
         group = name  # a family groups its members; anything else (a meta-SAE beside them) stands alone
         if (cfg.parent.parent / "family.json").is_file():
-            family = family_logs.setdefault(cfg.parent.parent, read_metrics(cfg.parent.parent))
+            if cfg.parent.parent not in family_logs:
+                family_logs[cfg.parent.parent] = read_metrics(cfg.parent.parent)
+            family = family_logs[cfg.parent.parent]
             if cfg.parent.name in _members(cfg.parent.parent):
                 group = str(cfg.parent.parent.relative_to(root)) if cfg.parent.parent != root else root.name
         metrics = member_metrics(cfg.parent, family)
