@@ -10,6 +10,7 @@ Ends with ``ratio: <separate time / family time>`` (goal >= 2). Usage: ``python 
 from __future__ import annotations
 
 import argparse
+import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -26,7 +27,8 @@ WIDTHS = [576 * m for m in (2, 4, 8, 16, 32)]
 
 def fit(module: L.LightningModule, data: ActivationDataModule, steps: int) -> float:
     trainer = L.Trainer(max_steps=steps, accelerator="auto", devices=1, logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0)
+                        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
+                        default_root_dir=tempfile.mkdtemp(prefix="canon_pl_bench_"))  # not the working folder
     start = time.perf_counter()
     trainer.fit(module, data)
     return time.perf_counter() - start

@@ -55,7 +55,8 @@ def bare_loop(index: ShardIndex, steps: int) -> float:
 def lightning_fit(path: Path, steps: int) -> float:
     data = ActivationShardDataModule(str(path), batch_size=BATCH, val_path=str(path))
     trainer = L.Trainer(max_steps=steps, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0)
+                        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
+                        default_root_dir=path)  # its own folder: the working folder may hold another run's lock
     module = SAEModule(d_in=D_IN, d_sae=D_SAE, sae=BatchTopKSettings(k=K), optimizer=OptimizerSettings(lr=1e-3))
     start = time.perf_counter()
     trainer.fit(module, data)

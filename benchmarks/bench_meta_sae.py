@@ -59,7 +59,8 @@ def fit(module: L.LightningModule, data: L.LightningDataModule, steps: int) -> f
 
     trainer = L.Trainer(max_steps=steps + 1, accelerator="auto", devices=1, logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
-                        callbacks=[Timer()])
+                        callbacks=[Timer()],
+                        default_root_dir=tempfile.mkdtemp(prefix="canon_pl_bench_"))  # not the working folder
     trainer.fit(module, data)
     return steps * BATCH / (time.perf_counter() - Timer.start)
 

@@ -15,7 +15,7 @@ from canon_pl.io.atomic import atomic_write_text
 from canon_pl.io.layout import RunLayout
 from canon_pl.meta.analysis import higher_floor
 from canon_pl.stitching import settings_mismatch
-from canon_pl.verdicts import MARGIN, META_MARGIN, MIN_SHARE, PAPER, study_verdicts
+from canon_pl.verdicts import MARGIN, META_MARGIN, MIN_SHARE, PAPER, matryoshka_verdict, study_verdicts
 
 REPORT_FILE = RunLayout.REPORT
 
@@ -89,6 +89,8 @@ def gather(run: Path, meta_dir: Path | None) -> dict[str, Any]:
     family = pd.DataFrame(rows)
     pairs, paths = [], []
     for found in find_stitching_results(run):
+        if found.path.parent != RunLayout(run).stitching:
+            continue  # another family's pairs below the run (the Matryoshka's prefixes): its own section
         data = load_pair(found.path)
         s = data["summary"]
         pairs.append(s)
@@ -97,7 +99,33 @@ def gather(run: Path, meta_dir: Path | None) -> dict[str, Any]:
     meta = read_meta_analysis(meta_dir, arrays=True) if meta_dir is not None and meta_dir.is_dir() else None
     return {"family": family, "pairs": pairs, "paths": pd.concat(paths) if paths else pd.DataFrame(),
             "curves": training_curves(run), "meta": meta,
-            "examples": _examples(run, meta_dir, meta) if meta is not None else []}
+            "examples": _examples(run, meta_dir, meta) if meta is not None else [],
+            "matryoshka": matryoshka_facts(run)}
+
+
+def matryoshka_facts(run: Path) -> dict[str, Any] | None:
+    """The Matryoshka comparison beside the family (``None`` when the run has none): ``widths``, ``control_seeds``,
+    ``pairs`` (per adjacent pair of prefixes its stitching ``summary`` and the classes of the latents it ``added``)
+    and ``meta`` (the meta-SAE analysis of its widest level, or ``None``)."""
+    from canon_pl.io import read_family_manifest
+    from canon_pl.meta import read_meta_analysis
+    from canon_pl.stitching import read_stitching_results
+    from canon_pl.stitching.nested import added_latent_classes
+
+    prefixes = RunLayout(run).matryoshka_prefixes
+    if not (prefixes / "family.json").is_file():
+        return None
+    manifest = read_family_manifest(prefixes)
+    widths = [int(w) for w in manifest["widths"]]
+    pairs = []
+    for small, large in zip(widths, widths[1:]):
+        path = RunLayout(prefixes).stitching_pair(small, large)
+        if path.is_file():
+            summary = read_stitching_results(path, arrays=True)
+            pairs.append({"summary": summary, "added": added_latent_classes(summary.pop("arrays"), small)})
+    meta_dir = RunLayout(prefixes).meta_sae(widths[-1])
+    return {"widths": widths, "pairs": pairs, "meta": read_meta_analysis(meta_dir) if meta_dir.is_dir() else None,
+            "control_seeds": sorted({c["init_seed"] for c in manifest["controls"].values()})}
 
 
 def _examples(run: Path, meta_dir: Path, meta: dict[str, Any], n: int = 3) -> list[dict[str, Any]]:
@@ -269,6 +297,59 @@ def _width_sweep_section(meta: dict[str, Any]) -> list[str]:
             "", _markdown_table(pd.DataFrame(rows)), ""]
 
 
+def _matryoshka_section(facts: dict[str, Any], verdict: Any) -> list[str]:
+    """The Matryoshka SAE's prefixes against the independently trained widths: held-out EV per width, per pair the
+    novel fractions (of the latents a prefix adds, and of the independent larger SAE) each with its cross-seed
+    control, the path, and the meta-SAE of its widest level beside the family's."""
+    nested, independent = facts["matryoshka"], facts["pairs"]
+    ev_independent, ev_nested = {}, {}
+    for p in independent:
+        ev_independent.update({p["small"]["d_sae"]: 1 - p["fvu_small"], p["large"]["d_sae"]: 1 - p["fvu_large"]})
+    for n in nested["pairs"]:
+        s = n["summary"]
+        ev_nested.update({s["small"]["d_sae"]: 1 - s["fvu_small"], s["large"]["d_sae"]: 1 - s["fvu_large"]})
+    ev_rows = [{"width": w, "independent SAE": ev_independent.get(w), "Matryoshka prefix": ev_nested.get(w),
+                "prefix − independent": (ev_nested[w] - ev_independent[w]) if w in ev_nested and w in ev_independent
+                else None} for w in nested["widths"]]
+    by_pair = {(p["small"]["d_sae"], p["large"]["d_sae"]): p for p in independent}
+    pair_rows = []
+    for n in nested["pairs"]:
+        s, a = n["summary"], n["added"]
+        p = by_pair.get((s["small"]["d_sae"], s["large"]["d_sae"]))
+        pair_rows.append({
+            "pair": f"{s['small']['d_sae']} → {s['large']['d_sae']}",
+            "independent: novel (definition)": p["classes"]["novel_fraction_definition"] if p else None,
+            "independent: control": ((p or {}).get("control") or {}).get("novel_fraction_definition"),
+            "independent: path excess": (p or {}).get("path_excess"),
+            "Matryoshka: added latents": a["n_added"],
+            "added: novel (definition)": a["novel_fraction_definition"],
+            "added: control": a["control_novel_fraction_definition"],
+            "added: novel (cosine)": a["novel_fraction_cosine"],
+            "Matryoshka: path excess": s.get("path_excess"), "Matryoshka: monotone steps": s["path_monotone_fraction"]})
+    seeds = ", ".join(map(str, nested["control_seeds"])) or "none"
+    lines = ["## Matryoshka prefixes against independent widths", "",
+             f"One Matryoshka BatchTopK SAE of {nested['widths'][-1]} latents trained beside the family (same data, "
+             f"steps, k and optimiser) whose nested prefixes are the family's widths {nested['widths'][:-1]}, and the "
+             f"same SAE from init seed(s) {seeds} as its cross-seed control. A prefix of m latents *is* the first m "
+             "latents of every larger prefix, so only the latents a larger prefix adds can be novel or re-split the "
+             "smaller one: the *added* columns classify those (the definition: they lower the smaller prefix's MSE "
+             "when added alone), against the smaller prefix and against the other seed's prefix of the larger width. "
+             "The independent columns are the family's stitching above. EV is 1 − FVU on the same held-out tokens.",
+             "", _markdown_table(pd.DataFrame(ev_rows)), "", _markdown_table(pd.DataFrame(pair_rows)), "",
+             f"**{verdict.verdict}** — {verdict.why}.", ""]
+    meta, family_meta = nested.get("meta"), facts.get("meta")
+    if meta is not None:
+        rows = [{"meta-SAE on": f"Matryoshka, all {meta['n_base']} latents", "meta-latents": meta["n_meta"],
+                 "FVE": meta["fve"], "higher floor": higher_floor(meta.get("floors") or {})}]
+        if family_meta is not None:
+            rows.insert(0, {"meta-SAE on": f"independent {family_meta['n_base']}-latent SAE",
+                            "meta-latents": family_meta["n_meta"], "FVE": family_meta["fve"],
+                            "higher floor": higher_floor(family_meta.get("floors") or {})})
+        lines += ["The meta-SAE of the Matryoshka's widest level, with the same settings as the family's (its floors "
+                  "trained the same way):", "", _markdown_table(pd.DataFrame(rows)), ""]
+    return lines
+
+
 def arm_description(run: Path) -> str:
     """The family's architecture and training budget in words, from ``family.json`` and the widest member's cfg.json,
     e.g. "BatchTopK (k = 32), 6,144,000 training tokens"."""
@@ -300,6 +381,11 @@ def write_report(run: str | os.PathLike, meta_dir: str | os.PathLike | None = No
     verdicts, (trained, reason) = study_verdicts(
         [{"d_sae": int(r.d_sae), "explained_variance": getattr(r, "explained_variance", None),
           "stuck_at_init_fraction": r.stuck_at_init_fraction} for r in widths.itertuples()], pairs, meta)
+    nested_verdict = None
+    if facts["matryoshka"] is not None:
+        nested_verdict = matryoshka_verdict(pairs, facts["matryoshka"]["pairs"], trained,
+                                            f"preconditions fail: {reason}")
+        verdicts.append(nested_verdict)
     lines = [f"# canon-pl report: {run.name}", "",
              "Read from the run's files (family exports, `stitching/`, the meta-SAE analysis, `stats/`, the training "
              f"log); open them interactively with `streamlit run apps/viewer.py -- --checkpoints {run.parent}`.", "",
@@ -311,13 +397,18 @@ def write_report(run: str | os.PathLike, meta_dir: str | os.PathLike | None = No
              f"fraction by definition exceeds the cross-seed control's by ≥ {MARGIN:.0%} for every pair and "
              f"reconstruction latents are ≥ {MIN_SHARE:.0%}. Path: reproduced when every path stays within "
              f"{MARGIN:.0%} of its worse endpoint and L beats S. Meta-SAE: reproduced when FVE exceeds both floors by "
-             f"≥ {META_MARGIN:.2f}.", ""]
+             f"≥ {META_MARGIN:.2f}." + (f" Matryoshka: more canonical when, for every pair, the latents a larger "
+             f"prefix adds are novel beyond their cross-seed control by ≥ {MARGIN:.0%} more than the independent "
+             f"larger width is beyond its own, and every prefix path stays within {MARGIN:.0%} of its worse endpoint."
+             if nested_verdict is not None else ""), ""]
     if len(family):
         lines += _family_section(family, figures)
     if pairs:
         lines += _stitching_section(facts, figures)
     if meta is not None:
         lines += _meta_section(meta, facts["examples"])
+    if nested_verdict is not None:
+        lines += _matryoshka_section(facts, nested_verdict)
     novel = [p["classes"]["novel_fraction_definition"] for p in pairs]
     lines += ["## Against the paper", "", _markdown_table(pd.DataFrame([
         {"quantity": "novel fraction, by definition (mean over pairs)", "paper": PAPER["novel_fraction"],
@@ -332,4 +423,5 @@ def write_report(run: str | os.PathLike, meta_dir: str | os.PathLike | None = No
     return path
 
 
-__all__ = ["REPORT_FILE", "arm_description", "gather", "stuck_at_init_fraction", "training_curves", "write_report"]
+__all__ = ["REPORT_FILE", "arm_description", "gather", "matryoshka_facts", "stuck_at_init_fraction", "training_curves",
+           "write_report"]

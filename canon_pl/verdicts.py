@@ -17,6 +17,13 @@ The rules:
   geometry alone gives. *Not reproduced* otherwise; *inconclusive* without floors, or when a floor reaches
   ``MAX_FLOOR`` (the meta-SAE is wide enough to explain random rows as well: capacity, not structure, and no FVE
   could show the difference).
+- **Nested prefixes more canonical** (a study with a Matryoshka SAE beside its family): a larger width is more
+  canonical when it keeps the smaller width's latents and adds new ones instead of re-splitting them. *More
+  canonical* when, for every adjacent pair, the latents a larger Matryoshka prefix adds are novel by the definition
+  beyond their cross-seed control (another seed's Matryoshka of that width) by at least ``MARGIN`` more than the
+  independent family's larger SAE is novel beyond its own control, and every prefix path stays within ``MARGIN`` of
+  its worse endpoint; *not more canonical* otherwise; *inconclusive* without both controls, when the family fails
+  the preconditions, or when a larger prefix does not reconstruct better than the smaller one.
 """
 
 from __future__ import annotations
@@ -143,6 +150,49 @@ def meta_verdict(meta: dict[str, Any] | None, trained: bool, why_not: str) -> Ve
     return Verdict(**base, verdict="reproduced" if ok else "not reproduced", why=why)
 
 
+def matryoshka_verdict(independent: list[dict[str, Any]], nested: list[dict[str, Any]], trained: bool = True,
+                       why_not: str = "") -> Verdict:
+    """``independent``: the family's stitching summaries; ``nested``: per pair of Matryoshka prefixes (smallest
+    first) its stitching summary under ``summary`` and the classes of the latents it adds under ``added``
+    (:func:`canon_pl.stitching.nested.added_latent_classes`); ``trained``: the family's preconditions (a comparison
+    with untrained widths says nothing)."""
+    by_pair = {(p["small"]["d_sae"], p["large"]["d_sae"]): p for p in independent}
+    rows = []
+    for n in nested:
+        s = n["summary"]
+        rows.append((f"{s['small']['d_sae']}→{s['large']['d_sae']}", n["added"], s,
+                     by_pair.get((s["small"]["d_sae"], s["large"]["d_sae"]))))
+    measured = "; ".join(f"{pair}: added latents novel {_pct(a['novel_fraction_definition'])} (control "
+                         f"{_pct(a['control_novel_fraction_definition'])}), path excess {s.get('path_excess', 0):.3f}"
+                         for pair, a, s, _ in rows) or "—"
+    control = "; ".join(f"{pair}: independent widths novel {_pct(p['classes']['novel_fraction_definition'])} (control "
+                        f"{_pct((p.get('control') or {}).get('novel_fraction_definition'))})"
+                        for pair, _, _, p in rows if p) or "none"
+    base = dict(claim="Nested (Matryoshka) prefixes are more canonical than independently trained widths",
+                paper="the authors' proposed answer to 'no canonical size' (a follow-up, not this paper's claim)",
+                measured=measured, control=control)
+    if not rows:
+        return Verdict(**base, verdict="inconclusive", why="no stitched Matryoshka prefixes")
+    if not trained:
+        return Verdict(**base, verdict="inconclusive", why=why_not)
+    if any(p is None or p.get("control") is None or a["control_novel_fraction_definition"] is None
+           or a["novel_fraction_definition"] is None for _, a, _, p in rows):
+        return Verdict(**base, verdict="inconclusive", why="a pair lacks the independent family's result, or a "
+                                                            "cross-seed control on either side")
+    if any(s["fvu_large"] >= s["fvu_small"] for _, _, s, _ in rows):
+        return Verdict(**base, verdict="inconclusive", why="a larger prefix does not reconstruct better than the "
+                                                            "smaller one: the Matryoshka is not trained")
+    gaps = [(a["novel_fraction_definition"] - a["control_novel_fraction_definition"])
+            - (p["classes"]["novel_fraction_definition"] - p["control"]["novel_fraction_definition"])
+            for _, a, _, p in rows]
+    excess = [float(s.get("path_excess", 1.0)) for _, _, s, _ in rows]
+    ok = all(g >= MARGIN for g in gaps) and all(e <= MARGIN for e in excess)
+    why = (f"novel beyond the control, Matryoshka's added latents minus independent widths: "
+           f"{', '.join(f'{g:+.1%}' for g in gaps)} (needed ≥ {MARGIN:.0%}); prefix path excess "
+           f"{', '.join(f'{e:.3f}' for e in excess)} (needed ≤ {MARGIN})")
+    return Verdict(**base, verdict="more canonical" if ok else "not more canonical", why=why)
+
+
 def paper_geometry_entry(meta: dict[str, Any] | None) -> dict[str, Any] | None:
     """The width-sweep entry of a meta-SAE analysis at the paper's meta width (3 × d_in), or ``None``."""
     for entry in (meta or {}).get("width_sweep") or []:
@@ -160,5 +210,6 @@ def study_verdicts(family: list[dict[str, Any]], pairs: list[dict[str, Any]],
             meta_verdict(meta, trained, why_not)], (trained, reason)
 
 
-__all__ = ["MARGIN", "MAX_FLOOR", "META_MARGIN", "MIN_SHARE", "PAPER", "Verdict", "paper_geometry_entry",
+__all__ = ["MARGIN", "MAX_FLOOR", "META_MARGIN", "MIN_SHARE", "PAPER", "Verdict", "matryoshka_verdict",
+           "paper_geometry_entry",
            "preconditions", "study_verdicts"]

@@ -223,3 +223,10 @@ def test_a_matryoshka_sae_trains_through_the_cli_and_its_prefixes_load_as_a_fami
     refused = run_cli("family", "--from", str(tmp_path / "fam" / "16"), "--prefixes", "--out", str(tmp_path / "x"),
                       cwd=tmp_path, script="canon-pl")
     assert refused.returncode == 2 and "one Matryoshka SAE" in refused.stderr
+    same_seed = run_cli("family", "--from", str(tmp_path / "run"), "--prefixes", "--prefix_controls",
+                        str(tmp_path / "run"), "--out", str(tmp_path / "y"), cwd=tmp_path, script="canon-pl")
+    assert same_seed.returncode == 2 and "init seed 0 is already taken" in same_seed.stderr
+    not_nested = run_cli("family", "--from", str(tmp_path / "run"), "--prefixes", "--prefix_controls",
+                         str(tmp_path / "fam" / "16"), "--out", str(tmp_path / "z"), cwd=tmp_path, script="canon-pl")
+    assert not_nested.returncode == 2 and "not the same Matryoshka SAE" in not_nested.stderr
+    assert not (tmp_path / "y").exists() and not (tmp_path / "z").exists()  # refused before anything is written

@@ -104,6 +104,28 @@ def test_saelens_jumprelu_threshold_is_strict_on_the_pre_activation(tmp_path: Pa
     torch.testing.assert_close(sae.threshold, t["threshold"])
 
 
+def test_a_saelens_matryoshka_sae_loads_with_its_levels_as_prefixes(tmp_path: Path, x: torch.Tensor) -> None:
+    """SAELens saves a Matryoshka BatchTopK SAE as jumprelu with its one threshold broadcast, the level widths in the
+    metadata's training details: it loads as a Matryoshka whose prefixes are those levels."""
+    t = saelens_tensors() | {"threshold": torch.full((D_SAE,), 1.5)}
+    cfg = {"architecture": "jumprelu", "metadata": {
+        "model_name": "gpt2", "hook_name": "blocks.8.hook_resid_pre", "training_architecture": "matryoshka_batchtopk",
+        "training_architecture_details": {"k": float(K), "matryoshka_widths": [5, 10, D_SAE]}}}
+    sae = load_sae(write_saelens(tmp_path / "nested", cfg, t))
+    assert sae.cfg.architecture == "matryoshka_batchtopk" and sae.prefix_sizes == [5, 10, 20] and sae.cfg.k == K
+    pre = (x - t["b_dec"]) @ t["W_enc"] + t["b_enc"]
+    f = F.relu(pre) * (pre > 1.5)
+    assert_same(sae, x, f, f @ t["W_dec"] + t["b_dec"])
+    assert torch.allclose(sae.prefix(10)(x), f[:, :10] @ t["W_dec"][:10] + t["b_dec"], atol=1e-5)
+    uneven = t | {"threshold": torch.linspace(1.0, 2.0, D_SAE)}
+    with pytest.raises(CheckpointError, match="one threshold"):
+        load_sae(write_saelens(tmp_path / "uneven", cfg, uneven))
+    without_levels = json.loads(json.dumps(cfg))
+    del without_levels["metadata"]["training_architecture_details"]["matryoshka_widths"]
+    with pytest.raises(CheckpointError, match="matryoshka_widths"):
+        load_sae(write_saelens(tmp_path / "levels", without_levels, t))
+
+
 @pytest.mark.parametrize("rescale", [False, True])
 def test_saelens_topk_with_and_without_decoder_norm_rescaling(tmp_path: Path, x: torch.Tensor, rescale: bool) -> None:
     t = saelens_tensors()

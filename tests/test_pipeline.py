@@ -81,12 +81,23 @@ def test_the_pipeline_runs_every_stage_and_a_rerun_skips_them(tmp_path: Path) ->
     assert not re.search(r"^\| 40 \|", report, re.M)  # the family table lists the family, not the meta-SAE
     for image in re.findall(r"\]\((report/[^)]+\.png)\)", report):
         assert (run / image).stat().st_size > 1000
+    # the Matryoshka beside the family: its prefixes a family with the other seed's as controls, stitched on the
+    # stage's held-out tokens, its widest level meta-SAE'd; the report states the comparison with both controls
+    prefixes = load_family(run / "matryoshka_prefixes")
+    assert prefixes.widths == [576, 1152] and prefixes.control_of(1152)[0] == "1152_seed1"
+    nested = read_stitching_results(run / "matryoshka_prefixes" / "stitching" / "576_1152.json", arrays=True)
+    assert nested["n_tokens"] == 1024 and nested["control"] is not None
+    assert nested["arrays"]["large_max_cos"][:576].min() > 0.999  # the smaller prefix's latents are L's own
+    assert read_meta_analysis(run / "matryoshka_prefixes" / "meta_sae_1152")["n_meta"] == 40
+    assert "## Matryoshka prefixes against independent widths" in report
+    assert "Nested (Matryoshka) prefixes are more canonical" in report
+    assert re.search(r"\| 576 → 1152 \| [\d.]+ \| [\d.]+ \| [\d.]+ \| 576 \|", report), report
     assert "streamlit run apps/viewer.py" in first.stdout
     assert "of which (share of the fit)" in first.stdout and "SAE steps" in first.stdout  # the fit's own parts
 
     again = run_cli("pipeline", "--config", str(config), cwd=tmp_path, script="canon-pl")
     assert again.returncode == 0, again.stderr[-3000:]
-    assert again.stdout.count("done already, skipped") == 6  # everything but the report
+    assert again.stdout.count("done already, skipped") == 7  # everything but the report
 
 
 def test_a_stage_option_its_command_does_not_take_is_refused_before_any_stage_runs(tmp_path: Path) -> None:

@@ -16,11 +16,12 @@ from canon_pl.lm.text import iter_documents
 from canon_pl.meta import MetaSAEError, fit_meta_sae, pca_variance_fraction, random_unit_rows
 from canon_pl.meta.analysis import analyze_meta_sae
 from canon_pl.sae import BatchTopKSettings, initial_sae
-from canon_pl.stitching import analyze_pair
+from canon_pl.stitching import analyze_pair, read_stitching_results, write_stitching_results
+from canon_pl.stitching.nested import added_latent_classes
 from canon_pl.training import OptimizerSettings, SAEFamilyModule
 from canon_pl.training.analysis_data import AnalysisDataError, cache_activations
-from canon_pl.verdicts import novel_latents_verdict, path_verdict, preconditions, study_verdicts
-from tests.test_stitching import orthonormal, tied_sae
+from canon_pl.verdicts import matryoshka_verdict, novel_latents_verdict, path_verdict, preconditions, study_verdicts
+from tests.test_stitching import orthonormal, sparse_data, tied_sae
 
 N_PARENTS, N_NOVEL = 6, 4
 
@@ -87,7 +88,8 @@ def test_a_family_trained_on_a_planted_hierarchy_finds_its_novel_and_reconstruct
                              sae=BatchTopKSettings(k=1, dead_tokens_threshold=20000),
                              optimizer=OptimizerSettings(lr=3e-3))
     L.Trainer(max_steps=2000, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-              enable_model_summary=False, limit_val_batches=0, accelerator="cpu").fit(module, data)
+              enable_model_summary=False, limit_val_batches=0, accelerator="cpu",
+              default_root_dir=tmp_path).fit(module, data)  # never the working folder: tests run side by side
     family = load_family(module.export(tmp_path / "planted"))
     small, large = family.saes[6], family.saes[16]
     control_name, control = family.control_of(16)
@@ -143,6 +145,34 @@ def test_the_novel_fraction_of_untrained_sae_is_seed_noise_and_the_verdict_says_
     assert not trained and "initialisation" in reason
     verdicts, _ = study_verdicts(family, [s], None)
     assert [v.verdict for v in verdicts] == ["inconclusive"] * 3
+
+
+def test_the_latents_a_nested_prefix_adds_are_novel_against_it_and_not_against_another_seed(tmp_path: Path) -> None:
+    """Planted: 16 orthonormal features; a nested SAE holds them all and its prefix the first 8, another seed's the
+    same 16 in another order. The 8 latents the larger prefix adds are new to the prefix (each lowers its MSE) and
+    known to the other seed (none lowers its MSE): the comparison with independent widths rests on that gap."""
+    features = orthonormal(16)
+    x = sparse_data(features)
+    shuffled = torch.randperm(16, generator=torch.Generator().manual_seed(3))
+    nested, other_seed = tied_sae(features), tied_sae(features[shuffled])
+    result = analyze_pair(tied_sae(features[:8]), nested, x, control=other_seed)
+    written = read_stitching_results(write_stitching_results(result, tmp_path), arrays=True)  # as the report reads it
+    added = added_latent_classes(written["arrays"], n_shared=8)
+    assert added["n_added"] == added["n_firing"] == 8
+    assert added["novel_fraction_definition"] == added["novel_fraction_cosine"] == 1.0
+    assert added["control_novel_fraction_definition"] == 0.0
+    s = result.summary
+    resplitting = {"small": s["small"], "large": s["large"], "classes": {"novel_fraction_definition": 0.2},
+                   "control": {"novel_fraction_definition": 0.05}}
+    nested_pair = [{"summary": s, "added": added}]
+    assert s["path_excess"] <= 0.05 and s["fvu_large"] < s["fvu_small"]
+    assert matryoshka_verdict([resplitting], nested_pair).verdict == "more canonical"
+    # independent widths whose larger SAE is as novel beyond its control: no difference to report
+    as_novel = {**resplitting, "classes": {"novel_fraction_definition": 1.0},
+                "control": {"novel_fraction_definition": 0.0}}
+    assert matryoshka_verdict([as_novel], nested_pair).verdict == "not more canonical"
+    no_control = [{"summary": s, "added": {**added, "control_novel_fraction_definition": None}}]
+    assert matryoshka_verdict([resplitting], no_control).verdict == "inconclusive"
 
 
 def test_a_path_above_its_endpoints_is_not_reproduced() -> None:

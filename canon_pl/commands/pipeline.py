@@ -14,12 +14,20 @@ from canon_pl.errors import CanonError
 from canon_pl.io.layout import RunLayout
 
 DESCRIPTION = """Run the study end to end: capture the activation cache when the family trains on one (canon-pl
-cache), train the family (lightning fit), stitch every adjacent pair with its cross-seed control (canon-pl stitch), train a meta-SAE on the widest member (canon-pl meta-sae), collect latent statistics for the family and the
-meta-SAE (canon-pl stats), and write <run>/report.md with its figures. Each stage is the same command a researcher
-runs by hand; a stage whose outputs already exist is skipped, and an interrupted training resumes from its last
-checkpoint, so re-running the pipeline continues where it stopped."""
+cache), train the family (lightning fit), stitch every adjacent pair with its cross-seed control (canon-pl stitch),
+train a meta-SAE on the widest member (canon-pl meta-sae), collect latent statistics for the family and the
+meta-SAE (canon-pl stats), with a matryoshka: section train a Matryoshka SAE whose prefixes are the family's widths
+and stitch its prefixes the same way, and write <run>/report.md with its figures. Each stage is the same command a
+researcher runs by hand; a stage whose outputs already exist is skipped, and an interrupted training resumes from
+its last checkpoint, so re-running the pipeline continues where it stopped."""
 
-STAGES = ("cache", "fit", "stitch", "meta-sae", "stats", "meta stats", "report")
+STAGES = ("cache", "fit", "stitch", "meta-sae", "stats", "meta stats", "matryoshka", "report")
+"""``matryoshka`` runs only for a config with a ``matryoshka:`` section."""
+
+MATRYOSHKA_KEYS = {"control_seeds", "fit_args", "meta_sae"}
+"""A ``matryoshka:`` section (a Matryoshka SAE of the widest width beside the family, :mod:`canon_pl.commands.
+matryoshka`): ``control_seeds`` (its seed controls, default [1]), ``fit_args`` (extra ``lightning fit`` arguments),
+``meta_sae`` (train the meta-SAE on its widest level too, default true)."""
 
 
 RELEASE_KEYS = {"name", "ids", "model", "revision"}
@@ -54,6 +62,7 @@ def read_pipeline_config(path: Path) -> dict[str, Any]:
         raise CheckpointError(f"{path}: the family config trains on the activation cache {cache_path}; add a cache: "
                               f"section (config: a fit config whose data captures the activations, tokens, val_tokens)")
     check_stage_options(config, path)
+    check_matryoshka_section(config, path)
     return {**config, "run": run, "max_steps": max_steps, "widths": widths, "cache_path": cache_path, "release": None}
 
 
@@ -67,13 +76,18 @@ def _release_config(config: dict[str, Any], path: Path) -> dict[str, Any]:
                               f"{', '.join(sorted(RELEASE_KEYS - {'name'}))}; got {release!r}")
     if not config.get("run") or "fit_config" in config:
         raise CheckpointError(f"{path}: a release pipeline names its family folder with run: (and has no fit_config)")
+    if "matryoshka" in config:
+        raise CheckpointError(f"{path}: matryoshka: trains a Matryoshka SAE beside a family trained here (it reuses "
+                              f"the family's fit config); a release pipeline has none, so leave the section out")
     check_stage_options(config, path)
     return {**config, "run": Path(config["run"]), "max_steps": None, "widths": None, "cache_path": None}
 
 
 def stages(cfg: dict[str, Any]) -> tuple[str, ...]:
-    """The stages of this config: a release's family is assembled (``family``) instead of trained (``fit``)."""
-    return tuple("family" if stage == "fit" and cfg["release"] else stage for stage in STAGES)
+    """The stages of this config: a release's family is assembled (``family``) instead of trained (``fit``); the
+    Matryoshka comparison runs when the config has a ``matryoshka:`` section."""
+    return tuple("family" if stage == "fit" and cfg["release"] else stage for stage in STAGES
+                 if stage != "matryoshka" or cfg.get("matryoshka") is not None)
 
 
 def fill_widths(cfg: dict[str, Any]) -> None:
@@ -112,6 +126,26 @@ def check_stage_options(cfg: dict[str, Any], path: Path) -> None:
         if unknown:
             raise CheckpointError(f"{path}: {section} has no option {', '.join(unknown)}; it takes "
                                   f"{', '.join(sorted(allowed))} (canon-pl {name.replace('_', '-')} --help)")
+
+
+def check_matryoshka_section(cfg: dict[str, Any], path: Path) -> None:
+    """A ``matryoshka:`` section: a mapping of :data:`MATRYOSHKA_KEYS` (or empty: every default), refused before any
+    stage runs, its derived fit config checked too (a BatchTopK family of two widths or more)."""
+    import yaml
+
+    from canon_pl.commands.matryoshka import matryoshka_fit_config
+    from canon_pl.io import CheckpointError
+
+    if "matryoshka" not in cfg:
+        return
+    section = cfg["matryoshka"] = cfg["matryoshka"] or {}
+    if not isinstance(section, dict) or set(section) - MATRYOSHKA_KEYS:
+        raise CheckpointError(f"{path}: matryoshka must be a mapping of {', '.join(sorted(MATRYOSHKA_KEYS))}; got "
+                              f"{section!r}")
+    seeds = section.get("control_seeds", [1])
+    if not (isinstance(seeds, list) and all(isinstance(s, int) for s in seeds)):
+        raise CheckpointError(f"{path}: matryoshka.control_seeds must be a list of init seeds, got {seeds!r}")
+    matryoshka_fit_config(yaml.safe_load(Path(cfg["fit_config"]).read_text()), Path("."), seeds)
 
 
 def _readable(check) -> bool:
@@ -158,21 +192,36 @@ def stage_done(stage: str, cfg: dict[str, Any]) -> bool:
         "meta-sae": lambda: read_meta_analysis(meta_dir),
         "stats": lambda: sorted(LatentStatistics.open(layout.stats).members) == sorted(map(str, widths)),
         "meta stats": lambda: LatentStatistics.open(RunLayout(meta_dir).stats),
+        "matryoshka": lambda: matryoshka_done(cfg),
         "report": lambda: False,  # cheap: always rewritten from the files
     }
     return _readable(checks[stage])
+
+
+def matryoshka_done(cfg: dict[str, Any]) -> bool:
+    """Every adjacent pair of the Matryoshka's prefixes stitched (and its meta-SAE analysed, unless switched off)."""
+    from canon_pl.io import load_family
+    from canon_pl.meta import read_meta_analysis
+    from canon_pl.stitching import read_stitching_results
+
+    prefixes = RunLayout(cfg["run"]).matryoshka_prefixes
+    widths = load_family(prefixes).widths
+    if widths != cfg["widths"]:
+        return False
+    stitched = all(read_stitching_results(RunLayout(prefixes).stitching_pair(a, b)) for a, b in zip(widths, widths[1:]))
+    return stitched and (cfg["matryoshka"].get("meta_sae") is False
+                         or bool(read_meta_analysis(RunLayout(prefixes).meta_sae(widths[-1]))))
 
 
 def run_stage(stage: str, cfg: dict[str, Any], device: str) -> int:
     """Run one stage by calling its command's function (the same one ``canon-pl <command>`` runs)."""
     from canon_pl.cli import run_lightning_cli
     from canon_pl.commands.cache import cache
+    from canon_pl.commands.family import family
     from canon_pl.commands.meta_sae import meta_sae
     from canon_pl.commands.stats import stats
     from canon_pl.commands.stitch import stitch
     from canon_pl.report import write_report
-
-    from canon_pl.commands.family import family
 
     run = cfg["run"]
     meta_dir = RunLayout(run).meta_sae(cfg["meta_width"]) if cfg.get("meta_width") else None
@@ -200,6 +249,14 @@ def run_stage(stage: str, cfg: dict[str, Any], device: str) -> int:
         return stats(run=str(run), device=device, **(cfg.get("stats") or {}))
     if stage == "meta stats":
         return stats(run=str(meta_dir), device=device)
+    if stage == "matryoshka":
+        from canon_pl.commands.matryoshka import compare_matryoshka
+
+        section = cfg["matryoshka"]
+        return compare_matryoshka(run=run, fit_config=cfg["fit_config"], control_seeds=section.get("control_seeds"),
+                                  fit_args=section.get("fit_args"), stitch_options=cfg.get("stitch"),
+                                  meta_options=None if section.get("meta_sae") is False else cfg["meta_sae"],
+                                  device=device)
     path = write_report(run, meta_dir)
     print(f"  report: {path}")
     return 0

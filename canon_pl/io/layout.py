@@ -13,6 +13,9 @@ the callbacks, the viewer and the report write into it and read back.
       stitching/<small>_<large>.json + .safetensors      stitching results, one pair each
       stats/                                             latent statistics (canon-pl stats)
       meta_sae_<width>/                                  a meta-SAE run on member <width> (its own run folder)
+      matryoshka/                                        the pipeline's Matryoshka SAE of the widest width and its
+                                                         seed controls (their own training run)
+      matryoshka_prefixes/                               their prefixes as a family (stitching/, meta_sae_<width>/)
       report.md, report/                                 the study's report and its figures
       .canon-pl.lock                                     held by the one training run writing here
 """
@@ -39,6 +42,9 @@ class RunLayout:
     REPORT_FIGURES = "report"
     LOCK = ".canon-pl.lock"
     META_SAE_PREFIX = "meta_sae_"
+    MATRYOSHKA = "matryoshka"
+    MATRYOSHKA_PREFIXES = "matryoshka_prefixes"
+    MATRYOSHKA_FIT_CONFIG = "fit.yaml"
 
     def __init__(self, root: str | os.PathLike) -> None:
         object.__setattr__(self, "root", Path(root))
@@ -91,6 +97,21 @@ class RunLayout:
     def hook_family(self, hook_point: str) -> Path:
         """``<hook point>/``: a multi-hook run's family at ``hook_point`` (the name as written, ``model.layers.6``)."""
         return self.root / hook_point
+
+    @property
+    def matryoshka(self) -> Path:
+        """``matryoshka/``: the Matryoshka SAE trained beside the family (its own run folder)."""
+        return self.root / self.MATRYOSHKA
+
+    @property
+    def matryoshka_fit_config(self) -> Path:
+        """``matryoshka/fit.yaml``: the fit config it was trained with (derived from the family's)."""
+        return self.matryoshka / self.MATRYOSHKA_FIT_CONFIG
+
+    @property
+    def matryoshka_prefixes(self) -> Path:
+        """``matryoshka_prefixes/``: its nested prefixes written as a family, the other seeds' as its controls."""
+        return self.root / self.MATRYOSHKA_PREFIXES
 
     def meta_sae(self, width: int) -> Path:
         """``meta_sae_<width>/``: the meta-SAE trained on member ``width``."""

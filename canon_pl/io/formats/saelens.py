@@ -27,6 +27,9 @@ CONFIG_FILE = "cfg.json"
 WEIGHTS_FILE = "sae_weights.safetensors"
 # SAELens architecture -> ours. BatchTopK SAEs are saved by SAELens as jumprelu with the threshold broadcast.
 ARCHITECTURES = {"standard": "relu", "relu": "relu", "topk": "topk", "jumprelu": "jumprelu"}
+MATRYOSHKA = "matryoshka_batchtopk"
+"""SAELens's ``metadata.training_architecture`` of a Matryoshka BatchTopK SAE (saved as jumprelu, its level widths in
+``metadata.training_architecture_details.matryoshka_widths``)."""
 
 
 def _metadata(cfg: dict[str, Any], key: str) -> str | None:
@@ -74,15 +77,41 @@ def load_saelens(directory: str | os.PathLike) -> SparseAutoencoder:
             b_enc, subtract = b_enc + t["b_dec"] @ W_enc, True
             W_enc, b_enc = W_enc * norms, b_enc * norms
         W_dec = W_dec / norms[:, None]
+    hook_point = (_metadata(cfg, "hf_hook_name") or _metadata(cfg, "hook_name")
+                  or text(cfg.get("hook_point")))  # before SAELens 6: hook_point
+    nested = _matryoshka_levels(cfg, t.get("threshold"), d_sae, directory / CONFIG_FILE)
+    if nested is not None:
+        k, fractions = nested
+        return imported_sae(MATRYOSHKA, W_enc, b_enc, W_dec, t["b_dec"], subtract_b_dec=subtract, source=directory,
+                            threshold=t["threshold"][0], k=k, input_norm=norm, hook_point=hook_point,
+                            model_id=_metadata(cfg, "model_name"), options={"prefix_fractions": fractions})
     k = cfg.get("k")
     if arch == "topk" and not isinstance(k, int):
         raise CheckpointError(f"{directory / CONFIG_FILE}: a topk SAE needs an integer k, got {k!r}")
     return imported_sae(ARCHITECTURES[arch], W_enc, b_enc, W_dec, t["b_dec"], subtract_b_dec=subtract,
                         source=directory, threshold=t.get("threshold"), k=k if arch == "topk" else None,
-                        input_norm=norm,
-                        hook_point=(_metadata(cfg, "hf_hook_name") or _metadata(cfg, "hook_name")
-                                    or text(cfg.get("hook_point"))),  # before SAELens 6: hook_point
-                        model_id=_metadata(cfg, "model_name"))
+                        input_norm=norm, hook_point=hook_point, model_id=_metadata(cfg, "model_name"))
+
+
+def _matryoshka_levels(cfg: dict[str, Any], threshold: Any, d_sae: int, path: Path) -> tuple[int, list[float]] | None:
+    """``(k, prefix fractions)`` of a Matryoshka BatchTopK SAE as SAELens saves one (jumprelu whose threshold is
+    BatchTopK's one threshold broadcast to ``[d_sae]``), or ``None`` for any other SAE."""
+    metadata = cfg.get("metadata") if isinstance(cfg.get("metadata"), dict) else {}
+    details = metadata.get("training_architecture_details") or {}
+    if cfg.get("architecture") != "jumprelu" or metadata.get("training_architecture") != MATRYOSHKA:
+        return None
+    widths = details.get("matryoshka_widths") if isinstance(details, dict) else None
+    if not (isinstance(widths, list) and widths and all(isinstance(w, int) and 0 < w <= d_sae for w in widths)):
+        raise CheckpointError(f"{path}: a Matryoshka SAE needs metadata.training_architecture_details."
+                              f"matryoshka_widths, increasing widths up to d_sae={d_sae}; got {widths!r}")
+    if not (bool((threshold == threshold[0]).all()) and float(threshold[0]) >= 0):
+        raise CheckpointError(f"{path}: a Matryoshka BatchTopK SAE has one threshold (SAELens broadcasts it to every "
+                              f"latent); this file's differ, so it is not one SAELens saved")
+    k = details.get("k")
+    if not isinstance(k, (int, float)) or k <= 0:
+        raise CheckpointError(f"{path}: a Matryoshka SAE needs its BatchTopK k in metadata."
+                              f"training_architecture_details.k; got {k!r}")
+    return max(1, round(k)), [w / d_sae for w in sorted(set(widths)) if w < d_sae]
 
 
 def export_saelens(sae: SparseAutoencoder, directory: str | os.PathLike,

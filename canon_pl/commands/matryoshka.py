@@ -1,0 +1,119 @@
+"""The Matryoshka comparison beside a family (the pipeline's ``matryoshka:`` stage).
+
+One Matryoshka BatchTopK SAE of the family's widest width, whose nested prefixes are the family's other widths, and
+the same SAE from other init seeds (its cross-seed controls), trained on the family's data with its steps and
+settings (``lightning fit`` on a config derived from the family's); then its prefixes are written as a family with
+the other seeds' prefixes as the controls (``canon-pl family --prefixes --prefix_controls``), stitched on the study's
+held-out activations exactly as the family is (``canon-pl stitch``), and a meta-SAE is trained on its widest level
+(``canon-pl meta-sae``). Everything lands under ``RunLayout.matryoshka`` and ``RunLayout.matryoshka_prefixes``.
+"""
+
+from __future__ import annotations
+
+import copy
+import shutil
+from pathlib import Path
+from typing import Any
+
+from canon_pl.errors import SettingError
+from canon_pl.io.layout import RunLayout
+
+MATRYOSHKA_SETTINGS = "canon_pl.sae.MatryoshkaBatchTopKSettings"
+STITCHING_CALLBACK = "StitchingCallback"
+
+
+def matryoshka_fit_config(family_config: dict[str, Any], run: str | Path, control_seeds: list[int]) -> dict[str, Any]:
+    """The family's fit config (parsed YAML of an ``SAEFamilyModule`` with BatchTopK settings) made into the
+    Matryoshka's: one width (the widest), ``MatryoshkaBatchTopKSettings`` with the family's options and prefix
+    fractions ``[w / widest for the other widths]``, seed controls ``control_seeds`` of that width, the run folder
+    ``RunLayout(run).matryoshka`` (checkpoints and logs a family config places by hand are moved there too, never
+    the family's); without the ``StitchingCallback`` (one width has no pairs). The data, steps, optimiser, logger and
+    other callbacks are the family's."""
+    config = copy.deepcopy(family_config)
+    try:
+        model = config["model"]
+        init = model["init_args"]
+        widths = sorted(int(w) for w in init["widths"])
+    except (KeyError, TypeError, ValueError) as err:
+        raise SettingError(f"the Matryoshka comparison needs a family config (model.init_args.widths); {err}") from err
+    if len(widths) < 2:
+        raise SettingError(f"the Matryoshka comparison needs a family of two widths or more, got {widths}")
+    sae = init.get("sae") or {}
+    if "class_path" in sae:
+        if sae["class_path"].rsplit(".", 1)[-1] != "BatchTopKSettings":
+            raise SettingError(f"the Matryoshka comparison trains a Matryoshka BatchTopK SAE beside a BatchTopK "
+                               f"family; this family's SAEs are {sae['class_path']}")
+        sae = sae.get("init_args") or {}
+    elif sae.get("architecture") not in (None, "batchtopk"):
+        raise SettingError(f"the Matryoshka comparison needs a BatchTopK family; this one is {sae['architecture']}")
+    widest = widths[-1]
+    seeds = [int(s) for s in control_seeds]
+    init.update(widths=[widest], base_width=widest, control_seeds=seeds, control_widths=[widest] if seeds else None,
+                sae={"class_path": MATRYOSHKA_SETTINGS,
+                     "init_args": {**sae, "prefix_fractions": [w / widest for w in widths[:-1]]}})
+    trainer = config.setdefault("trainer", {})
+    root = RunLayout(RunLayout(Path(run)).matryoshka)
+    trainer["default_root_dir"] = str(root.root)
+    trainer["callbacks"] = [c for c in trainer.get("callbacks") or []
+                            if not str(c.get("class_path", "")).endswith(STITCHING_CALLBACK)]
+    for callback in trainer["callbacks"]:  # a family config may place its checkpoints or logs by hand: never there
+        if "dirpath" in (callback.get("init_args") or {}):
+            callback["init_args"]["dirpath"] = str(root.checkpoints)
+    loggers = trainer.get("logger")
+    for logger in loggers if isinstance(loggers, list) else [loggers]:
+        if isinstance(logger, dict) and "save_dir" in (logger.get("init_args") or {}):
+            logger["init_args"]["save_dir"] = str(root.root)
+    return config
+
+
+def _trained(layout: RunLayout, member: str, max_steps: int) -> bool:
+    from canon_pl.io import read_export_config
+
+    try:
+        return read_export_config(layout.matryoshka / member).get("training", {}).get("global_step") == max_steps
+    except Exception:  # noqa: BLE001 - a missing or unreadable export trains again
+        return False
+
+
+def compare_matryoshka(*, run: str | Path, fit_config: str | Path, control_seeds: list[int] | None = None,
+                       fit_args: list[str] | None = None, stitch_options: dict[str, Any] | None = None,
+                       meta_options: dict[str, Any] | None = None, device: str = "cpu") -> int:
+    """Train (or resume) the Matryoshka SAE and its seed controls beside the family at ``run``, write its prefixes as
+    a family, stitch it with the family's ``stitch_options`` and train a meta-SAE on its widest level with
+    ``meta_options`` (the family's, without the width sweep; ``None`` skips it)."""
+    import yaml
+
+    from canon_pl.cli import run_lightning_cli
+    from canon_pl.commands.family import family
+    from canon_pl.commands.meta_sae import meta_sae
+    from canon_pl.commands.stitch import stitch
+    from canon_pl.training.module import control_key
+
+    seeds = [1] if control_seeds is None else [int(s) for s in control_seeds]
+    layout = RunLayout(Path(run))
+    config = matryoshka_fit_config(yaml.safe_load(Path(fit_config).read_text()), run, seeds)
+    widest = int(config["model"]["init_args"]["widths"][0])
+    max_steps = int(config["trainer"]["max_steps"])
+    members = [str(widest), *(control_key(widest, s) for s in seeds)]
+    if not all(_trained(layout, m, max_steps) for m in members):
+        layout.matryoshka.mkdir(parents=True, exist_ok=True)
+        layout.matryoshka_fit_config.write_text(yaml.safe_dump(config, sort_keys=False))
+        args = ["fit", "--config", str(layout.matryoshka_fit_config), *map(str, fit_args or [])]
+        if RunLayout(layout.matryoshka).last_checkpoint.is_file():
+            print(f"  resuming from {RunLayout(layout.matryoshka).last_checkpoint}")
+            args += ["--ckpt_path", str(RunLayout(layout.matryoshka).last_checkpoint)]
+        run_lightning_cli(args)
+    shutil.rmtree(layout.matryoshka_prefixes, ignore_errors=True)  # derived from the exports: always rewritten
+    code = family(sources=[str(layout.matryoshka / members[0])], prefixes=True,
+                  prefix_controls=[str(layout.matryoshka / m) for m in members[1:]],
+                  out=str(layout.matryoshka_prefixes))
+    if code == 0:
+        code = stitch(str(layout.matryoshka_prefixes), device=device, **(stitch_options or {}))
+    if code == 0 and meta_options is not None:
+        options = {k: v for k, v in meta_options.items() if k != "sweep_d_sae_per_d_in"}
+        code = meta_sae(sae=str(layout.matryoshka_prefixes), width=widest,
+                        out=str(RunLayout(layout.matryoshka_prefixes).meta_sae(widest)), **options)
+    return code
+
+
+__all__ = ["compare_matryoshka", "matryoshka_fit_config"]
