@@ -65,11 +65,13 @@ def held_out_diagnostics(module: SAEModule, x: torch.Tensor, seed: int) -> dict[
             "at_init": float((init_cos >= 0.7).float().mean())}
 
 
-def train(data: L.LightningDataModule, width: int, steps: int, lr: float, seed: int, **arch) -> tuple[SAEModule, float]:
-    """One SAE of ``width`` latents trained for ``steps`` on ``data``; returns it and its seconds per step."""
+def train(data: L.LightningDataModule, width: int, steps: int, lr: float, seed: int,
+          optimizer: OptimizerSettings | None = None, **arch) -> tuple[SAEModule, float]:
+    """One SAE of ``width`` latents trained for ``steps`` on ``data`` (Adam at ``lr``, or ``optimizer`` with its
+    schedule); returns it and its seconds per step."""
     L.seed_everything(seed, verbose=False)
     module = SAEModule(d_in=data.d_in, d_sae=width, sae=SAESettings.from_value(arch),
-                       optimizer=OptimizerSettings(lr=lr), init_seed=seed)
+                       optimizer=optimizer or OptimizerSettings(lr=lr), init_seed=seed)
     timer = _StepTimer()
     trainer = L.Trainer(max_steps=steps, accelerator="auto", devices=1, logger=False, enable_checkpointing=False,
                         enable_model_summary=False, limit_val_batches=0, num_sanity_val_steps=0, callbacks=[timer],

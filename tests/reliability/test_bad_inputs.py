@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 from canon_pl.cli import main
 from canon_pl.errors import CanonError, SettingError
@@ -30,6 +31,10 @@ def inputs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     (root / "a_file").write_text("not a folder")
     (root / "binary.txt").write_bytes(b"text\n\x00\x01\x02" * 100)
     (root / "latin1.txt").write_bytes("caf\xe9 cr\xe8me\n".encode("latin-1") * 100)
+    study = yaml.safe_load((REPO / "configs" / "pipeline_smollm2.yaml").read_text())
+    (root / "matryoshka_typo.yaml").write_text(yaml.safe_dump({**study, "matryoshka": {"seeds": [1]}}))
+    relu_study = {**study, "fit_config": "configs/family_smollm2_relu.yaml"}
+    (root / "matryoshka_relu.yaml").write_text(yaml.safe_dump(relu_study))
     return {"root": str(root), "small": str(root / "small"), "large": str(root / "large"),
             "file": str(root / "a_file"), "binary": str(root / "binary.txt"), "latin1": str(root / "latin1.txt")}
 
@@ -72,6 +77,10 @@ COMMAND_CASES = [
      "'cache_smollm2_typo' is not an activation cache (no index.json there) and not a readable text source"),
     # files that are not what they should be
     (["pipeline", "--config", "{file}"], "not a pipeline config"),
+    (["pipeline", "--config", "{root}/matryoshka_typo.yaml"], "matryoshka must be a mapping of control_seeds"),
+    (["pipeline", "--config", "{root}/matryoshka_relu.yaml"], "beside a BatchTopK family; this family's SAEs are"),
+    (["family", "--from", "{small}", "--prefix_controls", "{large}", "--out", "{root}/f"],
+     "--prefix_controls are other seeds of a Matryoshka SAE: give them with --prefixes"),
     (["stitch", "{file}", "--data", "x"], "is not a family folder"),
 ]
 
