@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 from canon_pl.commands.matryoshka import compare_matryoshka
-from canon_pl.commands.pipeline import read_pipeline_config
+from canon_pl.commands.pipeline import read_pipeline_config, stage_done
 from canon_pl.report import gather
 
 
@@ -35,14 +35,16 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--device", default="cpu")
     ns = parser.parse_args(argv)
     cfg = read_pipeline_config(Path(ns.pipeline))
-    section = cfg.get("matryoshka") or {}
+    cfg.setdefault("matryoshka", None)
+    section = cfg["matryoshka"] or {}
     t0 = time.monotonic()
-    code = compare_matryoshka(run=cfg["run"], fit_config=cfg["fit_config"], control_seeds=section.get("control_seeds"),
-                              fit_args=section.get("fit_args"), stitch_options=cfg.get("stitch"), meta_options=None,
-                              device=ns.device)
-    if code != 0:
-        return code
-    print(f"the Matryoshka comparison took {time.monotonic() - t0:.0f} s (training skipped when already done)")
+    if not (cfg["matryoshka"] is not None and stage_done("matryoshka", {**cfg, "meta_width": cfg["widths"][-1]})):
+        code = compare_matryoshka(run=cfg["run"], fit_config=cfg["fit_config"],
+                                  control_seeds=section.get("control_seeds"), fit_args=section.get("fit_args"),
+                                  stitch_options=cfg.get("stitch"), meta_options=None, device=ns.device)
+        if code != 0:
+            return code
+        print(f"the Matryoshka comparison took {time.monotonic() - t0:.0f} s (training skipped when already done)")
     facts = gather(cfg["run"], None)
     independent = {(p["small"]["d_sae"], p["large"]["d_sae"]): p for p in facts["pairs"]}
     print(f"{'pair':>11} {'EV S ind.':>9} {'EV S pre.':>9} {'EV L ind.':>9} {'EV L pre.':>9} {'ind. novel':>10} "

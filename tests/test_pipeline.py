@@ -92,6 +92,12 @@ def test_the_pipeline_runs_every_stage_and_a_rerun_skips_them(tmp_path: Path) ->
     assert "## Matryoshka prefixes against independent widths" in report
     assert "Nested (Matryoshka) prefixes are more canonical" in report
     assert re.search(r"\| 576 → 1152 \| [\d.]+ \| [\d.]+ \| [\d.]+ \| 576 \|", report), report
+    from canon_pl.viewer import find_runs, find_stitching_results
+
+    shown = {r.name for r in find_runs(tmp_path / "checkpoints")}  # the viewer lists the prefixes as a family
+    assert {"tiny/matryoshka_prefixes/576", "tiny/matryoshka_prefixes/1152", "tiny/matryoshka/1152"} <= shown
+    labels = {pair.label for pair in find_stitching_results(tmp_path / "checkpoints")}
+    assert "tiny/matryoshka_prefixes · 576 → 1152" in labels
     assert "streamlit run apps/viewer.py" in first.stdout
     assert "of which (share of the fit)" in first.stdout and "SAE steps" in first.stdout  # the fit's own parts
 
