@@ -5,8 +5,9 @@ of 1152 and 2304 latents (k 32, batch 4096) for the same number of steps on the 
 python3.11-doc is missing), as ``configs/family_smollm2_hooks.yaml`` does. The multi-hook run reads all three hook
 points from one LM forward that stops after layer 9 (``MultiHookFamilyModule``); the separate runs each capture
 their own hook point (``SAEFamilyModule`` x 3, each stopping after its layer). The model is loaded once and shared:
-loading is not in the ratio (it is printed beside it: separate runs are separate processes). Each arm's capture alone is also timed (the same contexts through the LM) to show
-where the time goes. Ends with ``ratio: <separate time / one-pass time>`` (goal >= 2).
+loading is not in the ratio (it is printed beside it: separate runs are separate processes). Each arm's capture
+alone is also timed (the same contexts through the LM) to show where the time goes. Ends with
+``ratio: <separate time / one-pass time>`` (goal >= 2).
 Usage: ``python benchmarks/bench_multi_hook.py [--steps 16]``.
 """
 

@@ -22,8 +22,9 @@ from canon_pl.training.analysis_data import analysis_activations
 
 DESCRIPTION = """Which latents of a larger SAE are novel and which only re-split a smaller SAE's (Leask et al. 2025).
 SMALL and LARGE are exports (folders with cfg.json) of the same d_in; a family folder alone (family.json) stitches
-every adjacent pair of widths, and a multi-hook run (hooks.json) every hook point's family at its own hook point. Writes <out>/<small>_<large>.json (summary and path) and .safetensors (per-latent
-arrays); the format is in docs/stitching_results.md."""
+every adjacent pair of widths, and a multi-hook run (hooks.json) every hook point's family at its own hook point.
+Writes <out>/<small>_<large>.json (summary and path) and .safetensors (per-latent arrays); the format is in
+docs/stitching_results.md."""
 
 
 def _pairs(small: str, large: str | None, control: str | None, out: str | None,

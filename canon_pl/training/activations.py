@@ -199,7 +199,8 @@ class MultiHookActivationDataModule(ActivationDataModule):
                  contexts_per_forward: int = 32, block_contexts: int = 256, batch_size: int = 4096,
                  exclude_bos: bool = CaptureSettings.exclude_bos,
                  outlier_factor: float | None = CaptureSettings.outlier_factor, val_contexts: int = 64,
-                 val_every: int = CaptureSettings.val_every, document_chars: int | None = CaptureSettings.document_chars,
+                 val_every: int = CaptureSettings.val_every,
+                 document_chars: int | None = CaptureSettings.document_chars,
                  shuffle_documents: bool = CaptureSettings.shuffle_documents, model_dtype: str = "float32",
                  model_device_map: str | None = None, seed: int = CaptureSettings.seed) -> None:
         """
@@ -226,7 +227,8 @@ class MultiHookActivationDataModule(ActivationDataModule):
                                model_device_map=model_device_map)
 
     def provenance(self) -> dict[str, Any]:
-        raise SettingError(f"this DataModule reads {len(self.hook_points)} hook points ({', '.join(self.hook_points)}): "
+        raise SettingError(f"this DataModule reads {len(self.hook_points)} hook points "
+                           f"({', '.join(self.hook_points)}): "
                            f"train it with canon_pl.training.MultiHookFamilyModule, which records each hook point's "
                            f"provenance in its own family")
 

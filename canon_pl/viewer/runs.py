@@ -76,7 +76,8 @@ def _version_order(path: Path) -> tuple[int, float]:
 
 def member_metrics(run: Path, family_metrics: pd.DataFrame | None = None) -> pd.DataFrame:
     """The run's metrics; for a family member (``<family>/<width>/``) its columns of the family's log, with the
-    ``<width>/`` prefix removed (in a multi-hook run, of the run's log with ``<hook point>/<width>/`` removed). ``family_metrics`` passes the family's log when the caller has read it already."""
+    ``<width>/`` prefix removed (in a multi-hook run, of the run's log with ``<hook point>/<width>/`` removed).
+    ``family_metrics`` passes the family's log when the caller has read it already."""
     run = Path(run)
     metrics = read_metrics(run)
     if metrics.empty and (run.parent / "family.json").is_file():
