@@ -118,3 +118,32 @@ def test_a_stage_option_its_command_does_not_take_is_refused_before_any_stage_ru
     assert "meta_sae has no option stepz" in result.stderr and "steps" in result.stderr
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "cache").exists() and not (tmp_path / "checkpoints").exists()
+
+
+def test_the_matryoshka_fit_config_is_the_familys_with_one_nested_width_and_its_own_folders(tmp_path: Path) -> None:
+    """Derived from the family's config: the widest width as a Matryoshka whose prefixes are the other widths, the
+    family's data, steps and options, and checkpoints and logs that a family config places by hand moved into the
+    Matryoshka's folder (never onto the family's own checkpoints)."""
+    from canon_pl.commands.matryoshka import matryoshka_fit_config
+    from canon_pl.errors import SettingError
+    from canon_pl.io.layout import RunLayout
+
+    family = yaml.safe_load(tiny_configs(tmp_path).parent.joinpath("fit.yaml").read_text())
+    run = Path(family["trainer"]["default_root_dir"])
+    derived = matryoshka_fit_config(family, run, [1])
+    init = derived["model"]["init_args"]
+    assert init["widths"] == [1152] and init["control_seeds"] == [1] and init["control_widths"] == [1152]
+    assert init["sae"]["class_path"] == "canon_pl.sae.MatryoshkaBatchTopKSettings"
+    assert init["sae"]["init_args"] == {**family["model"]["init_args"]["sae"], "prefix_fractions": [0.5]}
+    assert derived["data"] == family["data"] and derived["trainer"]["max_steps"] == family["trainer"]["max_steps"]
+    nested = RunLayout(RunLayout(run).matryoshka)
+    assert derived["trainer"]["default_root_dir"] == str(nested.root)
+    callbacks = {c["class_path"].rsplit(".", 1)[1]: c for c in derived["trainer"]["callbacks"]}
+    assert "StitchingCallback" not in callbacks  # one width: no pairs
+    assert callbacks["ModelCheckpoint"]["init_args"]["dirpath"] == str(nested.checkpoints)
+    assert derived["trainer"]["logger"]["init_args"]["save_dir"] == str(nested.root)
+    assert family["trainer"]["callbacks"][0]["init_args"]["dirpath"] == f"{run}/ckpt"  # the family's untouched
+    relu = {**family, "model": {**family["model"], "init_args": {**family["model"]["init_args"], "sae": {
+        "class_path": "canon_pl.sae.ReLUSettings", "init_args": {"l1_coefficient": 1.0}}}}}
+    with pytest.raises(SettingError, match="beside a BatchTopK family"):
+        matryoshka_fit_config(relu, run, [1])
