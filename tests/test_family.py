@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from canon_pl import CheckpointError, load_family, load_sae
+from canon_pl.io import initial_decoder
 from canon_pl.data import write_activation_shards
 from canon_pl.sae import BatchTopKSettings, ReLUSettings, SAEConfigError
 from canon_pl.stitching import read_stitching_results
@@ -220,6 +221,8 @@ def test_a_matryoshka_sae_trains_through_the_cli_and_its_prefixes_load_as_a_fami
     for m in family.widths:
         member = load_sae(tmp_path / "fam", width=m)
         assert torch.equal(member.encode(x, inference=True), acts[:, :m])
+    whole = initial_decoder(tmp_path / "run")  # each prefix's start is its rows of the whole SAE's: moved/stuck reads
+    assert whole is not None and torch.equal(initial_decoder(tmp_path / "fam" / "16"), whole[:16])
     refused = run_cli("family", "--from", str(tmp_path / "fam" / "16"), "--prefixes", "--out", str(tmp_path / "x"),
                       cwd=tmp_path, script="canon-pl")
     assert refused.returncode == 2 and "one Matryoshka SAE" in refused.stderr

@@ -88,7 +88,9 @@ def test_the_pipeline_runs_every_stage_and_a_rerun_skips_them(tmp_path: Path) ->
     nested = read_stitching_results(run / "matryoshka_prefixes" / "stitching" / "576_1152.json", arrays=True)
     assert nested["n_tokens"] == 1024 and nested["control"] is not None
     assert nested["arrays"]["large_max_cos"][:576].min() > 0.999  # the smaller prefix's latents are L's own
-    assert read_meta_analysis(run / "matryoshka_prefixes" / "meta_sae_1152")["n_meta"] == 40
+    assert nested["classes"]["stuck_at_init_fraction"] is not None  # the prefixes know their initial decoders
+    nested_meta = read_meta_analysis(run / "matryoshka_prefixes" / "meta_sae_1152")
+    assert nested_meta["n_meta"] == 40 and nested_meta["floors"]["initial_decoder"] is not None
     assert "## Matryoshka prefixes against independent widths" in report
     assert "Nested (Matryoshka) prefixes are more canonical" in report
     assert re.search(r"\| 576 → 1152 \| [\d.]+ \| [\d.]+ \| [\d.]+ \| 576 \|", report), report

@@ -56,10 +56,12 @@ def family(*, sources: Annotated[list[str] | None, "--from"] = None, from_releas
     check_output_folder(out)
     saes = [load_sae(source, format=format, revision=revision) for source in sources]
     controls: list[tuple[str, Any, str, int]] = []  # (folder, prefix SAE, source, init seed)
+    training = None  # a Matryoshka's init seed and shape, so its prefixes' initial decoders can be rebuilt
     if prefixes:
         if len(saes) != 1 or not hasattr(saes[0], "prefix_sizes"):
             raise SettingError("--prefixes takes one Matryoshka SAE (architecture matryoshka_batchtopk) in --from")
         nested = saes[0]
+        training = _prefix_training(nested, _init_seed(sources[0]))
         controls = _prefix_controls(nested, _init_seed(sources[0]), prefix_controls or [], format)
         saes = [nested.prefix(m) for m in nested.prefix_sizes]
         sources = [f"{sources[0]} (its first {m} latents)" for m in nested.prefix_sizes]
@@ -69,9 +71,9 @@ def family(*, sources: Annotated[list[str] | None, "--from"] = None, from_releas
     members = {}
     for sae, source in sorted(zip(saes, sources), key=lambda pair: pair[0].d_sae):
         members[sae.d_sae] = str(sae.d_sae)
-        _export(sae, Path(out) / members[sae.d_sae], source)
-    for folder, sae, source, _ in controls:
-        _export(sae, Path(out) / folder, source)
+        _export(sae, Path(out) / members[sae.d_sae], source, training)
+    for folder, sae, source, seed in controls:
+        _export(sae, Path(out) / folder, source, _prefix_training(nested, seed))
     path = write_family_manifest(out, members, saes[0].cfg, tokens=0,
                                  controls={folder: {"width": sae.d_sae, "init_seed": seed}
                                            for folder, sae, _, seed in controls})
@@ -80,11 +82,21 @@ def family(*, sources: Annotated[list[str] | None, "--from"] = None, from_releas
     return 0
 
 
-def _export(sae: Any, folder: Path, source: str) -> None:
+def _export(sae: Any, folder: Path, source: str, training: dict[str, Any] | None = None) -> None:
     from canon_pl.io import export_sae
 
     origin = str(Path(source).resolve()) if Path(source).exists() else source  # a name or a prefix, as given
-    export_sae(sae, folder, extra={"imported_from": origin})
+    export_sae(sae, folder, extra={"imported_from": origin, **({"training": training} if training else {})})
+
+
+def _prefix_training(nested: Any, seed: int | None) -> dict[str, Any] | None:
+    """What a prefix's export records of its Matryoshka's training: the init seed and the whole SAE's width and
+    architecture (``canon_pl.io.export.PREFIX_OF``), or ``None`` when the seed is not known."""
+    from canon_pl.io.export import PREFIX_OF
+
+    if seed is None:
+        return None
+    return {"init_seed": seed, PREFIX_OF: {"d_sae": nested.d_sae, "architecture": nested.cfg.architecture}}
 
 
 def _init_seed(source: str) -> int | None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -127,17 +128,27 @@ def load_export(directory: str | os.PathLike, device: str | torch.device = "cpu"
     return sae.to(device).eval()
 
 
+PREFIX_OF = "prefix_of"
+"""``training.prefix_of`` of an export that is a Matryoshka SAE's prefix: ``{"d_sae", "architecture"}`` of the
+whole SAE, whose initial decoder's first rows are the prefix's."""
+MAX_PREFIX_RATIO = 256
+"""The widest whole SAE a prefix's initial decoder is rebuilt from, in multiples of the prefix (a crafted cfg.json
+cannot make it allocate more)."""
+
+
 def initial_decoder(directory: str | os.PathLike) -> torch.Tensor | None:
     """``W_dec [d_sae, d_in]`` of the export's SAE as training initialised it (rebuilt from ``training.init_seed``;
     unit rows, raw scale not applied: compare it by cosine), or ``None`` when the export does not record its seed
-    (another library's file, or canon-pl before init seeds were recorded)."""
+    (another library's file, or canon-pl before init seeds were recorded). A Matryoshka prefix (``training.
+    prefix_of``) gets the first ``d_sae`` rows of its whole SAE's initial decoder."""
     from canon_pl.sae import initial_sae
 
     try:
         cfg = read_export_config(directory)
     except CheckpointError:
         return None
-    seed = (cfg.get("training") or {}).get("init_seed")
+    training = cfg.get("training") or {}
+    seed = training.get("init_seed")
     if not isinstance(seed, int):
         return None
     try:
@@ -149,7 +160,18 @@ def initial_decoder(directory: str | os.PathLike) -> torch.Tensor | None:
         check_shapes_before_building(sae_cfg, shapes, str(Path(directory) / WEIGHTS_FILE))
     except (SAEConfigError, CheckpointError, SafetensorError, OSError, *STRUCTURAL_ERRORS):
         return None
-    return initial_sae(sae_cfg, seed).W_dec.detach()
+    whole = training.get(PREFIX_OF)
+    if whole is None:
+        return initial_sae(sae_cfg, seed).W_dec.detach()
+    width, architecture = (whole.get("d_sae"), whole.get("architecture")) if isinstance(whole, dict) else (None, None)
+    if not (isinstance(width, int) and sae_cfg.d_sae <= width <= MAX_PREFIX_RATIO * sae_cfg.d_sae
+            and isinstance(architecture, str)):
+        return None
+    try:
+        whole_cfg = replace(sae_cfg, d_sae=width, architecture=architecture)
+        return initial_sae(whole_cfg, seed).W_dec[: sae_cfg.d_sae].detach()
+    except (SAEConfigError, *STRUCTURAL_ERRORS):
+        return None
 
 
 def check_shapes_before_building(cfg: SAEConfig, shapes: dict[str, tuple[int, ...]], source: str) -> None:
