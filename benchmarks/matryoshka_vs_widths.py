@@ -23,6 +23,7 @@ from pathlib import Path
 from canon_pl.commands.matryoshka import compare_matryoshka
 from canon_pl.commands.pipeline import read_pipeline_config, stage_done
 from canon_pl.report import gather
+from canon_pl.stitching.nested import by_widths
 
 
 def _fmt(value: float | None) -> str:
@@ -46,7 +47,7 @@ def main(argv: list[str]) -> int:
             return code
         print(f"the Matryoshka comparison took {time.monotonic() - t0:.0f} s (training skipped when already done)")
     facts = gather(cfg["run"], None)
-    independent = {(p["small"]["d_sae"], p["large"]["d_sae"]): p for p in facts["pairs"]}
+    independent = by_widths(facts["pairs"])
     print(f"{'pair':>11} {'EV S ind.':>9} {'EV S pre.':>9} {'EV L ind.':>9} {'EV L pre.':>9} {'ind. novel':>10} "
           f"{'control':>7} {'added novel':>11} {'control':>7} {'excess ind.':>11} {'excess pre.':>11}")
     ratio = None

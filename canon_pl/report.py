@@ -108,12 +108,13 @@ def matryoshka_facts(run: Path) -> dict[str, Any] | None:
     ``pairs`` (per adjacent pair of prefixes its stitching ``summary`` and the classes of the latents it ``added``)
     and ``meta`` (the meta-SAE analysis of its widest level, or ``None``)."""
     from canon_pl.io import read_family_manifest
+    from canon_pl.io.family import MANIFEST_FILE
     from canon_pl.meta import read_meta_analysis
     from canon_pl.stitching import read_stitching_results
     from canon_pl.stitching.nested import added_latent_classes
 
     prefixes = RunLayout(run).matryoshka_prefixes
-    if not (prefixes / "family.json").is_file():
+    if not (prefixes / MANIFEST_FILE).is_file():
         return None
     manifest = read_family_manifest(prefixes)
     widths = [int(w) for w in manifest["widths"]]
@@ -301,17 +302,14 @@ def _matryoshka_section(facts: dict[str, Any], verdict: Any) -> list[str]:
     """The Matryoshka SAE's prefixes against the independently trained widths: held-out EV per width, per pair the
     novel fractions (of the latents a prefix adds, and of the independent larger SAE) each with its cross-seed
     control, the path, and the meta-SAE of its widest level beside the family's."""
+    from canon_pl.stitching.nested import by_widths, held_out_ev
+
     nested, independent = facts["matryoshka"], facts["pairs"]
-    ev_independent, ev_nested = {}, {}
-    for p in independent:
-        ev_independent.update({p["small"]["d_sae"]: 1 - p["fvu_small"], p["large"]["d_sae"]: 1 - p["fvu_large"]})
-    for n in nested["pairs"]:
-        s = n["summary"]
-        ev_nested.update({s["small"]["d_sae"]: 1 - s["fvu_small"], s["large"]["d_sae"]: 1 - s["fvu_large"]})
+    ev_independent, ev_nested = held_out_ev(independent), held_out_ev([n["summary"] for n in nested["pairs"]])
     ev_rows = [{"width": w, "independent SAE": ev_independent.get(w), "Matryoshka prefix": ev_nested.get(w),
                 "prefix − independent": (ev_nested[w] - ev_independent[w]) if w in ev_nested and w in ev_independent
                 else None} for w in nested["widths"]]
-    by_pair = {(p["small"]["d_sae"], p["large"]["d_sae"]): p for p in independent}
+    by_pair = by_widths(independent)
     pair_rows = []
     for n in nested["pairs"]:
         s, a = n["summary"], n["added"]

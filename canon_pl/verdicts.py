@@ -32,6 +32,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from canon_pl.meta.analysis import floor_text, higher_floor
+from canon_pl.stitching.nested import by_widths
 
 MARGIN = 0.05
 MIN_SHARE = 0.10
@@ -156,7 +157,7 @@ def matryoshka_verdict(independent: list[dict[str, Any]], nested: list[dict[str,
     first) its stitching summary under ``summary`` and the classes of the latents it adds under ``added``
     (:func:`canon_pl.stitching.nested.added_latent_classes`); ``trained``: the family's preconditions (a comparison
     with untrained widths says nothing)."""
-    by_pair = {(p["small"]["d_sae"], p["large"]["d_sae"]): p for p in independent}
+    by_pair = by_widths(independent)
     rows = []
     for n in nested:
         s = n["summary"]

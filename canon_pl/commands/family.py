@@ -61,8 +61,9 @@ def family(*, sources: Annotated[list[str] | None, "--from"] = None, from_releas
         if len(saes) != 1 or not hasattr(saes[0], "prefix_sizes"):
             raise SettingError("--prefixes takes one Matryoshka SAE (architecture matryoshka_batchtopk) in --from")
         nested = saes[0]
-        training = _prefix_training(nested, _init_seed(sources[0]))
-        controls = _prefix_controls(nested, _init_seed(sources[0]), prefix_controls or [], format)
+        nested_seed = _init_seed(sources[0])
+        training = _prefix_training(nested, nested_seed)
+        controls = _prefix_controls(nested, nested_seed, prefix_controls or [], format)
         saes = [nested.prefix(m) for m in nested.prefix_sizes]
         sources = [f"{sources[0]} (its first {m} latents)" for m in nested.prefix_sizes]
     for sae in [*saes, *(c[1] for c in controls)]:
@@ -101,14 +102,9 @@ def _prefix_training(nested: Any, seed: int | None) -> dict[str, Any] | None:
 
 def _init_seed(source: str) -> int | None:
     """The init seed a canon-pl export records (``training.init_seed`` of its cfg.json), else ``None``."""
-    from canon_pl.io import read_export_config
+    from canon_pl.io import training_record
 
-    if not (Path(source) / "cfg.json").is_file():
-        return None
-    try:
-        seed = (read_export_config(source).get("training") or {}).get("init_seed")
-    except Exception:  # noqa: BLE001 - another library's cfg.json records no canon-pl training
-        return None
+    seed = training_record(source).get("init_seed") if Path(source).is_dir() else None
     return seed if isinstance(seed, int) else None
 
 

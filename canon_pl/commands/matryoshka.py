@@ -66,15 +66,6 @@ def matryoshka_fit_config(family_config: dict[str, Any], run: str | Path, contro
     return config
 
 
-def _trained(layout: RunLayout, member: str, max_steps: int) -> bool:
-    from canon_pl.io import read_export_config
-
-    try:
-        return read_export_config(layout.matryoshka / member).get("training", {}).get("global_step") == max_steps
-    except Exception:  # noqa: BLE001 - a missing or unreadable export trains again
-        return False
-
-
 def compare_matryoshka(*, run: str | Path, fit_config: str | Path, control_seeds: list[int] | None = None,
                        fit_args: list[str] | None = None, stitch_options: dict[str, Any] | None = None,
                        meta_options: dict[str, Any] | None = None, device: str = "cpu") -> int:
@@ -87,6 +78,7 @@ def compare_matryoshka(*, run: str | Path, fit_config: str | Path, control_seeds
     from canon_pl.commands.family import family
     from canon_pl.commands.meta_sae import meta_sae
     from canon_pl.commands.stitch import stitch
+    from canon_pl.io import training_record
     from canon_pl.training.module import control_key
 
     seeds = [1] if control_seeds is None else [int(s) for s in control_seeds]
@@ -95,13 +87,14 @@ def compare_matryoshka(*, run: str | Path, fit_config: str | Path, control_seeds
     widest = int(config["model"]["init_args"]["widths"][0])
     max_steps = int(config["trainer"]["max_steps"])
     members = [str(widest), *(control_key(widest, s) for s in seeds)]
-    if not all(_trained(layout, m, max_steps) for m in members):
+    if not all(training_record(layout.matryoshka / m).get("global_step") == max_steps for m in members):
         layout.matryoshka.mkdir(parents=True, exist_ok=True)
         layout.matryoshka_fit_config.write_text(yaml.safe_dump(config, sort_keys=False))
         args = ["fit", "--config", str(layout.matryoshka_fit_config), *map(str, fit_args or [])]
-        if RunLayout(layout.matryoshka).last_checkpoint.is_file():
-            print(f"  resuming from {RunLayout(layout.matryoshka).last_checkpoint}")
-            args += ["--ckpt_path", str(RunLayout(layout.matryoshka).last_checkpoint)]
+        last = RunLayout(layout.matryoshka).last_checkpoint
+        if last.is_file():  # an interrupted training continues
+            print(f"  resuming from {last}")
+            args += ["--ckpt_path", str(last)]
         run_lightning_cli(args)
     shutil.rmtree(layout.matryoshka_prefixes, ignore_errors=True)  # derived from the exports: always rewritten
     code = family(sources=[str(layout.matryoshka / members[0])], prefixes=True,

@@ -62,7 +62,7 @@ def read_pipeline_config(path: Path) -> dict[str, Any]:
         raise CheckpointError(f"{path}: the family config trains on the activation cache {cache_path}; add a cache: "
                               f"section (config: a fit config whose data captures the activations, tokens, val_tokens)")
     check_stage_options(config, path)
-    check_matryoshka_section(config, path)
+    check_matryoshka_section(config, fit, path)
     return {**config, "run": run, "max_steps": max_steps, "widths": widths, "cache_path": cache_path, "release": None}
 
 
@@ -128,11 +128,10 @@ def check_stage_options(cfg: dict[str, Any], path: Path) -> None:
                                   f"{', '.join(sorted(allowed))} (canon-pl {name.replace('_', '-')} --help)")
 
 
-def check_matryoshka_section(cfg: dict[str, Any], path: Path) -> None:
+def check_matryoshka_section(cfg: dict[str, Any], fit: dict[str, Any], path: Path) -> None:
     """A ``matryoshka:`` section: a mapping of :data:`MATRYOSHKA_KEYS` (or empty: every default), refused before any
-    stage runs, its derived fit config checked too (a BatchTopK family of two widths or more)."""
-    import yaml
-
+    stage runs, the fit config it derives from the family's (``fit``, parsed) checked too (a BatchTopK family of two
+    widths or more)."""
     from canon_pl.commands.matryoshka import matryoshka_fit_config
     from canon_pl.io import CheckpointError
 
@@ -145,7 +144,7 @@ def check_matryoshka_section(cfg: dict[str, Any], path: Path) -> None:
     seeds = section.get("control_seeds", [1])
     if not (isinstance(seeds, list) and all(isinstance(s, int) for s in seeds)):
         raise CheckpointError(f"{path}: matryoshka.control_seeds must be a list of init seeds, got {seeds!r}")
-    matryoshka_fit_config(yaml.safe_load(Path(cfg["fit_config"]).read_text()), Path("."), seeds)
+    matryoshka_fit_config(fit, Path("."), seeds)
 
 
 def _readable(check) -> bool:
@@ -157,7 +156,7 @@ def _readable(check) -> bool:
 
 def stage_done(stage: str, cfg: dict[str, Any]) -> bool:
     """Whether ``stage``'s outputs exist, read back and are complete."""
-    from canon_pl.io import load_family, read_export_config
+    from canon_pl.io import load_family, training_record
     from canon_pl.io.releases import release_ids
     from canon_pl.meta import read_meta_analysis
     from canon_pl.stats import LatentStatistics
@@ -183,7 +182,7 @@ def stage_done(stage: str, cfg: dict[str, Any]) -> bool:
         "family": lambda: len(load_family(run).widths) == len((cfg["release"] or {}).get("ids") or
                                                                release_ids(cfg["release"]["name"])),
         "fit": lambda: load_family(run).widths == widths and all(
-            read_export_config(run / str(w)).get("training", {}).get("global_step") == cfg["max_steps"]
+            training_record(run / str(w)).get("global_step") == cfg["max_steps"]
             for w in widths),
         # the StitchingCallback's results (on the validation tokens, with a global_step) do not count: the stage
         # analyses the pipeline's own held-out set

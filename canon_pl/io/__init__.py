@@ -14,6 +14,7 @@ from canon_pl.io.export import (
     load_export,
     read_export_config,
     training_data,
+    training_record,
 )
 from canon_pl.io.family import (
     SAEFamily,
@@ -37,6 +38,7 @@ __all__ = [
     "load_sae",
     "read_export_config",
     "training_data",
+    "training_record",
     "read_family_manifest",
     "safe_torch_load",
     "sha256_file",

@@ -98,6 +98,16 @@ def training_data(directory: str | os.PathLike) -> dict[str, Any]:
     return dict(data) if isinstance(data, dict) else {}
 
 
+def training_record(directory: str | os.PathLike) -> dict[str, Any]:
+    """What the export's ``cfg.json`` records of its training under ``training`` (``init_seed``, ``global_step``,
+    ...); empty when it records none or cannot be read (another library's file, a missing or corrupt export)."""
+    try:
+        training = read_export_config(directory).get("training")
+    except (CheckpointError, OSError, ValueError):
+        return {}
+    return dict(training) if isinstance(training, dict) else {}
+
+
 def read_export_config(directory: str | os.PathLike) -> dict[str, Any]:
     """Parse and check ``cfg.json`` of an export directory."""
     cfg_path = Path(directory) / CONFIG_FILE

@@ -10,6 +10,20 @@ from typing import Any
 from torch import Tensor
 
 
+def by_widths(summaries: list[dict[str, Any]]) -> dict[tuple[int, int], dict[str, Any]]:
+    """Stitching summaries keyed by ``(small d_sae, large d_sae)``: how a pair of one family finds the same pair of
+    another."""
+    return {(s["small"]["d_sae"], s["large"]["d_sae"]): s for s in summaries}
+
+
+def held_out_ev(summaries: list[dict[str, Any]]) -> dict[int, float]:
+    """``{d_sae: 1 - FVU}`` of every SAE the stitching summaries analysed (on their held-out tokens)."""
+    ev: dict[int, float] = {}
+    for s in summaries:
+        ev.update({s["small"]["d_sae"]: 1 - s["fvu_small"], s["large"]["d_sae"]: 1 - s["fvu_large"]})
+    return ev
+
+
 def _share(mask: Tensor, among: Tensor) -> float | None:
     values = mask[among]
     return float(values.float().mean()) if values.numel() else None
@@ -39,4 +53,4 @@ def added_latent_classes(arrays: dict[str, Tensor], n_shared: int) -> dict[str, 
     return out
 
 
-__all__ = ["added_latent_classes"]
+__all__ = ["added_latent_classes", "by_widths", "held_out_ev"]
