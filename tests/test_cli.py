@@ -14,7 +14,7 @@ from canon_pl.training import ActivationDataModule, ActivationShardDataModule, D
 from tests.helpers import REPO, run_cli
 
 CONFIGS = sorted(p for p in (REPO / "configs").glob("**/*.yaml")  # presets: test_distributed, the logger tests
-                 if not p.name.startswith("pipeline_") and p.parent.name not in ("trainer", "logger"))
+                 if not p.name.startswith(("pipeline_", "ladder_")) and p.parent.name not in ("trainer", "logger"))
 PIPELINES = sorted((REPO / "configs").glob("**/pipeline_*.yaml"))
 
 

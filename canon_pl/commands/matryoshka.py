@@ -15,6 +15,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from canon_pl.commands.derived_config import drop_callback, move_run_folder
 from canon_pl.errors import SettingError
 from canon_pl.io.layout import RunLayout
 
@@ -51,19 +52,7 @@ def matryoshka_fit_config(family_config: dict[str, Any], run: str | Path, contro
     init.update(widths=[widest], base_width=widest, control_seeds=seeds, control_widths=[widest] if seeds else None,
                 sae={"class_path": MATRYOSHKA_SETTINGS,
                      "init_args": {**sae, "prefix_fractions": [w / widest for w in widths[:-1]]}})
-    trainer = config.setdefault("trainer", {})
-    root = RunLayout(RunLayout(Path(run)).matryoshka)
-    trainer["default_root_dir"] = str(root.root)
-    trainer["callbacks"] = [c for c in trainer.get("callbacks") or []
-                            if not str(c.get("class_path", "")).endswith(STITCHING_CALLBACK)]
-    for callback in trainer["callbacks"]:  # a family config may place its checkpoints or logs by hand: never there
-        if "dirpath" in (callback.get("init_args") or {}):
-            callback["init_args"]["dirpath"] = str(root.checkpoints)
-    loggers = trainer.get("logger")
-    for logger in loggers if isinstance(loggers, list) else [loggers]:
-        if isinstance(logger, dict) and "save_dir" in (logger.get("init_args") or {}):
-            logger["init_args"]["save_dir"] = str(root.root)
-    return config
+    return move_run_folder(drop_callback(config, STITCHING_CALLBACK), RunLayout(Path(run)).matryoshka)
 
 
 def compare_matryoshka(*, run: str | Path, fit_config: str | Path, control_seeds: list[int] | None = None,

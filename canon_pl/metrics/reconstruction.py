@@ -43,3 +43,16 @@ class ExplainedVariance(FractionOfVarianceUnexplained):
 
     def compute(self) -> Tensor:
         return 1.0 - super().compute()
+
+
+@torch.no_grad()
+def explained_variance_of(sae: torch.nn.Module, x: Tensor, batch_size: int = 8192) -> tuple[float, float]:
+    """(explained variance, mean L0) of ``sae`` at inference on activations ``x [n, d_in]``, in batches."""
+    metric = ExplainedVariance().to(x.device)
+    active = 0.0
+    for batch in x.split(batch_size):
+        normalized = sae.normalize_input(batch)
+        acts = sae.encode(normalized.x, inference=True)
+        metric.update(normalized.restore(sae.decode(acts)), batch)
+        active += float((acts != 0).sum())
+    return float(metric.compute()), active / max(x.shape[0], 1)

@@ -23,9 +23,10 @@ class AnalysisDataError(CanonError, ValueError):
 
 
 def cache_activations(path: str | Path, n_tokens: int, d_in: int, model_id: str | None = None,
-                      hook_point: str | None = None) -> Tensor:
+                      hook_point: str | None = None, split: str = "val") -> Tensor:
     """The first ``n_tokens`` *held-out* activations ``[n, d_in]`` (float32) of a cache written by ``canon-pl
     cache`` (its shards marked ``val``; an unmarked cache's last shard): never tokens the SAEs trained on.
+    ``split="train"`` reads the training part instead (to compare training and held-out error: overfitting).
 
     ``model_id`` / ``hook_point`` (the SAEs'): a cache that records another model or hook point is refused (the same
     d_in does not make the same activations)."""
@@ -37,7 +38,9 @@ def cache_activations(path: str | Path, n_tokens: int, d_in: int, model_id: str 
         if mine is not None and recorded is not None and str(recorded) != str(mine):
             raise AnalysisDataError(f"the activation cache at {path} holds {what} {recorded!r} but the SAEs were "
                                     f"trained on {mine!r}: pass a cache of {mine!r} (canon-pl cache) or a text source")
-    held_out = index.split_ids("val")
+    held_out = index.split_ids(split)
+    if not held_out and split != "val":
+        raise AnalysisDataError(f"the activation cache at {path} has no {split!r} part")
     if not held_out:
         raise AnalysisDataError(f"the activation cache at {path} has no held-out part (analyses never read training "
                                 f"tokens): rebuild it with canon-pl cache --val_tokens N, or pass a text source")

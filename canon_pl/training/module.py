@@ -333,6 +333,11 @@ class SAEFamilyModule(L.LightningModule):
             data_value = str(data_value)
             if mine is None:
                 self.settings[setting] = data_value
+                # The logged hyper-parameters record the adopted value too: Lightning refuses a module and a
+                # DataModule whose hparams share a key (``hook_point``) with different values.
+                for logged in (self._hparams, self._hparams_initial):
+                    if setting in logged:
+                        logged[setting] = data_value
                 for sae in self.members.values():
                     setattr(sae.cfg, setting, data_value)
             elif mine != data_value and not (setting == "model_id" and Path(data_value).exists()):

@@ -1,0 +1,350 @@
+"""``canon-pl ladder --config configs/ladder_smollm2.yaml``: the study's family trained on, measured at rungs of training.
+
+Does scale close the gap between canon-pl's study and the paper? The family of a pipeline config is trained on past
+the study's budget in a run folder of its own, and at each rung (a training step count: 375, 750, 1,500, 3,000,
+6,000 steps of 4,096 tokens = 1.5, 3, 6, 12, 24M tokens) every figure of the study's claims is measured on the
+held-out activations: each member's explained variance on held-out *and* training tokens (do passes over the cache
+overfit?), rows still at their initialisation, and per adjacent pair the novel fraction by definition and by cosine
+beside its cross-seed control and the stitched path's peak over its worse endpoint.
+
+Each rung is a resumable job that ends in one small versioned JSON file under ``results:`` (committed to the
+repository); a rung whose file exists is never recomputed, and an interrupted rung continues from the newest whole
+checkpoint of the ladder's run folder. The curves over all finished rungs are drawn into ``<results>/curves.png``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import platform
+import shutil
+import time
+from dataclasses import dataclass
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+from canon_pl.checks import default_device
+from canon_pl.commands.args import run_command
+from canon_pl.errors import CanonError, SettingError
+from canon_pl.io.document import DocumentKind
+from canon_pl.io.layout import RunLayout
+
+DESCRIPTION = """Train a pipeline config's family on past the study's budget and measure the study's figures at
+each rung of training steps (held-out and training EV, rows at init, novel fractions with their cross-seed controls,
+the path's peak), one committed JSON per rung (<results>/rung_<steps>.json) and the curves over the rungs
+(<results>/curves.png). A finished rung is never recomputed; an interrupted one resumes from its last checkpoint."""
+
+LADDER_KEYS = {"pipeline", "run", "results", "rungs", "tokens", "fit_args"}
+"""A ladder config: ``pipeline`` (the study's pipeline config: its cache and family), ``run`` (the ladder's own run
+folder), ``results`` (where rung files go, committed), ``rungs`` (training steps, increasing), ``tokens``
+(held-out tokens per analysis, default the pipeline's stitch tokens) and ``fit_args`` (extra ``lightning fit``
+arguments)."""
+
+RUNG = DocumentKind("canon_pl.ladder_rung", 1, "ladder rung", SettingError)
+"""One rung's measurements (``<results>/rung_<steps>.json``)."""
+
+STITCHING_CALLBACK = "StitchingCallback"
+RUNGS_FOLDER = "rungs"
+"""``<run>/rungs/<steps>/``: the family's exports as they stood at each rung (a family folder, stitched there)."""
+
+
+@dataclass(frozen=True)
+class LadderConfig:
+    """A parsed ladder config (see :data:`LADDER_KEYS`) with what it takes from the pipeline config."""
+
+    pipeline: dict[str, Any]
+    run: Path
+    results: Path
+    rungs: tuple[int, ...]
+    tokens: int
+    fit_args: tuple[str, ...]
+    family_config: dict[str, Any]
+    batch_size: int
+
+    def rung_file(self, steps: int) -> Path:
+        return self.results / f"rung_{steps}.json"
+
+    def rung_folder(self, steps: int) -> Path:
+        return self.run / RUNGS_FOLDER / str(steps)
+
+    @property
+    def checkpoint_every(self) -> int:
+        """Checkpoint interval: the largest divisor of every rung that is at most 250 steps (a kill loses less)."""
+        common = math.gcd(*self.rungs)
+        return max(d for d in range(1, min(common, 250) + 1) if common % d == 0)
+
+
+def read_ladder_config(path: Path) -> LadderConfig:
+    """Parse and check a ladder config before any work (one clear error naming the key and the fix)."""
+    import yaml
+
+    from canon_pl.commands.pipeline import read_pipeline_config
+
+    try:
+        raw = yaml.safe_load(Path(path).read_text())
+    except (OSError, yaml.YAMLError) as err:
+        raise SettingError(f"{path}: not a ladder config ({type(err).__name__}: {err})") from err
+    if not isinstance(raw, dict) or set(raw) - LADDER_KEYS or not {"pipeline", "run", "results", "rungs"} <= set(raw):
+        raise SettingError(f"{path}: a ladder config is a mapping with pipeline, run, results, rungs (and optionally "
+                           f"tokens, fit_args); got {sorted(raw) if isinstance(raw, dict) else raw!r}")
+    rungs = raw["rungs"]
+    if (not isinstance(rungs, list) or not rungs or not all(isinstance(r, int) and not isinstance(r, bool) and r > 0
+                                                             for r in rungs) or sorted(set(rungs)) != rungs):
+        raise SettingError(f"{path}: rungs must be increasing positive step counts, e.g. [375, 750, 1500]; got "
+                           f"{rungs!r}")
+    pipeline = read_pipeline_config(Path(raw["pipeline"]))
+    if pipeline["release"]:
+        raise SettingError(f"{path}: the ladder trains a family; {raw['pipeline']} assembles a release's SAEs")
+    family_config = yaml.safe_load(Path(pipeline["fit_config"]).read_text())
+    stitch = pipeline.get("stitch") or {}
+    tokens = raw.get("tokens", stitch.get("tokens", 131072))
+    if not isinstance(tokens, int) or isinstance(tokens, bool) or tokens <= 0:
+        raise SettingError(f"{path}: tokens must be a positive number of held-out tokens, got {tokens!r}")
+    if pipeline["cache_path"] is None:
+        raise SettingError(f"{path}: the ladder reads the pipeline's activation cache (its training and held-out "
+                           f"tokens); {raw['pipeline']}'s family config trains without one")
+    fit_args = raw.get("fit_args") or []
+    if not isinstance(fit_args, list):
+        raise SettingError(f"{path}: fit_args must be a list of lightning fit arguments, got {fit_args!r}")
+    run = Path(raw["run"])
+    if run.resolve() == Path(pipeline["run"]).resolve():
+        raise SettingError(f"{path}: run must be a folder of its own, not the study's {pipeline['run']} (the ladder "
+                           f"trains past the study's steps)")
+    return LadderConfig(pipeline=pipeline, run=run, results=Path(raw["results"]), rungs=tuple(rungs), tokens=tokens,
+                        fit_args=tuple(map(str, fit_args)), family_config=family_config,
+                        batch_size=int(family_config["data"]["init_args"]["batch_size"]))
+
+
+def ladder_fit_config(cfg: LadderConfig, steps: int) -> dict[str, Any]:
+    """The family's fit config trained to ``steps`` in the ladder's run folder: validation at the rungs' common
+    interval, checkpoints every :attr:`LadderConfig.checkpoint_every` steps (the newest kept), no StitchingCallback
+    (each rung's analysis measures the held-out set instead)."""
+    import copy
+
+    from canon_pl.commands.derived_config import drop_callback, move_run_folder
+
+    config = move_run_folder(drop_callback(copy.deepcopy(cfg.family_config), STITCHING_CALLBACK), cfg.run)
+    trainer = config["trainer"]
+    trainer.update(max_steps=steps, val_check_interval=math.gcd(*cfg.rungs), check_val_every_n_epoch=None)
+    for callback in trainer["callbacks"]:
+        if str(callback.get("class_path", "")).endswith("ModelCheckpoint"):
+            callback.setdefault("init_args", {}).update(every_n_train_steps=cfg.checkpoint_every)
+    return config
+
+
+def newest_checkpoint(run: Path) -> Path | None:
+    """The newest whole Lightning checkpoint of ``run`` (highest step in its name), ignoring ``last.ckpt`` (a link
+    that a kill can leave dangling) and unfinished temporaries."""
+    import re
+
+    best, best_step = None, -1
+    for path in RunLayout(run).checkpoints.glob("*.ckpt"):
+        match = re.search(r"step=(\d+)", path.name)
+        if match and path.is_file() and not path.is_symlink() and int(match.group(1)) > best_step:
+            best, best_step = path, int(match.group(1))
+    return best
+
+
+def train_to(cfg: LadderConfig, steps: int) -> None:
+    """Train the ladder's family to ``steps`` (resuming from its newest whole checkpoint) and keep a copy of its
+    exports as they stand at that step in :meth:`LadderConfig.rung_folder`."""
+    import yaml
+
+    from canon_pl.cli import run_lightning_cli
+    from canon_pl.io import read_family_manifest, training_record
+
+    folder = cfg.rung_folder(steps)
+    if _family_at(folder, steps):
+        return
+    cfg.run.mkdir(parents=True, exist_ok=True)
+    config_path = cfg.run / f"fit_{steps}.yaml"
+    config_path.write_text(yaml.safe_dump(ladder_fit_config(cfg, steps), sort_keys=False))
+    args = ["fit", "--config", str(config_path), *cfg.fit_args]
+    resume = newest_checkpoint(cfg.run)
+    if resume is not None:
+        print(f"  resuming from {resume}", flush=True)
+        args += ["--ckpt_path", str(resume)]
+    if not _family_at(cfg.run, steps):
+        run_lightning_cli(args)
+    if not _family_at(cfg.run, steps):
+        raise CanonError(f"training to step {steps} ended without exports at that step in {cfg.run}")
+    manifest = read_family_manifest(cfg.run)
+    staging = folder.with_name(folder.name + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    for name in [*manifest["members"].values(), *manifest["controls"]]:
+        shutil.copytree(cfg.run / name, staging / name)
+    shutil.copy2(cfg.run / "family.json", staging / "family.json")
+    shutil.rmtree(folder, ignore_errors=True)
+    staging.rename(folder)  # whole or absent
+    assert all(training_record(folder / m).get("global_step") == steps for m in manifest["members"].values())
+
+
+def _family_at(folder: Path, steps: int) -> bool:
+    """Whether ``folder`` holds a family whose every member and control was exported at ``steps``."""
+    from canon_pl.io import read_family_manifest, training_record
+
+    try:
+        manifest = read_family_manifest(folder)
+    except Exception:  # noqa: BLE001 - missing or unreadable: not there
+        return False
+    names = [*manifest["members"].values(), *manifest["controls"]]
+    return bool(names) and all(training_record(folder / n).get("global_step") == steps for n in names)
+
+
+def measure_rung(cfg: LadderConfig, steps: int, device: str) -> dict[str, Any]:
+    """The rung's figures from its family folder: members' EV on held-out and training tokens, L0 and rows at
+    init; every adjacent pair stitched (with its control) on the held-out tokens."""
+    import torch
+
+    from canon_pl.commands.stitch import stitch
+    from canon_pl.io import load_family, read_family_manifest
+    from canon_pl.metrics.reconstruction import explained_variance_of
+    from canon_pl.report import stuck_at_init_fraction
+    from canon_pl.stitching import read_stitching_results
+    from canon_pl.training.analysis_data import cache_activations
+
+    folder = cfg.rung_folder(steps)
+    layout = RunLayout(folder)
+    family = load_family(folder, device)
+    manifest = read_family_manifest(folder)
+    widths = family.widths
+    if not all(_readable_pair(layout, a, b) for a, b in zip(widths, widths[1:])):
+        stitch(str(folder), data=str(cfg.pipeline["cache_path"]), tokens=cfg.tokens, device=device)
+    any_sae = family.saes[widths[0]]
+    held_out, training = (cache_activations(cfg.pipeline["cache_path"], cfg.tokens, any_sae.d_in,
+                                            any_sae.cfg.model_id, any_sae.cfg.hook_point, split=split).to(device)
+                          for split in ("val", "train"))
+    members = {}
+    names = {**{str(w): (int(w), f) for w, f in manifest["members"].items()},
+             **{f: (int(c["width"]), f) for f, c in manifest["controls"].items()}}
+    for name, (width, sub) in names.items():
+        sae = family.saes[width] if sub == manifest["members"].get(str(width)) else _load(folder / sub, device)
+        with torch.no_grad():
+            ev_held_out, l0 = explained_variance_of(sae, held_out)
+            ev_training, _ = explained_variance_of(sae, training)
+        members[name] = {"width": width, "folder": sub, "ev_held_out": ev_held_out, "ev_training": ev_training,
+                         "l0_held_out": l0, "rows_at_init": stuck_at_init_fraction(folder / sub)}
+    pairs = []
+    for a, b in zip(widths, widths[1:]):
+        s = read_stitching_results(layout.stitching_pair(a, b))
+        c, control = s["classes"], s.get("control") or {}
+        pairs.append({"small": a, "large": b,
+                      "novel_definition": c["novel_fraction_definition"],
+                      "control_definition": control.get("novel_fraction_definition"),
+                      "novel_cosine": c["novel_fraction_cosine"],
+                      "control_cosine": control.get("novel_fraction_cosine"),
+                      "fvu_small": s["fvu_small"], "fvu_large": s["fvu_large"],
+                      "path_excess": s["path_excess"], "path_peak_over_worse_endpoint": 1.0 + s["path_excess"],
+                      "path_monotone_fraction": s["path_monotone_fraction"]})
+    return {"members": members, "pairs": pairs}
+
+
+def _load(folder: Path, device: str):
+    from canon_pl.io import load_sae
+
+    return load_sae(folder, device)
+
+
+def _readable_pair(layout: RunLayout, small: int, large: int) -> bool:
+    from canon_pl.stitching import read_stitching_results
+
+    try:
+        return "global_step" not in read_stitching_results(layout.stitching_pair(small, large))
+    except Exception:  # noqa: BLE001 - missing or unreadable: stitch again
+        return False
+
+
+def read_rung(path: Path) -> dict[str, Any] | None:
+    """A finished rung's document, or ``None`` when there is none (an unreadable file is an error: it is committed
+    work, not to be overwritten silently)."""
+    if not path.is_file():
+        return None
+    return RUNG.read(path, "; delete it to measure the rung again")
+
+
+def finished_rungs(results: Path) -> list[dict[str, Any]]:
+    """Every rung document under ``results``, by step."""
+    documents = [RUNG.read(p) for p in sorted(results.glob("rung_*.json"))]
+    return sorted(documents, key=lambda d: d["steps"])
+
+
+def ladder(*, config: str, device: str = default_device(), only: int | None = None) -> int:
+    """Climb the ladder: for each rung without a result file, train to it, measure, write the rung's JSON.
+
+    Args:
+        config: ladder config (YAML), e.g. configs/ladder_smollm2.yaml
+        device: device for training and the analyses (cuda when a GPU is present)
+        only: stop after this many new rungs (a resumable piece of a long ladder)
+    """
+    from canon_pl.checks import check_device
+    from canon_pl.commands.pipeline import run_stage, stage_done
+    from canon_pl.io.atomic import atomic_write_json
+    from canon_pl.ladder_report import write_ladder_figures
+
+    check_device(device)
+    cfg = read_ladder_config(Path(config))
+    for steps in cfg.rungs:
+        read_rung(cfg.rung_file(steps))  # a damaged committed rung is refused before any work
+    todo = [s for s in cfg.rungs if read_rung(cfg.rung_file(s)) is None]
+    if only is not None:
+        todo = todo[:only]
+    print(f"ladder {config}: {len(cfg.rungs) - len(todo)} of {len(cfg.rungs)} rungs committed under {cfg.results}; "
+          f"{len(todo)} to climb now", flush=True)
+    if todo and not stage_done("cache", cfg.pipeline):
+        print("cache (the pipeline's activation cache) ...", flush=True)
+        run_stage("cache", cfg.pipeline, device)
+    started, done_steps = time.monotonic(), 0
+    for i, steps in enumerate(todo, 1):
+        eta = ""
+        if done_steps:
+            rate = (time.monotonic() - started) / done_steps
+            eta = f", ETA of the whole ladder {rate * (todo[-1] - _trained_steps(cfg)) / 60:.0f} min"
+        print(f"[rung {i}/{len(todo)}] {steps} steps ({steps * cfg.batch_size / 1e6:.1f}M tokens){eta}", flush=True)
+        t0 = time.monotonic()
+        before = _trained_steps(cfg)
+        train_to(cfg, steps)
+        t1 = time.monotonic()
+        measured = measure_rung(cfg, steps, device)
+        t2 = time.monotonic()
+        done_steps += max(steps - before, 0)
+        document = RUNG.stamp({
+            "steps": steps, "tokens": steps * cfg.batch_size, "batch_size": cfg.batch_size,
+            "analysis_tokens": cfg.tokens, "pipeline": str(cfg.pipeline.get("fit_config")),
+            **measured,
+            "wall_seconds": {"train": round(t1 - t0, 1), "measure": round(t2 - t1, 1),
+                             "trained_from_step": before},
+            "machine": f"{platform.machine()}, {_cores()} cores, device {device}", "date": date.today().isoformat(),
+        })
+        cfg.results.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(cfg.rung_file(steps), document)
+        print(f"  wrote {cfg.rung_file(steps)} (train {t1 - t0:.0f} s, measure {t2 - t1:.0f} s)", flush=True)
+        write_ladder_figures(finished_rungs(cfg.results), cfg.results)
+    if not todo and cfg.results.is_dir():
+        write_ladder_figures(finished_rungs(cfg.results), cfg.results)
+    print(json.dumps({"rungs_committed": [d["steps"] for d in finished_rungs(cfg.results)] if cfg.results.is_dir()
+                      else []}))
+    return 0
+
+
+def _trained_steps(cfg: LadderConfig) -> int:
+    """How far the ladder's run has trained (its newest whole checkpoint's step; 0 for none)."""
+    import re
+
+    newest = newest_checkpoint(cfg.run)
+    return int(re.search(r"step=(\d+)", newest.name).group(1)) if newest else 0
+
+
+def _cores() -> int:
+    import os
+
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 0
+
+
+def ladder_command(argv: list[str]) -> int:
+    return run_command(ladder, argv, "ladder", DESCRIPTION)
+
+
+__all__ = ["RUNG", "LadderConfig", "finished_rungs", "ladder", "ladder_command", "ladder_fit_config",
+           "read_ladder_config"]

@@ -1,0 +1,134 @@
+"""The training ladder's curves and its report section "does scale close the gap?" (from the rung documents that
+``canon-pl ladder`` writes): each claim's figure against training tokens, its control beside it, and a sentence per
+claim saying what the curve shows. Nothing here extrapolates: every sentence compares measured rungs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+FLAT_BAND = 0.02
+"""A change smaller than this between the first and the last rung is called flat (fractions and path excess)."""
+
+
+def ladder_frame(documents: list[dict[str, Any]]) -> pd.DataFrame:
+    """``tokens_m, panel, series, value, dash``: one row per rung, figure and series (tokens in millions)."""
+    rows = []
+    for d in documents:
+        t = d["tokens"] / 1e6
+        for name, m in d["members"].items():
+            rows.append({"tokens_m": t, "panel": "explained variance (held-out solid, training dashed)",
+                         "series": name, "value": m["ev_held_out"], "dash": "held-out"})
+            rows.append({"tokens_m": t, "panel": "explained variance (held-out solid, training dashed)",
+                         "series": name, "value": m["ev_training"], "dash": "training"})
+            if m.get("rows_at_init") is not None:
+                rows.append({"tokens_m": t, "panel": "decoder rows still at init (cos >= 0.7)", "series": name,
+                             "value": m["rows_at_init"], "dash": "held-out"})
+        for p in d["pairs"]:
+            pair = f"{p['small']} -> {p['large']}"
+            rows.append({"tokens_m": t, "panel": "novel by definition (pair solid, cross-seed control dashed)",
+                         "series": pair, "value": p["novel_definition"], "dash": "held-out"})
+            if p.get("control_definition") is not None:
+                rows.append({"tokens_m": t, "panel": "novel by definition (pair solid, cross-seed control dashed)",
+                             "series": pair, "value": p["control_definition"], "dash": "training"})
+            rows.append({"tokens_m": t, "panel": "path peak / worse endpoint (1 = monotone)", "series": pair,
+                         "value": p["path_peak_over_worse_endpoint"], "dash": "held-out"})
+    return pd.DataFrame(rows)
+
+
+def write_ladder_figures(documents: list[dict[str, Any]], out: str | Path) -> Path | None:
+    """``<out>/curves.png`` (one panel per figure, against training tokens) and ``<out>/summary.md`` (the
+    section's text and table); ``None`` when there is no rung yet."""
+    import altair as alt
+
+    if not documents:
+        return None
+    out = Path(out)
+    frame = ladder_frame(documents)
+    charts = []
+    for panel, part in frame.groupby("panel", sort=False):
+        charts.append(alt.Chart(part, title=panel, width=300, height=200).mark_line(point=True).encode(
+            x=alt.X("tokens_m:Q", scale=alt.Scale(type="log", base=2), title="training tokens (millions, log)"),
+            y=alt.Y("value:Q", scale=alt.Scale(zero=False), title=None),
+            color=alt.Color("series:N", title=None),
+            strokeDash=alt.StrokeDash("dash:N", legend=None, sort=["held-out", "training"])))
+    rows = [alt.hconcat(*charts[i:i + 2]) for i in range(0, len(charts), 2)]
+    path = out / "curves.png"
+    alt.vconcat(*rows).resolve_scale(color="independent").save(str(path), scale_factor=1.5)
+    (out / "summary.md").write_text("\n".join(ladder_section(documents, figure=path.name)) + "\n")
+    return path
+
+
+def _trend(first: float, last: float, closer_is_lower: bool) -> str:
+    change = last - first
+    if abs(change) < FLAT_BAND:
+        return "flat"
+    return "closing" if (change < 0) == closer_is_lower else "diverging"
+
+
+def ladder_sentences(documents: list[dict[str, Any]]) -> list[str]:
+    """One sentence per claim, comparing the first and the last measured rung (never beyond them)."""
+    if len(documents) < 2:
+        return ["One rung measured so far: no curve yet."]
+    first, last = documents[0], documents[-1]
+    span = f"from {first['tokens'] / 1e6:.1f}M to {last['tokens'] / 1e6:.1f}M training tokens"
+    out = []
+    for p0, p1 in zip(first["pairs"], last["pairs"]):
+        pair = f"{p0['small']} → {p0['large']}"
+        if p0.get("control_definition") is not None and p1.get("control_definition") is not None:
+            g0 = p0["novel_definition"] - p0["control_definition"]
+            g1 = p1["novel_definition"] - p1["control_definition"]
+            trend = "flat" if abs(g1 - g0) < FLAT_BAND else ("growing" if g1 > g0 else "shrinking")
+            out.append(f"Novel latents, {pair}: {span} the margin of the novel fraction (by definition) over its "
+                       f"cross-seed control goes from {g0:+.1%} to {g1:+.1%} ({trend}; pair {p0['novel_definition']:.1%}"
+                       f" → {p1['novel_definition']:.1%}, control {p0['control_definition']:.1%} → "
+                       f"{p1['control_definition']:.1%}).")
+        e0, e1 = p0["path_excess"], p1["path_excess"]
+        out.append(f"Monotone path, {pair}: the path's peak over its worse endpoint goes from {1 + e0:.2f}x to "
+                   f"{1 + e1:.2f}x ({_trend(e0, e1, closer_is_lower=True)} toward the paper's monotone 1.00x).")
+    gaps = [(n, m["ev_training"] - m["ev_held_out"]) for n, m in last["members"].items()]
+    worst = max(gaps, key=lambda g: g[1])
+    out.append(f"Overfitting the cache: at {last['tokens'] / 1e6:.1f}M tokens the largest training minus held-out EV "
+               f"is {worst[1]:+.4f} ({worst[0]}); " + ("passes over the cache overfit." if worst[1] > 0.01 else
+                                                         "no member fits its training tokens noticeably better."))
+    return out
+
+
+def ladder_table(documents: list[dict[str, Any]]) -> list[str]:
+    """A markdown table: per rung, each pair's novel fraction by definition and its control, the path peak, and the
+    widest member's held-out EV and rows at init."""
+    if not documents:
+        return []
+    pairs = [f"{p['small']}→{p['large']}" for p in documents[0]["pairs"]]
+    head = ["tokens", "steps", *[f"{p} novel / control" for p in pairs], *[f"{p} path peak" for p in pairs],
+            "EV held-out (each width)", "rows at init (widest)", "train + measure (min)"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for d in documents:
+        widths = sorted((m for m in d["members"].values() if m["folder"].isdigit()), key=lambda m: m["width"])
+        cells = [f"{d['tokens'] / 1e6:.1f}M", str(d["steps"])]
+        cells += [f"{p['novel_definition']:.1%} / " + ("—" if p.get("control_definition") is None
+                                                       else f"{p['control_definition']:.1%}") for p in d["pairs"]]
+        cells += [f"{1 + p['path_excess']:.2f}x" for p in d["pairs"]]
+        cells.append(" / ".join(f"{m['ev_held_out']:.3f}" for m in widths))
+        init = widths[-1].get("rows_at_init")
+        cells.append("—" if init is None else f"{init:.1%}")
+        wall = d.get("wall_seconds") or {}
+        cells.append(f"{(wall.get('train', 0) + wall.get('measure', 0)) / 60:.1f}")
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def ladder_section(documents: list[dict[str, Any]], figure: str | None = None) -> list[str]:
+    """The report's section "Does scale close the gap?" (markdown lines)."""
+    lines = ["## Does scale close the gap?", "",
+             "The study's family trained on past its budget (`canon-pl ladder`), every figure measured at each rung "
+             "on the same held-out tokens; the verdicts stay per rung and nothing is extrapolated.", ""]
+    if figure:
+        lines += [f"![the ladder's curves]({figure})", ""]
+    lines += ladder_table(documents) + [""] + [f"- {s}" for s in ladder_sentences(documents)]
+    return lines
+
+
+__all__ = ["ladder_frame", "ladder_section", "ladder_sentences", "write_ladder_figures"]

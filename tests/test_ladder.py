@@ -1,0 +1,129 @@
+"""`canon-pl ladder` on a tiny config: each rung's figures are committed once, the curves are drawn, an interrupted
+rung (SIGKILL while training) resumes to the same result as an uninterrupted ladder, and a bad config is refused
+before any work."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from canon_pl.commands.ladder import RUNG, finished_rungs, read_ladder_config
+from canon_pl.errors import SettingError
+from tests.helpers import REPO, run_cli
+from tests.test_pipeline import tiny_configs
+
+
+def ladder_config(root: Path, pipeline: Path, name: str, rungs: list[int]) -> Path:
+    path = root / f"{name}.yaml"
+    path.write_text(yaml.safe_dump({"pipeline": str(pipeline), "run": str(root / name / "run"),
+                                    "results": str(root / name / "results"), "rungs": rungs, "tokens": 1024}))
+    return path
+
+
+def figures(document: dict) -> dict:
+    """The measured figures of a rung (not its wall time, date or where it resumed from)."""
+    return {k: v for k, v in document.items() if k in ("steps", "tokens", "members", "pairs")}
+
+
+def assert_close(got: object, want: object, where: str = "") -> None:
+    """Nested dicts / lists equal, floats to a relative 1e-5."""
+    if isinstance(want, dict):
+        assert isinstance(got, dict) and sorted(got) == sorted(want), where
+        for key in want:
+            assert_close(got[key], want[key], f"{where}.{key}")
+    elif isinstance(want, list):
+        assert isinstance(got, list) and len(got) == len(want), where
+        for i, (g, w) in enumerate(zip(got, want)):
+            assert_close(g, w, f"{where}[{i}]")
+    elif isinstance(want, float):
+        assert got == pytest.approx(want, rel=1e-5, abs=1e-7), where
+    else:
+        assert got == want, where
+
+
+def test_the_ladder_commits_each_rung_once_and_a_killed_rung_resumes_to_the_same_result(tmp_path: Path) -> None:
+    pipeline = tiny_configs(tmp_path)
+    reference = ladder_config(tmp_path, pipeline, "reference", [2, 6])
+    first = run_cli("ladder", "--config", str(reference), cwd=tmp_path, script="canon-pl")
+    assert first.returncode == 0, first.stderr[-3000:]
+    results = tmp_path / "reference" / "results"
+    documents = finished_rungs(results)
+    assert [d["steps"] for d in documents] == [2, 6] and documents[1]["tokens"] == 6 * 256
+    for d in documents:
+        assert sorted(d["members"]) == ["1152", "1152_seed1", "576"]
+        for member in d["members"].values():
+            assert 0 < member["l0_held_out"] and -1 < member["ev_held_out"] <= 1 and -1 < member["ev_training"] <= 1
+            assert member["rows_at_init"] is not None
+        (pair,) = d["pairs"]
+        assert (pair["small"], pair["large"]) == (576, 1152) and pair["control_definition"] is not None
+        assert pair["path_peak_over_worse_endpoint"] == pytest.approx(1 + pair["path_excess"])
+    assert documents[0]["members"] != documents[1]["members"]  # the second rung trained on
+    assert (results / "curves.png").stat().st_size > 5000
+    summary = (results / "summary.md").read_text()
+    assert "## Does scale close the gap?" in summary and "Monotone path, 576 → 1152" in summary
+
+    # a committed rung is never recomputed: a re-run climbs nothing and leaves the files as they were
+    stamps = {p.name: p.stat().st_mtime_ns for p in results.glob("rung_*.json")}
+    again = run_cli("ladder", "--config", str(reference), cwd=tmp_path, script="canon-pl")
+    assert again.returncode == 0 and "2 of 2 rungs committed" in again.stdout and "0 to climb" in again.stdout
+    assert {p.name: p.stat().st_mtime_ns for p in results.glob("rung_*.json")} == stamps
+
+    # the same ladder, killed (SIGKILL) once rung 6 has a checkpoint past rung 2, then run again
+    killed = ladder_config(tmp_path, pipeline, "killed", [2, 6])
+    process = subprocess.Popen([str(Path(sys.executable).parent / "canon-pl"), "ladder", "--config", str(killed)],
+                               cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               start_new_session=True)
+    ckpt = tmp_path / "killed" / "run" / "ckpt"
+    deadline = time.monotonic() + 300
+    while not list(ckpt.glob("*step=4*.ckpt")) and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    assert not (tmp_path / "killed" / "results" / "rung_6.json").exists(), "killed too late to test a resume"
+    resumed = run_cli("ladder", "--config", str(killed), cwd=tmp_path, script="canon-pl")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resuming from" in resumed.stdout
+    got = finished_rungs(tmp_path / "killed" / "results")
+    assert_close([figures(d) for d in got], [figures(d) for d in documents])
+
+
+def test_a_bad_ladder_config_is_refused_before_any_work(tmp_path: Path) -> None:
+    pipeline = tiny_configs(tmp_path)
+    for rungs, words in (([6, 2], "increasing"), ([], "increasing"), ([0, 2], "positive"), ("5", "increasing")):
+        with pytest.raises(SettingError, match=words):
+            read_ladder_config(ladder_config(tmp_path, pipeline, "bad", rungs))
+    config = ladder_config(tmp_path, pipeline, "bad", [2])
+    raw = yaml.safe_load(config.read_text())
+    raw["run"] = str(tmp_path / "checkpoints" / "tiny")  # the study's own run folder
+    config.write_text(yaml.safe_dump(raw))
+    with pytest.raises(SettingError, match="folder of its own"):
+        read_ladder_config(config)
+    out = run_cli("ladder", "--config", str(config), cwd=tmp_path, script="canon-pl")
+    assert out.returncode == 2 and "folder of its own" in out.stderr and len(out.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "cache").exists()  # refused before the cache stage
+
+
+def test_a_damaged_committed_rung_is_an_error_naming_it_not_silently_redone(tmp_path: Path) -> None:
+    pipeline = tiny_configs(tmp_path)
+    config = ladder_config(tmp_path, pipeline, "damaged", [2])
+    results = tmp_path / "damaged" / "results"
+    results.mkdir(parents=True)
+    (results / "rung_2.json").write_text('{"format": "canon_pl.ladder_rung", "format_version": 1, "steps": ')
+    out = run_cli("ladder", "--config", str(config), cwd=tmp_path, script="canon-pl")
+    assert out.returncode == 2 and "rung_2.json" in out.stderr and "delete it" in out.stderr
+    assert not (tmp_path / "cache").exists()
+    assert RUNG.format == "canon_pl.ladder_rung"
+
+
+def test_the_shipped_ladder_config_parses_and_reaches_24m_tokens(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(REPO)
+    cfg = read_ladder_config(REPO / "configs" / "ladder_smollm2.yaml")
+    assert cfg.rungs[-1] * cfg.batch_size >= 24_000_000
+    assert all(r % cfg.checkpoint_every == 0 for r in cfg.rungs)
