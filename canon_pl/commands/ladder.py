@@ -211,7 +211,8 @@ def measure_rung(cfg: LadderConfig, steps: int, device: str) -> dict[str, Any]:
     manifest = read_family_manifest(folder)
     widths = family.widths
     if not all(_readable_pair(layout, a, b) for a, b in zip(widths, widths[1:])):
-        stitch(str(folder), data=str(cfg.pipeline["cache_path"]), tokens=cfg.tokens, device=device)
+        stitch(str(folder), data=str(cfg.pipeline["cache_path"]), tokens=cfg.tokens, device=device,
+               granularity=True)
     any_sae = family.saes[widths[0]]
     held_out, training = (cache_activations(cfg.pipeline["cache_path"], cfg.tokens, any_sae.d_in,
                                             any_sae.cfg.model_id, any_sae.cfg.hook_point, split=split).to(device)
@@ -233,11 +234,15 @@ def measure_rung(cfg: LadderConfig, steps: int, device: str) -> dict[str, Any]:
         pairs.append({"small": a, "large": b,
                       "novel_definition": c["novel_fraction_definition"],
                       "control_definition": control.get("novel_fraction_definition"),
+                      "novel_definition_spread": s.get("spread"),
+                      "control_definition_spread": control.get("spread"),
                       "novel_cosine": c["novel_fraction_cosine"],
                       "control_cosine": control.get("novel_fraction_cosine"),
                       "fvu_small": s["fvu_small"], "fvu_large": s["fvu_large"],
                       "path_excess": s["path_excess"], "path_peak_over_worse_endpoint": 1.0 + s["path_excess"],
-                      "path_monotone_fraction": s["path_monotone_fraction"]})
+                      "path_monotone_fraction": s["path_monotone_fraction"],
+                      "control_path_excess": control.get("path_excess"),
+                      "granularity": s.get("granularity"), "control_granularity": control.get("granularity")})
     return {"members": members, "pairs": pairs}
 
 

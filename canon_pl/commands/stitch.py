@@ -76,7 +76,7 @@ def describe_result(s: dict[str, Any]) -> str:
 
 def stitch(small: str, large: str | None = None, *, data: str, tokens: int = 8192, tau: float = DEFAULT_TAU,
            out: str | None = None, ce_points: int = 0, model: str | None = None, hook_point: str | None = None,
-           device: str = default_device(), control: str | None = None) -> int:
+           device: str = default_device(), control: str | None = None, granularity: bool = False) -> int:
     """Stitch two exported SAEs, or every adjacent pair of a family, and write each pair's results.
 
     Args:
@@ -93,6 +93,8 @@ def stitch(small: str, large: str | None = None, *, data: str, tokens: int = 819
         device: cpu, cuda, cuda:1, ... (default: cuda when a GPU is present)
         control: the cross-seed control for a pair: an SAE of LARGE's width from another init seed (a family's
             controls are found in family.json)
+        granularity: also walk the path at every granularity of grouping (decoder cosine, reconstruction overlap),
+            for the pair and for its cross-seed control: where the path becomes monotone
     """
     check_tau(tau)
     check_counts(**{"--tokens": tokens})
@@ -105,7 +107,7 @@ def stitch(small: str, large: str | None = None, *, data: str, tokens: int = 819
         for hook, folder in hook_families(small).items():  # pairs only ever within one hook point's family
             print(f"hook point {hook}:")
             stitch(str(folder), data=data, tokens=tokens, tau=tau, out=str(Path(out) / folder.name) if out else None,
-                   ce_points=ce_points, model=model, device=device)
+                   ce_points=ce_points, model=model, device=device, granularity=granularity)
         return 0
     pairs, out_dir = _pairs(small, large, control, out, device)
     check_output_folder(out_dir)  # before the analysis, not after it
@@ -116,7 +118,7 @@ def stitch(small: str, large: str | None = None, *, data: str, tokens: int = 819
         warnings.warn("--ce_points needs text data (the LM runs on tokens); skipped for an activation cache")
     for pair in pairs:
         result = analyze_pair(activations=x, tau=tau, spliced_loss=spliced, ce_points=ce_points, progress=True,
-                              data=data, **pair)
+                              data=data, granularity=granularity, **pair)
         path = write_stitching_results(result, out_dir)
         print(f"{describe_result(result.summary)}; wrote {path}")
     return 0

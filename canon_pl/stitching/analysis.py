@@ -24,7 +24,8 @@ from canon_pl.io.layout import RunLayout
 from canon_pl.io.results import read_results, write_results
 from canon_pl.metrics import SplicedLanguageModelLoss
 from canon_pl.sae import SparseAutoencoder
-from canon_pl.stitching.classify import LatentClasses, classify_latents
+from canon_pl.stitching.classify import LatentClasses, classify_latents, definition_chunk_spread
+from canon_pl.stitching.granularity import granularity_curve
 from canon_pl.stitching.groups import LatentGroups, latent_groups
 from canon_pl.stitching.matching import (
     DEFAULT_TAU,
@@ -171,7 +172,7 @@ def analyze_pair(small: SparseAutoencoder, large: SparseAutoencoder, activations
                  names: tuple[str | None, str | None] = (None, None),
                  large_initial_decoder: Tensor | None = None, control: SparseAutoencoder | None = None,
                  control_name: str | None = None, small_initial_decoder: Tensor | None = None,
-                 data: str | None = None) -> StitchingResult:
+                 data: str | None = None, granularity: bool = False, spread_chunks: int = 8) -> StitchingResult:
     """Match, group, check and walk from ``small`` to ``large`` on raw held-out ``activations [N, d_in]``.
 
     ``spliced_loss`` with ``ce_points > 0`` also measures the next-token loss at that many points along the path
@@ -208,9 +209,28 @@ def analyze_pair(small: SparseAutoencoder, large: SparseAutoencoder, activations
         if control.d_sae != large.d_sae or control.d_in != large.d_in:
             raise StitchingError(f"the cross-seed control must have L's shape ({large.d_sae} x {large.d_in}), got "
                                  f"{control.d_sae} x {control.d_in}")
-        control_classes = classify_latents(control, large, x, tau, large_initial_decoder, large_codes)
+        residual_control = x - reconstruction(control, x)
+        control_classes = classify_latents(control, large, x, tau, large_initial_decoder, large_codes,
+                                           residual_control)
     path = stitching_path(small, large, x, groups, small_codes, large_codes, progress=progress,
                           residual_small=residual_small)
+    extra: dict[str, Any] = {"spread": definition_chunk_spread(large_codes, large.W_dec, residual_small,
+                                                               spread_chunks)}
+    control_extra: dict[str, Any] = {}
+    if control is not None:
+        # the same path between two seeds of L's width: how far a path rises when only the seed differs
+        control_codes = sparse_codes(control, x)
+        residual_large = x - reconstruction(large, x)
+        control_path = stitching_path(large, control, x, latent_groups(match_latents(large.W_dec, control.W_dec, tau)),
+                                      large_codes, control_codes, residual_small=residual_large)
+        control_extra = {"spread": definition_chunk_spread(large_codes, large.W_dec, residual_control, spread_chunks),
+                         "path_excess": control_path.excess_over_endpoints(),
+                         "path_monotone_fraction": control_path.monotone_fraction()}
+        if granularity:
+            control_extra["granularity"] = granularity_curve(large, control, x, large_codes, control_codes,
+                                                             residual_large)
+    if granularity:
+        extra["granularity"] = granularity_curve(small, large, x, small_codes, large_codes, residual_small)
 
     ce: dict[str, Any] = {}
     if spliced_loss is not None and ce_points > 0:
@@ -246,7 +266,9 @@ def analyze_pair(small: SparseAutoencoder, large: SparseAutoencoder, activations
         "novel_fraction_active": float(is_novel[active].float().mean()) if bool(active.any()) else None,
         "novel_fraction_definition": classes.summary()["novel_fraction_definition"],
         "classes": classes.summary(),
-        "control": None if control_classes is None else {"name": control_name, **control_classes.summary()},
+        "control": None if control_classes is None else {"name": control_name, **control_classes.summary(),
+                                                         **control_extra},
+        **extra,
         "groups": groups.kind_counts(),
         "proxy": proxy_agreement(is_novel, delta_mse, fire_count > 0),
         "mse_small": float(path.mse[0]),

@@ -101,4 +101,28 @@ def classify_latents(small: SparseAutoencoder, large: SparseAutoencoder, x: Tens
     return LatentClasses(tau, match, delta, codes.counts(), init_cos)
 
 
-__all__ = ["LatentClasses", "classify_latents", "row_cosines"]
+@torch.no_grad()
+def definition_chunk_spread(large_codes: SparseCodes, W_dec_large: Tensor, residual_small: Tensor,
+                            n_chunks: int = 8) -> dict[str, Any]:
+    """The novel fraction by definition on ``n_chunks`` disjoint, consecutive chunks of the held-out tokens (each
+    chunk's firing latents, each latent's MSE change measured on that chunk alone): how much of a fraction is token
+    noise. ``residual_small``: ``[N, d_in]`` = ``x - S(x)``; returns ``per_chunk``, ``mean``, ``std``,
+    ``chunk_tokens``."""
+    n = large_codes.n_tokens
+    size = max(n // n_chunks, 1)
+    fractions = []
+    for start in range(0, size * n_chunks, size):
+        keep = (large_codes.rows >= start) & (large_codes.rows < start + size)
+        chunk = SparseCodes(large_codes.rows[keep], large_codes.cols[keep], large_codes.values[keep], n,
+                            large_codes.d_sae)
+        fires = chunk.counts() > 0
+        if not bool(fires.any()):
+            continue
+        delta = single_insertion_delta_mse(chunk, W_dec_large.detach().float(), residual_small)
+        fractions.append(float((delta[fires] < 0).float().mean()))
+    values = torch.tensor(fractions, dtype=torch.float64)
+    return {"per_chunk": fractions, "mean": float(values.mean()) if fractions else None,
+            "std": float(values.std()) if len(fractions) > 1 else None, "chunk_tokens": size}
+
+
+__all__ = ["LatentClasses", "classify_latents", "definition_chunk_spread", "row_cosines"]

@@ -77,9 +77,14 @@ class LatentGroups:
 
 def latent_groups(match: LatentMatch) -> LatentGroups:
     """The connected components of the ``cos >= tau`` graph of ``match``."""
-    d_small, d_large = match.d_small, match.d_large
-    device = match.large_max_cos.device
-    labels = connected_components(d_small + d_large, match.edges_small, match.edges_large + d_small)
+    return groups_from_edges(match.d_small, match.d_large, match.edges_small, match.edges_large)
+
+
+def groups_from_edges(d_small: int, d_large: int, edges_small: Tensor, edges_large: Tensor) -> LatentGroups:
+    """The connected components of the bipartite graph with edges ``edges_small[i] - edges_large[i]`` (``[n_edges]``
+    S- and L-latent indices), whatever made the edges (decoder cosine, reconstruction overlap)."""
+    device = edges_small.device
+    labels = connected_components(d_small + d_large, edges_small, edges_large + d_small)
     _, group = torch.unique(labels, return_inverse=True)
     small_group, large_group = group[:d_small], group[d_small:]
     n = int(group.max()) + 1 if group.numel() else 0
