@@ -13,9 +13,17 @@ import pandas as pd
 
 from canon_pl.io.atomic import atomic_write_text
 from canon_pl.io.layout import RunLayout
-from canon_pl.meta.analysis import higher_floor
+from canon_pl.meta.analysis import FLOOR_NAMES, higher_floor
 from canon_pl.stitching import settings_mismatch
-from canon_pl.verdicts import MARGIN, META_MARGIN, MIN_SHARE, PAPER, matryoshka_verdict, study_verdicts
+from canon_pl.verdicts import (
+    GRANULARITY_RATIO,
+    MARGIN,
+    META_MARGIN,
+    MIN_SHARE,
+    PAPER,
+    matryoshka_verdict,
+    study_verdicts,
+)
 
 REPORT_FILE = RunLayout.REPORT
 
@@ -207,7 +215,12 @@ def _stitching_section(facts: dict[str, Any], figures: Path) -> list[str]:
                      "agreement": c["agreement"], "median max cos": c["median_max_cos"],
                      "control median max cos": control.get("median_max_cos"),
                      "stuck at init": c["stuck_at_init_fraction"], "novel among moved": c["novel_fraction_cosine_moved"],
-                     "path excess": s.get("path_excess"), "monotone steps": s["path_monotone_fraction"],
+                     "novel (definition), per-chunk mean ± std": _spread_text(s.get("spread")),
+                     "control, per-chunk mean ± std": _spread_text(control.get("spread")),
+                     "path peak / worse endpoint": 1 + s["path_excess"] if s.get("path_excess") is not None else None,
+                     "control path peak": (1 + control["path_excess"]) if control.get("path_excess") is not None
+                     else None,
+                     "monotone steps": s["path_monotone_fraction"],
                      "FVU S": s["fvu_small"], "FVU L": s["fvu_large"]})
         for measure, key in (("definition", "novel_fraction_definition"), ("cosine", "novel_fraction_cosine")):
             bars.append({"pair": pair, "measure": measure, "against": "smaller width", "fraction": c[key]})
@@ -220,8 +233,11 @@ def _stitching_section(facts: dict[str, Any], figures: Path) -> list[str]:
              "MSE when added alone (the paper's definition); *novel (cosine)*: no S decoder row within cosine 0.7 "
              "(the proxy), with *novel* / *reconstruction* its counts; *agreement*: how often the two agree. The "
              "*control* columns are the same measurements of L against an SAE of its own width from another init "
-             "seed: what seeds alone give. *Path excess*: how far the path's MSE rises above the worse endpoint "
-             "(0 = it stays between S and L).", "", _markdown_table(pd.DataFrame(rows)), ""]
+             "seed: what seeds alone give. *Per-chunk*: the definitional fraction on disjoint chunks of the "
+             "held-out tokens (token noise). *Path peak / worse endpoint*: the stitched path's highest MSE over the "
+             "worse of S's and L's (1 = it stays between them, the paper's monotone path); *control path peak*: the "
+             "same construction between two seeds of L's width, what a path does when only the seed differs.", "",
+             _markdown_table(pd.DataFrame(rows)), ""]
     mismatch = settings_mismatch({f"{s['small']['d_sae']} → {s['large']['d_sae']}": s for s in facts["pairs"]})
     if mismatch:
         lines += [f"> **Warning:** {mismatch}.", ""]
@@ -230,6 +246,7 @@ def _stitching_section(facts: dict[str, Any], figures: Path) -> list[str]:
     if len(facts["paths"]):
         chart = stitching_path_chart(facts["paths"], "stitching paths (FVU vs latents)")
         lines.append(f"![stitching paths](report/{_save(chart, figures / 'paths.png')})")
+    lines += _granularity_lines(facts["pairs"], figures)
     if len(facts["curves"]):
         chart = training_curve_chart(facts["curves"], "novel fraction (definition) over training")
         lines += ["", "The novel fraction by definition at every validation of the family's training, against the "
@@ -239,16 +256,62 @@ def _stitching_section(facts: dict[str, Any], figures: Path) -> list[str]:
     return lines + [""]
 
 
+def _spread_text(spread: dict[str, Any] | None) -> str | None:
+    if not spread or spread.get("mean") is None:
+        return None
+    std = spread.get("std")
+    return f"{spread['mean']:.3f} ± {std:.3f}" if std is not None else f"{spread['mean']:.3f}"
+
+
+def _granularity_lines(pairs: list[dict[str, Any]], figures: Path) -> list[str]:
+    """The path's peak against group granularity for each pair and its cross-seed control (when measured)."""
+    from canon_pl.viewer.charts import granularity_chart
+
+    rows = []
+    for s in pairs:
+        pair = f"{s['small']['d_sae']} → {s['large']['d_sae']}"
+        for against, curve in (("smaller width", s.get("granularity")),
+                               ("other seed (control)", (s.get("control") or {}).get("granularity"))):
+            for point in (curve or {}).get("points", []):
+                rows.append({"pair": pair, "against": against, "grouping": point["grouping"],
+                             "threshold": point["threshold"], "largest group share": point["largest_group_share"],
+                             "path peak": point["path_peak_over_worse_endpoint"]})
+    if not rows:
+        return []
+    frame = pd.DataFrame(rows)
+    lines = ["", "### The path at every granularity of grouping", "",
+             "The path walked again with its latents grouped ever more coarsely: by decoder cosine at falling "
+             "thresholds, then each latent with its best partner by reconstruction overlap (the cosine of two "
+             "latents' contributions to the reconstruction over the held-out tokens), then every overlapping pair "
+             "(the most-overlapping groups merged first) until the path stays within 5 % of its worse endpoint. The "
+             "paper's claim holds when the cross-width path becomes monotone at finer groups (a smaller largest "
+             "group) than the same construction between two seeds of one width; it is refuted when both need the "
+             "same.", ""]
+    summary = []
+    for s in pairs:
+        pair = f"{s['small']['d_sae']} → {s['large']['d_sae']}"
+        mine, control = s.get("granularity") or {}, (s.get("control") or {}).get("granularity") or {}
+        summary.append({"pair": pair,
+                        "monotone at largest group share (pair)": mine.get("monotone_largest_group_share"),
+                        "(control)": control.get("monotone_largest_group_share")})
+    lines += [_markdown_table(pd.DataFrame(summary)), "",
+              f"![granularity](report/{_save(granularity_chart(frame), figures / 'granularity.png')})", ""]
+    return lines
+
+
 def _meta_section(meta: dict[str, Any], examples: list[dict[str, Any]]) -> list[str]:
     base = meta.get("base") or {}
     floors = meta.get("floors") or {}
     lines = ["## Meta-SAE", "", f"Base: the {base.get('width')}-latent SAE; {meta['n_meta']} meta-latents, k = "
-             f"{meta.get('k')}. FVE is read against two floors (the same meta-SAE trained on random unit rows and on "
-             "the base's initial decoder) and the PCA cap (the variance of the rows in their top principal "
-             "directions: the most a reconstruction in that many dimensions can explain).", "",
+             f"{meta.get('k')}. FVE is read against four floors, the same meta-SAE trained on: random unit rows and "
+             "the base's initial decoder (both isotropic), Gaussian rows with the decoder's own mean and covariance, "
+             "and the decoder's rows with each principal coordinate shuffled across rows (both keep its "
+             "anisotropy: only structure beyond it, such as rows composed of a few shared directions, lifts the FVE "
+             "above them); and against the PCA cap (the variance of the rows in their top principal directions: the "
+             "most a reconstruction in that many dimensions can explain).", "",
              _markdown_table(pd.DataFrame([{
                  "FVE": meta["fve"], "FVE uncentred": meta.get("fve_uncentred"),
-                 "floor: random rows": floors.get("random_rows"), "floor: initial decoder": floors.get("initial_decoder"),
+                 **floor_columns(floors),
                  f"PCA cap (top {(meta.get('pca_cap') or {}).get('m')})": (meta.get("pca_cap") or {}).get("fraction"),
                  f"PCA top {meta.get('k')}": (meta.get("pca_cap") or {}).get("top_k_fraction"),
                  "meta-latents per latent": meta["mean_meta_per_latent"], "dead meta-latents": meta["dead_meta_fraction"],
@@ -274,19 +337,22 @@ def _meta_section(meta: dict[str, Any], examples: list[dict[str, Any]]) -> list[
     return lines
 
 
+def floor_columns(floors: dict[str, Any]) -> dict[str, Any]:
+    """``{"floor: <name>": FVE}`` for every floor of :data:`FLOOR_NAMES` (``None`` where it was not measured)."""
+    return {f"floor: {name.replace('_', ' ')}": floors.get(name) for name in FLOOR_NAMES}
+
+
 def _width_sweep_section(meta: dict[str, Any]) -> list[str]:
     """The meta-SAE read at several widths, the paper's 3 × d_in among them, each against its own floors."""
     floors = meta.get("floors") or {}
     rows = [{"meta-latents": e["n_meta"], "× d_in": e["per_d_in"], "base rows per meta-latent": e["rows_per_meta"],
-             "FVE": e["fve"], "floor: random rows": e["floors"].get("random_rows"),
-             "floor: initial decoder": e["floors"].get("initial_decoder"), "PCA cap": e["pca_cap"],
+             "FVE": e["fve"], **floor_columns(e["floors"]), "PCA cap": e["pca_cap"],
              "FVE − higher floor": e["fve"] - higher_floor(e["floors"])}
             for e in meta["width_sweep"]]
     if higher_floor(floors) is not None:
         rows.append({"meta-latents": f"{meta['n_meta']} (the meta-SAE above)", "× d_in": meta["n_meta"] / meta["d_in"],
                      "base rows per meta-latent": meta["n_base"] / meta["n_meta"], "FVE": meta["fve"],
-                     "floor: random rows": floors.get("random_rows"), "floor: initial decoder": floors.get("initial_decoder"),
-                     "PCA cap": (meta.get("pca_cap") or {}).get("fraction"),
+                     **floor_columns(floors), "PCA cap": (meta.get("pca_cap") or {}).get("fraction"),
                      "FVE − higher floor": meta["fve"] - higher_floor(floors)})
     rows.append({"meta-latents": "the paper: 2304 on 49,152 rows", "× d_in": PAPER["meta_per_d_in"],
                  "base rows per meta-latent": PAPER["base_rows_per_meta"], "FVE": PAPER["fve"]})
@@ -394,8 +460,10 @@ def write_report(run: str | os.PathLike, meta_dir: str | os.PathLike | None = No
              f"member keeps half its decoder rows at their initialisation. Novel latents: reproduced when the novel "
              f"fraction by definition exceeds the cross-seed control's by ≥ {MARGIN:.0%} for every pair and "
              f"reconstruction latents are ≥ {MIN_SHARE:.0%}. Path: reproduced when every path stays within "
-             f"{MARGIN:.0%} of its worse endpoint and L beats S. Meta-SAE: reproduced when FVE exceeds both floors by "
-             f"≥ {META_MARGIN:.2f}." + (f" Matryoshka: more canonical when, for every pair, the latents a larger "
+             f"{MARGIN:.0%} of its worse endpoint and L beats S (the control: the same path between two seeds of L's "
+             f"width). Finer groups across widths: supported when every pair becomes monotone at a largest group at "
+             f"most 1/{GRANULARITY_RATIO:g} of its cross-seed control's. Meta-SAE: reproduced when FVE exceeds every "
+             f"floor (isotropic and anisotropy-matched) by ≥ {META_MARGIN:.2f}." + (f" Matryoshka: more canonical when, for every pair, the latents a larger "
              f"prefix adds are novel beyond their cross-seed control by ≥ {MARGIN:.0%} more than the independent "
              f"larger width is beyond its own, and every prefix path stays within {MARGIN:.0%} of its worse endpoint."
              if nested_verdict is not None else ""), ""]

@@ -11,10 +11,17 @@ The rules:
   its own width from another seed) by at least ``MARGIN`` and reconstruction latents make up at least
   ``MIN_SHARE`` of L's firing latents; *not reproduced* otherwise. Without a control: *inconclusive*.
 - **Monotone path**: *reproduced* when every pair's path stays within its endpoints (MSE never more than ``MARGIN``
-  above the worse endpoint, ``path_excess``) and L reconstructs better than S; *not reproduced* otherwise.
-- **Meta-SAE**: *reproduced* when the meta-SAE's FVE exceeds both floors (the same meta-SAE trained on random unit
-  rows and on the base's initial decoder) by at least ``META_MARGIN``: latents share structure beyond what the
-  geometry alone gives. *Not reproduced* otherwise; *inconclusive* without floors, or when a floor reaches
+  above the worse endpoint, ``path_excess``) and L reconstructs better than S; *not reproduced* otherwise. The
+  control beside it: the same construction between two seeds of L's width (its peak is what seeds alone give).
+- **Width needs finer groups than seed noise** (with granularity curves, ``canon-pl stitch --granularity``): the
+  path walked at ever coarser groupings (:mod:`canon_pl.stitching.granularity`). *Supported* when every cross-width
+  pair becomes monotone at a largest group at most ``1 / GRANULARITY_RATIO`` of the one its cross-seed control needs
+  (or the control never does); *refuted* when some pair needs groups as coarse as its control (within that ratio)
+  or never becomes monotone; *inconclusive* without curves for both.
+- **Meta-SAE**: *reproduced* when the meta-SAE's FVE exceeds every floor (the same meta-SAE trained on random unit
+  rows, on the base's initial decoder, on Gaussian rows with the decoder's mean and covariance and on the decoder's
+  rows with each principal coordinate shuffled) by at least ``META_MARGIN``: latents share structure beyond what the
+  geometry and the anisotropy alone give. *Not reproduced* otherwise; *inconclusive* without floors, or when a floor reaches
   ``MAX_FLOOR`` (the meta-SAE is wide enough to explain random rows as well: capacity, not structure, and no FVE
   could show the difference).
 - **Nested prefixes more canonical** (a study with a Matryoshka SAE beside its family): a larger width is more
@@ -39,6 +46,7 @@ MIN_SHARE = 0.10
 META_MARGIN = 0.10
 MAX_STUCK = 0.5
 MAX_FLOOR = 0.5
+GRANULARITY_RATIO = 2.0
 PAPER = {"novel_fraction": 0.35, "fve": 0.555, "meta_l0": 4.0, "meta_per_d_in": 3.0, "base_rows_per_meta": 21.0}
 
 
@@ -84,7 +92,13 @@ def novel_latents_verdict(pairs: list[dict[str, Any]], trained: bool, why_not: s
     controls = [p.get("control") for p in pairs]
     control = "; ".join(f"{p['large']['d_sae']} vs another seed: {_pct(c['novel_fraction_definition'])} (cosine "
                         f"{_pct(c['novel_fraction_cosine'])})" for p, c in zip(pairs, controls) if c) or "none"
-    base = dict(claim="A larger SAE holds novel latents (≈35%) beside reconstruction latents",
+    spreads = [(p.get("spread") or {}, (c or {}).get("spread") or {}) for p, c in zip(pairs, controls)]
+    if all(a.get("std") is not None for a, _ in spreads):
+        measured += "; per-chunk " + ", ".join(f"{a['mean']:.1%} ± {a['std']:.1%}" for a, _ in spreads)
+    if all(b.get("std") is not None for _, b in spreads):
+        control += "; per-chunk " + ", ".join(f"{b['mean']:.1%} ± {b['std']:.1%}" for _, b in spreads)
+    base = dict(claim="A wider SAE has latents that lower the narrower SAE's error when added alone, beyond what "
+                      "another seed of its own width gives",
                 paper="≈35% novel, ≈65% reconstruction", measured=measured, control=control)
     if not pairs:
         return Verdict(**base, verdict="inconclusive", why="no stitching results")
@@ -103,12 +117,19 @@ def novel_latents_verdict(pairs: list[dict[str, Any]], trained: bool, why_not: s
     return Verdict(**base, verdict="reproduced" if ok else "not reproduced", why=why)
 
 
+def _peak(excess: float | None) -> str:
+    return "—" if excess is None else f"{1 + excess:.2f}x"
+
+
 def path_verdict(pairs: list[dict[str, Any]], trained: bool, why_not: str) -> Verdict:
-    measured = "; ".join(f"{p['small']['d_sae']}→{p['large']['d_sae']}: excess {p.get('path_excess', float('nan')):.3f}, "
-                         f"monotone steps {p['path_monotone_fraction']:.0%}, FVU {p['fvu_small']:.3f}→"
+    measured = "; ".join(f"{p['small']['d_sae']}→{p['large']['d_sae']}: peak {_peak(p.get('path_excess'))} the worse "
+                         f"endpoint, monotone steps {p['path_monotone_fraction']:.0%}, FVU {p['fvu_small']:.3f}→"
                          f"{p['fvu_large']:.3f}" for p in pairs) or "—"
-    base = dict(claim="Stitching interpolates between sizes with falling MSE", paper="monotone in MSE",
-                measured=measured, control="path excess 0 = never above the worse endpoint")
+    controls = [f"{p['large']['d_sae']} → its other seed: peak {_peak(p['control']['path_excess'])}" for p in pairs
+                if (p.get("control") or {}).get("path_excess") is not None]
+    base = dict(claim="Stitching interpolates between sizes with falling MSE (groups by decoder cosine ≥ 0.7)",
+                paper="monotone in MSE", measured=measured,
+                control="; ".join(controls) or "peak 1.00x = never above the worse endpoint")
     if not pairs:
         return Verdict(**base, verdict="inconclusive", why="no stitching results")
     if not trained:
@@ -117,6 +138,35 @@ def path_verdict(pairs: list[dict[str, Any]], trained: bool, why_not: str) -> Ve
     why = (f"every path stays within {MARGIN:.0%} of its worse endpoint and L beats S" if ok else
            f"a path rises more than {MARGIN:.0%} above its worse endpoint, or L does not beat S")
     return Verdict(**base, verdict="reproduced" if ok else "not reproduced", why=why)
+
+
+def granularity_verdict(pairs: list[dict[str, Any]], trained: bool, why_not: str) -> Verdict:
+    """Whether width needs finer groups than seed noise for a monotone path (rule in the module docstring)."""
+    def share(curve: dict[str, Any] | None) -> str:
+        value = (curve or {}).get("monotone_largest_group_share")
+        return "never" if value is None else f"{value:.1%}"
+
+    rows = [(f"{p['small']['d_sae']}→{p['large']['d_sae']}", p.get("granularity"),
+             (p.get("control") or {}).get("granularity")) for p in pairs]
+    base = dict(claim="A monotone path needs finer groups across widths than across seeds",
+                paper="(not measured by the paper: its groups are decoder cosine ≥ 0.7)",
+                measured="; ".join(f"{pair}: monotone at a largest group of {share(mine)} of L" for pair, mine, _ in rows
+                                   if mine) or "—",
+                control="; ".join(f"{pair.split('→')[1]} → its other seed: {share(other)}" for pair, _, other in rows
+                                  if other) or "none")
+    if not rows or any(mine is None or other is None for _, mine, other in rows):
+        return Verdict(**base, verdict="inconclusive", why="no granularity curve for a pair or its control "
+                                                            "(canon-pl stitch --granularity)")
+    if not trained:
+        return Verdict(**base, verdict="inconclusive", why=why_not)
+    finer = []
+    for _, mine, other in rows:
+        a, b = mine.get("monotone_largest_group_share"), other.get("monotone_largest_group_share")
+        finer.append(a is not None and (b is None or a * GRANULARITY_RATIO <= b))
+    ok = all(finer)
+    why = (f"every pair becomes monotone at groups at most 1/{GRANULARITY_RATIO:g} of its control's" if ok else
+           "a pair needs groups as coarse as its cross-seed control (or never becomes monotone)")
+    return Verdict(**base, verdict="supported" if ok else "refuted", why=why)
 
 
 def meta_verdict(meta: dict[str, Any] | None, trained: bool, why_not: str) -> Verdict:
@@ -204,13 +254,17 @@ def paper_geometry_entry(meta: dict[str, Any] | None) -> dict[str, Any] | None:
 
 def study_verdicts(family: list[dict[str, Any]], pairs: list[dict[str, Any]],
                    meta: dict[str, Any] | None) -> tuple[list[Verdict], tuple[bool, str]]:
-    """The three claims' verdicts and the preconditions (passed, reason) they rest on."""
+    """The claims' verdicts (novel latents, path, the path's granularity when measured, meta-SAE) and the
+    preconditions (passed, reason) they rest on."""
     trained, reason = preconditions(family)
     why_not = f"preconditions fail: {reason}"
-    return [novel_latents_verdict(pairs, trained, why_not), path_verdict(pairs, trained, why_not),
-            meta_verdict(meta, trained, why_not)], (trained, reason)
+    verdicts = [novel_latents_verdict(pairs, trained, why_not), path_verdict(pairs, trained, why_not)]
+    if any(p.get("granularity") for p in pairs):
+        verdicts.append(granularity_verdict(pairs, trained, why_not))
+    return verdicts + [meta_verdict(meta, trained, why_not)], (trained, reason)
 
 
-__all__ = ["MARGIN", "MAX_FLOOR", "META_MARGIN", "MIN_SHARE", "PAPER", "Verdict", "matryoshka_verdict",
+__all__ = ["GRANULARITY_RATIO", "MARGIN", "MAX_FLOOR", "META_MARGIN", "MIN_SHARE", "PAPER", "Verdict",
+           "granularity_verdict", "matryoshka_verdict",
            "paper_geometry_entry",
            "preconditions", "study_verdicts"]

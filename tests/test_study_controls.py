@@ -13,14 +13,29 @@ import torch.nn.functional as F
 from canon_pl.data import ShardIndex, write_activation_shards
 from canon_pl.io import initial_decoder
 from canon_pl.lm.text import iter_documents
-from canon_pl.meta import MetaSAEError, fit_meta_sae, pca_variance_fraction, random_unit_rows
+from canon_pl.meta import (
+    MetaSAEError,
+    covariance_matched_rows,
+    fit_meta_sae,
+    higher_floor,
+    pca_shuffled_rows,
+    pca_variance_fraction,
+    random_unit_rows,
+)
 from canon_pl.meta.analysis import analyze_meta_sae
 from canon_pl.sae import BatchTopKSettings, initial_sae
 from canon_pl.stitching import analyze_pair, read_stitching_results, write_stitching_results
 from canon_pl.stitching.nested import added_latent_classes
 from canon_pl.training import OptimizerSettings, SAEFamilyModule
 from canon_pl.training.analysis_data import AnalysisDataError, cache_activations
-from canon_pl.verdicts import matryoshka_verdict, novel_latents_verdict, path_verdict, preconditions, study_verdicts
+from canon_pl.verdicts import (
+    granularity_verdict,
+    matryoshka_verdict,
+    novel_latents_verdict,
+    path_verdict,
+    preconditions,
+    study_verdicts,
+)
 from tests.test_stitching import orthonormal, sparse_data, tied_sae
 
 N_PARENTS, N_NOVEL = 6, 4
@@ -69,6 +84,11 @@ def test_a_planted_hierarchy_gives_its_reconstruction_and_novel_latents_and_a_si
     assert summary["control"]["median_max_cos"] > 0.95
     verdict = novel_latents_verdict([summary], trained=True, why_not="")
     assert verdict.verdict == "reproduced", verdict.why
+    # the spread over 8 disjoint chunks of the tokens: the planted fraction in every chunk, and the path between the
+    # two "seeds" of L's width is measured beside the pair's
+    assert summary["spread"]["per_chunk"] == [N_NOVEL / 16] * 8 and summary["spread"]["std"] == 0.0
+    assert summary["control"]["spread"]["mean"] == 0.0 and summary["control"]["path_excess"] == pytest.approx(0.0)
+    assert "per-chunk 25.0% ± 0.0%" in verdict.measured
 
 
 def test_a_family_trained_on_a_planted_hierarchy_finds_its_novel_and_reconstruction_latents(tmp_path: Path) -> None:
@@ -199,8 +219,43 @@ def test_a_planted_compositional_decoder_gives_an_fve_far_above_its_floors() -> 
     s = analysis.summary
     assert s["fve"] > 0.8, s
     assert max(s["floors"]["random_rows"], s["floors"]["initial_decoder"]) < s["fve"] - 0.3, s["floors"]
+    # the nulls that keep the rows' anisotropy stay far below too: composition, not anisotropy, is what it found
+    assert max(s["floors"]["gaussian_matched"], s["floors"]["pca_shuffled"]) < s["fve"] - 0.3, s["floors"]
     assert s["pca_cap"]["m"] == 16 and 0 < s["pca_cap"]["top_k_fraction"] < s["pca_cap"]["fraction"] <= 1.0
     assert s["fve_uncentred"] >= s["fve"] - 1e-6  # uncentred divides by the larger sum of |r|^2
+
+
+def test_an_anisotropic_decoder_without_composition_beats_the_isotropic_floors_but_not_the_matched_ones() -> None:
+    """Rows drawn from a strongly anisotropic Gaussian (no shared atoms): the meta-SAE explains them better than random
+    unit rows, so an isotropic floor alone would report structure; against the covariance-matched and PCA-shuffled
+    nulls the excess vanishes."""
+    g = torch.Generator().manual_seed(0)
+    scales = torch.logspace(0, -1.5, 32)
+    base_rows = F.normalize(torch.randn(400, 32, generator=g) * scales, dim=-1)
+    meta = fit_meta_sae(base_rows, 16, k=2, steps=600, batch_size=256, lr=1e-2, seed=0)
+    s = analyze_meta_sae(meta, tied_sae(base_rows), baseline_steps=0, floor_steps=600, floor_batch_size=256,
+                         floor_lr=1e-2).summary
+    floors = s["floors"]
+    assert s["fve"] > floors["random_rows"] + 0.1, s  # the isotropic floor is fooled by anisotropy
+    for name in ("gaussian_matched", "pca_shuffled"):
+        assert abs(s["fve"] - floors[name]) < 0.05, (name, s["fve"], floors)
+    assert higher_floor(floors) >= max(floors["gaussian_matched"], floors["pca_shuffled"])
+
+
+def test_the_matched_nulls_keep_the_rows_mean_and_principal_variances() -> None:
+    """Unit rows in 64 dimensions with a decaying spectrum and a common direction: both nulls keep the mean and the
+    principal variances (up to the final normalisation to unit length) but not the rows themselves."""
+    g = torch.Generator().manual_seed(1)
+    shift = torch.zeros(64)
+    shift[0] = 0.5
+    rows = F.normalize(torch.randn(3000, 64, generator=g) * torch.logspace(0, -0.7, 64) / 4 + shift, dim=-1)
+    top = torch.linalg.eigvalsh(torch.cov(rows.T)).flip(0)[:8]
+    for null in (covariance_matched_rows(rows, seed=0), pca_shuffled_rows(rows, seed=0)):
+        assert null.shape == rows.shape and torch.allclose(null.norm(dim=-1), torch.ones(3000), atol=1e-5)
+        assert torch.allclose(null.mean(0), rows.mean(0), atol=0.03)
+        assert torch.allclose(torch.linalg.eigvalsh(torch.cov(null.T)).flip(0)[:8], top, rtol=0.2)
+    shuffled = pca_shuffled_rows(rows, seed=0)
+    assert not torch.allclose(shuffled, rows) and not torch.equal(shuffled, pca_shuffled_rows(rows, seed=1))
 
 
 def test_a_width_sweep_shows_the_floors_rising_as_the_meta_sae_widens() -> None:
@@ -311,3 +366,18 @@ def test_a_meta_sae_that_explains_random_rows_as_well_is_inconclusive() -> None:
     low = {**meta, "fve": 0.25, "floors": {"random_rows": 0.21, "initial_decoder": 0.21}}
     assert meta_verdict(low, trained=True, why_not="").verdict == "not reproduced"
     assert meta_verdict({**low, "fve": 0.5}, trained=True, why_not="").verdict == "reproduced"
+
+
+def test_the_granularity_verdict_follows_its_rule() -> None:
+    def pair(mine: float | None, control: float | None) -> dict:
+        return {"small": {"d_sae": 8}, "large": {"d_sae": 16},
+                "granularity": {"monotone_largest_group_share": mine},
+                "control": {"granularity": {"monotone_largest_group_share": control}}}
+
+    assert granularity_verdict([pair(0.01, 0.05)], True, "").verdict == "supported"
+    assert granularity_verdict([pair(0.01, None)], True, "").verdict == "supported"  # the control never gets there
+    assert granularity_verdict([pair(0.03, 0.05)], True, "").verdict == "refuted"  # as coarse as seed noise needs
+    assert granularity_verdict([pair(None, None)], True, "").verdict == "refuted"
+    assert granularity_verdict([pair(0.01, 0.05), pair(0.03, 0.04)], True, "").verdict == "refuted"
+    assert granularity_verdict([{**pair(0.01, 0.05), "granularity": None}], True, "").verdict == "inconclusive"
+    assert granularity_verdict([pair(0.01, 0.05)], False, "untrained").verdict == "inconclusive"

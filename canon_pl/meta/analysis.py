@@ -21,10 +21,12 @@ from canon_pl.meta.decomposition import (
     MetaDecomposition,
     MetaSAEError,
     check_meta_width,
+    covariance_matched_rows,
     decoder_rows,
     decompose,
     fit_meta_sae,
     fraction_of_variance_explained,
+    pca_shuffled_rows,
     pca_variance_fraction,
     random_unit_rows,
     refit_encoder,
@@ -36,14 +38,19 @@ from canon_pl.stitching.analysis import SplicedLoss
 from canon_pl.stitching.path import reconstruction
 
 FORMAT_NAME = "canon_pl.meta_sae_analysis"
-FORMAT_VERSION = 2
-"""2: uncentred FVE, the PCA caps and the floors (initial decoder, random unit rows); an optional ``width_sweep``."""
+FORMAT_VERSION = 3
+"""2: uncentred FVE, the PCA caps and the floors (initial decoder, random unit rows); an optional ``width_sweep``.
+3: the floors that keep the decoder's anisotropy (``gaussian_matched``, ``pca_shuffled``)."""
 META_ANALYSIS = DocumentKind(FORMAT_NAME, FORMAT_VERSION, "meta-SAE analysis", MetaSAEError)
 """A meta-SAE analysis JSON (docs/meta_sae_results.md)."""
 ANALYSIS_NAME = "analysis"
-FLOOR_NAMES = ("random_rows", "initial_decoder")
+FLOOR_NAMES = ("random_rows", "initial_decoder", "gaussian_matched", "pca_shuffled")
 """The floors a meta-SAE's FVE is read against, as keys of ``floors`` in an analysis (``initial_decoder`` is
-``None`` when the base's initial decoder was not given)."""
+``None`` when the base's initial decoder was not given). The first two are isotropic (random unit rows; a Kaiming
+initial decoder is the same); the last two keep the decoder's own anisotropy (Gaussian rows with its mean and
+covariance; its rows with each principal coordinate shuffled across rows), so only structure beyond anisotropy, such
+as rows composed of a few shared directions, lifts the FVE above them. Analyses written before version 3 have only
+the first two."""
 
 
 def higher_floor(floors: dict[str, Any] | None) -> float | None:
@@ -152,10 +159,13 @@ def analyze_meta_sae(meta: SparseAutoencoder, base: SparseAutoencoder,
 def meta_floors(meta: SparseAutoencoder, rows: Tensor, initial_rows: Tensor | None, steps: int, batch_size: int,
                 lr: float, seed: int, b_dec_init: str = "mean") -> dict[str, Any]:
     """FVE (centred) of the same meta-SAE (width, k, encoder bias or not, ``b_dec_init``) trained from scratch on
-    random unit rows and on the base's initial decoder rows ``[n_base, d_in]`` (``None`` when not given), each as
-    many rows as the base has."""
+    each null of :data:`FLOOR_NAMES`: random unit rows, the base's initial decoder rows ``[n_base, d_in]`` (``None``
+    when not given), Gaussian rows matched to ``rows``' mean and covariance, and ``rows`` with each principal
+    coordinate shuffled; each as many rows as the base has."""
     n, d_in = rows.shape
-    candidates = {"random_rows": random_unit_rows(n, d_in, seed, rows.device)}
+    candidates = {"random_rows": random_unit_rows(n, d_in, seed, rows.device),
+                  "gaussian_matched": covariance_matched_rows(rows, seed),
+                  "pca_shuffled": pca_shuffled_rows(rows, seed)}
     if initial_rows is not None:
         if initial_rows.shape != rows.shape:
             raise MetaSAEError(f"the initial decoder {tuple(initial_rows.shape)} does not match the base's rows "

@@ -65,6 +65,36 @@ def random_unit_rows(n: int, d_in: int, seed: int = 0, device: torch.device | st
     return F.normalize(torch.randn(n, d_in, generator=g), dim=-1).to(device)
 
 
+def covariance_matched_rows(rows: Tensor, seed: int = 0) -> Tensor:
+    """``[n, d_in]`` Gaussian rows with the mean and covariance of ``rows [n, d_in]``, normalised to unit length like
+    decoder rows: a null with the decoder's anisotropy (its principal variances) and nothing else. A meta-SAE that
+    explains the real rows no better than these has found anisotropy, not composition."""
+    g = torch.Generator().manual_seed(3_000_017 + seed)
+    x = rows.detach().double().cpu()
+    mean = x.mean(0)
+    centred = x - mean
+    # the rows' own principal axes and variances: sample coordinates along them independently
+    _, s, vh = torch.linalg.svd(centred, full_matrices=False)
+    std = s / max(x.shape[0] - 1, 1) ** 0.5
+    z = torch.randn(x.shape[0], std.numel(), generator=g, dtype=torch.float64) * std
+    return F.normalize((z @ vh + mean).float(), dim=-1).to(rows.device)
+
+
+def pca_shuffled_rows(rows: Tensor, seed: int = 0) -> Tensor:
+    """``[n, d_in]`` the rows with each principal coordinate shuffled across rows (its own permutation per
+    coordinate), back in the original basis and normalised to unit length: the exact marginal of every principal
+    coordinate (not only its variance, as :func:`covariance_matched_rows` keeps), with the dependence between
+    coordinates, which is what a composition of a few directions makes, destroyed."""
+    g = torch.Generator().manual_seed(4_000_037 + seed)
+    x = rows.detach().double().cpu()
+    mean = x.mean(0)
+    _, _, vh = torch.linalg.svd(x - mean, full_matrices=False)
+    coords = (x - mean) @ vh.T  # [n, r]
+    shuffled = torch.stack([coords[torch.randperm(coords.shape[0], generator=g), j]
+                            for j in range(coords.shape[1])], dim=1)
+    return F.normalize((shuffled @ vh + mean).float(), dim=-1).to(rows.device)
+
+
 @dataclass
 class MetaDecomposition:
     """Every base latent as meta-latents: ``base [nnz]`` (non-decreasing), ``meta [nnz]``, ``value [nnz]`` > 0."""

@@ -90,5 +90,19 @@ def training_curve_chart(curves: pd.DataFrame, title: str) -> alt.Chart:
         color=alt.Color("series:N", title=None), tooltip=["series", "step", "value"])
 
 
-__all__ = ["cosine_histogram_chart", "family_charts", "family_table", "novel_fraction_chart", "novel_vs_control_chart",
-           "path_l0_chart", "stitching_path_chart", "training_curve_chart"]
+def granularity_chart(points: pd.DataFrame) -> alt.Chart:
+    """The path's peak over its worse endpoint against the largest group's share of L-latents (log), one line per
+    pair (colour) and per comparison (dashed: the cross-seed control). ``points``: pair, against, grouping, threshold,
+    largest group share, path peak."""
+    base = alt.Chart(points, title="path peak against group granularity", width=420, height=240)
+    lines = base.mark_line(point=True).encode(
+        x=alt.X("largest group share:Q", scale=alt.Scale(type="log"), title="largest group's share of L-latents (log)"),
+        y=alt.Y("path peak:Q", title="path peak / worse endpoint"),
+        color=alt.Color("pair:N"), strokeDash=alt.StrokeDash("against:N", title=None),
+        tooltip=["pair", "against", "grouping", "threshold", "largest group share", "path peak"])
+    monotone = alt.Chart(pd.DataFrame({"y": [1.05]})).mark_rule(strokeDash=[2, 2], color="gray").encode(y="y:Q")
+    return lines + monotone
+
+
+__all__ = ["cosine_histogram_chart", "family_charts", "family_table", "granularity_chart", "novel_fraction_chart",
+           "novel_vs_control_chart", "path_l0_chart", "stitching_path_chart", "training_curve_chart"]
