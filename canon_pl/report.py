@@ -137,9 +137,41 @@ def matryoshka_facts(run: Path) -> dict[str, Any] | None:
             "control_seeds": sorted({c["init_seed"] for c in manifest["controls"].values()})}
 
 
+LOGIT_LENS_MIN_DEPTH = 2 / 3
+"""Promoted tokens (a direction read through the unembedding: the logit lens) are shown only for hook points at least
+this far through the model: at a mid layer they are sub-word noise (layer 6 of SmolLM2's 30 promotes 'toplas',
+'melon', 'uschwitz'), so there a meta-latent is described by the base latents that use it instead."""
+
+
+def logit_lens_meaningful(hook_point: str | None, n_layers: int | None) -> bool:
+    """Whether the hook point's layer is at least :data:`LOGIT_LENS_MIN_DEPTH` through ``n_layers`` blocks
+    (``model.layers.6``, ``blocks.6.hook_resid_pre``, ``transformer.h.6``); unknown depth: no."""
+    import re
+
+    match = re.search(r"(?:layers|blocks|h)\.(\d+)", hook_point or "")
+    if match is None or not n_layers:
+        return False
+    return (int(match.group(1)) + 1) / int(n_layers) >= LOGIT_LENS_MIN_DEPTH
+
+
+def _context_text(stats: Any, width: str, latent: int, contexts: Any, strings: dict[int, str], n: int) -> list[str]:
+    """The ``n`` top contexts of ``latent`` (a window ending one token after the peak), markdown-safe."""
+    shown = []
+    for flat in stats.array(width, "top_ids")[latent].long().tolist()[:n]:
+        if flat < 0 or flat >= contexts.numel():
+            continue
+        ctx, pos = divmod(flat, contexts.shape[1])
+        window = contexts[ctx, max(pos - 8, 0):pos + 2].tolist()
+        text = "".join(strings.get(int(t), f"<{int(t)}>") for t in window)
+        shown.append(text.replace("\n", "⏎").replace("|", "\\|").replace("`", "'"))
+    return shown
+
+
 def _examples(run: Path, meta_dir: Path, meta: dict[str, Any], n: int = 3) -> list[dict[str, Any]]:
     """The ``n`` most readable base latents (:mod:`canon_pl.stats.readable`) built from 2 to 2k meta-latents, each
-    with its top contexts and, per meta-latent (largest first), its activation, promoted tokens and siblings."""
+    with its top contexts and, per meta-latent (largest first), its activation, the other base latents that use it
+    most with each one's top context (how the authors' dashboard describes a meta-latent), and its promoted tokens
+    where :func:`logit_lens_meaningful` allows them."""
     from canon_pl.stats import LatentStatistics, StatsError
     from canon_pl.stats.readable import readability_scores
     from canon_pl.viewer.search import top_centre_tokens
@@ -162,26 +194,22 @@ def _examples(run: Path, meta_dir: Path, meta: dict[str, Any], n: int = 3) -> li
     typical = [j for j in range(decomposition.n_base) if 2 <= int(per_latent[j]) <= 2 * k and scores[j] >= 0]
     order = sorted(typical, key=lambda j: (-float(scores[j]), -float(frequency[j])))
     examples = []
+    lens = logit_lens_meaningful(stats.index.get("hook_point"), stats.index.get("n_layers"))
     for j in order[:n]:
-        top_ids = stats.array(width, "top_ids")[j].long().tolist()[:3]
-        shown = []
-        for flat in top_ids:
-            if flat < 0 or flat >= contexts.numel():
-                continue
-            ctx, pos = divmod(flat, contexts.shape[1])
-            window = contexts[ctx, max(pos - 8, 0):pos + 2].tolist()
-            text = "".join(strings.get(int(t), f"<{int(t)}>") for t in window)
-            shown.append(text.replace("\n", "⏎").replace("|", "\\|").replace("`", "'"))
+        shown = _context_text(stats, width, j, contexts, strings, 3)
         parts = []
         for m, value in decomposition.of_latent(j):
             promoted = []
-            if meta_stats is not None:
+            if meta_stats is not None and lens:
                 ids = meta_stats.latent(meta_stats.members[0], m)["promoted_tokens"][:5].tolist()
                 promoted = [meta_stats.token_strings().get(int(t), f"<{int(t)}>") for t in ids]
             siblings = [b for b, _ in decomposition.users_of(m) if b != j][:5]
-            parts.append({"meta": m, "activation": value, "promoted": promoted, "siblings": siblings})
+            users = [{"latent": b, "context": (_context_text(stats, width, b, contexts, strings, 1) or [""])[0]}
+                     for b in siblings[:3]]
+            parts.append({"meta": m, "activation": value, "promoted": promoted, "siblings": siblings,
+                          "users": users})
         examples.append({"latent": j, "frequency": float(frequency[j]), "score": float(scores[j]),
-                         "contexts": shown, "meta": parts})
+                         "contexts": shown, "meta": parts, "logit_lens": lens})
     return examples
 
 
@@ -322,17 +350,20 @@ def _meta_section(meta: dict[str, Any], examples: list[dict[str, Any]]) -> list[
         lines += ["### Example decompositions", "", "Chosen by a fixed rule (canon_pl/stats/readable.py): latents that "
                   "fire on 0.05–2% of held-out tokens, ranked by the share of their top examples that peak on the "
                   "same token, among those built from 2 to 2k meta-latents. Each shows its top contexts (the peak "
-                  "token last), then its meta-latents with the tokens they promote and the other latents that use "
-                  "them.", ""]
+                  "token last), then its meta-latents, each described by the other base latents that use it most "
+                  "(with the top context of each): what the meta-latent shares across latents. Promoted tokens "
+                  f"(logit lens) are shown only at hook points at least {LOGIT_LENS_MIN_DEPTH:.0%} through the "
+                  "model; at a mid layer they read as sub-word noise.", ""]
     for example in examples:
         lines.append(f"**latent {example['latent']}** (fires on {example['frequency']:.2%} of tokens, top-example "
                      f"concentration {example['score']:.0%})")
         for text in example["contexts"]:
             lines.append(f"- `…{text}`")
         for part in example["meta"]:
-            promoted = ", ".join(repr(t) for t in part["promoted"]) or "—"
-            lines.append(f"- meta-latent {part['meta']} ({part['activation']:.2f}): promotes {promoted}; also in "
-                         f"latents {part['siblings']}")
+            users = "; ".join(f"{u['latent']} `…{u['context']}`" for u in part["users"]) or "no other latent"
+            promoted = (f"; promotes {', '.join(repr(t) for t in part['promoted'])}" if part["promoted"] else "")
+            lines.append(f"- meta-latent {part['meta']} ({part['activation']:.2f}): also used most by {users}"
+                         f"{promoted}")
         lines.append("")
     return lines
 

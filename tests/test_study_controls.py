@@ -381,3 +381,14 @@ def test_the_granularity_verdict_follows_its_rule() -> None:
     assert granularity_verdict([pair(0.01, 0.05), pair(0.03, 0.04)], True, "").verdict == "refuted"
     assert granularity_verdict([{**pair(0.01, 0.05), "granularity": None}], True, "").verdict == "inconclusive"
     assert granularity_verdict([pair(0.01, 0.05)], False, "untrained").verdict == "inconclusive"
+
+
+def test_promoted_tokens_are_shown_only_deep_in_the_model() -> None:
+    """The logit lens reads sub-word noise at a mid layer: the report describes meta-latents by the latents that use
+    them there, and adds promoted tokens only from two thirds of the depth on (or never, when the depth is unknown)."""
+    from canon_pl.report import logit_lens_meaningful
+
+    assert not logit_lens_meaningful("model.layers.6", 30)  # the study's hook point
+    assert logit_lens_meaningful("model.layers.25", 30)
+    assert logit_lens_meaningful("blocks.8.hook_resid_pre", 12)  # the paper's GPT-2 SAEs: layer 8 of 12
+    assert not logit_lens_meaningful("model.layers.25", None) and not logit_lens_meaningful(None, 30)

@@ -139,7 +139,7 @@ def stats(*, run: str, tokens: int = 65536, text: str | None = None, model: str 
     token_strings = {i: loaded.tokenizer.decode([i]) for i in mentioned}
     index = write_statistics(out_dir, collectors, all_contexts, unembedded, token_strings=token_strings, meta={
         "model_id": model_id, "hook_point": hook_point, "text": settings.text, "n_top": top, "n_sample": samples,
-        "context_length": settings.context_length})
+        "context_length": settings.context_length, "n_layers": loaded.n_layers})
     print(f"statistics of {len(saes)} SAE(s) over {all_contexts.numel()} tokens written to {index}")
     return 0
 
@@ -169,7 +169,8 @@ def meta_stats(run: Path, out: Path, model: str | None, top: int, device: str) -
     unembedded = unembedding_directions(meta.W_dec.detach(), unembed, norm_weight)
     mentioned = torch.cat([unembedded[0].flatten(), unembedded[2].flatten()]).unique().tolist()
     index = write_meta_statistics(out, analysis["decomposition"], unembedded,
-                                  {"model_id": model_id, "base": analysis.get("base")}, n_members=top * 2,
+                                  {"model_id": model_id, "base": analysis.get("base"), "n_layers": loaded.n_layers},
+                                  n_members=top * 2,
                                   token_strings={i: loaded.tokenizer.decode([i]) for i in mentioned})
     print(f"statistics of {meta.d_sae} meta-latents written to {index}")
     return 0
