@@ -97,6 +97,11 @@ def novel_latents_verdict(pairs: list[dict[str, Any]], trained: bool, why_not: s
         measured += "; per-chunk " + ", ".join(f"{a['mean']:.1%} ± {a['std']:.1%}" for a, _ in spreads)
     if all(b.get("std") is not None for _, b in spreads):
         control += "; per-chunk " + ", ".join(f"{b['mean']:.1%} ± {b['std']:.1%}" for _, b in spreads)
+    replicates = [(c or {}).get("replicate") for c in controls]
+    if replicates and all(replicates):
+        measured += "; the other seed's family replicates it: " + ", ".join(
+            f"{_pct(r['novel_fraction_definition'])} (its control {_pct(r['control_novel_fraction_definition'])})"
+            for r in replicates)
     base = dict(claim="A wider SAE has latents that lower the narrower SAE's error when added alone, beyond what "
                       "another seed of its own width gives",
                 paper="≈35% novel, ≈65% reconstruction", measured=measured, control=control)

@@ -89,6 +89,10 @@ def test_a_planted_hierarchy_gives_its_reconstruction_and_novel_latents_and_a_si
     assert summary["spread"]["per_chunk"] == [N_NOVEL / 16] * 8 and summary["spread"]["std"] == 0.0
     assert summary["control"]["spread"]["mean"] == 0.0 and summary["control"]["path_excess"] == pytest.approx(0.0)
     assert "per-chunk 25.0% ± 0.0%" in verdict.measured
+    # the other seed's SAE of L's width in L's place replicates the pair: the same planted novel share, none against L
+    assert summary["control"]["replicate"] == {"novel_fraction_definition": N_NOVEL / 16,
+                                               "control_novel_fraction_definition": 0.0}
+    assert "replicates it: 25.0% (its control 0.0%)" in verdict.measured
 
 
 def test_a_family_trained_on_a_planted_hierarchy_finds_its_novel_and_reconstruction_latents(tmp_path: Path) -> None:

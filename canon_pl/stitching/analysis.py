@@ -223,9 +223,17 @@ def analyze_pair(small: SparseAutoencoder, large: SparseAutoencoder, activations
         residual_large = x - reconstruction(large, x)
         control_path = stitching_path(large, control, x, latent_groups(match_latents(large.W_dec, control.W_dec, tau)),
                                       large_codes, control_codes, residual_small=residual_large)
+        # the replicate: the other seed's SAE of L's width in L's place, against S and against L (its own control)
+        replicate = classify_latents(small, control, x, tau, large_codes=control_codes, residual_small=residual_small)
+        replicate_control = classify_latents(large, control, x, tau, large_codes=control_codes,
+                                             residual_small=residual_large)
         control_extra = {"spread": definition_chunk_spread(large_codes, large.W_dec, residual_control, spread_chunks),
                          "path_excess": control_path.excess_over_endpoints(),
-                         "path_monotone_fraction": control_path.monotone_fraction()}
+                         "path_monotone_fraction": control_path.monotone_fraction(),
+                         "replicate": {
+                             "novel_fraction_definition": replicate.summary()["novel_fraction_definition"],
+                             "control_novel_fraction_definition":
+                                 replicate_control.summary()["novel_fraction_definition"]}}
         if granularity:
             control_extra["granularity"] = granularity_curve(large, control, x, large_codes, control_codes,
                                                              residual_large)
