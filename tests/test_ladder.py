@@ -75,6 +75,14 @@ def test_the_ladder_commits_each_rung_once_and_a_killed_rung_resumes_to_the_same
     assert again.returncode == 0 and "2 of 2 rungs committed" in again.stdout and "0 to climb" in again.stdout
     assert {p.name: p.stat().st_mtime_ns for p in results.glob("rung_*.json")} == stamps
 
+    # measured again from the kept families (no training): the same figures, the rung's training record kept
+    remeasured = run_cli("ladder", "--config", str(reference), "--remeasure", cwd=tmp_path, script="canon-pl")
+    assert remeasured.returncode == 0, remeasured.stderr[-3000:]
+    assert "Epoch" not in remeasured.stderr and remeasured.stdout.count("measured again") == 2
+    again_documents = finished_rungs(results)
+    assert_close([figures(d) for d in again_documents], [figures(d) for d in documents])
+    assert [d["wall_seconds"]["train"] for d in again_documents] == [d["wall_seconds"]["train"] for d in documents]
+
     # the same ladder, killed (SIGKILL) once rung 6 has a checkpoint past rung 2, then run again
     killed = ladder_config(tmp_path, pipeline, "killed", [2, 6])
     process = subprocess.Popen([str(Path(sys.executable).parent / "canon-pl"), "ladder", "--config", str(killed)],
@@ -122,8 +130,10 @@ def test_a_damaged_committed_rung_is_an_error_naming_it_not_silently_redone(tmp_
     assert RUNG.format == "canon_pl.ladder_rung"
 
 
-def test_the_shipped_ladder_config_parses_and_reaches_24m_tokens(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("name, tokens", [("ladder_smollm2.yaml", 24_000_000), ("gpu/ladder_smollm2_gpu.yaml", 9e7)])
+def test_the_shipped_ladder_configs_parse_and_reach_their_token_counts(name: str, tokens: float,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(REPO)
-    cfg = read_ladder_config(REPO / "configs" / "ladder_smollm2.yaml")
-    assert cfg.rungs[-1] * cfg.batch_size >= 24_000_000
+    cfg = read_ladder_config(REPO / "configs" / name)
+    assert cfg.rungs[-1] * cfg.batch_size >= tokens
     assert all(r % cfg.checkpoint_every == 0 for r in cfg.rungs)

@@ -275,13 +275,16 @@ def finished_rungs(results: Path) -> list[dict[str, Any]]:
     return sorted(documents, key=lambda d: d["steps"])
 
 
-def ladder(*, config: str, device: str = default_device(), only: int | None = None) -> int:
+def ladder(*, config: str, device: str = default_device(), only: int | None = None, remeasure: bool = False) -> int:
     """Climb the ladder: for each rung without a result file, train to it, measure, write the rung's JSON.
 
     Args:
         config: ladder config (YAML), e.g. configs/ladder_smollm2.yaml
         device: device for training and the analyses (cuda when a GPU is present)
         only: stop after this many new rungs (a resumable piece of a long ladder)
+        remeasure: measure committed rungs again with this canon-pl's analyses, from the family as it stood at each
+            rung (kept under <run>/rungs/<steps>/; a rung whose family is not kept here is left as committed):
+            never trains
     """
     from canon_pl.checks import check_device
     from canon_pl.commands.pipeline import run_stage, stage_done
@@ -292,6 +295,8 @@ def ladder(*, config: str, device: str = default_device(), only: int | None = No
     cfg = read_ladder_config(Path(config))
     for steps in cfg.rungs:
         read_rung(cfg.rung_file(steps))  # a damaged committed rung is refused before any work
+    if remeasure:
+        return remeasure_rungs(cfg, device)
     todo = [s for s in cfg.rungs if read_rung(cfg.rung_file(s)) is None]
     if only is not None:
         todo = todo[:only]
@@ -330,6 +335,32 @@ def ladder(*, config: str, device: str = default_device(), only: int | None = No
         write_ladder_figures(finished_rungs(cfg.results), cfg.results)
     print(json.dumps({"rungs_committed": [d["steps"] for d in finished_rungs(cfg.results)] if cfg.results.is_dir()
                       else []}))
+    return 0
+
+
+def remeasure_rungs(cfg: LadderConfig, device: str) -> int:
+    """Measure every committed rung again whose family is kept under :meth:`LadderConfig.rung_folder` (its stitching
+    results written anew), keeping the rung's training record; then redraw the curves."""
+    from canon_pl.io.atomic import atomic_write_json
+    from canon_pl.ladder_report import write_ladder_figures
+
+    for steps in cfg.rungs:
+        old = read_rung(cfg.rung_file(steps))
+        folder = cfg.rung_folder(steps)
+        if old is None or not _family_at(folder, steps):
+            print(f"rung {steps}: {'not committed' if old is None else 'its family is not kept here'}; left as it is")
+            continue
+        shutil.rmtree(RunLayout(folder).stitching, ignore_errors=True)
+        t0 = time.monotonic()
+        measured = measure_rung(cfg, steps, device)
+        wall = {**old.get("wall_seconds", {}), "measure": round(time.monotonic() - t0, 1)}
+        atomic_write_json(cfg.rung_file(steps), RUNG.stamp({**{k: v for k, v in old.items()
+                                                               if k not in ("format", "format_version",
+                                                                            "canon_pl_version")},
+                                                            **measured, "wall_seconds": wall,
+                                                            "measured_again": date.today().isoformat()}))
+        print(f"rung {steps}: measured again ({wall['measure']:.0f} s)", flush=True)
+    write_ladder_figures(finished_rungs(cfg.results), cfg.results)
     return 0
 
 
