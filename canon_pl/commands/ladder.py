@@ -35,11 +35,11 @@ each rung of training steps (held-out and training EV, rows at init, novel fract
 the path's peak), one committed JSON per rung (<results>/rung_<steps>.json) and the curves over the rungs
 (<results>/curves.png). A finished rung is never recomputed; an interrupted one resumes from its last checkpoint."""
 
-LADDER_KEYS = {"pipeline", "run", "results", "rungs", "tokens", "fit_args"}
+LADDER_KEYS = {"pipeline", "run", "results", "rungs", "tokens", "fit_args", "bases"}
 """A ladder config: ``pipeline`` (the study's pipeline config: its cache and family), ``run`` (the ladder's own run
 folder), ``results`` (where rung files go, committed), ``rungs`` (training steps, increasing), ``tokens``
 (held-out tokens per analysis, default the pipeline's stitch tokens) and ``fit_args`` (extra ``lightning fit``
-arguments)."""
+arguments), ``bases`` (the meta-SAE's base-width ladder, :mod:`canon_pl.commands.base_ladder`)."""
 
 RUNG = DocumentKind("canon_pl.ladder_rung", 1, "ladder rung", SettingError)
 """One rung's measurements (``<results>/rung_<steps>.json``)."""
@@ -61,6 +61,7 @@ class LadderConfig:
     fit_args: tuple[str, ...]
     family_config: dict[str, Any]
     batch_size: int
+    bases: dict[str, Any] | None = None
 
     def rung_file(self, steps: int) -> Path:
         return self.results / f"rung_{steps}.json"
@@ -111,26 +112,57 @@ def read_ladder_config(path: Path) -> LadderConfig:
     if run.resolve() == Path(pipeline["run"]).resolve():
         raise SettingError(f"{path}: run must be a folder of its own, not the study's {pipeline['run']} (the ladder "
                            f"trains past the study's steps)")
+    from canon_pl.commands.base_ladder import check_bases_section
+
     return LadderConfig(pipeline=pipeline, run=run, results=Path(raw["results"]), rungs=tuple(rungs), tokens=tokens,
                         fit_args=tuple(map(str, fit_args)), family_config=family_config,
-                        batch_size=int(family_config["data"]["init_args"]["batch_size"]))
+                        batch_size=int(family_config["data"]["init_args"]["batch_size"]),
+                        bases=check_bases_section(raw.get("bases"), path))
 
 
-def ladder_fit_config(cfg: LadderConfig, steps: int) -> dict[str, Any]:
+def ladder_fit_config(cfg: LadderConfig, steps: int, run: Path | None = None, width: int | None = None,
+                      every: int | None = None) -> dict[str, Any]:
     """The family's fit config trained to ``steps`` in the ladder's run folder: validation at the rungs' common
     interval, checkpoints every :attr:`LadderConfig.checkpoint_every` steps (the newest kept), no StitchingCallback
-    (each rung's analysis measures the held-out set instead)."""
+    (each rung's analysis measures the held-out set instead). ``run``, ``width`` and ``every`` (a base of the
+    base-width ladder): that folder, one member of that width without seed controls, validation and checkpoints
+    every ``every`` steps."""
     import copy
 
     from canon_pl.commands.derived_config import drop_callback, move_run_folder
 
-    config = move_run_folder(drop_callback(copy.deepcopy(cfg.family_config), STITCHING_CALLBACK), cfg.run)
+    config = move_run_folder(drop_callback(copy.deepcopy(cfg.family_config), STITCHING_CALLBACK), run or cfg.run)
     trainer = config["trainer"]
-    trainer.update(max_steps=steps, val_check_interval=math.gcd(*cfg.rungs), check_val_every_n_epoch=None)
+    trainer.update(max_steps=steps, val_check_interval=every or math.gcd(*cfg.rungs), check_val_every_n_epoch=None)
     for callback in trainer["callbacks"]:
         if str(callback.get("class_path", "")).endswith("ModelCheckpoint"):
-            callback.setdefault("init_args", {}).update(every_n_train_steps=cfg.checkpoint_every)
+            callback.setdefault("init_args", {}).update(every_n_train_steps=every or cfg.checkpoint_every)
+    if width is not None:
+        config["model"]["init_args"].update(widths=[int(width)], base_width=int(width), control_seeds=[],
+                                            control_widths=None)
     return config
+
+
+def fit_to(config: dict[str, Any], run: Path, steps: int, fit_args: tuple[str, ...]) -> None:
+    """``lightning fit`` of ``config`` (parsed YAML) in ``run`` up to ``steps``, resuming from the newest whole
+    checkpoint there; nothing when every member is already exported at ``steps``."""
+    import yaml
+
+    from canon_pl.cli import run_lightning_cli
+
+    if _family_at(run, steps):
+        return
+    run.mkdir(parents=True, exist_ok=True)
+    config_path = run / f"fit_{steps}.yaml"
+    config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+    args = ["fit", "--config", str(config_path), *fit_args]
+    resume = newest_checkpoint(run)
+    if resume is not None:
+        print(f"  resuming from {resume}", flush=True)
+        args += ["--ckpt_path", str(resume)]
+    run_lightning_cli(args)
+    if not _family_at(run, steps):
+        raise CanonError(f"training to step {steps} ended without exports at that step in {run}")
 
 
 def newest_checkpoint(run: Path) -> Path | None:
@@ -149,26 +181,12 @@ def newest_checkpoint(run: Path) -> Path | None:
 def train_to(cfg: LadderConfig, steps: int) -> None:
     """Train the ladder's family to ``steps`` (resuming from its newest whole checkpoint) and keep a copy of its
     exports as they stand at that step in :meth:`LadderConfig.rung_folder`."""
-    import yaml
-
-    from canon_pl.cli import run_lightning_cli
     from canon_pl.io import read_family_manifest, training_record
 
     folder = cfg.rung_folder(steps)
     if _family_at(folder, steps):
         return
-    cfg.run.mkdir(parents=True, exist_ok=True)
-    config_path = cfg.run / f"fit_{steps}.yaml"
-    config_path.write_text(yaml.safe_dump(ladder_fit_config(cfg, steps), sort_keys=False))
-    args = ["fit", "--config", str(config_path), *cfg.fit_args]
-    resume = newest_checkpoint(cfg.run)
-    if resume is not None:
-        print(f"  resuming from {resume}", flush=True)
-        args += ["--ckpt_path", str(resume)]
-    if not _family_at(cfg.run, steps):
-        run_lightning_cli(args)
-    if not _family_at(cfg.run, steps):
-        raise CanonError(f"training to step {steps} ended without exports at that step in {cfg.run}")
+    fit_to(ladder_fit_config(cfg, steps), cfg.run, steps, cfg.fit_args)
     manifest = read_family_manifest(cfg.run)
     staging = folder.with_name(folder.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
@@ -275,7 +293,8 @@ def finished_rungs(results: Path) -> list[dict[str, Any]]:
     return sorted(documents, key=lambda d: d["steps"])
 
 
-def ladder(*, config: str, device: str = default_device(), only: int | None = None, remeasure: bool = False) -> int:
+def ladder(*, config: str, device: str = default_device(), only: int | None = None, remeasure: bool = False,
+           bases: bool = False) -> int:
     """Climb the ladder: for each rung without a result file, train to it, measure, write the rung's JSON.
 
     Args:
@@ -285,6 +304,7 @@ def ladder(*, config: str, device: str = default_device(), only: int | None = No
         remeasure: measure committed rungs again with this canon-pl's analyses, from the family as it stood at each
             rung (kept under <run>/rungs/<steps>/; a rung whose family is not kept here is left as committed):
             never trains
+        bases: climb the meta-SAE's base-width ladder (the config's bases: section) instead of the training rungs
     """
     from canon_pl.checks import check_device
     from canon_pl.commands.pipeline import run_stage, stage_done
@@ -297,6 +317,12 @@ def ladder(*, config: str, device: str = default_device(), only: int | None = No
         read_rung(cfg.rung_file(steps))  # a damaged committed rung is refused before any work
     if remeasure:
         return remeasure_rungs(cfg, device)
+    if bases:
+        from canon_pl.commands.base_ladder import climb_bases
+
+        if not stage_done("cache", cfg.pipeline):
+            run_stage("cache", cfg.pipeline, device)
+        return climb_bases(cfg, device)
     todo = [s for s in cfg.rungs if read_rung(cfg.rung_file(s)) is None]
     if only is not None:
         todo = todo[:only]
