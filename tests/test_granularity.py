@@ -15,7 +15,6 @@ from canon_pl.stitching.granularity import (
     reconstruction_overlap,
 )
 from canon_pl.stitching.groups import groups_from_edges
-from canon_pl.stitching.path import reconstruction
 from tests.test_stitching import orthonormal, tied_sae
 
 FAMILIES, PARTS = 5, 3
@@ -35,9 +34,7 @@ def planted_families(n_tokens: int = 4000, seed: int = 0) -> dict[str, torch.Ten
 
 
 def curve_for(small, large, x):
-    small_codes, large_codes = sparse_codes(small, x), sparse_codes(large, x)
-    residual = x - reconstruction(small, x)
-    return granularity_curve(small, large, x, small_codes, large_codes, residual), small_codes, large_codes
+    return granularity_curve(small, large, x), sparse_codes(small, x), sparse_codes(large, x)
 
 
 def test_overlap_grouping_finds_planted_families_that_cosine_grouping_misses() -> None:

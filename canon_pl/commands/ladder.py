@@ -228,9 +228,8 @@ def measure_rung(cfg: LadderConfig, steps: int, device: str) -> dict[str, Any]:
     family = load_family(folder, device)
     manifest = read_family_manifest(folder)
     widths = family.widths
-    if not all(_readable_pair(layout, a, b) for a, b in zip(widths, widths[1:])):
-        stitch(str(folder), data=str(cfg.pipeline["cache_path"]), tokens=cfg.tokens, device=device,
-               granularity=True)
+    shutil.rmtree(layout.stitching, ignore_errors=True)  # a measurement interrupted earlier is made again whole
+    stitch(str(folder), data=str(cfg.pipeline["cache_path"]), tokens=cfg.tokens, device=device, granularity=True)
     any_sae = family.saes[widths[0]]
     held_out, training = (cache_activations(cfg.pipeline["cache_path"], cfg.tokens, any_sae.d_in,
                                             any_sae.cfg.model_id, any_sae.cfg.hook_point, split=split).to(device)
@@ -268,15 +267,6 @@ def _load(folder: Path, device: str):
     from canon_pl.io import load_sae
 
     return load_sae(folder, device)
-
-
-def _readable_pair(layout: RunLayout, small: int, large: int) -> bool:
-    from canon_pl.stitching import read_stitching_results
-
-    try:
-        return "global_step" not in read_stitching_results(layout.stitching_pair(small, large))
-    except Exception:  # noqa: BLE001 - missing or unreadable: stitch again
-        return False
 
 
 def read_rung(path: Path) -> dict[str, Any] | None:

@@ -25,7 +25,7 @@ from canon_pl.io.results import read_results, write_results
 from canon_pl.metrics import SplicedLanguageModelLoss
 from canon_pl.sae import SparseAutoencoder
 from canon_pl.stitching.classify import LatentClasses, classify_latents, definition_chunk_spread
-from canon_pl.stitching.granularity import granularity_curve
+from canon_pl.stitching.granularity import GRANULARITY_TOKENS, granularity_curve
 from canon_pl.stitching.groups import LatentGroups, latent_groups
 from canon_pl.stitching.matching import (
     DEFAULT_TAU,
@@ -172,7 +172,8 @@ def analyze_pair(small: SparseAutoencoder, large: SparseAutoencoder, activations
                  names: tuple[str | None, str | None] = (None, None),
                  large_initial_decoder: Tensor | None = None, control: SparseAutoencoder | None = None,
                  control_name: str | None = None, small_initial_decoder: Tensor | None = None,
-                 data: str | None = None, granularity: bool = False, spread_chunks: int = 8) -> StitchingResult:
+                 data: str | None = None, granularity: bool = False, spread_chunks: int = 8,
+                 granularity_tokens: int = GRANULARITY_TOKENS) -> StitchingResult:
     """Match, group, check and walk from ``small`` to ``large`` on raw held-out ``activations [N, d_in]``.
 
     ``spliced_loss`` with ``ce_points > 0`` also measures the next-token loss at that many points along the path
@@ -235,10 +236,9 @@ def analyze_pair(small: SparseAutoencoder, large: SparseAutoencoder, activations
                              "control_novel_fraction_definition":
                                  replicate_control.summary()["novel_fraction_definition"]}}
         if granularity:
-            control_extra["granularity"] = granularity_curve(large, control, x, large_codes, control_codes,
-                                                             residual_large)
+            control_extra["granularity"] = granularity_curve(large, control, x[:granularity_tokens])
     if granularity:
-        extra["granularity"] = granularity_curve(small, large, x, small_codes, large_codes, residual_small)
+        extra["granularity"] = granularity_curve(small, large, x[:granularity_tokens])
 
     ce: dict[str, Any] = {}
     if spliced_loss is not None and ce_points > 0:

@@ -31,14 +31,17 @@ from torch import Tensor
 from canon_pl.sae import SparseAutoencoder
 from canon_pl.stitching.groups import LatentGroups, groups_from_edges
 from canon_pl.stitching.matching import StitchingError
-from canon_pl.stitching.path import SparseCodes, stitching_path
+from canon_pl.stitching.path import SparseCodes, reconstruction, sparse_codes, stitching_path
 
 MONOTONE_TOLERANCE = 0.05
 """A path whose peak stays within 5 % of its worse endpoint counts as monotone here (float noise and tiny bumps)."""
 
-COSINE_THRESHOLDS = (0.9, 0.7, 0.5, 0.3)
-BEST_PARTNER_THRESHOLDS = (0.5, 0.3, 0.2, 0.1)
-ALL_PAIRS_THRESHOLDS = (0.2, 0.1, 0.05, 0.02)
+COSINE_THRESHOLDS = (0.7, 0.5, 0.3)
+BEST_PARTNER_THRESHOLDS = (0.5, 0.3, 0.1)
+ALL_PAIRS_THRESHOLDS = (0.1, 0.05, 0.02, 0.01)
+GRANULARITY_TOKENS = 8192
+"""Held-out tokens a curve walks its paths on (the first of the analysis's): a path costs time in proportion to the
+tokens, and a curve walks up to ten, for the pair and for its control."""
 MAX_DENSE_PAIRS = 1 << 27
 """The overlap and cosine matrices are dense ``[d_small, d_large]``: 128M entries (512 MB) at most."""
 
@@ -125,13 +128,14 @@ def _point(grouping: str, threshold: float, groups: LatentGroups, small: SparseA
 
 
 @torch.no_grad()
-def granularity_curve(small: SparseAutoencoder, large: SparseAutoencoder, x: Tensor, small_codes: SparseCodes,
-                      large_codes: SparseCodes, residual_small: Tensor,
+def granularity_curve(small: SparseAutoencoder, large: SparseAutoencoder, x: Tensor,
                       tolerance: float = MONOTONE_TOLERANCE) -> dict[str, Any]:
     """The path's peak at every grouping, finest first (module docstring), for SAEs in their encoder space and
-    activations ``x [N, d_in]`` with their codes and ``residual_small = x - S(x)``. Returns ``points`` (each
-    :meth:`GranularityPoint.to_dict`), ``monotone_at`` (the first point within ``tolerance``, or ``None``) and
-    ``monotone_largest_group_share`` (its largest group's share of L-latents: the granularity the path needs)."""
+    activations ``x [N, d_in]``. Returns ``points`` (each :meth:`GranularityPoint.to_dict`), ``monotone_at`` (the
+    first point within ``tolerance``, or ``None``), ``monotone_largest_group_share`` (its largest group's share of
+    L-latents: the granularity the path needs) and ``n_tokens``."""
+    small_codes, large_codes = sparse_codes(small, x), sparse_codes(large, x)
+    residual_small = x - reconstruction(small, x)
     d_small, d_large = small.d_sae, large.d_sae
     if d_small * d_large > MAX_DENSE_PAIRS:
         raise StitchingError(f"the granularity curve holds {d_small} x {d_large} matrices; at most "
@@ -152,9 +156,10 @@ def granularity_curve(small: SparseAutoencoder, large: SparseAutoencoder, x: Ten
             monotone_at = len(points) - 1
         if grouping == "overlap, every pair" and monotone_at is not None:
             break  # merged far enough
-    return {"tolerance": tolerance, "points": [p.to_dict() for p in points], "monotone_at": monotone_at,
+    return {"tolerance": tolerance, "n_tokens": int(x.shape[0]), "points": [p.to_dict() for p in points],
+            "monotone_at": monotone_at,
             "monotone_largest_group_share": None if monotone_at is None else points[monotone_at].largest_group_share}
 
 
-__all__ = ["MONOTONE_TOLERANCE", "GranularityPoint", "best_partner_edges", "granularity_curve",
+__all__ = ["GRANULARITY_TOKENS", "MONOTONE_TOLERANCE", "GranularityPoint", "best_partner_edges", "granularity_curve",
            "reconstruction_overlap", "threshold_edges"]
