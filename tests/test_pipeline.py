@@ -37,7 +37,7 @@ def tiny_configs(root: Path) -> Path:
     pipeline = yaml.safe_load((REPO / "configs" / "pipeline_smollm2.yaml").read_text())
     pipeline.update({"fit_config": str(root / "fit.yaml"),
                      "cache": {"config": str(root / "capture.yaml"), "tokens": 4096, "val_tokens": 1024},
-                     "stitch": {"data": str(root / "cache"), "tokens": 1024},
+                     "stitch": {"data": str(root / "cache"), "tokens": 1024, "granularity": True},
                      "meta_sae": {"k": 2, "steps": 5, "batch_size": 512, "baseline_steps": 0, "d_sae": 40,
                                   "floor_steps": 3, "data": str(root / "cache"), "tokens": 512,
                                   "sweep_d_sae_per_d_in": [0.1]},
@@ -63,7 +63,12 @@ def test_the_pipeline_runs_every_stage_and_a_rerun_skips_them(tmp_path: Path) ->
     for summary in results.values():  # every pair carries its cross-seed control and the moved/stuck split
         assert summary["control"] is not None and summary["control"]["name"].endswith("_seed1")
         assert summary["classes"]["stuck_at_init_fraction"] is not None
+        # the spread, the replicate, the path's control and the granularity curves of pair and control
+        assert len(summary["spread"]["per_chunk"]) == 8 and summary["control"]["replicate"] is not None
+        assert summary["control"]["path_excess"] is not None
+        assert summary["granularity"]["points"] and summary["control"]["granularity"]["points"]
     assert meta["floors"]["initial_decoder"] is not None and meta["floors"]["random_rows"] is not None
+    assert meta["floors"]["gaussian_matched"] is not None and meta["floors"]["pca_shuffled"] is not None
     assert [e["n_meta"] for e in meta["width_sweep"]] == [58]  # 0.1 x d_in, read against its own floors
 
     report = (run / "report.md").read_text()
@@ -78,6 +83,9 @@ def test_the_pipeline_runs_every_stage_and_a_rerun_skips_them(tmp_path: Path) ->
     assert f"| {meta['fve']:.3f} |" in report
     assert "### Meta-SAE width sweep" in report and f"| {meta['width_sweep'][0]['fve']:.3f} |" in report
     assert "## Verdicts" in report and report.count("inconclusive") + report.count("reproduced") >= 3
+    assert "### The path at every granularity of grouping" in report and "(report/granularity.png)" in report
+    assert "A monotone path needs finer groups across widths than across seeds" in report
+    assert "floor: gaussian matched" in report and "floor: pca shuffled" in report
     assert not re.search(r"^\| 40 \|", report, re.M)  # the family table lists the family, not the meta-SAE
     for image in re.findall(r"\]\((report/[^)]+\.png)\)", report):
         assert (run / image).stat().st_size > 1000

@@ -90,7 +90,9 @@ def compare_matryoshka(*, run: str | Path, fit_config: str | Path, control_seeds
                   prefix_controls=[str(layout.matryoshka / m) for m in members[1:]],
                   out=str(layout.matryoshka_prefixes))
     if code == 0:
-        code = stitch(str(layout.matryoshka_prefixes), device=device, **(stitch_options or {}))
+        # the prefixes' paths are monotone by construction: no granularity curve to read there
+        options = {k: v for k, v in (stitch_options or {}).items() if k != "granularity"}
+        code = stitch(str(layout.matryoshka_prefixes), device=device, **options)
     if code == 0 and meta_options is not None:
         options = {k: v for k, v in meta_options.items() if k != "sweep_d_sae_per_d_in"}
         code = meta_sae(sae=str(layout.matryoshka_prefixes), width=widest,
