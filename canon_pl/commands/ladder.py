@@ -86,9 +86,11 @@ def read_ladder_config(path: Path) -> LadderConfig:
         raw = yaml.safe_load(Path(path).read_text())
     except (OSError, yaml.YAMLError) as err:
         raise SettingError(f"{path}: not a ladder config ({type(err).__name__}: {err})") from err
-    if not isinstance(raw, dict) or set(raw) - LADDER_KEYS or not {"pipeline", "run", "results", "rungs"} <= set(raw):
+    if not isinstance(raw, dict):
+        raise SettingError(f"{path}: not a ladder config (a mapping with pipeline, run, results, rungs)")
+    if set(raw) - LADDER_KEYS or not {"pipeline", "run", "results", "rungs"} <= set(raw):
         raise SettingError(f"{path}: a ladder config is a mapping with pipeline, run, results, rungs (and optionally "
-                           f"tokens, fit_args); got {sorted(raw) if isinstance(raw, dict) else raw!r}")
+                           f"tokens, fit_args, bases); got {sorted(raw)}")
     rungs = raw["rungs"]
     if (not isinstance(rungs, list) or not rungs or not all(isinstance(r, int) and not isinstance(r, bool) and r > 0
                                                              for r in rungs) or sorted(set(rungs)) != rungs):
@@ -296,12 +298,14 @@ def ladder(*, config: str, device: str = default_device(), only: int | None = No
             never trains
         bases: climb the meta-SAE's base-width ladder (the config's bases: section) instead of the training rungs
     """
-    from canon_pl.checks import check_device
+    from canon_pl.checks import check_counts, check_device
     from canon_pl.commands.pipeline import run_stage, stage_done
     from canon_pl.io.atomic import atomic_write_json
     from canon_pl.ladder_report import write_ladder_figures
 
     check_device(device)
+    if only is not None:
+        check_counts(**{"--only": only})
     cfg = read_ladder_config(Path(config))
     for steps in cfg.rungs:
         read_rung(cfg.rung_file(steps))  # a damaged committed rung is refused before any work

@@ -35,6 +35,11 @@ def inputs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     (root / "matryoshka_typo.yaml").write_text(yaml.safe_dump({**study, "matryoshka": {"seeds": [1]}}))
     relu_study = {**study, "fit_config": "configs/family_smollm2_relu.yaml"}
     (root / "matryoshka_relu.yaml").write_text(yaml.safe_dump(relu_study))
+    ladder = yaml.safe_load((REPO / "configs" / "ladder_smollm2.yaml").read_text())
+    for name, change in (("ladder_rungs", {"rungs": [1500, 750]}), ("ladder_run", {"run": "checkpoints/family_smollm2"}),
+                         ("ladder_key", {"rung": [1]}), ("ladder_bases", {"bases": {"widths": [9216, 4608]}}),
+                         ("ladder_tau", {"bases": {"widths": [2304], "moved_tau": 1.5}})):
+        (root / f"{name}.yaml").write_text(yaml.safe_dump({**ladder, **change}))
     return {"root": str(root), "small": str(root / "small"), "large": str(root / "large"),
             "file": str(root / "a_file"), "binary": str(root / "binary.txt"), "latin1": str(root / "latin1.txt")}
 
@@ -79,6 +84,13 @@ COMMAND_CASES = [
     (["pipeline", "--config", "{file}"], "not a pipeline config"),
     (["pipeline", "--config", "{root}/matryoshka_typo.yaml"], "matryoshka must be a mapping of control_seeds"),
     (["pipeline", "--config", "{root}/matryoshka_relu.yaml"], "beside a BatchTopK family; this family's SAEs are"),
+    (["ladder", "--config", "{file}"], "not a ladder config"),
+    (["ladder", "--config", "{root}/ladder_rungs.yaml"], "rungs must be increasing positive step counts"),
+    (["ladder", "--config", "{root}/ladder_run.yaml"], "run must be a folder of its own"),
+    (["ladder", "--config", "{root}/ladder_key.yaml"], "a ladder config is a mapping with pipeline, run, results"),
+    (["ladder", "--config", "{root}/ladder_bases.yaml"], "bases.widths must be increasing positive widths"),
+    (["ladder", "--config", "{root}/ladder_tau.yaml"], "bases.moved_tau must lie strictly between 0 and 1"),
+    (["ladder", "--config", "configs/ladder_smollm2.yaml", "--only", "0"], "--only must be"),
     (["family", "--from", "{small}", "--prefix_controls", "{large}", "--out", "{root}/f"],
      "--prefix_controls are other seeds of a Matryoshka SAE: give them with --prefixes"),
     (["stitch", "{file}", "--data", "x"], "is not a family folder"),
