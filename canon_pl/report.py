@@ -464,8 +464,25 @@ def arm_description(run: Path) -> str:
     return f"{name}, {int(manifest.get('tokens') or 0):,} training tokens per member"
 
 
-def write_report(run: str | os.PathLike, meta_dir: str | os.PathLike | None = None) -> Path:
-    """Write ``<run>/report.md`` and its figures (``<run>/report/*.png``); returns the report's path."""
+def _ladder_lines(results: Path, figures: Path) -> list[str]:
+    """The ladder's section from its committed rungs (nothing when none is committed yet), its curves redrawn into
+    the report's figures."""
+    from canon_pl.commands.ladder import finished_rungs
+    from canon_pl.ladder_report import ladder_section, write_ladder_figures
+
+    documents = finished_rungs(results) if results.is_dir() else []
+    if not documents:
+        return []
+    figure = write_ladder_figures(documents, figures)
+    (figures / "summary.md").unlink(missing_ok=True)
+    return [line.replace("](curves.png)", "](report/curves.png)") for line in ladder_section(documents, figure.name)]
+
+
+def write_report(run: str | os.PathLike, meta_dir: str | os.PathLike | None = None,
+                 ladder_results: str | os.PathLike | None = None) -> Path:
+    """Write ``<run>/report.md`` and its figures (``<run>/report/*.png``); returns the report's path.
+    ``ladder_results`` (a ladder's committed rungs, ``canon-pl ladder``) adds the section "does scale close the
+    gap?" with its curves."""
     run = Path(run)
     meta_dir = Path(meta_dir) if meta_dir is not None else None
     facts = gather(run, meta_dir)
@@ -515,6 +532,7 @@ def write_report(run: str | os.PathLike, meta_dir: str | os.PathLike | None = No
         {"quantity": "meta-SAE FVE (k = 4)", "paper": PAPER["fve"], "this run": meta["fve"] if meta else None},
     ])), "", "The paper's figures come from GPT-2 small ReLU + L1 SAEs of 768–98,304 latents trained on ~10^8 tokens; "
         "the verdicts above rest on this run's own controls, not on the size of the gap.", ""]
+    lines += _ladder_lines(Path(ladder_results), figures) if ladder_results is not None else []
     path = RunLayout(run).report
     atomic_write_text(path, "\n".join(lines))
     return path

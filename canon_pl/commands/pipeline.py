@@ -256,7 +256,7 @@ def run_stage(stage: str, cfg: dict[str, Any], device: str) -> int:
                                   fit_args=section.get("fit_args"), stitch_options=cfg.get("stitch"),
                                   meta_options=None if section.get("meta_sae") is False else cfg["meta_sae"],
                                   device=device)
-    path = write_report(run, meta_dir)
+    path = write_report(run, meta_dir, cfg.get("ladder_results"))
     print(f"  report: {path}")
     return 0
 
