@@ -5,6 +5,7 @@
   and infinity never pass.
 - :func:`check_output_folder`: a folder an output will be written into can be created and written there.
 - :func:`check_device`: a ``--device`` this machine has.
+- :func:`check_fits_in_memory`: tensors a setting asks for fit in this machine's memory, before they are allocated.
 """
 
 from __future__ import annotations
@@ -95,4 +96,22 @@ def check_device(device: str, option: str = "--device") -> str:
     return device
 
 
-__all__ = ["check_counts", "check_device", "check_non_negative", "check_output_folder", "check_positive", "default_device"]
+def physical_memory_bytes() -> int | None:
+    """This machine's physical memory in bytes (``None`` where the OS does not say)."""
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE")) * int(os.sysconf("SC_PHYS_PAGES"))
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def check_fits_in_memory(what: str, n_bytes: int, fix: str) -> None:
+    """Raise :class:`SettingError` when ``n_bytes`` (what ``what`` needs) exceeds this machine's physical memory, so
+    an impossible size is one line naming the bytes and ``fix`` instead of an allocator's traceback minutes later."""
+    total = physical_memory_bytes()
+    if total is not None and n_bytes > total:
+        raise SettingError(f"{what} needs about {n_bytes / 2**30:,.1f} GiB but this machine has "
+                           f"{total / 2**30:,.1f} GiB of memory: {fix}")
+
+
+__all__ = ["check_counts", "check_device", "check_fits_in_memory", "check_non_negative", "check_output_folder",
+           "check_positive", "default_device", "physical_memory_bytes"]

@@ -40,8 +40,13 @@ class CanonCLI(LightningCLI):
         from canon_pl.checks import check_output_folder
         from canon_pl.io.layout import RunLayout
 
+        from canon_pl.training.loggers import require_tracker
+
         config = self.config[self.subcommand] if self.subcommand else self.config
         trainer = config.get("trainer")
+        loggers = (trainer or {}).get("logger")
+        for entry in loggers if isinstance(loggers, list) else [loggers]:
+            require_tracker(str(getattr(entry, "class_path", "")))  # before jsonargparse buries the import error
         if trainer is None or not trainer.get("default_root_dir"):
             return
         root = trainer.get("default_root_dir")

@@ -10,6 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from canon_pl.errors import SettingError
+
 
 class SyntheticSparseActivations:
     """A seeded source of ``[batch, d_in]`` activations built from ``dictionary [n_features, d_in]``."""
@@ -23,8 +25,10 @@ class SyntheticSparseActivations:
         offset_norm: float = 1.0,
         seed: int = 0,
     ) -> None:
+        if not isinstance(n_features, int) or n_features < 1:
+            raise SettingError(f"n_features must be a whole number >= 1 (the true directions), got {n_features!r}")
         if not 0 < active_per_token <= n_features:
-            raise ValueError(f"active_per_token={active_per_token} must be in (0, n_features={n_features}]")
+            raise SettingError(f"active_per_token={active_per_token} must be in (0, n_features={n_features}]")
         self.d_in = d_in
         self.n_features = n_features
         self.active_per_token = active_per_token

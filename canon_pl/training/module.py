@@ -20,7 +20,7 @@ import torch
 from lightning.fabric.utilities.data import AttributeDict
 from torch import Tensor, nn
 
-from canon_pl.checks import check_output_folder
+from canon_pl.checks import check_fits_in_memory, check_output_folder
 from canon_pl.distributed import (
     all_reduce,
     assign_parameter,
@@ -30,7 +30,7 @@ from canon_pl.distributed import (
     is_sharded,
     world,
 )
-from canon_pl.errors import CanonError
+from canon_pl.errors import CanonError, SettingError
 from canon_pl.io.export import export_sae
 from canon_pl.io.family import write_family_manifest
 from canon_pl.io.lock import RunFolderLock
@@ -212,9 +212,13 @@ class SAEFamilyModule(L.LightningModule):
         # only the instantiated subclass's own arguments), so it cannot be relied on for the full set.
         self.settings = AttributeDict(settings)
         if b_dec_init not in ("mean", "zeros"):
-            raise ValueError(f"b_dec_init must be 'mean' or 'zeros', got {b_dec_init!r}")
+            raise SettingError(f"model.init_args.b_dec_init must be 'mean' or 'zeros', got {b_dec_init!r}")
         self.widths = check_widths(list(widths), base_width)
         self.member_specs = self._member_specs(control_seeds or [], control_widths)
+        # W_enc and W_dec with their gradients and Adam's two moments: 4 float32 copies of 2 x d_in x d_sae each
+        check_fits_in_memory("the SAEs' weights, gradients and Adam state",
+                             sum(4 * 4 * 2 * int(d_in) * w for w, _ in self.member_specs.values()),
+                             "lower model.init_args.widths / d_sae")
         self.members = nn.ModuleDict({key: self._build_member(w, seed) for key, (w, seed) in self.member_specs.items()})
         lr = self.settings.optimizer.lr
         self.learning_rates = {key: lr if lr is not None else default_learning_rate(w)
@@ -309,6 +313,10 @@ class SAEFamilyModule(L.LightningModule):
     def setup(self, stage: str) -> None:
         datamodule = getattr(self.trainer, "datamodule", None)
         data_d_in = getattr(datamodule, "d_in", None)
+        batch_size = getattr(getattr(datamodule, "hparams", None), "batch_size", None)
+        if isinstance(batch_size, int):  # the dense pre-activations of one batch, a few copies in the step
+            check_fits_in_memory(f"a batch of {batch_size} tokens through {max(self.widths)} latents",
+                                 3 * 4 * batch_size * max(self.widths), "lower data.init_args.batch_size")
         if isinstance(data_d_in, int) and data_d_in != self.d_in:
             raise InputShapeError(
                 f"the data yields {data_d_in}-dimensional activations but the SAE has d_in={self.d_in}; "

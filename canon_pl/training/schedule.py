@@ -43,6 +43,9 @@ class OptimizerSettings:
             raise SettingError(f"optimizer.lr must be a positive number, got {self.lr} (a negative rate trains by "
                                f"gradient ascent)")
         object.__setattr__(self, "betas", tuple(float(b) for b in self.betas))
+        if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
+            raise SettingError(f"optimizer.betas must be two numbers in [0, 1) (Adam's decay rates, e.g. [0.9, 0.99]), "
+                               f"got {list(self.betas)}")
         check_counts(0, **{"optimizer.warmup_steps": self.warmup_steps, "optimizer.decay_steps": self.decay_steps})
         check_non_negative(**{"optimizer.final_fraction": self.final_fraction})
         if self.final_fraction > 1:

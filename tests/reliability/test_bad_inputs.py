@@ -70,6 +70,16 @@ COMMAND_CASES = [
     (["fit", "--config", SYNTHETIC, "--data.init_args.batch_size", "-1"], "batch_size must be a whole number >= 1"),
     (["fit", "--config", SYNTHETIC, "--model.init_args.optimizer.lr", "-0.1"], "optimizer.lr must be a positive number"),
     (["fit", "--config", SYNTHETIC, "--model.init_args.optimizer.decay", "cosine"], "needs optimizer.decay_steps > 0"),
+    (["fit", "--config", SYNTHETIC, "--model.init_args.optimizer.betas", "[0.9, 1.5]"],
+     "optimizer.betas must be two numbers in [0, 1)"),
+    (["fit", "--config", SYNTHETIC, "--model.init_args.b_dec_init", "median"], "b_dec_init must be 'mean' or 'zeros'"),
+    (["fit", "--config", SYNTHETIC, "--model.init_args.sae",
+      "{{class_path: canon_pl.sae.MatryoshkaBatchTopKSettings, init_args: {{prefix_fractions: [.nan]}}}}"],
+     "prefix_fractions must be finite numbers in (0, 1)"),
+    (["fit", "--config", SYNTHETIC, "--data.init_args.n_features", "0"], "n_features must be a whole number >= 1"),
+    (["fit", "--config", SYNTHETIC, "--model.init_args.d_sae", "100000000000"],
+     "GiB of memory: lower model.init_args.widths / d_sae"),
+
     # devices this machine does not have
     (["stitch", "{small}", "{large}", "--data", "x", "--device", "cuda:7"], "--device cuda:7: this machine has"),
     (["stats", "--run", "{small}", "--device", "cuda:7"], "--device cuda:7: this machine has"),
@@ -233,3 +243,29 @@ def test_every_user_error_is_a_canon_error() -> None:
     errors |= {RunFolderLockedError, ViewerFolderError}
     assert len(errors) >= 14
     assert not [e.__name__ for e in errors if not issubclass(e, CanonError)]
+
+
+def test_a_tracker_preset_without_its_package_is_one_line(capsys: pytest.CaptureFixture, tmp_path: Path,
+                                                          monkeypatch) -> None:
+    import importlib.util
+
+    if importlib.util.find_spec("wandb") is not None:
+        pytest.skip("wandb is installed here")
+    monkeypatch.chdir(REPO)
+    code = main(["fit", "--config", SYNTHETIC, "--config", "configs/logger/wandb.yaml", "--trainer.default_root_dir",
+                 str(tmp_path / "run"), "--trainer.max_steps", "1"])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err
+    assert "needs wandb, which is not installed: pip install 'canon-pl[trackers]'" in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_batch_too_large_to_allocate_is_one_line_before_any_step(capsys: pytest.CaptureFixture, tmp_path: Path,
+                                                                  monkeypatch) -> None:
+    monkeypatch.chdir(REPO)
+    code = main(["fit", "--config", SYNTHETIC, "--data.init_args.batch_size", "10000000000",
+                 "--trainer.default_root_dir", str(tmp_path / "run"), "--trainer.max_steps", "1"])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err
+    assert "needs about 28,610.2 GiB" in err and "lower data.init_args.batch_size" in err
+    assert not list((tmp_path / "run").rglob("*.ckpt")) and not (tmp_path / "run" / "cfg.json").exists()
