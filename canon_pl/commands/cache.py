@@ -36,10 +36,19 @@ def cache(*, config: str, out: str, tokens: int, val_tokens: int = 131_072,
     from canon_pl.training import ActivationDataModule
     from canon_pl.training.cache import write_activation_cache
 
+    from canon_pl.io.lock import RunFolderLock
+
     data = run_lightning_cli(["--config", config], run=False).datamodule
     if not isinstance(data, ActivationDataModule):
         raise SettingError(f"{config} does not use ActivationDataModule")
-    index = write_activation_cache(data, out, tokens, dtype, val_tokens=val_tokens, device=device or default_device())
+    lock = RunFolderLock(out, fix="choose another --out or wait for that writer",
+                         what="two cache writers in one folder delete each other's shards")
+    lock.acquire()  # one writer per cache folder
+    try:
+        index = write_activation_cache(data, out, tokens, dtype, val_tokens=val_tokens,
+                                       device=device or default_device())
+    finally:
+        lock.release()
     print(f"wrote {index.split_tokens('train')} training and {index.split_tokens('val')} held-out activations "
           f"({len(index.shards)} shards) to {out}; train on them with "
           f"data.class_path: canon_pl.training.ActivationShardDataModule, data.init_args.path: {out}")

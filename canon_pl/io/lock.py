@@ -28,8 +28,12 @@ class RunFolderLockedError(CanonError, RuntimeError):
 class RunFolderLock:
     """``acquire()`` / ``release()`` the lock of ``folder``; re-entrant for the process that holds it."""
 
-    def __init__(self, folder: str | os.PathLike) -> None:
+    def __init__(self, folder: str | os.PathLike,
+                 fix: str = "choose another trainer.default_root_dir, wait for that run",
+                 what: str = "two runs in one folder overwrite each other's checkpoints") -> None:
+        """``fix`` and ``what`` word the refusal for the kind of writer (a training run by default)."""
         self.folder = Path(folder)
+        self.fix, self.what = fix, what
         self.path = self.folder / LOCK_FILE
         self.held = False
 
@@ -57,8 +61,7 @@ class RunFolderLock:
                     continue
                 where = f"process {owner.get('pid')} on {owner.get('host')}" if owner else "an unreadable lock"
                 raise RunFolderLockedError(
-                    f"{self.folder} is in use by {where} (lock {self.path}): two runs in one folder overwrite each "
-                    f"other's checkpoints; choose another trainer.default_root_dir, wait for that run, or delete the "
+                    f"{self.folder} is in use by {where} (lock {self.path}): {self.what}; {self.fix}, or delete the "
                     f"lock if that process is gone") from None
             with os.fdopen(fd, "w") as handle:
                 json.dump(me, handle)

@@ -223,3 +223,29 @@ def test_a_second_live_run_into_the_same_folder_is_refused_and_a_dead_ones_lock_
     make_trainer(run, max_steps=2, every_n_steps=1).fit(SAEModule(d_in=16, d_sae=32, sae=BatchTopKSettings(k=4)),
                                                         SyntheticActivationDataModule(d_in=16, n_features=32))
     assert (run / "ckpt" / "last.ckpt").is_file() and not (run / LOCK_FILE).exists()
+
+
+def test_a_second_cache_writer_into_the_same_folder_is_refused_and_leaves_the_first_ones_shards(
+        tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two `canon-pl cache` writers into one folder once both exited 0 and left an index whose shards the other had
+    deleted: the folder has one writer, like a run folder."""
+    import socket
+
+    from canon_pl.cli import main
+    from canon_pl.io.lock import LOCK_FILE
+
+    out = tmp_path / "cache"
+    out.mkdir()
+    (out / "shard_00000.safetensors").write_bytes(b"the first writer's shard")
+    other = subprocess.Popen(["sleep", "60"])  # the first writer, still writing
+    try:
+        (out / LOCK_FILE).write_text(json.dumps({"pid": other.pid, "host": socket.gethostname(), "started": 0}))
+        monkeypatch.chdir(REPO)
+        code = main(["cache", "--config", "configs/sae_smollm2.yaml", "--out", str(out), "--tokens", "10"])
+    finally:
+        other.kill()
+        other.wait()
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err
+    assert f"is in use by process {other.pid}" in err and "two cache writers in one folder" in err
+    assert (out / "shard_00000.safetensors").read_bytes() == b"the first writer's shard"
