@@ -63,7 +63,49 @@ def read_pipeline_config(path: Path) -> dict[str, Any]:
                               f"section (config: a fit config whose data captures the activations, tokens, val_tokens)")
     check_stage_options(config, path)
     check_matryoshka_section(config, fit, path)
+    check_fit_arguments(config, fit, path)
     return {**config, "run": run, "max_steps": max_steps, "widths": widths, "cache_path": cache_path, "release": None}
+
+
+def check_fit_arguments(cfg: dict[str, Any], fit: dict[str, Any], path: Path) -> None:
+    """The fit configs the pipeline will train, with their ``fit_args``, parsed and instantiated (no training, no
+    data read) before stage 1: the family's, and the Matryoshka's derived from it. A bad argument is one error now,
+    not at stage 7 after an hour of work."""
+    import contextlib
+    import io
+    import tempfile
+
+    import yaml
+
+    from canon_pl.cli import _is_user_error, run_lightning_cli
+    from canon_pl.commands.matryoshka import matryoshka_fit_config
+    from canon_pl.errors import find_cause
+    from canon_pl.io import CheckpointError
+
+    runs = [("fit_args", fit, cfg.get("fit_args") or [])]
+    if cfg.get("matryoshka") is not None:
+        section = cfg["matryoshka"]
+        runs.append(("matryoshka.fit_args", matryoshka_fit_config(fit, Path(tempfile.gettempdir()),
+                                                                  section.get("control_seeds", [1])),
+                     section.get("fit_args") or []))
+    for name, config, args in runs:
+        if not isinstance(args, list):
+            raise CheckpointError(f"{path}: {name} must be a list of lightning fit arguments, got {args!r}")
+        with tempfile.TemporaryDirectory() as scratch:
+            config = {**config, "trainer": {**config.get("trainer", {}), "default_root_dir": scratch}}
+            config_file = Path(scratch) / "fit.yaml"
+            config_file.write_text(yaml.safe_dump(config, sort_keys=False))
+            said = io.StringIO()
+            try:
+                with contextlib.redirect_stderr(said), contextlib.redirect_stdout(said):
+                    run_lightning_cli(["--config", str(config_file), *map(str, args)], run=False)
+            except (SystemExit, Exception) as err:  # noqa: BLE001 - any refusal of the arguments, said in one line
+                cause = None if isinstance(err, SystemExit) else find_cause(err, _is_user_error)
+                lines = [line for line in said.getvalue().splitlines() if "error" in line.lower()]
+                reason = (f"{type(cause).__name__}: {cause}" if cause is not None else
+                          lines[-1].strip() if lines else f"{type(err).__name__}: {err}")
+                raise CheckpointError(f"{path}: the {'Matryoshka' if name.startswith('matryoshka') else 'family'}'s "
+                                      f"fit config with {name} {args} is refused: {reason}") from None
 
 
 def _release_config(config: dict[str, Any], path: Path) -> dict[str, Any]:

@@ -35,6 +35,10 @@ def inputs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     (root / "matryoshka_typo.yaml").write_text(yaml.safe_dump({**study, "matryoshka": {"seeds": [1]}}))
     relu_study = {**study, "fit_config": "configs/family_smollm2_relu.yaml"}
     (root / "matryoshka_relu.yaml").write_text(yaml.safe_dump(relu_study))
+    for name, change in (("matryoshka_seed", {"matryoshka": {**study["matryoshka"], "control_seeds": [0]}}),
+                         ("matryoshka_args", {"matryoshka": {**study["matryoshka"], "fit_args": ["--trainer.bogus", "1"]}}),
+                         ("fit_args", {"fit_args": ["--model.init_args.sae.k", "0"]})):
+        (root / f"{name}.yaml").write_text(yaml.safe_dump({**study, **change}))
     ladder = yaml.safe_load((REPO / "configs" / "ladder_smollm2.yaml").read_text())
     for name, change in (("ladder_rungs", {"rungs": [1500, 750]}), ("ladder_run", {"run": "checkpoints/family_smollm2"}),
                          ("ladder_key", {"rung": [1]}), ("ladder_bases", {"bases": {"widths": [9216, 4608]}}),
@@ -94,6 +98,10 @@ COMMAND_CASES = [
     (["pipeline", "--config", "{file}"], "not a pipeline config"),
     (["pipeline", "--config", "{root}/matryoshka_typo.yaml"], "matryoshka must be a mapping of control_seeds"),
     (["pipeline", "--config", "{root}/matryoshka_relu.yaml"], "beside a BatchTopK family; this family's SAEs are"),
+    # the pipeline's fit configs are parsed before stage 1, not at the stage (the Matryoshka's is stage 7 of 8)
+    (["pipeline", "--config", "{root}/matryoshka_seed.yaml"], "control_seeds [0] must be distinct and differ from"),
+    (["pipeline", "--config", "{root}/matryoshka_args.yaml"], "unrecognized arguments: --trainer.bogus 1"),
+    (["pipeline", "--config", "{root}/fit_args.yaml"], "k=0 must be between 1 and d_sae=576"),
     (["ladder", "--config", "{file}"], "not a ladder config"),
     (["ladder", "--config", "{root}/ladder_rungs.yaml"], "rungs must be increasing positive step counts"),
     (["ladder", "--config", "{root}/ladder_run.yaml"], "run must be a folder of its own"),
