@@ -148,3 +148,20 @@ def test_every_document_records_its_format_and_refuses_a_newer_or_foreign_one(tm
     path.write_text(json.dumps({**document, "format": "someone.else"}))
     with pytest.raises(CanonError, match=f"is not a canon-pl .*no \"format\": \"{document['format']}\""):
         read()
+
+
+def test_an_edited_config_is_refused_naming_the_digest_and_a_deliberate_edit_can_drop_it(exported) -> None:
+    """The weights' checksum does not cover cfg.json: an edited k or hook point once loaded silently."""
+    _, directory = exported
+    original = json.loads((directory / "cfg.json").read_text())
+    assert load_sae(directory).cfg.k == original["sae"]["k"]
+    cfg = json.loads(json.dumps(original))
+    cfg["sae"]["k"] = original["sae"]["k"] + 1
+    (directory / "cfg.json").write_text(json.dumps(cfg))
+    with pytest.raises(CheckpointError, match="was changed after export.*delete the \"config_sha256\" entry"):
+        load_sae(directory)
+    del cfg["config_sha256"]  # the researcher meant it
+    (directory / "cfg.json").write_text(json.dumps(cfg))
+    assert load_sae(directory).cfg.k == original["sae"]["k"] + 1
+    (directory / "cfg.json").write_text(json.dumps(original, indent=4))  # re-formatting is no edit
+    assert load_sae(directory).cfg.k == original["sae"]["k"]

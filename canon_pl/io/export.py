@@ -34,6 +34,17 @@ CONFIG_FILE = "cfg.json"
 FORMAT_NAME = "canon_pl.sae"
 FORMAT_VERSION = 1
 PARAMETER_KEYS = ("W_enc", "b_enc", "W_dec", "b_dec", "threshold")
+CONFIG_DIGEST = "config_sha256"
+"""The SHA-256 of ``cfg.json``'s own settings (every key but this one, as canonical JSON): an edited k, hook point or
+threshold would otherwise load silently, changing what the SAE computes while ``weights_sha256`` still matches."""
+
+
+def config_digest(cfg: dict[str, Any]) -> str:
+    """:data:`CONFIG_DIGEST` of a parsed ``cfg.json``."""
+    import hashlib
+
+    settings = {key: value for key, value in cfg.items() if key != CONFIG_DIGEST}
+    return hashlib.sha256(json.dumps(settings, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
 class CheckpointError(CanonError, ValueError):
@@ -80,6 +91,7 @@ def export_sae(
             "weights_sha256": sha256_file(weights_tmp),
             **(extra or {}),
         })
+        cfg[CONFIG_DIGEST] = config_digest(json.loads(json.dumps(cfg)))  # as a reader will parse it back
         config_tmp.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
     return directory
 
@@ -131,6 +143,12 @@ def load_export(directory: str | os.PathLike, device: str | torch.device = "cpu"
     except (SafetensorError, *STRUCTURAL_ERRORS) as err:
         raise CheckpointError(f"{weights_path} is not a readable safetensors file ({err}); re-export the SAE") from err
     check_shapes_before_building(sae_cfg, {k: tuple(v.shape) for k, v in tensors.items()}, str(weights_path))
+    recorded = cfg.get(CONFIG_DIGEST)
+    if recorded is not None and recorded != config_digest(cfg):  # exports before this digest have none: they load
+        raise CheckpointError(f"{directory / CONFIG_FILE} was changed after export: its settings no longer match their "
+                              f"recorded {CONFIG_DIGEST} (an edited k, hook point or threshold changes what the SAE "
+                              f"computes); re-export the SAE, or, if the edit is deliberate, delete the "
+                              f"\"{CONFIG_DIGEST}\" entry")
     with malformed_as(CheckpointError, directory, "re-export the SAE"):
         sae = build_sae(sae_cfg)
         load_sae_tensors(sae, tensors, source=str(weights_path))
