@@ -8,6 +8,7 @@ turns a Lightning checkpoint into a portable export.
 from __future__ import annotations
 
 import errno
+import os
 import sys
 import warnings
 from typing import Any
@@ -65,6 +66,17 @@ class CanonCLI(LightningCLI):
         if "weights_only" in kwargs and kwargs["weights_only"] is None:
             kwargs["weights_only"] = True  # never unpickle arbitrary objects from a checkpoint
         return kwargs
+
+    def _parse_ckpt_path(self) -> None:
+        """``--ckpt_path`` read by canon-pl's safe reader first: a foreign, truncated or missing file is one line
+        naming it, not torch's traceback (which advises ``weights_only=False``)."""
+        if self.config.get("subcommand"):
+            ckpt_path = self.config[self.config.subcommand].get("ckpt_path")
+            if isinstance(ckpt_path, (str, os.PathLike)) and str(ckpt_path) not in ("last", "best", "hpc", "registry"):
+                from canon_pl.io.checkpoint import safe_torch_load
+
+                safe_torch_load(ckpt_path)
+        super()._parse_ckpt_path()
 
 
 def _quiet_known_warnings() -> None:

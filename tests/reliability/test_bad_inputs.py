@@ -21,6 +21,13 @@ REPO = Path(__file__).resolve().parents[2]
 SYNTHETIC = str(REPO / "configs" / "sae_synthetic.yaml")
 
 
+class _Pickled:
+    """An object a checkpoint may not hold: unpickling it would call a function."""
+
+    def __reduce__(self):
+        return (sorted, ([],))
+
+
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     """Two exports of one model and hook point, a file where a folder should be, a binary and a Latin-1 text."""
@@ -39,6 +46,10 @@ def inputs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
                          ("matryoshka_args", {"matryoshka": {**study["matryoshka"], "fit_args": ["--trainer.bogus", "1"]}}),
                          ("fit_args", {"fit_args": ["--model.init_args.sae.k", "0"]})):
         (root / f"{name}.yaml").write_text(yaml.safe_dump({**study, **change}))
+    (root / "garbage.ckpt").write_bytes(b"not a checkpoint" * 10)
+    import torch
+
+    torch.save({"state_dict": {}, "hook": _Pickled()}, root / "pickled.ckpt")
     ladder = yaml.safe_load((REPO / "configs" / "ladder_smollm2.yaml").read_text())
     for name, change in (("ladder_rungs", {"rungs": [1500, 750]}), ("ladder_run", {"run": "checkpoints/family_smollm2"}),
                          ("ladder_key", {"rung": [1]}), ("ladder_bases", {"bases": {"widths": [9216, 4608]}}),
@@ -74,6 +85,11 @@ COMMAND_CASES = [
     (["fit", "--config", SYNTHETIC, "--data.init_args.batch_size", "-1"], "batch_size must be a whole number >= 1"),
     (["fit", "--config", SYNTHETIC, "--model.init_args.optimizer.lr", "-0.1"], "optimizer.lr must be a positive number"),
     (["fit", "--config", SYNTHETIC, "--model.init_args.optimizer.decay", "cosine"], "needs optimizer.decay_steps > 0"),
+    (["fit", "--config", SYNTHETIC, "--ckpt_path", "{root}/garbage.ckpt"],
+     "garbage.ckpt is not a readable PyTorch checkpoint"),
+    (["fit", "--config", SYNTHETIC, "--ckpt_path", "{root}/pickled.ckpt"],
+     "pickled.ckpt: it contains pickled objects other than tensors"),
+    (["fit", "--config", SYNTHETIC, "--ckpt_path", "{root}/missing.ckpt"], "checkpoint {root}/missing.ckpt not found"),
     (["fit", "--config", SYNTHETIC, "--model.init_args.optimizer.betas", "[0.9, 1.5]"],
      "optimizer.betas must be two numbers in [0, 1)"),
     (["fit", "--config", SYNTHETIC, "--model.init_args.b_dec_init", "median"], "b_dec_init must be 'mean' or 'zeros'"),
