@@ -82,6 +82,10 @@ def test_the_ladder_commits_each_rung_once_and_a_killed_rung_resumes_to_the_same
     assert again.returncode == 0 and "2 of 2 rungs committed" in again.stdout and "0 to climb" in again.stdout
     assert {p.name: p.stat().st_mtime_ns for p in results.glob("rung_*.json")} == stamps
 
+    drawn = run_cli("ladder", "--config", str(reference), "--draw", cwd=tmp_path, script="canon-pl")
+    assert drawn.returncode == 0 and "redrew" in drawn.stdout and "Epoch" not in drawn.stderr
+    assert "the same path between two seeds of 1152 goes from" in (results / "summary.md").read_text()
+
     # measured again from the kept families (no training): the same figures, the rung's training record kept
     remeasured = run_cli("ladder", "--config", str(reference), "--remeasure", cwd=tmp_path, script="canon-pl")
     assert remeasured.returncode == 0, remeasured.stderr[-3000:]

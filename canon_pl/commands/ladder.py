@@ -286,7 +286,7 @@ def finished_rungs(results: Path) -> list[dict[str, Any]]:
 
 
 def ladder(*, config: str, device: str = default_device(), only: int | None = None, remeasure: bool = False,
-           bases: bool = False) -> int:
+           bases: bool = False, draw: bool = False) -> int:
     """Climb the ladder: for each rung without a result file, train to it, measure, write the rung's JSON.
 
     Args:
@@ -297,6 +297,7 @@ def ladder(*, config: str, device: str = default_device(), only: int | None = No
             rung (kept under <run>/rungs/<steps>/; a rung whose family is not kept here is left as committed):
             never trains
         bases: climb the meta-SAE's base-width ladder (the config's bases: section) instead of the training rungs
+        draw: only redraw the curves and the summary from the committed rungs (no training, no measurement)
     """
     from canon_pl.checks import check_counts, check_device
     from canon_pl.commands.pipeline import run_stage, stage_done
@@ -309,6 +310,10 @@ def ladder(*, config: str, device: str = default_device(), only: int | None = No
     cfg = read_ladder_config(Path(config))
     for steps in cfg.rungs:
         read_rung(cfg.rung_file(steps))  # a damaged committed rung is refused before any work
+    if draw:
+        figure = write_ladder_figures(finished_rungs(cfg.results), cfg.results) if cfg.results.is_dir() else None
+        print(f"redrew {figure}" if figure else f"no committed rung under {cfg.results}")
+        return 0
     if remeasure:
         return remeasure_rungs(cfg, device)
     if bases:
