@@ -51,6 +51,10 @@ def assert_close(got: object, want: object, where: str = "") -> None:
 def test_the_ladder_commits_each_rung_once_and_a_killed_rung_resumes_to_the_same_result(tmp_path: Path) -> None:
     pipeline = tiny_configs(tmp_path)
     reference = ladder_config(tmp_path, pipeline, "reference", [2, 6])
+    raw = yaml.safe_load(reference.read_text())
+    raw["bases"] = {"widths": [1152, 2304], "reference_steps": 2, "reference_width": 1152, "meta_steps": 5,
+                    "meta_batch_size": 64, "per_d_in": 0.1, "moved_tau": 0.9999, "k": 2}
+    reference.write_text(yaml.safe_dump(raw))
     first = run_cli("ladder", "--config", str(reference), cwd=tmp_path, script="canon-pl")
     assert first.returncode == 0, first.stderr[-3000:]
     results = tmp_path / "reference" / "results"
@@ -112,6 +116,30 @@ def test_the_ladder_commits_each_rung_once_and_a_killed_rung_resumes_to_the_same
     got = finished_rungs(tmp_path / "killed" / "results")
     assert_close([figures(d) for d in got], [figures(d) for d in documents])
 
+    # the meta-SAE's base-width ladder on the same config: bases trained to equal firings per latent, meta-SAEs on
+    # their moved rows at 21 rows per meta-latent and 0.1 x d_in, each against every floor
+    from canon_pl.commands.base_ladder import base_ladder_verdict, finished_bases
+    from canon_pl.meta.analysis import FLOOR_NAMES
+
+    out = run_cli("ladder", "--config", str(reference), "--bases", cwd=tmp_path, script="canon-pl")
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "base 1152: the training ladder's member at step 2" in out.stdout  # equal firings: the rung's own member
+    assert "base 2304: training to step 4" in out.stdout  # twice the width, twice the steps
+    entries = finished_bases(results)
+    assert [(e["width"], e["steps"]) for e in entries] == [(1152, 2), (2304, 4)]
+    assert entries[0]["firings_per_latent"] == pytest.approx(entries[1]["firings_per_latent"])
+    for e in entries:
+        assert 0 < e["rows_moved"] <= e["width"]
+        n_metas = sorted(m["n_meta"] for m in e["meta"])
+        assert n_metas == sorted({round(e["rows_moved"] / 21), min(58, e["rows_moved"])})  # 21 rows each; 0.1 x d_in
+        for m in e["meta"]:
+            assert set(FLOOR_NAMES) <= {k for k, v in m["floors"].items() if isinstance(v, float)}
+            assert m["excess_over_highest_floor"] == pytest.approx(m["fve"] - m["highest_floor"])
+    verdict, why = base_ladder_verdict(entries)
+    assert verdict in ("supported", "refuted", "inconclusive") and "per doubling" in why
+    again = run_cli("ladder", "--config", str(reference), "--bases", cwd=tmp_path, script="canon-pl")
+    assert again.returncode == 0 and again.stdout.count("committed, skipped") == 2
+
 
 def test_a_bad_ladder_config_is_refused_before_any_work(tmp_path: Path) -> None:
     pipeline = tiny_configs(tmp_path)
@@ -148,38 +176,6 @@ def test_the_shipped_ladder_configs_parse_and_reach_their_token_counts(name: str
     cfg = read_ladder_config(REPO / "configs" / name)
     assert cfg.rungs[-1] * cfg.batch_size >= tokens
     assert all(r % cfg.checkpoint_every == 0 for r in cfg.rungs)
-
-
-def test_the_base_ladder_trains_bases_to_equal_firings_and_reads_their_moved_rows_against_every_floor(
-        tmp_path: Path) -> None:
-    from canon_pl.commands.base_ladder import base_ladder_verdict, finished_bases
-    from canon_pl.meta.analysis import FLOOR_NAMES
-
-    pipeline = tiny_configs(tmp_path)
-    config = ladder_config(tmp_path, pipeline, "bases", [4])
-    raw = yaml.safe_load(config.read_text())
-    raw["bases"] = {"widths": [1152, 2304], "reference_steps": 4, "reference_width": 1152, "meta_steps": 5,
-                    "meta_batch_size": 64, "per_d_in": 0.1, "moved_tau": 0.999, "k": 2}
-    config.write_text(yaml.safe_dump(raw))
-    assert run_cli("ladder", "--config", str(config), cwd=tmp_path, script="canon-pl").returncode == 0
-    out = run_cli("ladder", "--config", str(config), "--bases", cwd=tmp_path, script="canon-pl")
-    assert out.returncode == 0, out.stderr[-3000:]
-    assert "base 1152: the training ladder's member at step 4" in out.stdout  # equal firings: the rung's own member
-    assert "base 2304: training to step 8" in out.stdout  # twice the width, twice the steps
-    entries = finished_bases(tmp_path / "bases" / "results")
-    assert [(e["width"], e["steps"]) for e in entries] == [(1152, 4), (2304, 8)]
-    assert entries[0]["firings_per_latent"] == pytest.approx(entries[1]["firings_per_latent"])
-    for e in entries:
-        assert 0 < e["rows_moved"] <= e["width"]
-        n_metas = sorted(m["n_meta"] for m in e["meta"])
-        assert n_metas == sorted({round(e["rows_moved"] / 21), min(58, e["rows_moved"])})  # 21 rows each; 0.1 x d_in
-        for m in e["meta"]:
-            assert set(FLOOR_NAMES) - {"initial_decoder"} <= {k for k, v in m["floors"].items() if isinstance(v, float)}
-            assert m["excess_over_highest_floor"] == pytest.approx(m["fve"] - m["highest_floor"])
-    verdict, why = base_ladder_verdict(entries)
-    assert verdict in ("supported", "refuted", "inconclusive") and "per doubling" in why
-    again = run_cli("ladder", "--config", str(config), "--bases", cwd=tmp_path, script="canon-pl")
-    assert again.returncode == 0 and again.stdout.count("committed, skipped") == 2
 
 
 def test_the_base_ladder_rule_on_known_curves() -> None:
