@@ -43,6 +43,10 @@ GRANULARITY_TOKENS = 4096
 """Held-out tokens a curve walks its paths on (the first of the analysis's): a path costs time in proportion to its
 non-zeros times d_in (about 10 s for 576 -> 1152 on 8,192 tokens on 2 cores), and a curve walks up to nine, for the
 pair and for its control."""
+CURVE_REMEASURED = 4
+"""Re-measurements per step of a curve's lazy-greedy paths (:func:`stitching_path`'s ``max_remeasured``; the study's
+own path takes 32): a curve walks up to nine paths for the pair and nine for its control, and on SAEs whose latents
+share many tokens most of a path's time went to re-measuring; pair and control are walked alike."""
 MAX_DENSE_PAIRS = 1 << 27
 """The overlap and cosine matrices are dense ``[d_small, d_large]``: 128M entries (512 MB) at most."""
 
@@ -118,7 +122,8 @@ class GranularityPoint:
 
 def _point(grouping: str, threshold: float, groups: LatentGroups, small: SparseAutoencoder, large: SparseAutoencoder,
            x: Tensor, small_codes: SparseCodes, large_codes: SparseCodes, residual_small: Tensor) -> GranularityPoint:
-    path = stitching_path(small, large, x, groups, small_codes, large_codes, residual_small=residual_small)
+    path = stitching_path(small, large, x, groups, small_codes, large_codes, residual_small=residual_small,
+                          max_remeasured=CURVE_REMEASURED)
     kinds = groups.kind_counts()
     swaps = (groups.n_small > 0) & (groups.n_large > 0)
     return GranularityPoint(
@@ -157,10 +162,11 @@ def granularity_curve(small: SparseAutoencoder, large: SparseAutoencoder, x: Ten
             monotone_at = len(points) - 1
         if grouping == "overlap, every pair" and monotone_at is not None:
             break  # merged far enough
-    return {"tolerance": tolerance, "n_tokens": int(x.shape[0]), "points": [p.to_dict() for p in points],
+    return {"tolerance": tolerance, "n_tokens": int(x.shape[0]), "max_remeasured": CURVE_REMEASURED,
+            "points": [p.to_dict() for p in points],
             "monotone_at": monotone_at,
             "monotone_largest_group_share": None if monotone_at is None else points[monotone_at].largest_group_share}
 
 
-__all__ = ["GRANULARITY_TOKENS", "MONOTONE_TOLERANCE", "GranularityPoint", "best_partner_edges", "granularity_curve",
+__all__ = ["CURVE_REMEASURED", "GRANULARITY_TOKENS", "MONOTONE_TOLERANCE", "GranularityPoint", "best_partner_edges", "granularity_curve",
            "reconstruction_overlap", "threshold_edges"]
