@@ -165,3 +165,24 @@ def test_an_edited_config_is_refused_naming_the_digest_and_a_deliberate_edit_can
     assert load_sae(directory).cfg.k == original["sae"]["k"] + 1
     (directory / "cfg.json").write_text(json.dumps(original, indent=4))  # re-formatting is no edit
     assert load_sae(directory).cfg.k == original["sae"]["k"]
+
+
+def test_resume_takes_the_newest_whole_checkpoint_when_a_kill_left_last_ckpt_dangling(tmp_path: Path) -> None:
+    """`save_last: link` makes last.ckpt a link to the newest step checkpoint; a kill between writing the next one and
+    moving the link can leave it dangling, and resuming then started again from step 0."""
+    from canon_pl.commands.derived_config import resume_arguments
+    from canon_pl.io.checkpoint import newest_checkpoint
+
+    ckpt = tmp_path / "run" / "ckpt"
+    assert newest_checkpoint(tmp_path / "run") is None and resume_arguments(tmp_path / "run") == []
+    ckpt.mkdir(parents=True)
+    for step in (250, 500):
+        (ckpt / f"epoch=0-step={step}.ckpt").write_bytes(b"x")
+    (ckpt / "last.ckpt").symlink_to(ckpt / "epoch=0-step=750.ckpt")  # the step it named was never completed
+    assert newest_checkpoint(tmp_path / "run") == ckpt / "epoch=0-step=500.ckpt"
+    assert resume_arguments(tmp_path / "run") == ["--ckpt_path", str(ckpt / "epoch=0-step=500.ckpt")]
+    for step in (250, 500):
+        (ckpt / f"epoch=0-step={step}.ckpt").unlink()
+    (ckpt / "last.ckpt").unlink()
+    (ckpt / "last.ckpt").write_bytes(b"x")  # save_last: true copies instead of linking
+    assert newest_checkpoint(tmp_path / "run") == ckpt / "last.ckpt"

@@ -26,6 +26,18 @@ def move_run_folder(config: dict[str, Any], root: str | Path) -> dict[str, Any]:
     return config
 
 
+def resume_arguments(run: str | Path) -> list[str]:
+    """``["--ckpt_path", <newest whole checkpoint>]`` for a ``lightning fit`` into ``run`` that was interrupted
+    (printed), or ``[]`` for a fresh one."""
+    from canon_pl.io.checkpoint import newest_checkpoint
+
+    newest = newest_checkpoint(run)
+    if newest is None:
+        return []
+    print(f"  resuming from {newest}", flush=True)
+    return ["--ckpt_path", str(newest)]
+
+
 def drop_callback(config: dict[str, Any], class_name: str) -> dict[str, Any]:
     """``config`` (changed in place and returned) without the callbacks whose class is ``class_name``."""
     trainer = config.setdefault("trainer", {})
@@ -34,4 +46,4 @@ def drop_callback(config: dict[str, Any], class_name: str) -> dict[str, Any]:
     return config
 
 
-__all__ = ["drop_callback", "move_run_folder"]
+__all__ = ["drop_callback", "move_run_folder", "resume_arguments"]

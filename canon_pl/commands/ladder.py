@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import math
 import platform
+import re
 import shutil
 import time
 from dataclasses import dataclass
@@ -151,33 +152,16 @@ def fit_to(config: dict[str, Any], run: Path, steps: int, fit_args: tuple[str, .
     import yaml
 
     from canon_pl.cli import run_lightning_cli
+    from canon_pl.commands.derived_config import resume_arguments
 
     if _family_at(run, steps):
         return
     run.mkdir(parents=True, exist_ok=True)
     config_path = run / f"fit_{steps}.yaml"
     config_path.write_text(yaml.safe_dump(config, sort_keys=False))
-    args = ["fit", "--config", str(config_path), *fit_args]
-    resume = newest_checkpoint(run)
-    if resume is not None:
-        print(f"  resuming from {resume}", flush=True)
-        args += ["--ckpt_path", str(resume)]
-    run_lightning_cli(args)
+    run_lightning_cli(["fit", "--config", str(config_path), *fit_args, *resume_arguments(run)])
     if not _family_at(run, steps):
         raise CanonError(f"training to step {steps} ended without exports at that step in {run}")
-
-
-def newest_checkpoint(run: Path) -> Path | None:
-    """The newest whole Lightning checkpoint of ``run`` (highest step in its name), ignoring ``last.ckpt`` (a link
-    that a kill can leave dangling) and unfinished temporaries."""
-    import re
-
-    best, best_step = None, -1
-    for path in RunLayout(run).checkpoints.glob("*.ckpt"):
-        match = re.search(r"step=(\d+)", path.name)
-        if match and path.is_file() and not path.is_symlink() and int(match.group(1)) > best_step:
-            best, best_step = path, int(match.group(1))
-    return best
 
 
 def train_to(cfg: LadderConfig, steps: int) -> None:
@@ -391,10 +375,11 @@ def remeasure_rungs(cfg: LadderConfig, device: str) -> int:
 
 def _trained_steps(cfg: LadderConfig) -> int:
     """How far the ladder's run has trained (its newest whole checkpoint's step; 0 for none)."""
-    import re
+    from canon_pl.io.checkpoint import newest_checkpoint
 
     newest = newest_checkpoint(cfg.run)
-    return int(re.search(r"step=(\d+)", newest.name).group(1)) if newest else 0
+    match = re.search(r"step=(\d+)", newest.name) if newest is not None else None
+    return int(match.group(1)) if match else 0
 
 
 def _cores() -> int:

@@ -15,7 +15,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from canon_pl.commands.derived_config import drop_callback, move_run_folder
+from canon_pl.commands.derived_config import drop_callback, move_run_folder, resume_arguments
 from canon_pl.errors import SettingError
 from canon_pl.io.layout import RunLayout
 
@@ -80,11 +80,7 @@ def compare_matryoshka(*, run: str | Path, fit_config: str | Path, control_seeds
         layout.matryoshka.mkdir(parents=True, exist_ok=True)
         layout.matryoshka_fit_config.write_text(yaml.safe_dump(config, sort_keys=False))
         args = ["fit", "--config", str(layout.matryoshka_fit_config), *map(str, fit_args or [])]
-        last = RunLayout(layout.matryoshka).last_checkpoint
-        if last.is_file():  # an interrupted training continues
-            print(f"  resuming from {last}")
-            args += ["--ckpt_path", str(last)]
-        run_lightning_cli(args)
+        run_lightning_cli(args + resume_arguments(layout.matryoshka))  # an interrupted training continues
     shutil.rmtree(layout.matryoshka_prefixes, ignore_errors=True)  # derived from the exports: always rewritten
     code = family(sources=[str(layout.matryoshka / members[0])], prefixes=True,
                   prefix_controls=[str(layout.matryoshka / m) for m in members[1:]],

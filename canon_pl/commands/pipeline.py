@@ -275,12 +275,10 @@ def run_stage(stage: str, cfg: dict[str, Any], device: str) -> int:
         return cache(config=str(options["config"]), out=str(cfg["cache_path"]), tokens=int(options["tokens"]),
                      val_tokens=int(options.get("val_tokens") or 0))
     if stage == "fit":
+        from canon_pl.commands.derived_config import resume_arguments
+
         args = ["fit", "--config", str(cfg["fit_config"]), *map(str, cfg.get("fit_args") or [])]
-        last = RunLayout(run).last_checkpoint
-        if last.is_file():
-            print(f"  resuming from {last}")
-            args += ["--ckpt_path", str(last)]
-        run_lightning_cli(args)
+        run_lightning_cli(args + resume_arguments(run))
         return 0
     if stage == "stitch":
         return stitch(str(run), device=device, **(cfg.get("stitch") or {}))

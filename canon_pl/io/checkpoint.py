@@ -22,6 +22,29 @@ from canon_pl.sae import SAEConfig, SAEConfigError, SAESettings, SparseAutoencod
 MEMBER_PREFIX = "members."
 
 
+def newest_checkpoint(run: str | os.PathLike) -> Path | None:
+    """The newest whole Lightning checkpoint of the run folder ``run`` (``RunLayout.checkpoints``): the highest
+    ``step=`` in a name, else the most recently written ``.ckpt``; ``last.ckpt`` only when it is a file or resolves
+    to one (a kill can leave the link dangling, and resuming must not then start again from step 0)."""
+    import re
+
+    from canon_pl.io.layout import RunLayout
+
+    folder = RunLayout(Path(run)).checkpoints
+    if not folder.is_dir():
+        return None
+    whole = [p for p in folder.glob("*.ckpt") if p.is_file() and not p.is_symlink() and p.name != "last.ckpt"]
+
+    def step(path: Path) -> int:
+        match = re.search(r"step=(\d+)", path.name)
+        return int(match.group(1)) if match else -1
+
+    if whole:
+        return max(whole, key=lambda p: (step(p), p.stat().st_mtime))
+    last = folder / "last.ckpt"
+    return last if last.is_file() else None
+
+
 def safe_torch_load(path: str | os.PathLike) -> dict[str, Any]:
     """``torch.load`` restricted to tensors and plain containers, with errors that name the problem."""
     path = Path(path)
