@@ -74,11 +74,11 @@ def test_the_ladder_commits_each_rung_once_and_a_killed_rung_resumes_to_the_same
     assert "## Does scale close the gap?" in summary and "Monotone path, 576 → 1152" in summary
     from canon_pl.report import _ladder_lines  # the study's report carries the same section, figure beside it
 
-    figures = tmp_path / "report_figures"
-    figures.mkdir()
-    section = "\n".join(_ladder_lines(results, figures))
+    report_figures = tmp_path / "report_figures"
+    report_figures.mkdir()
+    section = "\n".join(_ladder_lines(results, report_figures))
     assert "## Does scale close the gap?" in section and "](report/curves.png)" in section
-    assert (figures / "curves.png").stat().st_size > 5000 and not (figures / "summary.md").exists()
+    assert (report_figures / "curves.png").stat().st_size > 5000 and not (report_figures / "summary.md").exists()
 
     # a committed rung is never recomputed: a re-run climbs nothing and leaves the files as they were
     stamps = {p.name: p.stat().st_mtime_ns for p in results.glob("rung_*.json")}

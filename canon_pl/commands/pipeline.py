@@ -73,7 +73,9 @@ def check_fit_arguments(cfg: dict[str, Any], fit: dict[str, Any], path: Path) ->
     not at stage 7 after an hour of work."""
     import contextlib
     import io
+    import logging
     import tempfile
+    import warnings
 
     import yaml
 
@@ -96,9 +98,13 @@ def check_fit_arguments(cfg: dict[str, Any], fit: dict[str, Any], path: Path) ->
             config_file = Path(scratch) / "fit.yaml"
             config_file.write_text(yaml.safe_dump(config, sort_keys=False))
             said = io.StringIO()
+            logging.disable(logging.INFO)  # Lightning's start-up lines ("Seed set to 0", ...) are not the stage's
             try:
-                with contextlib.redirect_stderr(said), contextlib.redirect_stdout(said):
-                    run_lightning_cli(["--config", str(config_file), *map(str, args)], run=False)
+                with contextlib.redirect_stderr(said), contextlib.redirect_stdout(said), warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    # the arguments as given, then a CPU trainer: this machine's accelerators are the fit's business
+                    run_lightning_cli(["--config", str(config_file), *map(str, args), "--trainer.accelerator", "cpu",
+                                       "--trainer.devices", "1", "--trainer.strategy", "auto"], run=False)
             except (SystemExit, Exception) as err:  # noqa: BLE001 - any refusal of the arguments, said in one line
                 cause = None if isinstance(err, SystemExit) else find_cause(err, _is_user_error)
                 lines = [line for line in said.getvalue().splitlines() if "error" in line.lower()]
@@ -106,6 +112,8 @@ def check_fit_arguments(cfg: dict[str, Any], fit: dict[str, Any], path: Path) ->
                           lines[-1].strip() if lines else f"{type(err).__name__}: {err}")
                 raise CheckpointError(f"{path}: the {'Matryoshka' if name.startswith('matryoshka') else 'family'}'s "
                                       f"fit config with {name} {args} is refused: {reason}") from None
+            finally:
+                logging.disable(logging.NOTSET)
 
 
 def _release_config(config: dict[str, Any], path: Path) -> dict[str, Any]:
