@@ -9,6 +9,8 @@ from typing import Any
 
 import pandas as pd
 
+from canon_pl.stitching.granularity import needed_share
+
 FLAT_BAND = 0.02
 """A change smaller than this between the first and the last rung is called flat (fractions and path excess)."""
 
@@ -39,7 +41,7 @@ def ladder_frame(documents: list[dict[str, Any]]) -> pd.DataFrame:
                 rows.append({"tokens_m": t, "panel": "path peak / worse endpoint (pair solid, two seeds dashed)",
                              "series": pair, "value": 1 + p["control_path_excess"], "dash": "training"})
             for key, dash in (("granularity", "held-out"), ("control_granularity", "training")):
-                share = (p.get(key) or {}).get("monotone_largest_group_share")
+                share = needed_share(p.get(key))
                 if share is not None:
                     rows.append({"tokens_m": t, "panel": "largest group share for a monotone path (pair solid, "
                                                          "control dashed)", "series": pair, "value": share,
@@ -71,9 +73,11 @@ def write_ladder_figures(documents: list[dict[str, Any]], out: str | Path) -> Pa
 
 
 def _share(curve: dict[str, Any] | None) -> str:
+    from canon_pl.stitching.granularity import needed_share
+
     if not curve:
         return "—"
-    value = curve.get("monotone_largest_group_share")
+    value = needed_share(curve)
     return "never" if value is None else f"{value:.0%}"
 
 

@@ -16,8 +16,9 @@ The rules:
 - **Width needs finer groups than seed noise** (with granularity curves, ``canon-pl stitch --granularity``): the
   path walked at ever coarser groupings (:mod:`canon_pl.stitching.granularity`). *Supported* when every cross-width
   pair becomes monotone at a largest group at most ``1 / GRANULARITY_RATIO`` of the one its cross-seed control needs
-  (or the control never does); *refuted* when some pair needs groups as coarse as its control (within that ratio)
-  or never becomes monotone; *inconclusive* without curves for both.
+  (or the control never comes within twice the tolerance: :func:`~canon_pl.stitching.granularity.needed_share`);
+  *refuted* when some pair needs groups as coarse as its control (within that ratio) or never becomes monotone;
+  *inconclusive* without curves for both.
 - **Meta-SAE**: *reproduced* when the meta-SAE's FVE exceeds every floor (the same meta-SAE trained on random unit
   rows, on the base's initial decoder, on Gaussian rows with the decoder's mean and covariance and on the decoder's
   rows with each principal coordinate shuffled) by at least ``META_MARGIN``: latents share structure beyond what the
@@ -147,8 +148,10 @@ def path_verdict(pairs: list[dict[str, Any]], trained: bool, why_not: str) -> Ve
 
 def granularity_verdict(pairs: list[dict[str, Any]], trained: bool, why_not: str) -> Verdict:
     """Whether width needs finer groups than seed noise for a monotone path (rule in the module docstring)."""
+    from canon_pl.stitching.granularity import needed_share
+
     def share(curve: dict[str, Any] | None) -> str:
-        value = (curve or {}).get("monotone_largest_group_share")
+        value = needed_share(curve)
         return "never" if value is None else f"{value:.1%}"
 
     rows = [(f"{p['small']['d_sae']}→{p['large']['d_sae']}", p.get("granularity"),
@@ -166,7 +169,7 @@ def granularity_verdict(pairs: list[dict[str, Any]], trained: bool, why_not: str
         return Verdict(**base, verdict="inconclusive", why=why_not)
     finer = []
     for _, mine, other in rows:
-        a, b = mine.get("monotone_largest_group_share"), other.get("monotone_largest_group_share")
+        a, b = needed_share(mine), needed_share(other)
         finer.append(a is not None and (b is None or a * GRANULARITY_RATIO <= b))
     ok = all(finer)
     why = (f"every pair becomes monotone at groups at most 1/{GRANULARITY_RATIO:g} of its control's" if ok else

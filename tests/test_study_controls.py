@@ -385,6 +385,14 @@ def test_the_granularity_verdict_follows_its_rule() -> None:
     assert granularity_verdict([pair(0.01, 0.05), pair(0.03, 0.04)], True, "").verdict == "refuted"
     assert granularity_verdict([{**pair(0.01, 0.05), "granularity": None}], True, "").verdict == "inconclusive"
     assert granularity_verdict([pair(0.01, 0.05)], False, "untrained").verdict == "inconclusive"
+    # a control that stalls just above the tolerance (1.07x with 80 % of L in one group) still counts at that share
+    stalled = {"tolerance": 0.05, "monotone_largest_group_share": None,
+               "points": [{"path_excess": 1.5, "largest_group_share": 0.02},
+                          {"path_excess": 0.07, "largest_group_share": 0.8}]}
+    close = {**pair(0.6, None), "control": {"granularity": stalled}}
+    assert granularity_verdict([close], True, "").verdict == "refuted"
+    far = {**stalled, "points": [{"path_excess": 0.3, "largest_group_share": 0.99}]}
+    assert granularity_verdict([{**pair(0.6, None), "control": {"granularity": far}}], True, "").verdict == "supported"
 
 
 def test_promoted_tokens_are_shown_only_deep_in_the_model() -> None:
