@@ -171,7 +171,7 @@ def granularity_curve(small: SparseAutoencoder, large: SparseAutoencoder, x: Ten
 def needed_share(curve: dict[str, Any] | None) -> float | None:
     """The largest group's share of L-latents a curve needed for a monotone path: the first point within its
     tolerance; for a curve that never gets there but comes within twice the tolerance (a path stalled at 1.07x its
-    worse endpoint is no evidence that it needs coarser groups than one at 1.05x), the share of its lowest point;
+    worse endpoint is no evidence that it needs coarser groups than one at 1.05x), the share of the first point that does;
     ``None`` when it stays further above."""
     if not curve:
         return None
@@ -180,9 +180,9 @@ def needed_share(curve: dict[str, Any] | None) -> float | None:
     points = curve.get("points") or []
     if not points:
         return None
-    best = min(points, key=lambda q: (q["path_excess"], q["largest_group_share"]))
     tolerance = float(curve.get("tolerance", MONOTONE_TOLERANCE))
-    return float(best["largest_group_share"]) if best["path_excess"] <= 2 * tolerance else None
+    near = [q for q in points if q["path_excess"] <= 2 * tolerance]  # finest first, as the curve walked them
+    return float(near[0]["largest_group_share"]) if near else None
 
 
 __all__ = ["CURVE_REMEASURED", "GRANULARITY_TOKENS", "MONOTONE_TOLERANCE", "GranularityPoint", "best_partner_edges", "granularity_curve", "needed_share",
