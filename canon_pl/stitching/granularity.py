@@ -171,8 +171,8 @@ def granularity_curve(small: SparseAutoencoder, large: SparseAutoencoder, x: Ten
 def needed_share(curve: dict[str, Any] | None) -> float | None:
     """The largest group's share of L-latents a curve needed for a monotone path: the first point within its
     tolerance; for a curve that never gets there but comes within twice the tolerance (a path stalled at 1.07x its
-    worse endpoint is no evidence that it needs coarser groups than one at 1.05x), the share of the first point that does;
-    ``None`` when it stays further above."""
+    worse endpoint is no evidence that it needs coarser groups than one at 1.05x), the share of the first point
+    that does; ``None`` when it stays further above."""
     if not curve:
         return None
     if curve.get("monotone_largest_group_share") is not None:
