@@ -18,6 +18,16 @@ def _restore_argv(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(sys, "argv", list(sys.argv))
 
 
+@pytest.fixture(autouse=True)
+def _restore_main() -> None:
+    """Streamlit's AppTest runs the viewer as ``__main__`` in this process; a later test that spawns processes (the
+    DDP tests) would then re-run the viewer in every child: the next test sees pytest's ``__main__`` again."""
+    main = sys.modules.get("__main__")
+    yield
+    if main is not None:
+        sys.modules["__main__"] = main
+
+
 TORCH_THREADS = max(1, min(2, os.cpu_count() or 1) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
 """Threads per test process: the machine's (at most 2) shared among the pytest-xdist workers (`make test` runs 2)."""
 
