@@ -111,7 +111,7 @@ def ladder_sentences(documents: list[dict[str, Any]]) -> list[str]:
             control = (f"; the same path between two seeds of {p0['large']} goes from "
                        f"{1 + p0['control_path_excess']:.2f}x to {1 + p1['control_path_excess']:.2f}x")
         out.append(f"Monotone path, {pair}: the path's peak over its worse endpoint goes from {1 + e0:.2f}x to "
-                   f"{1 + e1:.2f}x ({_trend(e0, e1, closer_is_lower=True)} toward the paper's monotone 1.00x)"
+                   f"{1 + e1:.2f}x ({_trend(e0, e1, closer_is_lower=True)}; the paper's monotone path is 1.00x)"
                    f"{control}.")
         shares = [(d["tokens"] / 1e6, _share(p.get("granularity")), _share(p.get("control_granularity")))
                   for d in documents for p in d["pairs"] if (p["small"], p["large"]) == (p0["small"], p0["large"])]
