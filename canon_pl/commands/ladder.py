@@ -167,7 +167,7 @@ def fit_to(config: dict[str, Any], run: Path, steps: int, fit_args: tuple[str, .
 def train_to(cfg: LadderConfig, steps: int) -> None:
     """Train the ladder's family to ``steps`` (resuming from its newest whole checkpoint) and keep a copy of its
     exports as they stand at that step in :meth:`LadderConfig.rung_folder`."""
-    from canon_pl.io import read_family_manifest, training_record
+    from canon_pl.io import read_family_manifest
 
     folder = cfg.rung_folder(steps)
     if _family_at(folder, steps):
@@ -182,7 +182,6 @@ def train_to(cfg: LadderConfig, steps: int) -> None:
     shutil.copy2(cfg.run / "family.json", staging / "family.json")
     shutil.rmtree(folder, ignore_errors=True)
     staging.rename(folder)  # whole or absent
-    assert all(training_record(folder / m).get("global_step") == steps for m in manifest["members"].values())
 
 
 def _family_at(folder: Path, steps: int) -> bool:
@@ -203,7 +202,7 @@ def measure_rung(cfg: LadderConfig, steps: int, device: str) -> dict[str, Any]:
     import torch
 
     from canon_pl.commands.stitch import stitch
-    from canon_pl.io import load_family, read_family_manifest
+    from canon_pl.io import load_family, load_sae, read_family_manifest
     from canon_pl.metrics.reconstruction import explained_variance_of
     from canon_pl.report import stuck_at_init_fraction
     from canon_pl.stitching import read_stitching_results
@@ -224,7 +223,7 @@ def measure_rung(cfg: LadderConfig, steps: int, device: str) -> dict[str, Any]:
     names = {**{str(w): (int(w), f) for w, f in manifest["members"].items()},
              **{f: (int(c["width"]), f) for f, c in manifest["controls"].items()}}
     for name, (width, sub) in names.items():
-        sae = family.saes[width] if sub == manifest["members"].get(str(width)) else _load(folder / sub, device)
+        sae = family.saes[width] if sub == manifest["members"].get(str(width)) else load_sae(folder / sub, device)
         with torch.no_grad():
             ev_held_out, l0 = explained_variance_of(sae, held_out)
             ev_training, _ = explained_variance_of(sae, training)
@@ -247,12 +246,6 @@ def measure_rung(cfg: LadderConfig, steps: int, device: str) -> dict[str, Any]:
                       "control_path_excess": control.get("path_excess"),
                       "granularity": s.get("granularity"), "control_granularity": control.get("granularity")})
     return {"members": members, "pairs": pairs}
-
-
-def _load(folder: Path, device: str):
-    from canon_pl.io import load_sae
-
-    return load_sae(folder, device)
 
 
 def read_rung(path: Path) -> dict[str, Any] | None:
