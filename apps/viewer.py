@@ -1,8 +1,10 @@
 """canon-pl viewer: ``streamlit run apps/viewer.py [-- --checkpoints DIR] [--any-folder]``.
 
-From the repository root it listens on 127.0.0.1 only (``.streamlit/config.toml``; ``--server.address 0.0.0.0``
-opens it to the network) and reads only below ``DIR`` (default ``checkpoints``), never through a symlink that leads
-out of it, unless started with ``--any-folder``.
+It serves this machine only: from the repository root it listens on 127.0.0.1 (``.streamlit/config.toml``),
+``canon-pl view`` does so from any folder, and started elsewhere without an address it refuses every page to other
+machines (``--server.address 0.0.0.0`` opens it to the network on purpose). It reads only regular files below ``DIR``
+(default ``checkpoints``), never through a symlink that leads out of it, unless started with ``--any-folder``; a
+damaged file gives a message naming it and the command that rebuilds it, not a traceback.
 
 Pages: **Runs** (every SAE under ``checkpoints/`` with its held-out metrics, family charts and training curves),
 **Stitching** (novel vs reconstruction latents of a pair, the path from S to L), **Latent** (examples, tokens,
@@ -14,26 +16,35 @@ Read-only: it never writes to the checkpoints folder.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import streamlit as st
+from streamlit import config
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the page modules (apps/viewer_pages/) beside this file
 
+from canon_pl.errors import CanonError  # noqa: E402
+from canon_pl.io.validate import reads_confined_to  # noqa: E402
+from canon_pl.viewer.exposure import exposure_refusal  # noqa: E402
 from canon_pl.viewer.folders import ViewerFolderError, choose_folder  # noqa: E402
 from canon_pl.viewer.links import PAGES, page_module, page_path  # noqa: E402
 
 
-def checkpoints_dir() -> Path:
-    """The folder the pages read: the sidebar's folder box, which starts at ``--checkpoints`` and may choose only
-    below it unless the viewer was started with ``--any-folder`` (canon_pl/viewer/folders.py)."""
+def start_arguments() -> argparse.Namespace:
+    """What the viewer was started with after ``--``: ``--checkpoints DIR`` and ``--any-folder``."""
     parser = argparse.ArgumentParser(allow_abbrev=False)
     parser.add_argument("--checkpoints", default="checkpoints")
     parser.add_argument("--any-folder", action="store_true")
-    args, _ = parser.parse_known_args(sys.argv[1:])
+    return parser.parse_known_args(sys.argv[1:])[0]
+
+
+def checkpoints_dir(args: argparse.Namespace) -> Path:
+    """The folder the pages read: the sidebar's folder box, which starts at ``--checkpoints`` and may choose only
+    below it unless the viewer was started with ``--any-folder`` (canon_pl/viewer/folders.py)."""
     asked = st.sidebar.text_input("checkpoints folder", args.checkpoints,
                                   help="a folder below the one the viewer was started on" if not args.any_folder
                                   else "any folder this machine can read (started with --any-folder)")
@@ -44,11 +55,16 @@ def checkpoints_dir() -> Path:
         st.stop()
 
 
-def page_renderer(page: str, root: Path) -> Callable[[], None]:
-    """What Streamlit runs for ``page``: its module's ``render(root)`` (``apps/viewer_pages/<module>.py``)."""
+def page_renderer(page: str, root: Path, any_folder: bool) -> Callable[[], None]:
+    """What Streamlit runs for ``page``: its module's ``render(root)`` (``apps/viewer_pages/<module>.py``), every
+    file it reads confined to ``root`` (unless ``--any-folder``); a damaged file shows its reader's one-line error."""
 
     def render() -> None:
-        importlib.import_module(f"viewer_pages.{page_module(page)}").render(root)
+        try:
+            with contextlib.nullcontext() if any_folder else reads_confined_to(root):
+                importlib.import_module(f"viewer_pages.{page_module(page)}").render(root)
+        except CanonError as err:
+            st.error(f"{err}")
 
     render.__name__ = page_module(page)
     return render
@@ -56,8 +72,13 @@ def page_renderer(page: str, root: Path) -> Callable[[], None]:
 
 def main() -> None:
     st.set_page_config(page_title="canon-pl", layout="wide")
-    root = checkpoints_dir()
-    pages = {page: st.Page(page_renderer(page, root), title=page, url_path=page_path(page) or None,
+    refusal = exposure_refusal(config.get_option("server.address"), st.context.ip_address)
+    if refusal:
+        st.error(refusal)
+        st.stop()
+    args = start_arguments()
+    root = checkpoints_dir(args)
+    pages = {page: st.Page(page_renderer(page, root, args.any_folder), title=page, url_path=page_path(page) or None,
                              default=i == 0)
              for i, page in enumerate(PAGES)}
     current = st.navigation(list(pages.values()))

@@ -4,6 +4,7 @@ headless Chromium through Playwright."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import subprocess
@@ -77,18 +78,23 @@ def example_views(root: Path, query: str) -> dict[str, tuple[str, str]]:
 
 
 @contextmanager
-def serve_viewer(checkpoints: str | Path, timeout_s: float = 90.0) -> Iterator[str]:
-    """Run ``streamlit run apps/viewer.py -- --checkpoints DIR`` from the repository root, as the README says, on a
-    free port (its ``.streamlit/config.toml`` keeps it on 127.0.0.1); yields its URL once the health endpoint
+def serve_viewer(checkpoints: str | Path, timeout_s: float = 90.0, cwd: Path | None = None,
+                 canon_pl_view: bool = False) -> Iterator[str]:
+    """Run ``streamlit run apps/viewer.py -- --checkpoints DIR`` (``canon-pl view --checkpoints DIR`` with
+    ``canon_pl_view``) from ``cwd``, by default the repository root as the README says (its
+    ``.streamlit/config.toml`` keeps it on 127.0.0.1), on a free port; yields its URL once the health endpoint
     answers, stops it on exit."""
     if not APP.is_file():
         raise FileNotFoundError(f"{APP} is missing: the viewer runs from a checkout of canon-pl (pip install -e .)")
     port = free_port()
+    folder = str(Path(checkpoints).resolve())
+    bin_dir = Path(sys.executable).parent
+    command = ([str(bin_dir / "canon-pl"), "view", "--checkpoints", folder, "--port", str(port)] if canon_pl_view
+               else [str(bin_dir / "streamlit"), "run", str(APP), "--server.port", str(port), "--server.headless",
+                     "true", "--", "--checkpoints", folder])
     with tempfile.TemporaryFile("w+") as log:
-        server = subprocess.Popen(
-            [str(Path(sys.executable).parent / "streamlit"), "run", str(APP), "--server.port", str(port),
-             "--server.headless", "true", "--", "--checkpoints", str(Path(checkpoints).resolve())],
-            cwd=APP.parents[1], stdout=log, stderr=subprocess.STDOUT)  # the repository's .streamlit/config.toml
+        server = subprocess.Popen(command, cwd=cwd or APP.parents[1], stdout=log, stderr=subprocess.STDOUT,
+                                  env={**os.environ, "STREAMLIT_SERVER_HEADLESS": "true"})
         url = f"http://127.0.0.1:{port}"
         try:
             deadline = time.monotonic() + timeout_s

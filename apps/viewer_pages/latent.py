@@ -35,9 +35,9 @@ def relative_to_smaller(run_dir: Path, small: int, large: int, latent: int, clos
     classes), or only its nearest cosine when the pair has no readable results."""
     path = RunLayout(run_dir).stitching_pair(small, large)
     try:
-        data = load_stitching(str(path)) if path.is_file() else None
-    except StitchingError:
-        data = None
+        data = load_stitching(str(path)) if path.exists() else None
+    except StitchingError as err:
+        return f"**against the {small}-latent SAE**: best decoder cosine {closest:.2f} ({err})"
     if data is None or latent >= len(data["latents"]):
         return (f"**against the {small}-latent SAE**: best decoder cosine {closest:.2f} (no stitching results for "
                 f"this pair: `canon-pl stitch {run_dir}`)")

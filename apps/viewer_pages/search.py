@@ -7,6 +7,7 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
+from canon_pl.errors import CanonError
 from canon_pl.viewer.links import latent_url, meta_latent_url
 from canon_pl.viewer.search import search_latents
 from viewer_pages.common import (
@@ -32,10 +33,14 @@ def render(root: Path) -> None:
         return
     frames = []
     for label, stats_dir in found.items():
-        stats = open_statistics(str(stats_dir))
-        meta = stats.index.get("kind") == "meta_sae"
-        centre = None if meta else {m: load_centre_tokens(str(stats_dir), m) for m in stats.members}
-        table = search_latents(stats, query, whole=whole, centre_tokens=centre)
+        try:  # one damaged set is named and left out; the others are still searched
+            stats = open_statistics(str(stats_dir))
+            meta = stats.index.get("kind") == "meta_sae"
+            centre = None if meta else {m: load_centre_tokens(str(stats_dir), m) for m in stats.members}
+            table = search_latents(stats, query, whole=whole, centre_tokens=centre)
+        except CanonError as err:
+            st.warning(f"{label} left out of the search: {err}")
+            continue
         if len(table):
             table.insert(0, "run", label)
             table["page"] = [meta_latent_url(label, j) if meta else latent_url(label, sae, j)

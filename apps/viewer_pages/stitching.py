@@ -24,7 +24,10 @@ from viewer_pages.common import (
 
 def render(root: Path) -> None:
     st.header("Stitching: novel vs reconstruction latents")
-    pairs = find_stitching_results(root)
+    skipped: list[str] = []
+    pairs = find_stitching_results(root, skipped)
+    for reason in skipped:
+        st.warning(f"left out: {reason}")
     if not pairs:
         st.info(f"No stitching results under {root}. Create them with `canon-pl stitch checkpoints/<family> "
                 f"--data python-docs`, or add `canon_pl.training.StitchingCallback` to a family run.")

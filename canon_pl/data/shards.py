@@ -22,7 +22,7 @@ from torch import Tensor
 from canon_pl.errors import CanonError
 from canon_pl.io.atomic import atomic_path, atomic_write_json, sha256_file
 from canon_pl.io.document import DocumentKind
-from canon_pl.io.validate import STRUCTURAL_ERRORS, malformed_as
+from canon_pl.io.validate import STRUCTURAL_ERRORS, malformed_as, regular_file
 
 INDEX_FILE = "index.json"
 TENSOR_KEY = "activations"
@@ -93,8 +93,9 @@ class ShardIndex:
         """Shard ``i`` as ``[n_tokens, d_in]`` float32, checked against the index."""
         entry = self.shards[i]
         path = self.directory / entry["file"]
-        if not path.is_file():
+        if not path.exists():
             raise ShardError(f"shard {path} listed in {INDEX_FILE} is missing")
+        regular_file(path, ShardError, "rebuild the cache")
         if verify and entry.get("sha256") and sha256_file(path) != entry["sha256"]:
             raise ShardError(f"shard {path} does not match its checksum in {INDEX_FILE}: it is corrupt; rebuild the cache")
         try:

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from canon_pl.io.export import CheckpointError, check_shapes_before_building
-from canon_pl.io.validate import STRUCTURAL_ERRORS, malformed_as
+from canon_pl.io.validate import STRUCTURAL_ERRORS, malformed_as, regular_file
 from canon_pl.sae import SAEConfig, SAEConfigError, SAESettings, SparseAutoencoder, build_sae
 
 MEMBER_PREFIX = "members."
@@ -48,8 +48,9 @@ def newest_checkpoint(run: str | os.PathLike) -> Path | None:
 def safe_torch_load(path: str | os.PathLike) -> dict[str, Any]:
     """``torch.load`` restricted to tensors and plain containers, with errors that name the problem."""
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise CheckpointError(f"checkpoint {path} not found")
+    regular_file(path, CheckpointError, "point at a checkpoint file")
     if not zipfile.is_zipfile(path):
         raise CheckpointError(f"{path} is not a readable PyTorch checkpoint (not a zip archive: truncated or corrupt?)")
     try:

@@ -21,7 +21,8 @@ class DocumentKind:
     """One kind of document: ``format`` (``canon_pl.sae``), the ``version`` this code writes and reads up to, what
     to call it in errors (``what``), the error type, ``foreign_hint``: a sentence for a file of another format, and
     ``unstamped_is_v0``: a document with no ``format`` at all is read as version 0 (for a kind canon-pl wrote before
-    it stamped it: activation-cache indexes)."""
+    it stamped it: activation-cache indexes), and ``rebuild``: what an error about a damaged one tells the user to
+    do (the command that writes it again)."""
 
     format: str
     version: int
@@ -29,6 +30,7 @@ class DocumentKind:
     error: type[Exception]
     foreign_hint: str = ""
     unstamped_is_v0: bool = False
+    rebuild: str = "write it again"
 
     def stamp(self, document: dict[str, Any]) -> dict[str, Any]:
         """``document`` with ``format``, ``format_version`` and ``canon_pl_version`` (what every writer records)."""

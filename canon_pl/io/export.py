@@ -26,6 +26,7 @@ from canon_pl.io.validate import (
     malformed_as,
     read_consistent,
     read_json,
+    regular_file,
 )
 from canon_pl.sae import SAEConfig, SAEConfigError, SparseAutoencoder, build_sae
 
@@ -183,7 +184,7 @@ def initial_decoder(directory: str | os.PathLike) -> torch.Tensor | None:
         sae_cfg = SAEConfig.from_dict(cfg["sae"])
         from safetensors import safe_open
 
-        with safe_open(str(Path(directory) / WEIGHTS_FILE), "pt") as handle:  # the header only: no tensor is read
+        with safe_open(str(regular_file(Path(directory) / WEIGHTS_FILE, CheckpointError)), "pt") as handle:  # the header only: no tensor is read
             shapes = {key: tuple(handle.get_slice(key).get_shape()) for key in handle.keys()}
         check_shapes_before_building(sae_cfg, shapes, str(Path(directory) / WEIGHTS_FILE))
     except (SAEConfigError, CheckpointError, SafetensorError, OSError, *STRUCTURAL_ERRORS):

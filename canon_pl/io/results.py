@@ -44,14 +44,15 @@ def read_results(path: str | os.PathLike, kind: DocumentKind, arrays: bool = Fal
         summary = kind.read(path)
         name = summary.get("arrays")
         if not isinstance(name, str) or Path(name).name != name:
-            raise error(f"{path} is malformed: \"arrays\" must name a file next to it; re-run the analysis")
+            raise error(f"{path} is malformed: \"arrays\" must name a file next to it; {kind.rebuild}")
         return summary
 
     if not arrays:
         return read_summary()
-    summary, data = read_consistent(read_summary, lambda s: path.parent / s["arrays"], "arrays_sha256", error)
+    summary, data = read_consistent(read_summary, lambda s: path.parent / s["arrays"], "arrays_sha256", error,
+                                    fix=kind.rebuild)
     try:
         summary["arrays"] = load_safetensors_bytes(data)
     except (SafetensorError, *STRUCTURAL_ERRORS) as err:
-        raise error(f"the arrays of {path} are corrupt ({err}); re-run the analysis") from err
+        raise error(f"the arrays of {path} are corrupt ({err}); {kind.rebuild}") from err
     return summary

@@ -1,5 +1,6 @@
-"""Reading files as untrusted input: a size limit before parsing, and one clear error (the caller's own type, naming
-the file and the fix) for any structural surprise inside a file that parsed."""
+"""Reading files as untrusted input: only regular files (a FIFO or device would block a reader for ever), only inside
+a confining folder when a reader set one (the viewer), a size limit before parsing, and one clear error (the caller's
+own type, naming the file and the fix) for any structural surprise inside a file that parsed."""
 
 from __future__ import annotations
 
@@ -8,9 +9,11 @@ import hashlib
 import json
 import os
 import random
+import stat
 import time
 import zipfile
 from collections.abc import Callable, Iterator
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +22,46 @@ MAX_JSON_BYTES = 64 * 1024 * 1024
 # the wrong shape or dtype.
 STRUCTURAL_ERRORS = (KeyError, TypeError, ValueError, AttributeError, IndexError, RuntimeError, OverflowError,
                      UnicodeDecodeError, EOFError, zipfile.BadZipFile)
+
+_CONFINED_TO: ContextVar[Path | None] = ContextVar("canon_pl_reads_confined_to", default=None)
+
+
+def inside(root: str | os.PathLike, path: str | os.PathLike) -> bool:
+    """Whether ``path``, with every symlink followed, lies in ``root`` (itself resolved) or is ``root``."""
+    try:
+        return Path(path).resolve().is_relative_to(Path(root).resolve())
+    except (OSError, RuntimeError):  # a symlink loop, an unreadable component
+        return False
+
+
+@contextlib.contextmanager
+def reads_confined_to(root: str | os.PathLike) -> Iterator[None]:
+    """Inside the block every canon-pl reader refuses a file that lies, with its symlinks followed, outside ``root``
+    (the viewer serves whoever reaches its port: an index or a data file linked out of its folder is never read)."""
+    token = _CONFINED_TO.set(Path(root).resolve())
+    try:
+        yield
+    finally:
+        _CONFINED_TO.reset(token)
+
+
+def regular_file(path: str | os.PathLike, error: type[Exception], fix: str = "write it again") -> Path:
+    """``path`` when it is a regular file a reader may open: else ``error`` naming it when it is missing, is a FIFO,
+    socket, device or folder (opening one blocks for ever or never ends), or lies outside the folder set by
+    :func:`reads_confined_to`. ``os.stat`` follows symlinks and never blocks."""
+    path = Path(path)
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as err:
+        raise error(f"{path} is missing or unreadable ({err}); {fix}") from err
+    if not stat.S_ISREG(mode):
+        raise error(f"{path} is not a regular file (a FIFO, socket, device or folder stands in its place): canon-pl "
+                    f"reads only regular files; remove it and {fix}")
+    root = _CONFINED_TO.get()
+    if root is not None and not inside(root, path):
+        raise error(f"{path} leads out of {root} (a symlink): only files below that folder are read here; replace "
+                    f"the link by the file itself")
+    return path
 
 
 @contextlib.contextmanager
@@ -41,6 +84,7 @@ def read_json(path: str | os.PathLike, error: type[Exception], what: str, max_by
         size = path.stat().st_size
     except OSError as err:
         raise error(f"{path} is not a readable {what} ({err})") from err
+    regular_file(path, error, f"write the {what} again")
     if size > max_bytes:
         raise error(f"{path} is {size:,} bytes, more than any {what} canon-pl writes ({max_bytes:,}); refusing to "
                     f"read it")
@@ -51,19 +95,21 @@ def read_json(path: str | os.PathLike, error: type[Exception], what: str, max_by
 
 
 def read_consistent(read_index: Callable[[], dict[str, Any]], data_path_of: Callable[[dict[str, Any]], Path],
-                    digest_key: str, error: type[Exception], attempts: int = 10) -> tuple[dict[str, Any], bytes]:
+                    digest_key: str, error: type[Exception], attempts: int = 10,
+                    fix: str = "write it again") -> tuple[dict[str, Any], bytes]:
     """An index document and the bytes of the data file it describes, as one consistent pair: the bytes match the
     SHA-256 the index records under ``digest_key`` (files written before it was recorded are taken as they are).
 
     Writers rename the data file, then the index; a reader caught between the two sees a mismatch and reads both
-    again. A mismatch that persists is a corrupt, truncated or foreign file: ``error`` names it."""
+    again. A mismatch that persists is a corrupt, truncated or foreign file: ``error`` names it and ``fix`` (the
+    command that writes it again)."""
     for attempt in range(attempts):
         index = read_index()
-        path = data_path_of(index)
+        path = regular_file(data_path_of(index), error, fix)
         try:
             data = path.read_bytes()
         except OSError as err:
-            raise error(f"{path} is missing or unreadable ({err}); write it again") from err
+            raise error(f"{path} is missing or unreadable ({err}); {fix}") from err
         expected = index.get(digest_key)
         if expected is None:
             return index, data
@@ -73,7 +119,7 @@ def read_consistent(read_index: Callable[[], dict[str, Any]], data_path_of: Call
             return index, data
         time.sleep(random.uniform(0.005, 0.02) * (attempt + 1))  # let a writer in between finish
     raise error(f"{path} is corrupt: it does not match the checksum recorded for it (truncated, damaged or from "
-                f"another run); write it again")
+                f"another run); {fix}")
 
 
 def expect(condition: bool, error: type[Exception], message: str) -> None:
@@ -82,4 +128,5 @@ def expect(condition: bool, error: type[Exception], message: str) -> None:
         raise error(message)
 
 
-__all__ = ["MAX_JSON_BYTES", "STRUCTURAL_ERRORS", "expect", "malformed_as", "read_consistent", "read_json"]
+__all__ = ["MAX_JSON_BYTES", "STRUCTURAL_ERRORS", "expect", "inside", "malformed_as", "read_consistent", "read_json",
+           "reads_confined_to", "regular_file"]

@@ -35,6 +35,7 @@ import torch
 from torch import Tensor
 
 from canon_pl.errors import CanonError, find_cause
+from canon_pl.io.validate import regular_file
 
 NAMED_SOURCES = {
     "python-docs": "/usr/share/doc/python3.11/html/_sources/**/*.rst.txt",
@@ -93,6 +94,7 @@ def _undecodable(path: str, limit: int | None = HEAD_BYTES) -> str | None:
 
 def _refuse_undecodable(source: str, files: list[str], limit: int | None = HEAD_BYTES) -> None:
     for path in files:
+        regular_file(path, TextSourceError, "leave it out of the path or glob")
         why = _undecodable(path, limit)
         if why is not None:
             raise TextSourceError(f"{path} in the text source {source!r} is not text: {why}. Leave it out of the "

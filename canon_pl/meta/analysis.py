@@ -41,7 +41,8 @@ FORMAT_NAME = "canon_pl.meta_sae_analysis"
 FORMAT_VERSION = 3
 """2: uncentred FVE, the PCA caps and the floors (initial decoder, random unit rows); an optional ``width_sweep``.
 3: the floors that keep the decoder's anisotropy (``gaussian_matched``, ``pca_shuffled``)."""
-META_ANALYSIS = DocumentKind(FORMAT_NAME, FORMAT_VERSION, "meta-SAE analysis", MetaSAEError)
+META_ANALYSIS = DocumentKind(FORMAT_NAME, FORMAT_VERSION, "meta-SAE analysis", MetaSAEError,
+                             rebuild="rebuild it with `canon-pl meta-sae --sae <its base SAE>`")
 """A meta-SAE analysis JSON (docs/meta_sae_results.md)."""
 ANALYSIS_NAME = "analysis"
 FLOOR_NAMES = ("random_rows", "initial_decoder", "gaussian_matched", "pca_shuffled")
@@ -237,7 +238,7 @@ def read_meta_analysis(path: str | os.PathLike, arrays: bool = False) -> dict[st
                                                          tensors["decomposition_value"], int(summary["n_base"]),
                                                          int(summary["n_meta"]))
         except STRUCTURAL_ERRORS as err:
-            raise MetaSAEError(f"the arrays of {path} are missing or corrupt ({err}); re-run the analysis") from err
+            raise MetaSAEError(f"the arrays of {path} are missing or corrupt ({err}); {META_ANALYSIS.rebuild}") from err
         d = summary["decomposition"]
         n = d.base.shape[0] if d.base.dim() == 1 else -1
         ok = (n >= 0 and d.meta.shape == (n,) and d.value.shape == (n,) and not d.base.is_floating_point()
@@ -247,5 +248,5 @@ def read_meta_analysis(path: str | os.PathLike, arrays: bool = False) -> dict[st
         if not ok:
             raise MetaSAEError(f"the decomposition in {path} is inconsistent (shapes {tuple(d.base.shape)}, "
                                f"{tuple(d.meta.shape)}, {tuple(d.value.shape)} for {d.n_base} latents and {d.n_meta} "
-                               f"meta-latents); re-run the analysis")
+                               f"meta-latents); {META_ANALYSIS.rebuild}")
     return summary

@@ -19,7 +19,7 @@ from torch import Tensor
 from canon_pl.errors import CanonError
 from canon_pl.io.atomic import atomic_paths, sha256_file
 from canon_pl.io.document import DocumentKind
-from canon_pl.io.validate import STRUCTURAL_ERRORS, expect, read_json
+from canon_pl.io.validate import STRUCTURAL_ERRORS, expect, read_json, regular_file
 from canon_pl.meta import MetaDecomposition
 from canon_pl.stats.collect import HIST_EDGES, LatentStatsCollector
 
@@ -36,6 +36,8 @@ class StatsError(CanonError, ValueError):
 
 STATS_INDEX = DocumentKind(FORMAT_NAME, FORMAT_VERSION, "statistics index", StatsError)
 """A statistics folder's ``stats.json``."""
+REBUILD = "rebuild the set with `canon-pl stats --run <its run folder>`"
+"""What every error about a damaged, missing or foreign file of a statistics set tells the user to do."""
 
 
 def _write_set(directory: Path, files: dict[str, Any]) -> Path:
@@ -63,7 +65,9 @@ def _mismatched_file(directory: Path, index: dict[str, Any]) -> str | None:
     when all match or the index records none (written before checksums were)."""
     for name, digest in (index.get("sha256") or {}).items():
         path = directory / name
-        if not path.is_file() or sha256_file(path) != digest:
+        if not path.exists():
+            return name
+        if sha256_file(regular_file(path, StatsError, REBUILD)) != digest:
             return name
     return None
 
@@ -141,7 +145,7 @@ class LatentStatistics:
             time.sleep(random.uniform(0.005, 0.02) * (attempt + 1))  # a writer between two renames finishes
         raise StatsError(f"{directory / mismatched} does not match the checksum its index {INDEX_FILE} records: the "
                          f"folder mixes files of two canon-pl stats runs (one was stopped while writing) or a file "
-                         f"was damaged; re-run canon-pl stats")
+                         f"was damaged; {REBUILD}")
 
     @staticmethod
     def _read_index(directory: Path) -> dict[str, Any]:
@@ -152,13 +156,13 @@ class LatentStatistics:
             isinstance(m, dict) and isinstance(m.get("file"), str) and m["file"] and "/" not in m["file"]
             and all(isinstance(m.get(k), int) and m[k] >= 0 for k in ("d_sae", "n_tokens"))
             for m in members.values()), StatsError,
-            f"{path} is malformed: \"members\" must map each SAE to its file, d_sae and n_tokens; re-run canon-pl stats")
+            f"{path} is malformed: \"members\" must map each SAE to its file, d_sae and n_tokens; {REBUILD}")
         expect(isinstance(index.get("window", 0), int) and index.get("window", 0) >= 0, StatsError,
-               f"{path} is malformed: \"window\" is not a non-negative integer; re-run canon-pl stats")
+               f"{path} is malformed: \"window\" is not a non-negative integer; {REBUILD}")
         digests = index.get("sha256", {})
         expect(isinstance(digests, dict) and all(isinstance(k, str) and k and "/" not in k and isinstance(v, str)
                                                  for k, v in digests.items()), StatsError,
-               f"{path} is malformed: \"sha256\" must map each file of the folder to its checksum; re-run canon-pl stats")
+               f"{path} is malformed: \"sha256\" must map each file of the folder to its checksum; {REBUILD}")
         return index
 
     @property
@@ -168,12 +172,12 @@ class LatentStatistics:
     def _slice(self, member: str, key: str, j: int | None = None) -> Tensor:
         if member not in self.index["members"]:
             raise StatsError(f"no statistics for {member!r}; the folder has {self.members}")
-        path = self.directory / self.index["members"][member]["file"]
+        path = regular_file(self.directory / self.index["members"][member]["file"], StatsError, REBUILD)
         try:
             with safe_open(str(path), framework="pt") as f:
                 return f.get_slice(key)[j] if j is not None else f.get_tensor(key)
         except (OSError, SafetensorError, *STRUCTURAL_ERRORS) as err:
-            raise StatsError(f"{path} is missing or corrupt ({err}); re-run canon-pl stats") from err
+            raise StatsError(f"{path} is missing or corrupt ({err}); {REBUILD}") from err
 
     def array(self, member: str, key: str) -> Tensor:
         """One whole array of a member, e.g. ``promoted_tokens`` ``[d_sae, n]`` (for searches across latents)."""
@@ -190,12 +194,12 @@ class LatentStatistics:
         return self._contexts
 
     def _read_contexts(self) -> Tensor:
-        path = self.directory / CONTEXTS_FILE
+        path = regular_file(self.directory / CONTEXTS_FILE, StatsError, REBUILD)
         try:
             with safe_open(str(path), framework="pt") as f:
                 tokens = f.get_tensor("tokens")
         except (OSError, SafetensorError, *STRUCTURAL_ERRORS) as err:
-            raise StatsError(f"{path} is missing or corrupt ({err}); re-run canon-pl stats") from err
+            raise StatsError(f"{path} is missing or corrupt ({err}); {REBUILD}") from err
         expect(tokens.dim() == 2 and not tokens.dtype.is_floating_point, StatsError,
                f"{path} is malformed: tokens {tuple(tokens.shape)} {tokens.dtype}, expected [contexts, seq] integers")
         return tokens
@@ -211,10 +215,10 @@ class LatentStatistics:
         path = self.directory / TOKENS_FILE
         if not path.exists():
             return {}  # written before token strings were stored: ids are shown instead
-        raw = read_json(path, StatsError, "token-strings file (re-run canon-pl stats)")
+        raw = read_json(path, StatsError, f"token-strings file ({REBUILD})")
         expect(isinstance(raw, dict) and all(isinstance(k, str) and k.lstrip("-").isdigit() and isinstance(v, str)
                                              for k, v in raw.items()), StatsError,
-               f"{path} is malformed: expected {{token id: text}}; re-run canon-pl stats")
+               f"{path} is malformed: expected {{token id: text}}; {REBUILD}")
         return {int(k): v for k, v in raw.items()}
 
     def latent(self, member: str, j: int) -> dict[str, Tensor]:

@@ -47,7 +47,8 @@ from canon_pl.stitching.stitched import StitchedSAE, latent_thresholds
 FORMAT_NAME = "canon_pl.stitching"
 FORMAT_VERSION = 2
 """2: per-latent classification by the definition, the moved/stuck split, the cross-seed control, path excess."""
-STITCHING_RESULTS = DocumentKind(FORMAT_NAME, FORMAT_VERSION, "stitching results file", StitchingError)
+STITCHING_RESULTS = DocumentKind(FORMAT_NAME, FORMAT_VERSION, "stitching results file", StitchingError,
+                                 rebuild="rebuild it with `canon-pl stitch <its family> --data <activations>`")
 """A stitching results JSON (docs/stitching_results.md)."""
 SUMMARY_POINTS = 256
 """Path points kept in the JSON summary (the safetensors file holds all of them)."""

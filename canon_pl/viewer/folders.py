@@ -10,18 +10,11 @@ import os
 from pathlib import Path
 
 from canon_pl.errors import CanonError
+from canon_pl.io.validate import inside
 
 
 class ViewerFolderError(CanonError, ValueError):
     """A folder the viewer was asked to read lies outside the folder it was started on."""
-
-
-def inside(root: str | os.PathLike, path: str | os.PathLike) -> bool:
-    """Whether ``path``, with every symlink followed, lies in ``root`` (itself resolved) or is ``root``."""
-    try:
-        return Path(path).resolve().is_relative_to(Path(root).resolve())
-    except (OSError, RuntimeError):  # a symlink loop, an unreadable component
-        return False
 
 
 def files_inside(root: str | os.PathLike, pattern: str) -> list[Path]:

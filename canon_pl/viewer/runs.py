@@ -12,7 +12,8 @@ import pandas as pd
 from canon_pl.io.export import CONFIG_FILE, CheckpointError, read_export_config
 from canon_pl.io.family import is_multi_hook_run, read_family_manifest
 from canon_pl.io.layout import RunLayout
-from canon_pl.viewer.folders import files_inside
+from canon_pl.io.validate import regular_file
+from canon_pl.viewer.folders import ViewerFolderError, files_inside
 
 MAX_METRICS_BYTES = 200 * 1024 * 1024
 HEADLINE_METRICS = ("explained_variance", "l0", "ce_recovered", "dead_fraction")
@@ -53,14 +54,15 @@ class RunSummary:
 def read_metrics(run: Path) -> pd.DataFrame:
     """The run's whole training log: every ``logs/version_*/metrics.csv`` (one per start of a run, a resume included)
     in the order they were written, each older segment cut where the next one resumed (its steps from the resumed
-    step on were trained again). An empty frame when there is none; an unreadable or oversized segment is left out."""
+    step on were trained again). An empty frame when there is none; an unreadable or oversized segment, or one that
+    is not a regular file (a FIFO would block the page), is left out."""
     segments = []
     for path in sorted(files_inside(run, f"{RunLayout.LOGS}/*/metrics.csv"), key=_version_order):
-        if path.stat().st_size > MAX_METRICS_BYTES:
-            continue
         try:
+            if regular_file(path, ViewerFolderError).stat().st_size > MAX_METRICS_BYTES:
+                continue
             segments.append(pd.read_csv(path))
-        except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError):
+        except (ViewerFolderError, OSError, pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError):
             continue
     if len(segments) > 1 and all("step" in s.columns for s in segments):
         segments = [older[older["step"] < newer["step"].min()] for older, newer in zip(segments, segments[1:])] + \

@@ -38,17 +38,20 @@ def settings_mismatch_in_run(pairs: list[StitchingPair], run_folder: Path) -> st
     return settings_mismatch({p.path.name: p.settings for p in pairs if p.run_folder == run_folder})
 
 
-def find_stitching_results(root: str | os.PathLike) -> list[StitchingPair]:
-    """Every ``stitching/<small>_<large>.json`` below ``root`` that reads as a canon-pl stitching result."""
+def find_stitching_results(root: str | os.PathLike, skipped: list[str] | None = None) -> list[StitchingPair]:
+    """Every ``stitching/<small>_<large>.json`` below ``root`` that reads as a canon-pl stitching result; why each
+    other one was left out is appended to ``skipped`` when given (a damaged file is named, never fatal)."""
     root = Path(root)
     pairs = []
     for path in files_inside(root, f"**/{RunLayout.STITCHING}/*.json"):
-        if path.stat().st_size > MAX_RESULTS_BYTES:
-            continue
         try:
+            if path.stat().st_size > MAX_RESULTS_BYTES:
+                raise StitchingError(f"{path} is larger than any stitching results file ({MAX_RESULTS_BYTES:,} bytes)")
             summary = read_stitching_results(path)
-        except StitchingError:
-            continue  # foreign or corrupt: skipped, never fatal
+        except (StitchingError, OSError) as err:
+            if skipped is not None:
+                skipped.append(str(err))
+            continue
         run = path.parent.parent.relative_to(root)
         pairs.append(StitchingPair(path, f"{run} · {summary['small']['d_sae']} → {summary['large']['d_sae']}",
                                    {key: summary.get(key) for key in SETTINGS}))

@@ -12,7 +12,7 @@ from safetensors.torch import load as load_safetensors_bytes
 from torch import Tensor
 
 from canon_pl.io.export import CheckpointError
-from canon_pl.io.validate import STRUCTURAL_ERRORS, read_json
+from canon_pl.io.validate import STRUCTURAL_ERRORS, read_json, regular_file
 from canon_pl.sae import SAEConfig, SAEConfigError, SparseAutoencoder, build_sae
 
 
@@ -22,7 +22,7 @@ INTEGER_TENSORS = ("k", "group_sizes")
 
 def read_safetensors(path: Path) -> dict[str, Tensor]:
     try:
-        return load_safetensors_bytes(path.read_bytes())
+        return load_safetensors_bytes(regular_file(path, CheckpointError, "point at the SAE's own file").read_bytes())
     except (OSError, SafetensorError, *STRUCTURAL_ERRORS) as err:
         raise CheckpointError(f"{path} is not a readable safetensors file ({err})") from err
 
