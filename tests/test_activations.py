@@ -14,6 +14,7 @@ from canon_pl.lm import (
     HookPointError,
     ModelLoadError,
     TextSourceError,
+    check_text_source,
     load_causal_lm,
     spliced_loss_sums,
 )
@@ -220,3 +221,31 @@ def test_training_validation_and_an_analysis_capture_the_same_activations(hooked
     # the default selection (outliers and BOS out) would have captured fewer tokens: the setting mattered
     default = sum(batch["activations"].shape[0] for batch in datamodule(hooked).val_dataloader())
     assert default <= SMALL["val_contexts"] * (SMALL["context_length"] - 1) < validation.shape[0]
+
+
+def test_a_hub_dataset_name_is_read_from_the_hub_cache_without_a_network(tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """``owner/name`` (the release recipe's ``Skylion007/openwebtext``) is a hub dataset, not a missing local path:
+    offline it is read from the snapshot a download left in the hub cache (a real cache layout built here)."""
+    import json
+
+    from canon_pl.lm.text import iter_documents
+
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "hub" / "datasets--canon-test--tiny-notes"
+    (repo / "snapshots" / commit / "data").mkdir(parents=True)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    rows = [{"text": f"note {i}: a latent that fires on the word Einstein."} for i in range(40)]
+    (repo / "snapshots" / commit / "data" / "train.jsonl").write_text("\n".join(map(json.dumps, rows)))
+    import huggingface_hub.constants
+
+    # HF_HUB_CACHE as a process started with it sees it (huggingface_hub reads the variable once, at import)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.chdir(tmp_path)  # no local folder of that name
+    check_text_source("canon-test/tiny-notes")
+    held_out = list(iter_documents("canon-test/tiny-notes", "val", val_every=4, order_seed=None))
+    assert held_out == [rows[i]["text"] for i in range(0, 40, 4)]
+    with pytest.raises(TextSourceError, match="hub cache on this machine has no copy of it"):
+        check_text_source("canon-test/not-downloaded")

@@ -9,8 +9,9 @@ a hub dataset name for users with a network.
 
 Local files must be UTF-8 text: a file that is binary (a NUL byte in its first 8 KiB) or not UTF-8 stops the read
 with a :class:`TextSourceError` naming it, so nothing undecodable is ever tokenised; leave it out of the glob or
-convert it. A name that is no local path is read from the hub only when the hub can be reached
-(:func:`check_text_source` says so at once otherwise, before any model is loaded).
+convert it. A name that is no local path (``wikitext``, or ``owner/name`` such as ``Skylion007/openwebtext``) is a
+hub dataset: read from the hub when it can be reached, else from the hub cache on this machine (a snapshot
+downloaded earlier), else :func:`check_text_source` says so at once, before any model is loaded.
 
 Documents: a local file is cut into documents of about ``document_chars`` characters at paragraph breaks (one
 Python-docs page is ~24 kB and would otherwise be one document, so a held-out set of a few hundred documents needs
@@ -26,6 +27,7 @@ from __future__ import annotations
 import codecs
 import glob
 import random
+import re
 from collections.abc import Iterable, Iterator
 from itertools import islice
 from pathlib import Path
@@ -42,6 +44,10 @@ NAMED_SOURCES = {
     "pydoc-topics": None,
 }
 
+
+HUB_DATASET_NAME = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+"""``owner/name``: a hub dataset's name when no such local path exists (``data/notes.txt`` stays a missing file)."""
+LOCAL_FILE_SUFFIXES = frozenset({".txt", ".md", ".rst", ".json", ".jsonl", ".csv", ".parquet", ".gz", ".zst"})
 
 DOCUMENT_CHARS = 2000
 """Default size of the documents a local file is cut into (characters, cut at paragraph breaks)."""
@@ -68,10 +74,49 @@ def _local_files(source: str) -> list[str] | None:
         files = [str(path)]
     else:
         files = sorted(glob.glob(pattern, recursive=True))
+    if not files and is_hub_dataset_name(source):
+        return None
     if not files and (source in NAMED_SOURCES or any(ch in source for ch in "*/?") or path.suffix):
         hint = " (install it with: apt-get install python3.11-doc)" if source == "python-docs" else ""
         raise TextSourceError(f"text source {source!r} matches no files at {pattern}{hint}")
     return files or None
+
+
+def is_hub_dataset_name(source: str) -> bool:
+    """Whether ``source``, which names nothing on this machine, reads as a hub dataset ``owner/name``."""
+    return (HUB_DATASET_NAME.fullmatch(source) is not None and Path(source).suffix.lower() not in LOCAL_FILE_SUFFIXES
+            and not Path(source).exists())
+
+
+def cached_hub_snapshot(source: str) -> Path | None:
+    """The folder of the hub dataset ``source``'s snapshot in this machine's hub cache (``HF_HUB_CACHE``), or
+    ``None`` when it has none. Never touches the network."""
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(source, repo_type="dataset", local_files_only=True))
+    except Exception:  # noqa: BLE001 - not cached, or not a valid repository name
+        return None
+
+
+def hub_dataset_location(source: str) -> str:
+    """Where the hub dataset ``source`` is read from: its name when the hub can be reached, else its cached snapshot
+    folder; :class:`TextSourceError` in one line when neither (the hub client would retry for minutes)."""
+    from canon_pl.lm.loading import hub_unavailable_reason
+
+    why = hub_unavailable_reason(("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
+    if why is None:
+        return source
+    snapshot = cached_hub_snapshot(source)
+    if snapshot is not None:
+        return str(snapshot)
+    what = ("a hub dataset name" if is_hub_dataset_name(source)
+            else f"not a named source ({', '.join(NAMED_SOURCES)}), nor a file, folder or glob on this machine "
+                 f"(nothing at {Path(source).resolve()}), so a hub dataset name")
+    raise TextSourceError(
+        f"text source {source!r} is {what}, but it cannot be read from the hub ({why}) and the hub cache on this "
+        f"machine has no copy of it: download it where there is a network (huggingface-cli download {source} "
+        f"--repo-type dataset) or give a local path")
 
 
 HEAD_BYTES = 8192
@@ -111,14 +156,7 @@ def check_text_source(source: str) -> None:
     if files is not None:
         _refuse_undecodable(source, files)
         return
-    from canon_pl.lm.loading import hub_unavailable_reason
-
-    why = hub_unavailable_reason(("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
-    if why is not None:
-        raise TextSourceError(
-            f"text source {source!r} is not a named source ({', '.join(NAMED_SOURCES)}), nor a file, folder or glob "
-            f"on this machine (nothing at {Path(source).resolve()}), and it cannot be read from the hub as a dataset: "
-            f"{why}. Check the path")
+    hub_dataset_location(source)
 
 
 def split_paragraphs(text: str, document_chars: int) -> Iterator[str]:
@@ -176,9 +214,9 @@ def _stream(source: str, text_column: str, document_chars: int | None = DOCUMENT
             raise
         return
     else:
-        check_text_source(source)  # no hub to read it from: say so now, not after minutes of retries
+        location = hub_dataset_location(source)  # no hub and no cached copy: say so now, not after minutes of retries
         try:
-            dataset = datasets.load_dataset(source, split="train", streaming=True)
+            dataset = datasets.load_dataset(location, split="train", streaming=True)
         except Exception as err:  # noqa: BLE001 - the hub client raises many types
             raise TextSourceError(
                 f"text source {source!r} is not a named source ({', '.join(NAMED_SOURCES)}), a local path, or a "
