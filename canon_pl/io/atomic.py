@@ -3,8 +3,10 @@
 Each file is written to ``.<name>.<pid>.<random>.tmp`` beside it and renamed into place. A process killed before its
 renames leaves such temporaries behind; the next write of the same file removes those whose process is gone.
 A set of files (an export, a results file and its arrays, a statistics folder) is renamed file by file, its index
-last; the index records every other file's SHA-256, so a reader refuses a set that a kill between two renames left
-mixed instead of reading it.
+last; the index records every other file's SHA-256. Before the renames each file the set replaces is kept as
+``.<name>.previous`` (a hard link, no copy) until the new index is in place, so a reader that finds a file not
+matching the index takes the previous file that does: a kill between two renames leaves the previous whole set
+readable, never a mix.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -51,13 +54,38 @@ def atomic_paths(*paths: str | os.PathLike) -> Iterator[list[Path]]:
                                 f"unchanged") from err
         for path, tmp in zip(targets, temps):
             _fsync(tmp, path)
+        kept = [_keep_previous(path) for path in targets[:-1]] if len(targets) > 1 else []
+        for folder in {path.parent for path in targets}:
+            _fsync_directory(folder)
         for path, tmp in zip(targets, temps):
             os.replace(tmp, path)
         for folder in {path.parent for path in targets}:
             _fsync_directory(folder)
+        for previous in kept:  # the new index is in place: nobody needs the previous set any more
+            if previous is not None:
+                previous.unlink(missing_ok=True)
     finally:
         for tmp in temps:
             tmp.unlink(missing_ok=True)
+
+
+def previous_path(path: str | os.PathLike) -> Path:
+    """Where :func:`atomic_paths` keeps the file of the previous set that ``path``'s new one replaces."""
+    path = Path(path)
+    return path.parent / f".{path.name}.previous"
+
+
+def _keep_previous(path: Path) -> Path | None:
+    """Keep the current ``path`` (if any) as :func:`previous_path` until its set's new index is in place."""
+    if not path.is_file():
+        return None
+    previous = previous_path(path)
+    previous.unlink(missing_ok=True)
+    try:
+        os.link(path, previous)
+    except OSError:  # a filesystem without hard links: a copy
+        shutil.copy2(path, previous)
+    return previous
 
 
 def process_alive(pid: int) -> bool:

@@ -17,6 +17,8 @@ from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
+from canon_pl.io.atomic import previous_path
+
 MAX_JSON_BYTES = 64 * 1024 * 1024
 # What interpreting a parsed document of the wrong shape raises: a key missing, a value of the wrong type, a tensor of
 # the wrong shape or dtype.
@@ -100,9 +102,11 @@ def read_consistent(read_index: Callable[[], dict[str, Any]], data_path_of: Call
     """An index document and the bytes of the data file it describes, as one consistent pair: the bytes match the
     SHA-256 the index records under ``digest_key`` (files written before it was recorded are taken as they are).
 
-    Writers rename the data file, then the index; a reader caught between the two sees a mismatch and reads both
-    again. A mismatch that persists is a corrupt, truncated or foreign file: ``error`` names it and ``fix`` (the
-    command that writes it again)."""
+    Writers rename the data file, then the index, keeping the data file they replace as its previous copy until the
+    index is in place (:func:`canon_pl.io.atomic.atomic_paths`): a data file that does not match the index is
+    replaced by that copy when it does (a writer killed between the two renames leaves the previous set readable),
+    else read again (a writer between its renames now). A mismatch that persists is a corrupt, truncated or foreign
+    file: ``error`` names it and ``fix`` (the command that writes it again)."""
     for attempt in range(attempts):
         index = read_index()
         path = regular_file(data_path_of(index), error, fix)
@@ -117,6 +121,11 @@ def read_consistent(read_index: Callable[[], dict[str, Any]], data_path_of: Call
             raise error(f"the index of {path} is malformed: {digest_key!r} is not a string")
         if hashlib.sha256(data).hexdigest() == expected:
             return index, data
+        previous = previous_path(path)
+        if previous.is_file():
+            data = regular_file(previous, error, fix).read_bytes()
+            if hashlib.sha256(data).hexdigest() == expected:
+                return index, data
         time.sleep(random.uniform(0.005, 0.02) * (attempt + 1))  # let a writer in between finish
     raise error(f"{path} is corrupt: it does not match the checksum recorded for it (truncated, damaged or from "
                 f"another run); {fix}")

@@ -17,7 +17,7 @@ from safetensors.torch import save_file
 from torch import Tensor
 
 from canon_pl.errors import CanonError
-from canon_pl.io.atomic import atomic_paths, sha256_file
+from canon_pl.io.atomic import atomic_paths, previous_path, sha256_file
 from canon_pl.io.document import DocumentKind
 from canon_pl.io.validate import STRUCTURAL_ERRORS, expect, read_json, regular_file
 from canon_pl.meta import MetaDecomposition
@@ -43,8 +43,8 @@ REBUILD = "rebuild the set with `canon-pl stats --run <its run folder>`"
 def _write_set(directory: Path, files: dict[str, Any]) -> Path:
     """Write ``{file name: tensors (a .safetensors) or a JSON document}`` into ``directory``, the index
     (:data:`INDEX_FILE`, the last entry) recording every other file's SHA-256 under ``sha256``: all to temporary files
-    first, then renamed into place in order, the index last. A failure leaves the previous set as it was; a kill
-    between two renames leaves a mix that :meth:`LatentStatistics.open` refuses. Returns the index."""
+    first, then renamed into place in order, the index last. A failure leaves the previous set as it was; after a kill
+    between two renames :meth:`LatentStatistics.open` reads the previous set whole. Returns the index."""
     names = list(files)
     assert names[-1] == INDEX_FILE, "the index is written last"
     with atomic_paths(*(directory / name for name in names)) as temps:
@@ -60,16 +60,24 @@ def _write_set(directory: Path, files: dict[str, Any]) -> Path:
     return directory / INDEX_FILE
 
 
-def _mismatched_file(directory: Path, index: dict[str, Any]) -> str | None:
-    """The first file of the set whose SHA-256 differs from the one ``index`` records (or that is missing); ``None``
-    when all match or the index records none (written before checksums were)."""
+def _files_of_set(directory: Path, index: dict[str, Any]) -> tuple[dict[str, Path], str | None]:
+    """``({file name: the file to read}, None)`` when every file of the set matches the SHA-256 ``index`` records,
+    the previous copy a killed writer left (:func:`canon_pl.io.atomic.previous_path`) standing in for a file that
+    does not; else ``({}, the first file matching neither)``. Files of an index that records no checksums (written
+    before they were) are read as they are."""
+    files = {}
     for name, digest in (index.get("sha256") or {}).items():
         path = directory / name
         if not path.exists():
-            return name
-        if sha256_file(regular_file(path, StatsError, REBUILD)) != digest:
-            return name
-    return None
+            return {}, name
+        previous = previous_path(path)
+        for candidate in (path, previous):
+            if candidate.exists() and sha256_file(regular_file(candidate, StatsError, REBUILD)) == digest:
+                files[name] = candidate
+                break
+        else:
+            return {}, name
+    return files, None
 
 
 def write_statistics(directory: str | os.PathLike, collectors: dict[str, LatentStatsCollector], contexts: Tensor,
@@ -128,6 +136,8 @@ class LatentStatistics:
 
     directory: Path
     index: dict[str, Any]
+    files: dict[str, Path] = field(default_factory=dict)
+    """The checked file to read for each file name of the set (a killed writer's previous copy may stand in)."""
     _contexts: Tensor | None = field(default=None, repr=False)
     _token_strings: dict[int, str] | None = field(default=None, repr=False)
 
@@ -139,9 +149,9 @@ class LatentStatistics:
         directory = Path(directory)
         for attempt in range(attempts):
             index = cls._read_index(directory)
-            mismatched = _mismatched_file(directory, index) if verify else None
+            files, mismatched = _files_of_set(directory, index) if verify else ({}, None)
             if mismatched is None:
-                return cls(directory, index)
+                return cls(directory, index, files)
             time.sleep(random.uniform(0.005, 0.02) * (attempt + 1))  # a writer between two renames finishes
         raise StatsError(f"{directory / mismatched} does not match the checksum its index {INDEX_FILE} records: the "
                          f"folder mixes files of two canon-pl stats runs (one was stopped while writing) or a file "
@@ -172,12 +182,15 @@ class LatentStatistics:
     def _slice(self, member: str, key: str, j: int | None = None) -> Tensor:
         if member not in self.index["members"]:
             raise StatsError(f"no statistics for {member!r}; the folder has {self.members}")
-        path = regular_file(self.directory / self.index["members"][member]["file"], StatsError, REBUILD)
+        path = regular_file(self._file(self.index["members"][member]["file"]), StatsError, REBUILD)
         try:
             with safe_open(str(path), framework="pt") as f:
                 return f.get_slice(key)[j] if j is not None else f.get_tensor(key)
         except (OSError, SafetensorError, *STRUCTURAL_ERRORS) as err:
             raise StatsError(f"{path} is missing or corrupt ({err}); {REBUILD}") from err
+
+    def _file(self, name: str) -> Path:
+        return self.files.get(name, self.directory / name)
 
     def array(self, member: str, key: str) -> Tensor:
         """One whole array of a member, e.g. ``promoted_tokens`` ``[d_sae, n]`` (for searches across latents)."""
@@ -194,7 +207,7 @@ class LatentStatistics:
         return self._contexts
 
     def _read_contexts(self) -> Tensor:
-        path = regular_file(self.directory / CONTEXTS_FILE, StatsError, REBUILD)
+        path = regular_file(self._file(CONTEXTS_FILE), StatsError, REBUILD)
         try:
             with safe_open(str(path), framework="pt") as f:
                 tokens = f.get_tensor("tokens")
@@ -212,7 +225,7 @@ class LatentStatistics:
         return self._token_strings
 
     def _read_token_strings(self) -> dict[int, str]:
-        path = self.directory / TOKENS_FILE
+        path = self._file(TOKENS_FILE)
         if not path.exists():
             return {}  # written before token strings were stored: ids are shown instead
         raw = read_json(path, StatsError, f"token-strings file ({REBUILD})")
