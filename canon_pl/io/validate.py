@@ -121,11 +121,12 @@ def read_consistent(read_index: Callable[[], dict[str, Any]], data_path_of: Call
             raise error(f"the index of {path} is malformed: {digest_key!r} is not a string")
         if hashlib.sha256(data).hexdigest() == expected:
             return index, data
-        previous = previous_path(path)
-        if previous.is_file():
-            data = regular_file(previous, error, fix).read_bytes()
-            if hashlib.sha256(data).hexdigest() == expected:
-                return index, data
+        try:  # a writer that finished meanwhile removes it: then read again
+            data = regular_file(previous_path(path), error, fix).read_bytes()
+        except (OSError, error):
+            data = None
+        if data is not None and hashlib.sha256(data).hexdigest() == expected:
+            return index, data
         time.sleep(random.uniform(0.005, 0.02) * (attempt + 1))  # let a writer in between finish
     raise error(f"{path} is corrupt: it does not match the checksum recorded for it (truncated, damaged or from "
                 f"another run); {fix}")

@@ -60,6 +60,14 @@ def _write_set(directory: Path, files: dict[str, Any]) -> Path:
     return directory / INDEX_FILE
 
 
+def _matches(path: Path, digest: str) -> bool:
+    """Whether ``path`` is a regular file with SHA-256 ``digest`` (one a writer removes meanwhile does not)."""
+    try:
+        return sha256_file(regular_file(path, StatsError, REBUILD)) == digest
+    except (OSError, StatsError):
+        return False
+
+
 def _files_of_set(directory: Path, index: dict[str, Any]) -> tuple[dict[str, Path], str | None]:
     """``({file name: the file to read}, None)`` when every file of the set matches the SHA-256 ``index`` records,
     the previous copy a killed writer left (:func:`canon_pl.io.atomic.previous_path`) standing in for a file that
@@ -70,9 +78,9 @@ def _files_of_set(directory: Path, index: dict[str, Any]) -> tuple[dict[str, Pat
         path = directory / name
         if not path.exists():
             return {}, name
-        previous = previous_path(path)
-        for candidate in (path, previous):
-            if candidate.exists() and sha256_file(regular_file(candidate, StatsError, REBUILD)) == digest:
+        regular_file(path, StatsError, REBUILD)  # a FIFO or a link out of a confined folder is said as such
+        for candidate in (path, previous_path(path)):
+            if _matches(candidate, digest):
                 files[name] = candidate
                 break
         else:
