@@ -233,6 +233,7 @@ def measure_rung(cfg: LadderConfig, steps: int, device: str) -> dict[str, Any]:
     for a, b in zip(widths, widths[1:]):
         s = read_stitching_results(layout.stitching_pair(a, b))
         c, control = s["classes"], s.get("control") or {}
+        replicate = control.get("replicate") or {}
         pairs.append({"small": a, "large": b,
                       "novel_definition": c["novel_fraction_definition"],
                       "control_definition": control.get("novel_fraction_definition"),
@@ -244,6 +245,9 @@ def measure_rung(cfg: LadderConfig, steps: int, device: str) -> dict[str, Any]:
                       "path_excess": s["path_excess"], "path_peak_over_worse_endpoint": 1.0 + s["path_excess"],
                       "path_monotone_fraction": s["path_monotone_fraction"],
                       "control_path_excess": control.get("path_excess"),
+                      # the other seed of L's width in L's place: against S, and against L (its own control)
+                      "replicate_definition": replicate.get("novel_fraction_definition"),
+                      "replicate_control_definition": replicate.get("control_novel_fraction_definition"),
                       "granularity": s.get("granularity"), "control_granularity": control.get("granularity")})
     return {"members": members, "pairs": pairs}
 
