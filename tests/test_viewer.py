@@ -62,8 +62,9 @@ def test_stitching_page_shows_the_pairs_counts_and_path(tmp_path: Path) -> None:
     (tmp_path / "fam" / "stitching" / "junk.json").write_text("[1, 2")  # skipped, not fatal
     app = open_page(tmp_path, page="Stitching")
     metrics = {m.label: m.value for m in app.metric}
-    assert metrics["novel latents"] == f"{result.summary['n_novel']:,}"
-    assert metrics["reconstruction latents"] == f"{result.summary['n_reconstruction']:,}"
+    assert metrics["novel latents (by definition)"] == \
+        f"{round(result.summary['classes']['novel_fraction_definition'] * 32):,}"
+    assert metrics["novel by cosine (proxy)"] == f"{result.summary['n_novel']:,}"
     assert result.summary["n_reconstruction"] >= 6
     assert len(app.get("vega_lite_chart")) >= 3
     assert len(app.dataframe[0].value) == 32
@@ -98,8 +99,8 @@ def test_stitching_page_counts_equal_the_results_file_and_latents_link_to_their_
     app = open_page(analysed["root"], page="Stitching")
     s = analysed["stitching"]
     metrics = {m.label: m.value for m in app.metric}
-    assert metrics["novel latents"] == f"{s['n_novel']:,}"
-    assert metrics["reconstruction latents"] == f"{s['n_reconstruction']:,}"
+    assert metrics["novel latents (by definition)"] == f"{round(s['classes']['novel_fraction_definition'] * 16):,}"
+    assert metrics["novel by cosine (proxy)"] == f"{s['n_novel']:,}"
     table = app.dataframe[0].value
     row = table[table["latent"] == 3].iloc[0]
     assert row["class"] == "reconstruction" and row["nearest_small"] == 0
@@ -337,3 +338,54 @@ def test_every_view_url_names_its_page_and_parameters_back() -> None:
         assert parse_view(page_url(page)) == (page, {})
     with pytest.raises(ValueError, match="names no viewer page"):
         parse_view("nowhere?run=fam")
+
+
+def study_shaped_run(root: Path) -> dict:
+    """A family of two widths with L's other seed as the cross-seed control, and beside it the prefixes of a
+    Matryoshka SAE as their own family (``matryoshka_prefixes/``, members recording ``training.prefix_of``), each
+    stitched: what `make main` leaves, in miniature."""
+    import torch
+
+    from canon_pl.io import export_sae, write_family_manifest
+    from canon_pl.io.export import PREFIX_OF
+    from canon_pl.stitching import analyze_pair, write_stitching_results
+    from tests.test_stitching import random_trained_like
+
+    small, large, other = (random_trained_like(w, seed=s) for w, s in ((16, 1), (32, 2), (32, 3)))
+    x = torch.randn(400, 32)
+    study = analyze_pair(small, large, x, control=other, control_name="32_seed1")
+    write_stitching_results(study, root / "fam" / "stitching")
+    prefixes = root / "fam" / "matryoshka_prefixes"
+    whole = {"d_sae": 32, "architecture": "batchtopk"}
+    for width, sae in ((16, small), (32, large)):
+        export_sae(sae, prefixes / str(width), extra={"training": {PREFIX_OF: whole}})
+    write_family_manifest(prefixes, {16: "16", 32: "32"}, small.cfg, tokens=0)
+    write_stitching_results(analyze_pair(small, large, x), prefixes / "stitching")
+    return {"study": study.summary}
+
+
+def test_the_stitching_page_opens_on_the_study_pair_with_the_definition_and_its_control_first(tmp_path: Path) -> None:
+    s = study_shaped_run(tmp_path)["study"]
+    app = open_page(tmp_path, page="Stitching")
+    assert app.sidebar.selectbox[0].value == "fam · 16 → 32"  # not the prefixes, which sort first by name
+    assert app.sidebar.selectbox[0].options == ["fam · 16 → 32", "fam/matryoshka_prefixes · 16 → 32"]
+    labels = [m.label for m in app.metric]
+    assert labels[:2] == ["novel latents (by definition)", "cross-seed control (by definition)"]
+    metrics = {m.label: m.value for m in app.metric}
+    assert metrics["cross-seed control (by definition)"] == f"{s['control']['novel_fraction_definition']:.1%}"
+    assert metrics["per-chunk spread"] == f"± {s['spread']['std']:.1%}"
+    assert labels.index("novel by cosine (proxy)") > labels.index("per-chunk spread")  # the proxy comes second
+    prefixes = open_page(tmp_path, page="Stitching", run="fam/matryoshka_prefixes")  # ?run= picks the run's pair
+    assert prefixes.sidebar.selectbox[0].value == "fam/matryoshka_prefixes · 16 → 32"
+    assert any("Matryoshka prefixes" in c.value for c in prefixes.caption)
+    stale = open_page(tmp_path, page="Stitching", run="gone")
+    assert "no stitching results for run 'gone'" in stale.warning[0].value
+
+
+def test_the_runs_page_keeps_meta_saes_out_of_the_width_charts(analysed: dict) -> None:
+    app = open_page(analysed["root"], page="Runs")
+    assert sorted(app.dataframe[0].value["run"]) == ["fam/16", "fam/8"]
+    assert app.dataframe[1].value["run"].tolist() == ["meta"]
+    assert [h.value for h in app.subheader][:2] == ["SAEs", "Meta-SAEs"]
+    specs = " ".join(chart.proto.spec for chart in app.get("vega_lite_chart"))
+    assert '"meta"' not in specs

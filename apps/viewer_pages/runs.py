@@ -13,6 +13,7 @@ from viewer_pages.common import (
     choose,
     load_metrics,
     load_runs,
+    meta_runs_of,
 )
 
 CURVES = {
@@ -40,10 +41,18 @@ def render(root: Path) -> None:
         st.info(f"No exported SAE under {root}. Train one: `lightning fit --config configs/sae_smollm2.yaml`, or a "
                 f"family: `lightning fit --config configs/family_smollm2.yaml`.")
         return
-    table = pd.DataFrame(runs).drop(columns=["_path"])
+    metas = {str(path) for path in meta_runs_of(str(root)).values()}
+    everything = pd.DataFrame(runs)
+    is_meta = everything["_path"].isin(metas)
+    table = everything[~is_meta].drop(columns=["_path"])
     st.subheader("SAEs")
     st.dataframe(table, hide_index=True)
-    show_family_charts(table)
+    show_family_charts(table)  # token SAEs only: a meta-SAE's FVU is of decoder rows, not of activations
+    if is_meta.any():
+        st.subheader("Meta-SAEs")
+        st.caption("Trained on a base SAE's decoder rows: their explained variance is of those rows (the Meta-latent "
+                   "page has each one's floors), so they are kept out of the width charts above.")
+        st.dataframe(everything[is_meta].drop(columns=["_path"]).dropna(axis=1, how="all"), hide_index=True)
     name = choose("run", [r["run"] for r in runs], "run")
     run = next(r for r in runs if r["run"] == name)
     st.subheader(f"Training of {name}")

@@ -13,7 +13,7 @@ from canon_pl.viewer.charts import (
     stitching_path_chart,
 )
 from canon_pl.viewer.links import latent_url
-from canon_pl.viewer.stitching import settings_mismatch_in_run
+from canon_pl.viewer.stitching import headline, settings_mismatch_in_run
 from viewer_pages.common import (
     choose,
     links,
@@ -33,20 +33,42 @@ def render(root: Path) -> None:
                 f"--data python-docs`, or add `canon_pl.training.StitchingCallback` to a family run.")
         return
     labels = [p.label for p in pairs]
+    asked_run = st.query_params.get("run")
+    if asked_run is not None and "pair" not in st.query_params:  # ?run= opens that run's first pair
+        of_run = [p.label for p in pairs if p.run == asked_run]
+        if of_run:
+            st.query_params["pair"] = of_run[0]
+        else:
+            st.warning(f"no stitching results for run {asked_run!r} under {root}; showing {labels[0]}")
     pair = pairs[labels.index(choose("pair", labels, "pair"))]
+    if pair.nested:
+        st.caption("Matryoshka prefixes: the larger SAE holds the smaller one's latents, so its reconstruction "
+                   "latents are the prefix's own; the study's claim is about the independently trained widths.")
     mismatch = settings_mismatch_in_run(pairs, pair.run_folder)
     if mismatch:
         st.warning(mismatch)
     data = load_stitching(str(pair.path))
     s = data["summary"]
     small, large = str(s["small"]["d_sae"]), str(s["large"]["d_sae"])
+    h = headline(s)
     cols = st.columns(4)
-    cols[0].metric("novel latents", f"{s['n_novel']:,}", f"{s['novel_fraction']:.1%} of {s['large']['d_sae']:,}",
-                   delta_color="off")
-    cols[1].metric("reconstruction latents", f"{s['n_reconstruction']:,}")
-    agreement = s["proxy"]["agreement"]
-    cols[2].metric("proxy agrees with ΔMSE", "—" if agreement is None else f"{agreement:.1%}")
+    cols[0].metric("novel latents (by definition)", "—" if h["n_novel_definition"] is None
+                   else f"{h['n_novel_definition']:,}",
+                   None if h["novel_definition"] is None else f"{h['novel_definition']:.1%} of {h['d_sae']:,}",
+                   delta_color="off", help="latents of L that fire and lower S's error when added to S alone")
+    cols[1].metric("cross-seed control (by definition)", "—" if h["control_definition"] is None
+                   else f"{h['control_definition']:.1%}", None if h["control_name"] is None
+                   else "L's other seed against L", delta_color="off",
+                   help="the same figure for L's other seed against L: what seed noise alone gives")
+    cols[2].metric("per-chunk spread", "—" if h["spread"] is None else f"± {h['spread'][1]:.1%}",
+                   None if h["control_spread"] is None else f"control ± {h['control_spread'][1]:.1%}",
+                   delta_color="off", help="standard deviation of the novel fraction over disjoint token chunks")
     cols[3].metric("FVU S → L", f"{s['fvu_small']:.3f} → {s['fvu_large']:.3f}")
+    proxy = st.columns(4)
+    proxy[0].metric("novel by cosine (proxy)", f"{h['n_novel_cosine']:,}", f"{h['novel_cosine']:.1%}",
+                    delta_color="off", help="no decoder row of S within cosine tau: the cheap proxy")
+    proxy[1].metric("proxy agrees with the definition",
+                    "—" if h["agreement"] is None else f"{h['agreement']:.1%}")
     latents = data["latents"]
     left, right = st.columns(2)
     left.altair_chart(cosine_histogram_chart(data["histogram"], s["tau"], small), width="stretch")

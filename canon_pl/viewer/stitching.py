@@ -11,6 +11,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from canon_pl.io.export import PREFIX_OF, CheckpointError, training_record
+from canon_pl.io.family import read_family_manifest
 from canon_pl.io.layout import RunLayout
 from canon_pl.io.validate import malformed_as
 from canon_pl.stitching import SETTINGS, StitchingError, read_stitching_results, settings_mismatch
@@ -22,15 +24,32 @@ MAX_RESULTS_BYTES = 64 * 1024 * 1024
 
 @dataclass
 class StitchingPair:
-    """One results file: ``label`` is ``<run folder> · <small> → <large>``; ``settings`` its :data:`SETTINGS`."""
+    """One results file: ``label`` is ``<run folder> · <small> → <large>``; ``settings`` its :data:`SETTINGS`;
+    ``nested``: its two SAEs are prefixes of one Matryoshka SAE (the larger holds the smaller's latents), not
+    independently trained widths."""
 
     path: Path
     label: str
     settings: dict[str, Any] = field(default_factory=dict)
+    nested: bool = False
+    run: str = ""
+    """The run folder relative to the viewer's root (what a ``?run=`` link names)."""
+    widths: tuple[int, int] = (0, 0)
+    """``(small, large)`` latents."""
 
     @property
     def run_folder(self) -> Path:
         return self.path.parent.parent
+
+
+def is_prefix_family(run_folder: Path) -> bool:
+    """Whether the family in ``run_folder`` is a Matryoshka SAE's prefixes (its members' exports record
+    ``training.prefix_of``)."""
+    try:
+        members = read_family_manifest(run_folder)["members"]
+    except CheckpointError:
+        return False
+    return any(PREFIX_OF in training_record(run_folder / folder) for folder in members.values())
 
 
 def settings_mismatch_in_run(pairs: list[StitchingPair], run_folder: Path) -> str | None:
@@ -39,10 +58,13 @@ def settings_mismatch_in_run(pairs: list[StitchingPair], run_folder: Path) -> st
 
 
 def find_stitching_results(root: str | os.PathLike, skipped: list[str] | None = None) -> list[StitchingPair]:
-    """Every ``stitching/<small>_<large>.json`` below ``root`` that reads as a canon-pl stitching result; why each
-    other one was left out is appended to ``skipped`` when given (a damaged file is named, never fatal)."""
+    """Every ``stitching/<small>_<large>.json`` below ``root`` that reads as a canon-pl stitching result, the pairs of
+    independently trained widths first (the study's claim), then those of Matryoshka prefixes, each by run and
+    width; why each other file was left out is appended to ``skipped`` when given (a damaged file is named, never
+    fatal)."""
     root = Path(root)
     pairs = []
+    nested: dict[Path, bool] = {}
     for path in files_inside(root, f"**/{RunLayout.STITCHING}/*.json"):
         try:
             if path.stat().st_size > MAX_RESULTS_BYTES:
@@ -53,9 +75,34 @@ def find_stitching_results(root: str | os.PathLike, skipped: list[str] | None = 
                 skipped.append(str(err))
             continue
         run = path.parent.parent.relative_to(root)
-        pairs.append(StitchingPair(path, f"{run} · {summary['small']['d_sae']} → {summary['large']['d_sae']}",
-                                   {key: summary.get(key) for key in SETTINGS}))
-    return pairs
+        if path.parent.parent not in nested:
+            nested[path.parent.parent] = is_prefix_family(path.parent.parent)
+        widths = (int(summary["small"]["d_sae"]), int(summary["large"]["d_sae"]))
+        pairs.append(StitchingPair(path, f"{run} · {widths[0]} → {widths[1]}", {key: summary.get(key) for key in SETTINGS},
+                                   nested[path.parent.parent], str(run), widths))
+    return sorted(pairs, key=lambda p: (p.nested, p.run, p.widths))
+
+
+def headline(summary: dict[str, Any]) -> dict[str, Any]:
+    """What the Stitching page says first, in the report's order: the novel fraction by definition (a latent of L
+    that fires and lowers S's error when added alone) with its per-chunk spread, the same figure for L's other seed
+    against L (the cross-seed control: what seed noise alone gives), then the cosine proxy and how often it agrees.
+    ``None`` where the results file does not hold a figure (written without a control or spread)."""
+    classes = summary.get("classes") or {}
+    control = summary.get("control") or {}
+    d_sae = int(summary["large"]["d_sae"])
+    novel = classes.get("novel_fraction_definition", summary.get("novel_fraction_definition"))
+
+    def spread(block: Any) -> tuple[float, float] | None:
+        return (float(block["mean"]), float(block["std"])) if isinstance(block, dict) and "std" in block else None
+
+    return {"d_sae": d_sae, "novel_definition": novel,
+            "n_novel_definition": None if novel is None else round(novel * d_sae),
+            "spread": spread(summary.get("spread")),
+            "control_definition": control.get("novel_fraction_definition"),
+            "control_spread": spread(control.get("spread")), "control_name": control.get("name"),
+            "novel_cosine": summary.get("novel_fraction"), "n_novel_cosine": summary.get("n_novel"),
+            "agreement": (summary.get("proxy") or {}).get("agreement")}
 
 
 def cosine_histogram(latents: pd.DataFrame, bins: int = 50) -> pd.DataFrame:
