@@ -375,6 +375,10 @@ def test_the_stitching_page_opens_on_the_study_pair_with_the_definition_and_its_
     assert metrics["cross-seed control (by definition)"] == f"{s['control']['novel_fraction_definition']:.1%}"
     assert metrics["per-chunk spread"] == f"± {s['spread']['std']:.1%}"
     assert labels.index("novel by cosine (proxy)") > labels.index("per-chunk spread")  # the proxy comes second
+    specs = " ".join(chart.proto.spec for chart in app.get("vega_lite_chart"))
+    assert "step along the path" in specs and "decoder_bias" in specs  # the path by step, its kinds told apart
+    assert any("steps lie above the worse endpoint" in c.value and "between two seeds of L" in c.value
+               for c in app.caption)
     prefixes = open_page(tmp_path, page="Stitching", run="fam/matryoshka_prefixes")  # ?run= picks the run's pair
     assert prefixes.sidebar.selectbox[0].value == "fam/matryoshka_prefixes · 16 → 32"
     assert any("Matryoshka prefixes" in c.value for c in prefixes.caption)

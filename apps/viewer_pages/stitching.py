@@ -9,8 +9,8 @@ import streamlit as st
 from canon_pl.viewer import find_stitching_results
 from canon_pl.viewer.charts import (
     cosine_histogram_chart,
+    path_by_step_chart,
     path_l0_chart,
-    stitching_path_chart,
 )
 from canon_pl.viewer.links import latent_url
 from canon_pl.viewer.stitching import headline, settings_mismatch_in_run
@@ -55,24 +55,29 @@ def render(root: Path) -> None:
     cols[0].metric("novel latents (by definition)", "—" if h["n_novel_definition"] is None
                    else f"{h['n_novel_definition']:,}",
                    None if h["novel_definition"] is None else f"{h['novel_definition']:.1%} of {h['d_sae']:,}",
-                   delta_color="off", help="latents of L that fire and lower S's error when added to S alone")
+                   delta_color="off", delta_arrow="off", help="latents of L that fire and lower S's error when added to S alone")
     cols[1].metric("cross-seed control (by definition)", "—" if h["control_definition"] is None
                    else f"{h['control_definition']:.1%}", None if h["control_name"] is None
-                   else "L's other seed against L", delta_color="off",
+                   else "L's other seed against L", delta_color="off", delta_arrow="off",
                    help="the same figure for L's other seed against L: what seed noise alone gives")
     cols[2].metric("per-chunk spread", "—" if h["spread"] is None else f"± {h['spread'][1]:.1%}",
                    None if h["control_spread"] is None else f"control ± {h['control_spread'][1]:.1%}",
-                   delta_color="off", help="standard deviation of the novel fraction over disjoint token chunks")
+                   delta_color="off", delta_arrow="off", help="standard deviation of the novel fraction over disjoint token chunks")
     cols[3].metric("FVU S → L", f"{s['fvu_small']:.3f} → {s['fvu_large']:.3f}")
     proxy = st.columns(4)
     proxy[0].metric("novel by cosine (proxy)", f"{h['n_novel_cosine']:,}", f"{h['novel_cosine']:.1%}",
-                    delta_color="off", help="no decoder row of S within cosine tau: the cheap proxy")
+                    delta_color="off", delta_arrow="off", help="no decoder row of S within cosine tau: the cheap proxy")
     proxy[1].metric("proxy agrees with the definition",
                     "—" if h["agreement"] is None else f"{h['agreement']:.1%}")
     latents = data["latents"]
     left, right = st.columns(2)
     left.altair_chart(cosine_histogram_chart(data["histogram"], s["tau"], small), width="stretch")
-    right.altair_chart(stitching_path_chart(data["path_drawn"]), width="stretch")
+    right.altair_chart(path_by_step_chart(data["path_drawn"], s["fvu_small"], s["fvu_large"]), width="stretch")
+    leaves = int((data["path"]["fvu"] > max(s["fvu_small"], s["fvu_large"])).sum())
+    control_excess = (s.get("control") or {}).get("path_excess")
+    seeds = "" if control_excess is None else f" (between two seeds of L: {1 + control_excess:.2f}x)"
+    right.caption(f"{leaves:,} of {len(data['path']):,} steps lie above the worse endpoint's FVU (outside the shaded "
+                  f"band); the path's peak is {1 + s['path_excess']:.2f}x the worse endpoint{seeds}.")
     st.altair_chart(path_l0_chart(data["path_drawn"]), width="stretch")
     run = str(pair.run_folder.relative_to(root))
     linked = run in statistics_of(str(root))

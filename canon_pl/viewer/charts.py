@@ -57,6 +57,29 @@ def stitching_path_chart(path: pd.DataFrame, title: str = "stitching path from S
     return alt.Chart(path, title=title).mark_line().encode(**encoding)
 
 
+def path_by_step_chart(path: pd.DataFrame, fvu_small: float, fvu_large: float,
+                       title: str = "stitching path from S to L, step by step") -> alt.LayerChart:
+    """FVU at each step of the path (``point, kind, latents, fvu, l0``), each step's kind (insertion of a novel
+    latent, swap of a group, removal, the decoder-bias switch) told apart by colour, the band between S's FVU and
+    L's shaded and both labelled: a monotone path stays inside the band, the steps above S's FVU leave it."""
+    band = pd.DataFrame({"low": [min(fvu_small, fvu_large)], "high": [max(fvu_small, fvu_large)]})
+    shaded = alt.Chart(band).mark_rect(opacity=0.15, color="green").encode(y="low:Q", y2="high:Q")
+    ends = pd.DataFrame({"fvu": [fvu_small, fvu_large], "end": [f"S {fvu_small:.3f}", f"L {fvu_large:.3f}"]})
+    rules = alt.Chart(ends).mark_rule(strokeDash=[4, 4], color="gray").encode(y="fvu:Q")
+    labels = alt.Chart(ends).mark_text(align="left", dx=4, dy=-6, color="gray").encode(
+        y="fvu:Q", x=alt.value(0), text="end:N")
+    data = path.assign(leaves_band=path["fvu"] > max(fvu_small, fvu_large))
+    line = alt.Chart(data).mark_line(color="lightgray").encode(
+        x=alt.X("point:Q", title="step along the path"), y=alt.Y("fvu:Q", title="FVU", scale=alt.Scale(zero=False)),
+        order="point:Q")
+    points = alt.Chart(data).mark_point(filled=True, size=14).encode(
+        x="point:Q", y="fvu:Q", color=alt.Color("kind:N", title="step",
+                                                scale=alt.Scale(domain=["start", "novel", "swap", "removal",
+                                                                        "decoder_bias"])),
+        tooltip=["point", "kind", "latents", "fvu", "l0", "leaves_band"])
+    return (shaded + rules + labels + line + points).properties(title=title)
+
+
 def path_l0_chart(path: pd.DataFrame) -> alt.Chart:
     return alt.Chart(path, title="L0 along the path").mark_line().encode(x=alt.X("point:Q", title="step"),
                                                                          y=alt.Y("l0:Q", title="L0"))
@@ -105,4 +128,5 @@ def granularity_chart(points: pd.DataFrame) -> alt.Chart:
 
 
 __all__ = ["cosine_histogram_chart", "family_charts", "family_table", "granularity_chart", "novel_fraction_chart",
-           "novel_vs_control_chart", "path_l0_chart", "stitching_path_chart", "training_curve_chart"]
+           "novel_vs_control_chart", "path_by_step_chart", "path_l0_chart", "stitching_path_chart",
+           "training_curve_chart"]
