@@ -15,6 +15,7 @@ from canon_pl.io.atomic import atomic_write_text
 from canon_pl.io.layout import RunLayout
 from canon_pl.meta.analysis import FLOOR_NAMES, higher_floor
 from canon_pl.stitching import settings_mismatch
+from canon_pl.stats.readable import LOGIT_LENS_MIN_DEPTH, logit_lens_meaningful
 from canon_pl.verdicts import (
     GRANULARITY_RATIO,
     MARGIN,
@@ -135,23 +136,6 @@ def matryoshka_facts(run: Path) -> dict[str, Any] | None:
     meta_dir = RunLayout(prefixes).meta_sae(widths[-1])
     return {"widths": widths, "pairs": pairs, "meta": read_meta_analysis(meta_dir) if meta_dir.is_dir() else None,
             "control_seeds": sorted({c["init_seed"] for c in manifest["controls"].values()})}
-
-
-LOGIT_LENS_MIN_DEPTH = 2 / 3
-"""Promoted tokens (a direction read through the unembedding: the logit lens) are shown only for hook points at least
-this far through the model: at a mid layer they are sub-word noise (layer 6 of SmolLM2's 30 promotes 'toplas',
-'melon', 'uschwitz'), so there a meta-latent is described by the base latents that use it instead."""
-
-
-def logit_lens_meaningful(hook_point: str | None, n_layers: int | None) -> bool:
-    """Whether the hook point's layer is at least :data:`LOGIT_LENS_MIN_DEPTH` through ``n_layers`` blocks
-    (``model.layers.6``, ``blocks.6.hook_resid_pre``, ``transformer.h.6``); unknown depth: no."""
-    import re
-
-    match = re.search(r"(?:layers|blocks|h)\.(\d+)", hook_point or "")
-    if match is None or not n_layers:
-        return False
-    return (int(match.group(1)) + 1) / int(n_layers) >= LOGIT_LENS_MIN_DEPTH
 
 
 def _context_text(stats: Any, width: str, latent: int, contexts: Any, strings: dict[int, str], n: int) -> list[str]:

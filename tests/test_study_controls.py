@@ -398,7 +398,7 @@ def test_the_granularity_verdict_follows_its_rule() -> None:
 def test_promoted_tokens_are_shown_only_deep_in_the_model() -> None:
     """The logit lens reads sub-word noise at a mid layer: the report describes meta-latents by the latents that use
     them there, and adds promoted tokens only from two thirds of the depth on (or never, when the depth is unknown)."""
-    from canon_pl.report import logit_lens_meaningful
+    from canon_pl.stats.readable import logit_lens_meaningful
 
     assert not logit_lens_meaningful("model.layers.6", 30)  # the study's hook point
     assert logit_lens_meaningful("model.layers.25", 30)

@@ -139,6 +139,20 @@ def test_meta_latent_page_ranks_its_member_latents_and_links_them(analysed: dict
     metrics = {x.label: x.value for x in app.metric}
     assert metrics["member latents"] == str(len(members))
     assert metrics["density"] == f"{len(members) / 16:.2%}"
+    shared = [x.value for x in app.markdown if x.value.startswith('<a href="latent?run=fam&amp;sae=16')]
+    assert len(shared) == min(5, len(members)) and all("<span" in x for x in shared)  # members by top context
+    # the base SAE reads blocks.0 of a model whose depth its statistics do not record: no logit lens
+    assert not any("promoted tokens" in x.value for x in app.markdown)
+    assert any("Promoted tokens (the logit lens) are left out" in c.value for c in app.caption)
+
+
+def test_meta_latent_promoted_tokens_show_where_the_base_reads_deep_enough(tmp_path: Path) -> None:
+    import json
+
+    root = build_analysed_run(tmp_path)["root"]  # its own run: the viewer caches what it has read of others
+    index = root / "fam" / "stats" / "stats.json"
+    index.write_text(json.dumps(json.loads(index.read_text()) | {"hook_point": "blocks.0", "n_layers": 1}))  # the last
+    app = open_page(root, page="Meta-latent", meta_run="meta", meta="0")
     assert any("promoted tokens" in x.value for x in app.markdown)
 
 

@@ -1,4 +1,5 @@
-"""The Meta-latent page: a meta-latent's member latents and the tokens it promotes."""
+"""The Meta-latent page: a meta-latent described by the base latents that use it most (their top contexts), its
+member latents, and the tokens it promotes where the logit lens means something."""
 
 from __future__ import annotations
 
@@ -9,7 +10,9 @@ import streamlit as st
 
 from canon_pl.io.layout import RunLayout
 from canon_pl.meta import MetaSAEError, read_meta_analysis
-from canon_pl.viewer.links import latent_url
+from canon_pl.stats.readable import LOGIT_LENS_MIN_DEPTH, logit_lens_meaningful
+from canon_pl.viewer.latents import latent_view
+from canon_pl.viewer.links import anchor, latent_url
 from canon_pl.viewer.meta import meta_latent_view
 from viewer_pages.common import (
     base_statistics_of,
@@ -22,6 +25,9 @@ from viewer_pages.common import (
     statistics_of,
     tokens_line,
 )
+
+SHARED_SHOWN = 5
+"""Base latents shown with their top context to say what a meta-latent shares."""
 
 
 def render(root: Path) -> None:
@@ -48,27 +54,41 @@ def render(root: Path) -> None:
     cols[1].metric("density", f"{view['density']:.2%}", f"of {decomposition.n_base:,} base latents",
                    delta_color="off")
     cols[2].metric("base SAE", f"{base.get('width', '?')} latents")
-    if meta_stats is None:
-        st.caption(f"Promoted tokens need the meta-SAE's statistics: `canon-pl stats --run {found[label]}`.")
-    else:
-        left, right = st.columns(2)
-        left.markdown(tokens_line("promoted tokens", view["promoted"]), unsafe_allow_html=True)
-        right.markdown(tokens_line("suppressed tokens", view["suppressed"]), unsafe_allow_html=True)
     if not view["members"]:
         st.caption("no base latent uses this meta-latent (dead)")
         return
     where = base_statistics_of(str(root), base)
     members = pd.DataFrame(view["members"], columns=["latent", "activation"])
+    lens = False
     if where is None:
         st.caption("Latent pages of the members need the base SAE's statistics: `canon-pl stats --run <base run>`.")
     else:
         run, member = where
         stats_dir = str(statistics_of(str(root))[run])
+        base_stats = open_statistics(stats_dir)
+        lens = logit_lens_meaningful(base_stats.index.get("hook_point"), base_stats.index.get("n_layers"))
+        # what it shares: the base latents that use it most, each by its top context (as the authors' dashboard)
+        st.markdown(f"**what it shares**: the {min(SHARED_SHOWN, len(members))} base latents that use it most, each "
+                    f"with its top context")
+        for j in members["latent"].tolist()[:SHARED_SHOWN]:
+            top = latent_view(base_stats, member, j)["top"]
+            st.markdown(f'{anchor(f"latent {j}", latent_url(run, member, j))} · '
+                        f'{top[0][1] if top else "no example"}', unsafe_allow_html=True)
         promoted = load_array(stats_dir, member, "promoted_tokens")[members["latent"].tolist(), :4]
-        strings = open_statistics(stats_dir).token_strings()
+        strings = base_stats.token_strings()
         members["promoted tokens"] = [" ".join(repr(strings.get(int(t), f"<{int(t)}>")) for t in row)
                                       for row in promoted]
         members["page"] = [latent_url(run, member, j) for j in members["latent"]]
+    if meta_stats is None:
+        st.caption(f"Promoted tokens need the meta-SAE's statistics: `canon-pl stats --run {found[label]}`.")
+    elif not lens:
+        st.caption(f"Promoted tokens (the logit lens) are left out: the base SAE reads a layer less than "
+                   f"{LOGIT_LENS_MIN_DEPTH:.0%} through the model (or its depth is not recorded), where they are "
+                   f"sub-word noise; the member latents' contexts above say what it shares.")
+    else:
+        left, right = st.columns(2)
+        left.markdown(tokens_line("promoted tokens", view["promoted"]), unsafe_allow_html=True)
+        right.markdown(tokens_line("suppressed tokens", view["suppressed"]), unsafe_allow_html=True)
     st.markdown(f"**member latents** ranked by activation (the first {len(members)} of {view['n_members']})")
     st.dataframe(members, hide_index=True,
                  column_config={"page": st.column_config.LinkColumn("latent page", display_text="open")})

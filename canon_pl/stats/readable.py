@@ -4,7 +4,8 @@ the viewer to rank latents.
 A latent is *readable* when it fires on a moderate share of tokens (between ``MIN_DENSITY`` and ``MAX_DENSITY``:
 rarer ones have too few examples, denser ones are usually positional or sub-word noise) and its top examples are
 concentrated: the score is the share of its top examples that peak on the same token. Latents outside the density
-band, or with fewer than ``MIN_EXAMPLES`` top examples, score -1.
+band, or with fewer than ``MIN_EXAMPLES`` top examples, score -1. Promoted tokens are worth reading only deep enough
+in the model (:func:`logit_lens_meaningful`).
 """
 
 from __future__ import annotations
@@ -31,4 +32,22 @@ def readability_scores(frequency: Tensor, centre_tokens: Tensor) -> Tensor:
     return torch.where(band, top_share, torch.full_like(top_share, -1.0))
 
 
-__all__ = ["MAX_DENSITY", "MIN_DENSITY", "MIN_EXAMPLES", "readability_scores"]
+LOGIT_LENS_MIN_DEPTH = 2 / 3
+"""Promoted tokens (a direction read through the unembedding: the logit lens) are shown only for hook points at least
+this far through the model: at a mid layer they are sub-word noise (layer 6 of SmolLM2's 30 promotes 'toplas',
+'melon', 'uschwitz'), so there a meta-latent is described by the base latents that use it instead."""
+
+
+def logit_lens_meaningful(hook_point: str | None, n_layers: int | None) -> bool:
+    """Whether the hook point's layer is at least :data:`LOGIT_LENS_MIN_DEPTH` through ``n_layers`` blocks
+    (``model.layers.6``, ``blocks.6.hook_resid_pre``, ``transformer.h.6``); unknown depth: no."""
+    import re
+
+    match = re.search(r"(?:layers|blocks|h)\.(\d+)", hook_point or "")
+    if match is None or not n_layers:
+        return False
+    return (int(match.group(1)) + 1) / int(n_layers) >= LOGIT_LENS_MIN_DEPTH
+
+
+__all__ = ["LOGIT_LENS_MIN_DEPTH", "MAX_DENSITY", "MIN_DENSITY", "MIN_EXAMPLES", "logit_lens_meaningful",
+           "readability_scores"]
