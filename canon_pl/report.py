@@ -15,6 +15,7 @@ from canon_pl.io.atomic import atomic_write_text
 from canon_pl.io.layout import RunLayout
 from canon_pl.meta.analysis import FLOOR_NAMES, higher_floor
 from canon_pl.stitching import settings_mismatch
+from canon_pl.stitching.classify import stuck_at_init_fraction
 from canon_pl.stats.readable import LOGIT_LENS_MIN_DEPTH, logit_lens_meaningful
 from canon_pl.verdicts import (
     GRANULARITY_RATIO,
@@ -45,18 +46,6 @@ def _markdown_table(frame: pd.DataFrame) -> str:
 def _save(chart: Any, path: Path) -> str:
     chart.save(str(path), scale_factor=1.5)  # vl-convert: offline PNG rendering of the Vega-Lite spec
     return path.name
-
-
-def stuck_at_init_fraction(export_dir: Path, tau: float = 0.7) -> float | None:
-    """Fraction of an export's decoder rows still within cosine ``tau`` of their initialisation (``None`` when the
-    export does not record its init seed)."""
-    from canon_pl.io import initial_decoder, load_sae
-    from canon_pl.stitching.classify import row_cosines
-
-    initial = initial_decoder(export_dir)
-    if initial is None:
-        return None
-    return float((row_cosines(load_sae(export_dir).W_dec.detach(), initial) >= tau).float().mean())
 
 
 def training_curves(run: Path) -> pd.DataFrame:

@@ -400,6 +400,34 @@ def test_the_stitching_page_opens_on_the_study_pair_with_the_definition_and_its_
     assert "no stitching results for run 'gone'" in stale.warning[0].value
 
 
+def test_the_runs_page_gives_every_member_its_ev_and_rows_at_init_prefixes_included(tmp_path: Path) -> None:
+    from canon_pl.stitching import read_stitching_results
+
+    study_shaped_run(tmp_path)
+    prefix_pair = read_stitching_results(tmp_path / "fam" / "matryoshka_prefixes" / "stitching" / "16_32.json")
+    table = open_page(tmp_path, page="Runs").dataframe[0].value.set_index("run")
+    ev = table["EV (stitching tokens)"]  # prefixes log no validation metrics: their EV on the stitching tokens
+    assert ev["fam/matryoshka_prefixes/16"] == pytest.approx(1 - prefix_pair["fvu_small"])
+    assert ev["fam/matryoshka_prefixes/32"] == pytest.approx(1 - prefix_pair["fvu_large"])
+    assert table["rows at init"].isna().all()  # these exports record no init seed: unknown, not zero
+
+
+def test_the_runs_page_says_how_many_rows_an_sae_left_at_init(tmp_path: Path) -> None:
+    import torch
+
+    from canon_pl.io import export_sae
+    from canon_pl.sae import initial_sae
+
+    cfg = SAEConfig(d_in=24, d_sae=48, architecture="relu")
+    export_sae(initial_sae(cfg, 5), tmp_path / "untrained", extra={"training": {"init_seed": 5}})
+    trained = initial_sae(cfg, 5)
+    with torch.no_grad():
+        trained.W_dec[:12] = -trained.W_dec[:12]  # a quarter of the rows moved away from their initialisation
+    export_sae(trained, tmp_path / "quarter", extra={"training": {"init_seed": 5}})
+    table = open_page(tmp_path, page="Runs").dataframe[0].value.set_index("run")
+    assert table.loc["untrained", "rows at init"] == 1.0 and table.loc["quarter", "rows at init"] == 0.75
+
+
 def test_the_runs_page_keeps_meta_saes_out_of_the_width_charts(analysed: dict) -> None:
     app = open_page(analysed["root"], page="Runs")
     assert sorted(app.dataframe[0].value["run"]) == ["fam/16", "fam/8"]

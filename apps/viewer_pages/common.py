@@ -12,6 +12,7 @@ from canon_pl.meta import read_meta_analysis
 from canon_pl.stats import LatentStatistics
 from canon_pl.stats.readable import readability_scores
 from canon_pl.viewer import find_runs, load_pair, member_metrics
+from canon_pl.viewer.runs import member_diagnostics
 from canon_pl.viewer.latents import (
     family_decoders,
     find_statistics,
@@ -57,6 +58,11 @@ def tokens_line(title: str, pairs: list[tuple[str, float]]) -> str:
 @st.cache_data(ttl=30)
 def load_runs(root: str) -> list[dict]:
     return [run.row() | {"_path": str(run.path)} for run in find_runs(root)]
+
+
+@st.cache_data(ttl=300, show_spinner="reading each SAE's rows at init and its family's stitching EVs")
+def load_diagnostics(root: str) -> pd.DataFrame:
+    return member_diagnostics(find_runs(root))
 
 
 @st.cache_data(ttl=30)

@@ -11,6 +11,7 @@ import streamlit as st
 from canon_pl.viewer.charts import family_charts
 from viewer_pages.common import (
     choose,
+    load_diagnostics,
     load_metrics,
     load_runs,
     meta_runs_of,
@@ -42,7 +43,10 @@ def render(root: Path) -> None:
                 f"family: `lightning fit --config configs/family_smollm2.yaml`.")
         return
     metas = {str(path) for path in meta_runs_of(str(root)).values()}
-    everything = pd.DataFrame(runs)
+    everything = pd.DataFrame(runs).merge(load_diagnostics(str(root)), on="run", how="left")
+    after = [c for c in ("run", "family", "d_sae", "k", "explained_variance", "l0") if c in everything.columns]
+    everything = everything[after + ["EV (stitching tokens)", "rows at init"] +
+                            [c for c in everything.columns if c not in (*after, "EV (stitching tokens)", "rows at init")]]
     is_meta = everything["_path"].isin(metas)
     table = everything[~is_meta].drop(columns=["_path"])
     st.subheader("SAEs")

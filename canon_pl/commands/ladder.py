@@ -204,7 +204,7 @@ def measure_rung(cfg: LadderConfig, steps: int, device: str) -> dict[str, Any]:
     from canon_pl.commands.stitch import stitch
     from canon_pl.io import load_family, load_sae, read_family_manifest
     from canon_pl.metrics.reconstruction import explained_variance_of
-    from canon_pl.report import stuck_at_init_fraction
+    from canon_pl.stitching.classify import stuck_at_init_fraction
     from canon_pl.stitching import read_stitching_results
     from canon_pl.training.analysis_data import cache_activations
 

@@ -14,6 +14,7 @@ with the diagnostics that say whether the answer means anything (Leask et al. 20
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -125,4 +126,19 @@ def definition_chunk_spread(large_codes: SparseCodes, W_dec_large: Tensor, resid
             "std": float(values.std()) if len(fractions) > 1 else None, "chunk_tokens": size}
 
 
-__all__ = ["LatentClasses", "classify_latents", "definition_chunk_spread", "row_cosines"]
+def stuck_at_init_fraction(export_dir: str | os.PathLike, tau: float = 0.7) -> float | None:
+    """Fraction of an export's decoder rows still within cosine ``tau`` of their initialisation (``None`` when the
+    export does not record its init seed, or cannot be read): how far training has moved the dictionary."""
+    from canon_pl.io import CheckpointError, initial_decoder, load_sae
+
+    initial = initial_decoder(export_dir)
+    if initial is None:
+        return None
+    try:
+        trained = load_sae(export_dir).W_dec.detach()
+    except CheckpointError:
+        return None
+    return float((row_cosines(trained, initial) >= tau).float().mean())
+
+
+__all__ = ["LatentClasses", "classify_latents", "definition_chunk_spread", "row_cosines", "stuck_at_init_fraction"]

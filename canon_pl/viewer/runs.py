@@ -136,3 +136,31 @@ def find_runs(root: str | Path) -> list[RunSummary]:
         runs.append(RunSummary(cfg.parent, config, _final_validation(metrics), name, group))
     # families in width order, not in the string order of their folder names
     return sorted(runs, key=lambda r: (str(r.path.parent), int(r.config.get("sae", {}).get("d_sae") or 0), r.name))
+
+
+def member_diagnostics(runs: list[RunSummary]) -> pd.DataFrame:
+    """Per run (``run``): ``rows at init``, the fraction of its decoder rows still within cosine 0.7 of their
+    initialisation (``None`` when the export records no init seed), and ``EV (stitching tokens)``, one minus its FVU
+    on its family's stitching tokens, the same tokens for every member and for Matryoshka prefixes, which have no
+    validation metrics of their own (``None`` for an SAE no stitching result analysed: a seed control)."""
+    from canon_pl.stitching import StitchingError, read_stitching_results
+    from canon_pl.stitching.classify import stuck_at_init_fraction
+    from canon_pl.stitching.nested import held_out_ev
+
+    ev_of_family: dict[Path, dict[int, float]] = {}
+    rows = []
+    for run in runs:
+        family = run.path.parent
+        if family not in ev_of_family:
+            summaries = []
+            for path in files_inside(family, f"{RunLayout.STITCHING}/*.json"):
+                try:
+                    summaries.append(read_stitching_results(path))
+                except StitchingError:
+                    continue
+            ev_of_family[family] = held_out_ev(summaries)
+        width = int(run.config.get("sae", {}).get("d_sae") or 0)
+        member = run.path.name in _members(family) if (family / "family.json").is_file() else False
+        rows.append({"run": run.name, "rows at init": stuck_at_init_fraction(run.path),
+                     "EV (stitching tokens)": ev_of_family[family].get(width) if member else None})
+    return pd.DataFrame(rows, columns=["run", "rows at init", "EV (stitching tokens)"])
