@@ -435,3 +435,32 @@ def test_the_runs_page_keeps_meta_saes_out_of_the_width_charts(analysed: dict) -
     assert [h.value for h in app.subheader][:2] == ["SAEs", "Meta-SAEs"]
     specs = " ".join(chart.proto.spec for chart in app.get("vega_lite_chart"))
     assert '"meta"' not in specs
+
+
+def test_seed_controls_are_bars_at_their_width_not_points_on_the_family_line(tmp_path: Path) -> None:
+    from canon_pl.io import export_sae, write_family_manifest
+    from tests.test_stitching import random_trained_like
+
+    family = tmp_path / "fam"
+    for folder, width, seed in (("8", 8, 1), ("16", 16, 2), ("16_seed1", 16, 3)):
+        export_sae(random_trained_like(width, seed=seed), family / folder)
+    sae = random_trained_like(8, seed=1)
+    write_family_manifest(family, {8: "8", 16: "16"}, sae.cfg, tokens=0,
+                          controls={"16_seed1": {"width": 16, "init_seed": 1}})
+    runs = {r.name: r for r in find_runs(tmp_path)}
+    assert runs["fam/16_seed1"].seed_control and runs["fam/16_seed1"].family == "fam"
+    assert not runs["fam/16"].seed_control
+
+    import pandas as pd
+
+    from canon_pl.viewer.charts import family_charts
+
+    ev = {"fam/8": 0.8, "fam/16": 0.9, "fam/16_seed1": 0.85}
+    table = pd.DataFrame([r.row() | {"explained_variance": ev[name]} for name, r in runs.items()])
+    spec = family_charts(table)[0].to_dict()
+    line, bars = spec["layer"]
+    datasets = spec["datasets"]
+    assert sorted(datasets[line["data"]["name"]][i]["run"] for i in range(2)) == ["fam/16", "fam/8"]
+    (bar,) = datasets[bars["data"]["name"]]
+    assert bar["d_sae"] == 16 and bar["count"] == 2 and bar["min"] == pytest.approx(0.1) and \
+        bar["max"] == pytest.approx(0.15)

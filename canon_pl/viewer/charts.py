@@ -17,20 +17,31 @@ def family_table(table: pd.DataFrame) -> pd.DataFrame:
 
 def family_charts(table: pd.DataFrame) -> list[alt.Chart]:
     """FVU against width and against L0 (the sparsity / fidelity trade-off), CE recovered against width; one line
-    per family, one point per SAE. ``table``: rows of ``find_runs`` (``run``, ``d_sae``, ``explained_variance``,
-    ``l0``, ``ce_recovered``)."""
+    per family through its members, a bar at each width with seed controls spanning the lowest to the highest FVU
+    over its seeds. ``table``: rows of ``find_runs`` (``run``, ``d_sae``, ``explained_variance``, ``l0``,
+    ``ce_recovered``, ``seed control``)."""
     data = family_table(table)
     if data.empty:
         return []
     tooltip = ["run", "d_sae", "fvu"] + [c for c in ("l0", "ce_recovered") if c in data.columns]
     width = alt.X("d_sae:Q", scale=alt.Scale(type="log"), title="latents")
-    charts = [alt.Chart(data, title="FVU vs width").mark_line(point=True).encode(
-        x=width, y=alt.Y("fvu:Q", title="FVU"), color="family:N", tooltip=tooltip)]
+    controls = data["seed control"].fillna(False).astype(bool) if "seed control" in data.columns else \
+        pd.Series(False, index=data.index)
+    members = data[~controls]
+    line = alt.Chart(members, title="FVU vs width (bars: the spread over seeds)").mark_line(point=True).encode(
+        x=width, y=alt.Y("fvu:Q", title="FVU"), color="family:N", tooltip=tooltip)
+    seeds = data.groupby(["family", "d_sae"])["fvu"].agg(["min", "max", "count"]).reset_index()
+    seeds = seeds[seeds["count"] > 1]  # a width with a seed control beside its member
+    bars = alt.Chart(seeds).mark_rule(strokeWidth=2).encode(
+        x="d_sae:Q", y=alt.Y("min:Q", title="FVU"), y2="max:Q", color="family:N",
+        tooltip=["family", "d_sae", alt.Tooltip("min:Q", title="lowest FVU"),
+                 alt.Tooltip("max:Q", title="highest FVU"), alt.Tooltip("count:Q", title="seeds")])
+    charts = [line + bars if len(seeds) else line]
     if "l0" in data.columns:
         charts.append(alt.Chart(data, title="FVU vs L0").mark_point(filled=True).encode(
             x=alt.X("l0:Q", title="L0"), y=alt.Y("fvu:Q", title="FVU"), color="family:N", tooltip=tooltip))
-    if "ce_recovered" in data.columns and data["ce_recovered"].notna().any():
-        charts.append(alt.Chart(data.dropna(subset=["ce_recovered"]), title="CE recovered vs width").mark_line(
+    if "ce_recovered" in members.columns and members["ce_recovered"].notna().any():
+        charts.append(alt.Chart(members.dropna(subset=["ce_recovered"]), title="CE recovered vs width").mark_line(
             point=True).encode(x=width, y=alt.Y("ce_recovered:Q", title="CE recovered"), color="family:N",
                                tooltip=tooltip))
     return charts

@@ -31,7 +31,10 @@ class RunSummary:
     final_metrics: dict[str, float]
     name: str = ""
     family: str = ""
-    """The family folder this SAE is a member of (listed in its ``family.json``), else its own name."""
+    """The family folder this SAE is a member or seed control of (listed in its ``family.json``), else its own
+    name."""
+    seed_control: bool = False
+    """Listed under the family's ``controls``: the same width as a member from another init seed."""
 
     def row(self) -> dict[str, Any]:
         """One table row: identity first, then the headline metrics, then the rest of the validation metrics."""
@@ -41,6 +44,7 @@ class RunSummary:
         return {
             "run": self.name,
             "family": self.family or self.name,
+            "seed control": self.seed_control,
             "d_sae": sae.get("d_sae"),
             "k": sae.get("k"),
             **headline,
@@ -111,6 +115,13 @@ def _members(family_dir: Path) -> set[str]:
         return set()
 
 
+def _controls(family_dir: Path) -> set[str]:
+    try:
+        return set(read_family_manifest(family_dir).get("controls") or {})
+    except CheckpointError:
+        return set()
+
+
 def find_runs(root: str | Path) -> list[RunSummary]:
     """Every folder below ``root`` (three levels at most: a multi-hook run's members) holding a readable canon-pl
     ``cfg.json``."""
@@ -125,15 +136,17 @@ def find_runs(root: str | Path) -> list[RunSummary]:
             continue
         name = str(cfg.parent.relative_to(root))
         family = None
-        group = name  # a family groups its members; anything else (a meta-SAE beside them) stands alone
+        group = name  # a family groups its members and seed controls; anything else (a meta-SAE) stands alone
+        control = False
         if (cfg.parent.parent / "family.json").is_file():
             if cfg.parent.parent not in family_logs:
                 family_logs[cfg.parent.parent] = read_metrics(cfg.parent.parent)
             family = family_logs[cfg.parent.parent]
-            if cfg.parent.name in _members(cfg.parent.parent):
+            control = cfg.parent.name in _controls(cfg.parent.parent)
+            if control or cfg.parent.name in _members(cfg.parent.parent):
                 group = str(cfg.parent.parent.relative_to(root)) if cfg.parent.parent != root else root.name
         metrics = member_metrics(cfg.parent, family)
-        runs.append(RunSummary(cfg.parent, config, _final_validation(metrics), name, group))
+        runs.append(RunSummary(cfg.parent, config, _final_validation(metrics), name, group, control))
     # families in width order, not in the string order of their folder names
     return sorted(runs, key=lambda r: (str(r.path.parent), int(r.config.get("sae", {}).get("d_sae") or 0), r.name))
 
