@@ -464,3 +464,28 @@ def test_seed_controls_are_bars_at_their_width_not_points_on_the_family_line(tmp
     (bar,) = datasets[bars["data"]["name"]]
     assert bar["d_sae"] == 16 and bar["count"] == 2 and bar["min"] == pytest.approx(0.1) and \
         bar["max"] == pytest.approx(0.15)
+
+
+def test_a_latent_names_its_seed_partner_with_the_cosine(tmp_path: Path) -> None:
+    """The latent page says whether another seed of the same width found the same direction (the cross-seed
+    control, latent by latent)."""
+    import torch
+
+    from canon_pl import load_sae
+    from canon_pl.io import export_sae, write_family_manifest
+    from canon_pl.viewer.latents import control_decoders, family_decoders, seed_partners
+
+    root = build_analysed_run(tmp_path)["root"]
+    family = root / "fam"
+    other = load_sae(family / "16")
+    order = torch.randperm(16, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        other.W_dec[5:] = torch.randn_like(other.W_dec[5:])  # latents 0-4 found again by the other seed, the rest not
+        other.W_dec.copy_(other.W_dec[order])  # in another order, as another seed would
+    export_sae(other, family / "16_seed1")
+    write_family_manifest(family, {8: "8", 16: "16"}, load_sae(family / "8").cfg, tokens=0,
+                          controls={"16_seed1": {"width": 16, "init_seed": 1}})
+    (row,) = seed_partners(family_decoders(family), control_decoders(family), "16", 3).itertuples()
+    assert row.control == "16_seed1" and int(order[row.latent]) == 3 and row.cosine == pytest.approx(1.0, abs=1e-5)
+    app = open_page(root, page="Latent", run="fam", sae="16", latent="3")
+    assert any("its seed partner" in m.value and "the same direction" in m.value for m in app.markdown)

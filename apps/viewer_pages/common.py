@@ -14,6 +14,7 @@ from canon_pl.stats.readable import readability_scores
 from canon_pl.viewer import find_runs, load_pair, member_metrics
 from canon_pl.viewer.runs import member_diagnostics
 from canon_pl.viewer.latents import (
+    control_decoders,
     family_decoders,
     find_statistics,
     token_html,
@@ -103,6 +104,11 @@ def open_statistics(path: str) -> LatentStatistics:
 @st.cache_resource(ttl=300)
 def load_family_decoders(run_dir: str) -> dict:
     return family_decoders(Path(run_dir))
+
+
+@st.cache_resource(ttl=300)
+def load_control_decoders(run_dir: str) -> dict:
+    return control_decoders(Path(run_dir))
 
 
 @st.cache_resource(ttl=300)

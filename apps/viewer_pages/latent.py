@@ -12,7 +12,7 @@ import streamlit as st
 from canon_pl.io.layout import RunLayout
 from canon_pl.stats import StatsError
 from canon_pl.stitching import StitchingError
-from canon_pl.viewer.latents import latent_view, nearest_in_other_widths
+from canon_pl.viewer.latents import latent_view, nearest_in_other_widths, seed_partners
 from canon_pl.viewer.links import anchor, latent_url, meta_latent_url
 from canon_pl.viewer.meta import meta_rows
 from viewer_pages.common import (
@@ -20,6 +20,7 @@ from viewer_pages.common import (
     choose_index,
     links,
     load_decomposition,
+    load_control_decoders,
     load_family_decoders,
     load_stitching,
     meta_analysis_of,
@@ -83,7 +84,16 @@ def render(root: Path) -> None:
         st.altair_chart(alt.Chart(view["histogram"], title="activation histogram").mark_bar().encode(
             x=alt.X("log10_activation:Q", title="log10 activation"), y=alt.Y("count:Q")), width="stretch")
     run_dir = found[label].parent
-    nearest = nearest_in_other_widths(load_family_decoders(str(run_dir)), member, j)
+    decoders = load_family_decoders(str(run_dir))
+    partners = seed_partners(decoders, load_control_decoders(str(run_dir)), member, j)
+    for row in partners.itertuples():
+        target = (anchor(f"latent {row.latent}", latent_url(label, row.control, row.latent))
+                  if row.control in stats.members else f"latent {row.latent}")
+        st.markdown(f"**its seed partner** in {row.control} (the same width, another init seed): {target}, decoder "
+                    f"cosine {row.cosine:.2f}" + (" — the same direction" if row.cosine >= 0.9 else
+                                                  " — no latent of that seed points the same way"
+                                                  if row.cosine < 0.7 else ""), unsafe_allow_html=True)
+    nearest = nearest_in_other_widths(decoders, member, j)
     if len(nearest):
         smaller = nearest[nearest["width"] < int(member)]
         if len(smaller):

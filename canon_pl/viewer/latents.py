@@ -108,7 +108,8 @@ def _latent_view(stats: LatentStatistics, member: str, j: int, d_sae: int) -> di
     }
 
 
-__all__ = ["find_statistics", "highlighted_context", "latent_view", "token_html"]
+__all__ = ["control_decoders", "find_statistics", "highlighted_context", "latent_view", "seed_partners",
+           "token_html"]
 
 
 def family_decoders(run_dir: Path) -> dict[int, torch.Tensor]:
@@ -128,6 +129,46 @@ def family_decoders(run_dir: Path) -> dict[int, torch.Tensor]:
     except CheckpointError:
         return {}
     return {w: torch.nn.functional.normalize(sae.W_dec.detach(), dim=-1) for w, sae in family.saes.items()}
+
+
+def control_decoders(run_dir: Path) -> dict[str, tuple[int, torch.Tensor]]:
+    """``{control folder: (width, unit decoder rows [d_sae, d_in])}`` of the family's seed controls (the same width
+    as a member from another init seed); empty outside a family, or for a control that cannot be read or leads out
+    of the family's folder."""
+    from canon_pl.io import CheckpointError, load_sae
+    from canon_pl.io.family import MANIFEST_FILE, read_family_manifest
+
+    if not (run_dir / MANIFEST_FILE).is_file():
+        return {}
+    try:
+        controls = read_family_manifest(run_dir).get("controls") or {}
+    except CheckpointError:
+        return {}
+    found = {}
+    for folder, control in controls.items():
+        if not inside(run_dir, run_dir / folder):
+            continue
+        try:
+            sae = load_sae(run_dir / folder)
+        except CheckpointError:
+            continue
+        found[folder] = (int(control["width"]), torch.nn.functional.normalize(sae.W_dec.detach(), dim=-1))
+    return found
+
+
+def seed_partners(decoders: dict[int, torch.Tensor], controls: dict[str, tuple[int, torch.Tensor]], member: str,
+                  j: int) -> pd.DataFrame:
+    """For a family member's latent ``j``: its closest latent (decoder cosine) in each seed control of its width,
+    ``control, latent, cosine``: whether another seed found the same direction. Empty when it has none."""
+    if not member.isdigit() or int(member) not in decoders:
+        return pd.DataFrame()
+    direction = decoders[int(member)][j]
+    rows = []
+    for folder, (width, rows_c) in sorted(controls.items()):
+        if width == int(member):
+            value, index = (rows_c @ direction).max(0)
+            rows.append({"control": folder, "latent": int(index), "cosine": float(value)})
+    return pd.DataFrame(rows)
 
 
 def nearest_in_other_widths(decoders: dict[int, torch.Tensor], member: str, j: int, n: int = 3) -> pd.DataFrame:
