@@ -72,3 +72,14 @@ def test_a_link_opens_its_page_and_the_back_button_returns(viewer: dict, page) -
     page.go_back()
     page.get_by_text("fam · 16 · latent 3").first.wait_for()
     assert "latent=3" in page.url
+
+
+def test_the_study_figures_come_first_in_a_real_browser(viewer: dict, page) -> None:
+    """What a reader sees first: on the Stitching page the novel fraction by definition and its cross-seed control
+    (the report's primary figures), the cosine proxy after them; on the Runs page the meta-SAEs apart."""
+    open_view(page, f"{viewer['url']}/stitching", "novel latents (by definition)")
+    labels = page.locator("[data-testid=stMetricLabel]").all_inner_texts()
+    assert labels[:2] == ["novel latents (by definition)", "cross-seed control (by definition)"], labels
+    assert labels.index("novel by cosine (proxy)") > 1
+    open_view(page, viewer["url"], "Meta-SAEs")
+    assert page.get_by_text("kept out of the width charts").count() == 1
