@@ -140,6 +140,14 @@ def _context_text(stats: Any, width: str, latent: int, contexts: Any, strings: d
     return shown
 
 
+def viewer_latent_link(run: Path, width: str, latent: int) -> str:
+    """The URL of ``latent`` of the run's ``width`` member in the viewer started on the run's parent folder as the
+    report says (``canon-pl view --checkpoints <parent>``, on its default address)."""
+    from canon_pl.viewer.links import LOCAL_VIEWER, latent_url
+
+    return f"{LOCAL_VIEWER}/{latent_url(run.name, width, latent)}"
+
+
 def _examples(run: Path, meta_dir: Path, meta: dict[str, Any], n: int = 3) -> list[dict[str, Any]]:
     """The ``n`` most readable base latents (:mod:`canon_pl.stats.readable`) built from 2 to 2k meta-latents, each
     with its top contexts and, per meta-latent (largest first), its activation, the other base latents that use it
@@ -182,7 +190,8 @@ def _examples(run: Path, meta_dir: Path, meta: dict[str, Any], n: int = 3) -> li
             parts.append({"meta": m, "activation": value, "promoted": promoted, "siblings": siblings,
                           "users": users})
         examples.append({"latent": j, "frequency": float(frequency[j]), "score": float(scores[j]),
-                         "contexts": shown, "meta": parts, "logit_lens": lens})
+                         "contexts": shown, "meta": parts, "logit_lens": lens,
+                         "viewer": viewer_latent_link(run, width, j)})
     return examples
 
 
@@ -329,7 +338,7 @@ def _meta_section(meta: dict[str, Any], examples: list[dict[str, Any]]) -> list[
                   "model; at a mid layer they read as sub-word noise.", ""]
     for example in examples:
         lines.append(f"**latent {example['latent']}** (fires on {example['frequency']:.2%} of tokens, top-example "
-                     f"concentration {example['score']:.0%})")
+                     f"concentration {example['score']:.0%}; [in the viewer]({example['viewer']}))")
         for text in example["contexts"]:
             lines.append(f"- `…{text}`")
         for part in example["meta"]:
@@ -473,7 +482,8 @@ def write_report(run: str | os.PathLike, meta_dir: str | os.PathLike | None = No
         verdicts.append(nested_verdict)
     lines = [f"# canon-pl report: {run.name}", "",
              "Read from the run's files (family exports, `stitching/`, the meta-SAE analysis, `stats/`, the training "
-             f"log); open them interactively with `streamlit run apps/viewer.py -- --checkpoints {run.parent}`.", "",
+             f"log); open them interactively with `canon-pl view --checkpoints {run.parent}` (the latent links below "
+             f"open there).", "",
              f"Arm: {arm_description(run)}.", "",
              "## Verdicts", "", f"Preconditions: **{'pass' if trained else 'fail'}** — {reason}.", "",
              _markdown_table(pd.DataFrame([v.row() for v in verdicts])), "",

@@ -489,3 +489,22 @@ def test_a_latent_names_its_seed_partner_with_the_cosine(tmp_path: Path) -> None
     assert row.control == "16_seed1" and int(order[row.latent]) == 3 and row.cosine == pytest.approx(1.0, abs=1e-5)
     app = open_page(root, page="Latent", run="fam", sae="16", latent="3")
     assert any("its seed partner" in m.value and "the same direction" in m.value for m in app.markdown)
+
+
+def test_a_stale_link_says_what_it_could_not_find(analysed: dict) -> None:
+    app = open_page(analysed["root"], page="Latent", run="family_gone", sae="16", latent="3")
+    assert "the link asks for run 'family_gone', which is not in this folder" in app.warning[0].value
+
+
+def test_a_report_link_opens_the_latent_it_names(analysed: dict) -> None:
+    """The report's example decompositions link into the viewer (`canon-pl view` on the run's parent folder); the
+    link's view opens that very latent."""
+    from canon_pl.report import viewer_latent_link
+    from canon_pl.viewer.links import LOCAL_VIEWER, parse_view
+
+    root = analysed["root"]
+    url = viewer_latent_link(root / "fam", "16", 3)
+    assert url.startswith(f"{LOCAL_VIEWER}/latent?")
+    page, params = parse_view(url.removeprefix(f"{LOCAL_VIEWER}/"))
+    app = open_page(root, page=page, **params)
+    assert not app.warning and any("fam · 16 · latent 3" in h.value for h in app.subheader)

@@ -29,9 +29,14 @@ from canon_pl.viewer.search import top_centre_tokens
 
 
 def choose(label: str, options: list[str], param: str) -> str:
-    """A sidebar choice that starts at the query parameter ``param`` (a deep link) and writes it back."""
+    """A sidebar choice that starts at the query parameter ``param`` (a deep link) and writes it back; a link that
+    names a choice this folder does not have (stale, or from another folder) says so instead of silently showing
+    another."""
     asked = st.query_params.get(param)
     choice = st.sidebar.selectbox(label, options, index=options.index(asked) if asked in options else 0)
+    if asked is not None and asked not in options:
+        st.warning(f"the link asks for {label} {asked!r}, which is not in this folder (it has {len(options)}: "
+                   f"{', '.join(options[:5])}{', ...' if len(options) > 5 else ''}); showing {choice}")
     st.query_params[param] = choice
     return choice
 

@@ -7,6 +7,10 @@ from __future__ import annotations
 import html
 from urllib.parse import urlencode
 
+LOCAL_VIEWER = "http://127.0.0.1:8501"
+"""Where the viewer serves by default (`canon-pl view`, or `streamlit run apps/viewer.py` from the repository root:
+Streamlit's port 8501 on loopback): the report's links into it start here."""
+
 PAGES = ("Runs", "Stitching", "Latent", "Meta-latent", "Search")
 """The viewer's pages, in the sidebar's order: each is ``apps/viewer_pages/<page_module(page)>.py``."""
 
@@ -54,4 +58,4 @@ def anchor(text: object, url: str) -> str:
     return f'<a href="{html.escape(url, quote=True)}" target="_self">{html.escape(str(text))}</a>'
 
 
-__all__ = ["PAGES", "anchor", "latent_url", "meta_latent_url", "page_module", "page_path", "page_url", "parse_view"]
+__all__ = ["LOCAL_VIEWER", "PAGES", "anchor", "latent_url", "meta_latent_url", "page_module", "page_path", "page_url", "parse_view"]
