@@ -231,7 +231,13 @@ def _stitching_section(facts: dict[str, Any], figures: Path) -> list[str]:
                      "control path peak": (1 + control["path_excess"]) if control.get("path_excess") is not None
                      else None,
                      "monotone steps": s["path_monotone_fraction"],
-                     "FVU S": s["fvu_small"], "FVU L": s["fvu_large"]})
+                     "FVU S": s["fvu_small"], "FVU L": s["fvu_large"],
+                     # Hungarian-matched decoder cosine (Paulo & Belrose 2025): S against L, L against its other seed
+                     "matched cos S↔L": (s.get("consistency") or {}).get("mean_matched_cosine"),
+                     "S kept in L at 0.9": ((s.get("consistency") or {}).get("shared_at") or {}).get("0.9"),
+                     "matched cos across seeds": (control.get("consistency") or {}).get("mean_matched_cosine"),
+                     "shared across seeds at 0.9": ((control.get("consistency") or {}).get("shared_at") or {}).get(
+                         "0.9")})
         for measure, key in (("definition", "novel_fraction_definition"), ("cosine", "novel_fraction_cosine")):
             bars.append({"pair": pair, "measure": measure, "against": "smaller width", "fraction": c[key]})
             if control:

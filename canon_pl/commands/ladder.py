@@ -248,6 +248,8 @@ def measure_rung(cfg: LadderConfig, steps: int, device: str) -> dict[str, Any]:
                       # the other seed of L's width in L's place: against S, and against L (its own control)
                       "replicate_definition": replicate.get("novel_fraction_definition"),
                       "replicate_control_definition": replicate.get("control_novel_fraction_definition"),
+                      # Hungarian-matched decoder consistency: S against L, and L against its other seed
+                      "consistency": s.get("consistency"), "control_consistency": control.get("consistency"),
                       "granularity": s.get("granularity"), "control_granularity": control.get("granularity")})
     return {"members": members, "pairs": pairs}
 

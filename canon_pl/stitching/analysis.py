@@ -25,6 +25,7 @@ from canon_pl.io.results import read_results, write_results
 from canon_pl.metrics import SplicedLanguageModelLoss
 from canon_pl.sae import SparseAutoencoder
 from canon_pl.stitching.classify import LatentClasses, classify_latents, definition_chunk_spread
+from canon_pl.stitching.consistency import consistency_summary
 from canon_pl.stitching.granularity import GRANULARITY_TOKENS, granularity_curve
 from canon_pl.stitching.groups import LatentGroups, latent_groups
 from canon_pl.stitching.matching import (
@@ -238,6 +239,9 @@ def analyze_pair(small: SparseAutoencoder, large: SparseAutoencoder, activations
                                  replicate_control.summary()["novel_fraction_definition"]}}
         if granularity:
             control_extra["granularity"] = granularity_curve(large, control, x[:granularity_tokens])
+        # matched consistency (Hungarian on decoder cosine) between the two seeds of L's width
+        control_extra["consistency"] = consistency_summary(large.W_dec, control.W_dec)
+    extra["consistency"] = consistency_summary(small.W_dec, large.W_dec)  # how much of S the wider L keeps
     if granularity:
         extra["granularity"] = granularity_curve(small, large, x[:granularity_tokens])
 
