@@ -40,3 +40,35 @@ def test_a_live_model_config_trains_with_its_logger_as_shipped(config: str, tmp_
     assert rows and any(row.get("step") == "1" for row in rows)
     hparams = next(run.rglob("hparams.yaml")).read_text()
     assert "hook_point: null" not in hparams
+
+
+@pytest.fixture(scope="module")
+def small_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 2,048-token activation cache of pydoc-topics from the bundled model, captured as the README's `make main`
+    captures its own (`canon-pl cache` on the shipped capture config)."""
+    root = tmp_path_factory.mktemp("cache")
+    capture = yaml.safe_load((REPO / "configs" / "sae_smollm2.yaml").read_text())
+    capture["data"]["init_args"].update({"text": "pydoc-topics", "batch_size": 256, "block_contexts": 16,
+                                         "contexts_per_forward": 8})
+    (root / "capture.yaml").write_text(yaml.safe_dump(capture))
+    result = run_cli("cache", "--config", str(root / "capture.yaml"), "--out", str(root / "cache"), "--tokens",
+                     "2048", "--val_tokens", "512", cwd=root, script="canon-pl")
+    assert result.returncode == 0, result.stderr[-3000:]
+    return root / "cache"
+
+
+@pytest.mark.parametrize("config", ["family_smollm2_relu.yaml"])
+def test_a_cache_config_trains_as_shipped(config: str, small_cache: Path, tmp_path: Path) -> None:
+    """The study's ReLU + L1 arm trains for two steps on a cache as shipped, its callbacks and logger on; only the
+    cache's path, the batch and the step counts are shrunk, and no validation runs in two steps (the stitching
+    callback's analysis of three widths would take minutes here; it runs in tests/test_pipeline.py, where
+    `family_smollm2.yaml` trains shrunk alike)."""
+    run = tmp_path / "run"
+    result = run_cli("fit", "--config", str(REPO / "configs" / config), "--trainer.default_root_dir", str(run),
+                     "--trainer.max_steps", "2", "--trainer.val_check_interval", "1000", "--trainer.log_every_n_steps",
+                     "1", "--data.init_args.path", str(small_cache), "--data.init_args.batch_size", "256",
+                     "--data.init_args.shards_in_memory", "1", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    exports = sorted(p.parent for p in tmp_path.rglob("cfg.json"))
+    assert len(exports) >= 3, [str(p) for p in tmp_path.rglob("*")][:30]  # every width of the family, exported
+    assert all(load_sae(e).cfg.hook_point == "model.layers.6" for e in exports)
