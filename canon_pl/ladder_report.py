@@ -40,6 +40,11 @@ def ladder_frame(documents: list[dict[str, Any]]) -> pd.DataFrame:
             if p.get("control_path_excess") is not None:
                 rows.append({"tokens_m": t, "panel": "path peak / worse endpoint (pair solid, two seeds dashed)",
                              "series": pair, "value": 1 + p["control_path_excess"], "dash": "training"})
+            for key, dash in (("consistency", "held-out"), ("control_consistency", "training")):
+                shared = ((p.get(key) or {}).get("shared_at") or {}).get("0.7")
+                if shared is not None:
+                    rows.append({"tokens_m": t, "panel": "latents matched at cosine >= 0.7 (S in L solid, two seeds "
+                                                         "of L dashed)", "series": pair, "value": shared, "dash": dash})
             for key, dash in (("granularity", "held-out"), ("control_granularity", "training")):
                 share = needed_share(p.get(key))
                 if share is not None:

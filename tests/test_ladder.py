@@ -68,6 +68,7 @@ def test_the_ladder_commits_each_rung_once_and_a_killed_rung_resumes_to_the_same
         (pair,) = d["pairs"]
         assert (pair["small"], pair["large"]) == (576, 1152) and pair["control_definition"] is not None
         assert 0 <= pair["replicate_definition"] <= 1 and 0 <= pair["replicate_control_definition"] <= 1
+        assert pair["consistency"]["n_smaller"] == 576 and pair["control_consistency"]["n_smaller"] == 1152
         assert pair["path_peak_over_worse_endpoint"] == pytest.approx(1 + pair["path_excess"])
     assert documents[0]["members"] != documents[1]["members"]  # the second rung trained on
     assert (results / "curves.png").stat().st_size > 5000
