@@ -73,8 +73,30 @@ def write_ladder_figures(documents: list[dict[str, Any]], out: str | Path) -> Pa
     rows = [alt.hconcat(*charts[i:i + 2]) for i in range(0, len(charts), 2)]
     path = out / "curves.png"
     alt.vconcat(*rows).resolve_scale(color="independent").save(str(path), scale_factor=1.5)
-    (out / "summary.md").write_text("\n".join(ladder_section(documents, figure=path.name)) + "\n")
+    from canon_pl.commands.base_ladder import finished_bases
+
+    lines = ladder_section(documents, figure=path.name) + base_ladder_lines(finished_bases(out))
+    (out / "summary.md").write_text("\n".join(lines) + "\n")
     return path
+
+
+def base_ladder_lines(entries: list[dict[str, Any]]) -> list[str]:
+    """The meta-SAE's base-width ladder (``base_<width>.json``): per base, its meta-SAEs' FVE against the highest of
+    the four floors, and the rule's verdict (:func:`canon_pl.commands.base_ladder.base_ladder_verdict`)."""
+    from canon_pl.commands.base_ladder import base_ladder_verdict
+
+    if not entries:
+        return []
+    lines = ["", "### The meta-SAE's base-width ladder", "",
+             "| base | steps | rows moved | EV held-out | meta-SAE (rows per meta-latent): FVE / highest floor |",
+             "|---|---|---|---|---|"]
+    for e in entries:
+        metas = "; ".join(f"{m['n_meta']:,} ({m['rows_per_meta']:.1f}): {m['fve']:.3f} / {m['highest_floor']:.3f}"
+                          for m in e["meta"] if m.get("highest_floor") is not None)
+        lines.append(f"| {e['width']:,} | {e['steps']:,} | {e['rows_moved_fraction']:.1%} | {e['ev_held_out']:.3f} | "
+                     f"{metas} |")
+    verdict, why = base_ladder_verdict(entries)
+    return lines + ["", f"- Meta-latents beyond the decoder's anisotropy as the base widens: **{verdict}** ({why})."]
 
 
 def _share(curve: dict[str, Any] | None) -> str:
@@ -168,4 +190,4 @@ def ladder_section(documents: list[dict[str, Any]], figure: str | None = None) -
     return lines
 
 
-__all__ = ["ladder_frame", "ladder_section", "ladder_sentences", "write_ladder_figures"]
+__all__ = ["base_ladder_lines", "ladder_frame", "ladder_section", "ladder_sentences", "write_ladder_figures"]

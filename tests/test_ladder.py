@@ -139,6 +139,8 @@ def test_the_ladder_commits_each_rung_once_and_a_killed_rung_resumes_to_the_same
             assert m["excess_over_highest_floor"] == pytest.approx(m["fve"] - m["highest_floor"])
     verdict, why = base_ladder_verdict(entries)
     assert verdict in ("supported", "refuted", "inconclusive") and "per doubling" in why
+    summary = (results / "summary.md").read_text()  # redrawn: the bases' table and the rule's verdict
+    assert "### The meta-SAE's base-width ladder" in summary and f"**{verdict}**" in summary
     again = run_cli("ladder", "--config", str(reference), "--bases", cwd=tmp_path, script="canon-pl")
     assert again.returncode == 0 and again.stdout.count("committed, skipped") == 2
 

@@ -304,7 +304,9 @@ def ladder(*, config: str, device: str = default_device(), only: int | None = No
 
         if not stage_done("cache", cfg.pipeline):
             run_stage("cache", cfg.pipeline, device)
-        return climb_bases(cfg, device)
+        climbed = climb_bases(cfg, device)
+        write_ladder_figures(finished_rungs(cfg.results), cfg.results)  # the summary gains the bases' section
+        return climbed
     todo = [s for s in cfg.rungs if read_rung(cfg.rung_file(s)) is None]
     if only is not None:
         todo = todo[:only]
