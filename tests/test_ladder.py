@@ -51,10 +51,6 @@ def assert_close(got: object, want: object, where: str = "") -> None:
 def test_the_ladder_commits_each_rung_once_and_a_killed_rung_resumes_to_the_same_result(tmp_path: Path) -> None:
     pipeline = tiny_configs(tmp_path)
     reference = ladder_config(tmp_path, pipeline, "reference", [2, 6])
-    raw = yaml.safe_load(reference.read_text())
-    raw["bases"] = {"widths": [1152, 2304], "reference_steps": 2, "reference_width": 1152, "meta_steps": 5,
-                    "meta_batch_size": 64, "per_d_in": 0.1, "moved_tau": 0.9999, "k": 2}
-    reference.write_text(yaml.safe_dump(raw))
     first = run_cli("ladder", "--config", str(reference), cwd=tmp_path, script="canon-pl")
     assert first.returncode == 0, first.stderr[-3000:]
     results = tmp_path / "reference" / "results"
@@ -118,32 +114,6 @@ def test_the_ladder_commits_each_rung_once_and_a_killed_rung_resumes_to_the_same
     got = finished_rungs(tmp_path / "killed" / "results")
     assert_close([figures(d) for d in got], [figures(d) for d in documents])
 
-    # the meta-SAE's base-width ladder on the same config: bases trained to equal firings per latent, meta-SAEs on
-    # their moved rows at 21 rows per meta-latent and 0.1 x d_in, each against every floor
-    from canon_pl.commands.base_ladder import base_ladder_verdict, finished_bases
-    from canon_pl.meta.analysis import FLOOR_NAMES
-
-    out = run_cli("ladder", "--config", str(reference), "--bases", cwd=tmp_path, script="canon-pl")
-    assert out.returncode == 0, out.stderr[-3000:]
-    assert "base 1152: the training ladder's member at step 2" in out.stdout  # equal firings: the rung's own member
-    assert "base 2304: training to step 4" in out.stdout  # twice the width, twice the steps
-    entries = finished_bases(results)
-    assert [(e["width"], e["steps"]) for e in entries] == [(1152, 2), (2304, 4)]
-    assert entries[0]["firings_per_latent"] == pytest.approx(entries[1]["firings_per_latent"])
-    for e in entries:
-        assert 0 < e["rows_moved"] <= e["width"]
-        n_metas = sorted(m["n_meta"] for m in e["meta"])
-        assert n_metas == sorted({round(e["rows_moved"] / 21), min(58, e["rows_moved"])})  # 21 rows each; 0.1 x d_in
-        for m in e["meta"]:
-            assert set(FLOOR_NAMES) <= {k for k, v in m["floors"].items() if isinstance(v, float)}
-            assert m["excess_over_highest_floor"] == pytest.approx(m["fve"] - m["highest_floor"])
-    verdict, why = base_ladder_verdict(entries)
-    assert verdict in ("supported", "refuted", "inconclusive") and "per doubling" in why
-    summary = (results / "summary.md").read_text()  # redrawn: the bases' table and the rule's verdict
-    assert "### The meta-SAE's base-width ladder" in summary and f"**{verdict}**" in summary
-    again = run_cli("ladder", "--config", str(reference), "--bases", cwd=tmp_path, script="canon-pl")
-    assert again.returncode == 0 and again.stdout.count("committed, skipped") == 2
-
 
 def test_a_bad_ladder_config_is_refused_before_any_work(tmp_path: Path) -> None:
     pipeline = tiny_configs(tmp_path)
@@ -180,17 +150,3 @@ def test_the_shipped_ladder_configs_parse_and_reach_their_token_counts(name: str
     cfg = read_ladder_config(REPO / "configs" / name)
     assert cfg.rungs[-1] * cfg.batch_size >= tokens
     assert all(r % cfg.checkpoint_every == 0 for r in cfg.rungs)
-
-
-def test_the_base_ladder_rule_on_known_curves() -> None:
-    from canon_pl.commands.base_ladder import base_ladder_verdict
-
-    def entry(width: int, excess: float) -> dict:
-        return {"width": width, "meta": [{"n_meta": width // 21, "excess_over_highest_floor": excess},
-                                         {"n_meta": 1728, "excess_over_highest_floor": 0.0}]}
-
-    assert base_ladder_verdict([entry(2304, 0.0), entry(4608, 0.04), entry(9216, 0.08)])[0] == "supported"
-    assert base_ladder_verdict([entry(2304, 0.08), entry(9216, 0.11)])[0] == "supported"  # reaches 0.10
-    assert base_ladder_verdict([entry(2304, 0.01), entry(4608, -0.01), entry(9216, 0.015)])[0] == "refuted"
-    assert base_ladder_verdict([entry(2304, 0.03), entry(9216, 0.05)])[0] == "inconclusive"
-    assert base_ladder_verdict([entry(2304, 0.03)])[0] == "inconclusive"
