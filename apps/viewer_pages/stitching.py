@@ -79,6 +79,20 @@ def render(root: Path) -> None:
     right.caption(f"{leaves:,} of {len(data['path']):,} steps lie above the worse endpoint's FVU (outside the shaded "
                   f"band); the path's peak is {1 + s['path_excess']:.2f}x the worse endpoint{seeds}.")
     st.altair_chart(path_l0_chart(data["path_drawn"]), width="stretch")
+    control = data["control"]
+    if control is not None:
+        st.subheader(f"The control: L against its other seed ({h['control_name']})")
+        st.caption("The same charts for two SAEs of L's width that differ only in their init seed: what the pair's "
+                   "cosines and path would look like if width changed nothing.")
+        left, right = st.columns(2)
+        left.altair_chart(cosine_histogram_chart(control["histogram"], s["tau"], f"{large} (other seed)"),
+                          width="stretch")
+        ends = control["path"]["fvu"]
+        right.altair_chart(path_by_step_chart(control["path_drawn"], float(ends.iloc[0]), float(ends.iloc[-1]),
+                                              title="stitching path from L to its other seed"), width="stretch")
+    elif h["control_name"] is not None:
+        st.caption(f"This results file predates the control's stored path: `canon-pl stitch {pair.run_folder}` "
+                   "again draws the pair against its control.")
     run = str(pair.run_folder.relative_to(root))
     linked = run in statistics_of(str(root))
     st.subheader("Large latents")

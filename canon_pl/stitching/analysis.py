@@ -138,6 +138,8 @@ class StitchingResult:
     ce_points: dict[str, Any] = field(default_factory=dict)
     classes: LatentClasses | None = None
     control: LatentClasses | None = None
+    control_path: StitchingPath | None = None
+    """The same path between two seeds of L's width (L to L's other seed): the pair's path control."""
 
     def stitched_at(self, point: int, small: SparseAutoencoder, large: SparseAutoencoder) -> StitchedSAE:
         """The stitched SAE at one point of the path."""
@@ -220,6 +222,7 @@ def analyze_pair(small: SparseAutoencoder, large: SparseAutoencoder, activations
     extra: dict[str, Any] = {"spread": definition_chunk_spread(large_codes, large.W_dec, residual_small,
                                                                spread_chunks)}
     control_extra: dict[str, Any] = {}
+    control_path = None
     if control is not None:
         # the same path between two seeds of L's width: how far a path rises when only the seed differs
         control_codes = sparse_codes(control, x)
@@ -303,7 +306,8 @@ def analyze_pair(small: SparseAutoencoder, large: SparseAutoencoder, activations
         "l0": path.l0[keep].tolist(),
     }
     summary["path_ce"] = ce or None
-    return StitchingResult(summary, match, groups, path, delta_mse, fire_count, ce, classes, control_classes)
+    return StitchingResult(summary, match, groups, path, delta_mse, fire_count, ce, classes, control_classes,
+                           control_path)
 
 
 def _arrays(result: StitchingResult) -> dict[str, Tensor]:
@@ -325,6 +329,11 @@ def _arrays(result: StitchingResult) -> dict[str, Tensor]:
     if result.control is not None:
         tensors["control_max_cos"] = result.control.match.large_max_cos
         tensors["control_delta_mse"] = result.control.delta_mse
+        tensors["control_novel_definition"] = result.control.novel_by_definition.to(torch.uint8)
+    if result.control_path is not None:
+        c = result.control_path
+        tensors.update({"control_path_kind": c.kind, "control_path_n_latents": c.n_latents, "control_path_mse": c.mse,
+                        "control_path_fvu": c.fvu, "control_path_l0": c.l0})
     return tensors
 
 

@@ -130,7 +130,8 @@ def load_pair(path: str | os.PathLike) -> dict[str, Any]:
     """The summary plus tables: ``latents`` (one row per large latent: max cosine, nearest small latent, class,
     group, ΔMSE alone, firings), ``path`` (every point: step, kind, latents, MSE, FVU, L0), ``groups`` (swap
     groups: which small latents became which large ones), and what the charts draw: ``histogram`` (binned max
-    cosines) and ``path_drawn`` (the path thinned to about 2,000 points)."""
+    cosines) and ``path_drawn`` (the path thinned to about 2,000 points); ``control`` (``None`` in a file written
+    without it) holds the same ``histogram``, ``path`` and ``path_drawn`` for L against L's other seed."""
     summary = read_stitching_results(path, arrays=True)
     with malformed_as(StitchingError, path, "re-run canon-pl stitch"):
         return _tables(summary)
@@ -162,14 +163,7 @@ def _tables(summary: dict[str, Any]) -> dict[str, Any]:
         "delta_mse_alone": a["large_delta_mse"].numpy(),
         "fires": a["large_fire_count"].numpy(),
     })
-    path_table = pd.DataFrame({
-        "point": range(a["path_mse"].numel()),
-        "kind": [STEP_KINDS[int(k)] for k in a["path_kind"]],
-        "latents": a["path_n_latents"].numpy(),
-        "mse": a["path_mse"].numpy(),
-        "fvu": a["path_fvu"].numpy(),
-        "l0": a["path_l0"].numpy(),
-    })
+    path_table = _path_table(a)
     small_group = a["small_group"]
     swaps = latents[latents["class"] == "reconstruction"].groupby("group")["latent"].apply(list)
     groups = pd.DataFrame({
@@ -177,5 +171,26 @@ def _tables(summary: dict[str, Any]) -> dict[str, Any]:
         "small_latents": [(small_group == g).nonzero().flatten().tolist() for g in swaps.index],
         "large_latents": swaps.values,
     })
+    control = None
+    if "control_path_fvu" in a:  # the pair's control beside it: L against L's other seed, the same charts
+        control_cos = a["control_max_cos"]
+        control_latents = pd.DataFrame({"max_cos": control_cos.numpy(), "class": np.where(
+            (control_cos < summary["tau"]).numpy(), "novel", "reconstruction")})  # by the file's tau, as the pair's
+        control_path = _path_table(a, "control_")
+        control = {"histogram": cosine_histogram(control_latents), "path": control_path,
+                   "path_drawn": thin_path(control_path)}
     return {"summary": summary, "latents": latents, "path": path_table, "groups": groups,
-            "histogram": cosine_histogram(latents), "path_drawn": thin_path(path_table)}
+            "histogram": cosine_histogram(latents), "path_drawn": thin_path(path_table), "control": control}
+
+
+def _path_table(arrays: dict[str, Any], prefix: str = "") -> pd.DataFrame:
+    """One row per point of a stored path (``point, kind, latents, mse, fvu, l0``): the pair's, or with ``prefix``
+    ``control_`` its cross-seed control's."""
+    return pd.DataFrame({
+        "point": range(arrays[f"{prefix}path_mse"].numel()),
+        "kind": [STEP_KINDS[int(k)] for k in arrays[f"{prefix}path_kind"]],
+        "latents": arrays[f"{prefix}path_n_latents"].numpy(),
+        "mse": arrays[f"{prefix}path_mse"].numpy(),
+        "fvu": arrays[f"{prefix}path_fvu"].numpy(),
+        "l0": arrays[f"{prefix}path_l0"].numpy(),
+    })
