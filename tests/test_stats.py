@@ -58,7 +58,7 @@ def planted_run(n_batches: int = 4, n_ctx: int = 6, seq: int = 16, d_in: int = 2
 
 def test_a_planted_latent_shows_its_token_at_the_top_and_windows_match_brute_force() -> None:
     sae, batches, token = planted_run()
-    collectors, contexts = collect_statistics({"sae": sae}, batches, n_top=5, n_sample=6, window=2)
+    collectors, contexts, _ = collect_statistics({"sae": sae}, batches, n_top=5, n_sample=6, window=2)
     c = collectors["sae"]
     flat_tokens = torch.cat(contexts).reshape(-1)
     assert (flat_tokens[c.top.ids[0]] == token).all()
@@ -85,7 +85,7 @@ def test_a_planted_latent_shows_its_token_at_the_top_and_windows_match_brute_for
 
 def test_statistics_files_round_trip_one_latent_at_a_time(tmp_path: Path) -> None:
     sae, batches, _ = planted_run()
-    collectors, contexts = collect_statistics({"8": sae}, batches, n_top=4, n_sample=3, window=1)
+    collectors, contexts, _ = collect_statistics({"8": sae}, batches, n_top=4, n_sample=3, window=1)
     unembed = torch.randn(50, sae.d_in)
     from canon_pl.stats import unembedding_directions
 
@@ -169,3 +169,46 @@ def test_meta_sae_statistics_list_each_meta_latents_members(tmp_path: Path) -> N
     assert first["member_latents"].tolist() == [1, 0, 4] and int(first["fire_count"]) == 4
     assert stats.latent("meta", 2)["member_latents"].tolist() == [-1, -1, -1]
     assert stats.latent("meta", 1)["promoted_tokens"].shape == (4,)
+
+
+def test_co_firing_partners_equal_brute_force_and_find_a_planted_copy() -> None:
+    """The best co-firing partner of each latent (Jaccard of firing sets) over batches equals the dense computation;
+    a latent that fires on exactly another's tokens has Jaccard 1, one that never fires has no partner."""
+    from canon_pl.stats.cofiring import CoFiring
+
+    g = torch.Generator().manual_seed(0)
+    fires_a = torch.rand(300, 6, generator=g) < 0.2
+    fires_b = torch.rand(300, 9, generator=g) < 0.2
+    fires_b[:, 4] = fires_a[:, 1]  # B's latent 4 fires exactly where A's latent 1 does
+    fires_a[:, 5] = False  # A's latent 5 never fires
+    counts = CoFiring(6, 9)
+    for rows in torch.arange(300).split(64):
+        a_rows, a_cols = torch.nonzero(fires_a[rows], as_tuple=True)
+        b_rows, b_cols = torch.nonzero(fires_b[rows], as_tuple=True)
+        counts.update(len(rows), (a_rows, a_cols), (b_rows, b_cols))
+    a, b = fires_a.float(), fires_b.float()
+    both = a.T @ b
+    jaccard = both / (a.sum(0)[:, None] + b.sum(0)[None, :] - both).clamp_min(1)
+    partner, best = counts.best_partners()
+    torch.testing.assert_close(best, jaccard.max(dim=1).values)
+    assert partner[1] == 4 and best[1] == 1.0
+    assert partner[5] == -1 and best[5] == 0.0
+    assert torch.equal(partner[:5], jaccard[:5].argmax(dim=1))
+
+
+def test_statistics_record_each_members_co_firing_partner_in_another_sae(tmp_path: Path) -> None:
+    sae, batches, _ = planted_run()
+    copy = build_sae(sae.cfg)
+    copy.load_state_dict(sae.state_dict())
+    collectors, contexts, cofiring = collect_statistics({"8": sae}, batches, cofiring={("8", "8_seed1"): copy},
+                                                        n_top=2, n_sample=2, window=1)
+    partner, jaccard = cofiring[("8", "8_seed1")].best_partners()
+    fired = collectors["8"].fire_count > 0
+    assert torch.equal(partner[fired], torch.arange(8)[fired]) and bool((jaccard[fired] == 1).all())
+    from canon_pl.stats import unembedding_directions
+
+    unembedded = {"8": unembedding_directions(sae.W_dec.detach(), torch.randn(50, sae.d_in), n=2)}
+    write_statistics(tmp_path / "stats", collectors, torch.cat(contexts), unembedded, {"model_id": "toy"},
+                     cofiring={("8", "seed"): ("8_seed1", partner, jaccard)})
+    stats = LatentStatistics.open(tmp_path / "stats")
+    assert stats.cofiring("8", 0) == [{"kind": "seed", "other": "8_seed1", "latent": 0, "jaccard": 1.0}]

@@ -57,12 +57,14 @@ def build_analysed_run(root: Path) -> dict:
     stitching = analyze_pair(small, large, activations)
     write_stitching_results(stitching, family / "stitching")
     saes = {"8": small, "16": large}
-    collectors, contexts = collect_statistics(saes, batches, n_top=4, n_sample=3, window=2)
+    collectors, contexts, cofiring = collect_statistics(saes, batches, cofiring={("16", "8"): None}, n_top=4,
+                                                        n_sample=3, window=2)
     unembed = torch.randn(50, small.d_in, generator=torch.Generator().manual_seed(0))
     strings = {i: f"tok{i}" for i in range(50)} | {token: " PLANTED"}
     write_statistics(family / "stats", collectors, torch.cat(contexts),
                      {n: unembedding_directions(s.W_dec.detach(), unembed, n=3) for n, s in saes.items()},
-                     {"model_id": "toy"}, token_strings=strings)
+                     {"model_id": "toy"}, token_strings=strings,
+                     cofiring={("16", "smaller"): ("8", *cofiring[("16", "8")].best_partners())})
     assert meta_sae_command(["--sae", str(family), "--width", "16", "--d-sae", "4", "--k", "2", "--steps", "20",
                              "--batch-size", "16", "--baseline-steps", "0", "--out", str(root / "meta"),
                              "--accelerator", "cpu"]) == 0

@@ -93,6 +93,16 @@ def render(root: Path) -> None:
                     f"cosine {row.cosine:.2f}" + (" — the same direction" if row.cosine >= 0.9 else
                                                   " — no latent of that seed points the same way"
                                                   if row.cosine < 0.7 else ""), unsafe_allow_html=True)
+    for partner in stats.cofiring(member, j):  # recorded by canon-pl stats for a family's members
+        where = ("the next smaller width" if partner["kind"] == "smaller"
+                 else "its seed control (the same width, another init seed)")
+        if partner["latent"] is None:
+            st.markdown(f"**co-firing** in {partner['other']}, {where}: none (this latent never fired)")
+            continue
+        target = (anchor(f"latent {partner['latent']}", latent_url(label, partner["other"], partner["latent"]))
+                  if partner["other"] in stats.members else f"latent {partner['latent']}")
+        st.markdown(f"**co-firing** in {partner['other']}, {where}: {target}, Jaccard {partner['jaccard']:.2f} "
+                    f"(the share of the tokens either fires on that both fire on)", unsafe_allow_html=True)
     nearest = nearest_in_other_widths(decoders, member, j)
     if len(nearest):
         smaller = nearest[nearest["width"] < int(member)]

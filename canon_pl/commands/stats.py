@@ -50,6 +50,30 @@ def load_run(path: Path, device: str) -> dict[str, SparseAutoencoder]:
     raise StatsError(f"{path} is neither an export folder ({CONFIG_FILE}) nor a family folder ({MANIFEST_FILE})")
 
 
+def cofiring_pairs(run_dir: Path, saes: dict[str, SparseAutoencoder],
+                   device: str) -> dict[tuple[str, str], SparseAutoencoder | None]:
+    """Which co-firing partners a family's statistics record: each member against the next smaller member (value
+    ``None``: both are in ``saes``) and against its width's first seed control (loaded here, encoded only for this);
+    pairs too wide to count (:data:`canon_pl.stats.cofiring.MAX_PAIRS`) are left out. Nothing outside a family."""
+    from canon_pl.stats.cofiring import MAX_PAIRS
+
+    if not (run_dir / MANIFEST_FILE).is_file():
+        return {}
+    manifest = read_family_manifest(run_dir)
+    widths = sorted(int(w) for w in manifest["members"])
+    pairs: dict[tuple[str, str], SparseAutoencoder | None] = {}
+    for smaller, width in zip(widths, widths[1:]):
+        if width * smaller <= MAX_PAIRS:
+            pairs[(str(width), str(smaller))] = None
+    seeded: set[str] = set()
+    for folder, control in sorted(manifest["controls"].items()):
+        width = str(control["width"])
+        if width in saes and width not in seeded and int(width) ** 2 <= MAX_PAIRS:
+            pairs[(width, folder)] = load_sae(run_dir / folder, device)
+            seeded.add(width)
+    return pairs
+
+
 def check_source(saes: dict[str, SparseAutoencoder], model: str | None, hook_point: str | None) -> tuple[str, str]:
     """The run's model and hook point; asking for others is an error (the SAEs would read the wrong activations)."""
     first = next(iter(saes.values())).cfg
@@ -126,8 +150,10 @@ def stats(*, run: str, tokens: int = 65536, text: str | None = None, model: str 
         for batch in source.take("val", n_contexts, contexts_per_forward, progress="statistics"):
             yield batch.tokens, batch.activations, batch.mask
 
+    pairs = cofiring_pairs(run_dir, saes, device)
     with torch.inference_mode():
-        collectors, contexts = collect_statistics(saes, batches(), n_top=top, n_sample=samples, window=window)
+        collectors, contexts, cofiring = collect_statistics(saes, batches(), cofiring=pairs, n_top=top,
+                                                            n_sample=samples, window=window)
     if not contexts:
         raise StatsError(f"the text source {settings.text!r} gave no held-out contexts")
     unembed, norm_weight = _unembedding(loaded)
@@ -137,7 +163,10 @@ def stats(*, run: str, tokens: int = 65536, text: str | None = None, model: str 
     mentioned = torch.cat([all_contexts.flatten()] + [torch.cat([u[0].flatten(), u[2].flatten()])
                                                       for u in unembedded.values()]).unique().tolist()
     token_strings = {i: loaded.tokenizer.decode([i]) for i in mentioned}
-    index = write_statistics(out_dir, collectors, all_contexts, unembedded, token_strings=token_strings, meta={
+    partners = {(a, kind): (b, *cofiring[(a, b)].best_partners()) for (a, b), kind in
+                ((pair, "smaller" if pair[1] in saes else "seed") for pair in cofiring)}
+    index = write_statistics(out_dir, collectors, all_contexts, unembedded, token_strings=token_strings,
+                             cofiring=partners, meta={
         "model_id": model_id, "hook_point": hook_point, "text": settings.text, "n_top": top, "n_sample": samples,
         "context_length": settings.context_length, "n_layers": loaded.n_layers})
     print(f"statistics of {len(saes)} SAE(s) over {all_contexts.numel()} tokens written to {index}")

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from canon_pl.sae import SparseAutoencoder
+from canon_pl.stats.cofiring import CoFiring
 from canon_pl.stats.topk import StreamingTopK
 
 HIST_EDGES = torch.linspace(-2.0, 3.0, 41)
@@ -35,6 +36,8 @@ class LatentStatsCollector:
     histogram: Tensor = field(init=False)
     top: StreamingTopK = field(init=False)
     sample: StreamingTopK = field(init=False)
+    last_codes: tuple[Tensor, Tensor] | None = field(init=False, default=None)
+    """``(rows, cols)`` of the last batch's firings (what co-firing counts read)."""
 
     def __post_init__(self) -> None:
         n, device = self.sae.d_sae, self.sae.W_dec.device
@@ -53,7 +56,8 @@ class LatentStatsCollector:
         beyond the encoder matmul grows with the number of firings, not with ``tokens * d_sae``.
         """
         n_ctx, seq, d_in = activations.shape
-        rows, cols, values = self._codes(activations.reshape(-1, d_in).float(), mask.reshape(-1))
+        rows, cols, values = sparse_codes_at(self.sae, activations.reshape(-1, d_in).float(), mask.reshape(-1))
+        self.last_codes = (rows, cols)
         n = self.sae.d_sae
         self.n_tokens += int(mask.sum())
         self.fire_count += torch.bincount(cols, minlength=n)
@@ -85,16 +89,19 @@ class LatentStatsCollector:
         self.sample.update(torch.where(ok, random_keys[safe], torch.full_like(random_keys[safe], float("-inf"))),
                            torch.where(ok, rows[safe] + first_id, -1), values[safe].unsqueeze(-1))
 
-    def _codes(self, x: Tensor, keep: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """Non-zero inference activations of the SAE on ``x [tokens, d_in]`` at tokens where ``keep`` is true."""
-        selected = self.sae.select(self.sae.pre_activations(x), inference=True)
-        if isinstance(selected, Tensor):
-            rows, cols = torch.nonzero(selected, as_tuple=True)
-            values = selected[rows, cols]
-        else:
-            rows, cols, values = selected.rows, selected.cols, selected.values
-        kept = keep.to(rows.device)[rows]
-        return rows[kept], cols[kept], values[kept]
+
+
+def sparse_codes_at(sae: SparseAutoencoder, x: Tensor, keep: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """``(rows, cols, values)``: the non-zero inference activations of ``sae`` on ``x [tokens, d_in]`` at tokens where
+    ``keep [tokens]`` is true, row-major."""
+    selected = sae.select(sae.pre_activations(x), inference=True)
+    if isinstance(selected, Tensor):
+        rows, cols = torch.nonzero(selected, as_tuple=True)
+        values = selected[rows, cols]
+    else:
+        rows, cols, values = selected.rows, selected.cols, selected.values
+    kept = keep.to(rows.device)[rows]
+    return rows[kept], cols[kept], values[kept]
 
 
 def _per_latent_top(cols: Tensor, scores: Tensor, k: int, n: int) -> Tensor:
@@ -130,15 +137,28 @@ def unembedding_directions(W_dec: Tensor, unembed: Tensor, final_norm_weight: Te
 
 
 def collect_statistics(saes: dict[str, SparseAutoencoder], batches: Iterable[tuple[Tensor, Tensor, Tensor]],
-                       **options) -> tuple[dict[str, LatentStatsCollector], list[Tensor]]:
+                       cofiring: dict[tuple[str, str], SparseAutoencoder | None] | None = None,
+                       **options) -> tuple[dict[str, LatentStatsCollector], list[Tensor], dict[tuple[str, str], CoFiring]]:
     """Run every SAE over the same batches ``(tokens [n_ctx, seq], activations [n_ctx, seq, d], mask)``; returns
-    the collectors and the token contexts (ids index into their concatenation, flattened)."""
+    the collectors, the token contexts (ids index into their concatenation, flattened) and the co-firing counts of
+    each pair ``(member, other)`` of ``cofiring``: ``other`` is another member (value ``None``) or an SAE encoded only
+    for this (a seed control, the value)."""
     collectors = {name: LatentStatsCollector(sae, **options) for name, sae in saes.items()}
+    pairs = cofiring or {}
+    counts = {(a, b): CoFiring(saes[a].d_sae, (other if other is not None else saes[b]).d_sae, saes[a].W_dec.device)
+              for (a, b), other in pairs.items()}
     contexts: list[Tensor] = []
     first = 0
     for tokens, activations, mask in batches:
         for collector in collectors.values():
             collector.update(activations, mask, first)
+        n_ctx, seq, d_in = activations.shape
+        for (a, b), other in pairs.items():
+            if other is None:
+                codes_b = collectors[b].last_codes
+            else:
+                codes_b = sparse_codes_at(other, activations.reshape(-1, d_in).float(), mask.reshape(-1))[:2]
+            counts[(a, b)].update(n_ctx * seq, collectors[a].last_codes, codes_b)
         contexts.append(tokens.cpu())
         first += tokens.shape[0]
-    return collectors, contexts
+    return collectors, contexts, counts

@@ -90,9 +90,12 @@ def _files_of_set(directory: Path, index: dict[str, Any]) -> tuple[dict[str, Pat
 
 def write_statistics(directory: str | os.PathLike, collectors: dict[str, LatentStatsCollector], contexts: Tensor,
                      unembedded: dict[str, tuple[Tensor, Tensor, Tensor, Tensor]], meta: dict[str, Any],
-                     token_strings: dict[int, str] | None = None) -> Path:
+                     token_strings: dict[int, str] | None = None,
+                     cofiring: dict[tuple[str, str], tuple[str, Tensor, Tensor]] | None = None) -> Path:
     """Write every member's arrays, the contexts, the text of every token id they mention (``tokens.json``, so a
-    viewer needs no tokenizer), then the index (last, so a reader never sees a partial set)."""
+    viewer needs no tokenizer), then the index (last, so a reader never sees a partial set). ``cofiring``:
+    ``{(member, kind): (other SAE, partner [d_sae], jaccard [d_sae])}``, each member's best co-firing partners in
+    another SAE (``kind`` ``smaller``: the next smaller width; ``seed``: its width's seed control)."""
     files: dict[str, Any] = {CONTEXTS_FILE: {"tokens": contexts.to(torch.int32)},
                              TOKENS_FILE: {str(k): v for k, v in (token_strings or {}).items()}}
     members = {}
@@ -106,6 +109,11 @@ def write_statistics(directory: str | os.PathLike, collectors: dict[str, LatentS
             "suppressed_tokens": suppressed, "suppressed_logits": suppressed_v,
         }
         members[name] = {"file": f"{name}.safetensors", "d_sae": c.sae.d_sae, "n_tokens": c.n_tokens}
+        for (member, kind), (other, partner, jaccard) in (cofiring or {}).items():
+            if member == name:
+                files[f"{name}.safetensors"].update({f"cofiring_{kind}_partner": partner.to(torch.int32),
+                                                     f"cofiring_{kind}_jaccard": jaccard.float()})
+                members[name].setdefault("cofiring", {})[kind] = other
     files[INDEX_FILE] = STATS_INDEX.stamp({"members": members, "window": next(iter(collectors.values())).window,
                                            "histogram_log10_edges": HIST_EDGES.tolist(), **meta})
     return _write_set(Path(directory), files)
@@ -241,6 +249,17 @@ class LatentStatistics:
                                              for k, v in raw.items()), StatsError,
                f"{path} is malformed: expected {{token id: text}}; {REBUILD}")
         return {int(k): v for k, v in raw.items()}
+
+    def cofiring(self, member: str, j: int) -> list[dict[str, Any]]:
+        """Latent ``j``'s best co-firing partners: ``{kind, other, latent, jaccard}`` per partner SAE the statistics
+        recorded (``smaller``: the next smaller width; ``seed``: its width's seed control); empty when none was."""
+        found = []
+        for kind, other in sorted((self.index["members"][member].get("cofiring") or {}).items()):
+            partner = int(self._slice(member, f"cofiring_{kind}_partner", j))
+            jaccard = float(self._slice(member, f"cofiring_{kind}_jaccard", j))
+            found.append({"kind": kind, "other": other, "latent": None if partner < 0 else partner,
+                          "jaccard": jaccard})
+        return found
 
     def latent(self, member: str, j: int) -> dict[str, Tensor]:
         """Everything about latent ``j``: top values / ids / windows, sample values / ids, histogram, promoted and

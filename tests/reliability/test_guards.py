@@ -47,7 +47,7 @@ def write_stitching(folder: Path, seed: int) -> None:
 def write_stats(folder: Path, seed: int) -> None:
     torch.manual_seed(seed)  # the same set for a seed in every process (the kill test compares across processes)
     sae, batches, _ = planted_run()
-    collectors, contexts = collect_statistics({"8": sae, "x": relu_sae(4, seed)}, batches[:seed], n_top=2,
+    collectors, contexts, _ = collect_statistics({"8": sae, "x": relu_sae(4, seed)}, batches[:seed], n_top=2,
                                               n_sample=2, window=1)
     unembed = torch.randn(50, 24)
     write_statistics(folder, collectors, torch.cat(contexts),
