@@ -7,7 +7,8 @@ machines (``--server.address 0.0.0.0`` opens it to the network on purpose). It r
 damaged file gives a message naming it and the command that rebuilds it, not a traceback.
 
 Pages: **Runs** (every SAE under ``checkpoints/`` with its held-out metrics, family charts and training curves),
-**Stitching** (novel vs reconstruction latents of a pair, the path from S to L), **Latent** (examples, tokens,
+**Stitching** (novel vs reconstruction latents of a pair, the path from S to L, the pair against its cross-seed
+control), **Widths** (core metrics against width, seeds as bars), **Latent** (examples, tokens,
 nearest latents in the other widths, meta-SAE decomposition), **Meta-latent** (its member latents) and **Search**
 (latents by a token), in Streamlit's multipage navigation. Every view is a URL (``/latent?run=...&latent=3``).
 Read-only: it never writes to the checkpoints folder.

@@ -114,7 +114,7 @@ def run_lightning_cli(args: list[str] | None = None, run: bool = True) -> CanonC
     )
 
 
-COMMANDS = ("export", "cache", "stitch", "meta-sae", "stats", "family", "pipeline", "ladder", "view")
+COMMANDS = ("export", "cache", "stitch", "meta-sae", "stats", "evaluate", "family", "pipeline", "ladder", "view")
 """canon-pl's own subcommands, each a typed function in ``canon_pl/commands/<name>.py`` whose signature and docstring
 make its command line (``canon_pl/commands/args.py``)."""
 

@@ -24,6 +24,7 @@ from canon_pl.verdicts import (
     MIN_SHARE,
     PAPER,
     matryoshka_verdict,
+    recommended_width,
     study_verdicts,
 )
 
@@ -452,6 +453,42 @@ def arm_description(run: Path) -> str:
     return f"{name}, {int(manifest.get('tokens') or 0):,} training tokens per member"
 
 
+def _evaluation_section(run: Path, pairs: list[dict[str, Any]]) -> list[str]:
+    """"Choosing a width": SAEBench's core metrics per member and seed control (``canon-pl evaluate``), nothing when
+    the run has not been evaluated."""
+    from canon_pl.commands.evaluate import SUMMARY
+
+    path = RunLayout(run).evaluation / "summary.json"
+    if not path.is_file():
+        return []
+    summary = SUMMARY.read(path)
+    names = {"explained_variance": "EV", "cossim": "cos(x, x̂)", "l2_ratio": "‖x̂‖/‖x‖",
+             "relative_reconstruction_bias": "rel. bias", "l0": "L0", "frac_alive": "alive",
+             "average_max_decoder_cosine_sim": "max dec. cos", "ce_loss_score": "CE score", "kl_div_score": "KL score"}
+    rows = [{"SAE": r["name"], "width": r["width"], "seed control": "yes" if r["seed_control"] else "",
+             **{names.get(k, k): v for k, v in r["metrics"].items()}} for r in summary["rows"]]
+    spread = summary.get("seed_spread") or {}
+    lines = ["## Choosing a width: SAEBench's core metrics", "",
+             f"Every member and seed control on {summary['n_tokens']:,} held-out tokens of `{summary['data']}` "
+             f"(`canon-pl evaluate`; one SAEBench-shaped `*.core.json` per SAE in `{RunLayout.EVALUATION}/`, the definitions in "
+             f"docs/design.md). CE / KL score: the share of the zero-ablation loss the spliced SAE recovers (empty on "
+             f"an activation cache). Consistency across seeds and widths is in the stitching table above.", "",
+             _markdown_table(pd.DataFrame(rows)), ""]
+    if spread:
+        lines += ["Seed spread (max − min over the seeds of one width): " + "; ".join(
+            f"{width}: EV {_fmt(s.get('explained_variance'))}, L0 {_fmt(s.get('l0'), 2)}, alive "
+            f"{_fmt(s.get('frac_alive'))}" for width, s in spread.items()) + ".", ""]
+    width, why = recommended_width(summary["rows"], spread, pairs)
+    if width is not None:
+        lines += [f"**Recommended width: {width:,}.** Rule (canon_pl/verdicts.py `recommended_width`): climb from "
+                  f"the smallest width while each step beats the wider width's seed spread in held-out EV and its "
+                  f"novel fraction beats its cross-seed control by ≥ {MARGIN:.0%}; the first step that fails stops "
+                  f"the climb (past it a wider SAE mostly re-splits the narrower one's latents, and what it adds is "
+                  f"within what reseeding changes). It describes this run's budget: an undertrained family earns "
+                  f"fewer steps.", "", *[f"- {line}" for line in why], ""]
+    return lines
+
+
 def _ladder_lines(results: Path, figures: Path) -> list[str]:
     """The ladder's section from its committed rungs (nothing when none is committed yet), its curves redrawn into
     the report's figures."""
@@ -512,6 +549,7 @@ def write_report(run: str | os.PathLike, meta_dir: str | os.PathLike | None = No
         lines += _meta_section(meta, facts["examples"])
     if nested_verdict is not None:
         lines += _matryoshka_section(facts, nested_verdict)
+    lines += _evaluation_section(run, pairs)
     novel = [p["classes"]["novel_fraction_definition"] for p in pairs]
     lines += ["## Against the paper", "", _markdown_table(pd.DataFrame([
         {"quantity": "novel fraction, by definition (mean over pairs)", "paper": PAPER["novel_fraction"],

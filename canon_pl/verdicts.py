@@ -260,6 +260,37 @@ def paper_geometry_entry(meta: dict[str, Any] | None) -> dict[str, Any] | None:
     return None
 
 
+def recommended_width(rows: list[dict[str, Any]], seed_spread: dict[str, dict[str, float]],
+                      pairs: list[dict[str, Any]]) -> tuple[int | None, list[str]]:
+    """The widest width a family earns step by step, and why, one line per adjacent pair: a step from S to L counts
+    when L's held-out explained variance beats S's by more than the spread between L's seeds (wider reconstructs
+    better than reseeding does) **and** L's novel fraction by definition beats its cross-seed control by at least
+    :data:`MARGIN` (L adds latents that carry information, not reshuffled ones). The first step that fails stops the
+    climb: past it a wider SAE mostly re-splits what the narrower one has. ``rows``: ``canon-pl evaluate``'s summary
+    rows; ``seed_spread``: its per-width spread; ``pairs``: the stitching summaries. ``None`` without rows."""
+    members = {r["width"]: r["metrics"] for r in rows if not r["seed_control"]}
+    if not members:
+        return None, []
+    widths = sorted(members)
+    by_pair = {(int(p["small"]["d_sae"]), int(p["large"]["d_sae"])): p for p in pairs}
+    chosen, why = widths[0], []
+    for small, large in zip(widths, widths[1:]):
+        gain = members[large].get("explained_variance", 0.0) - members[small].get("explained_variance", 0.0)
+        noise = (seed_spread.get(str(large)) or {}).get("explained_variance")
+        pair = by_pair.get((small, large)) or {}
+        novel = (pair.get("classes") or {}).get("novel_fraction_definition")
+        control = (pair.get("control") or {}).get("novel_fraction_definition")
+        ev_ok = noise is not None and gain > noise
+        novel_ok = novel is not None and control is not None and novel - control >= MARGIN
+        why.append(f"{small} → {large}: EV {gain:+.3f} against a seed spread of "
+                   f"{'unmeasured' if noise is None else f'{noise:.3f}'}; novel {_pct(novel)} against its control "
+                   f"{_pct(control)} — {'earned' if ev_ok and novel_ok else 'not earned'}")
+        if not (ev_ok and novel_ok):
+            break
+        chosen = large
+    return chosen, why
+
+
 def study_verdicts(family: list[dict[str, Any]], pairs: list[dict[str, Any]],
                    meta: dict[str, Any] | None) -> tuple[list[Verdict], tuple[bool, str]]:
     """The claims' verdicts (novel latents, path, the path's granularity when measured, meta-SAE) and the
@@ -275,4 +306,4 @@ def study_verdicts(family: list[dict[str, Any]], pairs: list[dict[str, Any]],
 __all__ = ["GRANULARITY_RATIO", "MARGIN", "MAX_FLOOR", "META_MARGIN", "MIN_SHARE", "PAPER", "Verdict",
            "granularity_verdict", "matryoshka_verdict",
            "paper_geometry_entry",
-           "preconditions", "study_verdicts"]
+           "preconditions", "recommended_width", "study_verdicts"]

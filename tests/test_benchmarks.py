@@ -82,3 +82,9 @@ def test_a_run_folder_holds_each_checkpoint_once() -> None:
     ckpt = {label: float(line.split("ckpt/ ")[1].split()[0]) for label, line in sizes.items()}
     assert ckpt["link"] == pytest.approx(ckpt["copy"] / 2, rel=0.02)
     assert float(lines[-1].split()[-1]) < 0.8
+
+
+def test_bench_evaluate_times_the_core_metrics_beside_the_ev_pass_and_ends_with_a_ratio() -> None:
+    lines = run_benchmark("bench_evaluate.py", "--tokens", "8192")
+    assert any(line.startswith("SAEBench core metrics") for line in lines)
+    assert any(line.startswith("co-firing counts 2304 x 2304_seed1") for line in lines)

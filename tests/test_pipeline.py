@@ -41,7 +41,8 @@ def tiny_configs(root: Path) -> Path:
                      "meta_sae": {"k": 2, "steps": 5, "batch_size": 512, "baseline_steps": 0, "d_sae": 40,
                                   "floor_steps": 3, "data": str(root / "cache"), "tokens": 512,
                                   "sweep_d_sae_per_d_in": [0.1]},
-                     "stats": {"text": "pydoc-topics", "tokens": 1024, "top": 4, "samples": 4}})
+                     "stats": {"text": "pydoc-topics", "tokens": 1024, "top": 4, "samples": 4},
+                     "evaluate": {"data": str(root / "cache"), "tokens": 1024}})
     (root / "pipeline.yaml").write_text(yaml.safe_dump(pipeline))
     return root / "pipeline.yaml"
 
@@ -58,6 +59,9 @@ def test_the_pipeline_runs_every_stage_and_a_rerun_skips_them(tmp_path: Path) ->
     meta = read_meta_analysis(run / "meta_sae_1152")
     assert meta["n_meta"] == 40 and load_sae(run / "meta_sae_1152").d_sae == 40
     assert sorted(LatentStatistics.open(run / "stats").members) == ["1152", "576"]
+    # each member's co-firing partner in the next smaller width and in its seed control, from the same pass
+    kinds = {(p["kind"], p["other"]) for p in LatentStatistics.open(run / "stats").cofiring("1152", 0)}
+    assert kinds == {("smaller", "576"), ("seed", "1152_seed1")}
     assert LatentStatistics.open(run / "meta_sae_1152" / "stats").index["kind"] == "meta_sae"
 
     for summary in results.values():  # every pair carries its cross-seed control and the moved/stuck split
@@ -108,12 +112,18 @@ def test_the_pipeline_runs_every_stage_and_a_rerun_skips_them(tmp_path: Path) ->
     assert {"tiny/matryoshka_prefixes/576", "tiny/matryoshka_prefixes/1152", "tiny/matryoshka/1152"} <= shown
     labels = {pair.label for pair in find_stitching_results(tmp_path / "checkpoints")}
     assert "tiny/matryoshka_prefixes · 576 → 1152" in labels
+    # SAEBench's core metrics per member and seed control, in the report's "choosing a width"
+    from canon_pl.commands.evaluate import SUMMARY
+
+    evaluation = SUMMARY.read(run / "evaluation" / "summary.json")
+    assert [(r["width"], r["seed_control"]) for r in evaluation["rows"]] == [(576, False), (1152, False), (1152, True)]
+    assert "## Choosing a width: SAEBench's core metrics" in report and "| 1152_seed1 | 1152 | yes |" in report
     assert "streamlit run apps/viewer.py" in first.stdout
     assert "of which (share of the fit)" in first.stdout and "SAE steps" in first.stdout  # the fit's own parts
 
     again = run_cli("pipeline", "--config", str(config), cwd=tmp_path, script="canon-pl")
     assert again.returncode == 0, again.stderr[-3000:]
-    assert again.stdout.count("done already, skipped") == 7  # everything but the report
+    assert again.stdout.count("done already, skipped") == 8  # everything but the report
 
 
 def test_a_stage_option_its_command_does_not_take_is_refused_before_any_stage_runs(tmp_path: Path) -> None:
@@ -128,6 +138,12 @@ def test_a_stage_option_its_command_does_not_take_is_refused_before_any_stage_ru
     assert "meta_sae has no option stepz" in result.stderr and "steps" in result.stderr
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "cache").exists() and not (tmp_path / "checkpoints").exists()
+    del pipeline["meta_sae"]["stepz"]
+    pipeline["evaluate"] = {"tokens": 1024}  # a stage section without what its command needs
+    config.write_text(yaml.safe_dump(pipeline))
+    result = run_cli("pipeline", "--config", str(config), cwd=tmp_path, script="canon-pl")
+    assert result.returncode == 2 and "evaluate needs data" in result.stderr
+    assert not (tmp_path / "cache").exists()
 
 
 def test_the_matryoshka_fit_config_is_the_familys_with_one_nested_width_and_its_own_folders(tmp_path: Path) -> None:

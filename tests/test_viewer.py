@@ -81,14 +81,14 @@ def open_page(root: Path, **params: str) -> AppTest:
     return app
 
 
-@pytest.mark.parametrize("page", ["Runs", "Stitching", "Latent", "Meta-latent", "Search"])
+@pytest.mark.parametrize("page", ["Runs", "Stitching", "Widths", "Latent", "Meta-latent", "Search"])
 def test_every_page_renders_on_a_whole_run(analysed: dict, page: str) -> None:
     app = open_page(analysed["root"], page=page, q="PLANTED")
     assert not app.error and app.title[0].value == f"canon-pl · {page}"
 
 
 @pytest.mark.parametrize("page, command", [("Runs", "lightning fit"), ("Stitching", "canon-pl stitch"),
-                                           ("Latent", "canon-pl stats"), ("Meta-latent", "canon-pl meta-sae"),
+                                           ("Widths", "canon-pl evaluate"), ("Latent", "canon-pl stats"), ("Meta-latent", "canon-pl meta-sae"),
                                            ("Search", "canon-pl stats")])
 def test_every_page_on_an_empty_folder_says_what_creates_its_data(tmp_path: Path, page: str, command: str) -> None:
     app = open_page(tmp_path, page=page)
@@ -119,6 +119,10 @@ def test_a_deep_link_opens_the_latent_with_its_class_nearest_latents_and_meta_la
     nearest = app.dataframe[0].value
     assert nearest.iloc[0]["latent"] == 0 and nearest.iloc[0]["cosine"] > 0.99
     assert nearest.iloc[0]["page"] == "latent?run=fam&sae=8&latent=0"
+    # the copy fires on exactly its parent's tokens: its co-firing partner in the smaller width, Jaccard 1
+    cofiring = [m.value for m in app.markdown if m.value.startswith("**co-firing**")]
+    assert len(cofiring) == 1 and "in 8, the next smaller width" in cofiring[0] and "Jaccard 1.00" in cofiring[0]
+    assert 'href="latent?run=fam&amp;sae=8&amp;latent=0"' in cofiring[0]
     readable = app.sidebar.dataframe[0].value  # the report's readability rule, best first
     assert list(readable.columns[:3]) == ["latent", "concentration", "frequency"]
     assert readable["concentration"].is_monotonic_decreasing
@@ -184,7 +188,7 @@ def test_latent_page_shows_the_planted_token_and_deep_links_open_the_latent(tmp_
     from tests.test_stats import planted_run
 
     sae, batches, token = planted_run()
-    collectors, contexts = collect_statistics({"8": sae}, batches, n_top=4, n_sample=3, window=2)
+    collectors, contexts, _ = collect_statistics({"8": sae}, batches, n_top=4, n_sample=3, window=2)
     unembedded = {"8": unembedding_directions(sae.W_dec.detach(), torch.randn(50, sae.d_in), n=3)}
     strings = {i: f"tok{i}" for i in range(50)} | {token: "PLANTED"}
     write_statistics(tmp_path / "run" / "stats", collectors, torch.cat(contexts), unembedded, {"model_id": "toy"},
@@ -208,7 +212,7 @@ def test_latent_page_shows_its_meta_decomposition(tmp_path: Path) -> None:
     from tests.test_stats import planted_run
 
     sae, batches, _ = planted_run()
-    collectors, contexts = collect_statistics({"8": sae}, batches, n_top=2, n_sample=2, window=1)
+    collectors, contexts, _ = collect_statistics({"8": sae}, batches, n_top=2, n_sample=2, window=1)
     family = tmp_path / "fam"
     write_statistics(family / "stats", collectors, torch.cat(contexts),
                      {"8": unembedding_directions(sae.W_dec.detach(), torch.randn(50, sae.d_in), n=3)}, {})
@@ -243,7 +247,7 @@ def test_latent_page_places_a_family_latent_among_the_other_widths(tmp_path: Pat
     export_sae(small, family / "4")
     export_sae(sae, family / "8")
     write_family_manifest(family, {4: "4", 8: "8"}, sae.cfg, tokens=0)
-    collectors, contexts = collect_statistics({"8": sae}, batches, n_top=2, n_sample=2, window=1)
+    collectors, contexts, _ = collect_statistics({"8": sae}, batches, n_top=2, n_sample=2, window=1)
     write_statistics(family / "stats", collectors, torch.cat(contexts),
                      {"8": unembedding_directions(sae.W_dec.detach(), torch.randn(50, sae.d_in), n=3)}, {})
     app = open_page(tmp_path, page="Latent", sae="8", latent="0")
@@ -393,6 +397,15 @@ def test_the_stitching_page_opens_on_the_study_pair_with_the_definition_and_its_
     assert "step along the path" in specs and "decoder_bias" in specs  # the path by step, its kinds told apart
     assert any("steps lie above the worse endpoint" in c.value and "between two seeds of L" in c.value
                for c in app.caption)
+    # the pair against its control: the same charts for L against L's other seed, drawn from the stored path
+    assert any(h.value.startswith("The control: L against its other seed (32_seed1)") for h in app.subheader)
+    assert "stitching path from L to its other seed" in specs
+    from canon_pl.viewer.stitching import load_pair
+
+    control = load_pair(tmp_path / "fam" / "stitching" / "16_32.json")["control"]
+    mse = control["path"]["mse"]
+    assert mse.max() / max(mse.iloc[0], mse.iloc[-1]) - 1 == pytest.approx(s["control"]["path_excess"], rel=1e-5)
+    assert control["histogram"]["count"].sum() == 32  # every latent of L's other seed, binned
     prefixes = open_page(tmp_path, page="Stitching", run="fam/matryoshka_prefixes")  # ?run= picks the run's pair
     assert prefixes.sidebar.selectbox[0].value == "fam/matryoshka_prefixes · 16 → 32"
     assert any("Matryoshka prefixes" in c.value for c in prefixes.caption)
@@ -508,3 +521,21 @@ def test_a_report_link_opens_the_latent_it_names(analysed: dict) -> None:
     page, params = parse_view(url.removeprefix(f"{LOCAL_VIEWER}/"))
     app = open_page(root, page=page, **params)
     assert not app.warning and any("fam · 16 · latent 3" in h.value for h in app.subheader)
+
+
+def test_the_widths_page_draws_each_metric_against_width_with_the_seeds_as_a_bar(tmp_path: Path) -> None:
+    from canon_pl.commands.evaluate import evaluate
+    from tests.test_evaluate import small_family
+
+    family = small_family(tmp_path)
+    assert evaluate(str(family), data=str(tmp_path / "cache"), tokens=256) == 0
+    app = open_page(tmp_path, page="Widths")
+    table = app.dataframe[0].value
+    assert table[["name", "width", "seed_control"]].values.tolist() == [["16", 16, False], ["32", 32, False],
+                                                                         ["32_seed1", 32, True]]
+    specs = [chart.proto.spec for chart in app.get("vega_lite_chart")]
+    assert any("explained variance vs width" in spec for spec in specs)
+    assert all("CE score" not in spec for spec in specs)  # evaluated on a cache: no LM figures to draw
+    (family / "evaluation" / "summary.json").write_text("{")  # damaged: named, the page still opens
+    damaged = open_page(tmp_path, page="Widths")
+    assert "left out" in damaged.warning[0].value and "summary.json" in damaged.warning[0].value

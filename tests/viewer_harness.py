@@ -46,7 +46,7 @@ def health(url: str) -> str:
 def example_views(root: Path, query: str) -> dict[str, tuple[str, str]]:
     """One representative view per page this folder feeds: ``{page: (its relative URL, text that shows once the page
     has rendered)}``. The largest stitching pair, the most frequent latent of the widest SAE with statistics, the
-    densest meta-latent, a search for ``query``."""
+    densest meta-latent, a search for ``query``, the evaluated widths."""
     from canon_pl.meta import read_meta_analysis
     from canon_pl.stats import LatentStatistics
     from canon_pl.viewer import find_stitching_results
@@ -74,6 +74,10 @@ def example_views(root: Path, query: str) -> dict[str, tuple[str, str]]:
         meta = int(read_meta_analysis(path, arrays=True)["decomposition"].meta_density().argmax())
         found["Meta-latent"] = (page_url("Meta-latent", meta_run=label, meta=meta),
                                 f"{label} · meta-latent {meta}")
+    from canon_pl.viewer.widths import find_evaluations
+
+    if not find_evaluations(root).empty:
+        found["Widths"] = (page_url("Widths"), "vs width")
     return found
 
 

@@ -21,8 +21,8 @@ and stitch its prefixes the same way, and write <run>/report.md with its figures
 researcher runs by hand; a stage whose outputs already exist is skipped, and an interrupted training resumes from
 its last checkpoint, so re-running the pipeline continues where it stopped."""
 
-STAGES = ("cache", "fit", "stitch", "meta-sae", "stats", "meta stats", "matryoshka", "report")
-"""``matryoshka`` runs only for a config with a ``matryoshka:`` section."""
+STAGES = ("cache", "fit", "stitch", "meta-sae", "stats", "meta stats", "evaluate", "matryoshka", "report")
+"""``evaluate`` and ``matryoshka`` run only for a config with an ``evaluate:`` / ``matryoshka:`` section."""
 
 MATRYOSHKA_KEYS = {"control_seeds", "fit_args", "meta_sae"}
 """A ``matryoshka:`` section (a Matryoshka SAE of the widest width beside the family, :mod:`canon_pl.commands.
@@ -137,7 +137,7 @@ def stages(cfg: dict[str, Any]) -> tuple[str, ...]:
     """The stages of this config: a release's family is assembled (``family``) instead of trained (``fit``); the
     Matryoshka comparison runs when the config has a ``matryoshka:`` section."""
     return tuple("family" if stage == "fit" and cfg["release"] else stage for stage in STAGES
-                 if stage != "matryoshka" or cfg.get("matryoshka") is not None)
+                 if stage not in ("matryoshka", "evaluate") or cfg.get(stage) is not None)
 
 
 def fill_widths(cfg: dict[str, Any]) -> None:
@@ -151,10 +151,11 @@ def fill_widths(cfg: dict[str, Any]) -> None:
 
 
 STAGE_OPTIONS = {"stitch": ("canon_pl.commands.stitch", "stitch"), "meta_sae": ("canon_pl.commands.meta_sae", "meta_sae"),
-                 "stats": ("canon_pl.commands.stats", "stats")}
+                 "stats": ("canon_pl.commands.stats", "stats"), "evaluate": ("canon_pl.commands.evaluate", "evaluate")}
 """The config sections that pass options to a stage's command function, and which function."""
 
-STAGE_SET = {"stitch": ("small", "device"), "meta_sae": ("sae", "width", "out"), "stats": ("run", "device")}
+STAGE_SET = {"stitch": ("small", "device"), "meta_sae": ("sae", "width", "out"), "stats": ("run", "device"),
+             "evaluate": ("run", "out", "device")}
 """The arguments the pipeline gives each of those functions itself (a section may not set them)."""
 
 
@@ -170,12 +171,17 @@ def check_stage_options(cfg: dict[str, Any], path: Path) -> None:
         options = cfg.get(section) or {}
         if not isinstance(options, dict):
             raise CheckpointError(f"{path}: {section} must be a mapping of options, got {options!r}")
-        takes = set(inspect.signature(getattr(importlib.import_module(module), name)).parameters)
-        allowed = (takes - set(STAGE_SET[section])) | ({"width"} if section == "meta_sae" else set())
+        parameters = inspect.signature(getattr(importlib.import_module(module), name)).parameters
+        allowed = (set(parameters) - set(STAGE_SET[section])) | ({"width"} if section == "meta_sae" else set())
         unknown = sorted(set(options) - allowed)
         if unknown:
             raise CheckpointError(f"{path}: {section} has no option {', '.join(unknown)}; it takes "
                                   f"{', '.join(sorted(allowed))} (canon-pl {name.replace('_', '-')} --help)")
+        required = {p for p, parameter in parameters.items() if parameter.default is inspect.Parameter.empty}
+        missing = sorted(required - set(STAGE_SET[section]) - set(options))
+        if cfg.get(section) is not None and missing:
+            raise CheckpointError(f"{path}: {section} needs {', '.join(missing)} (canon-pl "
+                                  f"{name.replace('_', '-')} --help)")
 
 
 def check_matryoshka_section(cfg: dict[str, Any], fit: dict[str, Any], path: Path) -> None:
@@ -241,10 +247,19 @@ def stage_done(stage: str, cfg: dict[str, Any]) -> bool:
         "meta-sae": lambda: read_meta_analysis(meta_dir),
         "stats": lambda: sorted(LatentStatistics.open(layout.stats).members) == sorted(map(str, widths)),
         "meta stats": lambda: LatentStatistics.open(RunLayout(meta_dir).stats),
+        "evaluate": lambda: evaluation_done(run, widths),
         "matryoshka": lambda: matryoshka_done(cfg),
         "report": lambda: False,  # cheap: always rewritten from the files
     }
     return _readable(checks[stage])
+
+
+def evaluation_done(run: Path, widths: list[int]) -> bool:
+    """A readable evaluation summary with a row for every width of the family."""
+    from canon_pl.commands.evaluate import SUMMARY
+
+    rows = SUMMARY.read(RunLayout(run).evaluation / "summary.json")["rows"]
+    return sorted({r["width"] for r in rows}) == sorted(widths)
 
 
 def matryoshka_done(cfg: dict[str, Any]) -> bool:
@@ -296,6 +311,10 @@ def run_stage(stage: str, cfg: dict[str, Any], device: str) -> int:
         return stats(run=str(run), device=device, **(cfg.get("stats") or {}))
     if stage == "meta stats":
         return stats(run=str(meta_dir), device=device)
+    if stage == "evaluate":
+        from canon_pl.commands.evaluate import evaluate
+
+        return evaluate(str(run), device=device, **cfg["evaluate"])
     if stage == "matryoshka":
         from canon_pl.commands.matryoshka import compare_matryoshka
 

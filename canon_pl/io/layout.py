@@ -35,6 +35,7 @@ class RunLayout:
 
     STITCHING = "stitching"
     STATS = "stats"
+    EVALUATION = "evaluation"
     CHECKPOINTS = "ckpt"
     LOGS = "logs"
     FIT_TIME = "fit_time.json"
@@ -65,6 +66,11 @@ class RunLayout:
     @property
     def stats(self) -> Path:
         return self.root / self.STATS
+
+    @property
+    def evaluation(self) -> Path:
+        """``evaluation/``: ``canon-pl evaluate``'s SAEBench core files and ``summary.json``."""
+        return self.root / self.EVALUATION
 
     @property
     def checkpoints(self) -> Path:

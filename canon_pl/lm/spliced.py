@@ -26,7 +26,7 @@ def spliced_loss_sums(
     splice_mask: Tensor | None = None,
 ) -> dict[str, dict[str, Tensor]]:
     """For each named reconstruction: sums over the batch of next-token CE clean, with it spliced in, and with the
-    hook zero-ablated, plus KL(clean ‖ spliced); ``n_tokens`` is the number of predicted positions. The clean and
+    hook zero-ablated, plus KL(clean ‖ spliced) and KL(clean ‖ zero-ablated); ``n_tokens`` is the number of predicted positions. The clean and
     zero-ablated passes run once for all reconstructions (a family shares them).
 
     tokens: ``[batch, seq]``. Each reconstruction maps ``[n, d] -> [n, d]``. splice_mask: ``[batch, seq]`` positions
@@ -44,18 +44,26 @@ def spliced_loss_sums(
 
     clean = lm.logits(tokens)
     ce_clean = _token_ce(clean, tokens).sum().cpu()
-    ce_zero = _token_ce(lm.logits(tokens, hook_point, splice(torch.zeros_like)), tokens).sum().cpu()
+    zero = lm.logits(tokens, hook_point, splice(torch.zeros_like))
+    ce_zero = _token_ce(zero, tokens).sum().cpu()
     log_p = F.log_softmax(clean[:, :-1].float(), dim=-1)
+
+    def kl_from_clean(logits: Tensor) -> Tensor:
+        log_q = F.log_softmax(logits[:, :-1].float(), dim=-1)
+        return (log_p.exp() * (log_p - log_q)).sum(dim=-1).sum().cpu()
+
+    kl_zero = kl_from_clean(zero)
+    del zero
     n_tokens = torch.tensor(float(tokens.shape[0] * (tokens.shape[1] - 1)))
     results = {}
     for name, reconstruct in reconstructions.items():
         spliced = lm.logits(tokens, hook_point, splice(reconstruct))
-        log_q = F.log_softmax(spliced[:, :-1].float(), dim=-1)
         results[name] = {
             "ce_clean": ce_clean,
             "ce_spliced": _token_ce(spliced, tokens).sum().cpu(),
             "ce_zero": ce_zero,
-            "kl": (log_p.exp() * (log_p - log_q)).sum(dim=-1).sum().cpu(),
+            "kl": kl_from_clean(spliced),
+            "kl_zero": kl_zero,
             "n_tokens": n_tokens,
         }
     return results

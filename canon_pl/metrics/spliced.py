@@ -6,12 +6,14 @@ import torch
 from torch import Tensor
 from torchmetrics import Metric
 
-KEYS = ("ce_clean", "ce_spliced", "ce_zero", "kl", "n_tokens")
+KEYS = ("ce_clean", "ce_spliced", "ce_zero", "kl", "kl_zero", "n_tokens")
 
 
 class SplicedLanguageModelLoss(Metric):
     """Accumulates the sums of :func:`canon_pl.lm.spliced.spliced_loss_sums`; ``compute`` gives means and
-    ``ce_recovered = (CE_zero − CE_sae) / (CE_zero − CE_clean)``, ``delta_ce = CE_sae − CE_clean``."""
+    ``ce_recovered = (CE_zero − CE_sae) / (CE_zero − CE_clean)``, ``delta_ce = CE_sae − CE_clean``, ``kl`` (clean ‖
+    spliced) and ``kl_zero`` (clean ‖ zero-ablated) per token, and ``kl_recovered = (KL_zero − KL) / KL_zero``
+    (SAEBench's ``kl_div_score``)."""
 
     full_state_update = False
     is_differentiable = False
@@ -35,4 +37,6 @@ class SplicedLanguageModelLoss(Metric):
             "ce_recovered": ((zero - sae) / (zero - clean)).float(),
             "delta_ce": (sae - clean).float(),
             "kl": (self.kl / n).float(),
+            "kl_zero": (self.kl_zero / n).float(),
+            "kl_recovered": ((self.kl_zero - self.kl) / self.kl_zero.clamp_min(1e-30)).float(),
         }

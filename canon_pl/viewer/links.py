@@ -11,7 +11,7 @@ LOCAL_VIEWER = "http://127.0.0.1:8501"
 """Where the viewer serves by default (`canon-pl view`, or `streamlit run apps/viewer.py` from the repository root:
 Streamlit's port 8501 on loopback): the report's links into it start here."""
 
-PAGES = ("Runs", "Stitching", "Latent", "Meta-latent", "Search")
+PAGES = ("Runs", "Stitching", "Widths", "Latent", "Meta-latent", "Search")
 """The viewer's pages, in the sidebar's order: each is ``apps/viewer_pages/<page_module(page)>.py``."""
 
 
