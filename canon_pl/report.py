@@ -18,13 +18,17 @@ from canon_pl.stitching import settings_mismatch
 from canon_pl.stitching.classify import stuck_at_init_fraction
 from canon_pl.stats.readable import LOGIT_LENS_MIN_DEPTH, logit_lens_meaningful
 from canon_pl.verdicts import (
+    CONSISTENCY_THRESHOLD,
     GRANULARITY_RATIO,
+    L0_TOLERANCE,
     MARGIN,
     META_MARGIN,
     MIN_SHARE,
     PAPER,
+    large_l0,
     matryoshka_verdict,
     recommended_width,
+    seed_consistency,
     study_verdicts,
 )
 
@@ -409,7 +413,9 @@ def _matryoshka_section(facts: dict[str, Any], verdict: Any) -> list[str]:
             "added: novel (definition)": a["novel_fraction_definition"],
             "added: control": a["control_novel_fraction_definition"],
             "added: novel (cosine)": a["novel_fraction_cosine"],
-            "Matryoshka: path excess": s.get("path_excess"), "Matryoshka: monotone steps": s["path_monotone_fraction"]})
+            "Matryoshka: path excess": s.get("path_excess"), "Matryoshka: monotone steps": s["path_monotone_fraction"],
+            "seeds share (prefix)": seed_consistency(s), "seeds share (independent)": seed_consistency(p or {}),
+            "L0 prefix / independent": f"{_fmt(large_l0(s), 1)} / {_fmt(large_l0(p or {}), 1)}"})
     seeds = ", ".join(map(str, nested["control_seeds"])) or "none"
     lines = ["## Matryoshka prefixes against independent widths", "",
              f"One Matryoshka BatchTopK SAE of {nested['widths'][-1]} latents trained beside the family (same data, "
@@ -417,7 +423,11 @@ def _matryoshka_section(facts: dict[str, Any], verdict: Any) -> list[str]:
              f"same SAE from init seed(s) {seeds} as its cross-seed control. A prefix of m latents *is* the first m "
              "latents of every larger prefix, so only the latents a larger prefix adds can be novel or re-split the "
              "smaller one: the *added* columns classify those (the definition: they lower the smaller prefix's MSE "
-             "when added alone), against the smaller prefix and against the other seed's prefix of the larger width. "
+             "when added alone), against the smaller prefix and against the other seed's prefix of the larger width; "
+             "they are trained on the prefix's residual, so they lower its error by construction and describe the "
+             "Matryoshka rather than decide the verdict. The verdict rests on the *seeds share* columns: the share "
+             "of a width's latents that the other seed's SAE of that width matches (Hungarian, cosine ≥ "
+             f"{CONSISTENCY_THRESHOLD}), prefix against independent SAE, where their L0s agree. "
              "The independent columns are the family's stitching above. EV is 1 − FVU on the same held-out tokens.",
              "", _markdown_table(pd.DataFrame(ev_rows)), "", _markdown_table(pd.DataFrame(pair_rows)), "",
              f"**{verdict.verdict}** — {verdict.why}.", ""]
@@ -537,9 +547,10 @@ def write_report(run: str | os.PathLike, meta_dir: str | os.PathLike | None = No
              f"{MARGIN:.0%} of its worse endpoint and L beats S (the control: the same path between two seeds of L's "
              f"width). Finer groups across widths: supported when every pair becomes monotone at a largest group at "
              f"most 1/{GRANULARITY_RATIO:g} of its cross-seed control's. Meta-SAE: reproduced when FVE exceeds every "
-             f"floor (isotropic and anisotropy-matched) by ≥ {META_MARGIN:.2f}." + (f" Matryoshka: more canonical when, for every pair, the latents a larger "
-             f"prefix adds are novel beyond their cross-seed control by ≥ {MARGIN:.0%} more than the independent "
-             f"larger width is beyond its own, and every prefix path stays within {MARGIN:.0%} of its worse endpoint."
+             f"floor (isotropic and anisotropy-matched) by ≥ {META_MARGIN:.2f}." + (f" Matryoshka: more canonical when, at every width whose prefix and "
+             f"independent SAE have held-out L0s within {L0_TOLERANCE:.0%} of each other, the share of the prefix's "
+             f"latents matched by the other seed's prefix (Hungarian, cosine ≥ {CONSISTENCY_THRESHOLD}) exceeds the "
+             f"independent SAE's by ≥ {MARGIN:.0%} (less canonical when it falls short by as much everywhere)."
              if nested_verdict is not None else ""), ""]
     if len(family):
         lines += _family_section(family, figures)

@@ -209,24 +209,49 @@ def meta_verdict(meta: dict[str, Any] | None, trained: bool, why_not: str) -> Ve
     return Verdict(**base, verdict="reproduced" if ok else "not reproduced", why=why)
 
 
+L0_TOLERANCE = 0.10
+"""The Matryoshka verdict compares a prefix with the independent SAE of its width only where their held-out L0s differ
+by at most this fraction (a sparser SAE is a different SAE)."""
+CONSISTENCY_THRESHOLD = "0.7"
+"""The cosine at which two seeds' latents count as the same (the share of latents matched across seeds at it)."""
+
+
+def seed_consistency(summary: dict[str, Any]) -> float | None:
+    """The share of L's latents matched across its two seeds at :data:`CONSISTENCY_THRESHOLD` (Hungarian)."""
+    return (((summary.get("control") or {}).get("consistency") or {}).get("shared_at") or {}).get(
+        CONSISTENCY_THRESHOLD)
+
+
+def large_l0(summary: dict[str, Any]) -> float | None:
+    """L's held-out L0: the last point of the stitching path (L itself)."""
+    l0 = (summary.get("path") or {}).get("l0")
+    return float(l0[-1]) if l0 else None
+
+
 def matryoshka_verdict(independent: list[dict[str, Any]], nested: list[dict[str, Any]], trained: bool = True,
                        why_not: str = "") -> Verdict:
-    """``independent``: the family's stitching summaries; ``nested``: per pair of Matryoshka prefixes (smallest
-    first) its stitching summary under ``summary`` and the classes of the latents it adds under ``added``
-    (:func:`canon_pl.stitching.nested.added_latent_classes`); ``trained``: the family's preconditions (a comparison
-    with untrained widths says nothing)."""
+    """Are nested (Matryoshka) prefixes more canonical than independent widths? Decided by **consistency across
+    seeds**, which nothing builds in: at each width with a seed control on both sides whose held-out L0s agree within
+    :data:`L0_TOLERANCE`, the share of the prefix's latents the other seed's prefix matches (Hungarian, cosine ≥
+    0.7) against the same share for the independent SAE of that width. *More canonical* when the prefix's share is
+    higher by ≥ :data:`MARGIN` at every compared width, *less canonical* when lower by ≥ MARGIN at every one, *no
+    more canonical* otherwise. The novelty of the latents a prefix adds (trained on the prefix's residual, so they
+    lower its error by construction) is reported as a description, not used.
+
+    ``independent``: the family's stitching summaries; ``nested``: per pair of prefixes (smallest first) its
+    stitching ``summary`` and the classes of the latents it ``added`` (:func:`canon_pl.stitching.nested.
+    added_latent_classes`); ``trained``: the family's preconditions (untrained widths say nothing)."""
     by_pair = by_widths(independent)
     rows = []
     for n in nested:
         s = n["summary"]
-        rows.append((f"{s['small']['d_sae']}→{s['large']['d_sae']}", n["added"], s,
-                     by_pair.get((s["small"]["d_sae"], s["large"]["d_sae"]))))
-    measured = "; ".join(f"{pair}: added latents novel {_pct(a['novel_fraction_definition'])} (control "
-                         f"{_pct(a['control_novel_fraction_definition'])}), path excess {s.get('path_excess', 0):.3f}"
-                         for pair, a, s, _ in rows) or "—"
-    control = "; ".join(f"{pair}: independent widths novel {_pct(p['classes']['novel_fraction_definition'])} (control "
-                        f"{_pct((p.get('control') or {}).get('novel_fraction_definition'))})"
-                        for pair, _, _, p in rows if p) or "none"
+        rows.append((int(s["large"]["d_sae"]), n["added"], s, by_pair.get((s["small"]["d_sae"], s["large"]["d_sae"]))))
+    measured = "; ".join(
+        f"{width}: seeds share {_pct(seed_consistency(s))} of the prefix's latents (L0 "
+        f"{_fmt_l0(large_l0(s))}); the latents it adds are novel {_pct(a['novel_fraction_definition'])} "
+        f"(control {_pct(a['control_novel_fraction_definition'])}, by construction)" for width, a, s, _ in rows) or "—"
+    control = "; ".join(f"{width}: independent seeds share {_pct(seed_consistency(p))} (L0 {_fmt_l0(large_l0(p))})"
+                        for width, _, _, p in rows if p) or "none"
     base = dict(claim="Nested (Matryoshka) prefixes are more canonical than independently trained widths",
                 paper="the authors' proposed answer to 'no canonical size' (a follow-up, not this paper's claim)",
                 measured=measured, control=control)
@@ -234,22 +259,30 @@ def matryoshka_verdict(independent: list[dict[str, Any]], nested: list[dict[str,
         return Verdict(**base, verdict="inconclusive", why="no stitched Matryoshka prefixes")
     if not trained:
         return Verdict(**base, verdict="inconclusive", why=why_not)
-    if any(p is None or p.get("control") is None or a["control_novel_fraction_definition"] is None
-           or a["novel_fraction_definition"] is None for _, a, _, p in rows):
-        return Verdict(**base, verdict="inconclusive", why="a pair lacks the independent family's result, or a "
-                                                            "cross-seed control on either side")
-    if any(s["fvu_large"] >= s["fvu_small"] for _, _, s, _ in rows):
-        return Verdict(**base, verdict="inconclusive", why="a larger prefix does not reconstruct better than the "
-                                                            "smaller one: the Matryoshka is not trained")
-    gaps = [(a["novel_fraction_definition"] - a["control_novel_fraction_definition"])
-            - (p["classes"]["novel_fraction_definition"] - p["control"]["novel_fraction_definition"])
-            for _, a, _, p in rows]
-    excess = [float(s.get("path_excess", 1.0)) for _, _, s, _ in rows]
-    ok = all(g >= MARGIN for g in gaps) and all(e <= MARGIN for e in excess)
-    why = (f"novel beyond the control, Matryoshka's added latents minus independent widths: "
-           f"{', '.join(f'{g:+.1%}' for g in gaps)} (needed ≥ {MARGIN:.0%}); prefix path excess "
-           f"{', '.join(f'{e:.3f}' for e in excess)} (needed ≤ {MARGIN})")
-    return Verdict(**base, verdict="more canonical" if ok else "not more canonical", why=why)
+    compared = []
+    for width, _, s, p in rows:
+        ours, theirs = seed_consistency(s), seed_consistency(p or {})
+        l0_ours, l0_theirs = large_l0(s), large_l0(p or {})
+        if None in (ours, theirs, l0_ours, l0_theirs):
+            continue
+        if abs(l0_ours - l0_theirs) <= L0_TOLERANCE * l0_theirs:
+            compared.append((width, ours - theirs))
+    if not compared:
+        return Verdict(**base, verdict="inconclusive", why=f"no width with a seed control on both sides whose "
+                                                            f"held-out L0s agree within {L0_TOLERANCE:.0%}")
+    gaps = ", ".join(f"{w}: {g:+.1%}" for w, g in compared)
+    why = (f"share of latents matched across seeds at cosine ≥ {CONSISTENCY_THRESHOLD}, prefix minus independent SAE, "
+           f"at the widths whose L0s agree within {L0_TOLERANCE:.0%}: {gaps} (a verdict needs ≥ {MARGIN:.0%} either "
+           f"way at every one)")
+    if all(g >= MARGIN for _, g in compared):
+        return Verdict(**base, verdict="more canonical", why=why)
+    if all(g <= -MARGIN for _, g in compared):
+        return Verdict(**base, verdict="less canonical", why=why)
+    return Verdict(**base, verdict="no more canonical", why=why)
+
+
+def _fmt_l0(l0: float | None) -> str:
+    return "—" if l0 is None else f"{l0:.1f}"
 
 
 def paper_geometry_entry(meta: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -303,7 +336,7 @@ def study_verdicts(family: list[dict[str, Any]], pairs: list[dict[str, Any]],
     return verdicts + [meta_verdict(meta, trained, why_not)], (trained, reason)
 
 
-__all__ = ["GRANULARITY_RATIO", "MARGIN", "MAX_FLOOR", "META_MARGIN", "MIN_SHARE", "PAPER", "Verdict",
+__all__ = ["CONSISTENCY_THRESHOLD", "GRANULARITY_RATIO", "L0_TOLERANCE", "MARGIN", "large_l0", "seed_consistency", "MAX_FLOOR", "META_MARGIN", "MIN_SHARE", "PAPER", "Verdict",
            "granularity_verdict", "matryoshka_verdict",
            "paper_geometry_entry",
            "preconditions", "recommended_width", "study_verdicts"]

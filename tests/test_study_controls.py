@@ -186,17 +186,28 @@ def test_the_latents_a_nested_prefix_adds_are_novel_against_it_and_not_against_a
     assert added["novel_fraction_definition"] == added["novel_fraction_cosine"] == 1.0
     assert added["control_novel_fraction_definition"] == 0.0
     s = result.summary
-    resplitting = {"small": s["small"], "large": s["large"], "classes": {"novel_fraction_definition": 0.2},
-                   "control": {"novel_fraction_definition": 0.05}}
+    # the verdict rests on consistency across seeds at matched L0: here the other seed's prefix holds the same 16
+    # directions (every latent matched), so the prefix is more canonical than independent widths whose seeds share half
+    assert s["control"]["consistency"]["shared_at"]["0.7"] == 1.0
+    l0 = s["path"]["l0"][-1]
+
+    def independent(shared: float, at_l0: float = l0) -> dict:
+        return {"small": s["small"], "large": s["large"], "classes": {"novel_fraction_definition": 0.2},
+                "path": {"l0": [at_l0]}, "control": {"novel_fraction_definition": 0.05,
+                                                     "consistency": {"shared_at": {"0.7": shared}}}}
+
     nested_pair = [{"summary": s, "added": added}]
-    assert s["path_excess"] <= 0.05 and s["fvu_large"] < s["fvu_small"]
-    assert matryoshka_verdict([resplitting], nested_pair).verdict == "more canonical"
-    # independent widths whose larger SAE is as novel beyond its control: no difference to report
-    as_novel = {**resplitting, "classes": {"novel_fraction_definition": 1.0},
-                "control": {"novel_fraction_definition": 0.0}}
-    assert matryoshka_verdict([as_novel], nested_pair).verdict == "not more canonical"
-    no_control = [{"summary": s, "added": {**added, "control_novel_fraction_definition": None}}]
-    assert matryoshka_verdict([resplitting], no_control).verdict == "inconclusive"
+    more = matryoshka_verdict([independent(0.5)], nested_pair)
+    assert more.verdict == "more canonical" and "+50.0%" in more.why
+    assert "by construction" in more.measured  # the added latents' novelty: described, not used
+    assert matryoshka_verdict([independent(0.98)], nested_pair).verdict == "no more canonical"  # within 5 points
+    worse = [{"summary": {**s, "control": {**s["control"], "consistency": {"shared_at": {"0.7": 0.2}}}},
+              "added": added}]
+    assert matryoshka_verdict([independent(0.5)], worse).verdict == "less canonical"
+    # a sparser independent SAE is another SAE: no width to compare, no verdict
+    assert matryoshka_verdict([independent(0.5, at_l0=2 * l0)], nested_pair).verdict == "inconclusive"
+    no_control = [{"summary": {**s, "control": None}, "added": added}]
+    assert matryoshka_verdict([independent(0.5)], no_control).verdict == "inconclusive"
 
 
 def test_a_path_above_its_endpoints_is_not_reproduced() -> None:
