@@ -169,6 +169,17 @@ def test_the_stitching_callback_follows_a_relu_family_too(tmp_path: Path) -> Non
     trainer.fit(module, SyntheticActivationDataModule(**SMALL_DATA))
     summary = read_stitching_results(tmp_path / "stitching" / "48_96.json")
     assert summary["control"] is not None and summary["global_step"] == 10
+    # during training the control gives what the course over training draws (its novel fractions, consistency);
+    # its path, replicate and spread are the stitch command's (or full_controls=True)
+    control = summary["control"]
+    assert control["novel_fraction_definition"] is not None and control["consistency"]["n_smaller"] == 96
+    assert "path_excess" not in control and "replicate" not in control
+    full = SAEFamilyModule(widths=[48, 96], control_seeds=[1], **relu)
+    make_trainer(tmp_path / "full", max_steps=10, val_check_interval=10,
+                 callbacks=[StitchingCallback(max_tokens=512, full_controls=True)]).fit(
+        full, SyntheticActivationDataModule(**SMALL_DATA))
+    control = read_stitching_results(tmp_path / "full" / "stitching" / "48_96.json")["control"]
+    assert control["path_excess"] is not None and control["replicate"] is not None
 
 
 MATRYOSHKA_CONFIG = """

@@ -24,10 +24,11 @@ its last checkpoint, so re-running the pipeline continues where it stopped."""
 STAGES = ("cache", "fit", "stitch", "meta-sae", "stats", "meta stats", "evaluate", "matryoshka", "report")
 """``evaluate`` and ``matryoshka`` run only for a config with an ``evaluate:`` / ``matryoshka:`` section."""
 
-MATRYOSHKA_KEYS = {"control_seeds", "fit_args", "meta_sae"}
+MATRYOSHKA_KEYS = {"control_seeds", "fit_args", "meta_sae", "stitch_tokens"}
 """A ``matryoshka:`` section (a Matryoshka SAE of the widest width beside the family, :mod:`canon_pl.commands.
 matryoshka`): ``control_seeds`` (its seed controls, default [1]), ``fit_args`` (extra ``lightning fit`` arguments),
-``meta_sae`` (train the meta-SAE on its widest level too, default true)."""
+``meta_sae`` (train the meta-SAE on its widest level too, default true), ``stitch_tokens`` (held-out tokens its
+prefixes are stitched on; default the stitch section's)."""
 
 
 RELEASE_KEYS = {"name", "ids", "model", "revision"}
@@ -200,6 +201,9 @@ def check_matryoshka_section(cfg: dict[str, Any], fit: dict[str, Any], path: Pat
     seeds = section.get("control_seeds", [1])
     if not (isinstance(seeds, list) and all(isinstance(s, int) for s in seeds)):
         raise CheckpointError(f"{path}: matryoshka.control_seeds must be a list of init seeds, got {seeds!r}")
+    tokens = section.get("stitch_tokens")
+    if tokens is not None and not (isinstance(tokens, int) and tokens > 0):
+        raise CheckpointError(f"{path}: matryoshka.stitch_tokens must be a positive number of tokens, got {tokens!r}")
     matryoshka_fit_config(fit, Path("."), seeds)
 
 
@@ -319,8 +323,10 @@ def run_stage(stage: str, cfg: dict[str, Any], device: str) -> int:
         from canon_pl.commands.matryoshka import compare_matryoshka
 
         section = cfg["matryoshka"]
+        stitch_options = {**(cfg.get("stitch") or {}),
+                          **({"tokens": int(section["stitch_tokens"])} if section.get("stitch_tokens") else {})}
         return compare_matryoshka(run=run, fit_config=cfg["fit_config"], control_seeds=section.get("control_seeds"),
-                                  fit_args=section.get("fit_args"), stitch_options=cfg.get("stitch"),
+                                  fit_args=section.get("fit_args"), stitch_options=stitch_options,
                                   meta_options=None if section.get("meta_sae") is False else cfg["meta_sae"],
                                   device=device)
     path = write_report(run, meta_dir, cfg.get("ladder_results"))

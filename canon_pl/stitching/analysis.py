@@ -177,7 +177,7 @@ def analyze_pair(small: SparseAutoencoder, large: SparseAutoencoder, activations
                  large_initial_decoder: Tensor | None = None, control: SparseAutoencoder | None = None,
                  control_name: str | None = None, small_initial_decoder: Tensor | None = None,
                  data: str | None = None, granularity: bool = False, spread_chunks: int = 8,
-                 granularity_tokens: int = GRANULARITY_TOKENS) -> StitchingResult:
+                 granularity_tokens: int = GRANULARITY_TOKENS, control_extras: bool = True) -> StitchingResult:
     """Match, group, check and walk from ``small`` to ``large`` on raw held-out ``activations [N, d_in]``.
 
     ``spliced_loss`` with ``ce_points > 0`` also measures the next-token loss at that many points along the path
@@ -186,7 +186,9 @@ def analyze_pair(small: SparseAutoencoder, large: SparseAutoencoder, activations
     swapped); ``control`` (an SAE of L's width from another init seed) adds the cross-seed control: the same
     classification of L's latents against it. ``data`` (the source ``activations`` came from, e.g. a cache folder
     or a text source) is recorded with ``tau`` and the token count: the :data:`SETTINGS` that
-    :func:`settings_mismatch` compares across the results of one run.
+    :func:`settings_mismatch` compares across the results of one run. ``control_extras=False`` leaves out the
+    control's path, replicate and per-chunk spread (about half the analysis's cost; a monitor during training needs
+    only the control's novel fractions and consistency).
     """
     tau = check_tau(tau)
     small, large, swapped = check_pair(small, large, names[0] or "small", names[1] or "large")
@@ -223,7 +225,7 @@ def analyze_pair(small: SparseAutoencoder, large: SparseAutoencoder, activations
                                                                spread_chunks)}
     control_extra: dict[str, Any] = {}
     control_path = None
-    if control is not None:
+    if control is not None and control_extras:
         # the same path between two seeds of L's width: how far a path rises when only the seed differs
         control_codes = sparse_codes(control, x)
         residual_large = x - reconstruction(large, x)
@@ -242,6 +244,7 @@ def analyze_pair(small: SparseAutoencoder, large: SparseAutoencoder, activations
                                  replicate_control.summary()["novel_fraction_definition"]}}
         if granularity:
             control_extra["granularity"] = granularity_curve(large, control, x[:granularity_tokens])
+    if control is not None:
         # matched consistency (Hungarian on decoder cosine) between the two seeds of L's width
         control_extra["consistency"] = consistency_summary(large.W_dec, control.W_dec)
     extra["consistency"] = consistency_summary(small.W_dec, large.W_dec)  # how much of S the wider L keeps

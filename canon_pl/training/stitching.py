@@ -40,6 +40,7 @@ class StitchingCallback(L.Callback):
         ce_points: int = 0,
         ce_batches: int = 1,
         output_dir: str | None = None,
+        full_controls: bool = False,
     ) -> None:
         """
         Args:
@@ -50,6 +51,9 @@ class StitchingCallback(L.Callback):
                 DataModule with ``spliced_sums``, such as ``ActivationDataModule``).
             ce_batches: Validation batches used for those next-token losses.
             output_dir: Where results go; ``None`` = ``<trainer.default_root_dir>/stitching``.
+            full_controls: Also the control's path, the replicate and the per-chunk spread at every validation
+                (what ``canon-pl stitch`` measures; they double the analysis's cost). Off, the control gives its
+                novel fractions and matched consistency, what the course over training draws.
         """
         self.pairs = [tuple(int(w) for w in pair) for pair in pairs] if pairs is not None else None
         self.tau = check_tau(tau)
@@ -57,6 +61,7 @@ class StitchingCallback(L.Callback):
         self.ce_points = ce_points
         self.ce_batches = ce_batches
         self.output_dir = output_dir
+        self.full_controls = full_controls
         self._activations: list[Tensor] = []
         self._lm_batches: list[tuple[Tensor, Tensor]] = []
 
@@ -118,7 +123,8 @@ class StitchingCallback(L.Callback):
             initial = initial_sae(large.cfg, specs[str(large_w)][1]).W_dec if str(large_w) in specs else None
             result = analyze_pair(small, large, x, self.tau, spliced_loss=spliced, ce_points=self.ce_points,
                                   names=(f"width {small_w}", f"width {large_w}"), large_initial_decoder=initial,
-                                  control=control, control_name=control_key, data="the run's validation batches")
+                                  control=control, control_name=control_key, data="the run's validation batches",
+                                  control_extras=self.full_controls)
             result.summary["global_step"] = int(trainer.global_step)
             path = write_stitching_results(result, out_dir, name=f"{small_w}_{large_w}")
             s = result.summary
