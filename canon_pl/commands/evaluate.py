@@ -132,24 +132,27 @@ def evaluate(run: str, *, data: str, tokens: int = 65536, out: str | None = None
     run_path = Path(run)
     evaluated = saes_of(run_path)
     out_dir = check_output_folder(out or RunLayout(run_path).evaluation)  # before any model is loaded
-    first = load_sae(evaluated[0].folder, device)
-    x, spliced = analysis_activations(data, tokens, first, ce=True, device=device,
+    saes = {entry.folder: load_sae(entry.folder, device) for entry in evaluated}
+    x, spliced = analysis_activations(data, tokens, saes[evaluated[0].folder], ce=True, device=device,
                                       provenance=training_data(evaluated[0].folder))
     x = x.to(device)
+    for folder, sae in saes.items():
+        if sae.d_in != x.shape[1]:
+            raise CanonError(f"{folder} takes d_in {sae.d_in} but the evaluation data has {x.shape[1]}")
+    # the LM with each SAE's reconstruction spliced in (raw activations in and out, as sae(x) takes them): one call,
+    # so the clean and zero-ablated passes run once for the whole family
+    lm = {} if spliced is None else spliced({str(folder): (lambda h, sae=sae: sae(h.float(), inference=True))
+                                             for folder, sae in saes.items()})
+    config = {"data": data, "n_tokens": int(x.shape[0]), "ce_on_text": spliced is not None,
+              "evaluated_by": "canon-pl evaluate"}
     rows = []
     for entry in evaluated:
-        sae = first if entry.folder == evaluated[0].folder else load_sae(entry.folder, device)
-        if sae.d_in != x.shape[1]:
-            raise CanonError(f"{entry.folder} takes d_in {sae.d_in} but the evaluation data has {x.shape[1]}")
+        sae = saes[entry.folder]
         metrics, metric = core_metrics(sae, x)
         weights = weight_metrics(sae.W_enc, sae.W_dec)
         metrics["misc_metrics"].update({"average_max_encoder_cosine_sim": float(weights["max_encoder_cosine_sim"].mean()),
                                         "average_max_decoder_cosine_sim": float(weights["max_decoder_cosine_sim"].mean())})
-        # the LM with this SAE's reconstruction spliced in (raw activations in and out, as sae(x) takes them)
-        lm = None if spliced is None else spliced({"sae": lambda h, sae=sae: sae(h.float(), inference=True)})["sae"]
-        metrics.update(language_model_metrics(lm))
-        config = {"data": data, "n_tokens": int(x.shape[0]), "ce_on_text": spliced is not None,
-                  "evaluated_by": "canon-pl evaluate"}
+        metrics.update(language_model_metrics(lm.get(str(entry.folder))))
         document = saebench_document(sae, metrics, weights if details else {}, metric.densities(), config)
         if not details:
             document["eval_result_details"] = []
