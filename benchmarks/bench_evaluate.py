@@ -36,14 +36,16 @@ def study_or_random(family: str | None, cache: str | None, tokens: int) -> tuple
         first = next(iter(saes.values()))
         return saes, cache_activations(cache, tokens, first.d_in, first.cfg.model_id, first.cfg.hook_point)
     torch.manual_seed(0)
+    x = torch.randn(tokens, 576)
     saes = {}
     for name, width in (("576", 576), ("1152", 1152), ("1152_seed1", 1152), ("2304", 2304), ("2304_seed1", 2304)):
         sae = build_sae(SAEConfig(d_in=576, d_sae=width, architecture="batchtopk", k=32))
-        with torch.no_grad():
-            sae.threshold.fill_(1.0)
+        with torch.no_grad():  # the threshold at which ~32 latents fire per token, as in the study
+            pre = sae.pre_activations(x[:1024])
+            sae.threshold.fill_(float(pre.flatten().kthvalue(pre.numel() - 32 * 1024).values))
             sae.threshold_initialized.fill_(True)
         saes[name] = sae.eval()
-    return saes, torch.randn(tokens, 576)
+    return saes, x
 
 
 def main() -> None:
@@ -81,9 +83,9 @@ def main() -> None:
             start = time.perf_counter()
             rows, cols, _ = sparse_codes_at(a, batch, keep)
             encode += time.perf_counter() - start
-            other = sparse_codes_at(b, batch, keep)[:2]
+            codes_b = sparse_codes_at(b, batch, keep)[:2]
             start = time.perf_counter()
-            counts.update(args.batch, (rows, cols), other)
+            counts.update(args.batch, (rows, cols), codes_b)
             cofire += time.perf_counter() - start
     print(f"{member} encoder pass:            {encode:7.2f} s")
     print(f"co-firing counts {member} x {other}: {cofire:7.2f} s ({cofire / max(encode, 1e-9):.2f}x its encoder pass)")

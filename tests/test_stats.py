@@ -212,3 +212,18 @@ def test_statistics_record_each_members_co_firing_partner_in_another_sae(tmp_pat
                      cofiring={("8", "seed"): ("8_seed1", partner, jaccard)})
     stats = LatentStatistics.open(tmp_path / "stats")
     assert stats.cofiring("8", 0) == [{"kind": "seed", "other": "8_seed1", "latent": 0, "jaccard": 1.0}]
+
+
+def test_co_firing_counts_in_slices_equal_one_pass(monkeypatch) -> None:
+    """Many co-active pairs are enumerated in slices (bounded memory); the counts are those of one pass."""
+    from canon_pl.stats import cofiring
+
+    g = torch.Generator().manual_seed(1)
+    a = torch.nonzero(torch.rand(64, 10, generator=g) < 0.5, as_tuple=True)
+    b = torch.nonzero(torch.rand(64, 12, generator=g) < 0.5, as_tuple=True)
+    whole = cofiring.CoFiring(10, 12)
+    whole.update(64, a, b)
+    monkeypatch.setattr(cofiring, "PAIRS_PER_SLICE", 7)
+    sliced = cofiring.CoFiring(10, 12)
+    sliced.update(64, a, b)
+    assert torch.equal(whole.counts, sliced.counts) and whole.counts.sum() > 100
