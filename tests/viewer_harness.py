@@ -45,7 +45,7 @@ def health(url: str) -> str:
 
 def example_views(root: Path, query: str) -> dict[str, tuple[str, str]]:
     """One representative view per page this folder feeds: ``{page: (its relative URL, text that shows once the page
-    has rendered)}``. The largest stitching pair, the most frequent latent of the widest SAE with statistics, the
+    has rendered)}``. The widest cross-width stitching pair, the most frequent latent of the widest SAE with statistics, the
     densest meta-latent, a search for ``query``, the evaluated widths."""
     from canon_pl.meta import read_meta_analysis
     from canon_pl.stats import LatentStatistics
@@ -57,8 +57,9 @@ def example_views(root: Path, query: str) -> dict[str, tuple[str, str]]:
 
     found: dict[str, tuple[str, str]] = {"Runs": (page_url("Runs"), "Training of")}
     pairs = find_stitching_results(root)
-    if pairs:
-        found["Stitching"] = (page_url("Stitching", pair=pairs[-1].label), "novel latents")
+    if pairs:  # the widest of the study's cross-width pairs (Matryoshka prefixes only when there is nothing else)
+        shown = max((p for p in pairs if not p.nested), key=lambda p: p.widths, default=pairs[-1])
+        found["Stitching"] = (page_url("Stitching", pair=shown.label), "novel latents")
     statistics = find_statistics(root)
     if statistics:
         run, path = next(iter(statistics.items()))
