@@ -287,19 +287,11 @@ def _spread_text(spread: dict[str, Any] | None) -> str | None:
 def _granularity_lines(pairs: list[dict[str, Any]], figures: Path) -> list[str]:
     """The path's peak against group granularity for each pair and its cross-seed control (when measured)."""
     from canon_pl.viewer.charts import granularity_chart
+    from canon_pl.viewer.stitching import granularity_points
 
-    rows = []
-    for s in pairs:
-        pair = f"{s['small']['d_sae']} → {s['large']['d_sae']}"
-        for against, curve in (("smaller width", s.get("granularity")),
-                               ("other seed (control)", (s.get("control") or {}).get("granularity"))):
-            for point in (curve or {}).get("points", []):
-                rows.append({"pair": pair, "against": against, "grouping": point["grouping"],
-                             "threshold": point["threshold"], "largest group share": point["largest_group_share"],
-                             "path peak": point["path_peak_over_worse_endpoint"]})
-    if not rows:
+    frame = granularity_points(pairs)
+    if frame.empty:
         return []
-    frame = pd.DataFrame(rows)
     lines = ["", "### The path at every granularity of grouping", "",
              "The path walked again with its latents grouped ever more coarsely: by decoder cosine at falling "
              "thresholds, then each latent with its best partner by reconstruction overlap (the cosine of two "

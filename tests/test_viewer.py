@@ -371,7 +371,7 @@ def study_shaped_run(root: Path) -> dict:
 
     small, large, other = (random_trained_like(w, seed=s) for w, s in ((16, 1), (32, 2), (32, 3)))
     x = torch.randn(400, 32)
-    study = analyze_pair(small, large, x, control=other, control_name="32_seed1")
+    study = analyze_pair(small, large, x, control=other, control_name="32_seed1", granularity=True)
     write_stitching_results(study, root / "fam" / "stitching")
     prefixes = root / "fam" / "matryoshka_prefixes"
     whole = {"d_sae": 32, "architecture": "batchtopk"}
@@ -406,6 +406,9 @@ def test_the_stitching_page_opens_on_the_study_pair_with_the_definition_and_its_
     mse = control["path"]["mse"]
     assert mse.max() / max(mse.iloc[0], mse.iloc[-1]) - 1 == pytest.approx(s["control"]["path_excess"], rel=1e-5)
     assert control["histogram"]["count"].sum() == 32  # every latent of L's other seed, binned
+    # the path at every granularity of grouping, pair and control, as the report draws it
+    assert any(h.value == "The path at every granularity of grouping" for h in app.subheader)
+    assert "path peak against group granularity" in specs
     prefixes = open_page(tmp_path, page="Stitching", run="fam/matryoshka_prefixes")  # ?run= picks the run's pair
     assert prefixes.sidebar.selectbox[0].value == "fam/matryoshka_prefixes · 16 → 32"
     assert any("Matryoshka prefixes" in c.value for c in prefixes.caption)

@@ -9,11 +9,12 @@ import streamlit as st
 from canon_pl.viewer import find_stitching_results
 from canon_pl.viewer.charts import (
     cosine_histogram_chart,
+    granularity_chart,
     path_by_step_chart,
     path_l0_chart,
 )
 from canon_pl.viewer.links import latent_url
-from canon_pl.viewer.stitching import headline, settings_mismatch_in_run
+from canon_pl.viewer.stitching import granularity_points, headline, settings_mismatch_in_run
 from viewer_pages.common import (
     choose,
     links,
@@ -93,6 +94,13 @@ def render(root: Path) -> None:
     elif h["control_name"] is not None:
         st.caption(f"This results file predates the control's stored path: `canon-pl stitch {pair.run_folder}` "
                    "again draws the pair against its control.")
+    granularity = granularity_points([s])
+    if not granularity.empty:
+        st.subheader("The path at every granularity of grouping")
+        st.caption("The path walked again with its latents grouped ever more coarsely (decoder cosine at falling "
+                   "thresholds, then by reconstruction overlap); the paper's claim holds when the pair's path (solid) "
+                   "falls below 1.05x at finer groups than its cross-seed control's (dashed).")
+        st.altair_chart(granularity_chart(granularity), width="stretch")
     run = str(pair.run_folder.relative_to(root))
     linked = run in statistics_of(str(root))
     st.subheader("Large latents")

@@ -105,6 +105,23 @@ def headline(summary: dict[str, Any]) -> dict[str, Any]:
             "agreement": (summary.get("proxy") or {}).get("agreement")}
 
 
+def granularity_points(summaries: list[dict[str, Any]]) -> pd.DataFrame:
+    """The path-granularity curves of stitching summaries (pair and cross-seed control, where measured), one row per
+    point: ``pair, against, grouping, threshold, largest group share, path peak`` (what ``granularity_chart``
+    draws); empty when no summary has a curve."""
+    rows = []
+    for s in summaries:
+        pair = f"{s['small']['d_sae']} → {s['large']['d_sae']}"
+        for against, curve in (("smaller width", s.get("granularity")),
+                               ("other seed (control)", (s.get("control") or {}).get("granularity"))):
+            for point in (curve or {}).get("points", []):
+                rows.append({"pair": pair, "against": against, "grouping": point["grouping"],
+                             "threshold": point["threshold"], "largest group share": point["largest_group_share"],
+                             "path peak": point["path_peak_over_worse_endpoint"]})
+    return pd.DataFrame(rows, columns=["pair", "against", "grouping", "threshold", "largest group share",
+                                       "path peak"])
+
+
 def cosine_histogram(latents: pd.DataFrame, bins: int = 50) -> pd.DataFrame:
     """Counts of large latents per max-cosine bin and class (``start, end, class, count``): what the histogram draws,
     binned here so the browser receives ``bins`` rows, not one per latent."""
