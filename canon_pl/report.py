@@ -459,6 +459,7 @@ def _evaluation_section(run: Path, pairs: list[dict[str, Any]]) -> list[str]:
     """"Choosing a width": SAEBench's core metrics per member and seed control (``canon-pl evaluate``), nothing when
     the run has not been evaluated."""
     from canon_pl.commands.evaluate import SUMMARY
+    from canon_pl.viewer.widths import variant_text
 
     path = RunLayout(run).evaluation / "summary.json"
     if not path.is_file():
@@ -468,6 +469,7 @@ def _evaluation_section(run: Path, pairs: list[dict[str, Any]]) -> list[str]:
              "relative_reconstruction_bias": "rel. bias", "l0": "L0", "frac_alive": "alive",
              "average_max_decoder_cosine_sim": "max dec. cos", "ce_loss_score": "CE score", "kl_div_score": "KL score"}
     rows = [{"SAE": r["name"], "width": r["width"], "seed control": "yes" if r["seed_control"] else "",
+             **({"variant": variant_text(r.get("variant"))} if any(x.get("variant") for x in summary["rows"]) else {}),
              **{names.get(k, k): v for k, v in r["metrics"].items()}} for r in summary["rows"]]
     spread = summary.get("seed_spread") or {}
     lines = ["## Choosing a width: SAEBench's core metrics", "",
@@ -480,6 +482,8 @@ def _evaluation_section(run: Path, pairs: list[dict[str, Any]]) -> list[str]:
         lines += ["Seed spread (max − min over the seeds of one width): " + "; ".join(
             f"{width}: EV {_fmt(s.get('explained_variance'))}, L0 {_fmt(s.get('l0'), 2)}, alive "
             f"{_fmt(s.get('frac_alive'))}" for width, s in spread.items()) + ".", ""]
+    lines += _width_l0_lines(summary)
+    lines += _probing_lines(summary)
     width, why = recommended_width(summary["rows"], spread, pairs)
     if width is not None:
         lines += [f"**Recommended width: {width:,}.** Rule (canon_pl/verdicts.py `recommended_width`): climb from "
@@ -489,6 +493,94 @@ def _evaluation_section(run: Path, pairs: list[dict[str, Any]]) -> list[str]:
                   f"within what reseeding changes). It describes this run's budget: an undertrained family earns "
                   f"fewer steps.", "", *[f"- {line}" for line in why], ""]
     return lines
+
+
+def _width_l0_lines(summary: dict[str, Any]) -> list[str]:
+    """Width × L0 (a family with sparsity variants): per width, EV against L0, and what a doubling of the width
+    and a change of the sparsity setting each buy at the other held fixed. Nothing without variants."""
+    from canon_pl.viewer.widths import variant_text
+
+    rows = [r for r in summary["rows"] if not r["seed_control"]]
+    if not any(r.get("variant") for r in rows):
+        return []
+    grid = {(r["width"], variant_text(r.get("variant")) or "the family's"): r["metrics"] for r in rows}
+    settings = sorted({s for _, s in grid}, key=lambda s: (s != "the family's", s))
+    widths = sorted({w for w, _ in grid})
+    lines = ["### Width × L0", "",
+             "The family's sparsity variants: each width trained again with one sparsity setting changed (same "
+             "initialisation, same batches), so a gain with width can be told from a gain with L0. Held-out EV (L0):",
+             ""]
+    for setting in settings:
+        cells = [f"{w:,}: {_fmt(grid[(w, setting)].get('explained_variance'))} "
+                 f"({_fmt(grid[(w, setting)].get('l0'), 1)})" for w in widths if (w, setting) in grid]
+        lines.append(f"- {setting} settings — " + "; ".join(cells))
+    steps = []
+    for setting in settings:
+        for a, b in zip(widths, widths[1:]):
+            if (a, setting) in grid and (b, setting) in grid:
+                small, large = grid[(a, setting)], grid[(b, setting)]
+                steps.append(f"{a:,} → {b:,} at {setting} settings: EV "
+                             f"{large['explained_variance'] - small['explained_variance']:+.3f}, L0 "
+                             f"{_fmt(small.get('l0'), 1)} → {_fmt(large.get('l0'), 1)}")
+    return lines + ["", "Each step in width at one setting: " + "; ".join(steps) + ".", ""]
+
+
+def _width_l0_results_lines(path: Path) -> list[str]:
+    """Width × L0 from a committed evaluation summary of a family with sparsity variants (nothing when there is
+    none yet, or when the summary has no variants)."""
+    from canon_pl.commands.evaluate import SUMMARY
+
+    if not path.is_file():
+        return []
+    summary = SUMMARY.read(path)
+    lines = _width_l0_lines(summary)
+    if not lines:
+        return []
+    return ["## Width × L0", "", f"From `{path}` (the evaluation of `{summary['run']}` on {summary['n_tokens']:,} "
+            f"held-out tokens of `{summary['data']}`, committed; its family trains beside, not inside, `make main`).",
+            "", *lines[2:]]
+
+
+def _carrier_text(carrier: dict[str, Any] | None) -> str:
+    if not carrier:
+        return "—"
+    text = f"#{carrier['latent']}" + (f" ({carrier['class']})" if carrier.get("class") else "")
+    partner = carrier.get("seed_partner")
+    if partner:
+        text += (f"; other seed #{partner['latent']} at cos {partner['cosine']:.2f}"
+                 f"{', its best too' if partner['is_its_best_latent'] else ''}")
+    return text
+
+
+def _probing_lines(summary: dict[str, Any]) -> list[str]:
+    """k-sparse probing per SAE and task (``canon-pl evaluate`` with text data), nothing without it."""
+    probing = summary.get("probing")
+    if not probing:
+        return []
+    tasks = [t for t, info in probing["tasks"].items() if info.get("skipped") is None]
+    ceiling = "; ".join(f"{t} {_fmt(probing['tasks'][t]['llm_test_accuracy'])}" for t in tasks)
+    rows = []
+    for r in summary["rows"]:
+        row: dict[str, Any] = {"SAE": r["name"], "width": r["width"]}
+        for task in tasks:
+            result = (r.get("probing") or {}).get(task) or {}
+            accuracy = result.get("top_k_accuracy") or {}
+            row[f"{task} k=1"], row[f"{task} k=5"] = accuracy.get("1"), accuracy.get("5")
+            row[f"{task} absorbed"] = (result.get("absorption") or {}).get("absorption_rate")
+            row[f"{task}: best latent"] = _carrier_text(result.get("carrier"))
+        rows.append(row)
+    skipped = [f"{t} ({info['skipped']})" for t, info in probing["tasks"].items() if info.get("skipped")]
+    return ["### Usefulness per width: k-sparse probing and absorption", "",
+            "Balanced held-out accuracy (0.5 is chance) of a logistic regression on the k latents whose mean "
+            "activation differs most between a label's positive and negative tokens (Gurnee et al. 2023, as "
+            "SAEBench's `sparse_probing`; labels read off the reST text: docs/design.md 1.4). The best latent is "
+            "the one a 1-sparse probe uses, with its class in the stitching against the next narrower member and "
+            "its nearest decoder row in the other seed; absorbed: the share of positive test tokens on which that "
+            "latent is silent while another latent along the label's mean-difference direction fires (Chanin et al. "
+            "2024). "
+            "The ceiling, a probe on all the raw activations: "
+            f"{ceiling or 'no task'}." + (f" Not probed: {'; '.join(skipped)}." if skipped else ""), "",
+            _markdown_table(pd.DataFrame(rows)), ""] if tasks else []
 
 
 def _ladder_lines(results: Path, figures: Path) -> list[str]:
@@ -506,10 +598,12 @@ def _ladder_lines(results: Path, figures: Path) -> list[str]:
 
 
 def write_report(run: str | os.PathLike, meta_dir: str | os.PathLike | None = None,
-                 ladder_results: str | os.PathLike | None = None) -> Path:
+                 ladder_results: str | os.PathLike | None = None,
+                 width_l0_results: str | os.PathLike | None = None) -> Path:
     """Write ``<run>/report.md`` and its figures (``<run>/report/*.png``); returns the report's path.
     ``ladder_results`` (a ladder's committed rungs, ``canon-pl ladder``) adds the section "does scale close the
-    gap?" with its curves."""
+    gap?" with its curves; ``width_l0_results`` (the committed evaluation summary of a family with sparsity
+    variants) adds "width × L0" when the run's own family has none."""
     run = Path(run)
     meta_dir = Path(meta_dir) if meta_dir is not None else None
     facts = gather(run, meta_dir)
@@ -562,6 +656,7 @@ def write_report(run: str | os.PathLike, meta_dir: str | os.PathLike | None = No
         {"quantity": "meta-SAE FVE (k = 4)", "paper": PAPER["fve"], "this run": meta["fve"] if meta else None},
     ])), "", "The paper's figures come from GPT-2 small ReLU + L1 SAEs of 768–98,304 latents trained on ~10^8 tokens; "
         "the verdicts above rest on this run's own controls, not on the size of the gap.", ""]
+    lines += _width_l0_results_lines(Path(width_l0_results)) if width_l0_results is not None else []
     lines += _ladder_lines(Path(ladder_results), figures) if ladder_results is not None else []
     path = RunLayout(run).report
     atomic_write_text(path, "\n".join(lines))

@@ -301,7 +301,7 @@ def recommended_width(rows: list[dict[str, Any]], seed_spread: dict[str, dict[st
     :data:`MARGIN` (L adds latents that carry information, not reshuffled ones). The first step that fails stops the
     climb: past it a wider SAE mostly re-splits what the narrower one has. ``rows``: ``canon-pl evaluate``'s summary
     rows; ``seed_spread``: its per-width spread; ``pairs``: the stitching summaries. ``None`` without rows."""
-    members = {r["width"]: r["metrics"] for r in rows if not r["seed_control"]}
+    members = {r["width"]: r["metrics"] for r in rows if not r["seed_control"] and not r.get("variant")}
     if not members:
         return None, []
     widths = sorted(members)

@@ -215,7 +215,7 @@ def test_training_validation_and_an_analysis_capture_the_same_activations(hooked
     analysed = torch.cat([b.kept for b in source.take("val", SMALL["val_contexts"], SMALL["contexts_per_forward"])])
     torch.testing.assert_close(analysed, validation)
     # and through the analyses' entry point, given only the export's record (it loads its own LM)
-    again, _ = text_activations("pydoc-topics", validation.shape[0], "smollm2-135m", "model.layers.2",
+    again, _, _ = text_activations("pydoc-topics", validation.shape[0], "smollm2-135m", "model.layers.2",
                                 provenance=dm.provenance(), contexts_per_forward=SMALL["contexts_per_forward"])
     torch.testing.assert_close(again, validation)
     # the default selection (outliers and BOS out) would have captured fewer tokens: the setting mattered

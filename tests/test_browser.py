@@ -49,7 +49,7 @@ def assert_not_blank(png: Path) -> None:
     assert inked > 0.01 and len(set(pixels)) > 20, f"{png} looks blank ({inked:.2%} inked)"
 
 
-@pytest.mark.parametrize("view, text", [("stitching", "novel latents"),
+@pytest.mark.parametrize("view, text", [("stitching", "novel latents"), ("widths", "what each width of a family gives"),
                                         ("latent?run=fam&sae=16&latent=3", "fam · 16 · latent 3"),
                                         ("?page=Latent&run=fam&sae=16&latent=3", "fam · 16 · latent 3")])
 def test_pages_render_in_a_real_browser(viewer: dict, page, tmp_path: Path, view: str, text: str) -> None:

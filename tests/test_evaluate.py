@@ -136,7 +136,14 @@ def test_evaluate_on_text_splices_each_sae_into_the_bundled_model(tmp_path: Path
         sae.threshold.fill_(0.5)
         sae.threshold_initialized.fill_(True)
     export_sae(sae, tmp_path / "one")
-    assert main(["evaluate", str(tmp_path / "one"), "--data", "pydoc-topics", "--tokens", "300",
+    text = tmp_path / "guide.rst"  # reST with inline code, literal blocks, doctests and numbers in every section
+    text.write_text("".join(
+        f"Section {i}\n{'=' * 10}\n\nThe function ``scale{i}(x)`` returns {7 * i} when x is ``None``, and raises "
+        f"an error otherwise; see :func:`scale{i}` for the reasons.  For example::\n\n    def scale{i}(x):\n"
+        f"        if x is None:\n            return {7 * i}\n        raise ValueError(x)\n\n"
+        f">>> scale{i}(None)\n{7 * i}\n\nPlain prose follows here, about what the reader should expect from it "
+        f"and why the value is {i} times seven.\n\n" for i in range(400)))
+    assert main(["evaluate", str(tmp_path / "one"), "--data", str(text), "--tokens", "1500",
                  "--no-details"]) == 0, capsys.readouterr().err
     core = json.loads((tmp_path / "one" / "evaluation" / "sae.core.json").read_text())
     metrics = core["eval_result_metrics"]
@@ -147,6 +154,15 @@ def test_evaluate_on_text_splices_each_sae_into_the_bundled_model(tmp_path: Path
     assert kl["kl_div_with_ablation"] > 0 and kl["kl_div_with_sae"] > 0
     assert kl["kl_div_score"] == pytest.approx(1 - kl["kl_div_with_sae"] / kl["kl_div_with_ablation"], rel=1e-4)
     assert core["eval_result_details"] == [] and core["eval_config"]["ce_on_text"] is True
+    # text gives token labels: SAEBench's sparse_probing file, every task probed or skipped with its reason
+    from canon_pl.lm.token_labels import LABELS
+
+    probing = json.loads((tmp_path / "one" / "evaluation" / "sae.sparse_probing.json").read_text())
+    assert probing["eval_type_id"] == "sparse_probing" and set(probing["eval_result_metrics"]) == {"llm", "sae"}
+    assert [row["dataset_name"] for row in probing["eval_result_details"]] == list(LABELS)
+    for task, result in probing["eval_result_unstructured"].items():
+        assert "skipped" in result or 0 <= result["top_k_accuracy"]["1"] <= 1, (task, result)
+    assert all("top_k_accuracy" in probing["eval_result_unstructured"][task] for task in LABELS)
 
 
 def test_the_width_rule_climbs_while_a_step_beats_seed_noise_and_its_control() -> None:

@@ -182,6 +182,43 @@ def test_the_stitching_callback_follows_a_relu_family_too(tmp_path: Path) -> Non
     assert control["path_excess"] is not None and control["replicate"] is not None
 
 
+def test_sparsity_variants_train_each_width_at_another_k_beside_the_family(tmp_path: Path) -> None:
+    """Width × L0: a variant is the same width from the same initialisation at another k, on the same batches; it
+    is recorded apart from the seed controls, which stitching keeps using, and evaluate lists it as a variant."""
+    from canon_pl.commands.evaluate import evaluate, saes_of
+    from canon_pl.commands.evaluate import SUMMARY
+
+    module = SAEFamilyModule(widths=[48, 96], control_seeds=[1], sparsity_variants=[{"k": 1}, {"k": 8}], **FAMILY)
+    assert list(module.member_specs) == ["48", "96", "96_seed1", "48_k1", "96_k1", "48_k8", "96_k8"]
+    assert torch.equal(module.members["96_k8"].W_dec, module.members["96"].W_dec)  # the same initialisation
+    trainer = make_trainer(tmp_path, max_steps=30, val_check_interval=30,
+                           callbacks=[SAEExportCallback(), StitchingCallback(max_tokens=512)])
+    trainer.fit(module, SyntheticActivationDataModule(**SMALL_DATA))
+    manifest = json.loads((tmp_path / "family.json").read_text())
+    assert manifest["controls"] == {"96_seed1": {"width": 96, "init_seed": 1}}
+    assert manifest["variants"] == {"48_k1": {"width": 48, "k": 1}, "48_k8": {"width": 48, "k": 8},
+                                    "96_k1": {"width": 96, "k": 1}, "96_k8": {"width": 96, "k": 8}}
+    assert load_sae(tmp_path / "96_k8").cfg.k == 8 and load_sae(tmp_path / "96").cfg.k == 3
+    assert read_stitching_results(tmp_path / "stitching" / "48_96.json")["control"]["name"] == "96_seed1"
+    assert [(e.folder.name, e.variant) for e in saes_of(tmp_path)] == [
+        ("48", None), ("48_k1", {"k": 1}), ("48_k8", {"k": 8}), ("96", None), ("96_seed1", None),
+        ("96_k1", {"k": 1}), ("96_k8", {"k": 8})]
+    cache = tmp_path / "cache"
+    data = SyntheticActivationDataModule(**SMALL_DATA)
+    data.setup("fit")
+    x = torch.cat([batch for batch in data.val_dataloader()])
+    write_activation_shards([x[:512]], cache, tokens_per_shard=512, dtype="float32", val_batches=[x[512:]])
+    assert evaluate(str(tmp_path), data=str(cache), tokens=256) == 0
+    summary = SUMMARY.read(tmp_path / "evaluation" / "summary.json")
+    l0 = {r["name"]: r["metrics"]["l0"] for r in summary["rows"]}
+    assert l0["96_k1"] < l0["96"] < l0["96_k8"]  # the sparsity setting moved L0, at one width
+    assert summary["seed_spread"]["96"]["l0"] == pytest.approx(abs(l0["96"] - l0["96_seed1"]))  # variants apart
+    with pytest.raises(SAEConfigError, match="has no setting bogus"):
+        SAEFamilyModule(widths=[48], sparsity_variants=[{"bogus": 1}], **FAMILY)
+    with pytest.raises(SAEConfigError, match="repeats the family's own settings"):
+        SAEFamilyModule(widths=[48], sparsity_variants=[{"k": 3}], **FAMILY)
+
+
 MATRYOSHKA_CONFIG = """
 seed_everything: 0
 trainer:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -539,6 +540,17 @@ def test_the_widths_page_draws_each_metric_against_width_with_the_seeds_as_a_bar
     specs = [chart.proto.spec for chart in app.get("vega_lite_chart")]
     assert any("explained variance vs width" in spec for spec in specs)
     assert all("CE score" not in spec for spec in specs)  # evaluated on a cache: no LM figures to draw
+    assert len(app.dataframe) == 1  # a cache gives no token labels: no probes to list
+    # a family evaluated on text lists the latent that carries each probe, linked to its Latent page
+    summary = json.loads((family / "evaluation" / "summary.json").read_text())
+    summary["rows"][1]["probing"] = {"code": {"top_k_accuracy": {"1": 0.81, "5": 0.9}, "carrier": {
+        "latent": 7, "class": "novel", "seed_partner": {"sae": "32_seed1", "latent": 2, "cosine": 0.93,
+                                                        "is_its_best_latent": True}}}}
+    (family / "evaluation" / "summary.json").write_text(json.dumps(summary))
+    probes = open_page(tmp_path, page="Widths").dataframe[1].value
+    assert probes[["SAE", "task", "k=1", "latent", "class", "seed partner"]].values.tolist() == [
+        ["32", "code", 0.81, 7, "novel", 2]]
+    assert probes["page"].tolist() == ["latent?run=fam&sae=32&latent=7"]
     (family / "evaluation" / "summary.json").write_text("{")  # damaged: named, the page still opens
     damaged = open_page(tmp_path, page="Widths")
     assert "left out" in damaged.warning[0].value and "summary.json" in damaged.warning[0].value

@@ -25,8 +25,9 @@ def open_viewer(root: Path, *flags: str, **params: str):
 
 def build_analysed_run(root: Path) -> dict:
     """A whole small run as a researcher has it after a session: a two-width family (8 and 16 latents; the planted
-    latent 0 of the small SAE is copied into the large one as its latent 3) with statistics, stitching results and a
-    meta-SAE on the 16-latent member with its own statistics, all written under ``root``. Returns the root, the
+    latent 0 of the small SAE is copied into the large one as its latent 3) with statistics, stitching results, its
+    evaluation (SAEBench's core metrics, from a cache of the same tokens) and a meta-SAE on the 16-latent member with
+    its own statistics, all written under ``root``. Returns the root, the
     stitching summary, the meta decomposition and the planted token."""
     import torch
 
@@ -56,6 +57,13 @@ def build_analysed_run(root: Path) -> dict:
     activations = torch.cat([acts[mask] for _, acts, mask in batches])
     stitching = analyze_pair(small, large, activations)
     write_stitching_results(stitching, family / "stitching")
+    from canon_pl.commands.evaluate import evaluate
+    from canon_pl.data.shards import write_activation_shards
+
+    half = activations.shape[0] // 2  # SAEBench's core metrics for the Widths page, from a cache of these tokens
+    write_activation_shards([activations[:half]], root / "cache", tokens_per_shard=half, dtype="float32",
+                            metadata={"hook_point": "blocks.0"}, val_batches=[activations[half:]])
+    assert evaluate(str(family), data=str(root / "cache"), tokens=half) == 0
     saes = {"8": small, "16": large}
     collectors, contexts, cofiring = collect_statistics(saes, batches, cofiring={("16", "8"): None}, n_top=4,
                                                         n_sample=3, window=2)

@@ -75,9 +75,9 @@ def example_views(root: Path, query: str) -> dict[str, tuple[str, str]]:
         meta = int(read_meta_analysis(path, arrays=True)["decomposition"].meta_density().argmax())
         found["Meta-latent"] = (page_url("Meta-latent", meta_run=label, meta=meta),
                                 f"{label} · meta-latent {meta}")
-    from canon_pl.viewer.widths import find_evaluations
+    from canon_pl.viewer.widths import evaluation_summaries, find_evaluations
 
-    if not find_evaluations(root).empty:
+    if not find_evaluations(evaluation_summaries(root)).empty:
         found["Widths"] = (page_url("Widths"), "vs width")
     return found
 

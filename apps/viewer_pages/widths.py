@@ -6,14 +6,21 @@ from pathlib import Path
 
 import streamlit as st
 
-from canon_pl.viewer.widths import find_evaluations, width_charts
+from canon_pl.viewer.widths import (
+    evaluation_summaries,
+    find_evaluations,
+    probe_carriers_table,
+    width_charts,
+    width_l0_charts,
+)
 from viewer_pages.common import choose
 
 
 def render(root: Path) -> None:
     st.header("Widths: what each width of a family gives")
     skipped: list[str] = []
-    table = find_evaluations(root, skipped)
+    summaries = evaluation_summaries(root, skipped)
+    table = find_evaluations(summaries)
     for reason in skipped:
         st.warning(f"left out: {reason}")
     if table.empty:
@@ -31,4 +38,23 @@ def render(root: Path) -> None:
         columns[0].altair_chart(left, width="stretch")
         if right is not None:
             columns[1].altair_chart(right, width="stretch")
+    l0_charts = width_l0_charts(shown)
+    if l0_charts:
+        st.subheader("Width × L0")
+        st.caption("The same widths trained at other sparsity settings (the family's sparsity variants): each metric "
+                   "against L0, one line per width. Lines that stack by width at equal L0 separate width from L0.")
+        for left, right in zip(l0_charts[::2], [*l0_charts[1::2], None]):
+            columns = st.columns(2)
+            columns[0].altair_chart(left, width="stretch")
+            if right is not None:
+                columns[1].altair_chart(right, width="stretch")
     st.dataframe(shown, hide_index=True)
+    probes = probe_carriers_table(summaries)
+    if not probes.empty:
+        probes = probes if run == "all" else probes[probes["run"] == run]
+        st.subheader("Which latent carries a probe")
+        st.caption("k-sparse probing on token labels of the held-out text (balanced accuracy, 0.5 is chance): the "
+                   "latent a 1-sparse probe uses, its class in the stitching against the next narrower member, and "
+                   "its nearest decoder row in the other seed of its width.")
+        st.dataframe(probes, hide_index=True,
+                     column_config={"page": st.column_config.LinkColumn("latent page", display_text="open")})

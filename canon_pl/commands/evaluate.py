@@ -6,6 +6,14 @@ Each SAE gets ``<out>/<folder>.core.json`` in the shape of SAEBench's ``core`` e
 control, the headline metrics) and, per width with a seed control, the spread between the seeds. The language-model
 figures (CE and KL with the SAE spliced in against zero-ablation) need text data: with an activation cache they are
 ``null``.
+
+With text data each SAE also gets ``<out>/<folder>.sparse_probing.json`` in the shape of SAEBench's
+``sparse_probing`` output: k-sparse probes (:mod:`canon_pl.metrics.probing`) on token labels the text gives for free
+(:mod:`canon_pl.lm.token_labels`), the raw-activation probe as the ceiling, and per task the latent that carries the
+best single-latent probe with its class in the family's stitching (novel or reconstruction, by definition) and its
+nearest decoder row in the other seed of its width; the summary adds per task the absorption of that latent
+(:mod:`canon_pl.metrics.absorption`: how often it is silent on a positive token while a latent along the label's
+direction fires in its place).
 """
 
 from __future__ import annotations
@@ -25,7 +33,9 @@ from canon_pl.io import load_sae, training_data
 from canon_pl.io.document import DocumentKind
 from canon_pl.io.family import MANIFEST_FILE, read_family_manifest
 from canon_pl.io.layout import RunLayout
+from canon_pl.metrics.absorption import absorption, label_direction
 from canon_pl.metrics.core import CoreMetrics, weight_metrics
+from canon_pl.metrics.probing import KS, activation_probes, saebench_probing_metrics, sparse_probes
 from canon_pl.sae import SparseAutoencoder
 
 DESCRIPTION = """SAEBench's core metrics (reconstruction, shrinkage, sparsity, alive latents, encoder/decoder cosines,
@@ -40,19 +50,28 @@ HEADLINE = (("reconstruction_quality", "explained_variance"), ("reconstruction_q
             ("misc_metrics", "frac_alive"), ("misc_metrics", "average_max_decoder_cosine_sim"),
             ("model_performance_preservation", "ce_loss_score"), ("model_behavior_preservation", "kl_div_score"))
 """The metrics a summary row carries (category, SAEBench field)."""
+PROBE_HEADLINE = ("sae_top_1_test_accuracy", "sae_top_5_test_accuracy")
+"""With text data, a summary row also carries these means over the probing tasks (SAEBench's ``sparse_probing``)."""
 
 
 @dataclass(frozen=True)
 class Evaluated:
-    """One SAE to evaluate: its export folder, its width and whether it is a seed control in its family."""
+    """One SAE to evaluate: its export folder, its width, whether it is a seed control in its family and, for a
+    sparsity variant (width × L0), the settings it changes."""
 
     folder: Path
     width: int
     seed_control: bool
+    variant: dict[str, Any] | None = None
+
+    @property
+    def is_member(self) -> bool:
+        """One of the family's widths itself (neither a seed control nor a sparsity variant)."""
+        return not self.seed_control and self.variant is None
 
 
 def saes_of(run: Path) -> list[Evaluated]:
-    """A family's members and seed controls (widest last), or the one export ``run`` is."""
+    """A family's members, seed controls and sparsity variants (widest last), or the one export ``run`` is."""
     if not (run / MANIFEST_FILE).is_file():
         if not (run / "cfg.json").is_file():
             raise CanonError(f"{run} is neither a family folder ({MANIFEST_FILE}) nor an SAE export (cfg.json): pass "
@@ -61,7 +80,9 @@ def saes_of(run: Path) -> list[Evaluated]:
     manifest = read_family_manifest(run)
     found = [Evaluated(run / folder, int(width), False) for width, folder in manifest["members"].items()]
     found += [Evaluated(run / folder, int(c["width"]), True) for folder, c in manifest["controls"].items()]
-    return sorted(found, key=lambda e: (e.width, e.seed_control, e.folder.name))
+    found += [Evaluated(run / folder, int(v["width"]), False, {k: x for k, x in v.items() if k != "width"})
+              for folder, v in manifest["variants"].items()]
+    return sorted(found, key=lambda e: (e.width, e.variant is not None, e.seed_control, e.folder.name))
 
 
 @torch.no_grad()
@@ -99,11 +120,87 @@ def saebench_document(sae: SparseAutoencoder, metrics: dict[str, Any], details: 
             "sae_cfg_dict": sae.cfg.to_dict()}
 
 
+def saebench_probing_document(probes: dict[str, dict[str, Any]], llm: dict[str, dict[str, Any]],
+                              config: dict[str, Any], cfg: dict[str, Any]) -> dict[str, Any]:
+    """SAEBench's ``sparse_probing`` output shape: the mean accuracies (``llm``, ``sae``) and a row per task."""
+    details = []
+    for task, result in probes.items():
+        row = {"dataset_name": task, "llm_test_accuracy": llm.get(task, {}).get("accuracy")}
+        row.update({f"sae_top_{k}_test_accuracy": result.get("top_k_accuracy", {}).get(str(k)) for k in KS})
+        details.append(row)
+    return {"eval_type_id": "sparse_probing", "eval_config": config, "eval_id": str(uuid.uuid4()),
+            "datetime_epoch_millis": int(time.time() * 1000),
+            "eval_result_metrics": saebench_probing_metrics(probes, llm), "eval_result_details": details,
+            "eval_result_unstructured": probes, "sae_bench_commit_hash": None, "sae_lens_id": None,
+            "sae_lens_release_id": None, "sae_lens_version": None, "sae_cfg_dict": cfg}
+
+
+def novel_by_definition(run: Path, widths: list[int], width: int) -> list[str] | None:
+    """The class (``novel`` / ``reconstruction``, by definition) of each latent of the member of ``width`` in its
+    stitching against the next narrower member (``stitching/<narrower>_<width>``), ``None`` when there is none."""
+    from canon_pl.stitching import latent_classes, read_stitching_results
+
+    narrower = [w for w in widths if w < width]
+    path = RunLayout(run).stitching_pair(max(narrower), width) if narrower else None
+    if path is None or not path.is_file():
+        return None
+    summary = read_stitching_results(path, arrays=True)
+    return latent_classes(summary, summary.pop("arrays"))["definition"]
+
+
+def nearest_rows(decoder: torch.Tensor, other: torch.Tensor, latents: list[int]) -> list[tuple[int, float]]:
+    """For each of ``latents`` (rows of ``decoder [d_sae, d_in]``): the nearest row of ``other [d_other, d_in]`` by
+    cosine, and that cosine."""
+    unit = torch.nn.functional.normalize(decoder[latents].float(), dim=-1)
+    values, index = (unit @ torch.nn.functional.normalize(other.float(), dim=-1).T).max(dim=1)
+    return list(zip(index.tolist(), values.tolist()))
+
+
+def probe_carriers(run: Path, evaluated: list[Evaluated], saes: dict[Path, SparseAutoencoder],
+                   probes: dict[Path, dict[str, dict[str, Any]]]) -> dict[Path, dict[str, dict[str, Any]]]:
+    """Per SAE and task, the latent of the best single-latent probe: its index, its class in the family's stitching
+    (members only) and its seed partner (the nearest decoder row in the other seed of the width: whether that row
+    is the other seed's own best latent for the task, and their cosine)."""
+    widths = sorted({e.width for e in evaluated if e.is_member})
+    carriers: dict[Path, dict[str, dict[str, Any]]] = {}
+    for entry in evaluated:
+        classes = novel_by_definition(run, widths, entry.width) if entry.is_member and entry.width else None
+        others = [e for e in evaluated if e.width == entry.width and e.variant is None and entry.variant is None
+                  and e.seed_control != entry.seed_control]
+        carriers[entry.folder] = {}
+        for task, result in probes[entry.folder].items():
+            if "top_latents" not in result:
+                continue
+            best = result["top_latents"][0]
+            carrier: dict[str, Any] = {"latent": best, "class": classes[best] if classes else None,
+                                       "seed_partner": None}
+            if others:
+                other = others[0].folder
+                (partner, cosine), = nearest_rows(saes[entry.folder].W_dec.detach(),
+                                                  saes[other].W_dec.detach(), [best])
+                other_best = (probes[other].get(task) or {}).get("top_latents", [None])[0]
+                carrier["seed_partner"] = {"sae": other.name, "latent": partner, "cosine": cosine,
+                                           "is_its_best_latent": partner == other_best}
+            carriers[entry.folder][task] = carrier
+    return carriers
+
+
+def absorption_per_task(sae: SparseAutoencoder, x: torch.Tensor, labels: dict[str, torch.Tensor],
+                        probes: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per probed task, :func:`canon_pl.metrics.absorption.absorption` of its carrier (the 1-sparse probe's latent),
+    measured in the SAE's input space on activations ``x [n, d_in]``."""
+    inputs = sae.normalize_input(x).x
+    return {task: absorption(lambda b: sae.encode(b, inference=True), sae.W_dec, inputs, labels[task],
+                             result["top_latents"][0], label_direction(inputs, labels[task]))
+            for task, result in probes.items() if "top_latents" in result}
+
+
 def seed_spread(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
-    """Per width with a seed control: each headline metric's range over the seeds (``max − min``)."""
+    """Per width with a seed control: each headline metric's range over the seeds (``max − min``; the sparsity
+    variants left out)."""
     spread: dict[str, dict[str, float]] = {}
     for width in sorted({r["width"] for r in rows}):
-        seeds = [r for r in rows if r["width"] == width]
+        seeds = [r for r in rows if r["width"] == width and not r.get("variant")]
         if len(seeds) < 2:
             continue
         spread[str(width)] = {name: max(values) - min(values) for name in seeds[0]["metrics"]
@@ -133,8 +230,8 @@ def evaluate(run: str, *, data: str, tokens: int = 65536, out: str | None = None
     evaluated = saes_of(run_path)
     out_dir = check_output_folder(out or RunLayout(run_path).evaluation)  # before any model is loaded
     saes = {entry.folder: load_sae(entry.folder, device) for entry in evaluated}
-    x, spliced = analysis_activations(data, tokens, saes[evaluated[0].folder], ce=True, device=device,
-                                      provenance=training_data(evaluated[0].folder))
+    x, spliced, labels = analysis_activations(data, tokens, saes[evaluated[0].folder], ce=True, device=device,
+                                              provenance=training_data(evaluated[0].folder), labels=True)
     x = x.to(device)
     for folder, sae in saes.items():
         if sae.d_in != x.shape[1]:
@@ -145,6 +242,16 @@ def evaluate(run: str, *, data: str, tokens: int = 65536, out: str | None = None
                                              for folder, sae in saes.items()})
     config = {"data": data, "n_tokens": int(x.shape[0]), "ce_on_text": spliced is not None,
               "evaluated_by": "canon-pl evaluate"}
+    probing: dict[str, Any] | None = None
+    if labels is not None:  # text data: k-sparse probes on the tokens' labels
+        llm = activation_probes(x, labels)
+        probes = {folder: sparse_probes(lambda b, sae=sae: sae.encode(sae.normalize_input(b).x, inference=True),
+                                        x, labels) for folder, sae in saes.items()}
+        carriers = probe_carriers(run_path, evaluated, saes, probes)
+        absorbed = {folder: absorption_per_task(saes[folder], x, labels, found) for folder, found in probes.items()}
+        probing = {"ks": list(KS), "tasks": {task: {"llm_test_accuracy": result.get("accuracy"),
+                                                    "skipped": result.get("skipped")}
+                                             for task, result in llm.items()}}
     rows = []
     for entry in evaluated:
         sae = saes[entry.folder]
@@ -159,12 +266,24 @@ def evaluate(run: str, *, data: str, tokens: int = 65536, out: str | None = None
         name = entry.folder.name if entry.folder != run_path else "sae"
         atomic_write_json(out_dir / f"{name}.core.json", document)
         width = entry.width or sae.d_sae
-        rows.append({"name": name, "width": width, "seed_control": entry.seed_control,
+        rows.append({"name": name, "width": width, "seed_control": entry.seed_control, "variant": entry.variant,
                      "metrics": {f"{field}": metrics[category][field] for category, field in HEADLINE}})
+        if probing is not None:
+            probe_config = {**config, "ks": list(KS), "tasks": list(labels)}
+            atomic_write_json(out_dir / f"{name}.sparse_probing.json",
+                              saebench_probing_document(probes[entry.folder], llm, probe_config, sae.cfg.to_dict()))
+            rows[-1]["probing"] = {task: {"top_k_accuracy": result.get("top_k_accuracy"),
+                                          "carrier": carriers[entry.folder].get(task),
+                                          "absorption": absorbed[entry.folder].get(task)}
+                                   for task, result in probes[entry.folder].items()}
+            means = saebench_probing_metrics(probes[entry.folder], llm)["sae"]
+            rates = [a["absorption_rate"] for a in absorbed[entry.folder].values() if a["absorption_rate"] is not None]
+            rows[-1]["metrics"].update({name: means[name] for name in PROBE_HEADLINE})
+            rows[-1]["metrics"]["mean_full_absorption_score"] = sum(rates) / len(rates) if rates else None
         shown = ", ".join(f"{k} {v:.4g}" for k, v in rows[-1]["metrics"].items() if v is not None)
         print(f"{name} ({width} latents{', seed control' if entry.seed_control else ''}): {shown}", flush=True)
     summary = SUMMARY.stamp({"run": str(run_path), "data": data, "n_tokens": int(x.shape[0]), "rows": rows,
-                             "seed_spread": seed_spread(rows)})
+                             "seed_spread": seed_spread(rows), "probing": probing})
     atomic_write_json(out_dir / "summary.json", summary)
     print(f"wrote {len(rows)} SAEBench core files and {out_dir / 'summary.json'}")
     return 0
@@ -174,4 +293,5 @@ def evaluate_command(argv: list[str]) -> int:
     return run_command(evaluate, argv, "evaluate", DESCRIPTION)
 
 
-__all__ = ["SUMMARY", "core_metrics", "evaluate", "saes_of", "seed_spread"]
+__all__ = ["PROBE_HEADLINE", "SUMMARY", "absorption_per_task", "core_metrics", "evaluate", "nearest_rows", "novel_by_definition",
+           "probe_carriers", "saebench_probing_document", "saes_of", "seed_spread"]

@@ -329,7 +329,7 @@ def run_stage(stage: str, cfg: dict[str, Any], device: str) -> int:
                                   fit_args=section.get("fit_args"), stitch_options=stitch_options,
                                   meta_options=None if section.get("meta_sae") is False else cfg["meta_sae"],
                                   device=device)
-    path = write_report(run, meta_dir, cfg.get("ladder_results"))
+    path = write_report(run, meta_dir, cfg.get("ladder_results"), cfg.get("width_l0_results"))
     print(f"  report: {path}")
     return 0
 

@@ -111,7 +111,7 @@ def stitch(small: str, large: str | None = None, *, data: str, tokens: int = 819
         return 0
     pairs, out_dir = _pairs(small, large, control, out, device)
     check_output_folder(out_dir)  # before the analysis, not after it
-    x, spliced = analysis_activations(data, tokens, pairs[0]["small"], ce=ce_points > 0, model=model,
+    x, spliced, _ = analysis_activations(data, tokens, pairs[0]["small"], ce=ce_points > 0, model=model,
                                       hook_point=hook_point, device=device,
                                       provenance=training_data(pairs[0]["names"][0]))
     if ce_points and spliced is None:

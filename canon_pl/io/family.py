@@ -23,15 +23,19 @@ HOOKS = DocumentKind("canon_pl.hook_families", 1, "hook points manifest", Checkp
 
 
 def write_family_manifest(directory: str | os.PathLike, members: dict[int, str], cfg: SAEConfig, tokens: int,
-                          controls: dict[str, dict[str, int]] | None = None) -> Path:
+                          controls: dict[str, dict[str, int]] | None = None,
+                          variants: dict[str, dict[str, Any]] | None = None) -> Path:
     """Record ``members`` (width -> export folder relative to ``directory``), the seed ``controls`` (export folder ->
-    ``{"width", "init_seed"}``: the same width from another initialisation) and what they share."""
+    ``{"width", "init_seed"}``: the same width from another initialisation), the sparsity ``variants`` (export
+    folder -> ``{"width", <setting>: <value>...}``: the same width with other sparsity settings, width × L0) and
+    what they share."""
     path = Path(directory) / MANIFEST_FILE
     atomic_write_json(path, FAMILY.stamp({
         "widths": sorted(members),
         "members": {str(w): members[w] for w in sorted(members)},
         "controls": {name: {"width": int(c["width"]), "init_seed": int(c["init_seed"])}
                      for name, c in sorted((controls or {}).items())},
+        "variants": {name: dict(v) for name, v in sorted((variants or {}).items())},
         "d_in": cfg.d_in,
         "architecture": cfg.architecture,
         "k": cfg.k,
@@ -90,7 +94,12 @@ def read_family_manifest(directory: str | os.PathLike) -> dict[str, Any]:
                                                for c in controls.values())):
         raise CheckpointError(f"{path} is malformed: \"controls\" must map each export folder to its "
                               f"{{\"width\", \"init_seed\"}}; re-write the manifest or re-run the family")
-    for folder in [*members.values(), *controls]:
+    variants = manifest.setdefault("variants", {})
+    if not (isinstance(variants, dict) and all(isinstance(v, dict) and isinstance(v.get("width"), int)
+                                               for v in variants.values())):
+        raise CheckpointError(f"{path} is malformed: \"variants\" must map each export folder to its "
+                              f"{{\"width\", <setting>: <value>}}; re-write the manifest or re-run the family")
+    for folder in [*members.values(), *controls, *variants]:
         if Path(folder).name != folder or folder in (".", ".."):
             raise CheckpointError(f"{path} names the member folder {folder!r}: a family's members are folders "
                                   f"directly inside it (a name, no path); move the export there and re-write the "

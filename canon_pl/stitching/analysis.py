@@ -365,6 +365,19 @@ def write_stitching_results(result: StitchingResult, directory: str | os.PathLik
     return write_results(directory, name, result.summary, _arrays(result), STITCHING_RESULTS)
 
 
+def latent_classes(summary: dict[str, Any], arrays: dict[str, Any]) -> dict[str, list[str]]:
+    """Each large latent's class as the results file states it: ``cosine`` (no small decoder row within the file's
+    ``tau``) and ``definition`` (fires and lowers S's MSE when added alone), ``novel`` or ``reconstruction``. A file
+    written before the classes were stored gets them from its own ``tau`` and arrays, by the same rules."""
+    def named(novel: Any) -> list[str]:
+        return ["novel" if bool(v) else "reconstruction" for v in novel.tolist()]
+
+    if "large_novel_cosine" in arrays:
+        return {"cosine": named(arrays["large_novel_cosine"]), "definition": named(arrays["large_novel_definition"])}
+    return {"cosine": named(arrays["large_max_cos"] < summary["tau"]),
+            "definition": named((arrays["large_fire_count"] > 0) & (arrays["large_delta_mse"] < 0))}
+
+
 def read_stitching_results(path: str | os.PathLike, arrays: bool = False) -> dict[str, Any]:
     """The summary of a results JSON; with ``arrays=True`` also ``summary["arrays"]`` as a dict of tensors."""
     return read_results(path, STITCHING_RESULTS, arrays)

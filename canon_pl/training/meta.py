@@ -211,7 +211,7 @@ class MetaSAEAnalysisCallback(L.Callback):
             from canon_pl.io import training_data
 
             directory = datamodule.base_directory()
-            activations, spliced = analysis_activations(
+            activations, spliced, _ = analysis_activations(
                 self.data, self.tokens, base, ce=self.ce,
                 provenance=training_data(directory) if directory is not None else None)
         device = meta.W_dec.device

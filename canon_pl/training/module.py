@@ -9,6 +9,7 @@ losses gives each member the update it would get alone.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import inspect
 import math
 import time
@@ -85,6 +86,35 @@ def check_widths(widths: list[int], base_width: int | None) -> list[int]:
 def control_key(width: int, seed: int) -> str:
     """The member name of the cross-seed control of ``width`` drawn from ``seed`` (its folder in the export)."""
     return f"{width}_seed{seed}"
+
+
+def variant_key(width: int, overrides: dict[str, Any]) -> str:
+    """The member name of ``width`` trained with ``overrides`` of the family's SAE settings (``576_k16``)."""
+    def shown(value: Any) -> str:
+        return f"{value:g}" if isinstance(value, float) else str(value)
+
+    return f"{width}_" + "_".join(f"{name}{shown(value)}" for name, value in sorted(overrides.items()))
+
+
+def check_sparsity_variants(settings: SAESettings, variants: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each variant a non-empty mapping of fields of ``settings``' class to other values (``{"k": 16}``,
+    ``{"l1_coefficient": 10.0}``), none the family's own settings, no two alike (raises :class:`SAEConfigError`)."""
+    known = {f.name for f in dataclasses.fields(settings)}
+    checked: list[dict[str, Any]] = []
+    for overrides in variants:
+        if not isinstance(overrides, dict) or not overrides:
+            raise SAEConfigError(f"each of model.init_args.sparsity_variants must map settings to values (for "
+                                 f"example {{k: 16}}), got {overrides!r}")
+        unknown = sorted(set(overrides) - known)
+        if unknown:
+            raise SAEConfigError(f"sparsity_variants {overrides}: {type(settings).__name__} has no setting "
+                                 f"{', '.join(unknown)}; it has {', '.join(sorted(known))}")
+        if all(getattr(settings, name) == value for name, value in overrides.items()):
+            raise SAEConfigError(f"sparsity_variants {overrides} repeats the family's own settings; leave it out")
+        if overrides in checked:
+            raise SAEConfigError(f"sparsity_variants lists {overrides} twice")
+        checked.append(dict(overrides))
+    return checked
 
 
 def _member_metrics(d_sae: int) -> nn.ModuleDict:
@@ -181,6 +211,7 @@ class SAEFamilyModule(L.LightningModule):
         base_width: int | None = None,
         control_seeds: list[int] | None = None,
         control_widths: list[int] | None = None,
+        sparsity_variants: list[dict[str, Any]] | None = None,
         export_dir: str | None = None,
     ) -> None:
         """
@@ -201,6 +232,10 @@ class SAEFamilyModule(L.LightningModule):
                 compares the same width across seeds next to each pair of widths: the cross-seed control.
             control_widths: Widths that get seed controls; ``None`` = every width but the smallest (the larger SAE
                 of each adjacent pair).
+            sparsity_variants: Width × L0: each entry changes some of ``sae``'s settings (``{k: 16}``,
+                ``{l1_coefficient: 10.0}``) and adds, for every width, a member trained with that change alone
+                (``<width>_k16``: same initialisation, same batches), so an effect of width can be told from one of
+                L0. Recorded under ``variants`` in ``family.json``; stitching and the seed controls leave them out.
             export_dir: Where exports go at the end of ``fit``; ``None`` = the trainer's ``default_root_dir``.
         """
         settings = {key: value for key, value in locals().items() if key not in ("self", "__class__")}
@@ -214,12 +249,17 @@ class SAEFamilyModule(L.LightningModule):
         if b_dec_init not in ("mean", "zeros"):
             raise SettingError(f"model.init_args.b_dec_init must be 'mean' or 'zeros', got {b_dec_init!r}")
         self.widths = check_widths(list(widths), base_width)
+        self.member_overrides = {variant_key(w, overrides): overrides for overrides in
+                                 check_sparsity_variants(settings["sae"], list(sparsity_variants or []))
+                                 for w in self.widths}
+        """``{member name: the settings it changes}`` for the sparsity variants (empty for the widths and controls)."""
         self.member_specs = self._member_specs(control_seeds or [], control_widths)
         # W_enc and W_dec with their gradients and Adam's two moments: 4 float32 copies of 2 x d_in x d_sae each
         check_fits_in_memory("the SAEs' weights, gradients and Adam state",
                              sum(4 * 4 * 2 * int(d_in) * w for w, _ in self.member_specs.values()),
                              "lower model.init_args.widths / d_sae")
-        self.members = nn.ModuleDict({key: self._build_member(w, seed) for key, (w, seed) in self.member_specs.items()})
+        self.members = nn.ModuleDict({key: self._build_member(w, seed, self.member_overrides.get(key))
+                                      for key, (w, seed) in self.member_specs.items()})
         lr = self.settings.optimizer.lr
         self.learning_rates = {key: lr if lr is not None else default_learning_rate(w)
                                for key, (w, _) in self.member_specs.items()}
@@ -235,7 +275,8 @@ class SAEFamilyModule(L.LightningModule):
         self.data_provenance: dict[str, Any] = {}
 
     def _member_specs(self, control_seeds: list[int], control_widths: list[int] | None) -> dict[str, tuple[int, int]]:
-        """``{member name: (width, init seed)}``: the widths first, then their seed controls."""
+        """``{member name: (width, init seed)}``: the widths first, then their seed controls, then the sparsity
+        variants (:attr:`member_overrides`)."""
         init_seed = int(self.settings.init_seed)
         specs = {str(w): (w, init_seed) for w in self.widths}
         controlled = list(control_widths) if control_widths is not None else self.widths[1:]
@@ -246,7 +287,13 @@ class SAEFamilyModule(L.LightningModule):
             raise SAEConfigError(f"control_seeds {control_seeds} must be distinct and differ from init_seed={init_seed}")
         for seed in control_seeds:
             specs.update({control_key(w, seed): (w, int(seed)) for w in controlled})
+        specs.update({key: (int(key.split("_")[0]), init_seed) for key in self.member_overrides})
         return specs
+
+    def seed_control_of(self, width: int) -> str | None:
+        """The first seed control of ``width`` (its member name), ``None`` when it has none."""
+        return next((key for key, (w, seed) in self.member_specs.items()
+                     if w == width and key != str(w) and key not in self.member_overrides), None)
 
     def save_hyperparameters(self, *args: Any, frame: Any = None, **kwargs: Any) -> None:
         """Lightning's, with the settings objects stored as plain dicts (so checkpoints load with
@@ -257,9 +304,10 @@ class SAEFamilyModule(L.LightningModule):
                 self._hparams[key] = self._hparams[key].to_dict()
         self._hparams_initial = copy.deepcopy(self._hparams)
 
-    def _build_member(self, width: int, init_seed: int) -> SparseAutoencoder:
+    def _build_member(self, width: int, init_seed: int, overrides: dict[str, Any] | None = None) -> SparseAutoencoder:
         hp = self.settings
-        return initial_sae(hp.sae.sae_config(hp.d_in, width, hp.hook_point, hp.model_id), init_seed)
+        settings = dataclasses.replace(hp.sae, **overrides) if overrides else hp.sae
+        return initial_sae(settings.sae_config(hp.d_in, width, hp.hook_point, hp.model_id), init_seed)
 
     metric_prefix = ""
     """Put before every logged metric's name (a multi-hook run sets ``<hook point>/`` on each hook point's family)."""
@@ -554,9 +602,11 @@ class SAEFamilyModule(L.LightningModule):
         for key, sae in members.items():
             export_sae(sae, directory / key, activation_scale=scale, extra=self._export_extra(key))
         controls = {key: {"width": w, "init_seed": seed} for key, (w, seed) in self.member_specs.items()
-                    if key != str(w)}
+                    if key != str(w) and key not in self.member_overrides}
+        variants = {key: {"width": self.member_specs[key][0], **overrides}
+                    for key, overrides in self.member_overrides.items()}
         write_family_manifest(directory, {w: str(w) for w in self.widths}, self.members[str(self.widths[0])].cfg,
-                              tokens=int(self.tokens_trained), controls=controls)
+                              tokens=int(self.tokens_trained), controls=controls, variants=variants)
         return directory
 
 

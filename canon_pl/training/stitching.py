@@ -118,7 +118,7 @@ class StitchingCallback(L.Callback):
         for small_w, large_w in self._pairs_for(pl_module):
             small = members[str(small_w)].fold_activation_scale(scale).eval()
             large = members[str(large_w)].fold_activation_scale(scale).eval()
-            control_key = next((key for key, (w, _) in specs.items() if w == large_w and key != str(large_w)), None)
+            control_key = pl_module.seed_control_of(large_w)
             control = members[control_key].fold_activation_scale(scale).eval() if control_key else None
             initial = initial_sae(large.cfg, specs[str(large_w)][1]).W_dec if str(large_w) in specs else None
             result = analyze_pair(small, large, x, self.tau, spliced_loss=spliced, ce_points=self.ce_points,

@@ -15,7 +15,7 @@ from canon_pl.io.export import PREFIX_OF, CheckpointError, training_record
 from canon_pl.io.family import read_family_manifest
 from canon_pl.io.layout import RunLayout
 from canon_pl.io.validate import malformed_as
-from canon_pl.stitching import SETTINGS, StitchingError, read_stitching_results, settings_mismatch
+from canon_pl.stitching import SETTINGS, StitchingError, latent_classes, read_stitching_results, settings_mismatch
 from canon_pl.stitching.path import STEP_KINDS
 from canon_pl.viewer.folders import files_inside
 
@@ -152,19 +152,6 @@ def load_pair(path: str | os.PathLike) -> dict[str, Any]:
     summary = read_stitching_results(path, arrays=True)
     with malformed_as(StitchingError, path, "re-run canon-pl stitch"):
         return _tables(summary)
-
-
-def latent_classes(summary: dict[str, Any], arrays: dict[str, Any]) -> dict[str, list[str]]:
-    """Each large latent's class as the results file states it: ``cosine`` (no small decoder row within the file's
-    ``tau``) and ``definition`` (fires and lowers S's MSE when added alone), ``novel`` or ``reconstruction``. A file
-    written before the classes were stored gets them from its own ``tau`` and arrays, by the same rules."""
-    def named(novel: Any) -> list[str]:
-        return ["novel" if bool(v) else "reconstruction" for v in novel.tolist()]
-
-    if "large_novel_cosine" in arrays:
-        return {"cosine": named(arrays["large_novel_cosine"]), "definition": named(arrays["large_novel_definition"])}
-    return {"cosine": named(arrays["large_max_cos"] < summary["tau"]),
-            "definition": named((arrays["large_fire_count"] > 0) & (arrays["large_delta_mse"] < 0))}
 
 
 def _tables(summary: dict[str, Any]) -> dict[str, Any]:
