@@ -467,7 +467,9 @@ def _evaluation_section(run: Path, pairs: list[dict[str, Any]]) -> list[str]:
     summary = SUMMARY.read(path)
     names = {"explained_variance": "EV", "cossim": "cos(x, x̂)", "l2_ratio": "‖x̂‖/‖x‖",
              "relative_reconstruction_bias": "rel. bias", "l0": "L0", "frac_alive": "alive",
-             "average_max_decoder_cosine_sim": "max dec. cos", "ce_loss_score": "CE score", "kl_div_score": "KL score"}
+             "average_max_decoder_cosine_sim": "max dec. cos", "ce_loss_score": "CE score", "kl_div_score": "KL score",
+             "sae_top_1_test_accuracy": "1-sparse probe", "sae_top_5_test_accuracy": "5-sparse probe",
+             "mean_full_absorption_score": "absorbed"}
     rows = [{"SAE": r["name"], "width": r["width"], "seed control": "yes" if r["seed_control"] else "",
              **({"variant": variant_text(r.get("variant"))} if any(x.get("variant") for x in summary["rows"]) else {}),
              **{names.get(k, k): v for k, v in r["metrics"].items()}} for r in summary["rows"]]
@@ -522,7 +524,16 @@ def _width_l0_lines(summary: dict[str, Any]) -> list[str]:
                 steps.append(f"{a:,} → {b:,} at {setting} settings: EV "
                              f"{large['explained_variance'] - small['explained_variance']:+.3f}, L0 "
                              f"{_fmt(small.get('l0'), 1)} → {_fmt(large.get('l0'), 1)}")
-    return lines + ["", "Each step in width at one setting: " + "; ".join(steps) + ".", ""]
+    denser = []
+    for width in widths:
+        by_l0 = sorted((grid[(width, setting)]["l0"], setting) for setting in settings if (width, setting) in grid)
+        for (_, a), (_, b) in zip(by_l0, by_l0[1:]):
+            small, large = grid[(width, a)], grid[(width, b)]
+            denser.append(f"{width:,} from {a} to {b} settings: EV "
+                          f"{large['explained_variance'] - small['explained_variance']:+.3f}, L0 "
+                          f"{_fmt(small.get('l0'), 1)} → {_fmt(large.get('l0'), 1)}")
+    return lines + ["", "Each step in width at one setting: " + "; ".join(steps) + ".",
+                    "", "Each step in L0 at one width: " + "; ".join(denser) + ".", ""]
 
 
 def _width_l0_results_lines(path: Path) -> list[str]:
