@@ -527,6 +527,25 @@ def test_a_report_link_opens_the_latent_it_names(analysed: dict) -> None:
     assert not app.warning and any("fam · 16 · latent 3" in h.value for h in app.subheader)
 
 
+def test_a_seed_bar_spans_the_seeds_of_a_width_and_never_its_sparsity_variants() -> None:
+    from canon_pl.viewer.widths import find_evaluations, width_charts, width_l0_charts
+
+    def row(name: str, width: int, ev: float, l0: float, seed: bool = False, variant: dict | None = None) -> dict:
+        return {"name": name, "width": width, "seed_control": seed, "variant": variant,
+                "metrics": {"explained_variance": ev, "l0": l0}}
+
+    table = find_evaluations([("fam", {"rows": [
+        row("8", 8, 0.80, 4), row("16", 16, 0.85, 4), row("16_seed1", 16, 0.84, 4, seed=True),
+        row("16_k8", 16, 0.95, 8, variant={"k": 8})]})])
+    ev = width_charts(table)[0].to_dict()
+    line, bars = ev["layer"]
+    datasets = ev["datasets"]
+    assert [r["name"] for r in datasets[line["data"]["name"]]] == ["8", "16"]  # the variant is no member of the line
+    assert [(r["width"], r["min"], r["max"]) for r in datasets[bars["data"]["name"]]] == [(16, 0.84, 0.85)]
+    l0 = width_l0_charts(table)[0].to_dict()  # the variant is drawn against L0, beside its width's own point
+    assert sorted(r["name"] for r in l0["datasets"][l0["data"]["name"]]) == ["16", "16_k8", "8"]
+
+
 def test_the_widths_page_draws_each_metric_against_width_with_the_seeds_as_a_bar(tmp_path: Path) -> None:
     from canon_pl.commands.evaluate import evaluate
     from tests.test_evaluate import small_family

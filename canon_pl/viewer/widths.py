@@ -77,7 +77,8 @@ def probe_carriers_table(summaries: list[tuple[str, dict]]) -> pd.DataFrame:
 
 def width_charts(table: pd.DataFrame) -> list[alt.LayerChart]:
     """Per metric of :data:`METRICS` that the table holds: the members' value against width (one line per run), a
-    bar from the lowest to the highest value over the seeds of a width that has a seed control."""
+    bar from the lowest to the highest value over the seeds of a width that has a seed control (a sparsity variant
+    is no seed: :func:`width_l0_charts` draws those)."""
     charts = []
     x = alt.X("width:Q", scale=alt.Scale(type="log"), title="latents")
     for metric, title in METRICS.items():
@@ -88,7 +89,7 @@ def width_charts(table: pd.DataFrame) -> list[alt.LayerChart]:
         line = alt.Chart(members, title=f"{title} vs width").mark_line(point=True).encode(
             x=x, y=alt.Y(f"{metric}:Q", title=title, scale=alt.Scale(zero=False)), color="run:N",
             tooltip=["run", "name", "width", metric])
-        seeds = data.groupby(["run", "width"])[metric].agg(["min", "max", "count"]).reset_index()
+        seeds = data[data["variant"] == ""].groupby(["run", "width"])[metric].agg(["min", "max", "count"]).reset_index()
         seeds = seeds[seeds["count"] > 1]
         bars = alt.Chart(seeds).mark_rule(strokeWidth=3).encode(x="width:Q", y="min:Q", y2="max:Q", color="run:N",
                                                                 tooltip=["run", "width", "min", "max", "count"])
