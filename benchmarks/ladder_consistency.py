@@ -14,7 +14,6 @@ consistency (share at 0.9) at the last rung over the first.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 

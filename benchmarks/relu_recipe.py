@@ -7,6 +7,9 @@ fraction of decoder rows still within cosine 0.7 of their initialisation, and se
 stitching SAEs (GPT-2 small, ReLU + L1) sit at L0 36-43; the recipe is the coefficient that lands in 30-60 with
 few rows left at initialisation.
 
+``--gated 1 3`` adds gated SAEs at those L1 coefficients (the same warm-up) and ``--jumprelu 32`` JumpReLU SAEs at
+those target L0s: the recipes of ``configs/family_smollm2_gated.yaml`` and ``configs/family_smollm2_jumprelu.yaml``.
+
 Usage (after ``make main`` wrote the cache):
     python benchmarks/relu_recipe.py --cache checkpoints/cache_smollm2_l6 --width 2304 --steps 500 \\
         --coefficients 1 2 3
@@ -88,7 +91,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=500)
     parser.add_argument("--batch-size", type=int, default=4096)
     parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--coefficients", type=float, nargs="+", default=[1.0, 2.0, 3.0])
+    parser.add_argument("--coefficients", type=float, nargs="*", default=[1.0, 2.0, 3.0])
+    parser.add_argument("--gated", type=float, nargs="*", default=[], help="L1 coefficients of gated arms")
+    parser.add_argument("--jumprelu", type=float, nargs="*", default=[], help="target L0s of JumpReLU arms")
     parser.add_argument("--warmup", type=float, default=0.25, help="L1 warm-up as a fraction of --steps")
     parser.add_argument("--k", type=int, default=32, help="k of the BatchTopK reference")
     parser.add_argument("--eval-tokens", type=int, default=32768)
@@ -109,6 +114,9 @@ def main() -> None:
     arms = [("batchtopk", dict(architecture="batchtopk", k=ns.k))]
     arms += [(f"relu l1={c:g}", dict(architecture="relu", l1_coefficient=c, l1_warmup_steps=int(ns.warmup * ns.steps)))
              for c in ns.coefficients]
+    arms += [(f"gated l1={c:g}", dict(architecture="gated", l1_coefficient=c, l1_warmup_steps=int(ns.warmup * ns.steps)))
+             for c in ns.gated]
+    arms += [(f"jumprelu target={t:g}", dict(architecture="jumprelu", target_l0=t)) for t in ns.jumprelu]
     print(f"{ns.width} latents, {ns.steps} steps of {ns.batch_size} tokens, lr {ns.lr}, L1 warm-up "
           f"{ns.warmup:.0%} of the steps; held-out {x.shape[0]} tokens of {'synthetic data' if ns.synthetic else ns.cache}\n")
     print("| arm | EV | L0 | never fires | rows at init | s/step | true directions recovered |\n|---|---|---|---|---|---|---|")
@@ -121,7 +129,10 @@ def main() -> None:
         recovered = (f"{data.source.recovered_fraction(module.sae.W_dec):.1%}" if ns.synthetic else "—")
         print(f"| {name} | {d['ev']:.3f} | {d['l0']:.1f} | {d['never_fires']:.1%} | {d['at_init']:.1%} | "
               f"{per_step:.3f} | {recovered} |", flush=True)
-    print(f"\nratio: {seconds['relu'] / seconds['batchtopk']:.2f}")
+    print("\n" + "\n".join(f"{name} / batchtopk seconds per step: {per / seconds['batchtopk']:.2f}"
+                            for name, per in seconds.items() if name != "batchtopk"))
+    reference = "relu" if "relu" in seconds else next(name for name in seconds if name != "batchtopk")
+    print(f"ratio: {seconds[reference] / seconds['batchtopk']:.2f}")
 
 
 if __name__ == "__main__":

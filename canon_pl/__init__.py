@@ -3,7 +3,7 @@
 Reproduces *Sparse Autoencoders Do Not Find Canonical Units of Analysis* (Leask et al., ICLR 2025).
 """
 
-__version__ = "0.1.0"
+from canon_pl.version import __version__
 
 from canon_pl.io import (  # noqa: E402
     CheckpointError,

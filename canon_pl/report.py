@@ -440,18 +440,11 @@ def arm_description(run: Path) -> str:
     """The family's architecture and training budget in words, from ``family.json`` and the widest member's cfg.json,
     e.g. "BatchTopK (k = 32), 6,144,000 training tokens"."""
     from canon_pl.io import read_export_config, read_family_manifest
+    from canon_pl.sae.registry import describe_sae
 
     manifest = read_family_manifest(run)
-    architecture = manifest.get("architecture")
-    if architecture in ("batchtopk", "topk"):
-        name = f"{'BatchTopK' if architecture == 'batchtopk' else 'TopK'} (k = {manifest.get('k')})"
-    elif architecture == "relu":
-        widest = manifest["members"][str(manifest["widths"][-1])]
-        cfg = read_export_config(run / widest)
-        sae = cfg.get("sae") or {}
-        name = f"ReLU + L1 (L1 coefficient {sae.get('l1_coefficient')}, AuxK weight {sae.get('aux_coefficient')})"
-    else:
-        name = str(architecture)
+    widest = manifest["members"][str(manifest["widths"][-1])]
+    name = describe_sae(read_export_config(run / widest).get("sae") or {})
     return f"{name}, {int(manifest.get('tokens') or 0):,} training tokens per member"
 
 
@@ -597,7 +590,7 @@ def _probing_lines(summary: dict[str, Any]) -> list[str]:
 def _ladder_lines(results: Path, figures: Path) -> list[str]:
     """The ladder's section from its committed rungs (nothing when none is committed yet), its curves redrawn into
     the report's figures."""
-    from canon_pl.commands.ladder import finished_rungs
+    from canon_pl.ladder_results import finished_rungs
     from canon_pl.ladder_report import ladder_section, write_ladder_figures
 
     documents = finished_rungs(results) if results.is_dir() else []

@@ -321,8 +321,8 @@ def test_a_foreign_file_with_a_wrong_tensor_gets_a_clear_error(tmp_path: Path, c
 
 
 def test_unsupported_saelens_options_are_refused_by_name(tmp_path: Path) -> None:
-    write_saelens(tmp_path / "a", {"architecture": "gated"}, saelens_tensors())
-    with pytest.raises(CheckpointError, match="architecture 'gated' is not supported"):
+    write_saelens(tmp_path / "a", {"architecture": "matching_pursuit"}, saelens_tensors())
+    with pytest.raises(CheckpointError, match="architecture 'matching_pursuit' is not supported"):
         load_sae(tmp_path / "a")
     write_saelens(tmp_path / "b", {"architecture": "standard", "normalize_activations": "expected_average_only_in"},
                   saelens_tensors())

@@ -106,3 +106,118 @@ def test_settings_of_one_architecture_refuse_another_ones_hyper_parameters(tmp_p
     assert result.returncode != 0
     assert "k" in result.stderr and "ReLUSettings" in result.stderr
     assert not (tmp_path / "checkpoints").exists()
+
+
+GAIN_ARCHITECTURE = '''
+"""A ReLU SAE whose latents each learn an output gain: a tensor of its own, in one file."""
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from canon_pl.sae import SAESettings, SparseAutoencoder
+
+
+@dataclass(frozen=True)
+class GainSettings(SAESettings):
+    architecture = "toy_gain"
+    kernel: str = "dense"
+    l1_coefficient: float = 1.0
+    """Weight of the L1 penalty on the activations."""
+
+
+class GainSAE(SparseAutoencoder):
+    architecture = "toy_gain"
+    latent_axes = {**SparseAutoencoder.latent_axes, "gain": 0}
+
+    def init_encoder_state(self):
+        super().init_encoder_state()
+        self.gain = nn.Parameter(torch.zeros(self.cfg.d_sae))
+
+    def _pre_activations(self, x):
+        return torch.relu(torch.addmm(self.encoder_bias(), x, self.W_enc)) * self.gain.exp()
+
+    def select(self, pre, inference):
+        return pre
+
+    def sparsity_losses(self, acts):
+        return {"l1": self.cfg.options["l1_coefficient"] * acts.sum(dim=-1).mean() / self.d_in}
+'''
+
+GAIN_FAMILY = """
+seed_everything: 0
+trainer:
+  max_steps: 12
+  val_check_interval: 12
+  check_val_every_n_epoch: null
+  num_sanity_val_steps: 0
+  logger: false
+  enable_checkpointing: false
+  enable_progress_bar: false
+  default_root_dir: run
+  callbacks:
+    - class_path: canon_pl.training.SAEExportCallback
+model:
+  class_path: canon_pl.training.SAEFamilyModule
+  init_args:
+    d_in: 576
+    widths: [64, 128]
+    sae:
+      class_path: toy_gain.GainSettings
+      init_args:
+        l1_coefficient: 0.5
+        dead_tokens_threshold: 2000
+    optimizer:
+      lr: 0.003
+data:
+  class_path: canon_pl.training.ActivationDataModule
+  init_args:
+    model: smollm2-135m
+    hook_point: model.layers.6
+    text: pydoc-topics
+    context_length: 128
+    contexts_per_forward: 8
+    block_contexts: 16
+    batch_size: 256
+    val_contexts: 4
+    seed: 0
+"""
+
+
+def test_an_architecture_with_a_tensor_of_its_own_trains_as_a_family_exports_stitches_and_gets_statistics(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The whole path a new architecture takes, on the bundled model: nothing in canon-pl names it or its tensor."""
+    (tmp_path / "toy_gain.py").write_text(GAIN_ARCHITECTURE)
+    (tmp_path / "family.yaml").write_text(GAIN_FAMILY)
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+    fit = run_cli("fit", "--config", "family.yaml", cwd=tmp_path)
+    assert fit.returncode == 0, fit.stderr[-3000:]
+    run = tmp_path / "run"
+    stitched = run_cli("stitch", str(run), "--data", "pydoc-topics", "--tokens", "512", cwd=tmp_path,
+                       script="canon-pl")
+    assert stitched.returncode == 0, stitched.stderr[-3000:]
+    assert "64 -> 128" in stitched.stdout
+    statistics = run_cli("stats", str(run), "--tokens", "256", "--top", "2", "--samples", "2",
+                         "--contexts_per_forward", "4", cwd=tmp_path, script="canon-pl")
+    assert statistics.returncode == 0, statistics.stderr[-3000:]
+
+    check = """
+import json, sys, torch
+import toy_gain
+from pathlib import Path
+from safetensors.torch import load_file
+from canon_pl import load_family
+from canon_pl.stats import LatentStatistics
+from canon_pl.stitching import read_stitching_results
+run = Path(sys.argv[1])
+family = load_family(run)
+wide = family.saes[128]
+assert type(wide).__name__ == "GainSAE" and set(load_file(str(run / "128" / "sae.safetensors"))) >= {"gain"}
+assert not torch.equal(wide.gain, torch.zeros(128)), "the gain trained"
+summary = read_stitching_results(run / "stitching" / "64_128.json")
+assert summary["n_tokens"] == 512 and 0.0 <= summary["novel_fraction"] <= 1.0
+assert sorted(LatentStatistics.open(run / "stats").members) == ["128", "64"]
+print("ok")
+"""
+    checked = subprocess.run([sys.executable, "-c", check, str(run)], capture_output=True, text=True, cwd=tmp_path)
+    assert checked.returncode == 0 and "ok" in checked.stdout, checked.stderr[-3000:]

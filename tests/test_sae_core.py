@@ -261,7 +261,7 @@ def test_relu_sae_pays_an_l1_penalty() -> None:
     "kwargs, message",
     [
         (dict(d_in=16, d_sae=8, k=9), "k=9"),
-        (dict(d_in=16, d_sae=8, architecture="gated"), "unknown SAE architecture"),
+        (dict(d_in=16, d_sae=8, architecture="transcoder"), "unknown SAE architecture"),
         (dict(d_in=0, d_sae=8), "positive"),
     ],
 )

@@ -140,7 +140,7 @@ def test_relu_sae_warms_its_l1_penalty_up_and_trains_without_auxk(tmp_path: Path
     (dict(sae={"architecture": "relu", "l1_coefficient": float("nan")}), "l1_coefficient must be a finite"),
     (dict(sae={"architecture": "relu", "l1_warmup_steps": -5}), "l1_warmup_steps must be a whole number >= 0"),
     (dict(sae={"architecture": "relu", "k": 4}), "ReLUSettings has no setting k"),
-    (dict(sae={"architecture": "gated"}), "no trainable SAE architecture 'gated'"),
+    (dict(sae={"architecture": "transcoder"}), "no trainable SAE architecture 'transcoder'"),
 ])
 def test_a_bad_training_setting_is_refused_when_the_module_is_built(settings: dict, message: str) -> None:
     """Settings as a checkpoint or a notebook gives them (plain dicts) are checked as the module is built."""

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from canon_pl.errors import SettingError
-from canon_pl.io.document import DocumentKind
+from canon_pl.ladder_results import BASE, base_ladder_verdict, finished_bases
 
 BASE_KEYS = {"widths", "reference_steps", "reference_width", "meta_steps", "meta_batch_size", "meta_lr", "k",
              "rows_per_meta", "per_d_in", "moved_tau"}
@@ -30,12 +30,6 @@ BASE_KEYS = {"widths", "reference_steps", "reference_width", "meta_steps", "meta
 of width w trains ``reference_steps * w / reference_width`` steps; default the pipeline's max_steps and widest width),
 the meta-SAEs' ``meta_steps``, ``meta_batch_size``, ``meta_lr``, ``k``, ``rows_per_meta`` (21) and ``per_d_in`` (3),
 and ``moved_tau`` (0.7: a row moved when its cosine to its initial row is below it)."""
-
-BASE = DocumentKind("canon_pl.ladder_base", 1, "base-width ladder entry", SettingError)
-GROWTH_PER_DOUBLING = 0.03
-TARGET_EXCESS = 0.10
-FLAT_BAND = 0.02
-
 
 def check_bases_section(section: Any, path: Path) -> dict[str, Any] | None:
     """The ``bases:`` section with its defaults, refused before any work when malformed."""
@@ -117,7 +111,7 @@ def measure_base(cfg: Any, export: Path, width: int, steps: int, device: str) ->
 
 def climb_bases(cfg: Any, device: str) -> int:
     """Train each base without a committed result (resumable), measure it, commit ``base_<width>.json``."""
-    from canon_pl.commands.ladder import _family_at, fit_to, ladder_fit_config
+    from canon_pl.commands.ladder_fit import family_at, fit_to, ladder_fit_config
     from canon_pl.io import read_family_manifest
     from canon_pl.io.atomic import atomic_write_json
 
@@ -131,7 +125,7 @@ def climb_bases(cfg: Any, device: str) -> int:
         steps = base_steps(cfg, width)
         t0 = time.monotonic()
         rung = cfg.rung_folder(steps)  # the training ladder's family at that step already holds this width
-        if width in cfg.pipeline["widths"] and _family_at(rung, steps):
+        if width in cfg.pipeline["widths"] and family_at(rung, steps):
             export = rung / read_family_manifest(rung)["members"][str(width)]
             print(f"base {width}: the training ladder's member at step {steps}", flush=True)
         else:
@@ -151,30 +145,6 @@ def climb_bases(cfg: Any, device: str) -> int:
             f"{e['n_meta']} meta-latents FVE {e['fve']:.3f} vs highest floor {e['highest_floor']:.3f}"
             for e in measured["meta"]), flush=True)
     return 0
-
-
-def finished_bases(results: Path) -> list[dict[str, Any]]:
-    return sorted((BASE.read(p) for p in results.glob("base_*.json")), key=lambda d: d["width"])
-
-
-def base_ladder_verdict(entries: list[dict[str, Any]]) -> tuple[str, str]:
-    """(verdict, why) of the rule in the module docstring, on each base's meta-SAE at ``rows_per_meta``."""
-    points = []
-    for e in entries:
-        finest = min(e["meta"], key=lambda m: m["n_meta"])  # the 21-rows-per-meta-latent meta-SAE
-        if finest.get("excess_over_highest_floor") is not None:
-            points.append((e["width"], finest["excess_over_highest_floor"]))
-    if len(points) < 2:
-        return "inconclusive", "fewer than two bases measured"
-    (w0, e0), (w1, e1) = points[0], points[-1]
-    growth = (e1 - e0) / max(math.log2(w1 / w0), 1e-9)
-    text = (f"FVE minus the highest floor at 21 rows per meta-latent: "
-            + ", ".join(f"{e:+.3f} at {w:,}" for w, e in points) + f" ({growth:+.3f} per doubling)")
-    if growth >= GROWTH_PER_DOUBLING or e1 >= TARGET_EXCESS:
-        return "supported", text
-    if all(abs(e) <= FLAT_BAND for _, e in points):
-        return "refuted", text
-    return "inconclusive", text
 
 
 __all__ = ["BASE", "base_ladder_verdict", "check_bases_section", "climb_bases", "finished_bases"]

@@ -27,9 +27,10 @@ from typing import Any
 
 from canon_pl.checks import default_device
 from canon_pl.commands.args import run_command
-from canon_pl.errors import CanonError, SettingError
-from canon_pl.io.document import DocumentKind
+from canon_pl.commands.ladder_fit import family_at, fit_to, ladder_fit_config
+from canon_pl.errors import SettingError
 from canon_pl.io.layout import RunLayout
+from canon_pl.ladder_results import RUNG, finished_rungs
 
 DESCRIPTION = """Train a pipeline config's family on past the study's budget and measure the study's figures at
 each rung of training steps (held-out and training EV, rows at init, novel fractions with their cross-seed controls,
@@ -42,10 +43,6 @@ folder), ``results`` (where rung files go, committed), ``rungs`` (training steps
 (held-out tokens per analysis, default the pipeline's stitch tokens) and ``fit_args`` (extra ``lightning fit``
 arguments), ``bases`` (the meta-SAE's base-width ladder, :mod:`canon_pl.commands.base_ladder`)."""
 
-RUNG = DocumentKind("canon_pl.ladder_rung", 1, "ladder rung", SettingError)
-"""One rung's measurements (``<results>/rung_<steps>.json``)."""
-
-STITCHING_CALLBACK = "StitchingCallback"
 RUNGS_FOLDER = "rungs"
 """``<run>/rungs/<steps>/``: the family's exports as they stood at each rung (a family folder, stitched there)."""
 
@@ -123,56 +120,13 @@ def read_ladder_config(path: Path) -> LadderConfig:
                         bases=check_bases_section(raw.get("bases"), path))
 
 
-def ladder_fit_config(cfg: LadderConfig, steps: int, run: Path | None = None, width: int | None = None,
-                      every: int | None = None) -> dict[str, Any]:
-    """The family's fit config trained to ``steps`` in the ladder's run folder: validation at the rungs' common
-    interval, checkpoints every :attr:`LadderConfig.checkpoint_every` steps (the newest kept), no StitchingCallback
-    (each rung's analysis measures the held-out set instead). ``run``, ``width`` and ``every`` (a base of the
-    base-width ladder): that folder, one member of that width without seed controls, checkpoints every ``every``
-    steps and one validation, at ``steps`` (the base's figures are measured after training: validating a 9,216-wide
-    base every 250 steps cost a third of its wall time)."""
-    import copy
-
-    from canon_pl.commands.derived_config import drop_callback, move_run_folder
-
-    config = move_run_folder(drop_callback(copy.deepcopy(cfg.family_config), STITCHING_CALLBACK), run or cfg.run)
-    trainer = config["trainer"]
-    trainer.update(max_steps=steps, val_check_interval=steps if width is not None else math.gcd(*cfg.rungs),
-                   check_val_every_n_epoch=None)
-    for callback in trainer["callbacks"]:
-        if str(callback.get("class_path", "")).endswith("ModelCheckpoint"):
-            callback.setdefault("init_args", {}).update(every_n_train_steps=every or cfg.checkpoint_every)
-    if width is not None:
-        config["model"]["init_args"].update(widths=[int(width)], base_width=int(width), control_seeds=[],
-                                            control_widths=None)
-    return config
-
-
-def fit_to(config: dict[str, Any], run: Path, steps: int, fit_args: tuple[str, ...]) -> None:
-    """``lightning fit`` of ``config`` (parsed YAML) in ``run`` up to ``steps``, resuming from the newest whole
-    checkpoint there; nothing when every member is already exported at ``steps``."""
-    import yaml
-
-    from canon_pl.cli import run_lightning_cli
-    from canon_pl.commands.derived_config import resume_arguments
-
-    if _family_at(run, steps):
-        return
-    run.mkdir(parents=True, exist_ok=True)
-    config_path = run / f"fit_{steps}.yaml"
-    config_path.write_text(yaml.safe_dump(config, sort_keys=False))
-    run_lightning_cli(["fit", "--config", str(config_path), *fit_args, *resume_arguments(run)])
-    if not _family_at(run, steps):
-        raise CanonError(f"training to step {steps} ended without exports at that step in {run}")
-
-
 def train_to(cfg: LadderConfig, steps: int) -> None:
     """Train the ladder's family to ``steps`` (resuming from its newest whole checkpoint) and keep a copy of its
     exports as they stand at that step in :meth:`LadderConfig.rung_folder`."""
     from canon_pl.io import read_family_manifest
 
     folder = cfg.rung_folder(steps)
-    if _family_at(folder, steps):
+    if family_at(folder, steps):
         return
     fit_to(ladder_fit_config(cfg, steps), cfg.run, steps, cfg.fit_args)
     manifest = read_family_manifest(cfg.run)
@@ -184,18 +138,6 @@ def train_to(cfg: LadderConfig, steps: int) -> None:
     shutil.copy2(cfg.run / "family.json", staging / "family.json")
     shutil.rmtree(folder, ignore_errors=True)
     staging.rename(folder)  # whole or absent
-
-
-def _family_at(folder: Path, steps: int) -> bool:
-    """Whether ``folder`` holds a family whose every member and control was exported at ``steps``."""
-    from canon_pl.io import read_family_manifest, training_record
-
-    try:
-        manifest = read_family_manifest(folder)
-    except Exception:  # noqa: BLE001 - missing or unreadable: not there
-        return False
-    names = [*manifest["members"].values(), *manifest["controls"]]
-    return bool(names) and all(training_record(folder / n).get("global_step") == steps for n in names)
 
 
 def measure_rung(cfg: LadderConfig, steps: int, device: str) -> dict[str, Any]:
@@ -262,12 +204,6 @@ def read_rung(path: Path) -> dict[str, Any] | None:
     if not path.is_file():
         return None
     return RUNG.read(path, "; delete it to measure the rung again")
-
-
-def finished_rungs(results: Path) -> list[dict[str, Any]]:
-    """Every rung document under ``results``, by step."""
-    documents = [RUNG.read(p) for p in sorted(results.glob("rung_*.json"))]
-    return sorted(documents, key=lambda d: d["steps"])
 
 
 def ladder(*, config: str, device: str = default_device(), only: int | None = None, remeasure: bool = False,
@@ -359,7 +295,7 @@ def remeasure_rungs(cfg: LadderConfig, device: str) -> int:
     for steps in cfg.rungs:
         old = read_rung(cfg.rung_file(steps))
         folder = cfg.rung_folder(steps)
-        if old is None or not _family_at(folder, steps):
+        if old is None or not family_at(folder, steps):
             print(f"rung {steps}: {'not committed' if old is None else 'its family is not kept here'}; left as it is")
             continue
         shutil.rmtree(RunLayout(folder).stitching, ignore_errors=True)

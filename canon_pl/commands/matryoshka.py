@@ -18,6 +18,8 @@ from typing import Any
 from canon_pl.commands.derived_config import drop_callback, move_run_folder, resume_arguments
 from canon_pl.errors import SettingError
 from canon_pl.io.layout import RunLayout
+from canon_pl.sae import BatchTopKSettings, SAEConfigError
+from canon_pl.sae.registry import settings_class
 
 MATRYOSHKA_SETTINGS = "canon_pl.sae.MatryoshkaBatchTopKSettings"
 STITCHING_CALLBACK = "StitchingCallback"
@@ -40,13 +42,15 @@ def matryoshka_fit_config(family_config: dict[str, Any], run: str | Path, contro
     if len(widths) < 2:
         raise SettingError(f"the Matryoshka comparison needs a family of two widths or more, got {widths}")
     sae = init.get("sae") or {}
-    if "class_path" in sae:
-        if sae["class_path"].rsplit(".", 1)[-1] != "BatchTopKSettings":
-            raise SettingError(f"the Matryoshka comparison trains a Matryoshka BatchTopK SAE beside a BatchTopK "
-                               f"family; this family's SAEs are {sae['class_path']}")
-        sae = sae.get("init_args") or {}
-    elif sae.get("architecture") not in (None, "batchtopk"):
-        raise SettingError(f"the Matryoshka comparison needs a BatchTopK family; this one is {sae['architecture']}")
+    try:
+        family_settings = settings_class(sae)
+    except SAEConfigError as err:
+        raise SettingError(f"the Matryoshka comparison needs a BatchTopK family: {err}") from err
+    if family_settings is not BatchTopKSettings:
+        raise SettingError(f"the Matryoshka comparison trains a Matryoshka BatchTopK SAE beside a BatchTopK family; "
+                           f"this family's SAEs are {family_settings.__name__}")
+    sae = (sae.get("init_args") or {}) if "class_path" in sae else {k: v for k, v in sae.items()
+                                                                   if k != "architecture"}
     widest = widths[-1]
     seeds = [int(s) for s in control_seeds]
     init.update(widths=[widest], base_width=widest, control_seeds=seeds, control_widths=[widest] if seeds else None,

@@ -13,7 +13,8 @@ from canon_pl.checks import check_counts, check_device, check_output_folder, def
 from canon_pl.commands.args import run_command
 from canon_pl.io import load_sae, training_data
 from canon_pl.io.export import CONFIG_FILE
-from canon_pl.io.family import MANIFEST_FILE, hook_families, is_multi_hook_run, load_family, read_family_manifest
+from canon_pl.io.family import MANIFEST_FILE, hook_families, is_multi_hook_run, read_family_manifest
+from canon_pl.io.load import load_family
 from canon_pl.io.layout import RunLayout
 from canon_pl.lm.loading import LoadedModel
 from canon_pl.meta import read_meta_analysis

@@ -9,7 +9,8 @@ from typing import Any
 from canon_pl.checks import check_counts, check_device, check_output_folder, default_device
 from canon_pl.commands.args import run_command
 from canon_pl.io import initial_decoder, load_sae, training_data
-from canon_pl.io.family import MANIFEST_FILE, hook_families, is_multi_hook_run, load_family
+from canon_pl.io.family import MANIFEST_FILE, hook_families, is_multi_hook_run
+from canon_pl.io.load import load_family
 from canon_pl.io.layout import RunLayout
 from canon_pl.stitching import (
     DEFAULT_TAU,

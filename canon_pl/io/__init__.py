@@ -16,13 +16,8 @@ from canon_pl.io.export import (
     training_data,
     training_record,
 )
-from canon_pl.io.family import (
-    SAEFamily,
-    load_family,
-    read_family_manifest,
-    write_family_manifest,
-)
-from canon_pl.io.load import load_sae
+from canon_pl.io.family import read_family_manifest, write_family_manifest
+from canon_pl.io.load import SAEFamily, load_family, load_sae
 
 __all__ = [
     "CheckpointError",

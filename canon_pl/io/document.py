@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from canon_pl.io.validate import read_json
+from canon_pl.version import __version__
 
 
 @dataclass(frozen=True)
@@ -34,8 +35,6 @@ class DocumentKind:
 
     def stamp(self, document: dict[str, Any]) -> dict[str, Any]:
         """``document`` with ``format``, ``format_version`` and ``canon_pl_version`` (what every writer records)."""
-        from canon_pl import __version__
-
         return {"format": self.format, "format_version": self.version, "canon_pl_version": __version__, **document}
 
     def check(self, document: Any, path: str | os.PathLike) -> dict[str, Any]:

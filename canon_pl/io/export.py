@@ -18,11 +18,11 @@ from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors_bytes
 from safetensors.torch import save_file
 
-from canon_pl.errors import CanonError
 from canon_pl.io.atomic import atomic_paths, sha256_file
 from canon_pl.io.document import DocumentKind
 from canon_pl.io.validate import (
     STRUCTURAL_ERRORS,
+    CheckpointError,
     malformed_as,
     read_consistent,
     read_json,
@@ -34,7 +34,6 @@ WEIGHTS_FILE = "sae.safetensors"
 CONFIG_FILE = "cfg.json"
 FORMAT_NAME = "canon_pl.sae"
 FORMAT_VERSION = 1
-PARAMETER_KEYS = ("W_enc", "b_enc", "W_dec", "b_dec", "threshold")
 CONFIG_DIGEST = "config_sha256"
 """The SHA-256 of ``cfg.json``'s own settings (every key but this one, as canonical JSON): an edited k, hook point or
 threshold would otherwise load silently, changing what the SAE computes while ``weights_sha256`` still matches."""
@@ -46,10 +45,6 @@ def config_digest(cfg: dict[str, Any]) -> str:
 
     settings = {key: value for key, value in cfg.items() if key != CONFIG_DIGEST}
     return hashlib.sha256(json.dumps(settings, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
-
-
-class CheckpointError(CanonError, ValueError):
-    """A file that is not a readable canon-pl SAE: corrupt, truncated, foreign or inconsistent."""
 
 
 EXPORT = DocumentKind(FORMAT_NAME, FORMAT_VERSION, "export", CheckpointError,
@@ -81,7 +76,7 @@ def export_sae(
         return export_saelens(folded, directory, (extra or {}).get("data", {}).get("transformer_lens_hook"))
     if format != "canon_pl":
         raise CheckpointError(f"cannot write format {format!r}: canon-pl writes 'canon_pl' and 'saelens'")
-    tensors = {key: getattr(folded, key).detach().float().cpu().contiguous() for key in PARAMETER_KEYS}
+    tensors = {key: value.detach().float().cpu().contiguous() for key, value in folded.export_tensors().items()}
     with atomic_paths(directory / WEIGHTS_FILE, directory / CONFIG_FILE) as (weights_tmp, config_tmp):
         save_file(tensors, str(weights_tmp), metadata={"format": FORMAT_NAME})
         cfg = EXPORT.stamp({
@@ -205,26 +200,28 @@ def initial_decoder(directory: str | os.PathLike) -> torch.Tensor | None:
 
 def check_shapes_before_building(cfg: SAEConfig, shapes: dict[str, tuple[int, ...]], source: str) -> None:
     """Refuse a config whose sizes disagree with the weight ``shapes`` it comes with, *before* an SAE of that size is
-    allocated (a crafted cfg.json of a few bytes could otherwise ask for gigabytes)."""
-    expected = {"W_enc": (cfg.d_in, cfg.d_sae), "W_dec": (cfg.d_sae, cfg.d_in), "b_enc": (cfg.d_sae,),
-                "b_dec": (cfg.d_in,)}
+    allocated (a crafted cfg.json of a few bytes could otherwise ask for gigabytes): the SAE is built on the meta
+    device, where it has shapes but no memory, and its own exported tensors are the expectation."""
+    with torch.device("meta"):
+        expected = {key: tuple(value.shape) for key, value in build_sae(cfg).export_tensors().items()}
     for key, shape in expected.items():
         found = shapes.get(key)
-        if found is None or tuple(found) != shape:
+        if found is None or (tuple(found) != shape and not (key == "threshold" and tuple(found) == ())):
             raise CheckpointError(f"{source}: the config describes d_in={cfg.d_in}, d_sae={cfg.d_sae} but {key} is "
                                   f"{tuple(found) if found is not None else 'missing'} (expected {shape}); the "
                                   f"config and the weights do not belong together: re-export the SAE")
 
 
 def load_sae_tensors(sae: SparseAutoencoder, tensors: dict[str, torch.Tensor], source: str) -> None:
-    """Copy exactly the expected tensors into ``sae``, failing on missing, unknown or mis-shaped keys."""
-    missing = sorted(set(PARAMETER_KEYS) - set(tensors))
-    unknown = sorted(set(tensors) - set(PARAMETER_KEYS))
+    """Copy exactly the SAE's exported tensors (:meth:`SparseAutoencoder.export_tensors`) into ``sae``, failing on
+    missing, unknown or mis-shaped keys."""
+    targets = sae.export_tensors()
+    missing = sorted(set(targets) - set(tensors))
+    unknown = sorted(set(tensors) - set(targets))
     if missing or unknown:
-        raise CheckpointError(f"{source}: missing tensors {missing}, unknown tensors {unknown}; expected {list(PARAMETER_KEYS)}")
+        raise CheckpointError(f"{source}: missing tensors {missing}, unknown tensors {unknown}; expected {sorted(targets)}")
     with torch.no_grad():
-        for key in PARAMETER_KEYS:
-            target = getattr(sae, key)
+        for key, target in targets.items():
             value = tensors[key]
             if key == "threshold" and value.dim() == 0 and target.dim() == 0:
                 pass

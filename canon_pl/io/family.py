@@ -4,14 +4,13 @@ points manifest ``hooks.json`` of a run that trained a family at each of several
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from canon_pl.io.atomic import atomic_write_json
 from canon_pl.io.document import DocumentKind
-from canon_pl.io.export import CheckpointError
-from canon_pl.sae import SAEConfig, SparseAutoencoder
+from canon_pl.io.validate import CheckpointError
+from canon_pl.sae import SAEConfig
 
 MANIFEST_FILE = "family.json"
 FORMAT_NAME = "canon_pl.family"
@@ -105,49 +104,3 @@ def read_family_manifest(directory: str | os.PathLike) -> dict[str, Any]:
                                   f"directly inside it (a name, no path); move the export there and re-write the "
                                   f"manifest (write_family_manifest)")
     return manifest
-
-
-@dataclass
-class SAEFamily:
-    """Loaded members of a family, smallest first: ``saes[width]`` takes raw activations; ``controls[width]`` lists
-    ``(folder name, SAE)`` of the same width from other init seeds (the cross-seed control)."""
-
-    directory: Path
-    manifest: dict[str, Any]
-    saes: dict[int, SparseAutoencoder]
-    controls: dict[int, list[tuple[str, SparseAutoencoder]]] = field(default_factory=dict)
-
-    @property
-    def widths(self) -> list[int]:
-        return sorted(self.saes)
-
-    def control_of(self, width: int) -> tuple[str, SparseAutoencoder] | None:
-        """The first seed control of ``width`` (folder name, SAE), or ``None``."""
-        found = self.controls.get(width)
-        return found[0] if found else None
-
-
-def load_family(directory: str | os.PathLike, device: str = "cpu") -> SAEFamily:
-    """Every member listed in ``family.json``; each is checked against the manifest's shared fields."""
-    directory = Path(directory)
-    manifest = read_family_manifest(directory)
-    if not isinstance(manifest.get("d_in"), int):
-        raise CheckpointError(f"{directory / MANIFEST_FILE} is malformed: \"d_in\" must be an integer")
-    saes = {}
-    from canon_pl.io.load import load_sae
-
-    def load_member(width: int, folder: str) -> SparseAutoencoder:
-        sae = load_sae(directory / folder, device)  # a canon-pl export or another library's files
-        if sae.d_sae != int(width) or sae.d_in != manifest["d_in"] or sae.cfg.hook_point != manifest.get("hook_point"):
-            raise CheckpointError(
-                f"{directory / folder} (d_sae={sae.d_sae}, d_in={sae.d_in}, hook_point={sae.cfg.hook_point!r}) does "
-                f"not match {MANIFEST_FILE} (width {width}, d_in {manifest['d_in']}, {manifest.get('hook_point')!r})"
-            )
-        return sae
-
-    for width, folder in manifest["members"].items():
-        saes[int(width)] = load_member(int(width), folder)
-    controls: dict[int, list[tuple[str, SparseAutoencoder]]] = {}
-    for folder, control in manifest["controls"].items():
-        controls.setdefault(control["width"], []).append((folder, load_member(control["width"], folder)))
-    return SAEFamily(directory, manifest, saes, controls)

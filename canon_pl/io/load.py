@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import os
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from canon_pl.io.checkpoint import load_lightning_checkpoint
 from canon_pl.io.export import CheckpointError, load_export
-from canon_pl.io.family import read_family_manifest
+from canon_pl.io.family import MANIFEST_FILE, read_family_manifest
 from canon_pl.io.validate import malformed_as
 from canon_pl.sae import SparseAutoencoder
 
@@ -59,3 +60,47 @@ def load_sae(path: str | os.PathLike, device: str | torch.device = "cpu", width:
     if kind != "canon_pl":
         raise CheckpointError(f"unknown format {kind!r}; choose one of canon_pl, lightning, {', '.join(FOREIGN_FORMATS)}")
     return load_export(path if path.is_dir() else path.parent, device)
+
+
+@dataclass
+class SAEFamily:
+    """Loaded members of a family, smallest first: ``saes[width]`` takes raw activations; ``controls[width]`` lists
+    ``(folder name, SAE)`` of the same width from other init seeds (the cross-seed control)."""
+
+    directory: Path
+    manifest: dict[str, Any]
+    saes: dict[int, SparseAutoencoder]
+    controls: dict[int, list[tuple[str, SparseAutoencoder]]] = field(default_factory=dict)
+
+    @property
+    def widths(self) -> list[int]:
+        return sorted(self.saes)
+
+    def control_of(self, width: int) -> tuple[str, SparseAutoencoder] | None:
+        """The first seed control of ``width`` (folder name, SAE), or ``None``."""
+        found = self.controls.get(width)
+        return found[0] if found else None
+
+
+def load_family(directory: str | os.PathLike, device: str = "cpu") -> SAEFamily:
+    """Every member listed in ``family.json``; each is checked against the manifest's shared fields."""
+    directory = Path(directory)
+    manifest = read_family_manifest(directory)
+    if not isinstance(manifest.get("d_in"), int):
+        raise CheckpointError(f"{directory / MANIFEST_FILE} is malformed: \"d_in\" must be an integer")
+    saes = {}
+    def load_member(width: int, folder: str) -> SparseAutoencoder:
+        sae = load_sae(directory / folder, device)  # a canon-pl export or another library's files
+        if sae.d_sae != int(width) or sae.d_in != manifest["d_in"] or sae.cfg.hook_point != manifest.get("hook_point"):
+            raise CheckpointError(
+                f"{directory / folder} (d_sae={sae.d_sae}, d_in={sae.d_in}, hook_point={sae.cfg.hook_point!r}) does "
+                f"not match {MANIFEST_FILE} (width {width}, d_in {manifest['d_in']}, {manifest.get('hook_point')!r})"
+            )
+        return sae
+
+    for width, folder in manifest["members"].items():
+        saes[int(width)] = load_member(int(width), folder)
+    controls: dict[int, list[tuple[str, SparseAutoencoder]]] = {}
+    for folder, control in manifest["controls"].items():
+        controls.setdefault(control["width"], []).append((folder, load_member(control["width"], folder)))
+    return SAEFamily(directory, manifest, saes, controls)

@@ -19,7 +19,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from canon_pl.io.export import CheckpointError
+from canon_pl.io.validate import CheckpointError
 
 REGISTRY_PACKAGE, REGISTRY_FILE = "sae_lens", "pretrained_saes.yaml"
 READ_CONVERSIONS = {None: "saelens", "gemma_2": "gemma_scope", "dictionary_learning_1": "dictionary_learning"}

@@ -17,7 +17,13 @@ from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
+from canon_pl.errors import CanonError
 from canon_pl.io.atomic import previous_path
+
+
+class CheckpointError(CanonError, ValueError):
+    """A file that is not a readable canon-pl SAE: corrupt, truncated, foreign or inconsistent."""
+
 
 MAX_JSON_BYTES = 64 * 1024 * 1024
 # What interpreting a parsed document of the wrong shape raises: a key missing, a value of the wrong type, a tensor of

@@ -34,8 +34,8 @@ from canon_pl.meta.decomposition import (
 )
 from canon_pl.sae import SparseAutoencoder
 from canon_pl.stitching import match_latents
-from canon_pl.stitching.analysis import SplicedLoss
-from canon_pl.stitching.path import reconstruction
+from canon_pl.metrics.spliced import SplicedLoss
+from canon_pl.sae.codes import reconstruction
 
 FORMAT_NAME = "canon_pl.meta_sae_analysis"
 FORMAT_VERSION = 3

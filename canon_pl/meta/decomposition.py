@@ -129,7 +129,7 @@ class MetaDecomposition:
 @torch.no_grad()
 def decompose(meta_sae: SparseAutoencoder, rows: Tensor, chunk: int = 8192) -> tuple[MetaDecomposition, Tensor]:
     """Meta-latent activations of every row ``[n, d_in]`` at inference, and the reconstructed rows ``[n, d_in]``."""
-    from canon_pl.stitching.path import reconstruction, sparse_codes
+    from canon_pl.sae.codes import reconstruction, sparse_codes
 
     codes = sparse_codes(meta_sae, rows, chunk)
     decomposition = MetaDecomposition(codes.rows, codes.cols, codes.values, rows.shape[0], meta_sae.d_sae)
@@ -205,5 +205,5 @@ def _fit_meta_sae(rows: Tensor, d_meta: int, k: int, steps: int, batch_size: int
             sae.remove_parallel_decoder_grad()
         optimizer.step()
         if fixed_decoder is None:
-            sae.normalize_decoder()
+            sae.after_optimizer_step()
     return sae.eval()

@@ -1,6 +1,5 @@
 """Metrics used everywhere (docs/design.md 1.4), as torchmetrics ``Metric``s."""
 
-from canon_pl.metrics.flops import sae_training_flops
 from canon_pl.metrics.reconstruction import (
     ExplainedVariance,
     FractionOfVarianceUnexplained,
@@ -12,6 +11,7 @@ from canon_pl.metrics.sparsity import (
     MeanL0,
 )
 from canon_pl.metrics.spliced import SplicedLanguageModelLoss
+from canon_pl.sae.registry import sae_training_flops  # each architecture counts its own step
 
 __all__ = [
     "DeadLatentFraction",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor
 from torchmetrics import Metric
@@ -40,3 +42,24 @@ class SplicedLanguageModelLoss(Metric):
             "kl_zero": (self.kl_zero / n).float(),
             "kl_recovered": ((self.kl_zero - self.kl) / self.kl_zero.clamp_min(1e-30)).float(),
         }
+
+
+Reconstruction = Callable[[Tensor], Tensor]
+SplicedLoss = Callable[[dict[str, Reconstruction]], dict[str, dict[str, float]]]
+"""Given named reconstruction functions ``[n, d_in] -> [n, d_in]``, the LM's next-token loss with each spliced in:
+``{name: {"ce_sae", "ce_clean", "ce_zero", "ce_recovered", ...}}`` (see :func:`spliced_loss_on`)."""
+
+
+def spliced_loss_on(spliced_sums: Callable[..., dict[str, dict[str, Tensor]]],
+                    batches: list[tuple[Tensor, Tensor]]) -> SplicedLoss:
+    """A :data:`SplicedLoss` over fixed ``(tokens [n_ctx, seq], mask [n_ctx, seq])`` batches, given a
+    ``spliced_sums(tokens, mask, reconstructions)`` such as ``ActivationDataModule.spliced_sums``."""
+
+    def loss(reconstructions: dict[str, Reconstruction]) -> dict[str, dict[str, float]]:
+        metrics = {name: SplicedLanguageModelLoss() for name in reconstructions}
+        for tokens, mask in batches:
+            for name, sums in spliced_sums(tokens, mask, reconstructions).items():
+                metrics[name].update(sums)
+        return {name: {k: float(v) for k, v in m.compute().items()} for name, m in metrics.items()}
+
+    return loss

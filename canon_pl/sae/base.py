@@ -8,7 +8,8 @@ decoding, losses, AuxK, dead-latent tracking, folding the activation scale — l
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -16,7 +17,8 @@ from torch import Tensor, nn
 from torch.utils._pytree import register_dataclass
 
 from canon_pl.distributed import fired_anywhere
-from canon_pl.sae.config import SAEConfig
+from canon_pl.sae.config import SAE_CLASSES, SAEConfig
+from canon_pl.sae.flops import dense_encoder_flops, sparse_kernel_flops
 from canon_pl.sae.sparse_grad import gather_pre_activations
 
 
@@ -86,8 +88,6 @@ class NormalizedInput:
         return x_hat + self.mean if self.mean is not None else x_hat
 
 
-SAE_CLASSES: dict[str, type[SparseAutoencoder]] = {}
-"""Architecture name -> SAE class, filled as each subclass with an ``architecture`` is defined."""
 
 
 class SparseAutoencoder(nn.Module):
@@ -100,6 +100,17 @@ class SparseAutoencoder(nn.Module):
     architecture: str = ""
     selects_k: bool = False
     """Whether ``cfg.k`` latents per token survive (the TopK family): ``k`` must then lie in ``1..d_sae``."""
+    latents_independent: ClassVar[bool] = True
+    """Whether each latent's inference activation depends on the input alone (a threshold rule), not on the other
+    latents (TopK's joint choice): only then can a latent be moved into another SAE (stitching)."""
+    latent_axes: ClassVar[dict[str, int]] = {"W_enc": 1, "b_enc": 0, "W_dec": 0, "tokens_since_fired": 0}
+    """State tensor -> its axis over latents: what :meth:`latent_subset` slices (every other tensor is shared)."""
+    input_scaled: ClassVar[tuple[str, ...]] = ("b_enc", "b_dec", "threshold")
+    """State tensors in the units of the input: divided by the activation scale when it is folded into an export."""
+    training_state: ClassVar[tuple[str, ...]] = ("tokens_since_fired", "threshold_initialized")
+    """Buffers that only training reads: not exported."""
+    saelens_architecture: ClassVar[str | None] = None
+    """The ``architecture`` SAELens writes for this SAE (``None``: SAELens has no equivalent)."""
 
     def __init_subclass__(cls, **kwargs: object) -> None:
         super().__init_subclass__(**kwargs)
@@ -115,17 +126,26 @@ class SparseAutoencoder(nn.Module):
         w = torch.empty(d_sae, d_in)
         nn.init.kaiming_uniform_(w)  # fan-in d_in, as for a Linear(d_in -> d_sae)
         self.W_enc = nn.Parameter(w.T.contiguous())
-        if cfg.encoder_bias:
-            self.b_enc = nn.Parameter(torch.zeros(d_sae))
-        else:  # fixed at zero, but still in the state dict, so every export and format reads it the same way
-            self.register_buffer("b_enc", torch.zeros(d_sae))
+        self.init_encoder_state()
         self.W_dec = nn.Parameter(F.normalize(w, dim=-1))
         self.b_dec = nn.Parameter(torch.zeros(d_in))
-        # Inference threshold: a scalar for BatchTopK (or [d_sae] for per-latent thresholds).
-        self.register_buffer("threshold", torch.zeros(()))
         self.register_buffer("threshold_initialized", torch.zeros((), dtype=torch.bool))
         # Training tokens since each latent last fired; drives AuxK and the dead fraction.
         self.register_buffer("tokens_since_fired", torch.zeros(d_sae, dtype=torch.long))
+
+    @classmethod
+    def describe(cls, cfg: dict[str, object]) -> str:
+        """The architecture and its defining settings in words, from an export's ``sae`` section (reports)."""
+        return cls.architecture
+
+    def init_encoder_state(self) -> None:
+        """Create the encoder's own tensors besides ``W_enc``: here ``b_enc [d_sae]`` and the inference ``threshold``
+        (a scalar for BatchTopK; an architecture with other tensors overrides this)."""
+        if self.cfg.encoder_bias:
+            self.b_enc = nn.Parameter(torch.zeros(self.cfg.d_sae))
+        else:  # fixed at zero, but still in the state dict, so every export and format reads it the same way
+            self.register_buffer("b_enc", torch.zeros(self.cfg.d_sae))
+        self.register_buffer("threshold", torch.zeros(()))
 
     @property
     def d_in(self) -> int:
@@ -210,19 +230,17 @@ class SparseAutoencoder(nn.Module):
         entries (the TopK family's choice, ReLU's positive ones) enter the graph (see
         :mod:`canon_pl.sae.sparse_grad`); ``kernel="dense"`` is the plain formula.
         """
-        if self.cfg.input_norm != "none":
-            from canon_pl.sae.config import SAEConfigError
-
-            raise SAEConfigError(f"canon-pl trains SAEs with input_norm 'none' (one activation scale, folded into the "
-                                 f"weights on export); this one has {self.cfg.input_norm!r}, an imported SAE")
+        self.check_trainable()
         take, pre = self._pre_activations_for_training(x)
         with torch.no_grad():
             selected = self.select(pre, inference=False)
         if isinstance(selected, SparseActivations):
             acts = SparseActivations(selected.rows, selected.cols, take(selected.rows, selected.cols),
                                      selected.batch_size)
-        else:
-            acts = pre  # a dense selection (ReLU with kernel="dense"): the autograd path of the plain formula
+        elif selected is pre:
+            acts = pre  # everything survives (ReLU with kernel="dense"): the autograd path of the plain formula
+        else:  # a dense selection of an architecture's own: the surviving entries of pre, with their gradients
+            acts = pre * (selected != 0)
         x_hat = self._decode_any(acts)
         losses: dict[str, Tensor] = {"mse": self.reconstruction_loss(acts, x, x_hat)}
         losses.update({name: sparsity_scale * value for name, value in self.sparsity_losses(acts).items()})
@@ -234,6 +252,14 @@ class SparseAutoencoder(nn.Module):
         detached = (SparseActivations(acts.rows, acts.cols, acts.values.detach(), acts.batch_size)
                     if isinstance(acts, SparseActivations) else acts.detach())
         return TrainStepOutput(loss=loss, losses=losses, x_hat=x_hat.detach(), acts=detached, d_sae=self.d_sae)
+
+    def check_trainable(self) -> None:
+        """Raise :class:`SAEConfigError` for an SAE canon-pl cannot train (an imported one that normalises inputs)."""
+        if self.cfg.input_norm != "none":
+            from canon_pl.sae.config import SAEConfigError
+
+            raise SAEConfigError(f"canon-pl trains SAEs with input_norm 'none' (one activation scale, folded into the "
+                                 f"weights on export); this one has {self.cfg.input_norm!r}, an imported SAE")
 
     def _pre_activations_for_training(self, x: Tensor):
         """``(take, pre)``: ``pre [batch, d_sae]`` and ``take(rows, cols) -> [n]``, differentiable entries of it."""
@@ -312,19 +338,94 @@ class SparseAutoencoder(nn.Module):
 
     @torch.no_grad()
     def normalize_decoder(self) -> None:
-        """Rescale every ``W_dec`` row to unit norm (call after each optimizer step)."""
+        """Rescale every ``W_dec`` row to unit norm."""
         self.W_dec.div_(self.W_dec.norm(dim=-1, keepdim=True).clamp_min(1e-12))
 
+    @torch.no_grad()
+    def after_optimizer_step(self) -> None:
+        """Restore the constraints an optimizer step breaks (call after each): unit-norm decoder rows, and whatever
+        an architecture adds (JumpReLU: thresholds ≥ 0)."""
+        self.normalize_decoder()
+
+    def training_scalars(self) -> dict[str, Tensor]:
+        """What the training log records of this SAE's own state each step: here the inference threshold (its mean
+        over latents); an architecture without one records its own tensors or nothing."""
+        return {"threshold": self.threshold.detach().mean()}
+
+    def param_groups(self, lr: float) -> list[dict[str, object]]:
+        """Optimizer parameter groups at learning rate ``lr``: one group; an architecture whose parameters live on
+        another scale (JumpReLU's thresholds) gives them their own rate."""
+        return [{"params": list(self.parameters()), "lr": lr}]
+
+    def inference_ready(self) -> bool:
+        """Whether inference can run: an SAE whose inference threshold is learned as a running statistic (BatchTopK)
+        has none before training."""
+        return True
+
+    def training_flops(self, batch: int, active_per_token: float) -> int:
+        """FLOPs of forward + backward of one training step on ``batch`` tokens with ``active_per_token`` latents
+        active on average (matrix products only, one multiply-add = 2; see :mod:`canon_pl.sae.flops`)."""
+        if self.cfg.kernel == "sparse":
+            return sparse_kernel_flops(batch, self.d_in, self.d_sae, active_per_token)
+        return dense_encoder_flops(batch, self.d_in, self.d_sae, active_per_token)
+
     # ----------------------------------------------------------------------------------------------- export
+    def export_tensors(self) -> dict[str, Tensor]:
+        """What an export writes: every tensor of the state but the training-only buffers (:attr:`training_state`),
+        so an architecture's own tensors travel without a list kept anywhere else."""
+        return {name: tensor for name, tensor in self.state_dict().items() if name not in self.training_state}
+
+    def saelens_tensors(self) -> dict[str, Tensor]:
+        """The tensors of this SAE's SAELens file (:attr:`saelens_architecture`): the exported ones, a ``jumprelu``
+        threshold broadcast to ``[d_sae]`` (how SAELens saves BatchTopK), no threshold for other architectures."""
+        tensors = dict(self.export_tensors())
+        threshold = tensors.pop("threshold", None)
+        if self.saelens_architecture == "jumprelu" and threshold is not None:
+            tensors["threshold"] = threshold.expand(self.d_sae)
+        return tensors
+
+    def saelens_config(self) -> dict[str, object]:
+        """``cfg.json`` entries of this SAE's SAELens file beyond the shared ones (``metadata`` merged into SAELens's
+        metadata)."""
+        return {}
+
     @torch.no_grad()
     def fold_activation_scale(self, scale: float) -> SparseAutoencoder:
         """A copy that takes raw activations, for an SAE trained on ``x * scale``.
 
-        The pre-activations and outputs are divided by ``scale`` (``b_enc``, ``b_dec`` and the threshold with them);
-        ``W_enc`` and the unit-norm ``W_dec`` are unchanged, so latent directions and top-k choices are identical.
+        The pre-activations and outputs are divided by ``scale`` (the tensors in :attr:`input_scaled`: biases and
+        thresholds); ``W_enc`` and the unit-norm ``W_dec`` are unchanged, so latent directions and top-k choices are
+        identical.
         """
         folded = copy.deepcopy(self)
-        folded.b_enc.div_(scale)
-        folded.b_dec.div_(scale)
-        folded.threshold.div_(scale)
+        state = folded.state_dict(keep_vars=True)
+        for name in self.input_scaled:
+            state[name].div_(scale)
         return folded
+
+    @torch.no_grad()
+    def latent_subset(self, latents: Tensor, b_dec: Tensor | None = None) -> SparseAutoencoder:
+        """An SAE of the latents ``latents [n]`` alone, each computing exactly its activation here (inference), on an
+        input already normalised (its ``input_norm`` is ``none``): the building block of stitching.
+
+        ``b_dec [d_in]``: the decoder bias the subset subtracts before encoding instead of this SAE's, the difference
+        folded into the encoder (:meth:`rebase_decoder_bias`), so activations are unchanged.
+        """
+        if not self.latents_independent:
+            raise ValueError(f"a {self.architecture} SAE's latents depend on each other; they cannot be taken apart")
+        n = int(latents.numel())
+        cfg = replace(self.cfg, d_sae=n, input_norm="none", k=min(self.cfg.k, n))
+        subset = type(self)(cfg).to(self.W_dec.device)
+        state = {name: tensor.index_select(self.latent_axes[name], latents.to(tensor.device))
+                 if name in self.latent_axes else tensor for name, tensor in self.state_dict().items()}
+        subset.load_state_dict(state)
+        if b_dec is not None:
+            subset.rebase_decoder_bias(b_dec)
+        return subset.train(False)
+
+    @torch.no_grad()
+    def rebase_decoder_bias(self, b_dec: Tensor) -> None:
+        """Replace ``b_dec [d_in]`` and fold the difference into the encoder bias, so the pre-activations of every
+        input are unchanged: ``b_enc += (b_dec_new - b_dec) @ W_enc``."""
+        self.b_enc.add_((b_dec - self.b_dec) @ self.W_enc)
+        self.b_dec.copy_(b_dec)

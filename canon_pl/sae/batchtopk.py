@@ -71,6 +71,15 @@ class BatchTopKSAE(SparseAutoencoder):
 
     architecture = "batchtopk"
     selects_k = True
+    saelens_architecture = "jumprelu"  # SAELens saves BatchTopK SAEs as jumprelu, the threshold broadcast
+
+    @classmethod
+    def describe(cls, cfg: dict[str, object]) -> str:
+        return f"BatchTopK (k = {cfg.get('k')})"
+
+    def inference_ready(self) -> bool:
+        """The inference threshold is a running statistic of training: none before the first training batch."""
+        return bool(self.threshold_initialized)
 
     def select(self, pre: Tensor, inference: bool) -> SparseActivations:
         if inference and bool(self.threshold_initialized):

@@ -15,6 +15,10 @@ class SAEConfigError(CanonError, ValueError):
 
 INPUT_NORMS = ("none", "center", "layer_norm")
 
+SAE_CLASSES: dict[str, type] = {}
+"""Architecture name -> SAE class (a :class:`canon_pl.sae.base.SparseAutoencoder` subclass), filled as each class with
+an ``architecture`` is defined: the one registry the config validates against."""
+
 
 @dataclass
 class SAEConfig:
@@ -65,8 +69,6 @@ class SAEConfig:
 
     def validate(self) -> None:
         """Raise :class:`SAEConfigError` naming the first invalid field and how to fix it."""
-        from canon_pl.sae.base import SAE_CLASSES  # filled as each architecture's class is defined
-
         if self.architecture not in SAE_CLASSES:
             raise SAEConfigError(
                 f"unknown SAE architecture {self.architecture!r}; choose one of {', '.join(SAE_CLASSES)} (or import "

@@ -59,6 +59,15 @@ class MatryoshkaBatchTopKSAE(BatchTopKSAE):
         sizes = {max(1, round(float(f) * self.d_sae)) for f in fractions}
         return sorted(sizes - {self.d_sae}) + [self.d_sae]
 
+    @classmethod
+    def describe(cls, cfg: dict[str, object]) -> str:
+        return cls.architecture
+
+    def saelens_config(self) -> dict[str, object]:
+        """SAELens saves a Matryoshka BatchTopK SAE as jumprelu, its level widths and k in the metadata."""
+        return {"metadata": {"training_architecture": self.architecture, "training_architecture_details": {
+            "matryoshka_widths": list(self.prefix_sizes), "k": self.cfg.k}}}
+
     def reconstruction_loss(self, acts: SparseActivations | Tensor, x: Tensor, x_hat: Tensor) -> Tensor:
         """Mean over :attr:`prefix_sizes` of the MSE of each prefix's reconstruction (the last one is ``x_hat``).
         acts: the batch's activations (sparse in training); x, x_hat: ``[batch, d_in]``."""

@@ -3,16 +3,20 @@ registers its SAE class (:data:`SAE_CLASSES`) and its settings class (:data:`SET
 
 from __future__ import annotations
 
+import importlib
+from typing import Any
+
 import torch
 
 import canon_pl.sae.batchtopk
+import canon_pl.sae.gated
 import canon_pl.sae.jumprelu
 import canon_pl.sae.matryoshka
 import canon_pl.sae.relu
 import canon_pl.sae.topk  # noqa: F401 - the built-in architectures register themselves
 from canon_pl.sae.base import SAE_CLASSES, SparseAutoencoder
 from canon_pl.sae.config import SAEConfig, SAEConfigError
-from canon_pl.sae.settings import SETTINGS_CLASSES
+from canon_pl.sae.settings import SETTINGS_CLASSES, SAESettings
 
 
 def build_sae(cfg: SAEConfig) -> SparseAutoencoder:
@@ -31,4 +35,42 @@ def initial_sae(cfg: SAEConfig, init_seed: int) -> SparseAutoencoder:
         return build_sae(cfg)
 
 
-__all__ = ["SAE_CLASSES", "SETTINGS_CLASSES", "build_sae", "initial_sae"]
+def sae_training_flops(batch: int, d_in: int, d_sae: int, k: float, architecture: str = "batchtopk",
+                       kernel: str = "sparse") -> int:
+    """FLOPs of forward + backward of one training step of an SAE of ``architecture`` on ``batch`` tokens (``k``: mean
+    active latents per token): the architecture's own :meth:`SparseAutoencoder.training_flops`, built on the meta
+    device (no memory)."""
+    with torch.device("meta"):
+        sae = build_sae(SAEConfig(d_in=d_in, d_sae=d_sae, architecture=architecture, k=min(max(int(k), 1), d_sae),
+                                  kernel=kernel))
+    return sae.training_flops(batch, k)
+
+
+def describe_sae(cfg: dict[str, Any]) -> str:
+    """An export's ``sae`` section (:meth:`SAEConfig.to_dict`) in words, e.g. ``BatchTopK (k = 32)``: its
+    architecture's :meth:`SparseAutoencoder.describe`, the bare name for an architecture not imported."""
+    cls = SAE_CLASSES.get(str(cfg.get("architecture")))
+    return cls.describe(cfg) if cls is not None else str(cfg.get("architecture"))
+
+
+def settings_class(value: dict[str, Any]) -> type[SAESettings]:
+    """The settings class a YAML ``sae:`` section names (``class_path``, imported; or ``architecture``; the default
+    BatchTopK when it names neither)."""
+    if "class_path" in value:
+        module, _, name = str(value["class_path"]).rpartition(".")
+        try:
+            found = getattr(importlib.import_module(module), name)
+        except (ImportError, AttributeError, ValueError) as err:
+            raise SAEConfigError(f"sae class_path {value['class_path']!r} cannot be imported: {err}") from err
+        if not (isinstance(found, type) and issubclass(found, SAESettings)):
+            raise SAEConfigError(f"sae class_path {value['class_path']!r} is not an SAE settings class")
+        return found
+    architecture = str(value.get("architecture") or "batchtopk")
+    if architecture not in SETTINGS_CLASSES:
+        raise SAEConfigError(f"no trainable SAE architecture {architecture!r}; choose one of "
+                             f"{', '.join(sorted(SETTINGS_CLASSES))}")
+    return SETTINGS_CLASSES[architecture]
+
+
+__all__ = ["SAE_CLASSES", "SETTINGS_CLASSES", "build_sae", "describe_sae", "initial_sae", "sae_training_flops",
+           "settings_class"]

@@ -14,6 +14,7 @@ from torch import Tensor
 from canon_pl.checks import check_counts
 from canon_pl.sae.base import SparseActivations, SparseAutoencoder
 from canon_pl.sae.batchtopk import threshold_select
+from canon_pl.sae.flops import dense_step_flops
 from canon_pl.sae.settings import SAESettings
 
 
@@ -38,6 +39,7 @@ class ReLUSAE(SparseAutoencoder):
     """Every positive pre-activation survives; sparsity comes from ``l1_coefficient * sum |f|``."""
 
     architecture = "relu"
+    saelens_architecture = "standard"
 
     def select(self, pre: Tensor, inference: bool) -> SparseActivations | Tensor:
         """pre: ``[batch, d_sae]`` non-negative. In training with the sparse kernel, its positive entries as
@@ -45,6 +47,16 @@ class ReLUSAE(SparseAutoencoder):
         if inference or self.cfg.kernel == "dense":
             return pre
         return threshold_select(pre, pre.new_zeros(()))
+
+    @classmethod
+    def describe(cls, cfg: dict[str, object]) -> str:
+        return f"ReLU + L1 (L1 coefficient {cfg.get('l1_coefficient')}, AuxK weight {cfg.get('aux_coefficient')})"
+
+    def training_flops(self, batch: int, active_per_token: float) -> int:
+        """The dense kernel decodes densely too (:func:`canon_pl.sae.flops.dense_step_flops`)."""
+        if self.cfg.kernel == "dense":
+            return dense_step_flops(batch, self.d_in, self.d_sae)
+        return super().training_flops(batch, active_per_token)
 
     def sparsity_losses(self, acts: SparseActivations | Tensor) -> dict[str, Tensor]:
         """L1 of the activations (sparse, or dense ``[batch, d_sae]``), summed over latents, averaged over tokens and

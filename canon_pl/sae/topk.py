@@ -26,6 +26,15 @@ class TopKSAE(SparseAutoencoder):
 
     architecture = "topk"
     selects_k = True
+    latents_independent = False  # k latents per token are chosen jointly
+    saelens_architecture = "topk"
+
+    @classmethod
+    def describe(cls, cfg: dict[str, object]) -> str:
+        return f"TopK (k = {cfg.get('k')})"
+
+    def saelens_config(self) -> dict[str, object]:
+        return {"k": self.cfg.k, "rescale_acts_by_decoder_norm": False}
 
     def select(self, pre: Tensor, inference: bool) -> SparseActivations:
         batch = pre.shape[0]

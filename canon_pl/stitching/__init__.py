@@ -32,7 +32,7 @@ from canon_pl.stitching.path import (
     sparse_codes,
     stitching_path,
 )
-from canon_pl.stitching.stitched import StitchedSAE, latent_thresholds
+from canon_pl.stitching.stitched import StitchedSAE, check_stitchable
 
 __all__ = [
     "DEFAULT_TAU",
@@ -50,7 +50,7 @@ __all__ = [
     "connected_components",
     "decoder_cosine_matrix",
     "latent_groups",
-    "latent_thresholds",
+    "check_stitchable",
     "match_latents",
     "proxy_agreement",
     "latent_classes",

@@ -11,7 +11,6 @@ import copy
 
 import os
 import warnings
-from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,6 @@ from torch import Tensor
 from canon_pl.io.document import DocumentKind
 from canon_pl.io.layout import RunLayout
 from canon_pl.io.results import read_results, write_results
-from canon_pl.metrics import SplicedLanguageModelLoss
 from canon_pl.sae import SparseAutoencoder
 from canon_pl.stitching.classify import LatentClasses, classify_latents, definition_chunk_spread
 from canon_pl.stitching.consistency import consistency_summary
@@ -39,11 +37,11 @@ from canon_pl.stitching.path import (
     STEP_KINDS,
     StitchingPath,
     reconstruction,
-    single_insertion_delta_mse,
     sparse_codes,
     stitching_path,
 )
-from canon_pl.stitching.stitched import StitchedSAE, latent_thresholds
+from canon_pl.stitching.stitched import StitchedSAE, check_stitchable
+from canon_pl.metrics.spliced import Reconstruction, SplicedLoss, spliced_loss_on  # noqa: F401 - read here too
 
 FORMAT_NAME = "canon_pl.stitching"
 FORMAT_VERSION = 2
@@ -53,27 +51,6 @@ STITCHING_RESULTS = DocumentKind(FORMAT_NAME, FORMAT_VERSION, "stitching results
 """A stitching results JSON (docs/stitching_results.md)."""
 SUMMARY_POINTS = 256
 """Path points kept in the JSON summary (the safetensors file holds all of them)."""
-
-Reconstruction = Callable[[Tensor], Tensor]
-SplicedLoss = Callable[[dict[str, Reconstruction]], dict[str, dict[str, float]]]
-"""Given named reconstruction functions ``[n, d_in] -> [n, d_in]``, the LM's next-token loss with each spliced in:
-``{name: {"ce_sae", "ce_clean", "ce_zero", "ce_recovered", ...}}`` (see :func:`spliced_loss_on`)."""
-
-
-def spliced_loss_on(spliced_sums: Callable[..., dict[str, dict[str, Tensor]]],
-                    batches: list[tuple[Tensor, Tensor]]) -> SplicedLoss:
-    """A :data:`SplicedLoss` over fixed ``(tokens [n_ctx, seq], mask [n_ctx, seq])`` batches, given a
-    ``spliced_sums(tokens, mask, reconstructions)`` such as ``ActivationDataModule.spliced_sums``."""
-
-    def loss(reconstructions: dict[str, Reconstruction]) -> dict[str, dict[str, float]]:
-        metrics = {name: SplicedLanguageModelLoss() for name in reconstructions}
-        for tokens, mask in batches:
-            for name, sums in spliced_sums(tokens, mask, reconstructions).items():
-                metrics[name].update(sums)
-        return {name: {k: float(v) for k, v in m.compute().items()} for name, m in metrics.items()}
-
-    return loss
-
 
 def describe_sae(sae: SparseAutoencoder, source: str | None = None) -> dict[str, Any]:
     return {"d_sae": sae.d_sae, "d_in": sae.d_in, "architecture": sae.cfg.architecture, "k": sae.cfg.k,
@@ -117,7 +94,7 @@ def check_pair(small: SparseAutoencoder, large: SparseAutoencoder, small_name: s
         warnings.warn(f"the SAEs were trained on different hook points ({hooks[0]!r} vs {hooks[1]!r}); stitching them "
                       f"assumes they read the same activations", stacklevel=2)
     for sae in (small, large):
-        latent_thresholds(sae)  # TopK or untrained SAEs fail here, before any long work
+        check_stitchable(sae)  # TopK or untrained SAEs fail here, before any long work
     if small.d_sae > large.d_sae:
         warnings.warn(f"the 'small' SAE ({small.d_sae} latents) is larger than the 'large' one ({large.d_sae}); "
                       f"swapping them", stacklevel=2)

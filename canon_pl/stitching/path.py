@@ -20,6 +20,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from canon_pl.sae import SparseAutoencoder
+from canon_pl.sae.codes import SparseCodes, reconstruction, sparse_codes  # noqa: F401 - read here too
 from canon_pl.stitching.groups import LatentGroups
 
 STEP_KINDS = ("start", "novel", "swap", "removal", "decoder_bias")
@@ -36,40 +37,6 @@ def one_thread() -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(before)
-
-
-@dataclass
-class SparseCodes:
-    """Non-zero inference activations of one SAE on ``n_tokens`` tokens: rows, cols, values ``[nnz]``."""
-
-    rows: Tensor
-    cols: Tensor
-    values: Tensor
-    n_tokens: int
-    d_sae: int
-
-    def counts(self) -> Tensor:
-        """``[d_sae]`` on how many tokens each latent fires."""
-        return torch.bincount(self.cols, minlength=self.d_sae)
-
-
-@torch.no_grad()
-def sparse_codes(sae: SparseAutoencoder, x: Tensor, chunk_tokens: int = 1024) -> SparseCodes:
-    """Inference activations of ``sae`` on ``x [N, d_in]`` as sparse triples (dense only ``chunk_tokens`` at a time)."""
-    rows, cols, values = [], [], []
-    for start in range(0, x.shape[0], chunk_tokens):
-        acts = sae.encode(x[start:start + chunk_tokens], inference=True)
-        r, c = torch.nonzero(acts, as_tuple=True)
-        rows.append(r + start)
-        cols.append(c)
-        values.append(acts[r, c])
-    return SparseCodes(torch.cat(rows), torch.cat(cols), torch.cat(values), x.shape[0], sae.d_sae)
-
-
-@torch.no_grad()
-def reconstruction(sae: SparseAutoencoder, x: Tensor, chunk_tokens: int = 1024) -> Tensor:
-    """``sae(x)`` at inference for ``x [N, d_in]``, ``chunk_tokens`` at a time."""
-    return torch.cat([sae(x[s:s + chunk_tokens], inference=True) for s in range(0, x.shape[0], chunk_tokens)])
 
 
 @torch.no_grad()

@@ -15,7 +15,7 @@ from canon_pl.errors import CanonError
 from canon_pl.lm.source import ActivationSource, CaptureSettings
 from canon_pl.lm.text import TextSourceError, check_text_source
 from canon_pl.sae import SparseAutoencoder
-from canon_pl.stitching.analysis import SplicedLoss, spliced_loss_on
+from canon_pl.metrics.spliced import SplicedLoss, spliced_loss_on
 
 
 class AnalysisDataError(CanonError, ValueError):

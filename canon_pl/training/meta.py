@@ -14,7 +14,8 @@ from torch.utils.data import DataLoader
 from canon_pl.checks import check_counts, check_positive
 from canon_pl.distributed import rank_local, world
 from canon_pl.io import load_sae
-from canon_pl.io.family import MANIFEST_FILE, load_family
+from canon_pl.io.family import MANIFEST_FILE
+from canon_pl.io.load import load_family
 from canon_pl.meta import (
     analyze_meta_sae,
     check_meta_width,
@@ -150,7 +151,7 @@ class MetaSAEModule(SAEModule):
             export_dir: Where the export and the analysis go; ``None`` = the trainer's ``default_root_dir``.
         """
         sae = SAESettings.from_value(sae, META_SAE_SETTINGS)
-        if sae.architecture != "batchtopk":
+        if type(sae) is not BatchTopKSettings:
             raise SAEConfigError(f"a meta-SAE is a BatchTopK SAE; got {type(sae).__name__} settings")
         super().__init__(d_in=d_in, d_sae=d_sae, sae=sae, optimizer=OptimizerSettings.from_value(optimizer),
                          normalize_activations=False, b_dec_init=b_dec_init, init_seed=init_seed,

@@ -41,7 +41,6 @@ from canon_pl.metrics import (
     FiringDensityHistogram,
     MeanL0,
     SplicedLanguageModelLoss,
-    sae_training_flops,
 )
 from canon_pl.sae import (
     BatchTopKSettings,
@@ -478,8 +477,8 @@ class SAEFamilyModule(L.LightningModule):
             log.update({f"{prefix}train/{name}": value.detach() for name, value in out.losses.items()})
             fvu = (out.x_hat - x_n).pow(2).sum() / total_variance
             log.update({f"{prefix}train/loss": out.loss.detach(), f"{prefix}train/fvu": fvu,
-                        f"{prefix}train/l0": out.l0, f"{prefix}train/dead_fraction": sae.dead_mask().float().mean(),
-                        f"{prefix}train/threshold": sae.threshold.detach().mean()})
+                        f"{prefix}train/l0": out.l0, f"{prefix}train/dead_fraction": sae.dead_mask().float().mean()})
+            log.update({f"{prefix}train/{name}": value for name, value in sae.training_scalars().items()})
         self._batch_tokens = x.shape[0]
         self.tokens_trained += x.shape[0] * world()[1]  # every rank's batch has the same size (the DataModules say)
         return torch.stack(losses).sum(), log
@@ -495,9 +494,8 @@ class SAEFamilyModule(L.LightningModule):
         the first batch."""
         if self._batch_tokens is None:
             return None
-        sae = self.settings.sae
-        return sum(sae_training_flops(self._batch_tokens, self.d_in, w, self._active_per_token.get(key, 0.0),
-                                      sae.architecture, sae.kernel) for key, (w, _) in self.member_specs.items())
+        return sum(sae.training_flops(self._batch_tokens, self._active_per_token.get(key, 0.0))
+                   for key, sae in self.members.items())
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         for sae in self.members.values():
@@ -506,7 +504,7 @@ class SAEFamilyModule(L.LightningModule):
     def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
         super().optimizer_step(*args, **kwargs)
         for sae in self.members.values():
-            sae.normalize_decoder()
+            sae.after_optimizer_step()
 
     def configure_optimizers(self) -> torch.optim.Optimizer | dict[str, Any]:
         """Adam over every member at its own learning rate, under the ``optimizer`` settings' schedule (a ``LambdaLR``
@@ -514,8 +512,9 @@ class SAEFamilyModule(L.LightningModule):
         return adam_with_schedule(self.param_groups(), self.settings.optimizer, self)
 
     def param_groups(self) -> list[dict[str, Any]]:
-        """One Adam parameter group per member, at the member's learning rate."""
-        return [{"params": list(sae.parameters()), "lr": self.learning_rates[key]} for key, sae in self.members.items()]
+        """Each member's Adam parameter groups at the member's learning rate (an architecture may scale some of its
+        parameters' rate: :meth:`SparseAutoencoder.param_groups`)."""
+        return [group for key, sae in self.members.items() for group in sae.param_groups(self.learning_rates[key])]
 
     # --------------------------------------------------------------------------------------------- evaluation
     def reconstruct(self, x: Tensor, width: int | str | None = None, inference: bool = True) -> Tensor:

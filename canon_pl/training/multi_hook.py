@@ -153,7 +153,7 @@ class MultiHookFamilyModule(L.LightningModule):
         super().optimizer_step(*args, **kwargs)
         for family in self.families.values():
             for sae in family.members.values():
-                sae.normalize_decoder()
+                sae.after_optimizer_step()
 
     def configure_optimizers(self) -> Any:
         groups = [group for family in self.families.values() for group in family.param_groups()]

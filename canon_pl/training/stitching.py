@@ -103,7 +103,7 @@ class StitchingCallback(L.Callback):
                 self._stitch(trainer, pl_module, members)
 
     def _stitch(self, trainer: L.Trainer, pl_module: L.LightningModule, members: dict[str, Any]) -> None:
-        if not all(bool(sae.threshold_initialized) for sae in members.values() if sae.architecture == "batchtopk"):
+        if not all(sae.inference_ready() for sae in members.values()):
             rank_zero_warn("StitchingCallback: skipped, the SAEs have no inference threshold before training")
             return
         x = torch.cat(self._activations)

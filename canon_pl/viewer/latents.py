@@ -116,7 +116,8 @@ def family_decoders(run_dir: Path) -> dict[int, torch.Tensor]:
     """Unit decoder rows ``[d_sae, d_in]`` of every width of the family at ``run_dir`` (empty outside a family, or
     when a member folder is a symlink that leads out of the family's folder)."""
     from canon_pl.io import CheckpointError
-    from canon_pl.io.family import MANIFEST_FILE, load_family, read_family_manifest
+    from canon_pl.io.family import MANIFEST_FILE, read_family_manifest
+    from canon_pl.io.load import load_family
 
     if not (run_dir / MANIFEST_FILE).is_file():
         return {}

@@ -11,7 +11,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors_bytes
 from torch import Tensor
 
-from canon_pl.io.export import CheckpointError
+from canon_pl.io.validate import CheckpointError
 from canon_pl.io.validate import STRUCTURAL_ERRORS, read_json, regular_file
 from canon_pl.sae import SAEConfig, SAEConfigError, SparseAutoencoder, build_sae
 

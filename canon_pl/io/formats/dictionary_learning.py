@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from canon_pl.io.checkpoint import safe_torch_load
-from canon_pl.io.export import CheckpointError
+from canon_pl.io.validate import CheckpointError
 from canon_pl.io.formats.common import imported_sae, read_config, take, text
 from canon_pl.sae import SparseAutoencoder
 

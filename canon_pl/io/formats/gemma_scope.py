@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from canon_pl.io.export import CheckpointError
+from canon_pl.io.validate import CheckpointError
 from canon_pl.io.formats.common import imported_sae, take
 from canon_pl.sae import SparseAutoencoder
 

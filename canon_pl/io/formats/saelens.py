@@ -11,8 +11,10 @@ import os
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from canon_pl.io.atomic import atomic_paths
-from canon_pl.io.export import CheckpointError
+from canon_pl.io.validate import CheckpointError
 from canon_pl.io.formats.common import (
     imported_sae,
     read_config,
@@ -21,12 +23,12 @@ from canon_pl.io.formats.common import (
     text,
 )
 from canon_pl.lm.hook_names import is_transformer_lens_name
-from canon_pl.sae import SparseAutoencoder
+from canon_pl.sae import SAEConfig, SAEConfigError, SparseAutoencoder, build_sae
 
 CONFIG_FILE = "cfg.json"
 WEIGHTS_FILE = "sae_weights.safetensors"
 # SAELens architecture -> ours. BatchTopK SAEs are saved by SAELens as jumprelu with the threshold broadcast.
-ARCHITECTURES = {"standard": "relu", "relu": "relu", "topk": "topk", "jumprelu": "jumprelu"}
+ARCHITECTURES = {"standard": "relu", "relu": "relu", "topk": "topk", "jumprelu": "jumprelu", "gated": "gated"}
 MATRYOSHKA = "matryoshka_batchtopk"
 """SAELens's ``metadata.training_architecture`` of a Matryoshka BatchTopK SAE (saved as jumprelu, its level widths in
 ``metadata.training_architecture_details.matryoshka_widths``)."""
@@ -60,6 +62,10 @@ def load_saelens(directory: str | os.PathLike) -> SparseAutoencoder:
     d_in, d_sae = cfg.get("d_in"), cfg.get("d_sae")
     if not isinstance(d_in, int) or not isinstance(d_sae, int):
         raise CheckpointError(f"{directory / CONFIG_FILE}: d_in and d_sae must be integers, got {d_in!r}, {d_sae!r}")
+    hook_point = (_metadata(cfg, "hf_hook_name") or _metadata(cfg, "hook_name")
+                  or text(cfg.get("hook_point")))  # before SAELens 6: hook_point
+    if arch == "gated":
+        return _gated(directory, cfg, d_in, d_sae, norm, hook_point)
     expected = {"W_enc": (d_in, d_sae), "b_enc": (d_sae,), "W_dec": (d_sae, d_in), "b_dec": (d_in,)}
     if arch == "jumprelu":
         expected["threshold"] = (d_sae,)
@@ -77,8 +83,6 @@ def load_saelens(directory: str | os.PathLike) -> SparseAutoencoder:
             b_enc, subtract = b_enc + t["b_dec"] @ W_enc, True
             W_enc, b_enc = W_enc * norms, b_enc * norms
         W_dec = W_dec / norms[:, None]
-    hook_point = (_metadata(cfg, "hf_hook_name") or _metadata(cfg, "hook_name")
-                  or text(cfg.get("hook_point")))  # before SAELens 6: hook_point
     nested = _matryoshka_levels(cfg, t.get("threshold"), d_sae, directory / CONFIG_FILE)
     if nested is not None:
         k, fractions = nested
@@ -91,6 +95,30 @@ def load_saelens(directory: str | os.PathLike) -> SparseAutoencoder:
     return imported_sae(ARCHITECTURES[arch], W_enc, b_enc, W_dec, t["b_dec"], subtract_b_dec=subtract,
                         source=directory, threshold=t.get("threshold"), k=k if arch == "topk" else None,
                         input_norm=norm, hook_point=hook_point, model_id=_metadata(cfg, "model_name"))
+
+
+@torch.no_grad()
+def _gated(directory: Path, cfg: dict[str, Any], d_in: int, d_sae: int, norm: str,
+           hook_point: str | None) -> SparseAutoencoder:
+    """A gated SAE with SAELens's encode (``π_gate = (x - b_dec·apply_b_dec_to_input) @ W_enc + b_gate``, the
+    magnitude path through ``W_enc * exp(r_mag)``); a file that does not subtract ``b_dec`` gets it folded into both
+    biases (our encoder always subtracts it)."""
+    vector = (d_sae,)
+    t = take(read_safetensors(directory / WEIGHTS_FILE), {"W_enc": (d_in, d_sae), "b_gate": vector, "r_mag": vector,
+                                                          "b_mag": vector, "W_dec": (d_sae, d_in), "b_dec": (d_in,)},
+             directory / WEIGHTS_FILE)
+    try:
+        sae = build_sae(SAEConfig(d_in=d_in, d_sae=d_sae, architecture="gated", input_norm=norm,
+                                  hook_point=hook_point, model_id=_metadata(cfg, "model_name")))
+    except SAEConfigError as err:
+        raise CheckpointError(f"{directory}: {err}") from err
+    state = sae.state_dict()
+    for name, value in t.items():
+        state[name].copy_(value)
+    if not bool(cfg.get("apply_b_dec_to_input", True)):
+        sae.b_gate.add_(t["b_dec"] @ t["W_enc"])
+        sae.b_mag.add_(t["b_dec"] @ (t["W_enc"] * t["r_mag"].exp()))
+    return sae.eval()
 
 
 def _matryoshka_levels(cfg: dict[str, Any], threshold: Any, d_sae: int, path: Path) -> tuple[int, list[float]] | None:
@@ -123,17 +151,16 @@ def export_saelens(sae: SparseAutoencoder, directory: str | os.PathLike,
     from safetensors.torch import save_file
 
     directory = Path(directory)
-    arch = {"relu": "standard", "topk": "topk", "batchtopk": "jumprelu", "jumprelu": "jumprelu"}[sae.cfg.architecture]
-    if sae.cfg.architecture == "batchtopk" and not bool(sae.threshold_initialized):
-        raise CheckpointError("this BatchTopK SAE has no inference threshold yet (never trained): SAELens would read "
-                              "it as jumprelu with threshold 0; train it first")
+    arch = sae.saelens_architecture
+    if arch is None:
+        raise CheckpointError(f"SAELens has no {sae.architecture} SAE; keep this SAE in canon-pl's format")
+    if not sae.inference_ready():
+        raise CheckpointError(f"this {sae.architecture} SAE has no inference threshold yet (never trained): SAELens "
+                              f"would read it as jumprelu with threshold 0; train it first")
     if sae.cfg.input_norm not in ("none", "layer_norm"):
         raise CheckpointError(f"SAELens has no input normalisation {sae.cfg.input_norm!r} (it reads 'none' and "
                               f"'layer_norm'); keep this SAE in canon-pl's format")
-    tensors = {name: getattr(sae, name).detach().float().cpu().contiguous()
-               for name in ("W_enc", "b_enc", "W_dec", "b_dec")}
-    if arch == "jumprelu":
-        tensors["threshold"] = sae.threshold.detach().float().cpu().expand(sae.d_sae).contiguous()
+    tensors = {name: value.detach().float().cpu().contiguous() for name, value in sae.saelens_tensors().items()}
     cfg: dict[str, Any] = {
         "architecture": arch, "d_in": sae.d_in, "d_sae": sae.d_sae, "dtype": "float32", "device": "cpu",
         "apply_b_dec_to_input": True, "normalize_activations": sae.cfg.input_norm, "reshape_activations": "none",
@@ -141,8 +168,9 @@ def export_saelens(sae: SparseAutoencoder, directory: str | os.PathLike,
                      "hf_hook_name": None if is_transformer_lens_name(sae.cfg.hook_point or "") else sae.cfg.hook_point,
                      "sae_lens_training_version": None, "exported_by": "canon_pl"},
     }
-    if arch == "topk":
-        cfg.update({"k": sae.cfg.k, "rescale_acts_by_decoder_norm": False})
+    own = sae.saelens_config()
+    cfg["metadata"].update(own.pop("metadata", {}))
+    cfg.update(own)
     with atomic_paths(directory / WEIGHTS_FILE, directory / CONFIG_FILE) as (weights_tmp, config_tmp):
         save_file(tensors, str(weights_tmp))
         config_tmp.write_text(json.dumps(cfg, indent=2) + "\n")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from canon_pl.io.export import CheckpointError
+from canon_pl.io.validate import CheckpointError
 from canon_pl.io.formats.common import imported_sae, read_config, read_safetensors, take
 from canon_pl.sae import SparseAutoencoder
 
