@@ -121,8 +121,7 @@ from canon_pl.sae import SAESettings, SparseAutoencoder
 @dataclass(frozen=True)
 class GainSettings(SAESettings):
     architecture = "toy_gain"
-    kernel: str = "dense"
-    l1_coefficient: float = 1.0
+    gain_l1: float = 1.0
     """Weight of the L1 penalty on the activations."""
 
 
@@ -141,7 +140,7 @@ class GainSAE(SparseAutoencoder):
         return pre
 
     def sparsity_losses(self, acts):
-        return {"l1": self.cfg.options["l1_coefficient"] * acts.sum(dim=-1).mean() / self.d_in}
+        return {"l1": self.cfg.options["gain_l1"] * acts.sum(dim=-1).mean() / self.d_in}
 '''
 
 GAIN_FAMILY = """
@@ -165,7 +164,7 @@ model:
     sae:
       class_path: toy_gain.GainSettings
       init_args:
-        l1_coefficient: 0.5
+        gain_l1: 0.5
         dead_tokens_threshold: 2000
     optimizer:
       lr: 0.003
@@ -197,7 +196,7 @@ def test_an_architecture_with_a_tensor_of_its_own_trains_as_a_family_exports_sti
                        script="canon-pl")
     assert stitched.returncode == 0, stitched.stderr[-3000:]
     assert "64 -> 128" in stitched.stdout
-    statistics = run_cli("stats", str(run), "--tokens", "256", "--top", "2", "--samples", "2",
+    statistics = run_cli("stats", "--run", str(run), "--tokens", "256", "--top", "2", "--samples", "2",
                          "--contexts_per_forward", "4", cwd=tmp_path, script="canon-pl")
     assert statistics.returncode == 0, statistics.stderr[-3000:]
 

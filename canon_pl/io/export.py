@@ -29,11 +29,15 @@ from canon_pl.io.validate import (
     regular_file,
 )
 from canon_pl.sae import SAEConfig, SAEConfigError, SparseAutoencoder, build_sae
+from canon_pl.sae.registry import import_architecture
 
 WEIGHTS_FILE = "sae.safetensors"
 CONFIG_FILE = "cfg.json"
 FORMAT_NAME = "canon_pl.sae"
 FORMAT_VERSION = 1
+ARCHITECTURE_MODULE = "architecture_module"
+"""The module that defines the SAE's class: imported on load when its architecture is not registered yet (one of a
+researcher's own, in a file of their own)."""
 CONFIG_DIGEST = "config_sha256"
 """The SHA-256 of ``cfg.json``'s own settings (every key but this one, as canonical JSON): an edited k, hook point or
 threshold would otherwise load silently, changing what the SAE computes while ``weights_sha256`` still matches."""
@@ -81,6 +85,7 @@ def export_sae(
         save_file(tensors, str(weights_tmp), metadata={"format": FORMAT_NAME})
         cfg = EXPORT.stamp({
             "sae": sae.cfg.to_dict(),
+            ARCHITECTURE_MODULE: type(sae).__module__,
             "activation_scale_folded": float(activation_scale),
             "normalize_activations": "none",
             "threshold_initialized": bool(sae.threshold_initialized),
@@ -131,6 +136,7 @@ def load_export(directory: str | os.PathLike, device: str | torch.device = "cpu"
     cfg, weights = read_consistent(lambda: read_export_config(directory), lambda _: weights_path, "weights_sha256",
                                    CheckpointError)
     try:
+        import_architecture(cfg["sae"].get("architecture"), cfg.get(ARCHITECTURE_MODULE))
         sae_cfg = SAEConfig.from_dict(cfg["sae"])
     except (SAEConfigError, *STRUCTURAL_ERRORS) as err:
         raise CheckpointError(f"{directory / CONFIG_FILE}: invalid \"sae\" section: {err}") from err

@@ -262,8 +262,11 @@ class SparseAutoencoder(nn.Module):
                                  f"weights on export); this one has {self.cfg.input_norm!r}, an imported SAE")
 
     def _pre_activations_for_training(self, x: Tensor):
-        """``(take, pre)``: ``pre [batch, d_sae]`` and ``take(rows, cols) -> [n]``, differentiable entries of it."""
-        if self.cfg.kernel == "sparse":
+        """``(take, pre)``: ``pre [batch, d_sae]`` and ``take(rows, cols) -> [n]``, differentiable entries of it. The
+        sparse kernel knows this class's affine encoder only: an architecture with an encoder of its own (its own
+        :meth:`_pre_activations`) takes the plain formula whatever ``kernel`` says."""
+        own_encoder = type(self)._pre_activations is not SparseAutoencoder._pre_activations
+        if self.cfg.kernel == "sparse" and not own_encoder:
             bias = self.encoder_bias()
             with torch.no_grad():
                 pre = torch.addmm(bias, x, self.W_enc).relu_()

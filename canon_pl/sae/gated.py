@@ -35,7 +35,7 @@ class GatedSettings(SAESettings):
     architecture = "gated"
     training_only = ("l1_warmup_steps",)
     default_aux_coefficient = 0.0
-    kernel: str = "dense"
+    default_kernel = "dense"
     """Gated SAEs train with the plain formula (the gate's L1 and auxiliary loss read every gate pre-activation)."""
     l1_coefficient: float = 5.0
     """Weight λ of the L1 penalty on ``relu(π_gate)``."""
@@ -44,7 +44,7 @@ class GatedSettings(SAESettings):
 
     def __post_init__(self) -> None:
         check_counts(0, l1_warmup_steps=self.l1_warmup_steps)
-        if self.kernel != "dense":
+        if self.kernel not in (None, "dense"):
             raise SAEConfigError(f"a gated SAE trains with kernel 'dense', got {self.kernel!r}")
         if self.aux_coefficient not in (None, 0, 0.0):
             raise SAEConfigError("a gated SAE has its own auxiliary loss (the gate through the frozen decoder); "
@@ -74,7 +74,7 @@ class GatedSAE(SparseAutoencoder):
 
     @classmethod
     def describe(cls, cfg: dict[str, object]) -> str:
-        return f"gated (L1 coefficient {(cfg.get('options') or {}).get('l1_coefficient')})"
+        return f"gated (L1 coefficient {cfg.get('l1_coefficient')})"
 
     def training_scalars(self) -> dict[str, Tensor]:
         """The magnitude path's mean scale ``exp(r_mag)`` (no threshold)."""
@@ -108,7 +108,7 @@ class GatedSAE(SparseAutoencoder):
         acts = (gate > 0) * torch.relu(magnitude)
         x_hat = self.decode(acts)
         gate_acts = torch.relu(gate)
-        l1 = float(self.cfg.options.get("l1_coefficient", GatedSettings.l1_coefficient))
+        l1 = self.cfg.l1_coefficient
         losses = {"mse": F.mse_loss(x_hat, x),
                   "l1": sparsity_scale * l1 * gate_acts.sum(dim=-1).mean() / self.d_in,
                   "aux": F.mse_loss(gate_acts @ self.W_dec.detach() + self.b_dec.detach(), x)}

@@ -38,7 +38,7 @@ class JumpReLUSettings(SAESettings):
 
     architecture = "jumprelu"
     default_aux_coefficient = 0.0  # the JumpReLU paper trains without AuxK
-    kernel: str = "dense"
+    default_kernel = "dense"
     """JumpReLU trains with the plain formula (θ's estimator reads pre-activations just below the threshold)."""
     initial_threshold: float = 0.001
     """θ of every latent at initialisation, in the units of the (scaled) training activations."""
@@ -59,7 +59,7 @@ class JumpReLUSettings(SAESettings):
     ``1/sqrt(d_in)``): at the weights' rate θ needs thousands of steps to leave its start, and L0 does not move."""
 
     def __post_init__(self) -> None:
-        if self.kernel != "dense":
+        if self.kernel not in (None, "dense"):
             raise SAEConfigError(f"a JumpReLU SAE trains with kernel 'dense' (its threshold's estimator reads the "
                                  f"pre-activations below the threshold), got {self.kernel!r}")
         validate_jumprelu_options(vars(self))

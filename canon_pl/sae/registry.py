@@ -46,6 +46,20 @@ def sae_training_flops(batch: int, d_in: int, d_sae: int, k: float, architecture
     return sae.training_flops(batch, k)
 
 
+def import_architecture(architecture: object, module: object) -> None:
+    """Import ``module`` (a dotted name an export records beside its architecture) when ``architecture`` is not
+    registered yet, so an SAE of a researcher's own architecture loads wherever its file is importable; nothing when
+    it is registered, the name is not a module path, or the module cannot be imported (the config's own check then
+    names the problem)."""
+    if architecture in SAE_CLASSES or not isinstance(module, str) or not all(
+            part.isidentifier() for part in module.split(".")):
+        return
+    try:
+        importlib.import_module(module)
+    except ImportError:
+        pass
+
+
 def describe_sae(cfg: dict[str, Any]) -> str:
     """An export's ``sae`` section (:meth:`SAEConfig.to_dict`) in words, e.g. ``BatchTopK (k = 32)``: its
     architecture's :meth:`SparseAutoencoder.describe`, the bare name for an architecture not imported."""
@@ -72,5 +86,5 @@ def settings_class(value: dict[str, Any]) -> type[SAESettings]:
     return SETTINGS_CLASSES[architecture]
 
 
-__all__ = ["SAE_CLASSES", "SETTINGS_CLASSES", "build_sae", "describe_sae", "initial_sae", "sae_training_flops",
+__all__ = ["SAE_CLASSES", "SETTINGS_CLASSES", "build_sae", "describe_sae", "import_architecture", "initial_sae", "sae_training_flops",
            "settings_class"]

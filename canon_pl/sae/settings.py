@@ -32,6 +32,7 @@ class SAESettings:
 
     architecture: ClassVar[str] = ""
     default_aux_coefficient: ClassVar[float] = 1.0 / 32.0
+    default_kernel: ClassVar[str] = "sparse"
     training_only: ClassVar[tuple[str, ...]] = ()
     """Fields that shape training but not the trained SAE (not written to ``cfg.json``)."""
 
@@ -44,9 +45,10 @@ class SAESettings:
     BatchTopK paper's, for the TopK family; 0 for ReLU + L1)."""
     dead_tokens_threshold: int = 10_000_000
     """Training tokens without firing after which a latent counts as dead."""
-    kernel: str = "sparse"
+    kernel: str | None = None
     """Training step: ``sparse`` (only the surviving latents enter the backward pass) or ``dense`` (the plain
-    formula; a reference, slower)."""
+    formula; a reference, slower); ``None`` = the architecture's ``default_kernel`` (``sparse``; ``dense`` for the
+    architectures that train only with the plain formula)."""
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -64,6 +66,8 @@ class SAESettings:
         values = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in self.training_only}
         if values["aux_coefficient"] is None:
             values["aux_coefficient"] = self.default_aux_coefficient
+        if values["kernel"] is None:
+            values["kernel"] = self.default_kernel
         options = {key: value for key, value in values.items() if key not in config_fields}
         common = {key: value for key, value in values.items() if key in config_fields}
         return SAEConfig(d_in=d_in, d_sae=d_sae, architecture=self.architecture, hook_point=hook_point,
