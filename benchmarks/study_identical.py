@@ -22,8 +22,9 @@ import tempfile
 from pathlib import Path
 
 VOLATILE = {"date", "wall_seconds", "seconds", "canon_pl_version", "config_sha256", "weights_sha256", "sha256",
-            "created", "elapsed", "fit_time", "path", "root", "source", "files", "data", "fit_config", "cache",
-            "tokens_per_second", "throughput", "stages"}
+            "created", "elapsed", "fit_time", "path", "root", "source", "files", "fit_config", "cache",
+            "tokens_per_second", "throughput", "stages", "eval_id", "datetime_epoch_millis"}
+"""Keys that record when, how long, which random id, or a digest of a file that holds such a key."""
 REPO = Path(__file__).resolve().parents[1]
 
 RUN = """
@@ -47,6 +48,8 @@ def run_pipeline(rev: str, work: Path) -> Path:
         subprocess.run(["git", "clone", "-q", str(REPO), str(clone)], check=True)
         subprocess.run(["git", "-C", str(clone), "checkout", "-q", rev], check=True)
     out = work / f"run_{rev}"
+    if (out / "checkpoints" / "tiny" / "report.md").is_file():  # already run: compare again
+        return out / "checkpoints" / "tiny"
     env = {**os.environ, "PYTHONPATH": str(clone)}
     result = subprocess.run([sys.executable, "-c", RUN, str(out)], cwd=clone, env=env, capture_output=True, text=True)
     if result.returncode != 0:
@@ -54,27 +57,39 @@ def run_pipeline(rev: str, work: Path) -> Path:
     return out / "checkpoints" / "tiny"
 
 
-def numbers_differ(a, b, path: str = "") -> list[tuple[str, float]]:
-    """(where, |difference|) of every number or value that differs between two parsed JSON documents."""
+def numbers_differ(a, b, path: str = "", added: set[str] | None = None) -> list[tuple[str, float]]:
+    """(where, |difference|) of every number or value that differs between two parsed JSON documents; keys only the
+    second has go to ``added`` (a new record is not a changed number)."""
     if isinstance(a, dict) and isinstance(b, dict):
         out = []
         for key in sorted(set(a) | set(b)):
             if key in VOLATILE:
                 continue
-            if key not in a or key not in b:
+            if key not in a and added is not None:
+                added.add(key)
+            elif key not in a or key not in b:
                 out.append((f"{path}/{key} (only in one)", math.inf))
             else:
-                out += numbers_differ(a[key], b[key], f"{path}/{key}")
+                out += numbers_differ(a[key], b[key], f"{path}/{key}", added)
         return out
     if isinstance(a, list) and isinstance(b, list):
         if len(a) != len(b):
             return [(f"{path} (lengths {len(a)} vs {len(b)})", math.inf)]
-        return [d for i, (x, y) in enumerate(zip(a, b)) for d in numbers_differ(x, y, f"{path}[{i}]")]
+        return [d for i, (x, y) in enumerate(zip(a, b)) for d in numbers_differ(x, y, f"{path}[{i}]", added)]
     if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool):
         if a == b or (isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b)):
             return []
         return [(path, abs(a - b))]
     return [] if a == b else [(f"{path} ({a!r} vs {b!r})", math.inf)]
+
+
+def as_read(document: dict) -> dict:
+    """An export's ``cfg.json`` as ``canon_pl.io.training_data`` reads it: the model and hook point in ``data`` too
+    (exports write them once, in ``sae``, since the provenance was stated once)."""
+    sae, data = document.get("sae"), document.get("data")
+    if isinstance(sae, dict) and isinstance(data, dict) and data:
+        document["data"] = {**data, "model": sae.get("model_id"), "hook_point": sae.get("hook_point")}
+    return document
 
 
 def tensors_differ(a: Path, b: Path) -> list[tuple[str, float]]:
@@ -103,7 +118,11 @@ def main() -> None:
     old, new = runs[ns.old], runs[ns.new]
     files = sorted(p.relative_to(old) for p in old.rglob("*") if p.suffix in (".json", ".safetensors")
                    and "logs" not in p.parts and p.name != "fit_time.json")
-    differ = 0
+    differ, added = 0, set()
+
+    def relative(text: str) -> str:  # the two runs' folders, named alike
+        return text.replace(str(old.parents[1]), "<run>").replace(str(new.parents[1]), "<run>")
+
     for rel in files:
         other = new / rel
         if not other.exists():
@@ -111,7 +130,8 @@ def main() -> None:
             differ += 1
             continue
         if rel.suffix == ".json":
-            diffs = numbers_differ(json.loads((old / rel).read_text()), json.loads(other.read_text()))
+            diffs = numbers_differ(as_read(json.loads(relative((old / rel).read_text()))),
+                                   as_read(json.loads(relative(other.read_text()))), added=added)
         else:
             diffs = tensors_differ(old / rel, other)
         if diffs:
@@ -122,6 +142,8 @@ def main() -> None:
                    and "logs" not in p.parts and not (old / p.relative_to(new)).exists())
     for rel in extra:
         print(f"{rel}: only in {ns.new}")
+    if added:
+        print(f"keys only {ns.new} writes (new records, not changed numbers): {', '.join(sorted(added))}")
     print(f"compared {len(files)} files of {ns.old} and {ns.new} ({work}); {differ} differ")
     print(f"ratio: {differ / max(len(files), 1):.3f}")
 

@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from canon_pl.errors import SettingError
-from canon_pl.io.family import hook_families, load_family
+from canon_pl.io import load_family, training_data
+from canon_pl.io.family import hook_families
 from canon_pl.lm import HookedLanguageModel, load_causal_lm, select_training_tokens
 from canon_pl.sae import BatchTopKSettings
 from canon_pl.training import (
@@ -115,7 +116,7 @@ def test_a_multi_hook_run_from_the_command_line_exports_stitches_and_shows_a_fam
         assert family.widths == [64, 128]
         assert {sae.cfg.hook_point for sae in family.saes.values()} == {hook_point}
         cfg = json.loads((folder / "128" / "cfg.json").read_text())
-        assert cfg["data"]["hook_point"] == hook_point and cfg["training"]["global_step"] == 4
+        assert training_data(folder / "128")["hook_point"] == hook_point and cfg["training"]["global_step"] == 4
     stitch = run_cli("stitch", str(run), "--data", "pydoc-topics", "--tokens", "256", cwd=tmp_path, script="canon-pl")
     assert stitch.returncode == 0, stitch.stderr[-3000:]
     for hook_point, folder in families.items():  # one pair per hook point, each inside its own family

@@ -80,6 +80,7 @@ def export_sae(
         return export_saelens(folded, directory, (extra or {}).get("data", {}).get("transformer_lens_hook"))
     if format != "canon_pl":
         raise CheckpointError(f"cannot write format {format!r}: canon-pl writes 'canon_pl' and 'saelens'")
+    extra = with_provenance_once(sae, extra or {})
     tensors = {key: value.detach().float().cpu().contiguous() for key, value in folded.export_tensors().items()}
     with atomic_paths(directory / WEIGHTS_FILE, directory / CONFIG_FILE) as (weights_tmp, config_tmp):
         save_file(tensors, str(weights_tmp), metadata={"format": FORMAT_NAME})
@@ -107,8 +108,32 @@ def training_data(directory: str | os.PathLike) -> dict[str, Any]:
     raw = read_json(path, CheckpointError, "config")
     if not isinstance(raw, dict) or raw.get("format") != FORMAT_NAME:  # another library's cfg.json (an imported SAE)
         return {}
-    data = read_export_config(directory).get("data")
-    return dict(data) if isinstance(data, dict) else {}
+    cfg = read_export_config(directory)
+    data = cfg.get("data")
+    if not isinstance(data, dict) or not data:
+        return {}
+    sae = cfg.get("sae") if isinstance(cfg.get("sae"), dict) else {}
+    return {**data, **{key: sae[field] for key, field in PROVENANCE_IN_SAE.items() if sae.get(field) is not None}}
+
+
+PROVENANCE_IN_SAE = {"model": "model_id", "hook_point": "hook_point"}
+"""The provenance keys an export writes once, in its ``sae`` section (``data`` key -> ``SAEConfig`` field); exports
+before this wrote them in both and still read the same."""
+
+
+def with_provenance_once(sae: SparseAutoencoder, extra: dict[str, Any]) -> dict[str, Any]:
+    """``extra`` with the model and hook point taken out of its ``data`` section (the ``sae`` section holds them);
+    raises :class:`CheckpointError` when the two disagree (an export would otherwise record two models)."""
+    data = extra.get("data")
+    if not isinstance(data, dict):
+        return extra
+    data = dict(data)
+    for key, field in PROVENANCE_IN_SAE.items():
+        recorded, own = data.pop(key, None), getattr(sae.cfg, field)
+        if recorded is not None and own is not None and recorded != own:
+            raise CheckpointError(f"the data's {key} is {recorded!r} but the SAE's {field} is {own!r}: an export "
+                                  f"records one; build the SAE with the data's")
+    return {**extra, "data": data}
 
 
 def training_record(directory: str | os.PathLike) -> dict[str, Any]:
