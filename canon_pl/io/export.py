@@ -110,7 +110,7 @@ def training_data(directory: str | os.PathLike) -> dict[str, Any]:
         return {}
     cfg = read_export_config(directory)
     data = cfg.get("data")
-    if not isinstance(data, dict) or not data:
+    if not isinstance(data, dict):
         return {}
     sae = cfg.get("sae") if isinstance(cfg.get("sae"), dict) else {}
     return {**data, **{key: sae[field] for key, field in PROVENANCE_IN_SAE.items() if sae.get(field) is not None}}
@@ -129,10 +129,13 @@ def with_provenance_once(sae: SparseAutoencoder, extra: dict[str, Any]) -> dict[
         return extra
     data = dict(data)
     for key, field in PROVENANCE_IN_SAE.items():
-        recorded, own = data.pop(key, None), getattr(sae.cfg, field)
-        if recorded is not None and own is not None and recorded != own:
+        recorded, own = data.get(key), getattr(sae.cfg, field)
+        if own is None:
+            continue  # the SAE does not say: the data's record stays where it is
+        if recorded is not None and recorded != own:
             raise CheckpointError(f"the data's {key} is {recorded!r} but the SAE's {field} is {own!r}: an export "
                                   f"records one; build the SAE with the data's")
+        data.pop(key, None)
     return {**extra, "data": data}
 
 
