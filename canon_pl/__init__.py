@@ -1,25 +1,45 @@
 """canon-pl: SAE families, stitching and meta-SAEs on PyTorch Lightning.
 
 Reproduces *Sparse Autoencoders Do Not Find Canonical Units of Analysis* (Leask et al., ICLR 2025).
+
+``from canon_pl import load_sae`` (and the other names of :data:`__all__`) imports what it names on first use, so
+``canon-pl --help`` and the commands that need no model start without importing torch.
 """
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 from canon_pl.version import __version__
 
-from canon_pl.io import (  # noqa: E402
-    CheckpointError,
-    SAEFamily,
-    export_sae,
-    load_family,
-    load_sae,
-)
-from canon_pl.sae import (  # noqa: E402
-    BatchTopKSAE,
-    ReLUSAE,
-    SAEConfig,
-    SparseAutoencoder,
-    TopKSAE,
-    build_sae,
-)
+_EXPORTS = {
+    "CheckpointError": "canon_pl.io",
+    "SAEFamily": "canon_pl.io",
+    "export_sae": "canon_pl.io",
+    "load_family": "canon_pl.io",
+    "load_sae": "canon_pl.io",
+    "BatchTopKSAE": "canon_pl.sae",
+    "ReLUSAE": "canon_pl.sae",
+    "SAEConfig": "canon_pl.sae",
+    "SparseAutoencoder": "canon_pl.sae",
+    "TopKSAE": "canon_pl.sae",
+    "build_sae": "canon_pl.sae",
+}
+"""Public name -> the module that defines it."""
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'canon_pl' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])
+
 
 __all__ = [
     "BatchTopKSAE",

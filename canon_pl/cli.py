@@ -8,110 +8,18 @@ turns a Lightning checkpoint into a portable export.
 from __future__ import annotations
 
 import errno
-import os
 import sys
-import warnings
 from typing import Any
-
-from lightning.pytorch.cli import LightningCLI
 
 from canon_pl.errors import CanonError, find_cause
 
 
-class CanonCLI(LightningCLI):
-    """LightningCLI with canon-pl's defaults: safe checkpoint loading and overwritable saved configs."""
+def run_lightning_cli(args: list[str] | None = None, run: bool = True) -> Any:
+    """Run LightningCLI with any LightningModule / LightningDataModule given by ``class_path``
+    (:func:`canon_pl.lightning_cli.run_lightning_cli`; ``run=False`` only parses and instantiates)."""
+    from canon_pl.lightning_cli import run_lightning_cli as run_cli
 
-    def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Any]) -> Any:
-        from lightning.pytorch.callbacks import ProgressBar
-
-        from canon_pl.training import StepProgressBar
-
-        given = config.get("callbacks") or []
-        given = list(given) if isinstance(given, (list, tuple)) else [given]  # one callback may be given bare
-        configured = given + list(callbacks)
-        if config.get("enable_progress_bar", True) is not False and not any(isinstance(c, ProgressBar) for c in configured):
-            callbacks = [*callbacks, StepProgressBar()]  # a total of max_steps for infinite activation streams
-        return super()._instantiate_trainer(config, callbacks)
-
-    def before_instantiate_classes(self) -> None:
-        """The run folder (``trainer.default_root_dir``) is stated once, by the training config: a logger given
-        without ``save_dir`` (``canon_pl.training.RunCSVLogger`` and the others, as in the shipped configs and the
-        presets in ``configs/logger/``) writes into it, and a ``ModelCheckpoint`` without ``dirpath`` into its
-        checkpoint folder (:class:`canon_pl.io.layout.RunLayout`)."""
-        from canon_pl.checks import check_output_folder
-        from canon_pl.io.layout import RunLayout
-
-        from canon_pl.training.loggers import require_tracker
-
-        config = self.config[self.subcommand] if self.subcommand else self.config
-        trainer = config.get("trainer")
-        loggers = (trainer or {}).get("logger")
-        for entry in loggers if isinstance(loggers, list) else [loggers]:
-            require_tracker(str(getattr(entry, "class_path", "")))  # before jsonargparse buries the import error
-        if trainer is None or not trainer.get("default_root_dir"):
-            return
-        root = trainer.get("default_root_dir")
-        check_output_folder(root, "trainer.default_root_dir")  # before a logger creates anything in it
-        for key, field, value in (("logger", "save_dir", str(root)),
-                                  ("callbacks", "dirpath", str(RunLayout(root).checkpoints))):
-            entries = trainer.get(key)
-            for entry in entries if isinstance(entries, list) else [entries]:
-                init_args = getattr(entry, "init_args", None)
-                wanted = key == "logger" or str(getattr(entry, "class_path", "")).endswith(".ModelCheckpoint")
-                if wanted and init_args is not None and field in init_args and init_args.get(field) is None:
-                    init_args[field] = value
-
-    def _prepare_subcommand_kwargs(self, subcommand: str) -> dict[str, Any]:
-        kwargs = super()._prepare_subcommand_kwargs(subcommand)
-        if "weights_only" in kwargs and kwargs["weights_only"] is None:
-            kwargs["weights_only"] = True  # never unpickle arbitrary objects from a checkpoint
-        return kwargs
-
-    def _parse_ckpt_path(self) -> None:
-        """``--ckpt_path`` read by canon-pl's safe reader first: a foreign, truncated or missing file is one line
-        naming it, not torch's traceback (which advises ``weights_only=False``)."""
-        if self.config.get("subcommand"):
-            ckpt_path = self.config[self.config.subcommand].get("ckpt_path")
-            if isinstance(ckpt_path, (str, os.PathLike)) and str(ckpt_path) not in ("last", "best", "hpc", "registry"):
-                from canon_pl.io.checkpoint import safe_torch_load
-
-                safe_torch_load(ckpt_path)
-        super()._parse_ckpt_path()
-
-
-def _quiet_known_warnings() -> None:
-    for message in (
-        r".*does not have many workers.*",
-        r".*IterableDataset.*__len__.*",
-        r".*Total length of .* across ranks is zero.*",
-        r".*tensorboardX.*",
-    ):
-        warnings.filterwarnings("ignore", message=message)
-
-
-def run_lightning_cli(args: list[str] | None = None, run: bool = True) -> CanonCLI:
-    """Run LightningCLI with any LightningModule / LightningDataModule given by ``class_path``.
-
-    ``run=False`` only parses and instantiates (``args`` then carry no subcommand).
-    """
-    import lightning as L
-    from jsonargparse import set_parsing_settings
-
-    from canon_pl.sae import SAESettings
-
-    _quiet_known_warnings()
-    # ``sae:`` takes any registered architecture's settings (``class_path: ReLUSettings``), or the default's fields.
-    set_parsing_settings(subclasses_enabled=[SAESettings])
-    return CanonCLI(
-        L.LightningModule,
-        L.LightningDataModule,
-        subclass_mode_model=True,
-        subclass_mode_data=True,
-        save_config_kwargs={"overwrite": True},
-        args=args,
-        run=run,
-        auto_configure_optimizers=False,
-    )
+    return run_cli(args, run)
 
 
 COMMANDS = ("export", "cache", "stitch", "meta-sae", "stats", "evaluate", "family", "pipeline", "ladder", "view")
@@ -134,9 +42,9 @@ def run_subcommand(name: str, argv: list[str]) -> int:
 LIGHTNING_COMMANDS = {
     "fit": "train an SAE, an SAE family or a meta-SAE from a config (LightningCLI; --help lists every setting)",
     "validate": "one evaluation pass of a config's model over its validation data",
-    "test": "one evaluation pass over the test data (LightningCLI)",
-    "predict": "run the model over the predict data (LightningCLI)",
 }
+"""LightningCLI's subcommands that canon-pl's modules support (they have no test or predict step)."""
+UNSUPPORTED_LIGHTNING = ("test", "predict")
 
 
 def command_summary(name: str) -> str:
@@ -187,6 +95,10 @@ def main(argv: list[str] | None = None) -> int:
             return 0 if args else 2
         if args[0] in COMMANDS:
             return run_subcommand(args[0], args[1:])
+        if args[0] in UNSUPPORTED_LIGHTNING:
+            print(f"canon-pl: error: {args[0]}: canon-pl's modules have no {args[0]} step; 'validate' measures a "
+                  f"config's model on its held-out data, and 'canon-pl evaluate' an exported family", file=sys.stderr)
+            return 2
         run_lightning_cli(argv)  # None: LightningCLI reads sys.argv itself
     except Exception as err:  # noqa: BLE001 - re-raised unless it wraps a user error
         cause = _find_user_error(err)
