@@ -33,7 +33,7 @@ from canon_pl.meta.decomposition import (
     with_decoder,
 )
 from canon_pl.sae import SparseAutoencoder
-from canon_pl.stitching import match_latents
+from canon_pl.metrics.matching import match_latents
 from canon_pl.metrics.spliced import SplicedLoss
 from canon_pl.sae.codes import reconstruction
 

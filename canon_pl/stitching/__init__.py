@@ -17,7 +17,7 @@ from canon_pl.stitching.analysis import (
     write_stitching_results,
 )
 from canon_pl.stitching.groups import LatentGroups, connected_components, latent_groups
-from canon_pl.stitching.matching import (
+from canon_pl.metrics.matching import (
     DEFAULT_TAU,
     LatentMatch,
     StitchingError,

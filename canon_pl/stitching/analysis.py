@@ -26,7 +26,7 @@ from canon_pl.stitching.classify import LatentClasses, classify_latents, definit
 from canon_pl.stitching.consistency import consistency_summary
 from canon_pl.stitching.granularity import GRANULARITY_TOKENS, granularity_curve
 from canon_pl.stitching.groups import LatentGroups, latent_groups
-from canon_pl.stitching.matching import (
+from canon_pl.metrics.matching import (
     DEFAULT_TAU,
     LatentMatch,
     StitchingError,

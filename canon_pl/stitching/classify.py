@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from canon_pl.sae import SparseAutoencoder
-from canon_pl.stitching.matching import LatentMatch, match_latents
+from canon_pl.metrics.matching import LatentMatch, match_latents
 from canon_pl.stitching.path import SparseCodes, reconstruction, single_insertion_delta_mse, sparse_codes
 
 

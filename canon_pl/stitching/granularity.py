@@ -30,7 +30,7 @@ from torch import Tensor
 
 from canon_pl.sae import SparseAutoencoder
 from canon_pl.stitching.groups import LatentGroups, groups_from_edges
-from canon_pl.stitching.matching import StitchingError
+from canon_pl.metrics.matching import StitchingError
 from canon_pl.stitching.path import SparseCodes, reconstruction, sparse_codes, stitching_path
 
 MONOTONE_TOLERANCE = 0.05

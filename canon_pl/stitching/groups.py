@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from canon_pl.stitching.matching import LatentMatch
+from canon_pl.metrics.matching import LatentMatch
 
 KINDS = ("novel", "swap", "removal")
 

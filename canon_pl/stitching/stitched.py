@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from canon_pl.sae import SparseAutoencoder
-from canon_pl.stitching.matching import StitchingError
+from canon_pl.metrics.matching import StitchingError
 
 
 def check_stitchable(sae: SparseAutoencoder) -> None:

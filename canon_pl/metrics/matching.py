@@ -22,7 +22,8 @@ DEFAULT_BLOCK_BYTES = 256 * 2**20
 
 
 class StitchingError(CanonError, ValueError):
-    """Two SAEs (or a setting) that cannot be stitched as asked."""
+    """Two SAEs (or a setting) that cannot be matched or stitched as asked (raised here and by
+    :mod:`canon_pl.stitching`, which builds on this matching)."""
 
 
 def check_tau(tau: float) -> float:
