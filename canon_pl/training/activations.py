@@ -70,7 +70,7 @@ class ActivationDataModule(ResumableStreamDataModule):
                 source's order, file by file).
             model_dtype: dtype of the LM weights (``float32``; ``bfloat16`` on a GPU).
             model_device_map: ``None`` puts the LM whole on the training device; ``auto`` spreads its layers over
-                the visible GPUs (one process, for an LM too big to sit next to the SAE; see README "Scaling out").
+                the visible GPUs (one process, for an LM too big to sit next to the SAE; see docs/guide.md "Scaling out").
             seed: Seed of the document order and of the buffer's shuffling.
         """
         given = {key: value for key, value in locals().items() if key in CAPTURE_KEYS}
