@@ -131,6 +131,21 @@ def test_help_lists_every_subcommand_with_what_it_does(tmp_path: Path) -> None:
     assert refused.returncode == 2 and "no test step" in refused.stderr and "Traceback" not in refused.stderr
 
 
+def test_every_command_takes_its_options_from_a_config_file_that_flags_override(tmp_path: Path) -> None:
+    """``canon-pl export --config export.yaml``: the file's keys are the flags' names; a flag beside it wins; a key
+    the command does not have is refused by name before any work."""
+    (tmp_path / "export.yaml").write_text("ckpt: from_file.ckpt\nout: exported\n")
+    from_file = run_cli("export", "--config", "export.yaml", cwd=tmp_path, script="canon-pl")
+    assert from_file.returncode == 2 and "from_file.ckpt" in from_file.stderr, from_file.stderr
+    overridden = run_cli("export", "--config", "export.yaml", "--ckpt", "from_flag.ckpt", cwd=tmp_path,
+                         script="canon-pl")
+    assert overridden.returncode == 2 and "from_flag.ckpt" in overridden.stderr, overridden.stderr
+    (tmp_path / "bad.yaml").write_text("ckpt: a.ckpt\nchekpoint: b\n")
+    bad = run_cli("export", "--config", "bad.yaml", cwd=tmp_path, script="canon-pl")
+    assert bad.returncode != 0 and "unknown options chekpoint" in bad.stderr and "Traceback" not in bad.stderr
+    assert not (tmp_path / "exported").exists()
+
+
 def test_the_overview_starts_without_importing_torch_or_lightning() -> None:
     """``canon-pl --help`` answers at once: the overview and ``import canon_pl`` import neither (a name such as
     ``canon_pl.load_sae`` imports what it needs on first use)."""
