@@ -244,3 +244,14 @@ def test_a_gated_saes_l1_coefficient_sets_how_many_latents_fire() -> None:
             sae.after_optimizer_step()
         l0[coefficient] = float(out.l0)
     assert l0[20.0] < 0.5 * l0[0.0]
+
+
+@pytest.mark.parametrize("architecture", ["batchtopk", "gated"])
+def test_taking_latents_apart_leaves_the_source_sae_and_the_random_stream_as_they_were(architecture: str) -> None:
+    sae = trained_a_little(architecture)
+    before = {name: tensor.clone() for name, tensor in sae.state_dict().items()}
+    rng = torch.random.get_rng_state()
+    sae.latent_subset(torch.tensor([1, 2, 3]), b_dec=sae.b_dec + 1.0)
+    assert torch.equal(torch.random.get_rng_state(), rng)
+    for name, tensor in sae.state_dict().items():
+        assert torch.equal(tensor, before[name]), name

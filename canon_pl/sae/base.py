@@ -418,10 +418,12 @@ class SparseAutoencoder(nn.Module):
             raise ValueError(f"a {self.architecture} SAE's latents depend on each other; they cannot be taken apart")
         n = int(latents.numel())
         cfg = replace(self.cfg, d_sae=n, input_norm="none", k=min(self.cfg.k, n))
-        subset = type(self)(cfg).to(self.W_dec.device)
-        state = {name: tensor.index_select(self.latent_axes[name], latents.to(tensor.device))
-                 if name in self.latent_axes else tensor for name, tensor in self.state_dict().items()}
-        subset.load_state_dict(state)
+        with torch.device("meta"):  # shapes only: no memory, no draw from the random stream
+            subset = type(self)(cfg)
+        state = {name: (tensor.index_select(self.latent_axes[name], latents.to(tensor.device))
+                        if name in self.latent_axes else tensor).detach().clone()
+                 for name, tensor in self.state_dict().items()}
+        subset.load_state_dict(state, assign=True)
         if b_dec is not None:
             subset.rebase_decoder_bias(b_dec)
         return subset.train(False)
