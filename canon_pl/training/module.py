@@ -613,29 +613,16 @@ class SAEModule(SAEFamilyModule):
     """One sparse autoencoder: a family of one, logged under ``train/...``, ``val/...`` and exported to the run
     folder itself (``sae.safetensors`` + ``cfg.json``)."""
 
-    def __init__(
-        self,
-        d_in: int,
-        d_sae: int,
-        sae: SAESettings = BatchTopKSettings(),
-        optimizer: OptimizerSettings = OptimizerSettings(),
-        normalize_activations: bool = True,
-        b_dec_init: str = "mean",
-        init_seed: int = 0,
-        hook_point: str | None = None,
-        model_id: str | None = None,
-        export_dir: str | None = None,
-    ) -> None:
+    def __init__(self, d_in: int, d_sae: int, **settings: Any) -> None:
         """
         Args:
             d_in: Width of the activations; must match the data.
             d_sae: Number of latents.
-            sae, optimizer, normalize_activations, b_dec_init, init_seed, hook_point, model_id, export_dir: as for
-                :class:`SAEFamilyModule` (the export goes to the run folder itself).
+            settings: ``sae``, ``optimizer``, ``normalize_activations``, ``b_dec_init``, ``init_seed``, ``hook_point``,
+                ``model_id``, ``export_dir``: :class:`SAEFamilyModule`'s (the export goes to the run folder itself).
         """
-        super().__init__(d_in=d_in, widths=[d_sae], sae=sae, optimizer=optimizer,
-                         normalize_activations=normalize_activations, b_dec_init=b_dec_init, init_seed=init_seed,
-                         hook_point=hook_point, model_id=model_id, export_dir=export_dir)
+        super().__init__(d_in=d_in, widths=[d_sae], base_width=None, control_seeds=None, control_widths=None,
+                         sparsity_variants=None, **settings)
         self.save_hyperparameters()
 
     @property

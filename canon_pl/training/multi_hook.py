@@ -22,7 +22,6 @@ from canon_pl.errors import SettingError
 from canon_pl.io.family import write_hooks_manifest
 from canon_pl.io.layout import RunLayout
 from canon_pl.lm.multi_hook import check_hook_points
-from canon_pl.sae import BatchTopKSettings, SAESettings
 from canon_pl.training.module import (
     InputShapeError,
     SAEFamilyModule,
@@ -43,50 +42,31 @@ def family_key(hook_point: str) -> str:
 class MultiHookFamilyModule(L.LightningModule):
     """One :class:`SAEFamilyModule` per hook point, trained side by side on one multi-hook activation stream."""
 
-    def __init__(
-        self,
-        d_in: int,
-        hook_points: list[str],
-        widths: list[int],
-        sae: SAESettings = BatchTopKSettings(),
-        optimizer: OptimizerSettings = OptimizerSettings(),
-        normalize_activations: bool = True,
-        b_dec_init: str = "mean",
-        init_seed: int = 0,
-        model_id: str | None = None,
-        base_width: int | None = None,
-        control_seeds: list[int] | None = None,
-        control_widths: list[int] | None = None,
-        export_dir: str | None = None,
-    ) -> None:
+    def __init__(self, d_in: int, hook_points: list[str], export_dir: str | None = None, **family: Any) -> None:
         """
         Args:
             d_in: Width of the activations at every hook point; must match the data.
-            hook_points: The hook points, in the data's order; each gets a family of ``widths``.
-            widths, sae, optimizer, normalize_activations, b_dec_init, init_seed, model_id, base_width,
-                control_seeds, control_widths: as for :class:`SAEFamilyModule`, the same for every hook point's
-                family (each hook point's members draw the same initialisation streams).
+            hook_points: The hook points, in the data's order; each gets a family.
             export_dir: Where the exports go at the end of ``fit``; ``None`` = the trainer's ``default_root_dir``.
+            family: ``widths``, ``sae``, ``optimizer``, ``normalize_activations``, ``b_dec_init``, ``init_seed``,
+                ``model_id``, ``base_width``, ``control_seeds``, ``control_widths``: :class:`SAEFamilyModule`'s, the
+                same for every hook point's family (each hook point's members draw the same initialisation streams).
         """
         super().__init__()
         self.save_hyperparameters()
         self.hook_points = check_hook_points(list(hook_points))
         self.export_dir = export_dir
-        sae = SAESettings.from_value(sae)
-        optimizer = OptimizerSettings.from_value(optimizer)
+        optimizer = OptimizerSettings.from_value(family.get("optimizer"))
         for key in ("sae", "optimizer"):  # plain dicts in checkpoints (torch.load(weights_only=True))
             if hasattr(self._hparams.get(key), "to_dict"):
                 self._hparams[key] = self._hparams[key].to_dict()
         self._hparams_initial = copy.deepcopy(self._hparams)
         self.families = nn.ModuleDict()
         for hook_point in self.hook_points:
-            family = SAEFamilyModule(d_in=d_in, widths=widths, sae=sae, optimizer=optimizer,
-                                     normalize_activations=normalize_activations, b_dec_init=b_dec_init,
-                                     init_seed=init_seed, hook_point=hook_point, model_id=model_id,
-                                     base_width=base_width, control_seeds=control_seeds,
-                                     control_widths=control_widths)
-            family.metric_prefix = f"{hook_point}/"
-            self.families[family_key(hook_point)] = family
+            member = SAEFamilyModule(d_in=d_in, hook_point=hook_point, sparsity_variants=None, export_dir=None,
+                                     **family)
+            member.metric_prefix = f"{hook_point}/"
+            self.families[family_key(hook_point)] = member
         self.optimizer_settings = optimizer
 
     def family(self, hook_point: str) -> SAEFamilyModule:
