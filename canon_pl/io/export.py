@@ -29,7 +29,7 @@ from canon_pl.io.validate import (
     regular_file,
 )
 from canon_pl.sae import SAEConfig, SAEConfigError, SparseAutoencoder, build_sae
-from canon_pl.sae.registry import import_architecture
+from canon_pl.sae.registry import exported_shapes, import_architecture
 
 WEIGHTS_FILE = "sae.safetensors"
 CONFIG_FILE = "cfg.json"
@@ -236,9 +236,7 @@ def check_shapes_before_building(cfg: SAEConfig, shapes: dict[str, tuple[int, ..
     """Refuse a config whose sizes disagree with the weight ``shapes`` it comes with, *before* an SAE of that size is
     allocated (a crafted cfg.json of a few bytes could otherwise ask for gigabytes): the SAE is built on the meta
     device, where it has shapes but no memory, and its own exported tensors are the expectation."""
-    with torch.device("meta"):
-        expected = {key: tuple(value.shape) for key, value in build_sae(cfg).export_tensors().items()}
-    for key, shape in expected.items():
+    for key, shape in exported_shapes(cfg).items():
         found = shapes.get(key)
         if found is None or (tuple(found) != shape and not (key == "threshold" and tuple(found) == ())):
             raise CheckpointError(f"{source}: the config describes d_in={cfg.d_in}, d_sae={cfg.d_sae} but {key} is "

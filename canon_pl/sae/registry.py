@@ -35,6 +35,14 @@ def initial_sae(cfg: SAEConfig, init_seed: int) -> SparseAutoencoder:
         return build_sae(cfg)
 
 
+def exported_shapes(cfg: SAEConfig) -> dict[str, tuple[int, ...]]:
+    """The shape of every tensor an SAE of ``cfg`` exports, from the SAE built on the meta device (shapes, no memory:
+    a config a file crafted to ask for gigabytes is checked against its weights before anything is allocated)."""
+    with torch.device("meta"):
+        sae = SAE_CLASSES[cfg.architecture](cfg)
+    return {name: tuple(tensor.shape) for name, tensor in sae.export_tensors().items()}
+
+
 def sae_training_flops(batch: int, d_in: int, d_sae: int, k: float, architecture: str = "batchtopk",
                        kernel: str = "sparse") -> int:
     """FLOPs of forward + backward of one training step of an SAE of ``architecture`` on ``batch`` tokens (``k``: mean
@@ -86,5 +94,5 @@ def settings_class(value: dict[str, Any]) -> type[SAESettings]:
     return SETTINGS_CLASSES[architecture]
 
 
-__all__ = ["SAE_CLASSES", "SETTINGS_CLASSES", "build_sae", "describe_sae", "import_architecture", "initial_sae", "sae_training_flops",
+__all__ = ["SAE_CLASSES", "SETTINGS_CLASSES", "build_sae", "describe_sae", "exported_shapes", "import_architecture", "initial_sae", "sae_training_flops",
            "settings_class"]
