@@ -248,10 +248,12 @@ class SAEFamilyModule(L.LightningModule):
         if b_dec_init not in ("mean", "zeros"):
             raise SettingError(f"model.init_args.b_dec_init must be 'mean' or 'zeros', got {b_dec_init!r}")
         self.widths = check_widths(list(widths), base_width)
-        self.member_overrides = {variant_key(w, overrides): overrides for overrides in
-                                 check_sparsity_variants(settings["sae"], list(sparsity_variants or []))
-                                 for w in self.widths}
+        variants = [(variant_key(w, overrides), w, overrides) for overrides in
+                    check_sparsity_variants(settings["sae"], list(sparsity_variants or [])) for w in self.widths]
+        self.member_overrides = {key: overrides for key, _, overrides in variants}
         """``{member name: the settings it changes}`` for the sparsity variants (empty for the widths and controls)."""
+        self.variant_widths = {key: width for key, width, _ in variants}
+        """``{member name: its width}`` for the sparsity variants."""
         self.member_specs = self._member_specs(control_seeds or [], control_widths)
         # W_enc and W_dec with their gradients and Adam's two moments: 4 float32 copies of 2 x d_in x d_sae each
         check_fits_in_memory("the SAEs' weights, gradients and Adam state",
@@ -286,7 +288,7 @@ class SAEFamilyModule(L.LightningModule):
             raise SAEConfigError(f"control_seeds {control_seeds} must be distinct and differ from init_seed={init_seed}")
         for seed in control_seeds:
             specs.update({control_key(w, seed): (w, int(seed)) for w in controlled})
-        specs.update({key: (int(key.split("_")[0]), init_seed) for key in self.member_overrides})
+        specs.update({key: (width, init_seed) for key, width in self.variant_widths.items()})
         return specs
 
     def seed_control_of(self, width: int) -> str | None:
