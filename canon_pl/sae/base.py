@@ -420,13 +420,18 @@ class SparseAutoencoder(nn.Module):
         cfg = replace(self.cfg, d_sae=n, input_norm="none", k=min(self.cfg.k, n))
         with torch.device("meta"):  # shapes only: no memory, no draw from the random stream
             subset = type(self)(cfg)
-        state = {name: (tensor.index_select(self.latent_axes[name], latents.to(tensor.device))
-                        if name in self.latent_axes else tensor).detach().clone()
-                 for name, tensor in self.state_dict().items()}
-        subset.load_state_dict(state, assign=True)
+        subset.load_state_dict(self.latent_state(latents), assign=True)
         if b_dec is not None:
             subset.rebase_decoder_bias(b_dec)
         return subset.train(False)
+
+    @torch.no_grad()
+    def latent_state(self, latents: Tensor) -> dict[str, Tensor]:
+        """A copy of this SAE's state restricted to ``latents [n]``: the tensors of :attr:`latent_axes` sliced along
+        their latent axis, every other one whole."""
+        return {name: (tensor.index_select(self.latent_axes[name], latents.to(tensor.device))
+                       if name in self.latent_axes else tensor).detach().clone()
+                for name, tensor in self.state_dict().items()}
 
     @torch.no_grad()
     def rebase_decoder_bias(self, b_dec: Tensor) -> None:

@@ -65,17 +65,22 @@ class JumpReLUSettings(SAESettings):
         validate_jumprelu_options(vars(self))
 
 
+def jumprelu_setting(options: dict[str, Any], name: str) -> Any:
+    """A JumpReLU setting as an export's ``options`` record it, :class:`JumpReLUSettings`' default where they do not."""
+    return options.get(name, getattr(JumpReLUSettings, name))
+
+
 def validate_jumprelu_options(options: dict[str, Any]) -> None:
     """Raise :class:`SAEConfigError` naming the first JumpReLU setting that cannot train."""
     for name in ("initial_threshold", "bandwidth", "l0_coefficient", "threshold_lr_scale"):
-        value = options.get(name, getattr(JumpReLUSettings, name))
+        value = jumprelu_setting(options, name)
         if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0 or (
                 name == "bandwidth" and value == 0):
             raise SAEConfigError(f"{name} must be a finite number >= 0 (bandwidth > 0), got {value!r}")
-    mode = options.get("sparsity_loss", JumpReLUSettings.sparsity_loss)
+    mode = jumprelu_setting(options, "sparsity_loss")
     if mode not in SPARSITY_LOSSES:
         raise SAEConfigError(f"sparsity_loss must be one of {', '.join(SPARSITY_LOSSES)}, got {mode!r}")
-    target = options.get("target_l0", JumpReLUSettings.target_l0)
+    target = jumprelu_setting(options, "target_l0")
     if mode == "target_l0" and not (isinstance(target, (int, float)) and math.isfinite(target) and target > 0):
         raise SAEConfigError(f"sparsity_loss 'target_l0' needs target_l0 > 0 (active latents per token), got {target!r}")
 
@@ -125,7 +130,7 @@ class JumpReLUSAE(SparseAutoencoder):
     def init_encoder_state(self) -> None:
         super().init_encoder_state()
         del self.threshold
-        initial = float(self.cfg.options.get("initial_threshold", JumpReLUSettings.initial_threshold))
+        initial = float(self.setting("initial_threshold"))
         self.threshold = nn.Parameter(torch.full((self.cfg.d_sae,), initial))
         validate_jumprelu_options(self.cfg.options)
 
@@ -136,9 +141,9 @@ class JumpReLUSAE(SparseAutoencoder):
     @classmethod
     def describe(cls, cfg: dict[str, object]) -> str:
         options = cfg.get("options") or {}
-        if options.get("sparsity_loss", JumpReLUSettings.sparsity_loss) == "target_l0":
-            return f"JumpReLU (target L0 {options.get('target_l0', JumpReLUSettings.target_l0)})"
-        return f"JumpReLU (L0 coefficient {options.get('l0_coefficient', JumpReLUSettings.l0_coefficient)})"
+        if jumprelu_setting(options, "sparsity_loss") == "target_l0":
+            return f"JumpReLU (target L0 {jumprelu_setting(options, 'target_l0')})"
+        return f"JumpReLU (L0 coefficient {jumprelu_setting(options, 'l0_coefficient')})"
 
     def _apply(self, fn: Any, recurse: bool = True) -> JumpReLUSAE:
         """Casts (``.to(torch.bfloat16)``, ``.half()``) leave θ in float32."""
@@ -154,13 +159,17 @@ class JumpReLUSAE(SparseAutoencoder):
 
     def param_groups(self, lr: float) -> list[dict[str, object]]:
         """θ at ``threshold_lr_scale`` times the rate of the other parameters."""
-        scale = float(self.cfg.options.get("threshold_lr_scale", JumpReLUSettings.threshold_lr_scale))
+        scale = float(self.setting("threshold_lr_scale"))
         others = [p for name, p in self.named_parameters() if name != "threshold"]
         return [{"params": others, "lr": lr}, {"params": [self.threshold], "lr": lr * scale}]
 
+    def setting(self, name: str) -> Any:
+        """One of this SAE's :class:`JumpReLUSettings` (from its config's ``options``)."""
+        return jumprelu_setting(self.cfg.options, name)
+
     @property
     def bandwidth(self) -> float:
-        return float(self.cfg.options.get("bandwidth", JumpReLUSettings.bandwidth))
+        return float(self.setting("bandwidth"))
 
     def training_forward(self, x: Tensor, sparsity_scale: float = 1.0) -> TrainStepOutput:
         """Loss for one batch ``x [batch, d_in]``: MSE + the sparsity loss (scaled by ``sparsity_scale``) + AuxK when
@@ -170,10 +179,9 @@ class JumpReLUSAE(SparseAutoencoder):
         acts = _JumpReLU.apply(pre, self.threshold, self.bandwidth).to(x.dtype)
         x_hat = self.decode(acts)
         l0 = _Step.apply(pre, self.threshold, self.bandwidth).sum(dim=-1).mean()
-        options = self.cfg.options
-        coefficient = float(options.get("l0_coefficient", JumpReLUSettings.l0_coefficient))
-        if options.get("sparsity_loss", JumpReLUSettings.sparsity_loss) == "target_l0":
-            target = float(options.get("target_l0", JumpReLUSettings.target_l0))
+        coefficient = float(self.setting("l0_coefficient"))
+        if self.setting("sparsity_loss") == "target_l0":
+            target = float(self.setting("target_l0"))
             sparsity = coefficient * (l0 / target - 1.0) ** 2
         else:
             sparsity = coefficient * l0

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import math
 
-import copy
 from dataclasses import dataclass, replace
 
 import torch
@@ -90,12 +89,7 @@ class MatryoshkaBatchTopKSAE(BatchTopKSAE):
             raise SAEConfigError(f"a prefix has 1 to {self.d_sae} latents, got {m}")
         cfg = replace(self.cfg, d_sae=m, architecture="batchtopk", k=min(self.cfg.k, m), options={})
         sae = BatchTopKSAE(cfg)
-        state = copy.deepcopy(self.state_dict())
-        for name in ("W_enc",):
-            state[name] = state[name][:, :m]
-        for name in ("b_enc", "W_dec", "tokens_since_fired"):
-            state[name] = state[name][:m]
-        sae.load_state_dict(state)
+        sae.load_state_dict(self.latent_state(torch.arange(m, device=self.W_dec.device)))
         return sae.train(self.training)
 
 

@@ -16,7 +16,7 @@ import canon_pl.sae.relu
 import canon_pl.sae.topk  # noqa: F401 - the built-in architectures register themselves
 from canon_pl.sae.base import SAE_CLASSES, SparseAutoencoder
 from canon_pl.sae.config import SAEConfig, SAEConfigError
-from canon_pl.sae.settings import SETTINGS_CLASSES, SAESettings
+from canon_pl.sae.settings import SETTINGS_CLASSES, SAESettings, settings_class_named
 
 
 def build_sae(cfg: SAEConfig) -> SparseAutoencoder:
@@ -87,12 +87,8 @@ def settings_class(value: dict[str, Any]) -> type[SAESettings]:
         if not (isinstance(found, type) and issubclass(found, SAESettings)):
             raise SAEConfigError(f"sae class_path {value['class_path']!r} is not an SAE settings class")
         return found
-    architecture = str(value.get("architecture") or "batchtopk")
-    if architecture not in SETTINGS_CLASSES:
-        raise SAEConfigError(f"no trainable SAE architecture {architecture!r}; choose one of "
-                             f"{', '.join(sorted(SETTINGS_CLASSES))}")
-    return SETTINGS_CLASSES[architecture]
+    return settings_class_named(str(value.get("architecture") or "batchtopk"))
 
 
-__all__ = ["SAE_CLASSES", "SETTINGS_CLASSES", "build_sae", "describe_sae", "exported_shapes", "import_architecture", "initial_sae", "sae_training_flops",
-           "settings_class"]
+__all__ = ["SAE_CLASSES", "SETTINGS_CLASSES", "build_sae", "describe_sae", "exported_shapes", "import_architecture",
+           "initial_sae", "sae_training_flops", "settings_class"]

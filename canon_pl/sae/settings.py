@@ -89,10 +89,7 @@ class SAESettings:
             raise SAEConfigError(f"SAE settings must be a settings object or a dict, got {type(value).__name__}")
         value = dict(value)
         architecture = value.pop("architecture", None) or (default.architecture if default else "batchtopk")
-        cls = SETTINGS_CLASSES.get(str(architecture))
-        if cls is None:
-            raise SAEConfigError(f"no trainable SAE architecture {architecture!r}; choose one of "
-                                 f"{', '.join(sorted(SETTINGS_CLASSES))} (or import the module defining it)")
+        cls = settings_class_named(str(architecture))
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(value) - known)
         if unknown:
@@ -100,4 +97,13 @@ class SAESettings:
         return cls(**value)
 
 
-__all__ = ["SETTINGS_CLASSES", "SAESettings"]
+def settings_class_named(architecture: str) -> type[SAESettings]:
+    """The settings class registered for ``architecture``; :class:`SAEConfigError` naming the registered ones."""
+    cls = SETTINGS_CLASSES.get(architecture)
+    if cls is None:
+        raise SAEConfigError(f"no trainable SAE architecture {architecture!r}; choose one of "
+                             f"{', '.join(sorted(SETTINGS_CLASSES))} (or import the module defining it)")
+    return cls
+
+
+__all__ = ["SETTINGS_CLASSES", "SAESettings", "settings_class_named"]
