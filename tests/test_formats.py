@@ -4,6 +4,7 @@ keys), load with the same encode/decode as the source library, computed independ
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -292,7 +293,7 @@ def test_export_to_saelens_and_back_is_lossless(tmp_path: Path, x: torch.Tensor,
 def test_a_saelens_export_names_its_hook_both_ways_and_reads_back_the_module(tmp_path: Path) -> None:
     """SAELens tools look for ``hook_name`` (TransformerLens); canon-pl and newer SAELens read ``hf_hook_name``."""
     sae = trained_like("relu")
-    sae.cfg.hook_point = "model.layers.6"
+    sae.cfg = replace(sae.cfg, hook_point="model.layers.6")
     export_sae(sae, tmp_path / "saelens", format="saelens",
                extra={"data": {"hook_point": "model.layers.6", "transformer_lens_hook": "blocks.6.hook_resid_post"}})
     metadata = json.loads((tmp_path / "saelens" / "cfg.json").read_text())["metadata"]

@@ -31,7 +31,7 @@ class ThresholdSAE(SparseAutoencoder):
     architecture = "toy_threshold"
 
     def select(self, pre, inference):
-        return pre * (pre > self.cfg.options["threshold"])
+        return pre * (pre > self.cfg.threshold)
 '''
 
 CONFIG = """
@@ -72,7 +72,7 @@ def test_an_architecture_in_one_file_trains_through_the_cli_and_its_export_loads
     result = run_cli("fit", "--config", "toy.yaml", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     cfg = json.loads((tmp_path / "run" / "cfg.json").read_text())["sae"]
-    assert cfg["architecture"] == "toy_threshold" and cfg["options"] == {"threshold": 0.25}
+    assert cfg["architecture"] == "toy_threshold" and cfg["threshold"] == 0.25 and "options" not in cfg
 
     check = """
 import sys, torch
@@ -81,7 +81,7 @@ from canon_pl import load_sae
 sae = load_sae(sys.argv[1])
 pre = sae.pre_activations(torch.randn(128, 16) * 3)
 acts = sae.encode(torch.randn(128, 16) * 3)
-assert type(sae).__name__ == "ThresholdSAE" and sae.cfg.options["threshold"] == 0.25
+assert type(sae).__name__ == "ThresholdSAE" and sae.cfg.threshold == 0.25
 assert bool(((acts == 0) | (acts > 0.25)).all()), "every surviving activation is above the threshold"
 print("loaded")
 """
@@ -140,7 +140,7 @@ class GainSAE(SparseAutoencoder):
         return pre
 
     def sparsity_losses(self, acts):
-        return {"l1": self.cfg.options["gain_l1"] * acts.sum(dim=-1).mean() / self.d_in}
+        return {"l1": self.cfg.gain_l1 * acts.sum(dim=-1).mean() / self.d_in}
 '''
 
 GAIN_FAMILY = """

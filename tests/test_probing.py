@@ -11,7 +11,7 @@ import torch
 
 from canon_pl.lm.token_labels import code_characters, label_pieces
 from canon_pl.metrics.probing import sparse_probes
-from tests.test_stitching import orthonormal, sparse_data, tied_sae
+from tests.test_stitching import orthonormal, tied_sae
 
 
 def test_code_prose_keyword_and_number_labels_read_off_restructured_text() -> None:

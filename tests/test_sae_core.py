@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+from dataclasses import fields
+
 import pytest
 import torch
 import torch.nn.functional as F
 
 from canon_pl.data import SyntheticSparseActivations
-from canon_pl.sae import BatchTopKSAE, SAEConfig, SAEConfigError, SparseActivations, batch_topk, build_sae
+from canon_pl.sae import (SETTINGS_CLASSES, BatchTopKSAE, SAEConfig, SAEConfigError, SparseActivations, batch_topk,
+                          build_sae)
 
 
 def make_sae(architecture: str = "batchtopk", d_in: int = 16, d_sae: int = 64, k: int = 4, **kw) -> torch.nn.Module:
-    return build_sae(SAEConfig(d_in=d_in, d_sae=d_sae, architecture=architecture, k=k, **kw))
+    """An SAE of ``architecture``; ``k`` where the architecture has one (the TopK family)."""
+    if "k" in {f.name for f in fields(SETTINGS_CLASSES[architecture])}:
+        kw["k"] = k
+    return build_sae(SAEConfig(d_in=d_in, d_sae=d_sae, architecture=architecture, **kw))
 
 
 def positive_inputs(batch: int = 32, d_in: int = 16) -> torch.Tensor:
@@ -213,7 +219,7 @@ def test_matryoshka_loss_is_the_mean_of_every_nested_prefixs_mse_with_its_gradie
     """Each prefix of the latents reconstructs on its own: the training loss is the mean over the prefixes (the
     full width included) of each prefix's MSE, with BatchTopK's selection over all latents."""
     sae = make_sae("matryoshka_batchtopk", d_in=24, d_sae=96, k=6, aux_coefficient=0.0, kernel=kernel,
-                   options={"prefix_fractions": [0.125, 0.5]})
+                   prefix_fractions=[0.125, 0.5])
     assert sae.prefix_sizes == [12, 48, 96]
     with torch.no_grad():
         sae.b_dec.normal_()

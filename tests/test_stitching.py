@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 import warnings
 from pathlib import Path
 
@@ -180,7 +181,6 @@ def test_the_path_starts_exactly_at_s_and_ends_exactly_at_l() -> None:
 def test_input_normalising_saes_are_stitched_in_the_space_they_reconstruct() -> None:
     """Imported SAELens ``layer_norm`` SAEs: the analysis equals that of the same SAEs without the normalisation on
     the normalised activations (their own objective), and a pair that normalises differently is refused."""
-    from dataclasses import replace
 
     plain_small, plain_large = random_trained_like(24, seed=1), random_trained_like(48, seed=2)
     with torch.no_grad():
@@ -276,12 +276,12 @@ def test_bad_pairs_and_settings_fail_with_one_clear_error() -> None:
     with pytest.warns(UserWarning, match="swapping them"):
         swapped = analyze_pair(large, small, x)
     assert swapped.summary["small"]["d_sae"] == 16 and swapped.summary["swapped"]
-    large.cfg.hook_point = "blocks.1"
+    large.cfg = replace(large.cfg, hook_point="blocks.1")
     with pytest.warns(UserWarning, match="different hook points"):
         analyze_pair(small, large, x)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        large.cfg.hook_point = None  # only one recorded: nothing to compare
+        large.cfg = replace(large.cfg, hook_point=None)  # only one recorded: nothing to compare
         analyze_pair(small, large, x)
 
 

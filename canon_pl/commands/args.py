@@ -1,4 +1,5 @@
-"""Each ``canon-pl`` command is a typed function; its signature and docstring make its command line.
+"""Each ``canon-pl`` command is a typed function; its signature and docstring make its command line (a jsonargparse
+parser, as LightningCLI's).
 
 - Parameters before ``*`` are positional arguments (optional when they have a default); keyword-only ones are
   ``--flags`` spelt like the parameter (required when they have no default): ``--ce_points``, the style of
@@ -8,9 +9,11 @@
   ``Literal[...]`` gives choices; ``bool`` is a switch (``--x`` when the default is ``False``, ``--no-x`` when it is
   ``True``). ``Annotated[X, "--name"]`` names the flag otherwise (``--from`` for a parameter ``sources``).
 - The help of each argument is its entry under ``Args:`` in the docstring, with the default appended.
-- ``--config FILE`` takes the options from a YAML mapping (the keys as the flags without ``--``, as the pipeline
-  YAML's stage options); flags given beside it override it. A command whose own ``config`` parameter is its config
-  file (``pipeline``, ``ladder``) keeps that meaning.
+- ``--config FILE`` takes the options from a YAML mapping (the keys as the parameters' names, as the pipeline
+  YAML's stage options; jsonargparse's ``ActionConfigFile``); flags given after it override it, a key the command
+  does not have is refused by name, and ``--print_config`` writes the options as such a file. A command whose own
+  ``config`` parameter is its config file (``pipeline``, ``ladder``) keeps that meaning.
+- Values are checked against the parameter's type before the command runs (jsonargparse).
 
 :func:`run_command` parses ``argv``, calls the function and turns a :class:`canon_pl.errors.CanonError` into one
 line ``canon-pl <command>: error: ...`` and exit status 2. The pipeline calls the same functions directly.
@@ -18,35 +21,26 @@ line ``canon-pl <command>: error: ...`` and exit status 2. The pipeline calls th
 
 from __future__ import annotations
 
-import argparse
 import inspect
-import re
 import sys
 import types
 import typing
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from canon_pl.errors import CanonError
 
+if TYPE_CHECKING:
+    from jsonargparse import ArgumentParser
+
 
 def _docstring_args(function: Callable[..., Any]) -> dict[str, str]:
-    """``{parameter: help}`` from the ``Args:`` section of a Google-style docstring."""
-    doc = inspect.getdoc(function) or ""
-    if "Args:" not in doc:
-        return {}
-    helps: dict[str, str] = {}
-    current = None
-    for line in doc.split("Args:", 1)[1].splitlines():
-        if line and not line.startswith(" "):
-            break  # the next section
-        match = re.match(r"^    (\w+): (.*)$", line)
-        if match:
-            current = match.group(1)
-            helps[current] = match.group(2).strip()
-        elif current and line.strip():
-            helps[current] += " " + line.strip()
-    return helps
+    """``{parameter: help}`` from the ``Args:`` section of a Google-style docstring (docstring-parser, as
+    jsonargparse reads them)."""
+    from docstring_parser import parse
+
+    return {param.arg_name: " ".join((param.description or "").split())
+            for param in parse(inspect.getdoc(function) or "").params}
 
 
 def _unwrap(annotation: Any) -> tuple[Any, str | None]:
@@ -72,52 +66,39 @@ CONFIG_FLAG = "--config"
 options; flags on the command line override it."""
 
 
-def command_parser(function: Callable[..., Any], prog: str, description: str | None = None,
-                   config: dict[str, Any] | None = None) -> argparse.ArgumentParser:
-    """The ``argparse`` parser of ``function`` (see the module docstring for the rules); ``config`` (a ``--config``
-    file's values) become the defaults of the arguments it names."""
-    parser = argparse.ArgumentParser(prog=prog, description=description or inspect.getdoc(function))
+def command_parser(function: Callable[..., Any], prog: str, description: str | None = None) -> ArgumentParser:
+    """The jsonargparse parser of ``function`` (see the module docstring for the rules)."""
+    from jsonargparse import ActionConfigFile, ArgumentParser
+
+    parser = ArgumentParser(prog=prog, description=description or inspect.getdoc(function))
     if takes_config_file(function):
-        parser.add_argument(CONFIG_FLAG, metavar="YAML", help="a YAML file of these options (keys as the flags "
-                            "without --, e.g. 'tokens: 8192'); flags given here override it")
+        parser.add_argument(CONFIG_FLAG, action=ActionConfigFile, help="a YAML file of these options (keys as the "
+                            "flags without --, e.g. 'tokens: 8192'); flags given after it override it")
     hints = typing.get_type_hints(function, include_extras=True)
     helps = _docstring_args(function)
     for name, parameter in inspect.signature(function).parameters.items():
         kind, flag = _unwrap(hints.get(name, str))
         has_default = parameter.default is not inspect.Parameter.empty
-        text = helps.get(name, "")
-        if has_default and parameter.default is not None and kind is not bool:
-            shown = " ".join(map(str, parameter.default)) if isinstance(parameter.default, list) else parameter.default
-            text = f"{text} (default {shown})".strip()
-        options: dict[str, Any] = {"help": text}
+        options: dict[str, Any] = {"help": helps.get(name, "")}
+        if has_default:
+            options["default"] = parameter.default
         if typing.get_origin(kind) is list:
             options.update(nargs="+", type=typing.get_args(kind)[0])
         elif typing.get_origin(kind) is typing.Literal:
             options.update(choices=typing.get_args(kind))
         elif kind is not bool:
-            options["type"] = kind
+            options["type"] = kind | None if has_default and parameter.default is None else kind
         if parameter.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD:
-            if has_default:
-                options.update(nargs="?", default=parameter.default)
-            parser.add_argument(name, **options)
+            parser.add_argument(name, **options, **({"nargs": "?"} if has_default else {}))
             continue
         flag = flag or "--" + name
         if kind is bool:
             default = bool(parameter.default) if has_default else False
-            flag = ("--no_" + flag[2:]) if default else flag
-            parser.add_argument(*_spellings(flag), dest=name, action="store_false" if default else "store_true",
-                                help=text)
+            parser.add_argument(*_spellings(("--no_" + flag[2:]) if default else flag), dest=name,
+                                action="store_false" if default else "store_true", help=options["help"],
+                                default=default)
             continue
-        if has_default:
-            options["default"] = parameter.default
-        else:
-            options["required"] = True
-        parser.add_argument(*_spellings(flag), dest=name, **options)
-    for action in parser._actions:  # a --config file's values: defaults, so an argument it gives is no longer required
-        if action.dest in (config or {}):
-            action.default, action.required = config[action.dest], False
-            if not action.option_strings and action.nargs in (None, "+"):
-                action.nargs = "?" if action.nargs is None else "*"
+        parser.add_argument(*_spellings(flag), dest=name, required=not has_default, **options)
     return parser
 
 
@@ -127,42 +108,15 @@ def takes_config_file(function: Callable[..., Any]) -> bool:
     return "config" not in inspect.signature(function).parameters
 
 
-def read_command_config(function: Callable[..., Any], path: str, prog: str) -> dict[str, Any]:
-    """The options a ``--config`` YAML gives ``function``: a mapping of its parameter names; anything else is refused
-    naming the key and the options there are."""
-    import yaml
-
-    try:
-        with open(path, encoding="utf-8") as handle:
-            values = yaml.safe_load(handle)
-    except (OSError, yaml.YAMLError) as err:
-        raise SystemExit(f"{prog}: error: --config {path}: {err}") from None
-    values = {} if values is None else values
-    known = set(inspect.signature(function).parameters)
-    if not isinstance(values, dict):
-        raise SystemExit(f"{prog}: error: --config {path} must be a mapping of options, e.g. 'tokens: 8192'")
-    unknown = sorted(str(key).replace("-", "_") for key in values if str(key).replace("-", "_") not in known)
-    if unknown:
-        raise SystemExit(f"{prog}: error: --config {path}: unknown options {', '.join(unknown)}; the options are "
-                         f"{', '.join(sorted(known))}")
-    return {str(key).replace("-", "_"): value for key, value in values.items()}
-
-
 def run_command(function: Callable[..., int], argv: list[str], name: str, description: str | None = None) -> int:
-    """``canon-pl <name> ARGV``: parse (``--config`` first, the flags over it), call ``function``, and answer a user
-    error with one line and exit 2."""
+    """``canon-pl <name> ARGV``: parse (a ``--config`` file, the flags after it over it), call ``function``, and
+    answer a user error with one line and exit 2."""
     prog = f"canon-pl {name}"
-    config: dict[str, Any] = {}
-    if takes_config_file(function):
-        pre = argparse.ArgumentParser(add_help=False)
-        pre.add_argument(CONFIG_FLAG)
-        given, _ = pre.parse_known_args(argv)
-        config = read_command_config(function, given.config, prog) if given.config else {}
-    arguments = vars(command_parser(function, prog, description, config).parse_args(argv))
+    arguments = command_parser(function, prog, description).parse_args(argv).as_dict()
     if takes_config_file(function):
         arguments.pop("config", None)
     try:
-        return function(**arguments)
+        return function(**{key: value for key, value in arguments.items() if key != "__path__"})
     except CanonError as err:
         print(f"{prog}: error: {err}", file=sys.stderr)
         return 2

@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import pickle
 import zipfile
-from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +17,7 @@ import torch
 from canon_pl.io.export import CheckpointError, check_shapes_before_building
 from canon_pl.io.validate import STRUCTURAL_ERRORS, malformed_as, regular_file
 from canon_pl.sae import SAEConfig, SAEConfigError, SAESettings, SparseAutoencoder, build_sae
+from canon_pl.sae.config import LEGACY_KEYS
 
 MEMBER_PREFIX = "members."
 
@@ -93,7 +93,7 @@ def _sae_from_checkpoint(ckpt: dict[str, Any], path: Path, width: int | None) ->
         width = members[0]
     if width not in members:
         raise CheckpointError(f"{path} has no member of width {width}; it holds {members}")
-    known = {f.name for f in fields(SAEConfig)} - {"d_sae"}
+    known = {"d_in", "architecture", "input_norm", "hook_point", "model_id", *LEGACY_KEYS}
     stored = (ckpt.get("canon_pl_sae_configs") or {}).get(str(width))
     try:
         if isinstance(stored, dict):  # written by canon-pl since the meta-SAE module: the member's own config
@@ -102,7 +102,7 @@ def _sae_from_checkpoint(ckpt: dict[str, Any], path: Path, width: int | None) ->
             cfg = SAESettings.from_value(hparams["sae"]).sae_config(
                 int(hparams["d_in"]), width, hparams.get("hook_point"), hparams.get("model_id"))
         else:
-            cfg = SAEConfig(d_sae=width, **{key: value for key, value in hparams.items() if key in known})
+            cfg = SAEConfig.from_dict({"d_sae": width, **{key: value for key, value in hparams.items() if key in known}})
     except (TypeError, SAEConfigError) as err:
         raise CheckpointError(f"{path}: hyper-parameters do not describe an SAE: {err}") from err
     prefix = f"{MEMBER_PREFIX}{width}."

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -226,7 +225,7 @@ def initial_decoder(directory: str | os.PathLike) -> torch.Tensor | None:
             and isinstance(architecture, str)):
         return None
     try:
-        whole_cfg = replace(sae_cfg, d_sae=width, architecture=architecture)
+        whole_cfg = sae_cfg.for_width(width, architecture)
         return initial_sae(whole_cfg, seed).W_dec[: sae_cfg.d_sae].detach()
     except (SAEConfigError, *STRUCTURAL_ERRORS):
         return None

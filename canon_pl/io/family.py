@@ -37,7 +37,7 @@ def write_family_manifest(directory: str | os.PathLike, members: dict[int, str],
         "variants": {name: dict(v) for name, v in sorted((variants or {}).items())},
         "d_in": cfg.d_in,
         "architecture": cfg.architecture,
-        "k": cfg.k,
+        "k": getattr(cfg.settings, "k", None),  # the TopK family's; None for an architecture without one
         "hook_point": cfg.hook_point,
         "model_id": cfg.model_id,
         "tokens": int(tokens),

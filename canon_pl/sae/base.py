@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from torch.utils._pytree import register_dataclass
 
 from canon_pl.distributed import fired_anywhere
-from canon_pl.sae.config import SAE_CLASSES, SAEConfig
+from canon_pl.sae.config import SAE_CLASSES, SAEConfig, SAEConfigError
 from canon_pl.sae.flops import dense_encoder_flops, sparse_kernel_flops
 from canon_pl.sae.sparse_grad import gather_pre_activations
 
@@ -94,12 +94,11 @@ class SparseAutoencoder(nn.Module):
     """Base SAE: ``x_hat = f(x) @ W_dec + b_dec`` with ``f`` chosen by the subclass.
 
     A subclass that sets ``architecture`` registers itself (:data:`SAE_CLASSES`); with a settings class beside it
-    (:class:`canon_pl.sae.settings.SAESettings`) it trains through every command and config.
+    (:class:`canon_pl.sae.config.SAESettings`, its config: the fields ``self.cfg`` reads through) it trains through
+    every command and config.
     """
 
     architecture: str = ""
-    selects_k: bool = False
-    """Whether ``cfg.k`` latents per token survive (the TopK family): ``k`` must then lie in ``1..d_sae``."""
     latents_independent: ClassVar[bool] = True
     """Whether each latent's inference activation depends on the input alone (a threshold rule), not on the other
     latents (TopK's joint choice): only then can a latent be moved into another SAE (stitching)."""
@@ -132,11 +131,6 @@ class SparseAutoencoder(nn.Module):
         self.register_buffer("threshold_initialized", torch.zeros((), dtype=torch.bool))
         # Training tokens since each latent last fired; drives AuxK and the dead fraction.
         self.register_buffer("tokens_since_fired", torch.zeros(d_sae, dtype=torch.long))
-
-    @classmethod
-    def describe(cls, cfg: dict[str, object]) -> str:
-        """The architecture and its defining settings in words, from an export's ``sae`` section (reports)."""
-        return cls.architecture
 
     def init_encoder_state(self) -> None:
         """Create the encoder's own tensors besides ``W_enc``: here ``b_enc [d_sae]`` and the inference ``threshold``
@@ -256,8 +250,6 @@ class SparseAutoencoder(nn.Module):
     def check_trainable(self) -> None:
         """Raise :class:`SAEConfigError` for an SAE canon-pl cannot train (an imported one that normalises inputs)."""
         if self.cfg.input_norm != "none":
-            from canon_pl.sae.config import SAEConfigError
-
             raise SAEConfigError(f"canon-pl trains SAEs with input_norm 'none' (one activation scale, folded into the "
                                  f"weights on export); this one has {self.cfg.input_norm!r}, an imported SAE")
 
@@ -417,7 +409,7 @@ class SparseAutoencoder(nn.Module):
         if not self.latents_independent:
             raise ValueError(f"a {self.architecture} SAE's latents depend on each other; they cannot be taken apart")
         n = int(latents.numel())
-        cfg = replace(self.cfg, d_sae=n, input_norm="none", k=min(self.cfg.k, n))
+        cfg = replace(self.cfg.for_width(n), input_norm="none")
         with torch.device("meta"):  # shapes only: no memory, no draw from the random stream
             subset = type(self)(cfg)
         subset.load_state_dict(self.latent_state(latents), assign=True)

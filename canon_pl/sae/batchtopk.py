@@ -10,7 +10,7 @@ from torch import Tensor
 
 from canon_pl.distributed import global_kth_largest, is_distributed, world
 from canon_pl.sae.base import SparseActivations, SparseAutoencoder
-from canon_pl.sae.settings import SAESettings
+from canon_pl.sae.topk import TopKSettings
 
 CANDIDATE_FRACTIONS = (0.9, 0.5)
 """Top-k candidates are the activations above these fractions of the running threshold, tried in turn (the
@@ -53,16 +53,14 @@ def threshold_select(pre: Tensor, threshold: Tensor) -> SparseActivations:
 
 
 @dataclass(frozen=True)
-class BatchTopKSettings(SAESettings):
-    """A BatchTopK SAE (the default): ``k`` latents per token on average over the batch, one inference threshold."""
+class BatchTopKSettings(TopKSettings):
+    """A BatchTopK SAE (the default): ``k`` latents per token on average over the batch, one inference threshold
+    (TopK's settings; ``k`` counts on average over the batch)."""
 
     architecture = "batchtopk"
-    k: int = 32
-    """Active latents per token, on average over the batch."""
-    threshold_momentum: float = 0.9
-    """EMA momentum of the inference threshold (smallest kept activation per batch). About ten batches:
-    pre-activations shrink during training and a longer average lags behind (0.99 left the threshold 35% above the
-    final batches' value after 250 steps on SmolLM2, so held-out L0 was 20 instead of k = 32)."""
+
+    def describe(self) -> str:
+        return f"BatchTopK (k = {self.k})"
 
 
 class BatchTopKSAE(SparseAutoencoder):
@@ -70,12 +68,7 @@ class BatchTopKSAE(SparseAutoencoder):
     top ``k * batch`` until θ has been set, as dictionary_learning does)."""
 
     architecture = "batchtopk"
-    selects_k = True
     saelens_architecture = "jumprelu"  # SAELens saves BatchTopK SAEs as jumprelu, the threshold broadcast
-
-    @classmethod
-    def describe(cls, cfg: dict[str, object]) -> str:
-        return f"BatchTopK (k = {cfg.get('k')})"
 
     def inference_ready(self) -> bool:
         """The inference threshold is a running statistic of training: none before the first training batch."""

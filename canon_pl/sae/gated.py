@@ -24,8 +24,7 @@ from torch import Tensor, nn
 
 from canon_pl.checks import check_counts
 from canon_pl.sae.base import SparseAutoencoder, TrainStepOutput
-from canon_pl.sae.config import SAEConfigError
-from canon_pl.sae.settings import SAESettings
+from canon_pl.sae.config import SAEConfigError, SAESettings
 
 
 @dataclass(frozen=True)
@@ -42,7 +41,8 @@ class GatedSettings(SAESettings):
     l1_warmup_steps: int = 0
     """Steps over which λ rises linearly from 0 (0 = full weight from the first step)."""
 
-    def __post_init__(self) -> None:
+    def validate(self) -> None:
+        super().validate()
         check_counts(0, l1_warmup_steps=self.l1_warmup_steps)
         if self.kernel not in (None, "dense"):
             raise SAEConfigError(f"a gated SAE trains with kernel 'dense', got {self.kernel!r}")
@@ -51,6 +51,9 @@ class GatedSettings(SAESettings):
                                  "AuxK does not apply: leave aux_coefficient unset")
         if not self.l1_coefficient >= 0:
             raise SAEConfigError(f"l1_coefficient must be >= 0, got {self.l1_coefficient}")
+
+    def describe(self) -> str:
+        return f"gated (L1 coefficient {self.l1_coefficient})"
 
 
 class GatedSAE(SparseAutoencoder):
@@ -71,10 +74,6 @@ class GatedSAE(SparseAutoencoder):
     def __init__(self, cfg: object) -> None:
         super().__init__(cfg)
         self.threshold_initialized.fill_(True)  # no running statistic: ready for inference from the start
-
-    @classmethod
-    def describe(cls, cfg: dict[str, object]) -> str:
-        return f"gated (L1 coefficient {cfg.get('l1_coefficient')})"
 
     def training_scalars(self) -> dict[str, Tensor]:
         """The magnitude path's mean scale ``exp(r_mag)`` (no threshold)."""

@@ -25,9 +25,8 @@ from torch import Tensor, nn
 
 from canon_pl.sae.base import SparseActivations, SparseAutoencoder, TrainStepOutput
 from canon_pl.sae.batchtopk import threshold_select
-from canon_pl.sae.config import SAEConfigError
+from canon_pl.sae.config import SAEConfigError, SAESettings
 from canon_pl.sae.flops import dense_step_flops
-from canon_pl.sae.settings import SAESettings
 
 SPARSITY_LOSSES = ("l0", "target_l0")
 
@@ -58,31 +57,29 @@ class JumpReLUSettings(SAESettings):
     whatever the gradient, and θ lives on the scale of the pre-activations (order 1), not of the weights (order
     ``1/sqrt(d_in)``): at the weights' rate θ needs thousands of steps to leave its start, and L0 does not move."""
 
-    def __post_init__(self) -> None:
+    def validate(self) -> None:
+        super().validate()
         if self.kernel not in (None, "dense"):
             raise SAEConfigError(f"a JumpReLU SAE trains with kernel 'dense' (its threshold's estimator reads the "
                                  f"pre-activations below the threshold), got {self.kernel!r}")
-        validate_jumprelu_options(vars(self))
+        for name in ("initial_threshold", "bandwidth", "l0_coefficient", "threshold_lr_scale"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0 or (
+                    name == "bandwidth" and value == 0):
+                raise SAEConfigError(f"{name} must be a finite number >= 0 (bandwidth > 0), got {value!r}")
+        if self.sparsity_loss not in SPARSITY_LOSSES:
+            raise SAEConfigError(f"sparsity_loss must be one of {', '.join(SPARSITY_LOSSES)}, got "
+                                 f"{self.sparsity_loss!r}")
+        target = self.target_l0
+        if self.sparsity_loss == "target_l0" and not (isinstance(target, (int, float)) and math.isfinite(target)
+                                                      and target > 0):
+            raise SAEConfigError(f"sparsity_loss 'target_l0' needs target_l0 > 0 (active latents per token), got "
+                                 f"{target!r}")
 
-
-def jumprelu_setting(options: dict[str, Any], name: str) -> Any:
-    """A JumpReLU setting as an export's ``options`` record it, :class:`JumpReLUSettings`' default where they do not."""
-    return options.get(name, getattr(JumpReLUSettings, name))
-
-
-def validate_jumprelu_options(options: dict[str, Any]) -> None:
-    """Raise :class:`SAEConfigError` naming the first JumpReLU setting that cannot train."""
-    for name in ("initial_threshold", "bandwidth", "l0_coefficient", "threshold_lr_scale"):
-        value = jumprelu_setting(options, name)
-        if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0 or (
-                name == "bandwidth" and value == 0):
-            raise SAEConfigError(f"{name} must be a finite number >= 0 (bandwidth > 0), got {value!r}")
-    mode = jumprelu_setting(options, "sparsity_loss")
-    if mode not in SPARSITY_LOSSES:
-        raise SAEConfigError(f"sparsity_loss must be one of {', '.join(SPARSITY_LOSSES)}, got {mode!r}")
-    target = jumprelu_setting(options, "target_l0")
-    if mode == "target_l0" and not (isinstance(target, (int, float)) and math.isfinite(target) and target > 0):
-        raise SAEConfigError(f"sparsity_loss 'target_l0' needs target_l0 > 0 (active latents per token), got {target!r}")
+    def describe(self) -> str:
+        if self.sparsity_loss == "target_l0":
+            return f"JumpReLU (target L0 {self.target_l0})"
+        return f"JumpReLU (L0 coefficient {self.l0_coefficient})"
 
 
 class _JumpReLU(torch.autograd.Function):
@@ -130,20 +127,11 @@ class JumpReLUSAE(SparseAutoencoder):
     def init_encoder_state(self) -> None:
         super().init_encoder_state()
         del self.threshold
-        initial = float(self.setting("initial_threshold"))
-        self.threshold = nn.Parameter(torch.full((self.cfg.d_sae,), initial))
-        validate_jumprelu_options(self.cfg.options)
+        self.threshold = nn.Parameter(torch.full((self.cfg.d_sae,), float(self.cfg.initial_threshold)))
 
     def __init__(self, cfg: Any) -> None:
         super().__init__(cfg)
         self.threshold_initialized.fill_(True)
-
-    @classmethod
-    def describe(cls, cfg: dict[str, object]) -> str:
-        options = cfg.get("options") or {}
-        if jumprelu_setting(options, "sparsity_loss") == "target_l0":
-            return f"JumpReLU (target L0 {jumprelu_setting(options, 'target_l0')})"
-        return f"JumpReLU (L0 coefficient {jumprelu_setting(options, 'l0_coefficient')})"
 
     def _apply(self, fn: Any, recurse: bool = True) -> JumpReLUSAE:
         """Casts (``.to(torch.bfloat16)``, ``.half()``) leave θ in float32."""
@@ -159,17 +147,13 @@ class JumpReLUSAE(SparseAutoencoder):
 
     def param_groups(self, lr: float) -> list[dict[str, object]]:
         """θ at ``threshold_lr_scale`` times the rate of the other parameters."""
-        scale = float(self.setting("threshold_lr_scale"))
+        scale = float(self.cfg.threshold_lr_scale)
         others = [p for name, p in self.named_parameters() if name != "threshold"]
         return [{"params": others, "lr": lr}, {"params": [self.threshold], "lr": lr * scale}]
 
-    def setting(self, name: str) -> Any:
-        """One of this SAE's :class:`JumpReLUSettings` (from its config's ``options``)."""
-        return jumprelu_setting(self.cfg.options, name)
-
     @property
     def bandwidth(self) -> float:
-        return float(self.setting("bandwidth"))
+        return float(self.cfg.bandwidth)
 
     def training_forward(self, x: Tensor, sparsity_scale: float = 1.0) -> TrainStepOutput:
         """Loss for one batch ``x [batch, d_in]``: MSE + the sparsity loss (scaled by ``sparsity_scale``) + AuxK when
@@ -179,9 +163,9 @@ class JumpReLUSAE(SparseAutoencoder):
         acts = _JumpReLU.apply(pre, self.threshold, self.bandwidth).to(x.dtype)
         x_hat = self.decode(acts)
         l0 = _Step.apply(pre, self.threshold, self.bandwidth).sum(dim=-1).mean()
-        coefficient = float(self.setting("l0_coefficient"))
-        if self.setting("sparsity_loss") == "target_l0":
-            target = float(self.setting("target_l0"))
+        coefficient = float(self.cfg.l0_coefficient)
+        if self.cfg.sparsity_loss == "target_l0":
+            target = float(self.cfg.target_l0)
             sparsity = coefficient * (l0 / target - 1.0) ** 2
         else:
             sparsity = coefficient * l0

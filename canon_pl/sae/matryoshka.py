@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -34,7 +34,9 @@ class MatryoshkaBatchTopKSettings(BatchTopKSettings):
     """Prefix sizes as fractions of the SAE's width (each in (0, 1); the full width is always the last prefix):
     a 9216-latent SAE with the default trains its first 576, 1152, 2304, 4608 and all 9216 latents to reconstruct."""
 
-    def __post_init__(self) -> None:
+    def validate(self) -> None:
+        super().validate()
+        object.__setattr__(self, "prefix_fractions", tuple(self.prefix_fractions))  # a JSON list reads as a tuple
         if not self.prefix_fractions:
             raise SAEConfigError("prefix_fractions must name at least one prefix, e.g. [0.25, 0.5]")
         if not all(isinstance(f, (int, float)) and math.isfinite(f) for f in self.prefix_fractions):
@@ -44,23 +46,20 @@ class MatryoshkaBatchTopKSettings(BatchTopKSettings):
             raise SAEConfigError(f"prefix_fractions must lie in (0, 1) (the full width is always a prefix), got "
                                  f"{list(self.prefix_fractions)}")
 
+    def describe(self) -> str:
+        return self.architecture
+
 
 class MatryoshkaBatchTopKSAE(BatchTopKSAE):
     """BatchTopK selection and inference; every nested prefix of the latents trained to reconstruct alone."""
 
     architecture = "matryoshka_batchtopk"
-    selects_k = True
 
     @property
     def prefix_sizes(self) -> list[int]:
         """Widths of the nested prefixes, ascending, ending with ``d_sae``."""
-        fractions = self.cfg.options.get("prefix_fractions", MatryoshkaBatchTopKSettings.prefix_fractions)
-        sizes = {max(1, round(float(f) * self.d_sae)) for f in fractions}
+        sizes = {max(1, round(float(f) * self.d_sae)) for f in self.cfg.prefix_fractions}
         return sorted(sizes - {self.d_sae}) + [self.d_sae]
-
-    @classmethod
-    def describe(cls, cfg: dict[str, object]) -> str:
-        return cls.architecture
 
     def saelens_config(self) -> dict[str, object]:
         """SAELens saves a Matryoshka BatchTopK SAE as jumprelu, its level widths and k in the metadata."""
@@ -87,8 +86,7 @@ class MatryoshkaBatchTopKSAE(BatchTopKSAE):
         prefix computes at inference."""
         if not 0 < m <= self.d_sae:
             raise SAEConfigError(f"a prefix has 1 to {self.d_sae} latents, got {m}")
-        cfg = replace(self.cfg, d_sae=m, architecture="batchtopk", k=min(self.cfg.k, m), options={})
-        sae = BatchTopKSAE(cfg)
+        sae = BatchTopKSAE(self.cfg.for_width(m, BatchTopKSAE.architecture))
         sae.load_state_dict(self.latent_state(torch.arange(m, device=self.W_dec.device)))
         return sae.train(self.training)
 

@@ -4,6 +4,7 @@ registers its SAE class (:data:`SAE_CLASSES`) and its settings class (:data:`SET
 from __future__ import annotations
 
 import importlib
+from dataclasses import fields
 from typing import Any
 
 import torch
@@ -14,9 +15,8 @@ import canon_pl.sae.jumprelu
 import canon_pl.sae.matryoshka
 import canon_pl.sae.relu
 import canon_pl.sae.topk  # noqa: F401 - the built-in architectures register themselves
-from canon_pl.sae.base import SAE_CLASSES, SparseAutoencoder
-from canon_pl.sae.config import SAEConfig, SAEConfigError
-from canon_pl.sae.settings import SETTINGS_CLASSES, SAESettings, settings_class_named
+from canon_pl.sae.base import SparseAutoencoder
+from canon_pl.sae.config import SAE_CLASSES, SETTINGS_CLASSES, SAEConfig, SAEConfigError, SAESettings, settings_class_named
 
 
 def build_sae(cfg: SAEConfig) -> SparseAutoencoder:
@@ -48,9 +48,12 @@ def sae_training_flops(batch: int, d_in: int, d_sae: int, k: float, architecture
     """FLOPs of forward + backward of one training step of an SAE of ``architecture`` on ``batch`` tokens (``k``: mean
     active latents per token): the architecture's own :meth:`SparseAutoencoder.training_flops`, built on the meta
     device (no memory)."""
+    cls = settings_class_named(architecture, unknown="unknown SAE architecture")
+    values: dict[str, Any] = {"kernel": kernel}
+    if "k" in {f.name for f in fields(cls)}:
+        values["k"] = min(max(int(k), 1), d_sae)
     with torch.device("meta"):
-        sae = build_sae(SAEConfig(d_in=d_in, d_sae=d_sae, architecture=architecture, k=min(max(int(k), 1), d_sae),
-                                  kernel=kernel))
+        sae = build_sae(SAEConfig(d_in, d_sae, settings=cls(**values)))
     return sae.training_flops(batch, k)
 
 
@@ -69,10 +72,12 @@ def import_architecture(architecture: object, module: object) -> None:
 
 
 def describe_sae(cfg: dict[str, Any]) -> str:
-    """An export's ``sae`` section (:meth:`SAEConfig.to_dict`) in words, e.g. ``BatchTopK (k = 32)``: its
-    architecture's :meth:`SparseAutoencoder.describe`, the bare name for an architecture not imported."""
-    cls = SAE_CLASSES.get(str(cfg.get("architecture")))
-    return cls.describe(cfg) if cls is not None else str(cfg.get("architecture"))
+    """An export's ``sae`` section (:meth:`SAEConfig.to_dict`) in words, e.g. ``BatchTopK (k = 32)``: its settings'
+    :meth:`SAESettings.describe`; the bare name for an architecture not imported or a section that does not load."""
+    try:
+        return SAEConfig.from_dict(cfg).settings.describe()
+    except (SAEConfigError, TypeError, ValueError):
+        return str(cfg.get("architecture"))
 
 
 def settings_class(value: dict[str, Any]) -> type[SAESettings]:

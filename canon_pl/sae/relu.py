@@ -7,6 +7,7 @@ thousands) enter the graph; the L1 term is their sum. ``kernel="dense"`` is the 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from torch import Tensor
@@ -15,7 +16,7 @@ from canon_pl.checks import check_counts
 from canon_pl.sae.base import SparseActivations, SparseAutoencoder
 from canon_pl.sae.batchtopk import threshold_select
 from canon_pl.sae.flops import dense_step_flops
-from canon_pl.sae.settings import SAESettings
+from canon_pl.sae.config import SAEConfigError, SAESettings
 
 
 @dataclass(frozen=True)
@@ -31,8 +32,15 @@ class ReLUSettings(SAESettings):
     """Steps over which the L1 weight rises linearly from 0 to ``l1_coefficient`` (0 = full weight from the first
     step): latents move away from their initialisation before the penalty silences them."""
 
-    def __post_init__(self) -> None:
+    def validate(self) -> None:
+        super().validate()
         check_counts(0, l1_warmup_steps=self.l1_warmup_steps)
+        if not (isinstance(self.l1_coefficient, (int, float)) and math.isfinite(self.l1_coefficient)
+                and self.l1_coefficient >= 0):
+            raise SAEConfigError(f"l1_coefficient must be a finite number >= 0, got {self.l1_coefficient}")
+
+    def describe(self) -> str:
+        return f"ReLU + L1 (L1 coefficient {self.l1_coefficient}, AuxK weight {self.aux_coefficient})"
 
 
 class ReLUSAE(SparseAutoencoder):
@@ -47,10 +55,6 @@ class ReLUSAE(SparseAutoencoder):
         if inference or self.cfg.kernel == "dense":
             return pre
         return threshold_select(pre, pre.new_zeros(()))
-
-    @classmethod
-    def describe(cls, cfg: dict[str, object]) -> str:
-        return f"ReLU + L1 (L1 coefficient {cfg.get('l1_coefficient')}, AuxK weight {cfg.get('aux_coefficient')})"
 
     def training_flops(self, batch: int, active_per_token: float) -> int:
         """The dense kernel decodes densely too (:func:`canon_pl.sae.flops.dense_step_flops`)."""

@@ -53,7 +53,8 @@ SUMMARY_POINTS = 256
 """Path points kept in the JSON summary (the safetensors file holds all of them)."""
 
 def describe_sae(sae: SparseAutoencoder, source: str | None = None) -> dict[str, Any]:
-    return {"d_sae": sae.d_sae, "d_in": sae.d_in, "architecture": sae.cfg.architecture, "k": sae.cfg.k,
+    return {"d_sae": sae.d_sae, "d_in": sae.d_in, "architecture": sae.cfg.architecture,
+            "k": getattr(sae.cfg.settings, "k", None),
             "hook_point": sae.cfg.hook_point, "model_id": sae.cfg.model_id, "input_norm": sae.cfg.input_norm,
             "source": source}
 

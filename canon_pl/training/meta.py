@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 from lightning.pytorch.utilities import rank_zero_info
@@ -123,39 +124,31 @@ class DecoderRowsDataModule(ResumableStreamDataModule):
 META_SAE_SETTINGS = BatchTopKSettings(k=4, aux_k=256, dead_tokens_threshold=1_000_000)
 """The meta-SAE's defaults: 4 meta-latents per decoder row on average (the paper), AuxK over 256 dead meta-latents,
 dead after a million rows without firing."""
+META_SAE_OPTIMIZER = OptimizerSettings(lr=1e-3)
+"""The meta-SAE's optimizer: Adam at the paper's learning rate 1e-3."""
 
 
 class MetaSAEModule(SAEModule):
     """A BatchTopK meta-SAE: the token-SAE core and training step with the meta-SAE's defaults (k = 4, lr 1e-3, no
     input normalisation). Inputs are decoder rows ``[batch, d_in]``."""
 
-    def __init__(
-        self,
-        d_in: int,
-        d_sae: int,
-        sae: BatchTopKSettings = META_SAE_SETTINGS,
-        optimizer: OptimizerSettings = OptimizerSettings(lr=1e-3),
-        b_dec_init: str = "mean",
-        init_seed: int = 0,
-        export_dir: str | None = None,
-    ) -> None:
+    def __init__(self, d_in: int, d_sae: int, sae: BatchTopKSettings = META_SAE_SETTINGS,
+                 optimizer: OptimizerSettings = META_SAE_OPTIMIZER, **settings: Any) -> None:
         """
         Args:
             d_in: Width of the base SAE's decoder rows (its d_in).
             d_sae: Number of meta-latents (the paper: base width / 21, e.g. 49152 -> 2304).
             sae: The meta-SAE's BatchTopK settings (default :data:`META_SAE_SETTINGS`: k = 4 meta-latents per row
                 on average, as the paper; ``encoder_bias: false`` is the authors' meta-SAE).
-            optimizer: Adam and its schedule (the paper: lr 1e-3).
-            b_dec_init: ``mean`` (the mean row of the first batch) or ``zeros`` (the authors' meta-SAE).
-            init_seed: Seed of the weight initialisation.
-            export_dir: Where the export and the analysis go; ``None`` = the trainer's ``default_root_dir``.
+            optimizer: Adam and its schedule (default :data:`META_SAE_OPTIMIZER`: lr 1e-3, the paper's).
+            settings: ``b_dec_init`` (``zeros`` is the authors' meta-SAE), ``init_seed``, ``export_dir``:
+                :class:`SAEFamilyModule`'s (a meta-SAE reads decoder rows: no input normalisation, no hook point).
         """
         sae = SAESettings.from_value(sae, META_SAE_SETTINGS)
         if type(sae) is not BatchTopKSettings:
             raise SAEConfigError(f"a meta-SAE is a BatchTopK SAE; got {type(sae).__name__} settings")
         super().__init__(d_in=d_in, d_sae=d_sae, sae=sae, optimizer=OptimizerSettings.from_value(optimizer),
-                         normalize_activations=False, b_dec_init=b_dec_init, init_seed=init_seed,
-                         export_dir=export_dir)
+                         normalize_activations=False, hook_point=None, model_id=None, **settings)
         self.save_hyperparameters()
 
 

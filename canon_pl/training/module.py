@@ -396,7 +396,7 @@ class SAEFamilyModule(L.LightningModule):
                     if setting in logged:
                         logged[setting] = data_value
                 for sae in self.members.values():
-                    setattr(sae.cfg, setting, data_value)
+                    sae.cfg = dataclasses.replace(sae.cfg, **{setting: data_value})
             elif mine != data_value and not (setting == "model_id" and Path(data_value).exists()):
                 raise InputShapeError(
                     f"the data's activations come from {data_key} {data_value!r} but model.init_args.{setting} is "

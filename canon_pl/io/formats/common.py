@@ -62,16 +62,18 @@ def take(tensors: dict[str, Tensor], expected: dict[str, tuple[int, ...] | None]
 def imported_sae(architecture: str, W_enc: Tensor, b_enc: Tensor, W_dec: Tensor, b_dec: Tensor, *,
                  subtract_b_dec: bool, source: str | os.PathLike, threshold: Tensor | None = None,
                  k: int | None = None, hook_point: str | None = None, model_id: str | None = None,
-                 input_norm: str = "none", options: dict[str, Any] | None = None) -> SparseAutoencoder:
+                 input_norm: str = "none", settings: dict[str, Any] | None = None) -> SparseAutoencoder:
     """Our SAE computing exactly the source's ``f = σ((x - b_dec·[subtract_b_dec]) @ W_enc + b_enc)`` and
     ``x̂ = f @ W_dec + b_dec``. W_enc ``[d_in, d_sae]``, b_enc ``[d_sae]``, W_dec ``[d_sae, d_in]``, b_dec ``[d_in]``,
     threshold ``[]`` or ``[d_sae]``. A source that does not subtract ``b_dec`` before encoding gets
     ``b_enc + b_dec @ W_enc`` (our encoder always subtracts it): the same pre-activations. ``input_norm``: what the
-    source does to each input first (:class:`canon_pl.sae.SAEConfig`)."""
+    source does to each input first (:class:`canon_pl.sae.SAEConfig`); ``k`` and ``settings``: the architecture's
+    own fields (its settings class's)."""
     d_in, d_sae = W_enc.shape
     try:
-        cfg = SAEConfig(d_in=d_in, d_sae=d_sae, architecture=architecture, k=k if k is not None else min(32, d_sae),
-                        hook_point=hook_point, model_id=model_id, input_norm=input_norm, options=dict(options or {}))
+        values = {**(settings or {}), **({"k": k} if k is not None else {})}
+        cfg = SAEConfig(d_in, d_sae, architecture, hook_point=hook_point, model_id=model_id, input_norm=input_norm,
+                        **values)
     except SAEConfigError as err:
         raise CheckpointError(f"{source}: {err}") from err
     sae = build_sae(cfg)

@@ -95,7 +95,7 @@ def _matryoshka(state: dict[str, Any], path: Path, hook: str | None, model_id: s
     set_threshold = threshold if threshold.numel() == 1 and float(threshold) >= 0 else None  # -1: never set
     return imported_sae("matryoshka_batchtopk", t["W_enc"], t["b_enc"], t["W_dec"], t["b_dec"], subtract_b_dec=True,
                         source=path, k=int(t["k"]), threshold=set_threshold, hook_point=hook, model_id=model_id,
-                        options={"prefix_fractions": [end / d_sae for end in ends]})
+                        settings={"prefix_fractions": [end / d_sae for end in ends]})
 
 
 def _shape(state: dict[str, Any], name: str, path: Path) -> tuple[int, int]:

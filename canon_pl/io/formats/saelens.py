@@ -88,7 +88,7 @@ def load_saelens(directory: str | os.PathLike) -> SparseAutoencoder:
         k, fractions = nested
         return imported_sae(MATRYOSHKA, W_enc, b_enc, W_dec, t["b_dec"], subtract_b_dec=subtract, source=directory,
                             threshold=t["threshold"][0], k=k, input_norm=norm, hook_point=hook_point,
-                            model_id=_metadata(cfg, "model_name"), options={"prefix_fractions": fractions})
+                            model_id=_metadata(cfg, "model_name"), settings={"prefix_fractions": fractions})
     k = cfg.get("k")
     if arch == "topk" and not isinstance(k, int):
         raise CheckpointError(f"{directory / CONFIG_FILE}: a topk SAE needs an integer k, got {k!r}")
