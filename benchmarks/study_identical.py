@@ -57,9 +57,12 @@ def run_pipeline(rev: str, work: Path) -> Path:
     return out / "checkpoints" / "tiny"
 
 
-def numbers_differ(a, b, path: str = "", added: set[str] | None = None) -> list[tuple[str, float]]:
+def numbers_differ(a, b, path: str = "", added: set[str] | None = None,
+                   dropped: set[str] | None = None) -> list[tuple[str, float]]:
     """(where, |difference|) of every number or value that differs between two parsed JSON documents; keys only the
-    second has go to ``added`` (a new record is not a changed number)."""
+    second has go to ``added``, keys of an ``sae`` section only the first has to ``dropped`` (a setting the
+    architecture does not have, which the one flat config of old wrote for every architecture): a record, not a
+    changed number."""
     if isinstance(a, dict) and isinstance(b, dict):
         out = []
         for key in sorted(set(a) | set(b)):
@@ -67,10 +70,12 @@ def numbers_differ(a, b, path: str = "", added: set[str] | None = None) -> list[
                 continue
             if key not in a and added is not None:
                 added.add(key)
+            elif key not in b and dropped is not None and path.endswith("/sae"):
+                dropped.add(key)
             elif key not in a or key not in b:
                 out.append((f"{path}/{key} (only in one)", math.inf))
             else:
-                out += numbers_differ(a[key], b[key], f"{path}/{key}", added)
+                out += numbers_differ(a[key], b[key], f"{path}/{key}", added, dropped)
         return out
     if isinstance(a, list) and isinstance(b, list):
         if len(a) != len(b):
@@ -118,7 +123,7 @@ def main() -> None:
     old, new = runs[ns.old], runs[ns.new]
     files = sorted(p.relative_to(old) for p in old.rglob("*") if p.suffix in (".json", ".safetensors")
                    and "logs" not in p.parts and p.name != "fit_time.json")
-    differ, added = 0, set()
+    differ, added, dropped = 0, set(), set()
 
     def relative(text: str) -> str:  # the two runs' folders, named alike
         return text.replace(str(old.parents[1]), "<run>").replace(str(new.parents[1]), "<run>")
@@ -131,7 +136,7 @@ def main() -> None:
             continue
         if rel.suffix == ".json":
             diffs = numbers_differ(as_read(json.loads(relative((old / rel).read_text()))),
-                                   as_read(json.loads(relative(other.read_text()))), added=added)
+                                   as_read(json.loads(relative(other.read_text()))), added=added, dropped=dropped)
         else:
             diffs = tensors_differ(old / rel, other)
         if diffs:
@@ -144,6 +149,8 @@ def main() -> None:
         print(f"{rel}: only in {ns.new}")
     if added:
         print(f"keys only {ns.new} writes (new records, not changed numbers): {', '.join(sorted(added))}")
+    if dropped:
+        print(f"SAE settings only {ns.old} writes (fields the architecture lacks): {', '.join(sorted(dropped))}")
     print(f"compared {len(files)} files of {ns.old} and {ns.new} ({work}); {differ} differ")
     print(f"ratio: {differ / max(len(files), 1):.3f}")
 

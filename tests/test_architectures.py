@@ -11,7 +11,7 @@ import torch
 
 from canon_pl.io import export_sae, load_sae
 from canon_pl.io.formats.saelens import export_saelens, load_saelens
-from canon_pl.sae import SAE_CLASSES, GatedSettings, JumpReLUSettings, SAEConfig, build_sae
+from canon_pl.sae import SAE_CLASSES, GatedSettings, JumpReLUSettings, SAEConfig, SAEConfigError, build_sae
 from canon_pl.stitching import StitchedSAE
 
 PACKAGE = Path(__file__).resolve().parents[1] / "canon_pl"
@@ -255,3 +255,47 @@ def test_taking_latents_apart_leaves_the_source_sae_and_the_random_stream_as_the
     assert torch.equal(torch.random.get_rng_state(), rng)
     for name, tensor in sae.state_dict().items():
         assert torch.equal(tensor, before[name]), name
+
+
+@pytest.mark.parametrize("architecture, own", [
+    ("batchtopk", {"k": 8, "threshold_momentum": 0.5}),
+    ("relu", {"l1_coefficient": 3.0}),
+    ("jumprelu", {"bandwidth": 0.02, "target_l0": 12.0}),
+    ("gated", {"l1_coefficient": 2.0}),
+    ("matryoshka_batchtopk", {"k": 8, "prefix_fractions": [0.25, 0.5]}),
+])
+def test_each_architecture_has_its_own_config_and_older_flat_exports_still_load(architecture: str,
+                                                                                own: dict) -> None:
+    """An SAE's config is its architecture's settings class (real fields, frozen) inside :class:`SAEConfig`; its
+    ``cfg.json`` section holds those fields and no other architecture's. A ``cfg.json`` of the one flat config every
+    architecture shared before (a ``k`` for a ReLU SAE, its own fields under ``options``) loads to the same config."""
+    from dataclasses import FrozenInstanceError, fields
+
+    from canon_pl.sae import SETTINGS_CLASSES
+
+    cfg = SAEConfig(64, 256, architecture, **own)
+    settings_cls = SETTINGS_CLASSES[architecture]
+    assert type(cfg.settings) is settings_cls and cfg.architecture == architecture
+    written = cfg.to_dict()
+    assert "options" not in written and set(written) == {"d_in", "d_sae", "architecture", "input_norm", "hook_point",
+                                                          "model_id"} | {f.name for f in fields(settings_cls)
+                                                                         if f.name not in settings_cls.training_only}
+    for name, value in own.items():  # the fields read through the config, as the SAE reads them
+        assert getattr(cfg, name) == (tuple(value) if isinstance(value, list) else value)
+    assert SAEConfig.from_dict(written) == cfg
+    with pytest.raises(FrozenInstanceError):
+        cfg.d_sae = 8
+
+    flat = {"d_in": 64, "d_sae": 256, "architecture": architecture, "k": 32, "l1_coefficient": 5.0, "aux_k": 512,
+            "aux_coefficient": cfg.aux_coefficient, "dead_tokens_threshold": 10_000_000, "threshold_momentum": 0.9,
+            "encoder_bias": True, "kernel": cfg.kernel, "input_norm": "none", "hook_point": None, "model_id": None,
+            "options": {}}
+    for name, value in own.items():  # fields the flat config had at the top level, the rest under options
+        (flat if name in flat and name != "options" else flat["options"])[name] = value
+    assert SAEConfig.from_dict(flat) == cfg
+    if "k" not in own:  # a field another architecture has is no field of this one's
+        with pytest.raises(AttributeError, match=f"{settings_cls.__name__} has"):
+            _ = cfg.k
+    flat["options"]["bogus"] = 1
+    with pytest.raises(SAEConfigError, match="has no setting bogus"):
+        SAEConfig.from_dict(flat)

@@ -70,7 +70,7 @@ def command_parser(function: Callable[..., Any], prog: str, description: str | N
     """The jsonargparse parser of ``function`` (see the module docstring for the rules)."""
     from jsonargparse import ActionConfigFile, ArgumentParser
 
-    parser = ArgumentParser(prog=prog, description=description or inspect.getdoc(function))
+    parser = ArgumentParser(prog=prog, description=description or inspect.getdoc(function), exit_on_error=False)
     if takes_config_file(function):
         parser.add_argument(CONFIG_FLAG, action=ActionConfigFile, help="a YAML file of these options (keys as the "
                             "flags without --, e.g. 'tokens: 8192'); flags given after it override it")
@@ -111,8 +111,15 @@ def takes_config_file(function: Callable[..., Any]) -> bool:
 def run_command(function: Callable[..., int], argv: list[str], name: str, description: str | None = None) -> int:
     """``canon-pl <name> ARGV``: parse (a ``--config`` file, the flags after it over it), call ``function``, and
     answer a user error with one line and exit 2."""
+    from jsonargparse import ArgumentError
+
     prog = f"canon-pl {name}"
-    arguments = command_parser(function, prog, description).parse_args(argv).as_dict()
+    try:
+        arguments = command_parser(function, prog, description).parse_args(argv).as_dict()
+    except ArgumentError as err:  # a value of the wrong type, an unknown option or config key: one line
+        print(f"{prog}: error: {' '.join(str(err).split())} (canon-pl {name} --help lists the options)",
+              file=sys.stderr)
+        return 2
     if takes_config_file(function):
         arguments.pop("config", None)
     try:

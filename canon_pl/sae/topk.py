@@ -26,13 +26,13 @@ class TopKSettings(SAESettings):
 
     def validate(self) -> None:
         super().validate()
-        if isinstance(self.k, bool) or not isinstance(self.k, int) or self.k <= 0:
-            raise SAEConfigError(f"k={self.k!r} must be a whole number >= 1 (active latents per token)")
+        if isinstance(self.k, bool) or not isinstance(self.k, int):
+            raise SAEConfigError(f"k={self.k!r} must be a whole number (active latents per token)")
         if not 0.0 <= self.threshold_momentum < 1.0:
             raise SAEConfigError(f"threshold_momentum must be in [0, 1), got {self.threshold_momentum}")
 
     def check_width(self, d_sae: int) -> None:
-        if self.k > d_sae:
+        if not 0 < self.k <= d_sae:
             raise SAEConfigError(f"k={self.k} must be between 1 and d_sae={d_sae}: a token cannot use more latents "
                                  f"than the SAE has; lower k or raise d_sae")
 

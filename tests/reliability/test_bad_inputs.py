@@ -81,7 +81,7 @@ COMMAND_CASES = [
      "is a hub dataset name, but it cannot be read from the hub"),
     (["stats", "--run", "{small}", "--text", "{root}/notes/train.txt"], "matches no files"),
     (["meta-sae", "--sae", "{large}", "--lr=-1e-3"], "--lr must be a positive number, got -0.001"),
-    (["meta-sae", "--sae", "{large}", "--lr", "nan"], "--lr must be a positive number, got nan"),
+    (["meta-sae", "--sae", "{large}", "--lr", "nan"], "Parser key \"lr\": Expected a <class 'float'>. Got value: nan"),
     (["meta-sae", "--sae", "{large}", "--steps", "0"], "--steps must be a whole number >= 1"),
     (["meta-sae", "--sae", "{large}", "--batch_size", "-1"], "--batch_size must be a whole number >= 1"),
     (["meta-sae", "--sae", "{large}", "--sweep-d-sae-per-d-in", "0"], "--sweep_d_sae_per_d_in must be a positive"),
