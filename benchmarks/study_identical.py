@@ -60,9 +60,9 @@ def run_pipeline(rev: str, work: Path) -> Path:
 def numbers_differ(a, b, path: str = "", added: set[str] | None = None,
                    dropped: set[str] | None = None) -> list[tuple[str, float]]:
     """(where, |difference|) of every number or value that differs between two parsed JSON documents; keys only the
-    second has go to ``added``, keys of an ``sae`` section only the first has to ``dropped`` (a setting the
-    architecture does not have, which the one flat config of old wrote for every architecture): a record, not a
-    changed number."""
+    second has go to ``added``, keys of an SAE's config (``sae``, SAEBench's ``sae_cfg_dict``) only the first has to
+    ``dropped`` (a setting the architecture does not have, which the one flat config of old wrote for every
+    architecture): records, not changed numbers."""
     if isinstance(a, dict) and isinstance(b, dict):
         out = []
         for key in sorted(set(a) | set(b)):
@@ -70,7 +70,7 @@ def numbers_differ(a, b, path: str = "", added: set[str] | None = None,
                 continue
             if key not in a and added is not None:
                 added.add(key)
-            elif key not in b and dropped is not None and path.endswith("/sae"):
+            elif key not in b and dropped is not None and path.endswith(("/sae", "/sae_cfg_dict")):
                 dropped.add(key)
             elif key not in a or key not in b:
                 out.append((f"{path}/{key} (only in one)", math.inf))
