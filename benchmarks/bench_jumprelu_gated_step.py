@@ -3,9 +3,12 @@
 Shape: d_in 576, d_sae 9216, batch 4096, fp32 (``--quick``: a small smoke shape). Every SAE of one architecture starts
 from the same weights; each library's own step is timed:
   - canon-pl ``JumpReLUSAE.training_forward`` (straight-through thresholds, target-L0 loss) + backward + Adam (θ at
-    its own rate) + decoder constraint, against SAELens's ``JumpReLUTrainingSAE`` (quadratic target-L0 mode, the same
-    bandwidth) stepped as ``SAETrainer._train_step`` does (``training_forward_pass``, backward, gradient clipping,
-    Adam);
+    its own rate) + decoder constraint, with the plain formula (``kernel: dense``) and the sparse kernel (only the
+    pre-activations above θ - ε/2 in the graph), against SAELens's ``JumpReLUTrainingSAE`` (quadratic target-L0
+    mode, the same bandwidth) stepped as ``SAETrainer._train_step`` does (``training_forward_pass``, backward,
+    gradient clipping, Adam). Every JumpReLU SAE starts from thresholds set where a trained one's are: each latent's
+    θ at the quantile of its pre-activations on the batch that leaves L0 = 32 (at the initial θ = 0.001 half the
+    latents fire and no kernel can skip anything);
   - canon-pl ``GatedSAE.training_forward`` (gate L1 + auxiliary loss through the frozen decoder) + backward + Adam +
     decoder constraint, against SAELens's ``GatedTrainingSAE`` stepped the same way;
   - the one-matmul limit: the forward encoder matmul ``[batch, d_in] @ [d_in, d_sae]`` alone.
@@ -18,10 +21,12 @@ from __future__ import annotations
 
 import argparse
 import platform
+from dataclasses import replace
 
 import torch
 from bench_sae_step import matmul_fn, tokens_per_second  # the sibling script (this folder is on sys.path)
 
+import canon_pl.sae.jumprelu as sparse_kernel
 from canon_pl.sae import GatedSettings, JumpReLUSettings, SparseAutoencoder, build_sae
 
 TARGET_L0 = 32.0
@@ -32,6 +37,34 @@ L1 = 1.0
 def canon_sae(settings, d_in: int, d_sae: int, device: torch.device) -> SparseAutoencoder:
     torch.manual_seed(0)
     return build_sae(settings.sae_config(d_in, d_sae)).to(device)
+
+
+@torch.no_grad()
+def set_trained_thresholds(sae: SparseAutoencoder, x: torch.Tensor, l0: float) -> None:
+    """θ of every latent at the quantile of its pre-activations on ``x [batch, d_in]`` above which ``l0 / d_sae`` of
+    the tokens lie: L0 = ``l0`` on ``x``, as after training to that target."""
+    pre = sae.pre_activations(x)  # [batch, d_sae]
+    rank = max(1, round(x.shape[0] * (1 - l0 / sae.d_sae)))
+    sae.threshold.copy_(pre.kthvalue(rank, dim=0).values)
+
+
+def initial_threshold_rows(settings: JumpReLUSettings, x: torch.Tensor, d_sae: int, iters: int,
+                           device: torch.device) -> dict[str, float]:
+    """Both JumpReLU kernels from the initial θ, the sparse one made to gather whatever the share above θ - ε/2
+    (``SPARSE_STEP_MAX_FRACTION`` = 1): the cost its fallback to the plain formula avoids early in training."""
+    rows = {}
+    kept, sparse_kernel.SPARSE_STEP_MAX_FRACTION = sparse_kernel.SPARSE_STEP_MAX_FRACTION, 1.0
+    try:
+        for kernel in ("dense", "sparse"):
+            sae = canon_sae(replace(settings, kernel=kernel), x.shape[1], d_sae, device)
+            with torch.no_grad():
+                pre = torch.addmm(sae.encoder_bias(), x, sae.W_enc)  # before the ReLU, as the kernel compares
+                share = float((pre > sae.threshold - settings.bandwidth / 2).float().mean())
+            rows[f"{kernel}, initial θ ({share:.0%})"] = tokens_per_second(canon_step_fn(sae), x, warmup=1,
+                                                                          iters=max(2, iters // 3))
+    finally:
+        sparse_kernel.SPARSE_STEP_MAX_FRACTION = kept
+    return rows
 
 
 def canon_step_fn(sae: SparseAutoencoder):
@@ -104,10 +137,18 @@ def main() -> None:
           f"cpu={platform.processor() or platform.machine()}")
     print(f"shape: d_in={args.d_in} d_sae={args.d_sae} batch={args.batch} fp32")
     results: dict[str, float] = {}
-    for kind, settings in (("jumprelu", JumpReLUSettings(target_l0=TARGET_L0)), ("gated", GatedSettings(
-            l1_coefficient=L1))):
+    for kind, settings in (("jumprelu", JumpReLUSettings(target_l0=TARGET_L0, kernel="dense")),
+                           ("gated", GatedSettings(l1_coefficient=L1))):
         sae = canon_sae(settings, args.d_in, args.d_sae, device)
+        if kind == "jumprelu":
+            results.update(initial_threshold_rows(settings, x, args.d_sae, args.iters, device))
+            set_trained_thresholds(sae, x, TARGET_L0)
         weights = {name: value.detach().clone() for name, value in sae.export_tensors().items()}
+        if kind == "jumprelu":
+            sparse = build_sae(replace(sae.cfg, settings=replace(settings, kernel="sparse"))).to(device)
+            sparse.load_state_dict(sae.state_dict())
+            results["canon-pl jumprelu sparse"] = tokens_per_second(canon_step_fn(sparse), x, warmup=2,
+                                                                     iters=args.iters)
         results[f"canon-pl {kind}"] = tokens_per_second(canon_step_fn(sae), x, warmup=2, iters=args.iters)
         try:
             peer = saelens_step_fn(kind, weights, device)
@@ -117,8 +158,13 @@ def main() -> None:
             results[f"SAELens {kind}"] = tokens_per_second(peer, x, warmup=2, iters=args.iters)
     limit = tokens_per_second(matmul_fn(args.d_in, args.d_sae, device), x, warmup=2, iters=args.iters)
     for name, value in results.items():
-        print(f"{name:20s} {value:12,.0f} tokens/s   {value / limit:.3f} of the one-matmul limit")
-    print(f"{'one-matmul limit':20s} {limit:12,.0f} tokens/s")
+        print(f"{name:26s} {value:12,.0f} tokens/s   {value / limit:.3f} of the one-matmul limit")
+    print(f"{'one-matmul limit':26s} {limit:12,.0f} tokens/s")
+    print(f"canon-pl jumprelu sparse / dense: "
+          f"{results['canon-pl jumprelu sparse'] / results['canon-pl jumprelu']:.3f}")
+    if "SAELens jumprelu" in results:
+        print(f"canon-pl jumprelu sparse / SAELens jumprelu: "
+              f"{results['canon-pl jumprelu sparse'] / results['SAELens jumprelu']:.3f}")
     for kind in ("jumprelu", "gated"):
         if f"SAELens {kind}" in results:
             print(f"canon-pl {kind} / SAELens {kind}: {results[f'canon-pl {kind}'] / results[f'SAELens {kind}']:.3f}")

@@ -12,6 +12,7 @@ import torch
 from canon_pl.io import export_sae, load_sae
 from canon_pl.io.formats.saelens import export_saelens, load_saelens
 from canon_pl.sae import SAE_CLASSES, GatedSettings, JumpReLUSettings, SAEConfig, SAEConfigError, build_sae
+from canon_pl.sae.sparse_grad import gather_pre_activations
 from canon_pl.stitching import StitchedSAE
 
 PACKAGE = Path(__file__).resolve().parents[1] / "canon_pl"
@@ -139,12 +140,63 @@ def test_jumprelu_thresholds_learn_through_the_straight_through_estimator_and_st
 
 @pytest.mark.parametrize("bad, message", [
     ({"target_l0": None}, "needs target_l0"),
-    ({"kernel": "sparse"}, "kernel 'dense'"),
+    ({"kernel": "tiled"}, "kernel must be"),
     ({"bandwidth": 0.0}, "bandwidth"),
 ])
 def test_a_jumprelu_setting_that_cannot_train_is_refused_when_stated(bad: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         JumpReLUSettings(**bad)
+
+
+@pytest.mark.parametrize("aux_coefficient", [0.0, 0.5])
+def test_the_sparse_jumprelu_step_gives_the_plain_formulas_loss_and_every_gradient(
+        aux_coefficient: float, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only the pre-activations above θ - ε/2 enter the sparse kernel's graph (those that fire, and those just below θ
+    that θ's estimator reads): the loss, the gradient of every tensor (θ included), the L0 and the dead-latent
+    counters are the plain formula's."""
+    import canon_pl.sae.jumprelu as jumprelu
+
+    gathered = []
+    monkeypatch.setattr(jumprelu, "SPARSE_STEP_MAX_FRACTION", 1.0)  # the sparse step whatever the share
+    monkeypatch.setattr(jumprelu, "gather_pre_activations",
+                        lambda *args: gathered.append(args[-1].numel()) or gather_pre_activations(*args))
+    results = {}
+    for kernel in ("dense", "sparse"):
+        torch.manual_seed(0)
+        sae = build_sae(SAEConfig(d_in=24, d_sae=96, architecture="jumprelu", kernel=kernel, bandwidth=0.2,
+                                  target_l0=6.0, aux_coefficient=aux_coefficient, dead_tokens_threshold=40))
+        with torch.no_grad():
+            sae.b_enc.normal_(std=0.3)
+            sae.threshold.uniform_(0.0, 0.8)  # some below ε/2: the window reaches negative pre-activations
+            sae.tokens_since_fired[::3] = 100  # dead latents, so AuxK has work
+        x = torch.randn(64, 24)
+        out = sae.training_forward(x)
+        grads = torch.autograd.grad(out.loss, list(sae.parameters()))
+        results[kernel] = (out, grads, sae.tokens_since_fired.clone(), [n for n, _ in sae.named_parameters()])
+    (dense, dense_grads, dense_counters, names), (sparse, sparse_grads, sparse_counters, _) = results.values()
+    assert set(sparse.losses) == set(dense.losses) and ("auxk" in dense.losses) == (aux_coefficient > 0)
+    for name in dense.losses:
+        torch.testing.assert_close(sparse.losses[name], dense.losses[name], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(sparse.l0, dense.l0)
+    assert torch.equal(sparse_counters, dense_counters)
+    torch.testing.assert_close(sparse.feature_acts, dense.feature_acts)
+    for name, g_sparse, g_dense in zip(names, sparse_grads, dense_grads):
+        assert g_dense.abs().sum() > 0, name
+        torch.testing.assert_close(g_sparse, g_dense, rtol=1e-4, atol=1e-6, msg=name)
+    assert 0 < gathered[0] < 64 * 96  # the sparse kernel ran, on part of the pre-activations
+
+
+def test_the_sparse_jumprelu_step_takes_the_plain_formula_while_many_latents_fire() -> None:
+    """At the initial θ (0.001) half the pre-activations lie above θ - ε/2: the sparse kernel's step is then the plain
+    formula's own, bit for bit."""
+    losses = {}
+    for kernel in ("dense", "sparse"):
+        torch.manual_seed(0)
+        sae = build_sae(SAEConfig(d_in=24, d_sae=96, architecture="jumprelu", kernel=kernel))
+        out = sae.training_forward(torch.randn(64, 24))
+        losses[kernel] = (out.loss, torch.autograd.grad(out.loss, sae.threshold)[0])
+    assert torch.equal(losses["sparse"][0], losses["dense"][0]) and torch.equal(losses["sparse"][1],
+                                                                                 losses["dense"][1])
 
 
 def test_a_gated_sae_refuses_auxk_and_the_sparse_kernel_when_stated() -> None:

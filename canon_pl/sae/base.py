@@ -119,7 +119,8 @@ class SparseAutoencoder(nn.Module):
     def __init__(self, cfg: SAEConfig) -> None:
         super().__init__()
         if cfg.architecture != self.architecture:
-            raise ValueError(f"{type(self).__name__} needs architecture {self.architecture!r}, got {cfg.architecture!r}")
+            raise ValueError(f"{type(self).__name__} needs architecture {self.architecture!r}, "
+                             f"got {cfg.architecture!r}")
         self.cfg = cfg
         d_in, d_sae = cfg.d_in, cfg.d_sae
         w = torch.empty(d_sae, d_in)

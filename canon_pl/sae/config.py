@@ -211,9 +211,9 @@ class SAEConfig:
         try:
             return getattr(self.settings, name)
         except AttributeError:
+            names = ", ".join(f.name for f in fields(self.settings))
             raise AttributeError(f"a {self.settings.architecture} SAE's config has no {name!r} "
-                                 f"({type(self.settings).__name__} has {', '.join(f.name for f in fields(self.settings))})"
-                                 ) from None
+                                 f"({type(self.settings).__name__} has {names})") from None
 
     @property
     def architecture(self) -> str:

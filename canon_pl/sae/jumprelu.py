@@ -27,8 +27,13 @@ from canon_pl.sae.base import SparseActivations, SparseAutoencoder, TrainStepOut
 from canon_pl.sae.batchtopk import threshold_select
 from canon_pl.sae.config import SAEConfigError, SAESettings
 from canon_pl.sae.flops import dense_step_flops
+from canon_pl.sae.sparse_grad import gather_pre_activations
 
 SPARSITY_LOSSES = ("l0", "target_l0")
+SPARSE_STEP_MAX_FRACTION = 0.05
+"""The sparse kernel takes the plain formula's step while more than this share of the pre-activations lie above
+θ - ε/2: at the initial θ half of them do, and gathering them is slower than the dense step (d_sae 9216, batch 4096,
+2 CPU cores: 0.2× the dense step's speed at 50%, 5× at L0 = 32, even at about 9%; benchmarks/RESULTS.md)."""
 
 
 @dataclass(frozen=True)
@@ -37,8 +42,11 @@ class JumpReLUSettings(SAESettings):
 
     architecture = "jumprelu"
     default_aux_coefficient = 0.0  # the JumpReLU paper trains without AuxK
-    default_kernel = "dense"
-    """JumpReLU trains with the plain formula (θ's estimator reads pre-activations just below the threshold)."""
+    default_kernel = "sparse"
+    """``sparse`` (the default) takes only the pre-activations above ``θ - ε/2`` into the graph (those that fire, and
+    those just below θ that θ's estimator reads): the plain formula's loss and gradients at 5× its speed once L0 is
+    near its target, the plain formula itself while many pre-activations lie there (:data:`SPARSE_STEP_MAX_FRACTION`);
+    ``dense`` is the plain formula throughout."""
     initial_threshold: float = 0.001
     """θ of every latent at initialisation, in the units of the (scaled) training activations."""
     bandwidth: float = 0.01
@@ -59,9 +67,6 @@ class JumpReLUSettings(SAESettings):
 
     def validate(self) -> None:
         super().validate()
-        if self.kernel not in (None, "dense"):
-            raise SAEConfigError(f"a JumpReLU SAE trains with kernel 'dense' (its threshold's estimator reads the "
-                                 f"pre-activations below the threshold), got {self.kernel!r}")
         for name in ("initial_threshold", "bandwidth", "l0_coefficient", "threshold_lr_scale"):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0 or (
@@ -82,6 +87,12 @@ class JumpReLUSettings(SAESettings):
         return f"JumpReLU (L0 coefficient {self.l0_coefficient})"
 
 
+def _to_threshold(grad: Tensor, threshold: Tensor) -> Tensor:
+    """A gradient the shape of ``pre`` summed to ``threshold``'s: over the batch for ``θ [d_sae]`` against ``pre
+    [batch, d_sae]``; as it is for one threshold per entry (the sparse kernel's ``θ[cols] [n]`` against ``[n]``)."""
+    return grad if grad.shape == threshold.shape else grad.sum(dim=0)
+
+
 class _JumpReLU(torch.autograd.Function):
     """``pre * H(pre - θ)``; θ's gradient through the rectangle kernel of bandwidth ε."""
 
@@ -96,7 +107,7 @@ class _JumpReLU(torch.autograd.Function):
         pre, threshold = ctx.saved_tensors
         eps = ctx.bandwidth
         window = ((pre - threshold).abs() < eps / 2).to(grad.dtype)
-        grad_threshold = -(threshold / eps) * (window * grad).sum(dim=0)
+        grad_threshold = -(threshold / eps) * _to_threshold(window * grad, threshold)
         return grad * (pre > threshold), grad_threshold, None
 
 
@@ -114,7 +125,7 @@ class _Step(torch.autograd.Function):
         pre, threshold = ctx.saved_tensors
         eps = ctx.bandwidth
         window = ((pre - threshold).abs() < eps / 2).to(grad.dtype)
-        return None, -(window * grad).sum(dim=0) / eps, None
+        return None, -_to_threshold(window * grad, threshold) / eps, None
 
 
 class JumpReLUSAE(SparseAutoencoder):
@@ -157,31 +168,61 @@ class JumpReLUSAE(SparseAutoencoder):
 
     def training_forward(self, x: Tensor, sparsity_scale: float = 1.0) -> TrainStepOutput:
         """Loss for one batch ``x [batch, d_in]``: MSE + the sparsity loss (scaled by ``sparsity_scale``) + AuxK when
-        its weight is set; θ learns through :class:`_JumpReLU` and :class:`_Step`."""
+        its weight is set; θ learns through :class:`_JumpReLU` and :class:`_Step`, comparing in float32."""
         self.check_trainable()
-        pre = torch.addmm(self.encoder_bias(), x, self.W_enc).float()  # [batch, d_sae], θ compared in float32
-        acts = _JumpReLU.apply(pre, self.threshold, self.bandwidth).to(x.dtype)
-        x_hat = self.decode(acts)
-        l0 = _Step.apply(pre, self.threshold, self.bandwidth).sum(dim=-1).mean()
+        step = self._sparse_step(x) if self.cfg.kernel == "sparse" else None
+        acts, x_hat, l0, pre, take = step or self._dense_step(x)
         coefficient = float(self.cfg.l0_coefficient)
         if self.cfg.sparsity_loss == "target_l0":
-            target = float(self.cfg.target_l0)
-            sparsity = coefficient * (l0 / target - 1.0) ** 2
+            sparsity = coefficient * (l0 / float(self.cfg.target_l0) - 1.0) ** 2
         else:
             sparsity = coefficient * l0
         losses: dict[str, Tensor] = {"mse": F.mse_loss(x_hat, x), "l0": sparsity_scale * sparsity}
         with torch.no_grad():
             self._update_dead_counters(acts, x.shape[0])
         if self.cfg.aux_coefficient > 0:
-            relu_pre = pre.relu()
-            losses["auxk"] = self.cfg.aux_coefficient * self.auxk_loss(relu_pre.detach(), lambda r, c: relu_pre[r, c],
-                                                                       x, x_hat)
+            losses["auxk"] = self.cfg.aux_coefficient * self.auxk_loss(pre.relu(), take, x, x_hat)
         loss = torch.stack(list(losses.values())).sum()
-        return TrainStepOutput(loss=loss, losses=losses, x_hat=x_hat.detach(), acts=acts.detach(), d_sae=self.d_sae)
+        return TrainStepOutput(loss=loss, losses=losses, x_hat=x_hat.detach(), acts=acts, d_sae=self.d_sae)
+
+    def _dense_step(self, x: Tensor):
+        """``(acts [batch, d_sae] detached, x_hat [batch, d_in], l0, pre [batch, d_sae] detached, take)``: the plain
+        formula, every pre-activation in the graph."""
+        pre = torch.addmm(self.encoder_bias(), x, self.W_enc).float()  # [batch, d_sae]
+        acts = _JumpReLU.apply(pre, self.threshold, self.bandwidth).to(x.dtype)
+        l0 = _Step.apply(pre, self.threshold, self.bandwidth).sum(dim=-1).mean()
+        relu_pre = pre.relu()
+        return acts.detach(), self.decode(acts), l0, pre.detach(), lambda rows, cols: relu_pre[rows, cols]
+
+    def _sparse_step(self, x: Tensor):
+        """The same as :meth:`_dense_step` (acts as :class:`SparseActivations` of the latents that fire) with only
+        the ``n`` pre-activations above ``θ - ε/2`` in the graph: those that fire and those θ's estimator reads;
+        ``None`` when more than :data:`SPARSE_STEP_MAX_FRACTION` of them are (early in training), where the plain
+        formula is faster."""
+        bias = self.encoder_bias()
+        with torch.no_grad():
+            pre_x = torch.addmm(bias, x, self.W_enc)  # [batch, d_sae], no graph
+            pre = pre_x.float()
+            inside = pre > self.threshold.detach() - self.bandwidth / 2
+            if float(inside.float().mean()) > SPARSE_STEP_MAX_FRACTION:
+                return None
+            rows, cols = torch.nonzero(inside, as_tuple=True)
+        values = gather_pre_activations(x, self.W_enc, bias, pre_x, rows, cols).float()  # [n]
+        threshold = self.threshold[cols]  # [n], its gradient scattered back to θ [d_sae]
+        fired = _JumpReLU.apply(values, threshold, self.bandwidth)  # [n], 0 below θ
+        batch = x.shape[0]
+        x_hat = self.decode_sparse(SparseActivations(rows, cols, fired.to(x.dtype), batch))
+        l0 = _Step.apply(values, threshold, self.bandwidth).sum() / batch
+        keep = fired.detach() > 0
+        acts = SparseActivations(rows[keep], cols[keep], fired.detach()[keep].to(x.dtype), batch)
+        return acts, x_hat, l0, pre, lambda r, c: gather_pre_activations(x, self.W_enc, bias, pre_x, r, c)
 
     def training_flops(self, batch: int, active_per_token: float) -> int:
-        """Dense throughout (:func:`canon_pl.sae.flops.dense_step_flops`)."""
-        return dense_step_flops(batch, self.d_in, self.d_sae)
+        """Dense throughout with the plain formula (:func:`canon_pl.sae.flops.dense_step_flops`); the sparse kernel's
+        count otherwise."""
+        if self.cfg.kernel == "dense":
+            return dense_step_flops(batch, self.d_in, self.d_sae)
+        return super().training_flops(batch, active_per_token)
 
     @torch.no_grad()
     def after_optimizer_step(self) -> None:

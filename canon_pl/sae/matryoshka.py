@@ -40,7 +40,8 @@ class MatryoshkaBatchTopKSettings(BatchTopKSettings):
         if not self.prefix_fractions:
             raise SAEConfigError("prefix_fractions must name at least one prefix, e.g. [0.25, 0.5]")
         if not all(isinstance(f, (int, float)) and math.isfinite(f) for f in self.prefix_fractions):
-            raise SAEConfigError(f"prefix_fractions must be finite numbers in (0, 1), got {list(self.prefix_fractions)}")
+            raise SAEConfigError(f"prefix_fractions must be finite numbers in (0, 1), "
+                                 f"got {list(self.prefix_fractions)}")
         check_positive(prefix_fractions=min(self.prefix_fractions))
         if max(self.prefix_fractions) >= 1:
             raise SAEConfigError(f"prefix_fractions must lie in (0, 1) (the full width is always a prefix), got "

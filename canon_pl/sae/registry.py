@@ -16,7 +16,8 @@ import canon_pl.sae.matryoshka
 import canon_pl.sae.relu
 import canon_pl.sae.topk  # noqa: F401 - the built-in architectures register themselves
 from canon_pl.sae.base import SparseAutoencoder
-from canon_pl.sae.config import SAE_CLASSES, SETTINGS_CLASSES, SAEConfig, SAEConfigError, SAESettings, settings_class_named
+from canon_pl.sae.config import (SAE_CLASSES, SETTINGS_CLASSES, SAEConfig, SAEConfigError, SAESettings,
+                                 settings_class_named)
 
 
 def build_sae(cfg: SAEConfig) -> SparseAutoencoder:
