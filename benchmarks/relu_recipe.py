@@ -8,7 +8,8 @@ stitching SAEs (GPT-2 small, ReLU + L1) sit at L0 36-43; the recipe is the coeff
 few rows left at initialisation.
 
 ``--gated 1 3`` adds gated SAEs at those L1 coefficients (the same warm-up) and ``--jumprelu 32`` JumpReLU SAEs at
-those target L0s: the recipes of ``configs/family_smollm2_gated.yaml`` and ``configs/family_smollm2_jumprelu.yaml``.
+those target L0s: the recipes of ``configs/family_smollm2_gated.yaml`` and ``configs/family_smollm2_jumprelu.yaml``
+(``--jumprelu-kernels dense sparse``: each JumpReLU arm with both training steps).
 
 Usage (after ``make main`` wrote the cache):
     python benchmarks/relu_recipe.py --cache checkpoints/cache_smollm2_l6 --width 2304 --steps 500 \\
@@ -94,6 +95,8 @@ def main() -> None:
     parser.add_argument("--coefficients", type=float, nargs="*", default=[1.0, 2.0, 3.0])
     parser.add_argument("--gated", type=float, nargs="*", default=[], help="L1 coefficients of gated arms")
     parser.add_argument("--jumprelu", type=float, nargs="*", default=[], help="target L0s of JumpReLU arms")
+    parser.add_argument("--jumprelu-kernels", nargs="+", default=["sparse"], choices=["sparse", "dense"],
+                        help="the JumpReLU arms' training steps (both: the same recipe with each, side by side)")
     parser.add_argument("--warmup", type=float, default=0.25, help="L1 warm-up as a fraction of --steps")
     parser.add_argument("--k", type=int, default=32, help="k of the BatchTopK reference")
     parser.add_argument("--eval-tokens", type=int, default=32768)
@@ -116,7 +119,9 @@ def main() -> None:
              for c in ns.coefficients]
     arms += [(f"gated l1={c:g}", dict(architecture="gated", l1_coefficient=c, l1_warmup_steps=int(ns.warmup * ns.steps)))
              for c in ns.gated]
-    arms += [(f"jumprelu target={t:g}", dict(architecture="jumprelu", target_l0=t)) for t in ns.jumprelu]
+    arms += [(f"jumprelu target={t:g}" + (f" {kernel}" if len(ns.jumprelu_kernels) > 1 else ""),
+              dict(architecture="jumprelu", target_l0=t, kernel=kernel))
+             for t in ns.jumprelu for kernel in ns.jumprelu_kernels]
     print(f"{ns.width} latents, {ns.steps} steps of {ns.batch_size} tokens, lr {ns.lr}, L1 warm-up "
           f"{ns.warmup:.0%} of the steps; held-out {x.shape[0]} tokens of {'synthetic data' if ns.synthetic else ns.cache}\n")
     print("| arm | EV | L0 | never fires | rows at init | s/step | true directions recovered |\n|---|---|---|---|---|---|---|")
@@ -125,13 +130,14 @@ def main() -> None:
         data = make_data()
         module, per_step = train(data, ns.width, ns.steps, ns.lr, ns.seed, **arch)
         d = held_out_diagnostics(module, x, ns.seed)
-        seconds[name.split()[0]] = per_step
+        seconds[name] = per_step
         recovered = (f"{data.source.recovered_fraction(module.sae.W_dec):.1%}" if ns.synthetic else "—")
         print(f"| {name} | {d['ev']:.3f} | {d['l0']:.1f} | {d['never_fires']:.1%} | {d['at_init']:.1%} | "
               f"{per_step:.3f} | {recovered} |", flush=True)
     print("\n" + "\n".join(f"{name} / batchtopk seconds per step: {per / seconds['batchtopk']:.2f}"
                             for name, per in seconds.items() if name != "batchtopk"))
-    reference = "relu" if "relu" in seconds else next(name for name in seconds if name != "batchtopk")
+    reference = next((name for name in seconds if name.startswith("relu")),
+                     next(name for name in seconds if name != "batchtopk"))
     print(f"ratio: {seconds[reference] / seconds['batchtopk']:.2f}")
 
 
