@@ -33,7 +33,7 @@ SPARSITY_LOSSES = ("l0", "target_l0")
 SPARSE_STEP_MAX_FRACTION = 0.05
 """The sparse kernel takes the plain formula's step while more than this share of the pre-activations lie above
 θ - ε/2: at the initial θ half of them do, and gathering them is slower than the dense step (d_sae 9216, batch 4096,
-2 CPU cores: 0.2× the dense step's speed at 50%, 5× at L0 = 32, even at about 9%; benchmarks/RESULTS.md)."""
+2 CPU cores: 0.25× the dense step's speed at 50%, 4.5× at L0 = 32, even near 9%; benchmarks/RESULTS.md)."""
 
 
 @dataclass(frozen=True)
@@ -44,7 +44,7 @@ class JumpReLUSettings(SAESettings):
     default_aux_coefficient = 0.0  # the JumpReLU paper trains without AuxK
     default_kernel = "sparse"
     """``sparse`` (the default) takes only the pre-activations above ``θ - ε/2`` into the graph (those that fire, and
-    those just below θ that θ's estimator reads): the plain formula's loss and gradients at 5× its speed once L0 is
+    those just below θ that θ's estimator reads): the plain formula's loss and gradients at 4.5× its speed once L0 is
     near its target, the plain formula itself while many pre-activations lie there (:data:`SPARSE_STEP_MAX_FRACTION`);
     ``dense`` is the plain formula throughout."""
     initial_threshold: float = 0.001
