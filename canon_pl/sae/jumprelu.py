@@ -10,7 +10,9 @@ Training follows the paper, with what the peers' trackers learned built in:
   ``H(p - θ)`` in θ is ``-K((p - θ) / ε) / ε`` with the rectangle kernel ``K`` and bandwidth ``ε``;
 - the sparsity loss is the L0 itself (``l0``: ``l0_coefficient · L0``) or its distance to a target
   (``target_l0``: ``l0_coefficient · (L0 / target_l0 - 1)²``), so the L0 moves to a number a researcher chooses;
-- θ is kept ≥ 0 after each optimizer step (a negative θ lets nothing more through than 0, and would stall).
+- θ is kept ≥ 0 after each optimizer step (a negative θ lets nothing more through than 0, and would stall);
+- the step is sparse by default: only the pre-activations above ``θ - ε/2`` (those that fire and those θ's estimator
+  reads) enter the graph, through the TopK family's sparse gather (:mod:`canon_pl.sae.sparse_grad`).
 """
 
 from __future__ import annotations
