@@ -123,7 +123,7 @@ def run_command(function: Callable[..., int], argv: list[str], name: str, descri
     if takes_config_file(function):
         arguments.pop("config", None)
     try:
-        return function(**{key: value for key, value in arguments.items() if key != "__path__"})
+        return function(**arguments)
     except CanonError as err:
         print(f"{prog}: error: {err}", file=sys.stderr)
         return 2

@@ -21,9 +21,7 @@ from canon_pl.sae.config import (SAE_CLASSES, SETTINGS_CLASSES, SAEConfig, SAECo
 
 
 def build_sae(cfg: SAEConfig) -> SparseAutoencoder:
-    """A freshly initialised SAE of ``cfg.architecture``."""
-    if cfg.architecture not in SAE_CLASSES:
-        raise SAEConfigError(f"unknown SAE architecture {cfg.architecture!r}; choose one of {', '.join(SAE_CLASSES)}")
+    """A freshly initialised SAE of ``cfg.architecture`` (registered: :class:`SAEConfig` checked it)."""
     return SAE_CLASSES[cfg.architecture](cfg)
 
 
