@@ -7,7 +7,7 @@ parser, as LightningCLI's).
   the dashed spelling (``--ce-points``) is accepted as well.
 - ``int``, ``float``, ``str`` (and ``X | None``) parse as that type; ``list[X]`` takes one or more values;
   ``Literal[...]`` gives choices; ``bool`` is a switch (``--x`` when the default is ``False``, ``--no-x`` when it is
-  ``True``). ``Annotated[X, "--name"]`` names the flag otherwise (``--from`` for a parameter ``sources``).
+  ``True``); a dataclass's fields are nested flags (``--world.d_in 64``). ``Annotated[X, "--name"]`` names the flag otherwise (``--from`` for a parameter ``sources``).
 - The help of each argument is its entry under ``Args:`` in the docstring, with the default appended.
 - ``--config FILE`` takes the options from a YAML mapping (the keys as the parameters' names, as the pipeline
   YAML's stage options; jsonargparse's ``ActionConfigFile``); flags given after it override it, a key the command
@@ -21,6 +21,7 @@ line ``canon-pl <command>: error: ...`` and exit status 2. The pipeline calls th
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import sys
 import types
@@ -92,6 +93,9 @@ def command_parser(function: Callable[..., Any], prog: str, description: str | N
             parser.add_argument(name, **options, **({"nargs": "?"} if has_default else {}))
             continue
         flag = flag or "--" + name
+        if dataclasses.is_dataclass(kind):  # its fields as nested flags (--world.d_in 64) or keys under it in --config
+            parser.add_argument(flag, type=kind, help=options["help"])
+            continue
         if kind is bool:
             default = bool(parameter.default) if has_default else False
             parser.add_argument(*_spellings(("--no_" + flag[2:]) if default else flag), dest=name,

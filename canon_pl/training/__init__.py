@@ -4,6 +4,7 @@ from canon_pl.training.activations import ActivationDataModule, MultiHookActivat
 from canon_pl.training.callbacks import SAEExportCallback, StepProgressBar
 from canon_pl.training.datamodules import (
     ActivationShardDataModule,
+    KnownWorldDataModule,
     PlantedHierarchyDataModule,
     ResumableStreamDataModule,
     SyntheticActivationDataModule,
@@ -59,6 +60,7 @@ __all__ = [
     "SAEThroughputMonitor",
     "StepProgressBar",
     "StitchingCallback",
+    "KnownWorldDataModule",
     "PlantedHierarchyDataModule",
     "SyntheticActivationDataModule",
     "default_learning_rate",

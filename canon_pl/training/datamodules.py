@@ -24,6 +24,7 @@ from canon_pl.data import (
     SyntheticSparseActivations,
     iterate_shard_batches,
 )
+from canon_pl.data.known_world import KnownWorld, WorldSpec
 from canon_pl.data.shards import INDEX_FILE
 from canon_pl.distributed import all_gather_objects, all_ranks_agree, world
 from canon_pl.errors import CanonError
@@ -220,6 +221,29 @@ class PlantedHierarchyDataModule(_SyntheticStreamDataModule):
         self._check_sizes(batch_size, val_batches)
         self.source = PlantedHierarchyActivations(d_in, n_parents, children_per_parent, n_novel, parent_probability,
                                                   novel_probability, split_strength, noise_std, seed)
+
+
+class KnownWorldDataModule(_SyntheticStreamDataModule):
+    """A known-answer world (``canon_pl.data.known_world``): activations from a ground-truth dictionary with planted
+    hierarchies, rare features and composite features (or none: ``world.n_families: 0, n_composite: 0``), unlimited
+    unique batches. Every export of a run records the world's spec, from which the truth is regenerated."""
+
+    def __init__(self, world: WorldSpec = WorldSpec(), batch_size: int = 4096, val_batches: int = 4) -> None:
+        """
+        Args:
+            world: The world's settings (``WorldSpec``'s fields: d_in, n_plain, n_families, ...).
+            batch_size: Tokens per batch on each rank.
+            val_batches: Held-out batches for validation (drawn from a disjoint part of the stream).
+        """
+        super().__init__()
+        self.save_hyperparameters()
+        self._check_sizes(batch_size, val_batches)
+        self.source = KnownWorld(world)
+        self.hparams["world"] = self.source.spec.to_dict()  # plain values in checkpoints (weights_only loads)
+
+    def provenance(self) -> dict[str, Any]:
+        """The world's spec, recorded in every export: :func:`canon_pl.data.known_world.world_of` reads it back."""
+        return {"known_world": self.source.spec.to_dict()}
 
 
 class ActivationShardDataModule(ResumableStreamDataModule):
