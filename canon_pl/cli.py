@@ -22,7 +22,7 @@ def run_lightning_cli(args: list[str] | None = None, run: bool = True) -> Any:
     return run_cli(args, run)
 
 
-COMMANDS = ("export", "cache", "synth", "stitch", "meta-sae", "stats", "evaluate", "family", "pipeline", "ladder", "view")
+COMMANDS = ("export", "cache", "synth", "calibrate", "stitch", "meta-sae", "stats", "evaluate", "family", "pipeline", "ladder", "view")
 """canon-pl's own subcommands, each a typed function in ``canon_pl/commands/<name>.py`` whose signature and docstring
 make its command line (``canon_pl/commands/args.py``)."""
 

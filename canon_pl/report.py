@@ -601,10 +601,32 @@ def _ladder_lines(results: Path, figures: Path) -> list[str]:
     return [line.replace("](curves.png)", "](report/curves.png)") for line in ladder_section(documents, figure.name)]
 
 
+VERDICT_CLAIMS = {"A wider SAE has latents": "novel_latents", "Stitching interpolates": "monotone_path",
+                  "Latents decompose": "meta_latents"}
+"""The start of each verdict's claim (canon_pl/verdicts.py) and its key in a calibration."""
+
+
+def _verdict_rows(verdicts: list[Any], calibration_results: str | os.PathLike | None) -> list[dict[str, str]]:
+    """The verdict table's rows; with a calibration each opens with its instrument's score on the known answer."""
+    rows = [v.row() for v in verdicts]
+    if calibration_results is None:
+        return rows
+    from canon_pl.calibration.report import claim_scores, read_calibration
+
+    scores = claim_scores(read_calibration(calibration_results))
+    keys = [next((key for start, key in VERDICT_CLAIMS.items() if row["claim"].startswith(start)), None)
+            for row in rows]
+    return [{"claim": row["claim"], "instrument on a known answer": scores.get(key, "not calibrated yet"),
+             **{k: v for k, v in row.items() if k != "claim"}} for row, key in zip(rows, keys)]
+
+
 def write_report(run: str | os.PathLike, meta_dir: str | os.PathLike | None = None,
                  ladder_results: str | os.PathLike | None = None,
-                 width_l0_results: str | os.PathLike | None = None) -> Path:
+                 width_l0_results: str | os.PathLike | None = None,
+                 calibration_results: str | os.PathLike | None = None) -> Path:
     """Write ``<run>/report.md`` and its figures (``<run>/report/*.png``); returns the report's path.
+    ``calibration_results`` (``canon-pl calibrate``'s folder) opens each claim with its instrument's score on a
+    known answer and adds the calibration section after the verdicts.
     ``ladder_results`` (a ladder's committed rungs, ``canon-pl ladder``) adds the section "does scale close the
     gap?" with its curves; ``width_l0_results`` (the committed evaluation summary of a family with sparsity
     variants) adds "width × L0" when the run's own family has none."""
@@ -629,7 +651,7 @@ def write_report(run: str | os.PathLike, meta_dir: str | os.PathLike | None = No
              f"open there).", "",
              f"Arm: {arm_description(run)}.", "",
              "## Verdicts", "", f"Preconditions: **{'pass' if trained else 'fail'}** — {reason}.", "",
-             _markdown_table(pd.DataFrame([v.row() for v in verdicts])), "",
+             _markdown_table(pd.DataFrame(_verdict_rows(verdicts, calibration_results))), "",
              f"Rules (canon_pl/verdicts.py): every claim is *inconclusive* unless held-out EV rises with width and no "
              f"member keeps half its decoder rows at their initialisation. Novel latents: reproduced when the novel "
              f"fraction by definition exceeds the cross-seed control's by ≥ {MARGIN:.0%} for every pair and "
@@ -642,6 +664,10 @@ def write_report(run: str | os.PathLike, meta_dir: str | os.PathLike | None = No
              f"latents matched by the other seed's prefix (Hungarian, cosine ≥ {CONSISTENCY_THRESHOLD}) exceeds the "
              f"independent SAE's by ≥ {MARGIN:.0%} (less canonical when it falls short by as much everywhere)."
              if nested_verdict is not None else ""), ""]
+    if calibration_results is not None:
+        from canon_pl.calibration.report import calibration_lines
+
+        lines += calibration_lines(calibration_results)
     if len(family):
         lines += _family_section(family, figures)
     if pairs:

@@ -42,7 +42,12 @@ def tiny_configs(root: Path) -> Path:
                                   "floor_steps": 3, "data": str(root / "cache"), "tokens": 512,
                                   "sweep_d_sae_per_d_in": [0.1]},
                      "stats": {"text": "pydoc-topics", "tokens": 1024, "top": 4, "samples": 4},
-                     "evaluate": {"data": str(root / "cache"), "tokens": 1024}})
+                     "evaluate": {"data": str(root / "cache"), "tokens": 1024},
+                     "calibrate": {"config": str(REPO / "configs" / "calibration_known_world.yaml"),
+                                   "out": str(root / "calibration"), "fit_args": ["--trainer.max_steps", "20"],
+                                   "held_out_tokens": 4096, "meta_steps": 5,
+                                   "meta_world": {"d_in": 32, "n_plain": 40, "n_families": 0, "n_composite": 40,
+                                                  "n_components": 10, "active_per_token": 2.0}}})
     (root / "pipeline.yaml").write_text(yaml.safe_dump(pipeline))
     return root / "pipeline.yaml"
 
@@ -118,12 +123,20 @@ def test_the_pipeline_runs_every_stage_and_a_rerun_skips_them(tmp_path: Path) ->
     evaluation = SUMMARY.read(run / "evaluation" / "summary.json")
     assert [(r["width"], r["seed_control"]) for r in evaluation["rows"]] == [(576, False), (1152, False), (1152, True)]
     assert "## Choosing a width: SAEBench's core metrics" in report and "| 1152_seed1 | 1152 | yes |" in report
+    # the calibration ran first: the report opens each claim with its instrument's score on the known answer
+    from canon_pl.calibration.report import read_calibration
+
+    calibration = read_calibration(tmp_path / "calibration")
+    assert sorted(calibration["worlds"]) == ["null", "planted"] and sorted(calibration["ideal_meta"]) == ["null", "planted"]
+    assert first.stdout.index("calibrate ...") < first.stdout.index("cache ...")
+    assert "## Calibration: the instruments on a known answer" in report and "| instrument on a known answer |" in report
+    assert "stitching by the definition, 32 → 64" in report
     assert "streamlit run apps/viewer.py" in first.stdout
     assert "of which (share of the fit)" in first.stdout and "SAE steps" in first.stdout  # the fit's own parts
 
     again = run_cli("pipeline", "--config", str(config), cwd=tmp_path, script="canon-pl")
     assert again.returncode == 0, again.stderr[-3000:]
-    assert again.stdout.count("done already, skipped") == 8  # everything but the report
+    assert again.stdout.count("done already, skipped") == 9  # everything but the report
 
 
 def test_a_stage_option_its_command_does_not_take_is_refused_before_any_stage_runs(tmp_path: Path) -> None:

@@ -6,12 +6,12 @@ identity alone, never from the instruments:
 
 - **truth class of an L-latent against S** (:func:`truth_classes`): *reconstruction* when S already holds what it
   is (the same direction, the parent of the child it is, every shared direction of the composite it is), *novel*
-  when S holds nothing of it; anything between is *ambiguous*, a latent that is no true direction *unmatched* (both
+  when no latent of S lies within cosine :data:`TOUCH_COSINE` of it; anything between is *ambiguous*, a latent that is no true direction *unmatched* (both
   left out of the scores, and counted).
 - **scores** (:func:`classification_scores`): precision and recall of an instrument's "novel" and
   "reconstruction" calls against the truth classes.
-- **expected consistency** (:func:`expected_shared`): the share of one seed's latents whose true feature the other
-  seed also holds, what a matched-consistency measure should read.
+- **expected consistency** (:func:`expected_shared`): among one seed's latents that are true directions, the share
+  whose direction the other seed also holds, what a matched-consistency measure should read for them.
 """
 
 from __future__ import annotations
@@ -26,7 +26,9 @@ from torch import Tensor
 from canon_pl.data.known_world import KIND_NAMES, KnownWorld
 
 TRUTH_COSINE = 0.9
-"""Decoder cosine at which a latent is taken to be a true feature (SynthSAEBench's recovery threshold)."""
+"""Decoder cosine at which a latent is taken to be a true direction (SynthSAEBench's recovery threshold)."""
+TOUCH_COSINE = 0.5
+"""Below this cosine to every latent of S, S holds nothing of a direction: a latent that is it is novel against S."""
 NOVEL, RECONSTRUCTION, AMBIGUOUS, UNMATCHED = 0, 1, 2, 3
 CLASS_NAMES = ("novel", "reconstruction", "ambiguous", "unmatched")
 
@@ -37,12 +39,14 @@ ATOMS = ("feature", "parent", "component")
 
 @dataclass
 class TruthIdentity:
-    """Per latent ``[d_sae]``: ``atom`` (index into :data:`ATOMS`, -1 when the latent is no true direction),
-    ``index`` (which feature, parent or component; -1 for none) and ``cosine`` (to the nearest of them all)."""
+    """What an SAE holds of a world. Per latent ``[d_sae]``: ``atom`` (index into :data:`ATOMS`, -1 when the latent
+    is no true direction), ``index`` (which feature, parent or component; -1 for none), ``cosine`` (to the nearest
+    true direction). Per true direction: ``coverage`` (``{atom: [n] cosine of the SAE's nearest latent}``)."""
 
     atom: Tensor
     index: Tensor
     cosine: Tensor
+    coverage: dict[str, Tensor]
 
     def of(self, atom: str) -> Tensor:
         """``[d_sae]``: the index of the ``atom`` each latent is, -1 where it is something else or nothing."""
@@ -53,77 +57,89 @@ class TruthIdentity:
         """``[d_sae]`` bool: the latent is a true direction."""
         return self.atom >= 0
 
+    def holds(self, atom: str) -> Tensor:
+        """``[n]`` bool per true direction of ``atom``: some latent is it (cosine >= :data:`TRUTH_COSINE`)."""
+        return self.coverage[atom] >= TRUTH_COSINE
 
-def _atom_directions(world: KnownWorld) -> list[Tensor]:
-    return [world.directions, world.parents, world.components]
+    def touches(self, atom: str) -> Tensor:
+        """``[n]`` bool per true direction of ``atom``: some latent lies within cosine :data:`TOUCH_COSINE` of it."""
+        return self.coverage[atom] >= TOUCH_COSINE
+
+
+def _atom_directions(world: KnownWorld) -> dict[str, Tensor]:
+    return {"feature": world.directions, "parent": world.parents, "component": world.components}
 
 
 @torch.no_grad()
 def truth_identity(W_dec: Tensor, world: KnownWorld, threshold: float = TRUTH_COSINE) -> TruthIdentity:
     """Which true direction each decoder row ``W_dec [d_sae, d_in]`` is (the nearest feature, parent or shared
-    component, when its cosine is at least ``threshold``)."""
+    component, when its cosine is at least ``threshold``), and how near the SAE comes to each true direction."""
     rows = F.normalize(W_dec.detach().float().cpu(), dim=-1)
     best = torch.full((rows.shape[0],), -2.0)
     atom = torch.full((rows.shape[0],), -1, dtype=torch.long)
     index = torch.full((rows.shape[0],), -1, dtype=torch.long)
-    for code, directions in enumerate(_atom_directions(world)):
+    coverage = {}
+    for code, (name, directions) in enumerate(_atom_directions(world).items()):
         if not directions.shape[0]:
+            coverage[name] = torch.zeros(0)
             continue
-        cos, nearest = (rows @ directions.T).max(dim=1)
-        better = cos > best
-        best, atom, index = torch.where(better, cos, best), torch.where(better, code, atom), torch.where(better, nearest, index)
+        cos = rows @ directions.T  # [d_sae, n]
+        coverage[name] = cos.max(dim=0).values
+        nearest_cos, nearest = cos.max(dim=1)
+        better = nearest_cos > best
+        best = torch.where(better, nearest_cos, best)
+        atom, index = torch.where(better, code, atom), torch.where(better, nearest, index)
     ok = best >= threshold
-    return TruthIdentity(torch.where(ok, atom, -1), torch.where(ok, index, -1), best)
+    return TruthIdentity(torch.where(ok, atom, -1), torch.where(ok, index, -1), best, coverage)
 
 
-def _held(identity: TruthIdentity, atom: str, n: int) -> Tensor:
-    held = torch.zeros(n, dtype=torch.bool)
-    index = identity.of(atom)
-    held[index[index >= 0]] = True
-    return held
-
-
-def held_directions(identity: TruthIdentity, world: KnownWorld) -> dict[str, Tensor]:
+def held_directions(identity: TruthIdentity) -> dict[str, Tensor]:
     """``{"feature": [n_features] bool, "parent": [n_families] bool, "component": [n_components] bool}``: the true
     directions some latent is."""
-    sizes = (world.n_features, world.parents.shape[0], world.components.shape[0])
-    return {atom: _held(identity, atom, n) for atom, n in zip(ATOMS, sizes)}
+    return {atom: identity.holds(atom) for atom in ATOMS}
 
 
 def truth_classes(small: TruthIdentity, large: TruthIdentity, world: KnownWorld) -> Tensor:
     """``[d_large]`` class codes (:data:`CLASS_NAMES`) of the large SAE's latents against the small SAE's.
 
-    A latent that is feature ``f`` is *reconstruction* when S holds ``f``, ``f``'s parent (a child), or every shared
-    direction ``f`` is made of (a composite); *novel* when S holds none of ``f``, its parent, its siblings, its
-    shared directions. A parent is *reconstruction* when S holds it, *novel* when S holds none of its children; a
-    shared direction is *reconstruction* when S holds it, *novel* when S holds no composite made with it. Anything
-    between is *ambiguous*."""
-    held = held_directions(small, world)
-    composition = world.composition > 0  # [n_features, n_components]
+    A latent that is a true direction is *reconstruction* when S holds that direction, or the parent of the child it
+    is, or every shared direction of the composite it is; *novel* when S has no latent within cosine
+    :data:`TOUCH_COSINE` of it (S can rebuild none of it: not its parent, a sibling or a part, which all lie
+    nearer); *ambiguous* otherwise."""
+    held = held_directions(small)
     families = world.parents.shape[0]
-    child_held = torch.zeros(families + 1, dtype=torch.bool)  # does S hold any of a family's children? (slot -1: none)
-    child_held[world.family[held["feature"] & (world.family >= 0)]] = True
-    parent_held = torch.cat([held["parent"], torch.zeros(1, dtype=torch.bool)])
-    family = world.family % (families + 1)  # -1 -> the empty slot
-    all_parts = (composition & ~held["component"]).sum(1) == 0
-    any_part = (composition & held["component"]).any(1)
-    is_composite = composition.any(1)
-    feature_recon = held["feature"] | parent_held[family] | (is_composite & all_parts)
-    feature_novel = ~held["feature"] & ~parent_held[family] & ~child_held[family] & ~any_part
-    parent_recon, parent_novel = held["parent"], ~child_held[:families]
-    component_recon = held["component"]
-    component_novel = ~(composition & held["feature"][:, None]).any(0)
+    parent_held = torch.cat([held["parent"], torch.zeros(1, dtype=torch.bool)])  # slot -1: no family
+    composition = world.composition > 0  # [n_features, n_components]
+    all_parts = composition.any(1) & ((composition & ~held["component"]).sum(1) == 0)
+    recon = {"feature": held["feature"] | parent_held[world.family % (families + 1)] | all_parts,
+             "parent": held["parent"], "component": held["component"]}
     out = torch.full(large.atom.shape, UNMATCHED, dtype=torch.long)
-    for atom, recon, novel in (("feature", feature_recon, feature_novel), ("parent", parent_recon, parent_novel),
-                               ("component", component_recon, component_novel)):
+    for atom in ATOMS:
         index = large.of(atom)
         mine = index >= 0
-        i = index.clamp_min(0)
         if not bool(mine.any()):
             continue
-        code = torch.where(recon[i], RECONSTRUCTION, torch.where(novel[i], NOVEL, AMBIGUOUS))
+        i = index.clamp_min(0)
+        code = torch.where(recon[atom][i], RECONSTRUCTION, torch.where(~small.touches(atom)[i], NOVEL, AMBIGUOUS))
         out[mine] = code[mine]
     return out
+
+
+def family_grouping(small: TruthIdentity, large: TruthIdentity, world: KnownWorld, small_group: Tensor,
+                    large_group: Tensor) -> dict[str, Any]:
+    """Do the stitching groups match the planted families? Over the families whose parent S holds and of whose
+    children L holds two or more: how many have all those children in the S parent's group (``small_group
+    [d_small]``, ``large_group [d_large]``: each latent's group, :class:`canon_pl.stitching.groups.LatentGroups`)."""
+    parents, features = small.of("parent"), large.of("feature")
+    family_of_latent = torch.where(features >= 0, world.family[features.clamp_min(0)], -1)  # [d_large]
+    checked = grouped = 0
+    for s_latent in torch.nonzero(parents >= 0).flatten().tolist():
+        mine = torch.nonzero(family_of_latent == int(parents[s_latent])).flatten()
+        if mine.numel() < 2:
+            continue
+        checked += 1
+        grouped += int(bool((large_group[mine] == small_group[s_latent]).all()))
+    return {"families": checked, "grouped": grouped, "share": grouped / checked if checked else None}
 
 
 def precision_recall(predicted: Tensor, actual: Tensor) -> dict[str, float | None]:
@@ -154,7 +170,7 @@ def recovery(identity: TruthIdentity, world: KnownWorld) -> dict[str, Any]:
     """How much of the truth an SAE holds: the share of true features it has a latent for (all and by kind), the
     share weighted by firing frequency, the shares of parents and shared directions it has a latent for, and the
     share of its latents that are a true direction."""
-    held = held_directions(identity, world)
+    held = held_directions(identity)
     features = held["feature"]
     by_kind = {name: float(features[world.kind == code].float().mean())
                for code, name in enumerate(KIND_NAMES) if bool((world.kind == code).any())}
@@ -165,18 +181,19 @@ def recovery(identity: TruthIdentity, world: KnownWorld) -> dict[str, Any]:
             "latents_matched": float(identity.matched.float().mean())}
 
 
-def expected_shared(a: TruthIdentity, b: TruthIdentity, world: KnownWorld) -> float:
-    """The share of the smaller dictionary's latents that are a true direction the other also holds: what
-    one-to-one matched consistency should find at a cosine two copies of one true direction pass."""
-    small, large = (a, b) if a.atom.numel() <= b.atom.numel() else (b, a)
-    held = held_directions(large, world)
-    shared = torch.zeros(small.atom.shape, dtype=torch.bool)
+def expected_shared(a: TruthIdentity, b: TruthIdentity) -> float | None:
+    """Among ``a``'s latents that are a true direction, the share whose direction ``b`` also holds: what matched
+    consistency should find for them (``None`` when none of ``a``'s latents is a true direction)."""
+    held = held_directions(b)
+    shared = torch.zeros(a.atom.shape, dtype=torch.bool)
     for atom in ATOMS:
-        index = small.of(atom)
-        shared |= (index >= 0) & held[atom][index.clamp_min(0)]
-    return float(shared.float().mean())
+        index = a.of(atom)
+        if held[atom].numel():  # the null world has no parents or shared directions
+            shared |= (index >= 0) & held[atom][index.clamp_min(0)]
+    on_truth = a.matched
+    return float(shared[on_truth].float().mean()) if bool(on_truth.any()) else None
 
 
-__all__ = ["AMBIGUOUS", "ATOMS", "CLASS_NAMES", "NOVEL", "RECONSTRUCTION", "TRUTH_COSINE", "TruthIdentity",
-           "UNMATCHED", "class_counts", "classification_scores", "expected_shared", "held_directions",
+__all__ = ["AMBIGUOUS", "ATOMS", "CLASS_NAMES", "NOVEL", "RECONSTRUCTION", "TOUCH_COSINE", "TRUTH_COSINE", "TruthIdentity",
+           "UNMATCHED", "class_counts", "classification_scores", "expected_shared", "family_grouping", "held_directions",
            "precision_recall", "recovery", "truth_classes", "truth_identity"]

@@ -13,7 +13,8 @@ from canon_pl.commands.args import run_command
 from canon_pl.errors import CanonError
 from canon_pl.io.layout import RunLayout
 
-DESCRIPTION = """Run the study end to end: capture the activation cache when the family trains on one (canon-pl
+DESCRIPTION = """Run the study end to end: with a calibrate: section first score every instrument on a
+known-answer world (canon-pl calibrate), then capture the activation cache when the family trains on one (canon-pl
 cache), train the family (lightning fit), stitch every adjacent pair with its cross-seed control (canon-pl stitch),
 train a meta-SAE on the widest member (canon-pl meta-sae), collect latent statistics for the family and the
 meta-SAE (canon-pl stats), with a matryoshka: section train a Matryoshka SAE whose prefixes are the family's widths
@@ -21,8 +22,10 @@ and stitch its prefixes the same way, and write <run>/report.md with its figures
 researcher runs by hand; a stage whose outputs already exist is skipped, and an interrupted training resumes from
 its last checkpoint, so re-running the pipeline continues where it stopped."""
 
-STAGES = ("cache", "fit", "stitch", "meta-sae", "stats", "meta stats", "evaluate", "matryoshka", "report")
-"""``evaluate`` and ``matryoshka`` run only for a config with an ``evaluate:`` / ``matryoshka:`` section."""
+STAGES = ("calibrate", "cache", "fit", "stitch", "meta-sae", "stats", "meta stats", "evaluate", "matryoshka", "report")
+"""``calibrate``, ``evaluate`` and ``matryoshka`` run only for a config with a ``calibrate:`` / ``evaluate:`` /
+``matryoshka:`` section."""
+OPTIONAL_STAGES = ("calibrate", "evaluate", "matryoshka")
 
 MATRYOSHKA_KEYS = {"control_seeds", "fit_args", "meta_sae", "stitch_tokens"}
 """A ``matryoshka:`` section (a Matryoshka SAE of the widest width beside the family, :mod:`canon_pl.commands.
@@ -138,7 +141,7 @@ def stages(cfg: dict[str, Any]) -> tuple[str, ...]:
     """The stages of this config: a release's family is assembled (``family``) instead of trained (``fit``); the
     Matryoshka comparison runs when the config has a ``matryoshka:`` section."""
     return tuple("family" if stage == "fit" and cfg["release"] else stage for stage in STAGES
-                 if stage not in ("matryoshka", "evaluate") or cfg.get(stage) is not None)
+                 if stage not in OPTIONAL_STAGES or cfg.get(stage) is not None)
 
 
 def fill_widths(cfg: dict[str, Any]) -> None:
@@ -151,11 +154,12 @@ def fill_widths(cfg: dict[str, Any]) -> None:
         cfg["meta_width"] = int(cfg["widths"][-1])
 
 
-STAGE_OPTIONS = {"stitch": ("canon_pl.commands.stitch", "stitch"), "meta_sae": ("canon_pl.commands.meta_sae", "meta_sae"),
+STAGE_OPTIONS = {"calibrate": ("canon_pl.commands.calibrate", "calibrate"),
+                 "stitch": ("canon_pl.commands.stitch", "stitch"), "meta_sae": ("canon_pl.commands.meta_sae", "meta_sae"),
                  "stats": ("canon_pl.commands.stats", "stats"), "evaluate": ("canon_pl.commands.evaluate", "evaluate")}
 """The config sections that pass options to a stage's command function, and which function."""
 
-STAGE_SET = {"stitch": ("small", "device"), "meta_sae": ("sae", "width", "out"), "stats": ("run", "device"),
+STAGE_SET = {"calibrate": (), "stitch": ("small", "device"), "meta_sae": ("sae", "width", "out"), "stats": ("run", "device"),
              "evaluate": ("run", "out", "device")}
 """The arguments the pipeline gives each of those functions itself (a section may not set them)."""
 
@@ -224,7 +228,7 @@ def stage_done(stage: str, cfg: dict[str, Any]) -> bool:
 
     run, widths = cfg["run"], cfg["widths"]
     layout = RunLayout(run)
-    if stage not in ("cache", "family") and (widths is None or cfg.get("meta_width") is None):
+    if stage not in ("calibrate", "cache", "family") and (widths is None or cfg.get("meta_width") is None):
         return False  # a release whose family is not assembled yet
     meta_dir = layout.meta_sae(cfg["meta_width"]) if cfg.get("meta_width") else None
     def cache_done() -> bool:
@@ -238,6 +242,7 @@ def stage_done(stage: str, cfg: dict[str, Any]) -> bool:
                 and index.split_tokens("val") >= int(wanted.get("val_tokens") or 0))
 
     checks = {
+        "calibrate": lambda: calibration_done(cfg["calibrate"]),
         "cache": cache_done,
         "family": lambda: len(load_family(run).widths) == len((cfg["release"] or {}).get("ids") or
                                                                release_ids(cfg["release"]["name"])),
@@ -256,6 +261,13 @@ def stage_done(stage: str, cfg: dict[str, Any]) -> bool:
         "report": lambda: False,  # cheap: always rewritten from the files
     }
     return _readable(checks[stage])
+
+
+def calibration_done(section: dict[str, Any]) -> bool:
+    """A readable ``calibration.json`` in the section's ``out`` folder, from the section's family config."""
+    from canon_pl.calibration.report import read_calibration
+
+    return read_calibration(section["out"])["config"] == section["config"]
 
 
 def evaluation_done(run: Path, widths: list[int]) -> bool:
@@ -297,6 +309,10 @@ def run_stage(stage: str, cfg: dict[str, Any], device: str) -> int:
         release = cfg["release"]
         return family(from_release=release["name"], ids=release.get("ids"), revision=release.get("revision"),
                       model=release.get("model"), out=str(run))
+    if stage == "calibrate":
+        from canon_pl.commands.calibrate import calibrate
+
+        return calibrate(**cfg["calibrate"])
     if stage == "cache":
         options = cfg["cache"]
         return cache(config=str(options["config"]), out=str(cfg["cache_path"]), tokens=int(options["tokens"]),
@@ -329,7 +345,8 @@ def run_stage(stage: str, cfg: dict[str, Any], device: str) -> int:
                                   fit_args=section.get("fit_args"), stitch_options=stitch_options,
                                   meta_options=None if section.get("meta_sae") is False else cfg["meta_sae"],
                                   device=device)
-    path = write_report(run, meta_dir, cfg.get("ladder_results"), cfg.get("width_l0_results"))
+    path = write_report(run, meta_dir, cfg.get("ladder_results"), cfg.get("width_l0_results"),
+                        (cfg.get("calibrate") or {}).get("out"))
     print(f"  report: {path}")
     return 0
 
