@@ -60,3 +60,12 @@ def test_the_meta_sae_sees_planted_composition_and_no_composition_in_the_null_wo
     assert planted["verdict"] == planted["truth"] == "reproduced" and planted["components_recovered"] > 0.25
     assert null["excess"] < PASS_RULES["meta_excess_null"] and null["pass"]
     assert null["verdict"] == null["truth"] == "not reproduced"
+
+
+def test_calibrate_refuses_a_config_that_does_not_train_on_a_known_world_before_any_work(tmp_path: Path) -> None:
+    from tests.helpers import run_cli
+
+    refused = run_cli("calibrate", "--config", str(REPO / "configs" / "sae_synthetic.yaml"), "--out",
+                      str(tmp_path / "out"), cwd=tmp_path, script="canon-pl")
+    assert refused.returncode == 2 and "KnownWorldDataModule" in refused.stderr, refused.stderr[-2000:]
+    assert "Traceback" not in refused.stderr and not (tmp_path / "out").exists()

@@ -118,9 +118,9 @@ def test_help_lists_every_subcommand_with_what_it_does(tmp_path: Path) -> None:
     result = run_cli("--help", cwd=tmp_path, script="canon-pl")
     assert result.returncode == 0, result.stderr
     listed = {line.split()[0]: line for line in result.stdout.splitlines() if line.startswith("  ")}
-    assert set(listed) == {*LIGHTNING_COMMANDS, *COMMANDS} == {"fit", "validate", "export", "cache", "stitch",
-                                                              "meta-sae", "stats", "evaluate", "family", "pipeline",
-                                                              "ladder", "view"}
+    assert set(listed) == {*LIGHTNING_COMMANDS, *COMMANDS} == {"fit", "validate", "export", "cache", "synth",
+                                                              "calibrate", "stitch", "meta-sae", "stats", "evaluate",
+                                                              "family", "pipeline", "ladder", "view"}
     assert all(len(line.split()) > 3 for line in listed.values()), "every command has a summary"
     for name in ("fit", "stitch", "pipeline"):
         own = run_cli(name, "--help", cwd=tmp_path, script="canon-pl")

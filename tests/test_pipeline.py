@@ -46,7 +46,7 @@ def tiny_configs(root: Path) -> Path:
                      "calibrate": {"config": str(REPO / "configs" / "calibration_known_world.yaml"),
                                    "out": str(root / "calibration"), "fit_args": ["--trainer.max_steps", "20"],
                                    "held_out_tokens": 4096, "meta_steps": 5,
-                                   "meta_world": {"d_in": 32, "n_plain": 40, "n_families": 0, "n_composite": 40,
+                                   "truth": {"d_in": 32, "n_plain": 40, "n_families": 0, "n_composite": 40,
                                                   "n_components": 10, "active_per_token": 2.0}}})
     (root / "pipeline.yaml").write_text(yaml.safe_dump(pipeline))
     return root / "pipeline.yaml"

@@ -5,13 +5,15 @@ for each adjacent pair of widths runs the stitching analysis with its cross-seed
 
 - the **stitching classification** (by the definition and by the cosine proxy) against the truth classes
   (:func:`canon_pl.calibration.truth.truth_classes`): precision and recall of "novel" and "reconstruction";
-- **matched consistency** across seeds (Hungarian, decoder cosine >= 0.9) against the share of true directions both
-  seeds hold (:func:`canon_pl.calibration.truth.expected_shared`);
-- the **meta-SAE** on the widest member's decoder against its four floors, and the share of the world's shared
-  directions its meta-latents recover.
+- the **stitching groups** against the planted families (a parent S holds, its children L holds: one group?);
+- **matched consistency** across seeds (Hungarian, cosine >= 0.7, as the study reads it) among L's latents that are
+  true directions, against the share of those directions the other seed also holds;
+- the study's **verdicts** against the truth's (:func:`truth_verdicts`: the study's rule on the truth classes);
+- the **meta-SAE** on the widest member's decoder against its floors (reported).
 
-The pass rules (:data:`PASS_RULES`, stated before any run and quoted in docs/design.md) turn each score into
-"pass" or "fail"; :func:`score_family` reports the study's own verdicts beside them.
+:func:`score_ideal_meta` measures the meta-SAE's power where the truth is not blurred by training: on the true
+dictionary of a planted world and of its null twin. The pass rules (:data:`PASS_RULES`, fixed before the first
+scored run and quoted in docs/design.md) turn each score into pass or fail.
 """
 
 from __future__ import annotations
@@ -30,7 +32,9 @@ from canon_pl.calibration.truth import (
     classification_scores,
     expected_shared,
     family_grouping,
+    latent_kinds,
     recovery,
+    scores_by_kind,
     truth_classes,
     truth_identity,
 )
@@ -92,6 +96,9 @@ def score_pair(small, large, control, world, x: torch.Tensor, large_initial_deco
     fires = result.classes.fires
     definition = classification_scores(result.classes.novel_by_definition, truth, fires)
     cosine = classification_scores(result.classes.match.is_novel, truth, fires)
+    kinds = latent_kinds(l_id, world)
+    definition["by_kind"] = scores_by_kind(result.classes.novel_by_definition, truth, kinds, fires)
+    cosine["by_kind"] = scores_by_kind(result.classes.match.is_novel, truth, kinds, fires)
     matched = matched_consistency(large.W_dec, control.W_dec, thresholds=(CONSISTENCY_COSINE,))
     partner = matched["partner"]  # [d_large]: L and its control have one width, so L is the "smaller" side
     partner_cos = torch.where(partner >= 0, F.cosine_similarity(

@@ -142,6 +142,28 @@ def family_grouping(small: TruthIdentity, large: TruthIdentity, world: KnownWorl
     return {"families": checked, "grouped": grouped, "share": grouped / checked if checked else None}
 
 
+def latent_kinds(identity: TruthIdentity, world: KnownWorld) -> list[str]:
+    """``[d_sae]`` names of what each latent is: a feature's planted kind (:data:`KIND_NAMES`), ``parent``,
+    ``component`` or ``none``."""
+    names = []
+    for atom, index in zip(identity.atom.tolist(), identity.index.tolist()):
+        names.append("none" if atom < 0 else KIND_NAMES[int(world.kind[index])] if ATOMS[atom] == "feature"
+                     else ATOMS[atom])
+    return names
+
+
+def scores_by_kind(called_novel: Tensor, truth: Tensor, kinds: list[str], among: Tensor) -> dict[str, Any]:
+    """:func:`classification_scores` of the latents of each planted kind (``kinds [d_large]`` from
+    :func:`latent_kinds`) among ``among``; kinds with no scored latent are left out."""
+    out = {}
+    for kind in sorted(set(kinds) - {"none"}):
+        mine = torch.tensor([k == kind for k in kinds]) & among
+        scored = classification_scores(called_novel, truth, mine)
+        if scored["n_scored"]:
+            out[kind] = scored
+    return out
+
+
 def precision_recall(predicted: Tensor, actual: Tensor) -> dict[str, float | None]:
     """Precision and recall of boolean calls ``predicted`` against ``actual`` (same shape; ``None`` where undefined)."""
     hits = int((predicted & actual).sum())
@@ -196,4 +218,5 @@ def expected_shared(a: TruthIdentity, b: TruthIdentity) -> float | None:
 
 __all__ = ["AMBIGUOUS", "ATOMS", "CLASS_NAMES", "NOVEL", "RECONSTRUCTION", "TOUCH_COSINE", "TRUTH_COSINE", "TruthIdentity",
            "UNMATCHED", "class_counts", "classification_scores", "expected_shared", "family_grouping", "held_directions",
+           "latent_kinds", "scores_by_kind",
            "precision_recall", "recovery", "truth_classes", "truth_identity"]

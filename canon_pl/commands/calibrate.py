@@ -19,7 +19,7 @@ WORLDS = {"planted": [], "null": ["--data.init_args.world.planted", "false"]}
 
 
 def calibrate(*, config: str, out: str, fit_args: list[str] | None = None, held_out_tokens: int = 16_384,
-              meta_steps: int = 300, meta_world: WorldSpec = WorldSpec()) -> int:
+              meta_steps: int = 300, truth: WorldSpec = WorldSpec()) -> int:
     """Score the study's instruments on a known-answer world.
 
     Args:
@@ -28,7 +28,7 @@ def calibrate(*, config: str, out: str, fit_args: list[str] | None = None, held_
         fit_args: extra lightning fit arguments (e.g. --trainer.max_steps 500)
         held_out_tokens: held-out activations every instrument is run on
         meta_steps: steps of the meta-SAE and of each of its floors
-        meta_world: the world whose true dictionary (and its null twin's) the meta-SAE's power is measured on,
+        truth: the world whose true dictionary (and its null twin's) the meta-SAE's power is measured on,
             as a converged SAE as wide as the world would hold it (default: the study's shape, d_in 576)
     """
     from canon_pl.calibration.score import CALIBRATION, CalibrationError, score_family, score_ideal_meta
@@ -40,7 +40,7 @@ def calibrate(*, config: str, out: str, fit_args: list[str] | None = None, held_
 
     check_output_folder(out)
     check_counts(**{"--held_out_tokens": held_out_tokens, "--meta_steps": meta_steps})
-    meta_world = WorldSpec.from_value(meta_world)
+    truth = WorldSpec.from_value(truth)
     fit_args = [str(a) for a in fit_args or []]
     planned = run_lightning_cli(["--config", config, *fit_args], run=False)
     if not isinstance(planned.datamodule, KnownWorldDataModule):
@@ -57,7 +57,7 @@ def calibrate(*, config: str, out: str, fit_args: list[str] | None = None, held_
         print(f"calibrate: scoring every instrument on the {world} world", flush=True)
         results[world] = score_family(folder, held_out_tokens=held_out_tokens, meta_steps=meta_steps)
     print("calibrate: the meta-SAE on the true dictionaries of a planted world and its null twin", flush=True)
-    ideal = score_ideal_meta(meta_world, meta_steps)
+    ideal = score_ideal_meta(truth, meta_steps)
     document = CALIBRATION.stamp({"config": config, "fit_args": fit_args, "worlds": results, "ideal_meta": ideal,
                                   "instruments": instrument_table(results, ideal)})
     path = Path(out) / "calibration.json"
