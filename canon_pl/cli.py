@@ -67,9 +67,12 @@ def print_overview() -> None:
     """``canon-pl --help``: every subcommand with its summary."""
     names = [*LIGHTNING_COMMANDS, *COMMANDS]
     width = max(len(name) for name in names)
-    print("usage: canon-pl COMMAND [options]   (canon-pl COMMAND --help for a command's options)\n\ncommands:")
+    print("usage: canon-pl [--trust-code] COMMAND [options]   (canon-pl COMMAND --help for a command's options)\n\n"
+          "commands:")
     for name in names:
         print(f"  {name:<{width}}  {command_summary(name)}")
+    print(f"\n{TRUST_CODE_FLAG}: let this command import the module an export names for an architecture that is not "
+          f"built in and that no installed package declares (only for files you trust: importing runs its code)")
 
 
 WRITE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOTDIR,
@@ -87,8 +90,19 @@ def _is_user_error(err: BaseException) -> bool:
     return isinstance(err, (CanonError, MisconfigurationException))
 
 
+TRUST_CODE_FLAG = "--trust-code"
+"""Before the command: this process may import the module an export names (``CANON_PL_TRUST_CODE=1``)."""
+
+
 def main(argv: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
+    if args and args[0] == TRUST_CODE_FLAG:
+        import os
+
+        from canon_pl.sae.registry import TRUST_CODE_ENV
+
+        os.environ[TRUST_CODE_ENV] = "1"
+        args = argv = args[1:]
     try:
         if not args or args[0] in ("-h", "--help"):
             print_overview()

@@ -94,8 +94,8 @@ print("loaded")
     unknown = subprocess.run([sys.executable, "-c", "import sys; from canon_pl import load_sae; load_sae(sys.argv[1])",
                               str(tmp_path / "run")], capture_output=True, text=True, cwd=Path(__file__).parent)
     assert unknown.returncode != 0
-    assert "unknown SAE architecture 'toy_threshold'" in unknown.stderr
-    assert "import the module that defines it" in unknown.stderr
+    assert "architecture 'toy_threshold' is not built in and no installed package declares it" in unknown.stderr
+    assert "canon_pl.architectures" in unknown.stderr and "trust_code=True" in unknown.stderr
 
 
 def test_settings_of_one_architecture_refuse_another_ones_hyper_parameters(tmp_path: Path) -> None:
@@ -183,6 +183,15 @@ data:
 """
 
 
+def declare_architecture(folder: Path, name: str, module: str) -> None:
+    """What ``pip install`` of a package declaring ``name = module`` under ``[project.entry-points."canon_pl.
+    architectures"]`` leaves on the path: a dist-info folder with the entry point."""
+    info = folder / "toy_architectures-0.1.dist-info"
+    info.mkdir(exist_ok=True)
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: toy-architectures\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text(f"[canon_pl.architectures]\n{name} = {module}\n")
+
+
 def test_an_architecture_with_a_tensor_of_its_own_trains_as_a_family_exports_stitches_and_gets_statistics(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
     """The whole path a new architecture takes, on the bundled model: nothing in canon-pl names it or its tensor.
@@ -202,7 +211,10 @@ def test_an_architecture_with_a_tensor_of_its_own_trains_as_a_family_exports_sti
     fit = run_cli("fit", "--config", "family.yaml", cwd=tmp_path)
     assert fit.returncode == 0, fit.stderr[-3000:]
     run = tmp_path / "run"
-    monkeypatch.syspath_prepend(str(tmp_path))  # where the export's architecture_module is found
+    # the researcher's package declares its architecture (entry-point group canon_pl.architectures), as an installed
+    # package's metadata does: loading finds it there, never through the module name the export records
+    declare_architecture(tmp_path, "toy_gain", "toy_gain")
+    monkeypatch.syspath_prepend(str(tmp_path))
     assert main(["stitch", str(run), "--data", "pydoc-topics", "--tokens", "512"]) == 0
     assert "64 -> 128" in capsys.readouterr().out
     assert main(["stats", "--run", str(run), "--tokens", "256", "--top", "2", "--samples", "2",
@@ -215,3 +227,39 @@ def test_an_architecture_with_a_tensor_of_its_own_trains_as_a_family_exports_sti
     summary = read_stitching_results(run / "stitching" / "64_128.json")
     assert summary["n_tokens"] == 512 and 0.0 <= summary["novel_fraction"] <= 1.0
     assert sorted(LatentStatistics.open(run / "stats").members) == ["128", "64"]
+
+
+def test_loading_a_crafted_export_never_imports_the_module_it_names(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """An export edited to name an unknown architecture and a module with an import side effect: load_sae and a
+    canon-pl command refuse it with one error naming both ways to allow it, and the module never runs; with the
+    trust the user gives (trust_code=True, canon-pl --trust-code), it does."""
+    from canon_pl import load_sae
+    from canon_pl.io import CheckpointError, export_sae
+    from canon_pl.sae import BatchTopKSettings, initial_sae
+
+    marker = tmp_path / "side_effect_ran"
+    (tmp_path / "side_effect.py").write_text(f"open({str(marker)!r}, 'w').write('ran')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))  # the commands below could import it too
+    export = tmp_path / "export"
+    export_sae(initial_sae(BatchTopKSettings(k=2).sae_config(8, 16), 0), export)
+    cfg = json.loads((export / "cfg.json").read_text())
+    cfg["sae"]["architecture"], cfg["architecture_module"] = "crafted", "side_effect"
+    (export / "cfg.json").write_text(json.dumps(cfg))
+    with pytest.raises(CheckpointError) as refused:
+        load_sae(export)
+    said = str(refused.value)
+    assert "'crafted'" in said and "canon_pl.architectures" in said and "trust_code=True" in said, said
+    assert "'side_effect'" in said and not marker.exists()
+    command = run_cli("stitch", str(export), str(export), "--data", "pydoc-topics", cwd=tmp_path, script="canon-pl")
+    assert command.returncode == 2 and "--trust-code" in command.stderr and "Traceback" not in command.stderr, \
+        command.stderr[-2000:]
+    assert not marker.exists()
+    trusted = run_cli("--trust-code", "stitch", str(export), str(export), "--data", "pydoc-topics", cwd=tmp_path,
+                      script="canon-pl")
+    assert trusted.returncode == 2 and marker.read_text() == "ran"  # imported; it registers nothing called 'crafted'
+    marker.unlink()
+    with pytest.raises(CheckpointError, match="crafted"):
+        load_sae(export, trust_code=True)
+    assert marker.read_text() == "ran"

@@ -28,7 +28,7 @@ from canon_pl.io.validate import (
     regular_file,
 )
 from canon_pl.sae import SAEConfig, SAEConfigError, SparseAutoencoder, build_sae
-from canon_pl.sae.registry import exported_shapes, import_architecture
+from canon_pl.sae.registry import exported_shapes, find_architecture
 
 WEIGHTS_FILE = "sae.safetensors"
 CONFIG_FILE = "cfg.json"
@@ -156,14 +156,17 @@ def read_export_config(directory: str | os.PathLike) -> dict[str, Any]:
     return EXPORT.read(cfg_path, " config (the export is corrupt: re-export it)")
 
 
-def load_export(directory: str | os.PathLike, device: str | torch.device = "cpu") -> SparseAutoencoder:
-    """Load an export folder into an SAE in eval mode that takes raw activations."""
+def load_export(directory: str | os.PathLike, device: str | torch.device = "cpu",
+                trust_code: bool = False) -> SparseAutoencoder:
+    """Load an export folder into an SAE in eval mode that takes raw activations. An architecture that is not built
+    in loads through an installed package's entry point, or with ``trust_code`` from the module the export names
+    (:func:`canon_pl.sae.registry.find_architecture`); nothing is imported otherwise."""
     directory = Path(directory)
     weights_path = directory / WEIGHTS_FILE
     cfg, weights = read_consistent(lambda: read_export_config(directory), lambda _: weights_path, "weights_sha256",
                                    CheckpointError)
     try:
-        import_architecture(cfg["sae"].get("architecture"), cfg.get(ARCHITECTURE_MODULE))
+        find_architecture(cfg["sae"].get("architecture"), cfg.get(ARCHITECTURE_MODULE), trust_code)
         sae_cfg = SAEConfig.from_dict(cfg["sae"])
     except (SAEConfigError, *STRUCTURAL_ERRORS) as err:
         raise CheckpointError(f"{directory / CONFIG_FILE}: invalid \"sae\" section: {err}") from err

@@ -17,7 +17,7 @@ from canon_pl.sae import SparseAutoencoder
 
 
 def load_sae(path: str | os.PathLike, device: str | torch.device = "cpu", width: int | None = None,
-             format: str | None = None, revision: str | None = None) -> SparseAutoencoder:
+             format: str | None = None, revision: str | None = None, trust_code: bool = False) -> SparseAutoencoder:
     """Load an SAE that takes raw activations, in eval mode, whatever library wrote it.
 
     ``path`` may be a canon-pl export folder (``cfg.json`` + ``sae.safetensors``) or either file, a family folder
@@ -33,6 +33,10 @@ def load_sae(path: str | os.PathLike, device: str | torch.device = "cpu", width:
     repository folder (``EleutherAI/sae-llama-3-8b-32x/layers.10``), at ``revision`` (default: the main branch),
     fetched into the Hugging Face cache. A release read from a TransformerLens model with ``center_writing_weights``
     (the paper's GPT-2 releases) centres each input, as that model's residual stream is centred.
+
+    Loading runs no code a file names: an architecture that is not built in loads when an installed package declares
+    it (entry-point group ``canon_pl.architectures``), or, for a file you trust, with ``trust_code=True`` (the module
+    the export records is imported; ``CANON_PL_TRUST_CODE=1`` says the same for every command and viewer page).
     """
     from canon_pl.io.formats import FOREIGN_FORMATS, LOADERS, detect_format
     from canon_pl.io.releases import fetch, parse_name
@@ -56,10 +60,10 @@ def load_sae(path: str | os.PathLike, device: str | torch.device = "cpu", width:
         family = read_family_manifest(path)
         if width is None or str(width) not in family["members"]:
             raise CheckpointError(f"{path} is a family of widths {family['widths']}: pass width=... to pick one")
-        return load_sae(path / family["members"][str(width)], device)
+        return load_sae(path / family["members"][str(width)], device, trust_code=trust_code)
     if kind != "canon_pl":
         raise CheckpointError(f"unknown format {kind!r}; choose one of canon_pl, lightning, {', '.join(FOREIGN_FORMATS)}")
-    return load_export(path if path.is_dir() else path.parent, device)
+    return load_export(path if path.is_dir() else path.parent, device, trust_code)
 
 
 @dataclass
@@ -82,15 +86,16 @@ class SAEFamily:
         return found[0] if found else None
 
 
-def load_family(directory: str | os.PathLike, device: str = "cpu") -> SAEFamily:
-    """Every member listed in ``family.json``; each is checked against the manifest's shared fields."""
+def load_family(directory: str | os.PathLike, device: str = "cpu", trust_code: bool = False) -> SAEFamily:
+    """Every member listed in ``family.json``; each is checked against the manifest's shared fields (``trust_code``:
+    as :func:`load_sae`)."""
     directory = Path(directory)
     manifest = read_family_manifest(directory)
     if not isinstance(manifest.get("d_in"), int):
         raise CheckpointError(f"{directory / MANIFEST_FILE} is malformed: \"d_in\" must be an integer")
     saes = {}
     def load_member(width: int, folder: str) -> SparseAutoencoder:
-        sae = load_sae(directory / folder, device)  # a canon-pl export or another library's files
+        sae = load_sae(directory / folder, device, trust_code=trust_code)  # canon-pl's export or another library's
         if sae.d_sae != int(width) or sae.d_in != manifest["d_in"] or sae.cfg.hook_point != manifest.get("hook_point"):
             raise CheckpointError(
                 f"{directory / folder} (d_sae={sae.d_sae}, d_in={sae.d_in}, hook_point={sae.cfg.hook_point!r}) does "

@@ -4,6 +4,7 @@ registers its SAE class (:data:`SAE_CLASSES`) and its settings class (:data:`SET
 from __future__ import annotations
 
 import importlib
+import os
 from dataclasses import fields
 from typing import Any
 
@@ -56,18 +57,51 @@ def sae_training_flops(batch: int, d_in: int, d_sae: int, k: float, architecture
     return sae.training_flops(batch, k)
 
 
-def import_architecture(architecture: object, module: object) -> None:
-    """Import ``module`` (a dotted name an export records beside its architecture) when ``architecture`` is not
-    registered yet, so an SAE of a researcher's own architecture loads wherever its file is importable; nothing when
-    it is registered, the name is not a module path, or the module cannot be imported (the config's own check then
-    names the problem)."""
-    if architecture in SAE_CLASSES or not isinstance(module, str) or not all(
-            part.isidentifier() for part in module.split(".")):
+ENTRY_POINT_GROUP = "canon_pl.architectures"
+"""The entry-point group a package declares its architectures in (``toy_gain = toy_gain`` under
+``[project.entry-points."canon_pl.architectures"]``: the architecture's name, the module that registers it)."""
+TRUST_CODE_ENV = "CANON_PL_TRUST_CODE"
+"""Set to 1 (``canon-pl --trust-code``) to let loading import the module an export names, for every command and page."""
+
+
+def trusting_code() -> bool:
+    """Whether the user allowed, for this process, importing the module a file names (``CANON_PL_TRUST_CODE=1``)."""
+    return os.environ.get(TRUST_CODE_ENV, "") == "1"
+
+
+def find_architecture(architecture: object, module: object = None, trust_code: bool = False) -> None:
+    """Make ``architecture`` (a name a file records) registered, running only code the user chose to run: a
+    built-in needs nothing; otherwise an installed package that declares it under the entry-point group
+    :data:`ENTRY_POINT_GROUP` is imported (the packaging ecosystem's plugin mechanism); otherwise, only with
+    ``trust_code`` (or :func:`trusting_code`), the ``module`` the file names. Never from a file's word alone: without
+    either, :class:`SAEConfigError` names the architecture and both ways to allow it, and nothing is imported."""
+    if architecture in SAE_CLASSES:
         return
-    try:
-        importlib.import_module(module)
-    except ImportError:
-        pass
+    from importlib.metadata import entry_points
+
+    for entry in entry_points(group=ENTRY_POINT_GROUP):
+        if entry.name == architecture:
+            entry.load()
+            if architecture in SAE_CLASSES:
+                return
+            raise SAEConfigError(f"the package entry point {entry.name} = {entry.value} (group {ENTRY_POINT_GROUP}) "
+                                 f"was imported but registers no architecture {architecture!r}")
+    named = module if isinstance(module, str) and module and all(p.isidentifier() for p in module.split(".")) else None
+    if named is not None and (trust_code or trusting_code()):
+        try:
+            importlib.import_module(named)
+        except ImportError as err:
+            raise SAEConfigError(f"architecture {architecture!r}: the module the file names, {named!r}, cannot be "
+                                 f"imported ({err}); put its folder on PYTHONPATH or install its package") from err
+        if architecture in SAE_CLASSES:
+            return
+    raise SAEConfigError(
+        f"architecture {architecture!r} is not built in and no installed package declares it, so it is not loaded: "
+        f"loading never imports a module a file names on its own. Install the package that defines it (it declares "
+        f"'{architecture} = <its module>' under the entry-point group {ENTRY_POINT_GROUP!r})"
+        + (f", or, for a file you trust, let canon-pl import the module it names ({named!r}): load_sae(..., "
+           f"trust_code=True), or {TRUST_CODE_ENV}=1 / canon-pl --trust-code for commands and the viewer"
+           if named else "") + f"; built in: {', '.join(sorted(SAE_CLASSES))}")
 
 
 def describe_sae(cfg: dict[str, Any]) -> str:
@@ -94,5 +128,5 @@ def settings_class(value: dict[str, Any]) -> type[SAESettings]:
     return settings_class_named(str(value.get("architecture") or "batchtopk"))
 
 
-__all__ = ["SAE_CLASSES", "SETTINGS_CLASSES", "build_sae", "describe_sae", "exported_shapes", "import_architecture",
-           "initial_sae", "sae_training_flops", "settings_class"]
+__all__ = ["ENTRY_POINT_GROUP", "SAE_CLASSES", "SETTINGS_CLASSES", "TRUST_CODE_ENV", "build_sae", "describe_sae",
+           "exported_shapes", "find_architecture", "initial_sae", "trusting_code", "sae_training_flops", "settings_class"]
