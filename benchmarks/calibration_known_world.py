@@ -1,10 +1,9 @@
-"""The instruments on known answers (issue 52): `canon-pl calibrate` on the calibration family (timed: what the
-pipeline's calibrate stage costs), and, when `lightning fit --config configs/family_known_world.yaml` has exported
-the study-shaped family, every instrument on it too. Writes benchmarks/calibration/<name>.json (the scores, small)
-and prints the instrument table. The ratio: the definition's accuracy over the cosine proxy's on the planted world,
+"""The instruments on known answers (issue 52): `canon-pl calibrate` on the calibration family, timed (what the
+pipeline's calibrate stage costs). Writes benchmarks/calibration/calibration_small.json (the scores) and prints the
+instrument table; `benchmarks/known_world_ladder.py` scores the family of the study's shape over training. The ratio: the definition's accuracy over the cosine proxy's on the planted world,
 measured side by side on the same latents.
 
-    python benchmarks/calibration_known_world.py [--out checkpoints/calibration_known_world] [--study-shape DIR]
+    python benchmarks/calibration_known_world.py [--out checkpoints/calibration_known_world]
 """
 
 from __future__ import annotations
@@ -25,10 +24,8 @@ RESULTS = REPO / "benchmarks" / "calibration"
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=str(REPO / "checkpoints" / "calibration_known_world"))
-    parser.add_argument("--study-shape", default=str(REPO / "checkpoints" / "family_known_world"))
     args = parser.parse_args()
     from canon_pl.calibration.report import read_calibration
-    from canon_pl.calibration.score import score_family
     from canon_pl.commands.calibrate import calibrate
 
     machine = {"date": date.today().isoformat(), "machine": platform.machine(), "cpus": torch.get_num_threads(),
@@ -43,16 +40,6 @@ def main() -> None:
          "worlds": document["worlds"], "ideal_meta": document["ideal_meta"]},
         indent=1, default=float) + "\n")
     print(f"calibrate: {seconds:.0f} s (both worlds trained and scored, the meta-SAE on true dictionaries)")
-    study = Path(args.study_shape)
-    if (study / "family.json").is_file():
-        scored = score_family(study, held_out_tokens=16_384, meta_steps=300)
-        (RESULTS / "study_shape.json").write_text(json.dumps({**machine, **scored}, indent=1, default=float)
-                                                  + "\n")
-        for pair in scored["pairs"]:
-            d, c = pair["definition"], pair["consistency"]
-            print(f"study shape {pair['small']} -> {pair['large']}: truth {pair['truth_classes']}; definition novel "
-                  f"P {d['novel']['precision']} R {d['novel']['recall']}; consistency on truth "
-                  f"{c['shared_on_truth']} vs {c['truth_shared']}")
     planted = document["worlds"]["planted"]["pairs"]
     definition = sum(p["definition"]["accuracy"] for p in planted) / len(planted)
     proxy = sum(p["cosine"]["accuracy"] for p in planted) / len(planted)
