@@ -186,3 +186,24 @@ def test_resume_takes_the_newest_whole_checkpoint_when_a_kill_left_last_ckpt_dan
     (ckpt / "last.ckpt").unlink()
     (ckpt / "last.ckpt").write_bytes(b"x")  # save_last: true copies instead of linking
     assert newest_checkpoint(tmp_path / "run") == ckpt / "last.ckpt"
+
+
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
+def test_exports_and_checkpoints_get_the_mode_the_users_umask_gives(tmp_path: Path, umask: int, mode: int) -> None:
+    """Written atomically (a private temporary renamed into place), yet readable by whom the user's umask says, as a
+    file open() creates would be: a study in a group folder is readable by the group."""
+    import os
+    import stat
+
+    from canon_pl.io import export_sae
+    from canon_pl.sae import BatchTopKSettings, initial_sae
+    from canon_pl.training.checkpoint_io import AtomicCheckpointIO
+
+    previous = os.umask(umask)
+    try:
+        export_sae(initial_sae(BatchTopKSettings(k=2).sae_config(8, 16), 0), tmp_path / "export")
+        AtomicCheckpointIO().save_checkpoint({"state_dict": {}}, tmp_path / "run.ckpt")
+    finally:
+        os.umask(previous)
+    for path in [*(tmp_path / "export").iterdir(), tmp_path / "run.ckpt"]:
+        assert stat.S_IMODE(path.stat().st_mode) == mode, path

@@ -52,8 +52,10 @@ def atomic_paths(*paths: str | os.PathLike) -> Iterator[list[Path]]:
             names = ", ".join(str(p) for p in targets)
             raise OSError(code, f"could not write {names}: {os.strerror(code)}; the previous files are "
                                 f"unchanged") from err
+        mode = _mode_for_new_files()
         for path, tmp in zip(targets, temps):
             _fsync(tmp, path)
+            os.chmod(tmp, mode)  # mkstemp made it 0600; a file written in place gets what open() would give it
         kept = [_keep_previous(path) for path in targets[:-1]] if len(targets) > 1 else []
         for folder in {path.parent for path in targets}:
             _fsync_directory(folder)
@@ -67,6 +69,20 @@ def atomic_paths(*paths: str | os.PathLike) -> Iterator[list[Path]]:
     finally:
         for tmp in temps:
             tmp.unlink(missing_ok=True)
+
+
+def _mode_for_new_files() -> int:
+    """The permission bits ``open()`` gives a new file in this process: 0666 less the umask (read without changing
+    it where /proc says it; else set and restored at once)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return 0o666 & ~int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return 0o666 & ~umask
 
 
 def previous_path(path: str | os.PathLike) -> Path:
