@@ -4,6 +4,7 @@ subcommand runs (``canon-pl --help`` and canon-pl's own commands never pay for i
 from __future__ import annotations
 
 import os
+import sys
 import warnings
 from typing import Any
 
@@ -65,9 +66,15 @@ class CanonCLI(LightningCLI):
         if self.config.get("subcommand"):
             ckpt_path = self.config[self.config.subcommand].get("ckpt_path")
             if isinstance(ckpt_path, (str, os.PathLike)) and str(ckpt_path) not in ("last", "best", "hpc", "registry"):
-                from canon_pl.io.checkpoint import safe_torch_load
+                from canon_pl.io.checkpoint import resolve_last_link, safe_torch_load
 
-                safe_torch_load(ckpt_path)
+                resolved = resolve_last_link(ckpt_path)
+                if str(resolved) != str(ckpt_path):
+                    print(f"canon-pl: {ckpt_path} points at a checkpoint that no longer exists (a run killed while "
+                          f"Lightning re-linked it); resuming from the newest whole checkpoint, {resolved}",
+                          file=sys.stderr)
+                    self.config[self.config.subcommand]["ckpt_path"] = str(resolved)
+                safe_torch_load(resolved)
         super()._parse_ckpt_path()
 
 

@@ -58,9 +58,15 @@ def test_lightning_fit_trains_exports_and_resumes(tmp_path: Path) -> None:
     sae = load_sae(run)
     assert sae.cfg.d_sae == 256 and bool(sae.threshold_initialized)
 
+    # the state a kill between Lightning removing the old checkpoint and re-linking last.ckpt leaves: the link
+    # dangles beside a whole newer checkpoint; the documented resume takes that one (not step 0, not a traceback)
+    last = run / "ckpt" / "last.ckpt"
+    last.unlink()
+    last.symlink_to("epoch=0-step=499.ckpt")
     resumed = run_cli("fit", "--config", config, "--trainer.max_steps", "520", "--trainer.enable_progress_bar", "false",
                       "--ckpt_path", str(run / "ckpt" / "last.ckpt"), cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resuming from the newest whole checkpoint" in resumed.stderr and "step=500.ckpt" in resumed.stderr
     import json
 
     assert json.loads((run / "cfg.json").read_text())["training"]["global_step"] == 520

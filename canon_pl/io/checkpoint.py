@@ -26,11 +26,15 @@ def newest_checkpoint(run: str | os.PathLike) -> Path | None:
     """The newest whole Lightning checkpoint of the run folder ``run`` (``RunLayout.checkpoints``): the highest
     ``step=`` in a name, else the most recently written ``.ckpt``; ``last.ckpt`` only when it is a file or resolves
     to one (a kill can leave the link dangling, and resuming must not then start again from step 0)."""
-    import re
-
     from canon_pl.io.layout import RunLayout
 
-    folder = RunLayout(Path(run)).checkpoints
+    return newest_in_folder(RunLayout(Path(run)).checkpoints)
+
+
+def newest_in_folder(folder: Path) -> Path | None:
+    """The newest whole ``.ckpt`` in ``folder`` (as :func:`newest_checkpoint` picks it)."""
+    import re
+
     if not folder.is_dir():
         return None
     whole = [p for p in folder.glob("*.ckpt") if p.is_file() and not p.is_symlink() and p.name != "last.ckpt"]
@@ -43,6 +47,18 @@ def newest_checkpoint(run: str | os.PathLike) -> Path | None:
         return max(whole, key=lambda p: (step(p), p.stat().st_mtime))
     last = folder / "last.ckpt"
     return last if last.is_file() else None
+
+
+def resolve_last_link(path: str | os.PathLike) -> Path:
+    """``path``, or, when it is a ``last.ckpt`` link left dangling (a kill between Lightning removing the old
+    checkpoint and re-linking ``last.ckpt``), the newest whole checkpoint beside it; a dangling link with nothing
+    beside it is returned as it is (the reader then names it)."""
+    path = Path(path)
+    if path.name == "last.ckpt" and path.is_symlink() and not path.exists():
+        newest = newest_in_folder(path.parent)
+        if newest is not None:
+            return newest
+    return path
 
 
 def safe_torch_load(path: str | os.PathLike) -> dict[str, Any]:
