@@ -211,7 +211,7 @@ def test_jumprelu_l0_moves_to_its_target_on_real_smollm2_activations() -> None:
     must reach the target within a couple of hundred steps from a start ten times above it."""
     from canon_pl.training.analysis_data import text_activations
 
-    x = text_activations("python-docs", 4096, "smollm2-135m", "model.layers.6").x
+    x = text_activations("pydoc-topics", 4096, "smollm2-135m", "model.layers.6").x
     x = x * (x.shape[1] / x.pow(2).sum(dim=-1).mean()).sqrt()  # E|x|² = d_in, as training scales it
     torch.manual_seed(0)
     target = 24.0

@@ -106,7 +106,7 @@ def test_truth_classes_follow_the_stated_rules() -> None:
     assert set(truth_classes(s_id, truth_identity(random_rows, world), world).tolist()) == {3}  # unmatched
     held = recovery(l_id, world)
     assert held["by_kind"] == {"plain": 0.5, "child": pytest.approx(6 / 18), "composite": 1.0}
-    assert expected_shared(s_id, l_id, world) == pytest.approx(10 / 21)  # S's plain 0-9 of its 21 latents
+    assert expected_shared(s_id, l_id) == pytest.approx(10 / 21)  # S's plain 0-9 among its 21 true-direction latents
     # a perfect instrument scores 1, one that calls everything novel has the reconstruction recall 0
     truth = truth_classes(s_id, l_id, world)
     perfect = classification_scores(truth == 0, truth)
