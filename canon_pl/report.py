@@ -667,7 +667,7 @@ def write_report(run: str | os.PathLike, meta_dir: str | os.PathLike | None = No
     if calibration_results is not None:
         from canon_pl.calibration.report import calibration_lines
 
-        lines += calibration_lines(calibration_results)
+        lines += calibration_lines(calibration_results, _markdown_table)
     if len(family):
         lines += _family_section(family, figures)
     if pairs:

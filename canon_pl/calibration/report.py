@@ -4,15 +4,11 @@ on the known answer, and the section with every instrument's row."""
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from canon_pl.calibration.score import CALIBRATION
-
-CLAIMS = ("novel_latents", "monotone_path", "meta_latents")
-"""The claims a calibration has a verdict for, as the study's verdict table orders them (granularity between path
-and meta-SAE has none yet)."""
-
 
 def read_calibration(path: str | os.PathLike) -> dict[str, Any]:
     """``calibration.json`` (the file or its folder), checked."""
@@ -49,16 +45,15 @@ def _num(value: float | None) -> str:
     return "—" if value is None else f"{value:.2f}"
 
 
-def calibration_lines(path: str | os.PathLike) -> list[str]:
-    """The report's section: the worlds, then one row per instrument and world with its score, rule and outcome."""
+def calibration_lines(path: str | os.PathLike, markdown_table: Callable[[Any], str]) -> list[str]:
+    """The report's section: the worlds, then one row per instrument and world with its score, rule and outcome
+    (``markdown_table`` renders a DataFrame as the report renders its tables)."""
     import pandas as pd
 
     document = read_calibration(path)
     planted = document["worlds"]["planted"]["world"]
     kinds = planted["features_by_kind"]
-    rows = pd.DataFrame([{**row, "pass": _mark(row["pass"])} for row in document["instruments"]])
-    table = "\n".join(["| " + " | ".join(rows.columns) + " |", "|" + "---|" * len(rows.columns)]
-                      + ["| " + " | ".join(str(v) for v in r) + " |" for r in rows.itertuples(index=False)])
+    table = markdown_table(pd.DataFrame([{**row, "pass": _mark(row["pass"])} for row in document["instruments"]]))
     failed = [row["instrument"] + f" ({row['world']})" for row in document["instruments"] if row["pass"] is False]
     return ["## Calibration: the instruments on a known answer", "",
             f"Before any claim is read on the language model, every instrument ran on a world whose canonical units "
@@ -73,4 +68,4 @@ def calibration_lines(path: str | os.PathLike) -> list[str]:
              f"instrument says what that instrument reports, not what is there."), ""]
 
 
-__all__ = ["CLAIMS", "calibration_lines", "claim_scores", "read_calibration"]
+__all__ = ["calibration_lines", "claim_scores", "read_calibration"]

@@ -35,6 +35,7 @@ def calibrate(*, config: str, out: str, fit_args: list[str] | None = None, held_
     from canon_pl.checks import check_counts, check_output_folder
     from canon_pl.cli import run_lightning_cli
     from canon_pl.commands.derived_config import resume_arguments
+    from canon_pl.commands.ladder_fit import family_at
     from canon_pl.io.atomic import atomic_write_json
     from canon_pl.training import KnownWorldDataModule
 
@@ -50,7 +51,7 @@ def calibrate(*, config: str, out: str, fit_args: list[str] | None = None, held_
     results: dict[str, Any] = {}
     for world, world_args in WORLDS.items():
         folder = Path(out) / world
-        if not _trained(folder, max_steps):
+        if not family_at(folder, max_steps):
             print(f"calibrate: training the family on the {world} world -> {folder}", flush=True)
             run_lightning_cli(["fit", "--config", config, *fit_args, *world_args,
                                "--trainer.default_root_dir", str(folder), *resume_arguments(folder)])
@@ -67,16 +68,6 @@ def calibrate(*, config: str, out: str, fit_args: list[str] | None = None, held_
         print(f"  {row['instrument']:<58} {row['world']:<8} {row['score']:<70} {verdict}")
     print(f"calibrate: wrote {path}")
     return 0
-
-
-def _trained(folder: Path, max_steps: int) -> bool:
-    from canon_pl.io import load_family, training_record
-
-    try:
-        family = load_family(folder)
-    except Exception:  # noqa: BLE001 - no family, or an unreadable one: train (or resume) it
-        return False
-    return all(training_record(folder / str(w)).get("global_step") == max_steps for w in family.widths)
 
 
 def instrument_table(results: dict[str, dict[str, Any]], ideal: dict[str, Any]) -> list[dict[str, Any]]:
