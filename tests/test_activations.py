@@ -96,25 +96,80 @@ def test_buffer_on_gpu_when_the_model_is_there() -> None:
     assert batch.is_cuda
 
 
-def test_resume_yields_exactly_the_batches_of_an_uninterrupted_run(hooked) -> None:
+class CountingTokenizer:
+    """The model's tokenizer, keeping the texts it tokenises and interrupting the run (as a kill would) when it is
+    given ``interrupt_on``."""
+
+    def __init__(self, tokenizer, interrupt_on: str | None = None) -> None:
+        self.tokenizer, self.interrupt_on, self.texts = tokenizer, interrupt_on, []
+
+    def __call__(self, text: str, **kwargs):
+        if text == self.interrupt_on:
+            raise KeyboardInterrupt
+        self.texts.append(text)
+        return self.tokenizer(text, **kwargs)
+
+    def __getattr__(self, name: str):
+        return getattr(self.tokenizer, name)
+
+
+def test_resume_yields_exactly_the_batches_of_an_uninterrupted_run(hooked, monkeypatch: pytest.MonkeyPatch) -> None:
+    """And it tokenises no document before the block it re-reads first: the position says where that block starts
+    in the text. A position without that (an older checkpoint's) re-tokenises up to there, to the same batches."""
     full = [item for _, item in zip(range(9), datamodule(hooked).train_batches([0, 0]))]
     position = full[4][0]
+    documents, skipped_tokens = position[2]
+    assert documents > 0  # the resume starts past whole documents
+    counting = CountingTokenizer(hooked.tokenizer)
+    monkeypatch.setattr(hooked, "tokenizer", counting)
     resumed = [item for _, item in zip(range(4), datamodule(hooked).train_batches(position))]
     for (_, expected), (_, got) in zip(full[5:], resumed):
         assert torch.equal(expected, got)
+    train_documents = list(datamodule(hooked).source.documents("train"))
+    assert counting.texts == train_documents[documents:documents + len(counting.texts)]
+    older = [item for _, item in zip(range(4), datamodule(hooked).train_batches(position[:2]))]
+    assert all(torch.equal(a, b) for (_, a), (_, b) in zip(resumed, older))
 
 
 def test_cache_written_then_read_gives_the_same_activations(hooked, tmp_path: Path) -> None:
     dm = datamodule(hooked)
     index = write_activation_cache(dm, tmp_path / "cache", n_tokens=640, dtype="float32", tokens_per_shard=256)
     assert index.n_tokens == 640 and len(index.shards) == 3
-    stream = torch.cat([b for _, (_, b) in zip(range(5), datamodule(hooked).train_batches([0, 0]))])
+    source = datamodule(hooked).source  # the first piece's documents, packed and captured in their order
+    captured = torch.cat([b.kept for b in source.batches(source.pack(source.documents("train")), 8)])
     reread = ShardIndex.load(tmp_path / "cache")
-    assert torch.equal(torch.cat([reread.read_shard(i) for i in range(3)]), stream)
+    assert torch.equal(torch.cat([reread.read_shard(i) for i in range(3)]), captured[:640])
     assert reread.metadata["hook_point"] == "model.layers.2"
     ActivationShardDataModule(str(tmp_path / "cache"), batch_size=64, expect=cache_metadata(dm))
     with pytest.raises(ShardError, match="hook_point='model.layers.2' but this run expects hook_point='model.layers.9'"):
         ActivationShardDataModule(str(tmp_path / "cache"), batch_size=64, expect={"hook_point": "model.layers.9"})
+
+
+def test_a_killed_cache_goes_on_at_its_next_piece_without_tokenising_the_earlier_documents(
+        hooked, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A cache of 5,000 tokens in pieces of 2 documents: one run interrupted in its fourth piece, then the same
+    command again, gives the cache an uninterrupted run gives; the second run tokenises only the documents of the
+    pieces it writes."""
+    settings = dict(n_tokens=5000, dtype="float32", tokens_per_shard=512, val_tokens=300, piece_documents=2)
+    whole = write_activation_cache(datamodule(hooked), tmp_path / "whole", **settings)
+    train_documents = list(datamodule(hooked).source.documents("train"))
+    real = hooked.tokenizer
+
+    monkeypatch.setattr(hooked, "tokenizer", CountingTokenizer(real, interrupt_on=train_documents[3 * 2 + 1]))
+    with pytest.raises(KeyboardInterrupt):
+        write_activation_cache(datamodule(hooked), tmp_path / "cache", **settings)
+    kept = ShardIndex.load(tmp_path / "cache")
+    assert {s["piece"] for s in kept.shards if s.get("split") == "train"} == {0, 1, 2}  # three whole pieces
+    assert sorted(p.name for p in (tmp_path / "cache").glob("shard_*")) == sorted(s["file"] for s in kept.shards)
+
+    resumed = CountingTokenizer(real)
+    monkeypatch.setattr(hooked, "tokenizer", resumed)
+    index = write_activation_cache(datamodule(hooked), tmp_path / "cache", **settings)
+    assert resumed.texts == train_documents[6:6 + len(resumed.texts)]  # from piece 3 on, nothing earlier
+    for split in ("train", "val"):
+        got = torch.cat([index.read_shard(i) for i in index.split_ids(split)])
+        assert torch.equal(got, torch.cat([whole.read_shard(i) for i in whole.split_ids(split)]))
+    assert index.split_tokens("train") == 5000 and index.split_tokens("val") == 300
 
 
 def test_spliced_loss_with_a_perfect_reconstruction_equals_the_clean_loss(hooked, tokens) -> None:

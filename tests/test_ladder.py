@@ -4,6 +4,7 @@ before any work."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -20,10 +21,11 @@ from tests.helpers import REPO, run_cli
 from tests.test_pipeline import tiny_configs
 
 
-def ladder_config(root: Path, pipeline: Path, name: str, rungs: list[int]) -> Path:
+def ladder_config(root: Path, pipeline: Path, name: str, rungs: list[int], cache: dict | None = None) -> Path:
     path = root / f"{name}.yaml"
     path.write_text(yaml.safe_dump({"pipeline": str(pipeline), "run": str(root / name / "run"),
-                                    "results": str(root / name / "results"), "rungs": rungs, "tokens": 1024}))
+                                    "results": str(root / name / "results"), "rungs": rungs, "tokens": 1024,
+                                    **({"cache": cache} if cache else {})}))
     return path
 
 
@@ -50,9 +52,21 @@ def assert_close(got: object, want: object, where: str = "") -> None:
 
 def test_the_ladder_commits_each_rung_once_and_a_killed_rung_resumes_to_the_same_result(tmp_path: Path) -> None:
     pipeline = tiny_configs(tmp_path)
-    reference = ladder_config(tmp_path, pipeline, "reference", [2, 6])
+    from pydoc_data.topics import topics
+
+    notes = tmp_path / "notes"  # another text than the pipeline's: a folder of files
+    notes.mkdir()
+    for name in sorted(topics)[:40]:
+        (notes / f"{name}.txt").write_text(topics[name])
+    own_cache = {"path": str(tmp_path / "own_cache"), "config": str(tmp_path / "capture.yaml"), "text": str(notes),
+                 "tokens": 4096, "val_tokens": 1024, "piece_documents": 3}  # a cache of its own, in pieces
+    reference = ladder_config(tmp_path, pipeline, "reference", [2, 6], own_cache)
     first = run_cli("ladder", "--config", str(reference), cwd=tmp_path, script="canon-pl")
     assert first.returncode == 0, first.stderr[-3000:]
+    index = json.loads((tmp_path / "own_cache" / "index.json").read_text())
+    assert index["metadata"]["text"] == str(notes) and len(index["pieces"]) > 1 and not (tmp_path / "cache").exists()
+    trained_on = json.loads((tmp_path / "reference" / "run" / "576" / "cfg.json").read_text())
+    assert trained_on["data"]["text"] == str(notes)  # the family read the ladder's cache, not the pipeline's
     results = tmp_path / "reference" / "results"
     documents = finished_rungs(results)
     assert [d["steps"] for d in documents] == [2, 6] and documents[1]["tokens"] == 6 * 256
@@ -97,7 +111,7 @@ def test_the_ladder_commits_each_rung_once_and_a_killed_rung_resumes_to_the_same
     assert [d["wall_seconds"]["train"] for d in again_documents] == [d["wall_seconds"]["train"] for d in documents]
 
     # the same ladder, killed (SIGKILL) once rung 6 has a checkpoint past rung 2, then run again
-    killed = ladder_config(tmp_path, pipeline, "killed", [2, 6])
+    killed = ladder_config(tmp_path, pipeline, "killed", [2, 6], own_cache)  # the same cache, already written
     process = subprocess.Popen([str(Path(sys.executable).parent / "canon-pl"), "ladder", "--config", str(killed)],
                                cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                start_new_session=True)
@@ -143,10 +157,50 @@ def test_a_damaged_committed_rung_is_an_error_naming_it_not_silently_redone(tmp_
     assert RUNG.format == "canon_pl.ladder_rung"
 
 
-@pytest.mark.parametrize("name, tokens", [("ladder_smollm2.yaml", 24_000_000), ("gpu/ladder_smollm2_gpu.yaml", 9e7)])
+@pytest.mark.parametrize("edit, message", [
+    ({"steps": None}, "'steps' must be int, got None"),
+    ({"steps": 4}, "it says steps 4 but its name says 2"),
+    ({"pairs": "none"}, "'pairs' must be list"),
+])
+def test_an_edited_committed_rung_is_refused_naming_it(tmp_path: Path, edit: dict, message: str,
+                                                       capsys: pytest.CaptureFixture) -> None:
+    from canon_pl.cli import main
+
+    pipeline = tiny_configs(tmp_path)
+    config = ladder_config(tmp_path, pipeline, "edited", [2])
+    results = tmp_path / "edited" / "results"
+    results.mkdir(parents=True)
+    rung = RUNG.stamp({"steps": 2, "tokens": 512, "members": {}, "pairs": [], **edit})
+    (results / "rung_2.json").write_text(json.dumps(rung))
+    assert main(["ladder", "--config", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert "rung_2.json" in err and message in err and "delete it to measure the rung again" in err
+    assert "Traceback" not in err and not (tmp_path / "cache").exists()
+
+
+@pytest.mark.parametrize("name, tokens", [("ladder_smollm2.yaml", 24_000_000), ("gpu/ladder_smollm2_gpu.yaml", 9e7),
+                                          ("ladder_smollm2_docs.yaml", 1e8)])
 def test_the_shipped_ladder_configs_parse_and_reach_their_token_counts(name: str, tokens: float,
                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(REPO)
     cfg = read_ladder_config(REPO / "configs" / name)
     assert cfg.rungs[-1] * cfg.batch_size >= tokens
     assert all(r % cfg.checkpoint_every == 0 for r in cfg.rungs)
+
+
+def test_convergence_is_read_where_two_seeds_stop_agreeing_more_with_training() -> None:
+    """The plateau rule: the first rung where, for every width, the share of latents its other seed holds rose by
+    less than 2 points per doubling of training since the rung before."""
+    from canon_pl.ladder_results import consistency_plateau
+
+    def rung(tokens: int, shares: dict[int, float]) -> dict:
+        return {"tokens": tokens, "pairs": [{"large": width, "control_consistency": {"shared_at": {"0.7": share}}}
+                                            for width, share in shares.items()]}
+
+    rising = [rung(2**20 * 2**i, {1152: 0.1 * (i + 1), 2304: 0.08 * (i + 1)}) for i in range(4)]
+    assert consistency_plateau(rising)[0] is None and "+10.0 points per doubling" in consistency_plateau(rising)[1]
+    one_still_rising = rising + [rung(2**24, {1152: 0.41, 2304: 0.35})]  # 2304 rose 3 points: not yet
+    assert consistency_plateau(one_still_rising)[0] is None
+    flat = one_still_rising + [rung(2**25, {1152: 0.415, 2304: 0.36})]
+    assert consistency_plateau(flat)[0] == 2**25
+    assert consistency_plateau(rising[:1])[0] is None

@@ -292,6 +292,25 @@ def test_documents_are_read_in_a_seeded_order_with_held_out_documents_spread_ove
     assert len(pieces) > 20 and all(p.startswith("Paragraph") for p in pieces)  # one page, many documents
 
 
+def test_a_named_text_joins_its_packages_files_leaves_out_translations_and_names_the_package_it_needs(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from canon_pl.lm import text
+
+    for folder in ("python/_sources", "linux/_sources/gpu", "linux/_sources/translations/zh_CN"):
+        (tmp_path / folder).mkdir(parents=True)
+        (tmp_path / folder / "page.rst.txt").write_text(f"A page of {folder}.\n")
+    python = text.NamedText((f"{tmp_path}/python/_sources/**/*.rst.txt",), ("python3.11-doc",))
+    linux = text.NamedText((f"{tmp_path}/linux/_sources/**/*.rst.txt",), ("linux-doc-6.1",), ("translations",))
+    missing = text.NamedText((f"{tmp_path}/nowhere/**/*.rst.txt",), ("linux-doc-6.1",))
+    monkeypatch.setitem(text.NAMED_SOURCES, "both", python + linux)
+    monkeypatch.setitem(text.NAMED_SOURCES, "absent", missing)
+    both = [*iter_documents("both", "val", order_seed=None), *iter_documents("both", "train", order_seed=None)]
+    assert both == ["A page of linux/_sources/gpu.\n", "A page of python/_sources.\n"]  # no translation
+    with pytest.raises(text.TextSourceError, match="apt-get install linux-doc-6.1"):
+        text.check_text_source("absent")
+    assert text.NAMED_SOURCES["docs"].packages == ("python3.11-doc", "linux-doc-6.1")
+
+
 def test_an_analysis_reads_only_the_held_out_part_of_a_cache(tmp_path: Path) -> None:
     train = [torch.zeros(64, 8)]
     held_out = [torch.ones(32, 8)]

@@ -30,18 +30,21 @@ from canon_pl.commands.args import run_command
 from canon_pl.commands.ladder_fit import family_at, fit_to, ladder_fit_config
 from canon_pl.errors import SettingError
 from canon_pl.io.layout import RunLayout
-from canon_pl.ladder_results import RUNG, finished_rungs
+from canon_pl.ladder_results import RUNG, finished_rungs, read_rung_file
 
 DESCRIPTION = """Train a pipeline config's family on past the study's budget and measure the study's figures at
 each rung of training steps (held-out and training EV, rows at init, novel fractions with their cross-seed controls,
 the path's peak), one committed JSON per rung (<results>/rung_<steps>.json) and the curves over the rungs
 (<results>/curves.png). A finished rung is never recomputed; an interrupted one resumes from its last checkpoint."""
 
-LADDER_KEYS = {"pipeline", "run", "results", "rungs", "tokens", "fit_args", "bases"}
+LADDER_KEYS = {"pipeline", "run", "results", "rungs", "tokens", "fit_args", "bases", "cache", "stop_at_plateau"}
 """A ladder config: ``pipeline`` (the study's pipeline config: its cache and family), ``run`` (the ladder's own run
 folder), ``results`` (where rung files go, committed), ``rungs`` (training steps, increasing), ``tokens``
 (held-out tokens per analysis, default the pipeline's stitch tokens) and ``fit_args`` (extra ``lightning fit``
-arguments), ``bases`` (the meta-SAE's base-width ladder, :mod:`canon_pl.commands.base_ladder`)."""
+arguments), ``bases`` (the meta-SAE's base-width ladder, :mod:`canon_pl.commands.base_ladder`), ``cache`` (a cache
+of the ladder's own in place of the pipeline's: ``path`` and the options of ``canon-pl cache``; the family trains
+on it and every rung is measured on its held-out part), ``stop_at_plateau`` (stop climbing once two seeds' agreement
+has plateaued: :func:`canon_pl.ladder_results.consistency_plateau`)."""
 
 RUNGS_FOLDER = "rungs"
 """``<run>/rungs/<steps>/``: the family's exports as they stood at each rung (a family folder, stitched there)."""
@@ -60,6 +63,7 @@ class LadderConfig:
     family_config: dict[str, Any]
     batch_size: int
     bases: dict[str, Any] | None = None
+    stop_at_plateau: bool = False
 
     def rung_file(self, steps: int) -> Path:
         return self.results / f"rung_{steps}.json"
@@ -88,7 +92,7 @@ def read_ladder_config(path: Path) -> LadderConfig:
         raise SettingError(f"{path}: not a ladder config (a mapping with pipeline, run, results, rungs)")
     if set(raw) - LADDER_KEYS or not {"pipeline", "run", "results", "rungs"} <= set(raw):
         raise SettingError(f"{path}: a ladder config is a mapping with pipeline, run, results, rungs (and optionally "
-                           f"tokens, fit_args, bases); got {sorted(raw)}")
+                           f"tokens, fit_args, bases, cache, stop_at_plateau); got {sorted(raw)}")
     rungs = raw["rungs"]
     if (not isinstance(rungs, list) or not rungs or not all(isinstance(r, int) and not isinstance(r, bool) and r > 0
                                                              for r in rungs) or sorted(set(rungs)) != rungs):
@@ -108,6 +112,8 @@ def read_ladder_config(path: Path) -> LadderConfig:
     fit_args = raw.get("fit_args") or []
     if not isinstance(fit_args, list):
         raise SettingError(f"{path}: fit_args must be a list of lightning fit arguments, got {fit_args!r}")
+    if raw.get("cache") is not None:
+        pipeline, fit_args = own_cache(raw["cache"], pipeline, fit_args, path)
     run = Path(raw["run"])
     if run.resolve() == Path(pipeline["run"]).resolve():
         raise SettingError(f"{path}: run must be a folder of its own, not the study's {pipeline['run']} (the ladder "
@@ -117,7 +123,28 @@ def read_ladder_config(path: Path) -> LadderConfig:
     return LadderConfig(pipeline=pipeline, run=run, results=Path(raw["results"]), rungs=tuple(rungs), tokens=tokens,
                         fit_args=tuple(map(str, fit_args)), family_config=family_config,
                         batch_size=int(family_config["data"]["init_args"]["batch_size"]),
-                        bases=check_bases_section(raw.get("bases"), path))
+                        bases=check_bases_section(raw.get("bases"), path),
+                        stop_at_plateau=_flag(raw.get("stop_at_plateau", False), "stop_at_plateau", path))
+
+
+def _flag(value: Any, key: str, path: Path) -> bool:
+    if not isinstance(value, bool):
+        raise SettingError(f"{path}: {key} must be true or false, got {value!r}")
+    return value
+
+
+def own_cache(section: Any, pipeline: dict[str, Any], fit_args: list, path: Path) -> tuple[dict[str, Any], list]:
+    """The pipeline config and fit arguments of a ladder with a cache of its own (``section``: ``path`` and the
+    options of ``canon-pl cache``): the pipeline's cache stage writes it and the family's data reads it."""
+    from canon_pl.commands.pipeline import check_stage_options
+
+    if not isinstance(section, dict) or not isinstance(section.get("path"), str):
+        raise SettingError(f"{path}: cache must be a mapping with path (the cache's folder) and the options of "
+                           f"canon-pl cache (config, tokens, val_tokens, text, ...); got {section!r}")
+    options = {key: value for key, value in section.items() if key != "path"}
+    check_stage_options({"cache": options}, path)
+    return ({**pipeline, "cache": options, "cache_path": Path(section["path"])},
+            ["--data.init_args.path", section["path"], *fit_args])
 
 
 def train_to(cfg: LadderConfig, steps: int) -> None:
@@ -203,7 +230,7 @@ def read_rung(path: Path) -> dict[str, Any] | None:
     work, not to be overwritten silently)."""
     if not path.is_file():
         return None
-    return RUNG.read(path, "; delete it to measure the rung again")
+    return read_rung_file(path)
 
 
 def ladder(*, config: str, device: str = default_device(), only: int | None = None, remeasure: bool = False,
@@ -224,6 +251,7 @@ def ladder(*, config: str, device: str = default_device(), only: int | None = No
     from canon_pl.commands.pipeline import run_stage, stage_done
     from canon_pl.io.atomic import atomic_write_json
     from canon_pl.ladder_report import write_ladder_figures
+    from canon_pl.ladder_results import consistency_plateau
 
     check_device(device)
     if only is not None:
@@ -279,6 +307,12 @@ def ladder(*, config: str, device: str = default_device(), only: int | None = No
         atomic_write_json(cfg.rung_file(steps), document)
         print(f"  wrote {cfg.rung_file(steps)} (train {t1 - t0:.0f} s, measure {t2 - t1:.0f} s)", flush=True)
         write_ladder_figures(finished_rungs(cfg.results), cfg.results)
+        reached, agreement = consistency_plateau(finished_rungs(cfg.results))
+        print(f"  convergence: {agreement}", flush=True)
+        if cfg.stop_at_plateau and reached is not None:
+            print(f"  two seeds' agreement plateaued at {reached / 1e6:.1f}M tokens: the ladder stops here "
+                  f"(stop_at_plateau)", flush=True)
+            break
     if not todo and cfg.results.is_dir():
         write_ladder_figures(finished_rungs(cfg.results), cfg.results)
     print(json.dumps({"rungs_committed": [d["steps"] for d in finished_rungs(cfg.results)] if cfg.results.is_dir()

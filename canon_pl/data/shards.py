@@ -107,6 +107,74 @@ class ShardIndex:
         return acts.float()
 
 
+class ShardWriter:
+    """Writes ``[batch, d_in]`` tensors into ``directory`` as safetensors shards of ``tokens_per_shard`` rows, each
+    named by this writer (``shard_<random>_<n>.safetensors``), so shards already in the folder stay whole; the
+    entries of what it wrote accumulate in :attr:`shards` until :func:`write_shard_index` lists them."""
+
+    def __init__(self, directory: str | os.PathLike, tokens_per_shard: int, dtype: str,
+                 first_number: int = 0, d_in: int | None = None, **marks: Any) -> None:
+        if dtype not in DTYPES:
+            raise ShardError(f"dtype {dtype!r} not supported; choose one of {sorted(DTYPES)}")
+        self.directory, self.tokens_per_shard, self.dtype = Path(directory), tokens_per_shard, dtype
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.prefix = f"shard_{secrets.token_hex(4)}_"
+        self.number, self.d_in, self.marks = first_number, d_in, marks
+        self.shards: list[dict[str, Any]] = []
+
+    def _flush(self, rows: Tensor, split: str | None) -> None:
+        name = f"{self.prefix}{self.number:05d}.safetensors"
+        self.number += 1
+        with atomic_path(self.directory / name) as tmp:
+            save_file({TENSOR_KEY: rows.to(DTYPES[self.dtype]).contiguous().cpu()}, str(tmp))
+            digest = sha256_file(tmp)
+        self.shards.append({"file": name, "n_tokens": int(rows.shape[0]), "sha256": digest,
+                            **({"split": split} if split else {}), **self.marks})
+
+    def write(self, stream: Iterable[Tensor], split: str | None) -> None:
+        """All of ``stream`` into shards marked ``split`` (none for ``None``); the last shard may be shorter."""
+        pending: list[Tensor] = []
+        n_pending = 0
+        for batch in stream:
+            if batch.dim() != 2:
+                raise ShardError(f"activation batches must be [batch, d_in], got shape {tuple(batch.shape)}")
+            if self.d_in is None:
+                self.d_in = int(batch.shape[1])
+            elif batch.shape[1] != self.d_in:
+                raise ShardError(f"activation width changed from {self.d_in} to {batch.shape[1]} while writing the cache")
+            pending.append(batch.detach())
+            n_pending += batch.shape[0]
+            while n_pending >= self.tokens_per_shard:
+                rows = torch.cat(pending)
+                self._flush(rows[:self.tokens_per_shard], split)
+                pending, n_pending = [rows[self.tokens_per_shard:]], rows.shape[0] - self.tokens_per_shard
+        if n_pending:
+            self._flush(torch.cat(pending), split)
+
+    def discard(self) -> None:
+        """Remove every shard this writer wrote (a failed or interrupted write leaves the folder as it was)."""
+        for entry in self.shards:
+            (self.directory / entry["file"]).unlink(missing_ok=True)
+        self.shards = []
+
+
+def write_shard_index(directory: str | os.PathLike, d_in: int, dtype: str, shards: list[dict[str, Any]],
+                      metadata: dict[str, Any] | None = None, **extra: Any) -> ShardIndex:
+    """Write ``index.json`` listing ``shards`` (atomically: a reader sees the old index or this one), then remove the
+    shards of the folder it does not list (an older cache's, or an interrupted write's). ``extra`` keys are stored
+    beside the index's own (a cache written in pieces keeps its pieces there)."""
+    directory = Path(directory)
+    index = ShardIndex(directory, d_in, dtype, shards, dict(metadata or {}))
+    atomic_write_json(directory / INDEX_FILE, CACHE_INDEX.stamp({
+        "d_in": d_in, "dtype": dtype, "shards": shards, "metadata": index.metadata, "n_tokens": index.n_tokens,
+        **extra}))
+    kept = {entry["file"] for entry in shards}
+    for old in directory.glob("shard_*.safetensors"):
+        if old.name not in kept:
+            old.unlink()
+    return index
+
+
 def write_activation_shards(
     batches: Iterable[Tensor],
     directory: str | os.PathLike,
@@ -118,65 +186,20 @@ def write_activation_shards(
     """Write ``[batch, d_in]`` tensors as shards of ``tokens_per_shard`` rows; the index is written last.
 
     ``val_batches`` (held-out activations) go into shards of their own marked ``"split": "val"`` after the training
-    shards; with them every shard is marked, so the index says which tokens are held out.
+    shards; with them every shard is marked, so the index says which tokens are held out. An older cache in the same
+    folder stays whole (its index still points at its own shards) until the new index replaces it.
     """
-    if dtype not in DTYPES:
-        raise ShardError(f"dtype {dtype!r} not supported; choose one of {sorted(DTYPES)}")
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    shards: list[dict[str, Any]] = []
-    d_in: int | None = None
-
-    # This write's shards get their own names: an older cache in the same folder stays whole (its index still points
-    # at its own shards) until the new index replaces it; then the old shards are removed.
-    prefix = f"shard_{secrets.token_hex(4)}_"
-
-    def flush(rows: Tensor, split: str | None) -> None:
-        name = f"{prefix}{len(shards):05d}.safetensors"
-        with atomic_path(directory / name) as tmp:
-            save_file({TENSOR_KEY: rows.to(DTYPES[dtype]).contiguous().cpu()}, str(tmp))
-            digest = sha256_file(tmp)
-        shards.append({"file": name, "n_tokens": int(rows.shape[0]), "sha256": digest,
-                       **({"split": split} if split else {})})
-
-    def write(stream: Iterable[Tensor], split: str | None) -> None:
-        nonlocal d_in
-        pending: list[Tensor] = []
-        n_pending = 0
-        for batch in stream:
-            if batch.dim() != 2:
-                raise ShardError(f"activation batches must be [batch, d_in], got shape {tuple(batch.shape)}")
-            if d_in is None:
-                d_in = int(batch.shape[1])
-            elif batch.shape[1] != d_in:
-                raise ShardError(f"activation width changed from {d_in} to {batch.shape[1]} while writing the cache")
-            pending.append(batch.detach())
-            n_pending += batch.shape[0]
-            while n_pending >= tokens_per_shard:
-                rows = torch.cat(pending)
-                flush(rows[:tokens_per_shard], split)
-                pending, n_pending = [rows[tokens_per_shard:]], rows.shape[0] - tokens_per_shard
-        if n_pending:
-            flush(torch.cat(pending), split)
-
+    writer = ShardWriter(directory, tokens_per_shard, dtype)
     try:
-        write(batches, "train" if val_batches is not None else None)
+        writer.write(batches, "train" if val_batches is not None else None)
         if val_batches is not None:
-            write(val_batches, "val")
-        if d_in is None or not shards:
+            writer.write(val_batches, "val")
+        if writer.d_in is None or not writer.shards:
             raise ShardError("no activations to write: the source yielded nothing")
-        index = ShardIndex(directory, d_in, dtype, shards, dict(metadata or {}))
-        atomic_write_json(directory / INDEX_FILE, CACHE_INDEX.stamp({
-            "d_in": d_in, "dtype": dtype, "shards": shards, "metadata": index.metadata, "n_tokens": index.n_tokens}))
+        return write_shard_index(directory, writer.d_in, dtype, writer.shards, metadata)
     except BaseException:
-        for entry in shards:  # a failed or interrupted write leaves the folder as it was
-            (directory / entry["file"]).unlink(missing_ok=True)
+        writer.discard()
         raise
-    kept = {entry["file"] for entry in shards}
-    for old in directory.glob("shard_*.safetensors"):
-        if old.name not in kept:
-            old.unlink()
-    return index
 
 
 def iterate_shard_batches(

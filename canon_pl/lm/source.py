@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, fields
 from itertools import islice
 from typing import Any
@@ -26,10 +26,13 @@ from canon_pl.lm.spliced import spliced_loss_sums
 from canon_pl.lm.text import (
     DOCUMENT_CHARS,
     ContextLengthError,
+    ContextPacker,
+    TextCursor,
     check_text_source,
     context_stream,
     document_order_seed,
     iter_documents,
+    pack_contexts,
 )
 from canon_pl.lm.tokens import TokenSelection, select_training_tokens
 
@@ -151,13 +154,27 @@ class ActivationSource:
     def excluded_fraction(self) -> float:
         return self.tokens_excluded / max(self.tokens_seen, 1)
 
-    def contexts(self, split: str, start: int = 0, shard: tuple[int, int] = (0, 1)) -> Iterator[Tensor]:
-        """``[context_length]`` token tensors of ``split`` (``train`` / ``val``) from position ``start`` on; ``shard
-        = (r, W)`` reads documents ``r, r + W, ...`` (one rank's part)."""
+    def contexts(self, split: str, start: int = 0, shard: tuple[int, int] = (0, 1),
+                 cursor: TextCursor | None = None) -> ContextPacker:
+        """``[context_length]`` token tensors of ``split`` (``train`` / ``val``) from context ``start`` on (with its
+        ``cursor``, read from the packer when the stream was there, nothing before it is tokenised); ``shard = (r,
+        W)`` reads documents ``r, r + W, ...`` (one rank's part)."""
         s, tokenizer = self.settings, self.load().tokenizer
         return context_stream(s.text, split, tokenizer, s.context_length, start, s.val_every, self.text_column,
                               bos_token_id=tokenizer.bos_token_id, shard=shard, order_seed=s.order_seed,
+                              document_chars=s.document_chars, cursor=cursor)
+
+    def documents(self, split: str) -> Iterator[str]:
+        """The documents of ``split`` in the run's seeded order, as text (nothing tokenised)."""
+        s = self.settings
+        return iter_documents(s.text, split, s.val_every, self.text_column, order_seed=s.order_seed,
                               document_chars=s.document_chars)
+
+    def pack(self, documents: Iterable[str]) -> Iterator[Tensor]:
+        """``documents`` packed into ``[context_length]`` token tensors on their own (BOS first, EOS between
+        documents), as :meth:`contexts` packs a whole split."""
+        tokenizer = self.load().tokenizer
+        return pack_contexts(iter(documents), tokenizer, self.settings.context_length, tokenizer.bos_token_id)
 
     def autocast(self) -> contextlib.AbstractContextManager:
         """bf16 autocast for the LM on a GPU, nothing on a CPU."""

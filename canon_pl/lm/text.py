@@ -2,7 +2,10 @@
 
 Named sources (no network):
 - ``python-docs``: the reST sources of the Python 3.11 documentation from Debian's ``python3.11-doc`` (11 MB of
-  English prose; ``apt-get install python3.11-doc``);
+  English prose, about 2.5M SmolLM2 tokens; ``apt-get install python3.11-doc``);
+- ``linux-docs``: the reST sources of the Linux 6.1 kernel documentation from Debian's ``linux-doc-6.1``, without
+  its translations (21 MB of English prose, about 5M tokens; ``apt-get install linux-doc-6.1``);
+- ``docs``: both of them, one corpus (what a cache of several million unique tokens is captured from);
 - ``pydoc-topics``: the documentation topics that ship inside every CPython (``pydoc_data``), about 0.5 MB.
 Anything else is a local file, folder or glob (read with ``datasets``' ``text`` builder, one document per file), or
 a hub dataset name for users with a network.
@@ -29,6 +32,7 @@ import glob
 import random
 import re
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
 from typing import Any
@@ -39,10 +43,34 @@ from torch import Tensor
 from canon_pl.errors import CanonError, find_cause
 from canon_pl.io.validate import regular_file
 
-NAMED_SOURCES = {
-    "python-docs": "/usr/share/doc/python3.11/html/_sources/**/*.rst.txt",
+@dataclass(frozen=True)
+class NamedText:
+    """A text that a Debian package installs: the globs of its files, path parts that leave a file out, and the
+    package that brings it."""
+
+    patterns: tuple[str, ...]
+    packages: tuple[str, ...]
+    excluded_parts: tuple[str, ...] = ()
+
+    def files(self) -> list[str]:
+        found = {path for pattern in self.patterns for path in glob.glob(pattern, recursive=True)}
+        return sorted(path for path in found if not set(Path(path).parts) & set(self.excluded_parts))
+
+    def __add__(self, other: NamedText) -> NamedText:
+        return NamedText(self.patterns + other.patterns, self.packages + other.packages,
+                         self.excluded_parts + other.excluded_parts)
+
+
+PYTHON_DOCS = NamedText(("/usr/share/doc/python3.11/html/_sources/**/*.rst.txt",), ("python3.11-doc",))
+LINUX_DOCS = NamedText(("/usr/share/doc/linux-doc-6.1/html/_sources/**/*.rst.txt",), ("linux-doc-6.1",),
+                       excluded_parts=("translations",))
+NAMED_SOURCES: dict[str, NamedText | None] = {
+    "python-docs": PYTHON_DOCS,
+    "linux-docs": LINUX_DOCS,
+    "docs": PYTHON_DOCS + LINUX_DOCS,
     "pydoc-topics": None,
 }
+"""Texts by name: files a Debian package installs (``None``: ``pydoc_data``, inside every CPython)."""
 
 
 HUB_DATASET_NAME = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
@@ -64,21 +92,26 @@ class ContextLengthError(CanonError, ValueError):
 
 
 def _local_files(source: str) -> list[str] | None:
-    pattern = NAMED_SOURCES.get(source, source)
-    if pattern is None:
-        return None
-    path = Path(pattern)
+    if source in NAMED_SOURCES:
+        named = NAMED_SOURCES[source]
+        if named is None:
+            return None
+        files = named.files()
+        if not files:
+            raise TextSourceError(f"text source {source!r} matches no files at {', '.join(named.patterns)} (install "
+                                  f"it with: apt-get install {' '.join(named.packages)})")
+        return files
+    path = Path(source)
     if path.is_dir():
         files = sorted(str(p) for p in path.rglob("*") if p.is_file())
     elif path.is_file():
         files = [str(path)]
     else:
-        files = sorted(glob.glob(pattern, recursive=True))
+        files = sorted(glob.glob(source, recursive=True))
     if not files and is_hub_dataset_name(source):
         return None
-    if not files and (source in NAMED_SOURCES or any(ch in source for ch in "*/?") or path.suffix):
-        hint = " (install it with: apt-get install python3.11-doc)" if source == "python-docs" else ""
-        raise TextSourceError(f"text source {source!r} matches no files at {pattern}{hint}")
+    if not files and (any(ch in source for ch in "*/?") or path.suffix):
+        raise TextSourceError(f"text source {source!r} matches no files at {source}")
     return files or None
 
 
@@ -265,21 +298,62 @@ def iter_documents(source: str, split: str, val_every: int = 20, text_column: st
         raise TextSourceError(f"text source {source!r} is empty: it yielded no non-empty document")
 
 
+TextCursor = tuple[int, int]
+"""Where a context starts in a document stream: ``(documents, tokens)``, the number of documents wholly packed
+before it and the tokens of the next document (its EOS included) packed before it."""
+
+
+class ContextPacker:
+    """A document stream packed into ``[context_length]`` token tensors: BOS then ``context_length - 1`` tokens of
+    the concatenated stream (documents separated by EOS). :attr:`cursor` says where the next context starts, so a
+    stream can be reopened there (``start=cursor``) without tokenising the documents before it."""
+
+    def __init__(self, documents: Iterator[str], tokenizer: Any, context_length: int, bos_token_id: int | None,
+                 start: TextCursor = (0, 0)) -> None:
+        """``documents`` must begin at document ``start[0]`` of the stream (the earlier ones left out); the first
+        ``start[1]`` tokens of that document are dropped."""
+        self.body = context_length - (1 if bos_token_id is not None else 0)
+        if self.body <= 0:
+            raise ValueError(f"context_length={context_length} leaves no room for text")
+        self.documents, self.tokenizer, self.bos_token_id = documents, tokenizer, bos_token_id
+        self.cursor: TextCursor = start
+        self._contexts = self._pack()
+
+    def __iter__(self) -> ContextPacker:
+        return self
+
+    def __next__(self) -> Tensor:
+        return next(self._contexts)
+
+    def _tokens(self, text: str) -> list[int]:
+        ids = self.tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]
+        return ids + ([self.tokenizer.eos_token_id] if self.tokenizer.eos_token_id is not None else [])
+
+    def _pack(self) -> Iterator[Tensor]:
+        first_document, skip = self.cursor
+        pending: list[int] = []
+        lengths: list[int] = []  # tokens each document in ``pending`` still has there, oldest first
+        for index, text in enumerate(self.documents):
+            tokens = self._tokens(text)[skip if index == 0 else 0:]
+            pending.extend(tokens)
+            lengths.append(len(tokens))
+            while len(pending) >= self.body:
+                chunk, pending = pending[:self.body], pending[self.body:]
+                used = self.body
+                while lengths and used >= lengths[0]:  # documents this context finished
+                    used -= lengths.pop(0)
+                    first_document, skip = first_document + 1, 0
+                if lengths:
+                    lengths[0] -= used
+                    skip += used
+                self.cursor = (first_document, skip)
+                yield torch.tensor(([self.bos_token_id] if self.bos_token_id is not None else []) + chunk,
+                                   dtype=torch.long)
+
+
 def pack_contexts(documents: Iterator[str], tokenizer: Any, context_length: int, bos_token_id: int | None) -> Iterator[Tensor]:
-    """Pack a document stream into ``[context_length]`` token tensors: BOS then ``context_length - 1`` tokens of the
-    concatenated stream (documents separated by EOS)."""
-    body = context_length - (1 if bos_token_id is not None else 0)
-    if body <= 0:
-        raise ValueError(f"context_length={context_length} leaves no room for text")
-    eos = tokenizer.eos_token_id
-    pending: list[int] = []
-    for text in documents:
-        pending.extend(tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"])
-        if eos is not None:
-            pending.append(eos)
-        while len(pending) >= body:
-            chunk, pending = pending[:body], pending[body:]
-            yield torch.tensor(([bos_token_id] if bos_token_id is not None else []) + chunk, dtype=torch.long)
+    """Pack a document stream into ``[context_length]`` token tensors (see :class:`ContextPacker`)."""
+    return ContextPacker(documents, tokenizer, context_length, bos_token_id)
 
 
 def document_order_seed(seed: int, shuffle_documents: bool) -> int | None:
@@ -291,9 +365,14 @@ def document_order_seed(seed: int, shuffle_documents: bool) -> int | None:
 def context_stream(source: str, split: str, tokenizer: Any, context_length: int, start: int = 0,
                    val_every: int = 20, text_column: str = "text", bos_token_id: int | None = None,
                    shard: tuple[int, int] = (0, 1), order_seed: int | None = 0,
-                   document_chars: int | None = DOCUMENT_CHARS) -> Iterator[Tensor]:
-    """Contexts of ``split`` (of the documents of ``shard``) from position ``start`` on (earlier ones are
-    tokenised and skipped)."""
+                   document_chars: int | None = DOCUMENT_CHARS, cursor: TextCursor | None = None) -> ContextPacker:
+    """Contexts of ``split`` (of the documents of ``shard``) from context ``start`` on. With the ``cursor`` of
+    context ``start`` (a :attr:`ContextPacker.cursor` read when the stream was there) the earlier documents are
+    skipped as text; without it they are tokenised and their contexts dropped."""
     documents = iter_documents(source, split, val_every, text_column, shard, order_seed, document_chars)
-    contexts = pack_contexts(documents, tokenizer, context_length, bos_token_id)
-    return islice(contexts, start, None)
+    if cursor is not None:
+        return ContextPacker(islice(documents, cursor[0], None), tokenizer, context_length, bos_token_id, cursor)
+    packer = ContextPacker(documents, tokenizer, context_length, bos_token_id)
+    for _ in islice(packer, start):  # tokenised and dropped
+        pass
+    return packer

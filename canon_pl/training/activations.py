@@ -18,7 +18,7 @@ from canon_pl.errors import SettingError
 from canon_pl.lm import HookedLanguageModel, iterate_buffered_batches
 from canon_pl.lm.multi_hook import MultiHookBatch, MultiHookSource, check_hook_points
 from canon_pl.lm.source import CAPTURE_KEYS, ActivationSource, CaptureSettings
-from canon_pl.lm.text import TextSourceError
+from canon_pl.lm.text import ContextPacker, TextCursor, TextSourceError
 from canon_pl.training.datamodules import ResumableStreamDataModule, _loader
 
 
@@ -88,8 +88,9 @@ class ActivationDataModule(ResumableStreamDataModule):
             check_positive(outlier_factor=outlier_factor)
         self.source = self._make_source(CaptureSettings(**given),
                                         text_column, model_dtype, model_device_map)
-        self._stream: Iterator[Tensor] | None = None
+        self._stream: ContextPacker | None = None
         self._stream_position = 0
+        self._cursors: dict[int, TextCursor] = {}  # context number -> where it starts in the text, per block read
 
     # ------------------------------------------------------------------------------------------- set-up
     def _make_source(self, settings: CaptureSettings, text_column: str, model_dtype: str,
@@ -98,7 +99,7 @@ class ActivationDataModule(ResumableStreamDataModule):
                                 model_device_map=model_device_map)
 
     def initial_position(self) -> Any:
-        return [0, 0]
+        return [0, 0, None]
 
     @property
     def hooked(self) -> HookedLanguageModel | None:
@@ -131,16 +132,19 @@ class ActivationDataModule(ResumableStreamDataModule):
         return self.source.excluded_fraction
 
     # ------------------------------------------------------------------------------------------- capture
-    def _contexts(self, split: str, start: int) -> Iterator[Tensor]:
+    def _contexts(self, split: str, start: int, cursor: TextCursor | None = None) -> ContextPacker:
         """This rank's contexts: under DDP rank ``r`` of ``W`` reads documents ``r, r + W, ...`` of the split."""
-        return self.source.contexts(split, start, shard=world())
+        return self.source.contexts(split, start, shard=world(), cursor=cursor)
 
     def load_block(self, k: int) -> Tensor:
         """Block ``k``: kept activations of train contexts ``[k * block_contexts, (k + 1) * block_contexts)``."""
         hp = self.hparams
         first = k * hp.block_contexts
         if self._stream is None or self._stream_position != first:
-            self._stream, self._stream_position = self._contexts("train", first), first
+            self._stream = self._contexts("train", first, self._cursors.get(first))
+            self._stream_position = first
+        self._cursors = {c: v for c, v in self._cursors.items() if c >= first - hp.block_contexts}  # a resume's needs
+        self._cursors[first] = self._stream.cursor
         pieces = []
         chunks = range(0, hp.block_contexts, hp.contexts_per_forward)
         for _ in tqdm(chunks, desc=f"filling buffer (block {k})", leave=False, unit="fwd", dynamic_ncols=True,
@@ -155,12 +159,19 @@ class ActivationDataModule(ResumableStreamDataModule):
         return torch.cat(pieces)
 
     def train_batches(self, start: Any) -> Iterator[tuple[Any, Tensor]]:
-        generation, offset = start
+        """Positions are ``[generation, offset, cursor]``: the buffer's place and where in the text the block a
+        resume reads first (block ``generation - 1``) starts, so a resumed run tokenises nothing before it (a
+        position without a cursor, from an older checkpoint, re-tokenises the text up to there)."""
+        generation, offset, *cursor = start
+        first_needed = max(generation - 1, 0) * self.hparams.block_contexts
+        if cursor and cursor[0] is not None:
+            self._cursors[first_needed] = tuple(cursor[0])
         yielded_any = False
         for position, batch in iterate_buffered_batches(self.load_block, self.hparams.batch_size, self.hparams.seed,
                                                         (generation, offset)):
             yielded_any = True
-            yield list(position), batch
+            needed = self._cursors.get(max(position[0] - 1, 0) * self.hparams.block_contexts)
+            yield [*position, list(needed) if needed is not None else None], batch
         if not yielded_any and (generation, offset) == (0, 0):
             raise TextSourceError(f"the text source {self.hparams.text!r} produced fewer tokens than one batch of "
                                   f"{self.hparams.batch_size}")
