@@ -29,9 +29,13 @@ def planted_family(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return run
 
 
+@pytest.fixture(scope="module")
+def scored(planted_family: Path) -> dict:
+    return score_family(planted_family, held_out_tokens=8192, meta_steps=20)
+
+
 def test_stitching_calls_the_planted_novel_and_reconstruction_latents_and_groups_the_planted_families(
-        planted_family: Path) -> None:
-    scored = score_family(planted_family, held_out_tokens=8192, meta_steps=20)
+        scored: dict) -> None:
     assert scored["world"]["features_by_kind"] == {"plain": 32, "child": 32, "composite": 24}
     assert [(p["small"], p["large"]) for p in scored["pairs"]] == [(32, 64), (64, 128)]
     for pair in scored["pairs"]:
@@ -45,6 +49,24 @@ def test_stitching_calls_the_planted_novel_and_reconstruction_latents_and_groups
     first = scored["pairs"][0]
     assert first["truth_classes"]["novel"] >= 5 and first["definition"]["novel"]["n_true"] >= 5
     assert scored["members"]["128"]["by_kind"]["child"] > scored["members"]["32"]["by_kind"]["child"]
+
+
+def test_probing_and_absorption_see_the_planted_hierarchies(scored: dict) -> None:
+    """Where an SAE holds a family's parent, one latent probes the family and nothing is absorbed; where it split the
+    family into children, the 1-sparse probe falls short of the k-sparse one and the child latents absorb the
+    parent (HIERARCHY_RULES)."""
+    from canon_pl.calibration.hierarchy import PARENT, SPLIT
+
+    hierarchy = {h["width"]: h for h in scored["hierarchy"]}
+    assert sorted(hierarchy) == [32, 64, 128]
+    widest, narrowest = hierarchy[128]["by_state"], hierarchy[32]["by_state"]
+    assert widest[SPLIT]["families"] >= 3 > widest[PARENT]["families"]  # the wide SAE splits families
+    assert widest[SPLIT]["probe_1"] < widest[SPLIT]["probe_4"] - 0.1
+    for h in hierarchy.values():
+        assert h["pass"]["absorption"] is not False and h["pass"]["probing"] is not False, h["by_state"]
+    held = [h["by_state"][PARENT] for h in hierarchy.values() if h["by_state"][PARENT]["families"]]
+    assert held and all(state["absorption_rate"] <= 0.1 for state in held)
+    assert narrowest[SPLIT]["families"] < widest[SPLIT]["families"]
 
 
 def test_the_meta_sae_sees_planted_composition_and_no_composition_in_the_null_world() -> None:

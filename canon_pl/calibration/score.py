@@ -25,6 +25,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from canon_pl.calibration.hierarchy import HIERARCHY_RULES, PARENT, SPLIT, held_out_with_families, score_hierarchy
 from canon_pl.calibration.truth import (
     NOVEL,
     RECONSTRUCTION,
@@ -190,8 +191,13 @@ def score_family(family_dir: str | os.PathLike, held_out_tokens: int = 16_384, m
         pairs.append(score_pair(family.saes[small], family.saes[large], control[1], world, x,
                                 initial_decoder(family_dir / str(large))))
     meta = score_meta(family.saes[widths[-1]].W_dec, world, meta_steps)
+    hierarchy = []
+    if world.parents.shape[0]:  # probing and absorption need planted families (the null world has none)
+        x_labelled, labels = held_out_with_families(world, held_out_tokens)
+        hierarchy = [score_hierarchy(family.saes[w], world, x_labelled, labels) for w in widths]
     return {"world": world.describe(), "members": {str(w): m for w, m in members.items()},
             "pairs": [{k: v for k, v in p.items() if k != "summary"} for p in pairs], "meta": meta,
+            "hierarchy": hierarchy,
             "verdicts": _study_verdicts(pairs, meta), "truth_verdicts": truth_verdicts(pairs),
             "pass_rules": PASS_RULES}
 
@@ -264,6 +270,8 @@ def instrument_rows(world: str, scored: dict[str, Any]) -> list[dict[str, Any]]:
                                f"{_pct(c['shared_on_truth'])} matched at cosine ≥ {CONSISTENCY_COSINE:g}; the truth "
                                f"{_pct(c['truth_shared'])} (all latents: {_pct(c['shared_at'])})"),
                      "rule": f"within {rule['consistency_error']:.0%} of the truth", "pass": p["pass"]["consistency"]})
+    for h in scored.get("hierarchy", []):
+        rows += hierarchy_rows(world, h)
     meta = scored["meta"]
     rows.append({"instrument": f"meta-SAE on the trained widest decoder ({meta['n_meta']} meta-latents, k {meta['k']})",
                  "world": world, "score": _meta_score(meta) + f"; says {meta['verdict']}",
@@ -279,6 +287,28 @@ def instrument_rows(world: str, scored: dict[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
+def hierarchy_rows(world: str, h: dict[str, Any]) -> list[dict[str, Any]]:
+    """The instrument table's rows for probing and absorption of one member on the planted families."""
+    rule, parent, split = HIERARCHY_RULES, h["by_state"][PARENT], h["by_state"][SPLIT]
+    k = h["k"][1]
+
+    def state(name: str, part: dict[str, Any]) -> str:
+        if not part["families"]:
+            return f"no family {name}"
+        return (f"{part['families']} famil{'y' if part['families'] == 1 else 'ies'} {name}: 1-sparse probe "
+                f"{part['probe_1']:.2f} ({k}-sparse {part[f'probe_{k}']:.2f}), absorption "
+                f"{_pct(part['absorption_rate'])}")
+
+    return [{"instrument": f"probing the planted families, {h['width']}", "world": world,
+             "score": state("whose parent it holds", parent) + "; " + state("it split", split),
+             "rule": f"1-sparse ≥ {rule['probe_parent_min']:.2f} where it holds the parent", "pass": h["pass"]["probing"]},
+            {"instrument": f"absorption on the planted families, {h['width']}", "world": world,
+             "score": (f"{_pct(parent['absorption_rate'])} where it holds the parent ({parent['families']}), "
+                       f"{_pct(split['absorption_rate'])} where it split the family ({split['families']})"),
+             "rule": (f"≤ {rule['absorption_parent_max']:.0%} where it holds the parent, ≥ "
+                      f"{rule['absorption_split_min']:.0%} where it split"), "pass": h["pass"]["absorption"]}]
+
+
 def _study_verdicts(pairs: list[dict[str, Any]], meta: dict[str, Any]) -> dict[str, str]:
     """What the study's own rules (:mod:`canon_pl.verdicts`) conclude on this world."""
     from canon_pl.verdicts import novel_latents_verdict, path_verdict
@@ -288,5 +318,5 @@ def _study_verdicts(pairs: list[dict[str, Any]], meta: dict[str, Any]) -> dict[s
             "monotone_path": path_verdict(summaries, True, "").verdict, "meta_latents": meta["verdict"]}
 
 
-__all__ = ["CALIBRATION", "CalibrationError", "PASS_RULES", "ideal_meta_rows", "instrument_rows", "score_family",
+__all__ = ["CALIBRATION", "CalibrationError", "PASS_RULES", "hierarchy_rows", "ideal_meta_rows", "instrument_rows", "score_family",
            "score_ideal_meta", "score_meta", "score_pair", "truth_verdicts"]

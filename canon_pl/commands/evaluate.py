@@ -33,9 +33,9 @@ from canon_pl.io import load_sae, training_data
 from canon_pl.io.document import DocumentKind
 from canon_pl.io.family import MANIFEST_FILE, read_family_manifest
 from canon_pl.io.layout import RunLayout
-from canon_pl.metrics.absorption import absorption, label_direction
+from canon_pl.metrics.absorption import absorption_per_task
 from canon_pl.metrics.core import CoreMetrics, weight_metrics
-from canon_pl.metrics.probing import KS, activation_probes, saebench_probing_metrics, sparse_probes
+from canon_pl.metrics.probing import KS, activation_probes, sae_encoder, saebench_probing_metrics, sparse_probes
 from canon_pl.sae import SparseAutoencoder
 
 DESCRIPTION = """SAEBench's core metrics (reconstruction, shrinkage, sparsity, alive latents, encoder/decoder cosines,
@@ -44,7 +44,25 @@ and a family summary: which width reconstructs how well, how sparse, how much of
 one width differ."""
 
 SUMMARY = DocumentKind("canon_pl.evaluation", 1, "evaluation summary", CanonError,
-                       rebuild="write it again with `canon-pl evaluate <run> --data <held-out data>`")
+                       rebuild="write it again with `canon-pl evaluate <run> --data <held-out data>`",
+                       required=(("rows", list),))
+
+
+def read_summary(path: Path) -> dict[str, Any]:
+    """An evaluation ``summary.json``, checked down to its rows (each with a ``name``, an int ``width``, a bool
+    ``seed_control`` and ``metrics`` mapping names to numbers or null): one :class:`CanonError` naming the file."""
+    summary = SUMMARY.read(path)
+    for row in summary["rows"]:
+        ok = (isinstance(row, dict) and isinstance(row.get("name"), str)
+              and isinstance(row.get("width"), int) and not isinstance(row.get("width"), bool)
+              and isinstance(row.get("seed_control"), bool) and isinstance(row.get("metrics"), dict)
+              and all(v is None or (isinstance(v, (int, float)) and not isinstance(v, bool))
+                      for v in row["metrics"].values())
+              and isinstance(row.get("probing") or {}, dict) and isinstance(row.get("variant") or {}, dict))
+        if not ok:
+            raise CanonError(f"{path} is malformed: each row needs name, width (int), seed_control (bool) and metrics "
+                             f"(numbers); {SUMMARY.rebuild}")
+    return summary
 HEADLINE = (("reconstruction_quality", "explained_variance"), ("reconstruction_quality", "cossim"),
             ("shrinkage", "l2_ratio"), ("shrinkage", "relative_reconstruction_bias"), ("sparsity", "l0"),
             ("misc_metrics", "frac_alive"), ("misc_metrics", "average_max_decoder_cosine_sim"),
@@ -185,16 +203,6 @@ def probe_carriers(run: Path, evaluated: list[Evaluated], saes: dict[Path, Spars
     return carriers
 
 
-def absorption_per_task(sae: SparseAutoencoder, x: torch.Tensor, labels: dict[str, torch.Tensor],
-                        probes: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """Per probed task, :func:`canon_pl.metrics.absorption.absorption` of its carrier (the 1-sparse probe's latent),
-    measured in the SAE's input space on activations ``x [n, d_in]``."""
-    inputs = sae.normalize_input(x).x
-    return {task: absorption(lambda b: sae.encode(b, inference=True), sae.W_dec, inputs, labels[task],
-                             result["top_latents"][0], label_direction(inputs, labels[task]))
-            for task, result in probes.items() if "top_latents" in result}
-
-
 def seed_spread(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
     """Per width with a seed control: each headline metric's range over the seeds (``max − min``; the sparsity
     variants left out)."""
@@ -245,8 +253,7 @@ def evaluate(run: str, *, data: str, tokens: int = 65536, out: str | None = None
     probing: dict[str, Any] | None = None
     if labels is not None:  # text data: k-sparse probes on the tokens' labels
         llm = activation_probes(x, labels)
-        probes = {folder: sparse_probes(lambda b, sae=sae: sae.encode(sae.normalize_input(b).x, inference=True),
-                                        x, labels) for folder, sae in saes.items()}
+        probes = {folder: sparse_probes(sae_encoder(sae), x, labels) for folder, sae in saes.items()}
         carriers = probe_carriers(run_path, evaluated, saes, probes)
         absorbed = {folder: absorption_per_task(saes[folder], x, labels, found) for folder, found in probes.items()}
         probing = {"ks": list(KS), "tasks": {task: {"llm_test_accuracy": result.get("accuracy"),
@@ -293,5 +300,5 @@ def evaluate_command(argv: list[str]) -> int:
     return run_command(evaluate, argv, "evaluate", DESCRIPTION)
 
 
-__all__ = ["PROBE_HEADLINE", "SUMMARY", "absorption_per_task", "core_metrics", "evaluate", "nearest_rows", "novel_by_definition",
+__all__ = ["PROBE_HEADLINE", "SUMMARY", "read_summary", "core_metrics", "evaluate", "nearest_rows", "novel_by_definition",
            "probe_carriers", "saebench_probing_document", "saes_of", "seed_spread"]

@@ -81,4 +81,15 @@ def absorption(encode: Callable[[Tensor], Tensor], W_dec: Tensor, x: Tensor, lab
             "absorbed_share": ABSORBED_SHARE}
 
 
-__all__ = ["ABSORBED_SHARE", "ABSORBER_COSINE", "absorption", "label_direction"]
+def absorption_per_task(sae: Any, x: Tensor, labels: dict[str, Tensor],
+                        probes: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per probed task, :func:`absorption` of its carrier (the 1-sparse probe's latent, from
+    :func:`canon_pl.metrics.probing.sparse_probes`), measured in the SAE's input space on activations
+    ``x [n, d_in]``."""
+    inputs = sae.normalize_input(x).x
+    return {task: absorption(lambda b: sae.encode(b, inference=True), sae.W_dec, inputs, labels[task],
+                             result["top_latents"][0], label_direction(inputs, labels[task]))
+            for task, result in probes.items() if "top_latents" in result}
+
+
+__all__ = ["ABSORBED_SHARE", "ABSORBER_COSINE", "absorption", "absorption_per_task", "label_direction"]

@@ -92,6 +92,12 @@ def latent_columns(encode: Callable[[Tensor], Tensor], x: Tensor, columns: Tenso
                       for s in range(0, x.shape[0], batch_size)])
 
 
+def sae_encoder(sae: Any) -> Callable[[Tensor], Tensor]:
+    """What the probes read of an SAE: raw activations ``[b, d_in]`` -> its codes ``[b, d_sae]`` (its input
+    normalisation applied, inference mode)."""
+    return lambda batch: sae.encode(sae.normalize_input(batch).x, inference=True)
+
+
 def sparse_probes(encode: Callable[[Tensor], Tensor], x: Tensor, labels: dict[str, Tensor],
                   ks: Sequence[int] = KS) -> dict[str, dict[str, Any]]:
     """Per task: the held-out balanced accuracy of the k-sparse probe for each k of ``ks`` (``top_k_accuracy``,
@@ -159,5 +165,6 @@ def saebench_probing_metrics(sae: dict[str, dict[str, Any]], llm: dict[str, dict
 
 
 __all__ = ["KS", "MIN_PER_CLASS", "TRAIN_FRACTION", "activation_probes", "balanced_probe_accuracy",
-           "class_mean_differences", "latent_columns", "saebench_probing_metrics", "sparse_probes", "train_mask",
+           "class_mean_differences", "latent_columns", "sae_encoder", "saebench_probing_metrics", "sparse_probes",
+           "train_mask",
            "unprobeable"]
