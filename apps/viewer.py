@@ -1,8 +1,8 @@
 """canon-pl viewer: ``streamlit run apps/viewer.py [-- --checkpoints DIR] [--any-folder]``.
 
-It serves this machine only: from the repository root it listens on 127.0.0.1 (``.streamlit/config.toml``),
-``canon-pl view`` does so from any folder, and started elsewhere without an address it refuses every page to other
-machines (``--server.address 0.0.0.0`` opens it to the network on purpose). It reads only regular files below ``DIR``
+It serves this machine only: from any folder it listens on 127.0.0.1 (``apps/.streamlit/config.toml``, read by
+Streamlit wherever ``streamlit run`` starts), as ``canon-pl view`` does; ``--server.address 0.0.0.0`` opens it to the
+network on purpose, and a server listening everywhere without that choice refuses every page to other machines. It reads only regular files below ``DIR``
 (default ``checkpoints``), never through a symlink that leads out of it, unless started with ``--any-folder``; a
 damaged file gives a message naming it and the command that rebuilds it, not a traceback.
 

@@ -18,6 +18,41 @@ from typing import Any
 from canon_pl.errors import DeviceError, OutputPathError, SettingError
 
 
+def fits_type(hint: Any, value: Any) -> bool | None:
+    """Whether ``value`` (as YAML or JSON gives it) fits the type ``hint`` (``int`` takes no bool, ``float`` only a
+    finite number, ``Literal`` one of its values); ``None`` for a hint this check does not read."""
+    import numbers
+    import types
+    import typing
+
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        verdicts = [fits_type(part, value) for part in typing.get_args(hint)]
+        return True if any(verdicts) else (None if None in verdicts else False)
+    if origin is typing.Literal:
+        return value in typing.get_args(hint)
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+    if hint is str:
+        return isinstance(value, str)
+    if origin in (tuple, list) or hint in (tuple, list):
+        return isinstance(value, (tuple, list))
+    if origin is dict or hint is dict:
+        return isinstance(value, dict)
+    return None
+
+
+def type_name(hint: Any) -> str:
+    """``hint`` as a person reads it: ``int``, ``float | null``, ``Literal['a', 'b']``."""
+    return getattr(hint, "__name__", None) or str(hint).replace("NoneType", "null").replace("typing.", "")
+
+
 def _number(value: Any) -> float | None:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None

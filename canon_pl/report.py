@@ -451,13 +451,13 @@ def arm_description(run: Path) -> str:
 def _evaluation_section(run: Path, pairs: list[dict[str, Any]]) -> list[str]:
     """"Choosing a width": SAEBench's core metrics per member and seed control (``canon-pl evaluate``), nothing when
     the run has not been evaluated."""
-    from canon_pl.commands.evaluate import SUMMARY
+    from canon_pl.commands.evaluate import read_summary
     from canon_pl.viewer.widths import variant_text
 
     path = RunLayout(run).evaluation / "summary.json"
     if not path.is_file():
         return []
-    summary = SUMMARY.read(path)
+    summary = read_summary(path)
     names = {"explained_variance": "EV", "cossim": "cos(x, x̂)", "l2_ratio": "‖x̂‖/‖x‖",
              "relative_reconstruction_bias": "rel. bias", "l0": "L0", "frac_alive": "alive",
              "average_max_decoder_cosine_sim": "max dec. cos", "ce_loss_score": "CE score", "kl_div_score": "KL score",
@@ -532,11 +532,11 @@ def _width_l0_lines(summary: dict[str, Any]) -> list[str]:
 def _width_l0_results_lines(path: Path) -> list[str]:
     """Width × L0 from a committed evaluation summary of a family with sparsity variants (nothing when there is
     none yet, or when the summary has no variants)."""
-    from canon_pl.commands.evaluate import SUMMARY
+    from canon_pl.commands.evaluate import read_summary
 
     if not path.is_file():
         return []
-    summary = SUMMARY.read(path)
+    summary = read_summary(path)
     lines = _width_l0_lines(summary)
     if not lines:
         return []

@@ -15,8 +15,12 @@ def open_viewer(root: Path, *flags: str, **params: str):
     """The viewer started on ``root`` (``-- --checkpoints root`` plus ``flags``) at the query parameters ``params``,
     after its first run. It reads ``sys.argv`` as `streamlit run` passes it; the conftest restores it after each
     test."""
+    from streamlit import config
     from streamlit.testing.v1 import AppTest
 
+    if config._main_script_path != str(APP):  # as `streamlit run` sets it: the app's own .streamlit/config.toml
+        config._main_script_path = str(APP)
+        config.get_config_options(force_reparse=True)
     sys.argv = ["viewer.py", "--checkpoints", str(root), *flags]
     app = AppTest.from_file(APP, default_timeout=60)
     app.query_params.update(params)

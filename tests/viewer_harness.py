@@ -84,11 +84,11 @@ def example_views(root: Path, query: str) -> dict[str, tuple[str, str]]:
 
 @contextmanager
 def serve_viewer(checkpoints: str | Path, timeout_s: float = 90.0, cwd: Path | None = None,
-                 canon_pl_view: bool = False) -> Iterator[str]:
+                 canon_pl_view: bool = False, address: str | None = None) -> Iterator[str]:
     """Run ``streamlit run apps/viewer.py -- --checkpoints DIR`` (``canon-pl view --checkpoints DIR`` with
-    ``canon_pl_view``) from ``cwd``, by default the repository root as the README says (its
-    ``.streamlit/config.toml`` keeps it on 127.0.0.1), on a free port; yields its URL once the health endpoint
-    answers, stops it on exit."""
+    ``canon_pl_view``) from ``cwd``, by default the repository root as the README says (``apps/.streamlit/
+    config.toml`` keeps it on 127.0.0.1 from any folder; ``address`` chooses another), on a free port; yields its
+    loopback URL once the health endpoint answers, stops it on exit."""
     if not APP.is_file():
         raise FileNotFoundError(f"{APP} is missing: the viewer runs from a checkout of canon-pl (pip install -e .)")
     port = free_port()
@@ -96,7 +96,7 @@ def serve_viewer(checkpoints: str | Path, timeout_s: float = 90.0, cwd: Path | N
     bin_dir = Path(sys.executable).parent
     command = ([str(bin_dir / "canon-pl"), "view", "--checkpoints", folder, "--port", str(port)] if canon_pl_view
                else [str(bin_dir / "streamlit"), "run", str(APP), "--server.port", str(port), "--server.headless",
-                     "true", "--", "--checkpoints", folder])
+                     "true", *(["--server.address", address] if address else []), "--", "--checkpoints", folder])
     with tempfile.TemporaryFile("w+") as log:
         server = subprocess.Popen(command, cwd=cwd or APP.parents[1], stdout=log, stderr=subprocess.STDOUT,
                                   env={**os.environ, "STREAMLIT_SERVER_HEADLESS": "true"})

@@ -82,6 +82,14 @@ def statistics_of(root: str, kind: str | None = "sae") -> dict[str, Path]:
 
 
 @st.cache_data(ttl=30)
+def statistics_left_out(root: str) -> list[str]:
+    """Why each statistics set below ``root`` that cannot be read is left out of the pages."""
+    skipped: list[str] = []
+    find_statistics(root, None, skipped)
+    return skipped
+
+
+@st.cache_data(ttl=30)
 def meta_runs_of(root: str) -> dict[str, Path]:
     return find_meta_runs(root)
 

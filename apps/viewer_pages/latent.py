@@ -3,6 +3,8 @@ widths, the meta-SAE decomposition."""
 
 from __future__ import annotations
 
+import html
+
 from pathlib import Path
 
 import altair as alt
@@ -26,6 +28,7 @@ from viewer_pages.common import (
     meta_analysis_of,
     open_statistics,
     readable_latents,
+    statistics_left_out,
     statistics_of,
     tokens_line,
 )
@@ -50,6 +53,8 @@ def relative_to_smaller(run_dir: Path, small: int, large: int, latent: int, clos
 
 def render(root: Path) -> None:
     found = statistics_of(str(root))
+    for reason in statistics_left_out(str(root)):
+        st.warning(f"left out: {reason}")
     if not found:
         st.info(f"No latent statistics under {root}. Create them with `canon-pl stats --run checkpoints/<run>`.")
         return
@@ -89,7 +94,7 @@ def render(root: Path) -> None:
     for row in partners.itertuples():
         target = (anchor(f"latent {row.latent}", latent_url(label, row.control, row.latent))
                   if row.control in stats.members else f"latent {row.latent}")
-        st.markdown(f"**its seed partner** in {row.control} (the same width, another init seed): {target}, decoder "
+        st.markdown(f"**its seed partner** in {html.escape(str(row.control))} (the same width, another init seed): {target}, decoder "
                     f"cosine {row.cosine:.2f}" + (" — the same direction" if row.cosine >= 0.9 else
                                                   " — no latent of that seed points the same way"
                                                   if row.cosine < 0.7 else ""), unsafe_allow_html=True)
@@ -97,11 +102,11 @@ def render(root: Path) -> None:
         where = ("the next smaller width" if partner["kind"] == "smaller"
                  else "its seed control (the same width, another init seed)")
         if partner["latent"] is None:
-            st.markdown(f"**co-firing** in {partner['other']}, {where}: none (this latent never fired)")
+            st.markdown(f"**co-firing** in {html.escape(partner['other'])}, {where}: none (this latent never fired)")
             continue
         target = (anchor(f"latent {partner['latent']}", latent_url(label, partner["other"], partner["latent"]))
                   if partner["other"] in stats.members else f"latent {partner['latent']}")
-        st.markdown(f"**co-firing** in {partner['other']}, {where}: {target}, Jaccard {partner['jaccard']:.2f} "
+        st.markdown(f"**co-firing** in {html.escape(partner['other'])}, {where}: {target}, Jaccard {partner['jaccard']:.2f} "
                     f"(the share of the tokens either fires on that both fire on)", unsafe_allow_html=True)
     nearest = nearest_in_other_widths(decoders, member, j)
     if len(nearest):

@@ -154,12 +154,12 @@ def fill_widths(cfg: dict[str, Any]) -> None:
         cfg["meta_width"] = int(cfg["widths"][-1])
 
 
-STAGE_OPTIONS = {"calibrate": ("canon_pl.commands.calibrate", "calibrate"),
+STAGE_OPTIONS = {"calibrate": ("canon_pl.commands.calibrate", "calibrate"), "cache": ("canon_pl.commands.cache", "cache"),
                  "stitch": ("canon_pl.commands.stitch", "stitch"), "meta_sae": ("canon_pl.commands.meta_sae", "meta_sae"),
                  "stats": ("canon_pl.commands.stats", "stats"), "evaluate": ("canon_pl.commands.evaluate", "evaluate")}
 """The config sections that pass options to a stage's command function, and which function."""
 
-STAGE_SET = {"calibrate": (), "stitch": ("small", "device"), "meta_sae": ("sae", "width", "out"), "stats": ("run", "device"),
+STAGE_SET = {"calibrate": (), "cache": ("out",), "stitch": ("small", "device"), "meta_sae": ("sae", "width", "out"), "stats": ("run", "device"),
              "evaluate": ("run", "out", "device")}
 """The arguments the pipeline gives each of those functions itself (a section may not set them)."""
 
@@ -169,7 +169,9 @@ def check_stage_options(cfg: dict[str, Any], path: Path) -> None:
     (``width`` of ``meta_sae`` is the pipeline's own: the member to decompose)."""
     import importlib
     import inspect
+    import typing
 
+    from canon_pl.checks import fits_type, type_name
     from canon_pl.io import CheckpointError
 
     for section, (module, name) in STAGE_OPTIONS.items():
@@ -182,6 +184,11 @@ def check_stage_options(cfg: dict[str, Any], path: Path) -> None:
         if unknown:
             raise CheckpointError(f"{path}: {section} has no option {', '.join(unknown)}; it takes "
                                   f"{', '.join(sorted(allowed))} (canon-pl {name.replace('_', '-')} --help)")
+        hints = typing.get_type_hints(getattr(importlib.import_module(module), name))
+        for option, value in options.items():
+            if option in hints and fits_type(hints[option], value) is False:
+                raise CheckpointError(f"{path}: {section}.{option} must be {type_name(hints[option])}, got {value!r} "
+                                      f"(canon-pl {name.replace('_', '-')} --help)")
         required = {p for p, parameter in parameters.items() if parameter.default is inspect.Parameter.empty}
         missing = sorted(required - set(STAGE_SET[section]) - set(options))
         if cfg.get(section) is not None and missing:
@@ -272,9 +279,9 @@ def calibration_done(section: dict[str, Any]) -> bool:
 
 def evaluation_done(run: Path, widths: list[int]) -> bool:
     """A readable evaluation summary with a row for every width of the family."""
-    from canon_pl.commands.evaluate import SUMMARY
+    from canon_pl.commands.evaluate import read_summary
 
-    rows = SUMMARY.read(RunLayout(run).evaluation / "summary.json")["rows"]
+    rows = read_summary(RunLayout(run).evaluation / "summary.json")["rows"]
     return sorted({r["width"] for r in rows}) == sorted(widths)
 
 
@@ -314,9 +321,7 @@ def run_stage(stage: str, cfg: dict[str, Any], device: str) -> int:
 
         return calibrate(**cfg["calibrate"])
     if stage == "cache":
-        options = cfg["cache"]
-        return cache(config=str(options["config"]), out=str(cfg["cache_path"]), tokens=int(options["tokens"]),
-                     val_tokens=int(options.get("val_tokens") or 0))
+        return cache(**{**cfg["cache"], "out": str(cfg["cache_path"])})
     if stage == "fit":
         from canon_pl.commands.derived_config import resume_arguments
 

@@ -27,12 +27,16 @@ from canon_pl.errors import find_cause
 
 
 @contextlib.contextmanager
-def atomic_paths(*paths: str | os.PathLike) -> Iterator[list[Path]]:
+def atomic_paths(*paths: str | os.PathLike, digest_key: str | None = None) -> Iterator[list[Path]]:
     """Yield a temporary path beside each of ``paths``; when the block succeeds, fsync every one, then rename them onto
     ``paths`` in the order given (put the file that points at the others, an index or config, last).
 
     Nothing is renamed until everything is written: a full disk, an exception or a kill while writing leaves every
     previous file untouched, and the temporary files are removed. An ``OSError`` names the file it was writing.
+    Until the new index is in place the files it replaces stay beside it (:func:`previous_path`), so a reader of a
+    set killed between its renames finds the files its index names. With ``digest_key`` (``paths`` a data file and
+    the JSON index recording its SHA-256 under that key) a copy kept by an earlier writer that was killed there is
+    kept while it is the one the index names: two kills in a row still leave a readable set.
     """
     targets = [Path(p) for p in paths]
     temps: list[Path] = []
@@ -56,7 +60,8 @@ def atomic_paths(*paths: str | os.PathLike) -> Iterator[list[Path]]:
         for path, tmp in zip(targets, temps):
             _fsync(tmp, path)
             os.chmod(tmp, mode)  # mkstemp made it 0600; a file written in place gets what open() would give it
-        kept = [_keep_previous(path) for path in targets[:-1]] if len(targets) > 1 else []
+        indexed = _indexed_digest(targets[-1], digest_key) if digest_key and len(targets) == 2 else None
+        kept = [_keep_previous(path, indexed) for path in targets[:-1]] if len(targets) > 1 else []
         for folder in {path.parent for path in targets}:
             _fsync_directory(folder)
         for path, tmp in zip(targets, temps):
@@ -91,11 +96,26 @@ def previous_path(path: str | os.PathLike) -> Path:
     return path.parent / f".{path.name}.previous"
 
 
-def _keep_previous(path: Path) -> Path | None:
-    """Keep the current ``path`` (if any) as :func:`previous_path` until its set's new index is in place."""
+def _indexed_digest(index: Path, digest_key: str) -> str | None:
+    """The digest the index on disk records under ``digest_key`` (``None`` when it has none or cannot be read)."""
+    from canon_pl.io.validate import read_json
+
+    try:
+        value = read_json(index, OSError, "index").get(digest_key)
+    except (OSError, AttributeError):
+        return None
+    return value if isinstance(value, str) else None
+
+
+def _keep_previous(path: Path, indexed: str | None = None) -> Path | None:
+    """Keep the current ``path`` (if any) as :func:`previous_path` until its set's new index is in place; a copy
+    already there whose digest is ``indexed`` (the one the index on disk names) while the current file's is not is
+    kept instead (the current file is what a killed writer left)."""
     if not path.is_file():
         return None
     previous = previous_path(path)
+    if indexed is not None and previous.is_file() and sha256_file(previous) == indexed != sha256_file(path):
+        return previous
     previous.unlink(missing_ok=True)
     try:
         os.link(path, previous)

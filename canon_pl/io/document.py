@@ -32,6 +32,8 @@ class DocumentKind:
     foreign_hint: str = ""
     unstamped_is_v0: bool = False
     rebuild: str = "write it again"
+    required: tuple[tuple[str, type | tuple[type, ...]], ...] = ()
+    """Keys the document must hold, each with its JSON type(s) (``int`` excludes ``bool``)."""
 
     def stamp(self, document: dict[str, Any]) -> dict[str, Any]:
         """``document`` with ``format``, ``format_version`` and ``canon_pl_version`` (what every writer records)."""
@@ -51,6 +53,11 @@ class DocumentKind:
         if version > self.version:
             raise self.error(f"{path} has format_version {version}, newer than this canon_pl understands "
                              f"({self.version}); upgrade canon_pl")
+        for key, kinds in self.required:
+            value = document.get(key)
+            if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in (kinds if isinstance(kinds, tuple) else (kinds,))):
+                names = " or ".join(k.__name__ for k in (kinds if isinstance(kinds, tuple) else (kinds,)))
+                raise self.error(f"{path} is malformed: {key!r} must be {names}, got {value!r}; {self.rebuild}")
         return document
 
     def read(self, path: str | os.PathLike, what_else: str = "") -> dict[str, Any]:

@@ -81,7 +81,8 @@ def export_sae(
         raise CheckpointError(f"cannot write format {format!r}: canon-pl writes 'canon_pl' and 'saelens'")
     extra = with_provenance_once(sae, extra or {})
     tensors = {key: value.detach().float().cpu().contiguous() for key, value in folded.export_tensors().items()}
-    with atomic_paths(directory / WEIGHTS_FILE, directory / CONFIG_FILE) as (weights_tmp, config_tmp):
+    with atomic_paths(directory / WEIGHTS_FILE, directory / CONFIG_FILE, digest_key="weights_sha256") as (
+            weights_tmp, config_tmp):
         save_file(tensors, str(weights_tmp), metadata={"format": FORMAT_NAME})
         cfg = EXPORT.stamp({
             "sae": sae.cfg.to_dict(),
@@ -156,6 +157,17 @@ def read_export_config(directory: str | os.PathLike) -> dict[str, Any]:
     return EXPORT.read(cfg_path, " config (the export is corrupt: re-export it)")
 
 
+def weights_bytes_bound(cfg: dict[str, Any]) -> int | None:
+    """The most ``sae.safetensors`` can hold for an export of ``cfg``'s ``d_in`` x ``d_sae``: three such matrices and
+    eight vectors of each size in float64, plus a header of 16 MiB (``None`` when the sizes are not positive
+    integers: the config is refused later, by its own check)."""
+    sae = cfg.get("sae") if isinstance(cfg, dict) else None
+    d_in, d_sae = (sae.get("d_in"), sae.get("d_sae")) if isinstance(sae, dict) else (None, None)
+    if not all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in (d_in, d_sae)):
+        return None
+    return 8 * (3 * d_in * d_sae + 8 * (d_in + d_sae)) + (16 << 20)
+
+
 def load_export(directory: str | os.PathLike, device: str | torch.device = "cpu",
                 trust_code: bool = False) -> SparseAutoencoder:
     """Load an export folder into an SAE in eval mode that takes raw activations. An architecture that is not built
@@ -164,7 +176,7 @@ def load_export(directory: str | os.PathLike, device: str | torch.device = "cpu"
     directory = Path(directory)
     weights_path = directory / WEIGHTS_FILE
     cfg, weights = read_consistent(lambda: read_export_config(directory), lambda _: weights_path, "weights_sha256",
-                                   CheckpointError)
+                                   CheckpointError, fix="re-export the SAE", max_bytes=weights_bytes_bound)
     try:
         find_architecture(cfg["sae"].get("architecture"), cfg.get(ARCHITECTURE_MODULE), trust_code)
         sae_cfg = SAEConfig.from_dict(cfg["sae"])

@@ -26,7 +26,8 @@ def write_results(directory: str | os.PathLike, name: str, summary: dict[str, An
     """Write ``<name>.safetensors`` and ``<name>.json`` (the summary, pointing at the arrays), renamed into place
     together once both are written; returns the JSON."""
     directory = Path(directory)
-    with atomic_paths(directory / f"{name}.safetensors", directory / f"{name}.json") as (arrays_tmp, summary_tmp):
+    with atomic_paths(directory / f"{name}.safetensors", directory / f"{name}.json",
+                      digest_key="arrays_sha256") as (arrays_tmp, summary_tmp):
         save_file({k: v.detach().cpu().contiguous() for k, v in arrays.items()}, str(arrays_tmp),
                   metadata={"format": kind.format})
         document = kind.stamp({**summary, "arrays": f"{name}.safetensors", "arrays_sha256": sha256_file(arrays_tmp)})

@@ -104,7 +104,8 @@ def read_json(path: str | os.PathLike, error: type[Exception], what: str, max_by
 
 def read_consistent(read_index: Callable[[], dict[str, Any]], data_path_of: Callable[[dict[str, Any]], Path],
                     digest_key: str, error: type[Exception], attempts: int = 10,
-                    fix: str = "write it again") -> tuple[dict[str, Any], bytes]:
+                    fix: str = "write it again",
+                    max_bytes: Callable[[dict[str, Any]], int | None] | None = None) -> tuple[dict[str, Any], bytes]:
     """An index document and the bytes of the data file it describes, as one consistent pair: the bytes match the
     SHA-256 the index records under ``digest_key`` (files written before it was recorded are taken as they are).
 
@@ -112,10 +113,19 @@ def read_consistent(read_index: Callable[[], dict[str, Any]], data_path_of: Call
     index is in place (:func:`canon_pl.io.atomic.atomic_paths`): a data file that does not match the index is
     replaced by that copy when it does (a writer killed between the two renames leaves the previous set readable),
     else read again (a writer between its renames now). A mismatch that persists is a corrupt, truncated or foreign
-    file: ``error`` names it and ``fix`` (the command that writes it again)."""
+    file: ``error`` names it and ``fix`` (the command that writes it again). ``max_bytes(index)``, when given, is the
+    most the data file can hold by what its index says: a larger file is refused before a byte of it is read."""
     for attempt in range(attempts):
         index = read_index()
         path = regular_file(data_path_of(index), error, fix)
+        limit = max_bytes(index) if max_bytes is not None else None
+        try:
+            size = path.stat().st_size
+        except OSError as err:
+            raise error(f"{path} is missing or unreadable ({err}); {fix}") from err
+        if limit is not None and size > limit:
+            raise error(f"{path} is {size:,} bytes, more than its index allows ({limit:,}): not the file it describes; "
+                        f"{fix}")
         try:
             data = path.read_bytes()
         except OSError as err:

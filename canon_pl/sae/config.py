@@ -25,6 +25,7 @@ import math
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any, ClassVar
 
+from canon_pl.checks import fits_type, type_name
 from canon_pl.errors import CanonError
 
 
@@ -47,6 +48,20 @@ LEGACY_KEYS = frozenset({"k", "l1_coefficient", "aux_k", "aux_coefficient", "dea
 """Keys of the one flat config every architecture shared before each had its own settings class (``options`` held
 an architecture's own fields): in an older ``cfg.json`` a value its architecture has no field for is dropped, not
 refused."""
+
+
+def check_field_types(settings: Any) -> None:
+    """Raise :class:`SAEConfigError` naming the first field of a settings dataclass whose value is not of its
+    declared type (a number given as text, ``.inf`` or ``.nan`` for a float), before any check compares it."""
+    import typing
+
+    hints = typing.get_type_hints(type(settings))
+    for field in fields(settings):
+        value = getattr(settings, field.name)
+        if fits_type(hints.get(field.name), value) is False:
+            kind = type_name(hints[field.name])
+            raise SAEConfigError(f"{type(settings).__name__}.{field.name} must be {kind} (a finite number for a "
+                                 f"float), got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -80,6 +95,7 @@ class SAESettings:
             SETTINGS_CLASSES[cls.architecture] = cls
 
     def __post_init__(self) -> None:
+        check_field_types(self)
         self.validate()
 
     def validate(self) -> None:

@@ -183,6 +183,10 @@ class LatentStatistics:
             and all(isinstance(m.get(k), int) and m[k] >= 0 for k in ("d_sae", "n_tokens"))
             for m in members.values()), StatsError,
             f"{path} is malformed: \"members\" must map each SAE to its file, d_sae and n_tokens; {REBUILD}")
+        expect(all(isinstance(m.get("cofiring", {}), dict) and all(
+            kind in ("smaller", "seed") and isinstance(other, str) for kind, other in m.get("cofiring", {}).items())
+            for m in members.values()), StatsError,
+            f"{path} is malformed: a member's \"cofiring\" must map smaller / seed to another member's name; {REBUILD}")
         expect(isinstance(index.get("window", 0), int) and index.get("window", 0) >= 0, StatsError,
                f"{path} is malformed: \"window\" is not a non-negative integer; {REBUILD}")
         digests = index.get("sha256", {})

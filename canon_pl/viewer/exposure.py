@@ -1,10 +1,10 @@
 """Who the viewer serves: loopback clients only, unless whoever started it chose an address on purpose.
 
-``streamlit run`` reads the listening address from ``.streamlit/config.toml`` in the folder it is started from; from
-anywhere else it listens on every interface. Streamlit cannot change the address once it listens, so the viewer
-(``apps/viewer.py``) refuses, page by page, a client from another machine when no address was chosen, and
-``canon-pl view`` starts it on 127.0.0.1 from any folder. Choosing an address (``--server.address 0.0.0.0``, the
-config file or ``STREAMLIT_SERVER_ADDRESS``) exposes it on purpose.
+``streamlit run apps/viewer.py`` reads the listening address from ``apps/.streamlit/config.toml`` (Streamlit's
+script-level config, read wherever it is started): 127.0.0.1. ``canon-pl view`` starts it on 127.0.0.1 too. Choosing
+an address (``--server.address 0.0.0.0``, ``STREAMLIT_SERVER_ADDRESS``) exposes it on purpose. Should the server
+still listen everywhere without a choice (a Streamlit too old for script-level config, or that file removed), the
+viewer (``apps/viewer.py``) refuses, page by page, a client from another machine.
 """
 
 from __future__ import annotations

@@ -14,15 +14,19 @@ from canon_pl.stats import HIST_EDGES, LatentStatistics, StatsError
 from canon_pl.viewer.folders import files_inside, inside
 
 
-def find_statistics(root: str | os.PathLike, kind: str | None = "sae") -> dict[str, Path]:
+def find_statistics(root: str | os.PathLike, kind: str | None = "sae",
+                    skipped: list[str] | None = None) -> dict[str, Path]:
     """``{run label: stats folder}`` for every readable ``stats/stats.json`` below ``root`` of this ``kind``
-    (``"sae"`` for token SAEs, ``"meta_sae"`` for meta-SAEs, ``None`` for both)."""
+    (``"sae"`` for token SAEs, ``"meta_sae"`` for meta-SAEs, ``None`` for both); one that cannot be read is left out
+    and, with ``skipped``, named there."""
     root = Path(root)
     found = {}
     for index in files_inside(root, "**/stats/stats.json"):
         try:
             stats = LatentStatistics.open(index.parent, verify=False)  # the index alone: a listing
-        except StatsError:
+        except StatsError as err:
+            if skipped is not None:
+                skipped.append(str(err))
             continue  # foreign or corrupt: skipped, never fatal
         if kind is not None and stats.index.get("kind", "sae") != kind:
             continue

@@ -9,7 +9,7 @@ from pathlib import Path
 import altair as alt
 import pandas as pd
 
-from canon_pl.commands.evaluate import SUMMARY
+from canon_pl.commands.evaluate import read_summary
 from canon_pl.errors import CanonError
 from canon_pl.io.layout import RunLayout
 from canon_pl.viewer.folders import files_inside
@@ -31,7 +31,7 @@ def evaluation_summaries(root: str | Path, skipped: list[str] | None = None) -> 
     found = []
     for path in files_inside(root, f"**/{RunLayout.EVALUATION}/summary.json"):
         try:
-            summary = SUMMARY.read(path)
+            summary = read_summary(path)
         except CanonError as err:
             if skipped is not None:
                 skipped.append(str(err))

@@ -44,7 +44,9 @@ def inputs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     (root / "matryoshka_relu.yaml").write_text(yaml.safe_dump(relu_study))
     for name, change in (("matryoshka_seed", {"matryoshka": {**study["matryoshka"], "control_seeds": [0]}}),
                          ("matryoshka_args", {"matryoshka": {**study["matryoshka"], "fit_args": ["--trainer.bogus", "1"]}}),
-                         ("fit_args", {"fit_args": ["--model.init_args.sae.k", "0"]})):
+                         ("fit_args", {"fit_args": ["--model.init_args.sae.k", "0"]}),
+                         ("cache_tokens", {"cache": {**study["cache"], "tokens": "lots"}}),
+                         ("stitch_granularity", {"stitch": {**study["stitch"], "granularity": "yes please"}})):
         (root / f"{name}.yaml").write_text(yaml.safe_dump({**study, **change}))
     (root / "garbage.ckpt").write_bytes(b"not a checkpoint" * 10)
     import torch
@@ -99,6 +101,11 @@ COMMAND_CASES = [
     (["fit", "--config", SYNTHETIC, "--model.init_args.sae",
       "{{class_path: canon_pl.sae.MatryoshkaBatchTopKSettings, init_args: {{prefix_fractions: [.nan]}}}}"],
      "prefix_fractions must be finite numbers in (0, 1)"),
+    (["fit", "--config", SYNTHETIC, "--model.init_args.sae",
+      "{{class_path: canon_pl.sae.GatedSettings, init_args: {{l1_coefficient: .inf}}}}"],
+     "GatedSettings.l1_coefficient must be float (a finite number for a float), got inf"),
+    (["fit", "--config", "configs/family_smollm2_width_l0.yaml", "--model.init_args.sparsity_variants", "[{{aux_k: x}}]"],
+     "BatchTopKSettings.aux_k must be int (a finite number for a float), got 'x'"),
     (["fit", "--config", SYNTHETIC, "--data.init_args.n_features", "0"], "n_features must be a whole number >= 1"),
     (["fit", "--config", SYNTHETIC, "--model.init_args.d_sae", "100000000000"],
      "GiB of memory: lower model.init_args.widths / d_sae"),
@@ -121,6 +128,8 @@ COMMAND_CASES = [
     (["pipeline", "--config", "{root}/matryoshka_seed.yaml"], "control_seeds [0] must be distinct and differ from"),
     (["pipeline", "--config", "{root}/matryoshka_args.yaml"], "unrecognized arguments: --trainer.bogus 1"),
     (["pipeline", "--config", "{root}/fit_args.yaml"], "k=0 must be between 1 and d_sae=576"),
+    (["pipeline", "--config", "{root}/cache_tokens.yaml"], "cache.tokens must be int, got 'lots'"),
+    (["pipeline", "--config", "{root}/stitch_granularity.yaml"], "stitch.granularity must be bool, got 'yes please'"),
     (["ladder", "--config", "{file}"], "not a ladder config"),
     (["ladder", "--config", "{root}/ladder_rungs.yaml"], "rungs must be increasing positive step counts"),
     (["ladder", "--config", "{root}/ladder_run.yaml"], "run must be a folder of its own"),

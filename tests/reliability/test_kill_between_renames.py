@@ -134,3 +134,34 @@ def test_a_set_killed_between_renames_reads_whole_old_or_new_never_a_mix(killed:
         assert not list(folder.rglob("*.previous")), f"previous copies left after rewriting {folder.name}"
         READERS[writer](folder)
     assert died_mid_set, f"no kill of {writer} landed between two of its renames"
+
+
+class Killed(BaseException):
+    """Stands for a SIGKILL right after a rename (raised past every ``except Exception``)."""
+
+
+@pytest.mark.parametrize("writer", ["export", "stitching results"])
+def test_two_writers_killed_in_a_row_between_renames_leave_the_last_whole_set_readable(
+        tmp_path: Path, writer: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Set 1 written whole; sets 2 and 3 each killed after their data file's rename, before their index's: the
+    index still names set 1, and the copy of it kept aside survives the second killed write."""
+    import os
+
+    folder = tmp_path / "set"
+    WRITERS[writer](folder, 1)
+    first = READERS[writer](folder)
+    real_replace = os.replace
+    for seed in (2, 3):
+        renames = [0]
+
+        def replace(src, dst, renames=renames):
+            real_replace(src, dst)
+            renames[0] += 1
+            if renames[0] == 1:
+                raise Killed
+
+        monkeypatch.setattr(os, "replace", replace)
+        with pytest.raises(Killed):
+            WRITERS[writer](folder, seed)
+        monkeypatch.setattr(os, "replace", real_replace)
+    assert READERS[writer](folder) == first

@@ -167,6 +167,26 @@ def test_the_viewer_skips_an_oversized_file_without_reading_it(tmp_path: Path) -
     assert app.sidebar.selectbox[0].options == ["fam · 8 → 16"]  # the oversized file is not offered
 
 
+def test_weights_larger_than_their_config_allows_are_refused_before_a_byte_is_read(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A sae.safetensors grown past what an SAE of its cfg.json's d_in x d_sae can hold (a sparse 64 GiB file here,
+    no disk used) is refused by load_sae on its size alone: nothing reads it."""
+    from canon_pl import load_sae
+    from canon_pl.io import CheckpointError, export_sae
+    from canon_pl.sae import SAEConfig, build_sae
+
+    folder = tmp_path / "export"
+    export_sae(build_sae(SAEConfig(d_in=16, d_sae=32, architecture="relu")), folder)
+    with open(folder / "sae.safetensors", "r+b") as f:
+        f.truncate(64 << 30)
+    reads, read_bytes = [], Path.read_bytes
+    monkeypatch.setattr(Path, "read_bytes", lambda self: reads.append(self) or read_bytes(self))
+    with pytest.raises(CheckpointError, match="more than its index allows") as refused:
+        load_sae(folder)
+    assert "sae.safetensors is 68,719,476,736 bytes" in str(refused.value) and "re-export the SAE" in str(refused.value)
+    assert not [p for p in reads if p.name == "sae.safetensors"]
+
+
 def test_a_crafted_config_is_refused_before_an_sae_of_its_size_is_allocated(tmp_path: Path, monkeypatch) -> None:
     import json
 
