@@ -59,14 +59,15 @@ def test_probing_and_absorption_see_the_planted_hierarchies(scored: dict) -> Non
 
     hierarchy = {h["width"]: h for h in scored["hierarchy"]}
     assert sorted(hierarchy) == [32, 64, 128]
-    widest, narrowest = hierarchy[128]["by_state"], hierarchy[32]["by_state"]
-    assert widest[SPLIT]["families"] >= 3 > widest[PARENT]["families"]  # the wide SAE splits families
-    assert widest[SPLIT]["probe_1"] < widest[SPLIT]["probe_4"] - 0.1
-    for h in hierarchy.values():
+    states = [h["by_state"] for h in hierarchy.values()]
+    split = [state[SPLIT] for state in states if state[SPLIT]["families"] >= 2]
+    held = [state[PARENT] for state in states if state[PARENT]["families"]]
+    assert split and held  # both rules are exercised: some SAE split families, some holds a parent
+    assert hierarchy[128]["by_state"][SPLIT]["families"] > hierarchy[32]["by_state"][SPLIT]["families"]
+    for h in hierarchy.values():  # each rule holds wherever its state occurs
         assert h["pass"]["absorption"] is not False and h["pass"]["probing"] is not False, h["by_state"]
-    held = [h["by_state"][PARENT] for h in hierarchy.values() if h["by_state"][PARENT]["families"]]
-    assert held and all(state["absorption_rate"] <= 0.1 for state in held)
-    assert narrowest[SPLIT]["families"] < widest[SPLIT]["families"]
+    assert all(state["absorption_rate"] <= 0.1 and state["probe_1"] >= 0.9 for state in held)
+    assert all(state["absorption_rate"] >= 0.3 and state["probe_1"] < state["probe_4"] - 0.1 for state in split)
 
 
 def test_the_meta_sae_sees_planted_composition_and_no_composition_in_the_null_world() -> None:

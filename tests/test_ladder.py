@@ -50,8 +50,21 @@ def assert_close(got: object, want: object, where: str = "") -> None:
         assert got == want, where
 
 
-def test_the_ladder_commits_each_rung_once_and_a_killed_rung_resumes_to_the_same_result(tmp_path: Path) -> None:
+def ladder_here(config: Path, *flags: str, capsys: pytest.CaptureFixture) -> tuple[int, str, str]:
+    """``canon-pl ladder --config <config> <flags>`` in this process (a fresh process costs seconds of imports):
+    its exit code, stdout and stderr."""
+    from canon_pl.cli import main
+
+    capsys.readouterr()
+    code = main(["ladder", "--config", str(config), *flags])
+    said = capsys.readouterr()
+    return code, said.out, said.err
+
+
+def test_the_ladder_commits_each_rung_once_and_a_killed_rung_resumes_to_the_same_result(
+        tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
     pipeline = tiny_configs(tmp_path)
+    monkeypatch.chdir(tmp_path)
     from pydoc_data.topics import topics
 
     notes = tmp_path / "notes"  # another text than the pipeline's: a folder of files
@@ -61,8 +74,8 @@ def test_the_ladder_commits_each_rung_once_and_a_killed_rung_resumes_to_the_same
     own_cache = {"path": str(tmp_path / "own_cache"), "config": str(tmp_path / "capture.yaml"), "text": str(notes),
                  "tokens": 4096, "val_tokens": 1024, "piece_documents": 3}  # a cache of its own, in pieces
     reference = ladder_config(tmp_path, pipeline, "reference", [2, 6], own_cache)
-    first = run_cli("ladder", "--config", str(reference), cwd=tmp_path, script="canon-pl")
-    assert first.returncode == 0, first.stderr[-3000:]
+    code, _, err = ladder_here(reference, capsys=capsys)
+    assert code == 0, err[-3000:]
     index = json.loads((tmp_path / "own_cache" / "index.json").read_text())
     assert index["metadata"]["text"] == str(notes) and len(index["pieces"]) > 1 and not (tmp_path / "cache").exists()
     trained_on = json.loads((tmp_path / "reference" / "run" / "576" / "cfg.json").read_text())
@@ -94,27 +107,30 @@ def test_the_ladder_commits_each_rung_once_and_a_killed_rung_resumes_to_the_same
 
     # a committed rung is never recomputed: a re-run climbs nothing and leaves the files as they were
     stamps = {p.name: p.stat().st_mtime_ns for p in results.glob("rung_*.json")}
-    again = run_cli("ladder", "--config", str(reference), cwd=tmp_path, script="canon-pl")
-    assert again.returncode == 0 and "2 of 2 rungs committed" in again.stdout and "0 to climb" in again.stdout
+    code, out, _ = ladder_here(reference, capsys=capsys)
+    assert code == 0 and "2 of 2 rungs committed" in out and "0 to climb" in out
     assert {p.name: p.stat().st_mtime_ns for p in results.glob("rung_*.json")} == stamps
 
-    drawn = run_cli("ladder", "--config", str(reference), "--draw", cwd=tmp_path, script="canon-pl")
-    assert drawn.returncode == 0 and "redrew" in drawn.stdout and "Epoch" not in drawn.stderr
+    code, out, err = ladder_here(reference, "--draw", capsys=capsys)
+    assert code == 0 and "redrew" in out and "Epoch" not in err
     assert "the same path between two seeds of 1152 goes from" in (results / "summary.md").read_text()
 
     # measured again from the kept families (no training): the same figures, the rung's training record kept
-    remeasured = run_cli("ladder", "--config", str(reference), "--remeasure", cwd=tmp_path, script="canon-pl")
-    assert remeasured.returncode == 0, remeasured.stderr[-3000:]
-    assert "Epoch" not in remeasured.stderr and remeasured.stdout.count("measured again") == 2
+    code, out, err = ladder_here(reference, "--remeasure", capsys=capsys)
+    assert code == 0, err[-3000:]
+    assert "Epoch" not in err and out.count("measured again") == 2
     again_documents = finished_rungs(results)
     assert_close([figures(d) for d in again_documents], [figures(d) for d in documents])
     assert [d["wall_seconds"]["train"] for d in again_documents] == [d["wall_seconds"]["train"] for d in documents]
 
     # the same ladder, killed (SIGKILL) once rung 6 has a checkpoint past rung 2, then run again
     killed = ladder_config(tmp_path, pipeline, "killed", [2, 6], own_cache)  # the same cache, already written
+    import torch
+
+    threads = {"OMP_NUM_THREADS": str(torch.get_num_threads())}  # as this process trains the rest: the same sums
     process = subprocess.Popen([str(Path(sys.executable).parent / "canon-pl"), "ladder", "--config", str(killed)],
                                cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                               start_new_session=True)
+                               start_new_session=True, env={**os.environ, **threads})
     ckpt = tmp_path / "killed" / "run" / "ckpt"
     deadline = time.monotonic() + 300
     while not list(ckpt.glob("*step=4*.ckpt")) and process.poll() is None and time.monotonic() < deadline:
@@ -122,9 +138,9 @@ def test_the_ladder_commits_each_rung_once_and_a_killed_rung_resumes_to_the_same
     os.killpg(process.pid, signal.SIGKILL)
     process.wait()
     assert not (tmp_path / "killed" / "results" / "rung_6.json").exists(), "killed too late to test a resume"
-    resumed = run_cli("ladder", "--config", str(killed), cwd=tmp_path, script="canon-pl")
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert "resuming from" in resumed.stdout
+    code, out, err = ladder_here(killed, capsys=capsys)
+    assert code == 0, err[-3000:]
+    assert "resuming from" in out
     got = finished_rungs(tmp_path / "killed" / "results")
     assert_close([figures(d) for d in got], [figures(d) for d in documents])
 

@@ -96,13 +96,18 @@ def previous_path(path: str | os.PathLike) -> Path:
     return path.parent / f".{path.name}.previous"
 
 
-def _indexed_digest(index: Path, digest_key: str) -> str | None:
-    """The digest the index on disk records under ``digest_key`` (``None`` when it has none or cannot be read)."""
-    from canon_pl.io.validate import read_json
+INDEX_BYTES = 64 << 20
+"""An index larger than this is not read for its digest (the previous copy is then replaced as usual)."""
 
+
+def _indexed_digest(index: Path, digest_key: str) -> str | None:
+    """The digest the index on disk records under ``digest_key`` (``None`` when it has none, is not a small regular
+    JSON file, or cannot be read)."""
     try:
-        value = read_json(index, OSError, "index").get(digest_key)
-    except (OSError, AttributeError):
+        if not index.is_file() or index.stat().st_size > INDEX_BYTES:
+            return None
+        value = json.loads(index.read_bytes()).get(digest_key)
+    except (OSError, ValueError, AttributeError, RecursionError):
         return None
     return value if isinstance(value, str) else None
 

@@ -59,9 +59,8 @@ def check_field_types(settings: Any) -> None:
     for field in fields(settings):
         value = getattr(settings, field.name)
         if fits_type(hints.get(field.name), value) is False:
-            kind = type_name(hints[field.name])
-            raise SAEConfigError(f"{type(settings).__name__}.{field.name} must be {kind} (a finite number for a "
-                                 f"float), got {value!r}")
+            kind = type_name(hints[field.name]).replace("float", "a finite number")
+            raise SAEConfigError(f"{type(settings).__name__}.{field.name} must be {kind}, got {value!r}")
 
 
 @dataclass(frozen=True)
