@@ -39,6 +39,17 @@ def run_cli(*args: str, cwd: Path, script: str = "lightning") -> subprocess.Comp
     return subprocess.run([str(BIN / script), *args], cwd=cwd, capture_output=True, text=True, timeout=600)
 
 
+def run_here(*args: str, capsys: pytest.CaptureFixture) -> subprocess.CompletedProcess:
+    """``canon-pl <args>`` in this process (a fresh process costs seconds of imports; use :func:`run_cli` where the
+    command's own process matters): its exit code and what it printed, as :func:`run_cli` returns them."""
+    from canon_pl.cli import main
+
+    capsys.readouterr()
+    code = main(list(args))
+    said = capsys.readouterr()
+    return subprocess.CompletedProcess(["canon-pl", *args], code, said.out, said.err)
+
+
 @contextlib.contextmanager
 def mounted_tmpfs(mount: Path, options: str, why_skipped: str = "") -> Iterator[Path]:
     """A real tmpfs mounted at ``mount`` with ``options`` (e.g. ``size=192k`` or ``ro``) for the test's duration;

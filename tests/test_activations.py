@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from itertools import islice
 from pathlib import Path
 
 import pytest
@@ -136,7 +137,8 @@ def test_cache_written_then_read_gives_the_same_activations(hooked, tmp_path: Pa
     index = write_activation_cache(dm, tmp_path / "cache", n_tokens=640, dtype="float32", tokens_per_shard=256)
     assert index.n_tokens == 640 and len(index.shards) == 3
     source = datamodule(hooked).source  # the first piece's documents, packed and captured in their order
-    captured = torch.cat([b.kept for b in source.batches(source.pack(source.documents("train")), 8)])
+    contexts = islice(source.pack(source.documents("train")), 24)  # 24 x 31 kept tokens: more than 640
+    captured = torch.cat([b.kept for b in source.batches(contexts, 8)])
     reread = ShardIndex.load(tmp_path / "cache")
     assert torch.equal(torch.cat([reread.read_shard(i) for i in range(3)]), captured[:640])
     assert reread.metadata["hook_point"] == "model.layers.2"

@@ -12,21 +12,23 @@ import yaml
 
 from canon_pl.commands.base_ladder import base_ladder_verdict, finished_bases
 from canon_pl.meta.analysis import FLOOR_NAMES
-from tests.helpers import run_cli
+from tests.helpers import run_here
 from tests.test_ladder import ladder_config
 from tests.test_pipeline import tiny_configs
 
 
-def test_bases_train_to_equal_firings_and_each_is_measured_against_every_floor_once(tmp_path: Path) -> None:
+def test_bases_train_to_equal_firings_and_each_is_measured_against_every_floor_once(
+        tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
     config = ladder_config(tmp_path, tiny_configs(tmp_path), "bases", [2])
+    monkeypatch.chdir(tmp_path)
     raw = yaml.safe_load(config.read_text())
     raw["bases"] = {"widths": [1152, 2304], "reference_steps": 2, "reference_width": 1152, "meta_steps": 5,
                     "meta_batch_size": 64, "per_d_in": 0.1, "moved_tau": 0.9999, "k": 2}
     config.write_text(yaml.safe_dump(raw))
-    rung = run_cli("ladder", "--config", str(config), cwd=tmp_path, script="canon-pl")
+    rung = run_here("ladder", "--config", str(config), capsys=capsys)
     assert rung.returncode == 0, rung.stderr[-3000:]
     results = tmp_path / "bases" / "results"
-    out = run_cli("ladder", "--config", str(config), "--bases", cwd=tmp_path, script="canon-pl")
+    out = run_here("ladder", "--config", str(config), "--bases", capsys=capsys)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "base 1152: the training ladder's member at step 2" in out.stdout  # equal firings: the rung's own member
     assert "base 2304: training to step 4" in out.stdout  # twice the width, twice the steps
@@ -48,7 +50,7 @@ def test_bases_train_to_equal_firings_and_each_is_measured_against_every_floor_o
     assert verdict in ("supported", "refuted", "inconclusive") and "per doubling" in why
     summary = (results / "summary.md").read_text()  # redrawn: the bases' table and the rule's verdict
     assert "### The meta-SAE's base-width ladder" in summary and f"**{verdict}**" in summary
-    again = run_cli("ladder", "--config", str(config), "--bases", cwd=tmp_path, script="canon-pl")
+    again = run_here("ladder", "--config", str(config), "--bases", capsys=capsys)
     assert again.returncode == 0 and again.stdout.count("committed, skipped") == 2
 
 

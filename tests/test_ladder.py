@@ -17,7 +17,7 @@ import yaml
 
 from canon_pl.commands.ladder import RUNG, finished_rungs, read_ladder_config
 from canon_pl.errors import SettingError
-from tests.helpers import REPO, run_cli
+from tests.helpers import REPO, run_cli, run_here
 from tests.test_pipeline import tiny_configs
 
 
@@ -50,21 +50,15 @@ def assert_close(got: object, want: object, where: str = "") -> None:
         assert got == want, where
 
 
-def ladder_here(config: Path, *flags: str, capsys: pytest.CaptureFixture) -> tuple[int, str, str]:
-    """``canon-pl ladder --config <config> <flags>`` in this process (a fresh process costs seconds of imports):
-    its exit code, stdout and stderr."""
-    from canon_pl.cli import main
-
-    capsys.readouterr()
-    code = main(["ladder", "--config", str(config), *flags])
-    said = capsys.readouterr()
-    return code, said.out, said.err
-
-
 def test_the_ladder_commits_each_rung_once_and_a_killed_rung_resumes_to_the_same_result(
         tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
     pipeline = tiny_configs(tmp_path)
     monkeypatch.chdir(tmp_path)
+
+    def ladder_here(config: Path, *flags: str) -> tuple[int, str, str]:
+        done = run_here("ladder", "--config", str(config), *flags, capsys=capsys)
+        return done.returncode, done.stdout, done.stderr
+
     from pydoc_data.topics import topics
 
     notes = tmp_path / "notes"  # another text than the pipeline's: a folder of files
@@ -74,7 +68,7 @@ def test_the_ladder_commits_each_rung_once_and_a_killed_rung_resumes_to_the_same
     own_cache = {"path": str(tmp_path / "own_cache"), "config": str(tmp_path / "capture.yaml"), "text": str(notes),
                  "tokens": 4096, "val_tokens": 1024, "piece_documents": 3}  # a cache of its own, in pieces
     reference = ladder_config(tmp_path, pipeline, "reference", [2, 6], own_cache)
-    code, _, err = ladder_here(reference, capsys=capsys)
+    code, _, err = ladder_here(reference)
     assert code == 0, err[-3000:]
     index = json.loads((tmp_path / "own_cache" / "index.json").read_text())
     assert index["metadata"]["text"] == str(notes) and len(index["pieces"]) > 1 and not (tmp_path / "cache").exists()
@@ -107,16 +101,16 @@ def test_the_ladder_commits_each_rung_once_and_a_killed_rung_resumes_to_the_same
 
     # a committed rung is never recomputed: a re-run climbs nothing and leaves the files as they were
     stamps = {p.name: p.stat().st_mtime_ns for p in results.glob("rung_*.json")}
-    code, out, _ = ladder_here(reference, capsys=capsys)
+    code, out, _ = ladder_here(reference)
     assert code == 0 and "2 of 2 rungs committed" in out and "0 to climb" in out
     assert {p.name: p.stat().st_mtime_ns for p in results.glob("rung_*.json")} == stamps
 
-    code, out, err = ladder_here(reference, "--draw", capsys=capsys)
+    code, out, err = ladder_here(reference, "--draw")
     assert code == 0 and "redrew" in out and "Epoch" not in err
     assert "the same path between two seeds of 1152 goes from" in (results / "summary.md").read_text()
 
     # measured again from the kept families (no training): the same figures, the rung's training record kept
-    code, out, err = ladder_here(reference, "--remeasure", capsys=capsys)
+    code, out, err = ladder_here(reference, "--remeasure")
     assert code == 0, err[-3000:]
     assert "Epoch" not in err and out.count("measured again") == 2
     again_documents = finished_rungs(results)
@@ -138,7 +132,7 @@ def test_the_ladder_commits_each_rung_once_and_a_killed_rung_resumes_to_the_same
     os.killpg(process.pid, signal.SIGKILL)
     process.wait()
     assert not (tmp_path / "killed" / "results" / "rung_6.json").exists(), "killed too late to test a resume"
-    code, out, err = ladder_here(killed, capsys=capsys)
+    code, out, err = ladder_here(killed)
     assert code == 0, err[-3000:]
     assert "resuming from" in out
     got = finished_rungs(tmp_path / "killed" / "results")

@@ -14,7 +14,7 @@ from canon_pl.io import load_family
 from canon_pl.meta import read_meta_analysis
 from canon_pl.stats import LatentStatistics
 from canon_pl.stitching import read_stitching_results
-from tests.helpers import REPO, run_cli
+from tests.helpers import REPO, run_cli, run_here
 
 
 def tiny_configs(root: Path) -> Path:
@@ -139,14 +139,16 @@ def test_the_pipeline_runs_every_stage_and_a_rerun_skips_them(tmp_path: Path) ->
     assert again.stdout.count("done already, skipped") == 9  # everything but the report
 
 
-def test_a_stage_option_its_command_does_not_take_is_refused_before_any_stage_runs(tmp_path: Path) -> None:
+def test_a_stage_option_its_command_does_not_take_is_refused_before_any_stage_runs(
+        tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
     """A typo in a late stage's options (the meta-SAE's) stops the pipeline at once, naming the option and what the
     stage takes, instead of after the cache and the fit have run."""
     config = tiny_configs(tmp_path)
+    monkeypatch.chdir(tmp_path)
     pipeline = yaml.safe_load(config.read_text())
     pipeline["meta_sae"]["stepz"] = 5
     config.write_text(yaml.safe_dump(pipeline))
-    result = run_cli("pipeline", "--config", str(config), cwd=tmp_path, script="canon-pl")
+    result = run_here("pipeline", "--config", str(config), capsys=capsys)
     assert result.returncode == 2
     assert "meta_sae has no option stepz" in result.stderr and "steps" in result.stderr
     assert "Traceback" not in result.stderr
@@ -154,7 +156,7 @@ def test_a_stage_option_its_command_does_not_take_is_refused_before_any_stage_ru
     del pipeline["meta_sae"]["stepz"]
     pipeline["evaluate"] = {"tokens": 1024}  # a stage section without what its command needs
     config.write_text(yaml.safe_dump(pipeline))
-    result = run_cli("pipeline", "--config", str(config), cwd=tmp_path, script="canon-pl")
+    result = run_here("pipeline", "--config", str(config), capsys=capsys)
     assert result.returncode == 2 and "evaluate needs data" in result.stderr
     assert not (tmp_path / "cache").exists()
 
