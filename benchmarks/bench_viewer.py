@@ -6,7 +6,7 @@ The views are chosen from the folder: the largest stitching pair, the most frequ
 statistics, the densest meta-latent, and a search for a token (``--query``). Ends with
 ``ratio: <slowest warm page open / 2 s>`` (goal < 1: every page opens in under 2 s; the browser time when Chromium
 is here, else the script time).
-Usage: ``python benchmarks/bench_viewer.py --checkpoints checkpoints [--query def]``.
+Usage: ``python benchmarks/bench_viewer.py --checkpoints checkpoints [--query def] [--warm-visits 3]``.
 """
 
 from __future__ import annotations
@@ -57,14 +57,15 @@ def script_times(root: Path, pages: dict[str, tuple[str, str]]) -> dict[str, tup
     return times
 
 
-def browser_times(root: Path, pages: dict[str, tuple[str, str]], chromium: str) -> dict[str, tuple[float, float]]:
-    """(first visit, median of the next ``WARM_VISITS``) seconds from navigation until each page's content shows, on
+def browser_times(root: Path, pages: dict[str, tuple[str, str]], chromium: str,
+                  warm_visits: int = WARM_VISITS) -> dict[str, tuple[float, float]]:
+    """(first visit, median of the next ``warm_visits``) seconds from navigation until each page's content shows, on
     a fresh ``streamlit run``."""
     times = {}
     with serve_viewer(root) as url, browser_page(url, chromium) as tab:
         for page, (view, marker) in pages.items():
             runs = []
-            for _ in range(1 + WARM_VISITS):
+            for _ in range(1 + warm_visits):
                 tab.goto("about:blank")
                 start = time.perf_counter()
                 tab.goto(f"{url}/{view}")
@@ -78,6 +79,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoints", required=True, help="a folder with a family, stats, stitching, meta-SAE")
     parser.add_argument("--query", default="def", help="the token searched for on the Search page")
+    parser.add_argument("--warm-visits", type=int, default=WARM_VISITS,
+                        help="browser visits of each page after the first, whose median is the warm time")
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
     root = Path(args.checkpoints)
@@ -86,7 +89,7 @@ def main() -> None:
     print(f"checkpoints: {root} ({len(pages)} pages; without data for: {sorted(missing) or 'none'})")
     script = script_times(root, pages)
     chromium = find_chromium()
-    browser = browser_times(root, pages, chromium) if chromium else {}
+    browser = browser_times(root, pages, chromium, max(args.warm_visits, 1)) if chromium else {}
     print(f"{'page':<12} {'script first':>13} {'script warm':>12} {'browser first':>14} {'browser warm':>13}")
     for page in pages:
         b = browser.get(page)

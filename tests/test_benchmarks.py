@@ -59,7 +59,8 @@ def test_bench_viewer_times_every_page_and_ends_with_a_ratio(tmp_path: Path) -> 
     from tests.viewer_data import build_analysed_run
 
     root = build_analysed_run(tmp_path)["root"]
-    lines = run_benchmark("bench_viewer.py", "--checkpoints", str(root), "--query", "PLANTED", timeout=600)
+    lines = run_benchmark("bench_viewer.py", "--checkpoints", str(root), "--query", "PLANTED", "--warm-visits", "1",
+                          timeout=600)
     assert {line.split()[0] for line in lines} >= {"Runs", "Stitching", "Latent", "Meta-latent", "Search"}
 
 

@@ -46,6 +46,11 @@ def test_stitching_calls_the_planted_novel_and_reconstruction_latents_and_groups
         assert pair["pass"]["consistency"], pair["consistency"]  # matched consistency within 5 points of the truth
         # where S holds a family's parent and L two or more of its children, stitching swaps them as one group
         assert pair["family_groups"]["grouped"] == pair["family_groups"]["families"]
+        # the path walked on the planted units falls all the way (the truth's answer to the monotone-path claim),
+        # and the granularity curve is monotone at groups no coarser than twice the planted units'
+        assert pair["truth_path"]["monotone"] and pair["truth_path"]["kinds"]["swap"] >= 10, pair["truth_path"]
+        assert pair["pass"]["granularity"], pair["granularity"]
+    assert scored["truth_verdicts"]["monotone_path"] == scored["verdicts"]["monotone_path"] == "reproduced"
     first = scored["pairs"][0]
     assert first["truth_classes"]["novel"] >= 5 and first["definition"]["novel"]["n_true"] >= 5
     assert scored["members"]["128"]["by_kind"]["child"] > scored["members"]["32"]["by_kind"]["child"]
@@ -92,3 +97,33 @@ def test_calibrate_refuses_a_config_that_does_not_train_on_a_known_world_before_
                       str(tmp_path / "out"), cwd=tmp_path, script="canon-pl")
     assert refused.returncode == 2 and "KnownWorldDataModule" in refused.stderr, refused.stderr[-2000:]
     assert "Traceback" not in refused.stderr and not (tmp_path / "out").exists()
+
+
+def test_the_truths_groups_join_each_planted_unit_across_widths() -> None:
+    """An S that holds every family's parent and an L that holds its children: the truth's groups put each parent
+    with its children and each other true direction with itself, and leave a latent that is no true direction
+    alone."""
+    from canon_pl.calibration.truth import truth_group_edges, truth_identity
+    from canon_pl.data.known_world import KnownWorld
+    from canon_pl.stitching.groups import groups_from_edges
+
+    world = KnownWorld(WorldSpec(d_in=64, n_plain=8, n_families=3, children_per_family=4, n_composite=2,
+                                 n_components=4, components_per_feature=2, active_per_token=2.0))
+    composite = torch.nonzero(world.kind == 2).flatten()
+    parts = torch.nonzero(world.composition[composite[0]] > 0).flatten()
+    stray = torch.randn(1, 64, generator=torch.Generator().manual_seed(123))  # no true direction (cosine < 0.9)
+    small = torch.cat([world.parents, world.components[parts], world.directions[:2]])  # 3 parents, 2 parts, 2 plain
+    large = torch.cat([world.directions[world.family >= 0], world.directions[composite[:1]], world.directions[:2],
+                       stray])
+    s_id, l_id = truth_identity(small, world), truth_identity(large, world)
+    assert int((~l_id.matched).sum()) == 1
+    groups = groups_from_edges(small.shape[0], large.shape[0], *truth_group_edges(s_id, l_id, world))
+    for f in range(3):  # the parent of family f with its four children
+        s_members, l_members = groups.members(int(groups.small_group[f]))
+        assert s_members.tolist() == [f] and l_members.tolist() == list(range(4 * f, 4 * f + 4))
+    # a composite is a unit of its own: S's two shared directions are removed, the composite inserted, apart
+    assert groups.members(int(groups.large_group[12]))[0].numel() == 0
+    assert groups.members(int(groups.small_group[3]))[1].numel() == 0
+    assert groups.members(int(groups.small_group[5]))[1].tolist() == [13]  # a plain feature with itself
+    assert groups.members(int(groups.large_group[15]))[0].numel() == 0  # the stray latent: novel, alone
+    assert groups.kind_counts() == {"swap": 5, "novel": 2, "removal": 2}

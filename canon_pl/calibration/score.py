@@ -6,6 +6,8 @@ for each adjacent pair of widths runs the stitching analysis with its cross-seed
 - the **stitching classification** (by the definition and by the cosine proxy) against the truth classes
   (:func:`canon_pl.calibration.truth.truth_classes`): precision and recall of "novel" and "reconstruction";
 - the **stitching groups** against the planted families (a parent S holds, its children L holds: one group?);
+- the **path** walked on the planted units as groups (:func:`truth_path`: the truth's answer to "a monotone path
+  exists"), and the instrument's **granularity curve** against those units (how coarse its groups must get);
 - **matched consistency** across seeds (Hungarian, cosine >= 0.7, as the study reads it) among L's latents that are
   true directions, against the share of those directions the other seed also holds;
 - the study's **verdicts** against the truth's (:func:`truth_verdicts`: the study's rule on the truth classes);
@@ -29,6 +31,7 @@ from canon_pl.calibration.hierarchy import HIERARCHY_RULES, PARENT, SPLIT, held_
 from canon_pl.calibration.truth import (
     NOVEL,
     RECONSTRUCTION,
+    UNIT_COSINE,
     class_counts,
     classification_scores,
     expected_shared,
@@ -37,6 +40,7 @@ from canon_pl.calibration.truth import (
     recovery,
     scores_by_kind,
     truth_classes,
+    truth_group_edges,
     truth_identity,
 )
 from canon_pl.calibration.world_files import world_of
@@ -51,11 +55,15 @@ PASS_RULES = {
     "consistency_error": 0.05,
     "meta_excess_planted": 0.10,
     "meta_excess_null": 0.05,
+    "granularity_coarser": 2.0,
 }
 """Decided before the first run: the definition's precision of both calls at least ``definition_precision`` and
 its recall of both at least ``definition_recall`` on the scored latents; matched consistency within
 ``consistency_error`` of the truth's share; the meta-SAE's FVE above its highest floor by at least
-``meta_excess_planted`` on a world with composite features and by less than ``meta_excess_null`` on the null world."""
+``meta_excess_planted`` on a world with composite features and by less than ``meta_excess_null`` on the null world.
+Added with the path's truth (issue 52's fourth round, before its first scored run): the granularity curve's first
+monotone grouping no coarser than ``granularity_coarser`` times the planted units' largest group (its largest group's
+share of L-latents)."""
 CONSISTENCY_COSINE = float(CONSISTENCY_THRESHOLD)
 """The study's matched-consistency threshold."""
 META_K = 4
@@ -84,15 +92,44 @@ def _novel_share(truth: torch.Tensor) -> float | None:
     return int((truth == NOVEL).sum()) / scored if scored else None
 
 
+def truth_path(small, large, world, x: torch.Tensor) -> dict[str, Any]:
+    """The stitching path from ``small`` to ``large`` walked on the planted units as groups
+    (:func:`canon_pl.calibration.truth.truth_group_edges`, each latent read as its nearest true direction at cosine
+    :data:`canon_pl.calibration.truth.UNIT_COSINE`), on ``x [N, d_in]``: its peak over the worse endpoint,
+    whether it is monotone (within :data:`canon_pl.stitching.granularity.MONOTONE_TOLERANCE`) and L beats S, and its
+    groups' largest share of L-latents."""
+    from canon_pl.stitching.analysis import in_encoder_space
+    from canon_pl.stitching.granularity import MONOTONE_TOLERANCE
+    from canon_pl.stitching.groups import groups_from_edges
+    from canon_pl.stitching.path import stitching_path
+
+    s_id, l_id = (truth_identity(sae.W_dec, world, UNIT_COSINE) for sae in (small, large))
+    (small, large), x = in_encoder_space([small, large], x.float())
+    groups = groups_from_edges(small.d_sae, large.d_sae, *truth_group_edges(s_id, l_id, world))
+    path = stitching_path(small, large, x, groups)
+    excess = path.excess_over_endpoints()
+    largest = float(groups.n_large.max()) / large.d_sae if groups.n_groups else 0.0
+    return {"path_excess": excess, "monotone_fraction": path.monotone_fraction(), "n_groups": groups.n_groups,
+            "kinds": groups.kind_counts(), "largest_group_share": largest,
+            "monotone": bool(excess <= MONOTONE_TOLERANCE and float(path.mse[-1]) < float(path.mse[0]))}
+
+
 def score_pair(small, large, control, world, x: torch.Tensor, large_initial_decoder=None) -> dict[str, Any]:
     """One adjacent pair's stitching and consistency scores (SAEs in their exported form, ``x [N, d_in]`` held-out
     activations of the world)."""
     from canon_pl.stitching.analysis import analyze_pair
     from canon_pl.stitching.consistency import matched_consistency
+    from canon_pl.stitching.granularity import needed_share
 
     result = analyze_pair(small, large, x, control=control, large_initial_decoder=large_initial_decoder,
-                          control_extras=False)
+                          control_extras=False, granularity=True)
     s_id, l_id, c_id = (truth_identity(sae.W_dec, world) for sae in (small, large, control))
+    path = truth_path(small, large, world, x)
+    curve = result.summary.get("granularity")
+    needed = needed_share(curve)
+    granularity = {"points": [{k: p[k] for k in ("grouping", "threshold", "largest_group_share", "path_excess")}
+                              for p in (curve or {}).get("points", [])],
+                   "needed_share": needed, "truth_share": path["largest_group_share"]}
     truth, truth_control = truth_classes(s_id, l_id, world), truth_classes(c_id, l_id, world)
     fires = result.classes.fires
     definition = classification_scores(result.classes.novel_by_definition, truth, fires)
@@ -115,6 +152,7 @@ def score_pair(small, large, control, world, x: torch.Tensor, large_initial_deco
         "small": small.d_sae, "large": large.d_sae,
         "family_groups": family_grouping(s_id, l_id, world, result.groups.small_group.cpu(),
                                          result.groups.large_group.cpu()),
+        "truth_path": path, "granularity": granularity,
         "truth_classes": class_counts(truth), "truth_novel_fraction": _novel_share(truth[fires]),
         "truth_control_novel_fraction": _novel_share(truth_control[fires]),
         "definition": definition, "cosine": cosine,
@@ -126,7 +164,9 @@ def score_pair(small, large, control, world, x: torch.Tensor, large_initial_deco
                         "shared_on_truth": measured, "truth_shared": expected, "error": error},
         "pass": {"definition": precision is not None and recall is not None
                  and precision >= rule["definition_precision"] and recall >= rule["definition_recall"],
-                 "consistency": error is not None and error <= rule["consistency_error"]},
+                 "consistency": error is not None and error <= rule["consistency_error"],
+                 "granularity": needed is not None
+                 and needed <= rule["granularity_coarser"] * max(path["largest_group_share"], 1 / large.d_sae)},
     }
 
 
@@ -205,12 +245,15 @@ def score_family(family_dir: str | os.PathLike, held_out_tokens: int = 16_384, m
 def truth_verdicts(pairs: list[dict[str, Any]]) -> dict[str, str]:
     """What the truth says of the novel-latents claim, by the study's own rule applied to the truth classes instead
     of an instrument's calls: every pair's truth novel share exceeds its truth share against the other seed by
-    ``MARGIN``, with ``MIN_SHARE`` reconstruction latents."""
+    ``MARGIN``, with ``MIN_SHARE`` reconstruction latents; and of the monotone-path claim: every pair's path walked
+    on the planted units (:func:`truth_path`) stays within its tolerance and ends below where it starts."""
     from canon_pl.verdicts import MARGIN, MIN_SHARE
 
     shares = [(p["truth_novel_fraction"], p["truth_control_novel_fraction"]) for p in pairs]
     novel = all(a is not None and b is not None and a - b >= MARGIN and 1 - a >= MIN_SHARE for a, b in shares)
-    return {"novel_latents": "reproduced" if novel else "not reproduced"}
+    monotone = all(p["truth_path"]["monotone"] for p in pairs)
+    return {"novel_latents": "reproduced" if novel else "not reproduced",
+            "monotone_path": "reproduced" if monotone else "not reproduced"}
 
 
 def _meta_score(meta: dict[str, Any]) -> str:
@@ -264,6 +307,16 @@ def instrument_rows(world: str, scored: dict[str, Any]) -> list[dict[str, Any]]:
             rows.append({"instrument": f"stitching groups against the planted families, {pair}", "world": world,
                          "score": f"{groups['grouped']} of {groups['families']} families whose parent S holds and "
                                   f"whose children L holds are one group", "rule": "reported", "pass": None})
+        t, g = p["truth_path"], p["granularity"]
+        rows.append({"instrument": f"the path on the planted units, {pair}", "world": world,
+                     "score": (f"peak {1 + t['path_excess']:.2f}x the worse endpoint over {t['n_groups']} groups "
+                               f"(largest {t['largest_group_share']:.1%} of L)"),
+                     "rule": "reported: the truth's answer to the monotone-path claim", "pass": None})
+        needed = "never" if g["needed_share"] is None else f"{g['needed_share']:.1%} of L"
+        rows.append({"instrument": f"the granularity curve, {pair}", "world": world,
+                     "score": f"monotone at a largest group of {needed} (the planted units: {g['truth_share']:.1%})",
+                     "rule": f"at most {rule['granularity_coarser']:g}x the planted units' largest group",
+                     "pass": p["pass"]["granularity"]})
         c = p["consistency"]
         rows.append({"instrument": f"matched consistency across seeds, {p['large']}", "world": world,
                      "score": (f"of the {c['n_on_truth']} latents that are true directions, "
@@ -319,4 +372,4 @@ def _study_verdicts(pairs: list[dict[str, Any]], meta: dict[str, Any]) -> dict[s
 
 
 __all__ = ["CALIBRATION", "CalibrationError", "PASS_RULES", "hierarchy_rows", "ideal_meta_rows", "instrument_rows", "score_family",
-           "score_ideal_meta", "score_meta", "score_pair", "truth_verdicts"]
+           "score_ideal_meta", "score_meta", "score_pair", "truth_path", "truth_verdicts"]

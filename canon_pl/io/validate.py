@@ -102,8 +102,23 @@ def read_json(path: str | os.PathLike, error: type[Exception], what: str, max_by
         raise error(f"{path} is not a readable {what} ({type(err).__name__}: {err})") from err
 
 
+CONSISTENT_READ_ATTEMPTS = 10
+"""Reads of an index and its files before a mismatch is called damage rather than a writer between its renames
+(about half a second of waits in all)."""
+
+
+def consistent_read_waits(attempts: int | None = None) -> Iterator[int]:
+    """Attempt numbers for a read that a writer between two renames may disturb: after each attempt but the last the
+    caller's ``for`` body ran with a mismatch, so this waits a little longer each time before the next."""
+    attempts = CONSISTENT_READ_ATTEMPTS if attempts is None else attempts
+    for attempt in range(attempts):
+        if attempt:
+            time.sleep(random.uniform(0.005, 0.02) * attempt)  # let a writer in between finish
+        yield attempt
+
+
 def read_consistent(read_index: Callable[[], dict[str, Any]], data_path_of: Callable[[dict[str, Any]], Path],
-                    digest_key: str, error: type[Exception], attempts: int = 10,
+                    digest_key: str, error: type[Exception], attempts: int | None = None,
                     fix: str = "write it again",
                     max_bytes: Callable[[dict[str, Any]], int | None] | None = None) -> tuple[dict[str, Any], bytes]:
     """An index document and the bytes of the data file it describes, as one consistent pair: the bytes match the
@@ -115,7 +130,7 @@ def read_consistent(read_index: Callable[[], dict[str, Any]], data_path_of: Call
     else read again (a writer between its renames now). A mismatch that persists is a corrupt, truncated or foreign
     file: ``error`` names it and ``fix`` (the command that writes it again). ``max_bytes(index)``, when given, is the
     most the data file can hold by what its index says: a larger file is refused before a byte of it is read."""
-    for attempt in range(attempts):
+    for _ in consistent_read_waits(attempts):
         index = read_index()
         path = regular_file(data_path_of(index), error, fix)
         limit = max_bytes(index) if max_bytes is not None else None
@@ -143,7 +158,6 @@ def read_consistent(read_index: Callable[[], dict[str, Any]], data_path_of: Call
             data = None
         if data is not None and hashlib.sha256(data).hexdigest() == expected:
             return index, data
-        time.sleep(random.uniform(0.005, 0.02) * (attempt + 1))  # let a writer in between finish
     raise error(f"{path} is corrupt: it does not match the checksum recorded for it (truncated, damaged or from "
                 f"another run); {fix}")
 

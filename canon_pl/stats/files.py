@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import random
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,7 +17,7 @@ from torch import Tensor
 from canon_pl.errors import CanonError
 from canon_pl.io.atomic import atomic_paths, previous_path, sha256_file
 from canon_pl.io.document import DocumentKind
-from canon_pl.io.validate import STRUCTURAL_ERRORS, expect, read_json, regular_file
+from canon_pl.io.validate import STRUCTURAL_ERRORS, consistent_read_waits, expect, read_json, regular_file
 from canon_pl.meta import MetaDecomposition
 from canon_pl.stats.collect import HIST_EDGES, LatentStatsCollector
 
@@ -158,17 +156,16 @@ class LatentStatistics:
     _token_strings: dict[int, str] | None = field(default=None, repr=False)
 
     @classmethod
-    def open(cls, directory: str | os.PathLike, verify: bool = True, attempts: int = 10) -> LatentStatistics:
+    def open(cls, directory: str | os.PathLike, verify: bool = True, attempts: int | None = None) -> LatentStatistics:
         """Read and check the index and (``verify``) every file of the set against the checksums it records: a
         folder that mixes two ``canon-pl stats`` runs (one killed between its renames) is refused, never read.
         ``verify=False`` reads the index alone (a listing that shows what a folder holds, not its arrays)."""
         directory = Path(directory)
-        for attempt in range(attempts):
+        for _ in consistent_read_waits(attempts):  # a writer between two renames finishes
             index = cls._read_index(directory)
             files, mismatched = _files_of_set(directory, index) if verify else ({}, None)
             if mismatched is None:
                 return cls(directory, index, files)
-            time.sleep(random.uniform(0.005, 0.02) * (attempt + 1))  # a writer between two renames finishes
         raise StatsError(f"{directory / mismatched} does not match the checksum its index {INDEX_FILE} records: the "
                          f"folder mixes files of two canon-pl stats runs (one was stopped while writing) or a file "
                          f"was damaged; {REBUILD}")
