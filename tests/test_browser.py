@@ -96,3 +96,34 @@ def test_the_study_figures_come_first_in_a_real_browser(viewer: dict, page) -> N
     assert labels.index("novel by cosine (proxy)") > 1
     open_view(page, viewer["url"], "Meta-SAEs")
     assert page.get_by_text("kept out of the width charts").count() == 1
+
+
+def test_every_change_to_a_sidebar_control_takes(viewer: dict, page) -> None:
+    """A researcher steps through latents with "+", types latent numbers and searches one token after another: each
+    change shows what was asked. (Widgets rebuilt from the URL on every run dropped every second change: "+" four
+    times from 10 gave 11, 11, 12, 12.)"""
+    open_view(page, f"{viewer['url']}/latent?run=fam&sae=16&latent=3", "fam · 16 · latent 3")
+    step_up = page.get_by_test_id("stNumberInputStepUp")
+    for j in (4, 5, 6):
+        step_up.click()
+        page.get_by_text(f"fam · 16 · latent {j}").first.wait_for(timeout=30_000)
+    box = page.get_by_test_id("stNumberInputField")
+    for j in (9, 2, 12):
+        box.fill(str(j))
+        box.press("Enter")
+        page.get_by_text(f"fam · 16 · latent {j}").first.wait_for(timeout=30_000)
+    assert "latent=12" in page.url
+
+    open_view(page, f"{viewer['url']}/search", "Search latents by a token")
+    field = page.get_by_label("token or word", exact=True)
+    for query in ("zzqx1", "zzqx2", "zzqx3"):
+        field.fill(query)
+        field.press("Enter")
+        page.get_by_text(f"matching '{query}'").first.wait_for(timeout=30_000)
+    assert "q=zzqx3" in page.url
+
+
+def test_a_link_to_a_latent_the_sae_does_not_have_says_so(viewer: dict, page) -> None:
+    """An index past the SAE's last latent shows the last one with a warning naming the range, not silently."""
+    open_view(page, f"{viewer['url']}/latent?run=fam&sae=16&latent=99", "fam · 16 · latent 15")
+    page.get_by_text("has latents 0 to 15: showing 15").first.wait_for(timeout=30_000)

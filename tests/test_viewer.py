@@ -104,10 +104,15 @@ def test_stitching_page_counts_equal_the_results_file_and_latents_link_to_their_
     assert metrics["novel by cosine (proxy)"] == f"{s['n_novel']:,}"
     table = app.dataframe[0].value
     row = table[table["latent"] == 3].iloc[0]
-    assert row["class"] == "reconstruction" and row["nearest_small"] == 0
+    assert row["class (cosine proxy)"] == "reconstruction" and row["nearest_small"] == 0
     assert row["page"] == "latent?run=fam&sae=16&latent=3"
     groups = "".join(m.value for m in app.markdown)
     assert 'href="latent?run=fam&amp;sae=8&amp;latent=0"' in groups  # the small latent that was split
+    # "novel latents only" keeps the latents the headline counts: novel by the definition, not by the proxy
+    app.toggle(key="stitching:novel_only").set_value(True).run()
+    shown = app.dataframe[0].value
+    assert len(shown) == round(s["classes"]["novel_fraction_definition"] * 16)
+    assert set(shown["class (definition)"]) <= {"novel"}
 
 
 def test_a_deep_link_opens_the_latent_with_its_class_nearest_latents_and_meta_latents(analysed: dict) -> None:

@@ -3,6 +3,7 @@ of the files under the checkpoints folder."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
@@ -28,26 +29,53 @@ from canon_pl.viewer.meta import (
 from canon_pl.viewer.search import top_centre_tokens
 
 
+def seeded(key: str, valid: Callable[[object], bool], from_url: Callable[[], object]) -> None:
+    """Give the widget ``key`` its first value from the URL (``from_url()``), once: afterwards the widget keeps its own
+    state. A widget rebuilt from the query parameter on every run is a new widget after each change, and Streamlit
+    drops the next input to it (latent "+" twice moved one step). A kept value that is no longer ``valid`` (another
+    run or SAE has other options) is seeded again."""
+    if key not in st.session_state or not valid(st.session_state[key]):
+        st.session_state[key] = from_url()
+
+
 def choose(label: str, options: list[str], param: str) -> str:
     """A sidebar choice that starts at the query parameter ``param`` (a deep link) and writes it back; a link that
     names a choice this folder does not have (stale, or from another folder) says so instead of silently showing
     another."""
-    asked = st.query_params.get(param)
-    choice = st.sidebar.selectbox(label, options, index=options.index(asked) if asked in options else 0)
-    if asked is not None and asked not in options:
-        st.warning(f"the link asks for {label} {asked!r}, which is not in this folder (it has {len(options)}: "
-                   f"{', '.join(options[:5])}{', ...' if len(options) > 5 else ''}); showing {choice}")
+
+    def from_url() -> str:
+        asked = st.query_params.get(param)
+        if asked is not None and asked not in options:
+            st.warning(f"the link asks for {label} {asked!r}, which is not in this folder (it has {len(options)}: "
+                       f"{', '.join(options[:5])}{', ...' if len(options) > 5 else ''}); showing {options[0]}")
+        return asked if asked in options else options[0]
+
+    key = f"choose:{param}"
+    seeded(key, lambda value: value in options, from_url)
+    choice = st.sidebar.selectbox(label, options, key=key)
     st.query_params[param] = choice
     return choice
 
 
 def choose_index(label: str, size: int, param: str) -> int:
-    """A sidebar number in ``[0, size)`` that starts at the query parameter ``param`` and writes it back."""
-    try:
-        asked = min(max(int(st.query_params.get(param, 0)), 0), size - 1)
-    except ValueError:
-        asked = 0
-    value = int(st.sidebar.number_input(label, min_value=0, max_value=size - 1, value=asked))
+    """A sidebar number in ``[0, size)`` that starts at the query parameter ``param`` and writes it back; a link
+    outside the range (or not a number) says so and shows the nearest index."""
+
+    def from_url() -> int:
+        asked = st.query_params.get(param, "0")
+        try:
+            index = int(asked)
+        except ValueError:
+            index = 0
+        shown = min(max(index, 0), size - 1)
+        if str(shown) != str(asked):
+            st.warning(f"the link asks for {label} {asked!r}, but this one has {label}s 0 to {size - 1}: showing "
+                       f"{shown}")
+        return shown
+
+    key = f"choose_index:{param}"
+    seeded(key, lambda value: isinstance(value, int) and 0 <= value < size, from_url)
+    value = int(st.sidebar.number_input(label, min_value=0, max_value=size - 1, step=1, key=key))
     st.query_params[param] = str(value)
     return value
 

@@ -13,6 +13,7 @@ from canon_pl.viewer.search import search_latents
 from viewer_pages.common import (
     load_centre_tokens,
     open_statistics,
+    seeded,
     statistics_of,
 )
 
@@ -24,8 +25,10 @@ def render(root: Path) -> None:
         st.info(f"Nothing to search under {root}: search reads latent statistics. Create them with `canon-pl stats "
                 f"--run checkpoints/<run>`.")
         return
-    query = st.text_input("token or word", st.query_params.get("q", ""))
-    whole = st.toggle("whole token (off: any token containing it)", value=st.query_params.get("whole", "1") == "1")
+    seeded("search:q", lambda value: isinstance(value, str), lambda: st.query_params.get("q", ""))
+    seeded("search:whole", lambda value: isinstance(value, bool), lambda: st.query_params.get("whole", "1") == "1")
+    query = st.text_input("token or word", key="search:q")
+    whole = st.toggle("whole token (off: any token containing it)", key="search:whole")
     st.query_params.update({"q": query, "whole": "1" if whole else "0"})
     if not query.strip():
         st.caption("Finds latents whose top activating examples peak on the token, or whose promoted tokens "

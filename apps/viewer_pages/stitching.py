@@ -111,8 +111,11 @@ def render(root: Path) -> None:
         config = {"page": st.column_config.LinkColumn("latent page", display_text="open")}
     else:
         st.caption(f"Latent pages need statistics: `canon-pl stats --run {root / run}`.")
-    novel_only = st.toggle("novel latents only", value=False)
-    st.dataframe(table[table["class"] == "novel"] if novel_only else table, hide_index=True, column_config=config)
+    novel_only = st.toggle("novel latents only (by the definition, as the headline counts them)",
+                           key="stitching:novel_only")
+    table = table.rename(columns={"class": "class (cosine proxy)", "class_by_definition": "class (definition)"})
+    shown = table[table["class (definition)"] == "novel"] if novel_only else table
+    st.dataframe(shown, hide_index=True, column_config=config)
     st.subheader("Reconstruction groups (small latents → the large latents that replace them)")
     groups = data["groups"]
     if linked and len(groups):

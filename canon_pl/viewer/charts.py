@@ -52,7 +52,7 @@ def cosine_histogram_chart(histogram: pd.DataFrame, tau: float, small_width: int
     line."""
     bars = alt.Chart(histogram, title=f"each large latent's best cosine to the {small_width}-latent SAE").mark_bar(
     ).encode(x=alt.X("start:Q", bin="binned", title="max cosine"), x2="end:Q", y=alt.Y("count:Q", title="latents"),
-             color=alt.Color("class:N"), tooltip=["class", "start", "end", "count"])
+             color=alt.Color("class:N", title="by the cosine proxy (τ)"), tooltip=["class", "start", "end", "count"])
     rule = alt.Chart(pd.DataFrame({"tau": [tau]})).mark_rule(strokeDash=[4, 4]).encode(x="tau:Q")
     return bars + rule
 
