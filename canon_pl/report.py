@@ -11,6 +11,7 @@ from typing import Any
 
 import pandas as pd
 
+from canon_pl.stage_times import stage_times_lines
 from canon_pl.io.atomic import atomic_write_text
 from canon_pl.io.layout import RunLayout
 from canon_pl.meta.analysis import FLOOR_NAMES, higher_floor
@@ -688,6 +689,7 @@ def write_report(run: str | os.PathLike, meta_dir: str | os.PathLike | None = No
         "the verdicts above rest on this run's own controls, not on the size of the gap.", ""]
     lines += _width_l0_results_lines(Path(width_l0_results)) if width_l0_results is not None else []
     lines += _ladder_lines(Path(ladder_results), figures) if ladder_results is not None else []
+    lines += stage_times_lines(run)
     path = RunLayout(run).report
     atomic_write_text(path, "\n".join(lines))
     return path

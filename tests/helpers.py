@@ -45,7 +45,10 @@ def run_here(*args: str, capsys: pytest.CaptureFixture) -> subprocess.CompletedP
     from canon_pl.cli import main
 
     capsys.readouterr()
-    code = main(list(args))
+    try:
+        code = main(list(args))
+    except SystemExit as exit_:  # argparse and LightningCLI leave on a usage error or --help
+        code = exit_.code if isinstance(exit_.code, int) else 0 if exit_.code is None else 1
     said = capsys.readouterr()
     return subprocess.CompletedProcess(["canon-pl", *args], code, said.out, said.err)
 

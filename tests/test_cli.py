@@ -12,7 +12,7 @@ import torch
 from canon_pl import load_sae
 from canon_pl.cli import run_lightning_cli
 from canon_pl.training import ActivationDataModule, ActivationShardDataModule, DecoderRowsDataModule
-from tests.helpers import REPO, run_cli
+from tests.helpers import REPO, run_cli, run_here
 
 CONFIGS = sorted(p for p in (REPO / "configs").glob("**/*.yaml")  # presets: test_distributed, the logger tests
                  if not p.name.startswith(("pipeline_", "ladder_")) and p.parent.name not in ("trainer", "logger"))
@@ -86,8 +86,11 @@ def test_lightning_fit_trains_exports_and_resumes(tmp_path: Path) -> None:
         (["--model.init_args.d_in", "32"], "d_in: 64"),
     ],
 )
-def test_bad_config_gets_one_clear_error_and_writes_nothing(tmp_path: Path, override: list[str], message: str) -> None:
-    result = run_cli("fit", "--config", str(REPO / "configs" / "sae_synthetic.yaml"), *override, cwd=tmp_path)
+def test_bad_config_gets_one_clear_error_and_writes_nothing(tmp_path: Path, override: list[str], message: str,
+                                                           capsys: pytest.CaptureFixture,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)  # in this process (the console script's own process: the tests above and below)
+    result = run_here("fit", "--config", str(REPO / "configs" / "sae_synthetic.yaml"), *override, capsys=capsys)
     assert result.returncode != 0
     assert message in result.stderr
     assert "Traceback" not in result.stderr
@@ -116,7 +119,7 @@ def test_readme_set_up_commands_are_the_ones_ci_and_make_run() -> None:
     assert "torch==2.13.0" in (REPO / "constraints-cpu.txt").read_text()
 
 
-def test_help_lists_every_subcommand_with_what_it_does(tmp_path: Path) -> None:
+def test_help_lists_every_subcommand_with_what_it_does(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     """``canon-pl --help`` is where a newcomer starts: the Lightning subcommands and canon-pl's own, each with its
     summary, and each of them answers ``--help`` itself."""
     from canon_pl.cli import COMMANDS, LIGHTNING_COMMANDS
@@ -128,8 +131,8 @@ def test_help_lists_every_subcommand_with_what_it_does(tmp_path: Path) -> None:
                                                               "calibrate", "stitch", "meta-sae", "stats", "evaluate",
                                                               "family", "pipeline", "ladder", "view"}
     assert all(len(line.split()) > 3 for line in listed.values()), "every command has a summary"
-    for name in ("fit", "stitch", "pipeline"):
-        own = run_cli(name, "--help", cwd=tmp_path, script="canon-pl")
+    for name in ("fit", "stitch", "pipeline"):  # in this process: the console script's own is the one above
+        own = run_here(name, "--help", capsys=capsys)
         assert own.returncode == 0 and "usage:" in own.stdout, own.stderr
     # Lightning's test and predict need steps the SAE modules do not have: refused by name, not a traceback
     refused = run_cli("test", "--config", str(REPO / "configs" / "sae_synthetic.yaml"), cwd=tmp_path,

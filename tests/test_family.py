@@ -121,8 +121,12 @@ def test_stitching_callback_analyses_each_adjacent_pair_inside_fit(family_run) -
         assert summary["path"]["n_latents"][0] == small and summary["path"]["n_latents"][-1] == large
 
 
-def test_stitch_command_on_a_family_and_on_a_pair(family_run, tmp_path: Path) -> None:
+def test_stitch_command_on_a_family_and_on_a_pair(family_run, tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    from tests.helpers import run_here
+
     _, root = family_run
+    monkeypatch.chdir(tmp_path)  # the console script's own process twice, then its refusals in this one
     data = SyntheticActivationDataModule(**SMALL_DATA)
     # a cache whose held-out part is the validation stream: the analysis reads that part only
     write_activation_shards([torch.randn(1024, 48)], tmp_path / "cache", tokens_per_shard=1024, dtype="float32",
@@ -135,17 +139,17 @@ def test_stitch_command_on_a_family_and_on_a_pair(family_run, tmp_path: Path) ->
     assert summary["n_tokens"] == 1500 and summary["arrays"]["large_delta_mse"].shape == (192,)
     # a pair given the wrong way round is swapped with a notice; the results are the same pair's
     result = run_cli("stitch", str(root / "192"), str(root / "96"), "--data", str(tmp_path / "cache"),
-                     "--tokens", "1500", cwd=tmp_path, script="canon-pl")
+                     "--tokens", "1500", cwd=tmp_path, script="canon-pl")  # its notice is a warning: own process
     assert result.returncode == 0 and "swapping them" in result.stderr
     again = read_stitching_results(tmp_path / "stitching" / "96_192.json")
     assert again["novel_fraction"] == summary["novel_fraction"] and again["swapped"]
     # activations of the wrong width: one clear error, nothing written
     write_activation_shards([torch.randn(64, 40)], tmp_path / "bad", dtype="float32")
-    result = run_cli("stitch", str(root), "--data", str(tmp_path / "bad"), "--out", str(tmp_path / "none"),
-                     cwd=tmp_path, script="canon-pl")
+    result = run_here("stitch", str(root), "--data", str(tmp_path / "bad"), "--out", str(tmp_path / "none"),
+                      capsys=capsys)
     assert result.returncode == 2 and "d_in=40" in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path / "none").exists()
-    result = run_cli("stitch", str(root / "48"), "--data", str(tmp_path / "cache"), cwd=tmp_path, script="canon-pl")
+    result = run_here("stitch", str(root / "48"), "--data", str(tmp_path / "cache"), capsys=capsys)
     assert result.returncode == 2 and "not a family folder" in result.stderr
 
 
@@ -251,8 +255,9 @@ data:
 """
 
 
-def test_a_matryoshka_sae_trains_through_the_cli_and_its_prefixes_load_as_a_family(tmp_path: Path) -> None:
-    from tests.helpers import run_cli
+def test_a_matryoshka_sae_trains_through_the_cli_and_its_prefixes_load_as_a_family(
+        tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from tests.helpers import run_cli, run_here
 
     (tmp_path / "matryoshka.yaml").write_text(MATRYOSHKA_CONFIG)
     trained = run_cli("fit", "--config", "matryoshka.yaml", cwd=tmp_path)
@@ -271,13 +276,14 @@ def test_a_matryoshka_sae_trains_through_the_cli_and_its_prefixes_load_as_a_fami
         assert torch.equal(member.encode(x, inference=True), acts[:, :m])
     whole = initial_decoder(tmp_path / "run")  # each prefix's start is its rows of the whole SAE's: moved/stuck reads
     assert whole is not None and torch.equal(initial_decoder(tmp_path / "fam" / "16"), whole[:16])
-    refused = run_cli("family", "--from", str(tmp_path / "fam" / "16"), "--prefixes", "--out", str(tmp_path / "x"),
-                      cwd=tmp_path, script="canon-pl")
+    # the refusals in this process (the console script ran above)
+    refused = run_here("family", "--from", str(tmp_path / "fam" / "16"), "--prefixes", "--out", str(tmp_path / "x"),
+                       capsys=capsys)
     assert refused.returncode == 2 and "one Matryoshka SAE" in refused.stderr
-    same_seed = run_cli("family", "--from", str(tmp_path / "run"), "--prefixes", "--prefix_controls",
-                        str(tmp_path / "run"), "--out", str(tmp_path / "y"), cwd=tmp_path, script="canon-pl")
+    same_seed = run_here("family", "--from", str(tmp_path / "run"), "--prefixes", "--prefix_controls",
+                         str(tmp_path / "run"), "--out", str(tmp_path / "y"), capsys=capsys)
     assert same_seed.returncode == 2 and "init seed 0 is already taken" in same_seed.stderr
-    not_nested = run_cli("family", "--from", str(tmp_path / "run"), "--prefixes", "--prefix_controls",
-                         str(tmp_path / "fam" / "16"), "--out", str(tmp_path / "z"), cwd=tmp_path, script="canon-pl")
+    not_nested = run_here("family", "--from", str(tmp_path / "run"), "--prefixes", "--prefix_controls",
+                          str(tmp_path / "fam" / "16"), "--out", str(tmp_path / "z"), capsys=capsys)
     assert not_nested.returncode == 2 and "not the same Matryoshka SAE" in not_nested.stderr
     assert not (tmp_path / "y").exists() and not (tmp_path / "z").exists()  # refused before anything is written

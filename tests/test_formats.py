@@ -343,12 +343,13 @@ def test_a_folder_holding_two_formats_is_ambiguous_and_format_picks_one(tmp_path
 
 
 # ---------------------------------------------------------------------------------------------- imported families
-def test_a_family_assembled_from_other_libraries_runs_stitching_and_meta_saes(tmp_path: Path) -> None:
+def test_a_family_assembled_from_other_libraries_runs_stitching_and_meta_saes(tmp_path: Path,
+                                                                           capsys: pytest.CaptureFixture) -> None:
     """Two SAELens SAEs naming gpt2 and a Gemma Scope file naming nothing become one family; the analyses that need
     no language model run on it, and the one that needs gpt2 says so."""
     from canon_pl.data.shards import write_activation_shards
     from canon_pl.io import load_family
-    from tests.helpers import run_cli
+    from tests.helpers import run_cli, run_here
 
     for width in (8, 16):
         t = {"W_enc": rand(D_IN, width), "b_enc": rand(width, scale=0.1), "W_dec": rand(width, D_IN),
@@ -360,7 +361,7 @@ def test_a_family_assembled_from_other_libraries_runs_stitching_and_meta_saes(tm
     np.savez(tmp_path / "gemma" / "params.npz", **{k: v.numpy() for k, v in t.items()})
     sources = [str(tmp_path / "gemma"), str(tmp_path / "saelens_8"), str(tmp_path / "saelens_16")]
 
-    refused = run_cli("family", "--from", *sources, "--out", str(tmp_path / "fam"), cwd=tmp_path, script="canon-pl")
+    refused = run_here("family", "--from", *sources, "--out", str(tmp_path / "fam"), capsys=capsys)  # this process
     assert refused.returncode == 2 and "disagree on hook_point" in refused.stderr and "--hook_point" in refused.stderr
     made = run_cli("family", "--from", *sources, "--out", str(tmp_path / "fam"), "--hook-point",
                    "blocks.8.hook_resid_pre", "--model", "gpt2", cwd=tmp_path, script="canon-pl")
@@ -379,6 +380,6 @@ def test_a_family_assembled_from_other_libraries_runs_stitching_and_meta_saes(tm
                    "--steps", "5", "--batch-size", "32", "--baseline-steps", "0", "--out", str(tmp_path / "meta"),
                    cwd=tmp_path, script="canon-pl")
     assert meta.returncode == 0, meta.stderr[-2000:]
-    needs_model = run_cli("stitch", str(tmp_path / "fam"), "--data", "pydoc-topics", cwd=tmp_path, script="canon-pl")
+    needs_model = run_here("stitch", str(tmp_path / "fam"), "--data", "pydoc-topics", capsys=capsys)
     assert needs_model.returncode == 2 and "could not load the model 'gpt2'" in needs_model.stderr
     assert "Traceback" not in needs_model.stderr

@@ -32,7 +32,7 @@ from canon_pl.training import (
     SAEExportCallback,
 )
 from canon_pl.training.meta import META_SAE_SETTINGS
-from tests.helpers import make_trainer, run_cli
+from tests.helpers import make_trainer, run_cli, run_here
 
 D_IN, N_META, N_BASE = 48, 24, 1536
 
@@ -107,13 +107,13 @@ def test_base_reconstruction_with_the_meta_decoder_is_compared(meta_run, tmp_pat
         read_meta_analysis(path, arrays=True)
 
 
-def test_a_meta_sae_wider_than_its_base_is_refused(tmp_path: Path) -> None:
+def test_a_meta_sae_wider_than_its_base_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     base_path, _ = planted_base(tmp_path)
     module = MetaSAEModule(d_in=D_IN, d_sae=N_BASE, sae=dataclasses.replace(META_SAE_SETTINGS, k=3))
     with pytest.raises(MetaSAEError, match=f"{N_BASE} latents but the base SAE has only {N_BASE} decoder rows"):
         make_trainer(tmp_path / "run", max_steps=1).fit(module, DecoderRowsDataModule(str(base_path)))
-    result = run_cli("meta-sae", "--sae", str(base_path), "--d-sae", "5000", "--out", str(tmp_path / "x"),
-                     cwd=tmp_path, script="canon-pl")
+    result = run_here("meta-sae", "--sae", str(base_path), "--d-sae", "5000", "--out", str(tmp_path / "x"),
+                      capsys=capsys)
     assert result.returncode == 2 and "narrower than its base" in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path / "x").exists()
 

@@ -133,6 +133,16 @@ def test_the_pipeline_runs_every_stage_and_a_rerun_skips_them(tmp_path: Path) ->
     assert "stitching by the definition, 32 → 64" in report
     assert "streamlit run apps/viewer.py" in first.stdout
     assert "of which (share of the fit)" in first.stdout and "SAE steps" in first.stdout  # the fit's own parts
+    # after each stage the time left, from the config's reference times at this machine's pace; the times and the
+    # machine in the run folder and the report
+    assert first.stdout.count("min left (") == 9 and "x the reference machine's times so far" in first.stdout
+    from canon_pl.stage_times import read_stage_times
+
+    recorded = read_stage_times(run)
+    assert list(recorded) == ["calibrate", "cache", "fit", "stitch", "meta-sae", "stats", "meta stats", "evaluate",
+                              "matryoshka"]
+    assert all(entry["seconds"] > 0 and entry["machine"]["cpus"] for entry in recorded.values())
+    assert "## How long each stage took" in report and "| fit |" in report and "torch threads" in report
 
     again = run_cli("pipeline", "--config", str(config), cwd=tmp_path, script="canon-pl")
     assert again.returncode == 0, again.stderr[-3000:]
@@ -159,6 +169,35 @@ def test_a_stage_option_its_command_does_not_take_is_refused_before_any_stage_ru
     result = run_here("pipeline", "--config", str(config), capsys=capsys)
     assert result.returncode == 2 and "evaluate needs data" in result.stderr
     assert not (tmp_path / "cache").exists()
+    del pipeline["evaluate"]
+    pipeline["reference_seconds"] = {"fit": 100, "stich": 5}  # a misspelt stage
+    config.write_text(yaml.safe_dump(pipeline))
+    result = run_here("pipeline", "--config", str(config), capsys=capsys)
+    assert result.returncode == 2 and "reference_seconds must map study stages" in result.stderr
+    assert not (tmp_path / "cache").exists()
+
+
+def test_the_time_left_scales_the_reference_times_by_this_machines_pace() -> None:
+    from canon_pl.stage_times import estimate_left
+
+    reference = {"cache": 100.0, "fit": 400.0, "stitch": 200.0}
+    left, pace = estimate_left(reference, {"cache": 150.0}, ["fit", "stitch", "report"])
+    assert pace == pytest.approx(1.5) and left == pytest.approx(900.0)  # 1.5 x (400 + 200); no reference: none
+    assert estimate_left(reference, {"calibrate": 30.0}, ["fit"]) is None  # no stage with a reference ran yet
+
+
+def test_stage_times_keep_the_order_the_stages_ran_in_and_a_rerun_replaces_its_stage(tmp_path: Path) -> None:
+    from canon_pl.stage_times import read_stage_times, record_stage_time, stage_times_lines
+
+    machine = {"machine": "x86_64", "cpus": 2, "torch_threads": 2, "torch": "2.13.0", "device": "cpu"}
+    for stage, seconds in (("cache", 5.0), ("fit", 20.0), ("stitch", 3.0), ("cache", 6.0)):
+        record_stage_time(tmp_path, stage, seconds, machine)
+    recorded = read_stage_times(tmp_path)
+    assert list(recorded) == ["fit", "stitch", "cache"] and recorded["cache"]["seconds"] == 6.0
+    lines = "\n".join(stage_times_lines(tmp_path))
+    assert "| fit | 20.0 s | 69.0% |" in lines and "x86_64 (2 CPU cores, 2 torch threads)" in lines
+    (tmp_path / "stage_times.json").write_text("{not json")
+    assert read_stage_times(tmp_path) == {} and stage_times_lines(tmp_path) == []
 
 
 def test_the_matryoshka_fit_config_is_the_familys_with_one_nested_width_and_its_own_folders(tmp_path: Path) -> None:

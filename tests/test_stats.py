@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -16,7 +17,7 @@ from canon_pl.stats import (
     collect_statistics,
     write_statistics,
 )
-from tests.helpers import run_cli
+from tests.helpers import run_cli, run_here
 
 
 def test_streaming_top_k_equals_brute_force_with_payloads() -> None:
@@ -101,15 +102,15 @@ def test_statistics_files_round_trip_one_latent_at_a_time(tmp_path: Path) -> Non
     assert torch.equal(stats.contexts(), torch.cat(contexts).to(torch.int32))
 
 
-def test_stats_command_on_the_bundled_model_and_a_mismatched_hook_point(tmp_path: Path) -> None:
+def test_stats_command_on_the_bundled_model_and_a_mismatched_hook_point(tmp_path: Path,
+                                                                      capsys: pytest.CaptureFixture) -> None:
     sae = build_sae(SAEConfig(d_in=576, d_sae=64, architecture="batchtopk", k=8, hook_point="model.layers.2",
                               model_id="smollm2-135m"))
     with torch.no_grad():
         sae.threshold.fill_(0.5)
         sae.threshold_initialized.fill_(True)
     export_sae(sae, tmp_path / "run")
-    result = run_cli("stats", "--run", str(tmp_path / "run"), "--hook-point", "model.layers.7", cwd=tmp_path,
-                     script="canon-pl")
+    result = run_here("stats", "--run", str(tmp_path / "run"), "--hook-point", "model.layers.7", capsys=capsys)
     assert result.returncode == 2 and "'model.layers.2'" in result.stderr and "model.layers.7" in result.stderr
     assert not (tmp_path / "run" / "stats").exists()
     result = run_cli("stats", "--run", str(tmp_path / "run"), "--text", "pydoc-topics", "--tokens", "512",

@@ -12,6 +12,7 @@ from canon_pl.checks import default_device
 from canon_pl.commands.args import run_command
 from canon_pl.errors import CanonError
 from canon_pl.io.layout import RunLayout
+from canon_pl.stage_times import estimate_left, record_stage_time, this_machine
 
 DESCRIPTION = """Run the study end to end: with a calibrate: section first score every instrument on a
 known-answer world (canon-pl calibrate), then capture the activation cache when the family trains on one (canon-pl
@@ -66,6 +67,7 @@ def read_pipeline_config(path: Path) -> dict[str, Any]:
         raise CheckpointError(f"{path}: the family config trains on the activation cache {cache_path}; add a cache: "
                               f"section (config: a fit config whose data captures the activations, tokens, val_tokens)")
     check_stage_options(config, path)
+    check_reference_seconds(config, path)
     check_matryoshka_section(config, fit, path)
     check_fit_arguments(config, fit, path)
     return {**config, "run": run, "max_steps": max_steps, "widths": widths, "cache_path": cache_path, "release": None}
@@ -356,6 +358,33 @@ def run_stage(stage: str, cfg: dict[str, Any], device: str) -> int:
     return 0
 
 
+def time_left_line(stage: str, timings: dict[str, float], to_come: tuple[str, ...] | list[str],
+                   reference: dict[str, float]) -> str:
+    """After ``stage``: its time, and the estimate of the stages ``to_come`` from the config's ``reference_seconds``
+    scaled by this machine's pace so far (:func:`canon_pl.stage_times.estimate_left`)."""
+    line = f"  {stage}: {timings[stage]:.0f} s"
+    estimate = estimate_left(reference, timings, list(to_come))
+    if to_come and estimate is not None:
+        left, pace = estimate
+        line += (f"; about {left / 60:.0f} min left ({pace:.2f}x the reference machine's times so far; the stages "
+                 f"skipped as done take none)")
+    return line
+
+
+def check_reference_seconds(cfg: dict[str, Any], path: Path) -> None:
+    """``reference_seconds``: a mapping of study stages to positive seconds, refused before any stage runs."""
+    from canon_pl.io import CheckpointError
+
+    reference = cfg.get("reference_seconds")
+    if reference is None:
+        return
+    if not isinstance(reference, dict) or not all(
+            stage in STAGES and isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
+            for stage, value in reference.items()):
+        raise CheckpointError(f"{path}: reference_seconds must map study stages ({', '.join(STAGES)}) to positive "
+                              f"seconds, got {reference!r}")
+
+
 def stage_table(timings: dict[str, float], total: float, fit_time: dict[str, Any] | None) -> str:
     """The stages that ran, with seconds and share of the whole; the fit's parts (``fit_time.json``, when its
     config has the ``FitTimeBreakdown`` callback) as indented rows under it."""
@@ -386,8 +415,9 @@ def pipeline(*, config: str, device: str = default_device()) -> int:
     cfg["meta_width"] = int(meta["width"]) if meta.get("width") else None
     fill_widths(cfg)
     started = time.monotonic()
-    timings = {}
+    timings: dict[str, float] = {}
     order = stages(cfg)
+    machine = this_machine(device)
     for i, stage in enumerate(order, 1):
         fill_widths(cfg)
         if stage_done(stage, cfg):
@@ -405,6 +435,9 @@ def pipeline(*, config: str, device: str = default_device()) -> int:
             print(f"canon-pl pipeline: stage {stage!r} failed (exit {code}); fix the cause and re-run: finished "
                   f"stages are kept and skipped", file=sys.stderr)
             return code
+        if stage != "report":
+            record_stage_time(cfg["run"], stage, timings[stage], machine)
+        print(time_left_line(stage, timings, order[i:], cfg.get("reference_seconds") or {}), flush=True)
     total = time.monotonic() - started
     print(stage_table(timings, total, read_fit_time(cfg["run"]) if "fit" in timings else None))
     print(f"pipeline finished in {total / 60:.1f} min ({json.dumps(timings)}); report: {cfg['run'] / 'report.md'}")

@@ -10,6 +10,7 @@ the callbacks, the viewer and the report write into it and read back.
       ckpt/last.ckpt, ckpt/epoch=...-step=....ckpt       Lightning checkpoints (last.ckpt a link to the newest)
       logs/version_<n>/metrics.csv                       the CSV logger
       fit_time.json                                      where the fit's time went (FitTimeBreakdown)
+      stage_times.json                                   each study stage's wall time and the machine (pipeline)
       stitching/<small>_<large>.json + .safetensors      stitching results, one pair each
       stats/                                             latent statistics (canon-pl stats)
       meta_sae_<width>/                                  a meta-SAE run on member <width> (its own run folder)
@@ -39,6 +40,7 @@ class RunLayout:
     CHECKPOINTS = "ckpt"
     LOGS = "logs"
     FIT_TIME = "fit_time.json"
+    STAGE_TIMES = "stage_times.json"
     REPORT = "report.md"
     REPORT_FIGURES = "report"
     LOCK = ".canon-pl.lock"
@@ -87,6 +89,10 @@ class RunLayout:
     @property
     def fit_time(self) -> Path:
         return self.root / self.FIT_TIME
+
+    @property
+    def stage_times(self) -> Path:
+        return self.root / self.STAGE_TIMES
 
     @property
     def report(self) -> Path:
