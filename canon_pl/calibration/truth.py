@@ -151,41 +151,40 @@ def family_grouping(small: TruthIdentity, large: TruthIdentity, world: KnownWorl
     return {"families": checked, "grouped": grouped, "share": grouped / checked if checked else None}
 
 
-def _unit_keys(identity: TruthIdentity, world: KnownWorld) -> list[list[tuple[str, int]]]:
-    """``[d_sae]`` lists of the planted units each latent is part of: ``("family", f)`` for family f's parent or a
-    child of it, ``("feature", i)`` for a plain or composite feature, ``("component", j)`` for a shared direction;
-    empty for a latent that is no true direction. A composite is a unit of its own, not joined to its shared
-    directions: S's shared direction serves every composite built on it, so a group joining them swaps out what the
-    composites L lacks still need (measured on the calibration family: joined, the 64 → 128 path rose to 1.15x its
-    worse endpoint; alone, 1.00x)."""
-    keys: list[list[tuple[str, int]]] = []
+def _unit_keys(identity: TruthIdentity, world: KnownWorld) -> list[tuple[str, int] | None]:
+    """``[d_sae]`` the planted unit each latent is part of: ``("family", f)`` for family f's parent or a child of it,
+    ``("feature", i)`` for a plain or composite feature, ``("component", j)`` for a shared direction; ``None`` for a
+    latent that is no true direction. A composite is a unit of its own, not joined to its shared directions: S's
+    shared direction serves every composite built on it, so a group joining them swaps out what the composites L
+    lacks still need (measured on the calibration family: joined, the 64 -> 128 path rose to 1.15x its worse
+    endpoint; alone, 1.00x)."""
+    keys: list[tuple[str, int] | None] = []
     for atom, index in zip(identity.atom.tolist(), identity.index.tolist()):
         if atom < 0:
-            keys.append([])
-        elif ATOMS[atom] == "parent":
-            keys.append([("family", index)])
-        elif ATOMS[atom] == "component":
-            keys.append([("component", index)])
-        elif int(world.family[index]) >= 0:
-            keys.append([("family", int(world.family[index]))])
+            keys.append(None)
+        elif ATOMS[atom] == "feature":
+            family = int(world.family[index])
+            keys.append(("family", family) if family >= 0 else ("feature", index))
         else:
-            keys.append([("feature", index)])
+            keys.append(("family" if ATOMS[atom] == "parent" else "component", index))
     return keys
 
 
 def truth_group_edges(small: TruthIdentity, large: TruthIdentity, world: KnownWorld) -> tuple[Tensor, Tensor]:
     """(S indices ``[n_edges]``, L indices ``[n_edges]``): every pair of an S-latent and an L-latent that are parts of
-    one planted unit (:func:`_unit_keys`; identities read at :data:`UNIT_COSINE`), for :func:`canon_pl.stitching.groups.groups_from_edges`. Their connected
-    components are the groups the truth says a path should swap: a family's parent in S with its children in L, each
-    other true direction with itself; a latent that is no true direction stays alone."""
+    one planted unit (:func:`_unit_keys`; identities read at :data:`UNIT_COSINE`), for
+    :func:`canon_pl.stitching.groups.groups_from_edges`. Their connected components are the groups the truth says a
+    path should swap: a family's parent in S with its children in L, each other true direction with itself; a latent
+    that is no true direction stays alone."""
     holders: dict[tuple[str, int], list[int]] = {}
-    for s_latent, keys in enumerate(_unit_keys(small, world)):
-        for key in keys:
+    for s_latent, key in enumerate(_unit_keys(small, world)):
+        if key is not None:
             holders.setdefault(key, []).append(s_latent)
-    edges = [(s, l) for l, keys in enumerate(_unit_keys(large, world)) for key in keys for s in holders.get(key, ())]
+    edges = [(s, l) for l, key in enumerate(_unit_keys(large, world)) if key is not None
+             for s in holders.get(key, ())]
     if not edges:
         return torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long)
-    pairs = torch.tensor(sorted(set(edges)), dtype=torch.long)
+    pairs = torch.tensor(edges, dtype=torch.long)
     return pairs[:, 0], pairs[:, 1]
 
 
