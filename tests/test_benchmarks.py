@@ -89,3 +89,9 @@ def test_bench_evaluate_times_the_core_metrics_beside_the_ev_pass_and_ends_with_
     lines = run_benchmark("bench_evaluate.py", "--tokens", "8192")
     assert any(line.startswith("SAEBench core metrics") for line in lines)
     assert any(line.startswith("co-firing counts 2304 x 2304_seed1") for line in lines)
+
+
+def test_bench_path_scores_every_group_both_ways_and_ends_with_a_ratio() -> None:
+    lines = run_benchmark("bench_path.py", "--quick")
+    assert any(line.startswith("all groups scored, old") for line in lines)
+    assert "gains agree" in "\n".join(lines)

@@ -178,6 +178,44 @@ def test_the_path_starts_exactly_at_s_and_ends_exactly_at_l() -> None:
     assert path.l0[0] == pytest.approx(sparse_codes(small, x).values.numel() / 1024)
 
 
+@torch.no_grad()
+def test_the_path_is_the_same_however_its_dot_products_are_taken(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Narrow pairs score every group with one matrix product and the decoders' Gram matrix; wide ones gather a
+    decoder row per non-zero. Both give the same path, coarse groups (many latents on one token) included, and its
+    first step is the group whose dense change in error is the lowest."""
+    import canon_pl.stitching.path as path_module
+    from canon_pl.stitching.groups import groups_from_edges
+
+    small, large = random_trained_like(24, seed=1), random_trained_like(48, seed=2)
+    x = torch.randn(512, D_IN) * 2
+    g = torch.Generator().manual_seed(3)
+    edges = (torch.randint(0, 24, (40,), generator=g), torch.randint(0, 48, (40,), generator=g))
+    groups = groups_from_edges(24, 48, *edges)
+    assert int(groups.n_large.max()) >= 5  # a coarse group: several of its latents fire on one token
+    paths = {}
+    for name, dense, gram in (("dense, Gram", 1 << 30, 1 << 30), ("gathered rows", 0, 0)):
+        monkeypatch.setattr(path_module, "DENSE_PER_NONZERO", dense)
+        monkeypatch.setattr(path_module, "GRAM_MAX_ENTRIES", gram)
+        paths[name] = path_module.stitching_path(small, large, x, groups)
+    torch.testing.assert_close(paths["dense, Gram"].mse, paths["gathered rows"].mse, rtol=1e-5, atol=1e-7)
+    assert torch.equal(paths["dense, Gram"].order, paths["gathered rows"].order)
+    codes = {name: sparse_codes(sae, x) for name, sae in (("S", small), ("L", large))}
+    dense_codes = {}
+    for name, c in codes.items():
+        dense_codes[name] = torch.zeros(512, c.d_sae)
+        dense_codes[name][c.rows, c.cols] = c.values
+    residual = (x - reconstruction(small, x)).double()
+    changes = []
+    for group in range(groups.n_groups):  # each group applied alone, densely
+        ms, ml = groups.small_group == group, groups.large_group == group
+        change = dense_codes["L"][:, ml] @ large.W_dec[ml] - dense_codes["S"][:, ms] @ small.W_dec[ms]
+        changes.append(float((residual - change.double()).square().sum() - residual.square().sum()))
+    first = int(paths["dense, Gram"].order[0])
+    assert changes[first] == pytest.approx(min(changes), rel=1e-4)
+    assert float(paths["dense, Gram"].mse[1] - paths["dense, Gram"].mse[0]) * 512 * D_IN == pytest.approx(
+        changes[first], rel=1e-3)
+
+
 def test_input_normalising_saes_are_stitched_in_the_space_they_reconstruct() -> None:
     """Imported SAELens ``layer_norm`` SAEs: the analysis equals that of the same SAEs without the normalisation on
     the normalised activations (their own objective), and a pair that normalises differently is refused."""
