@@ -449,6 +449,16 @@ def arm_description(run: Path) -> str:
     return f"{name}, {int(manifest.get('tokens') or 0):,} training tokens per member"
 
 
+def _cache_text(cache: Path) -> str:
+    """The text an activation cache was captured from, in words (its digest and packages, or why there is none)."""
+    from canon_pl.data.shards import ShardIndex
+    from canon_pl.lm.text_identity import identity_text
+
+    return (f"{identity_text(ShardIndex.load(cache).text_identity)}, the activations of `{cache}`. A named text is "
+            f"what its package installs: a package update changes the documents and moves the figures within their "
+            f"token noise (README)")
+
+
 def _evaluation_section(run: Path, pairs: list[dict[str, Any]]) -> list[str]:
     """"Choosing a width": SAEBench's core metrics per member and seed control (``canon-pl evaluate``), nothing when
     the run has not been evaluated."""
@@ -624,13 +634,15 @@ def _verdict_rows(verdicts: list[Any], calibration_results: str | os.PathLike | 
 def write_report(run: str | os.PathLike, meta_dir: str | os.PathLike | None = None,
                  ladder_results: str | os.PathLike | None = None,
                  width_l0_results: str | os.PathLike | None = None,
-                 calibration_results: str | os.PathLike | None = None) -> Path:
+                 calibration_results: str | os.PathLike | None = None,
+                 cache: str | os.PathLike | None = None) -> Path:
     """Write ``<run>/report.md`` and its figures (``<run>/report/*.png``); returns the report's path.
     ``calibration_results`` (``canon-pl calibrate``'s folder) opens each claim with its instrument's score on a
     known answer and adds the calibration section after the verdicts.
     ``ladder_results`` (a ladder's committed rungs, ``canon-pl ladder``) adds the section "does scale close the
     gap?" with its curves; ``width_l0_results`` (the committed evaluation summary of a family with sparsity
-    variants) adds "width × L0" when the run's own family has none."""
+    variants) adds "width × L0" when the run's own family has none. ``cache`` (the activation cache the family
+    trained on) states the text it was captured from: its files' digest and the packages that installed them."""
     run = Path(run)
     meta_dir = Path(meta_dir) if meta_dir is not None else None
     facts = gather(run, meta_dir)
@@ -651,6 +663,7 @@ def write_report(run: str | os.PathLike, meta_dir: str | os.PathLike | None = No
              f"log); open them interactively with `canon-pl view --checkpoints {run.parent}` (the latent links below "
              f"open there).", "",
              f"Arm: {arm_description(run)}.", "",
+             *([f"Text: {_cache_text(Path(cache))}.", ""] if cache is not None else []),
              "## Verdicts", "", f"Preconditions: **{'pass' if trained else 'fail'}** — {reason}.", "",
              _markdown_table(pd.DataFrame(_verdict_rows(verdicts, calibration_results))), "",
              f"Rules (canon_pl/verdicts.py): every claim is *inconclusive* unless held-out EV rises with width and no "

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from canon_pl.data import ShardError, ShardIndex
+from canon_pl.lm.text_identity import text_identity
 from canon_pl.lm import (
     ContextLengthError,
     HookedLanguageModel,
@@ -172,6 +173,35 @@ def test_a_killed_cache_goes_on_at_its_next_piece_without_tokenising_the_earlier
         got = torch.cat([index.read_shard(i) for i in index.split_ids(split)])
         assert torch.equal(got, torch.cat([whole.read_shard(i) for i in whole.split_ids(split)]))
     assert index.split_tokens("train") == 5000 and index.split_tokens("val") == 300
+    assert index.text_identity == text_identity("pydoc-topics") and index.text_identity["sha256"]
+
+
+def test_a_cache_whose_text_changed_since_its_first_pieces_is_written_anew_not_mixed(
+        hooked, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """A named text is what a package installs today: the cache records the digest of the text it read, and a
+    continued write from a text that changed since (a package update, an edited file) starts over instead of
+    mixing two texts in one cache."""
+    from pydoc_data.topics import topics
+
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    for name in sorted(topics)[:30]:
+        (notes / f"{name}.txt").write_text(topics[name])
+    settings = dict(dtype="float32", tokens_per_shard=512, piece_documents=2)
+    first = write_activation_cache(datamodule(hooked, text=str(notes)), tmp_path / "cache", n_tokens=600, **settings)
+    before = first.text_identity
+    assert before == text_identity(str(notes)) and before["files"] == 30 and before["packages"] == {}
+    capsys.readouterr()
+    write_activation_cache(datamodule(hooked, text=str(notes)), tmp_path / "cache", n_tokens=1200, **settings)
+    assert "resuming the cache" in capsys.readouterr().err  # the same text: continued
+
+    edited = sorted(notes.iterdir())[7]
+    edited.write_text(edited.read_text() + "\n\nOne more paragraph.")
+    again = write_activation_cache(datamodule(hooked, text=str(notes)), tmp_path / "cache", n_tokens=1800, **settings)
+    err = capsys.readouterr().err
+    assert "is not the text on this machine now" in err and "resuming the cache" not in err
+    assert again.text_identity["sha256"] != before["sha256"] and again.text_identity == text_identity(str(notes))
+    assert again.split_tokens("train") == 1800 and {s["piece"] for s in again.shards} >= {0}
 
 
 def test_spliced_loss_with_a_perfect_reconstruction_equals_the_clean_loss(hooked, tokens) -> None:

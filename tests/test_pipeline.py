@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from canon_pl import load_sae
+from canon_pl.data import ShardIndex
 from canon_pl.io import load_family
 from canon_pl.meta import read_meta_analysis
 from canon_pl.stats import LatentStatistics
@@ -81,6 +82,8 @@ def test_the_pipeline_runs_every_stage_and_a_rerun_skips_them(tmp_path: Path) ->
     assert [e["n_meta"] for e in meta["width_sweep"]] == [58]  # 0.1 x d_in, read against its own floors
 
     report = (run / "report.md").read_text()
+    identity = ShardIndex.load(tmp_path / "cache").text_identity  # the text, to the byte, in the cache and report
+    assert f"Text: `pydoc-topics`: {identity['files']} files" in report and identity["sha256"][:12] in report
     for name, summary in results.items():  # the report's counts are the results files'
         small, large = name.split("_")
         c = summary["classes"]

@@ -353,7 +353,7 @@ def run_stage(stage: str, cfg: dict[str, Any], device: str) -> int:
                                   meta_options=None if section.get("meta_sae") is False else cfg["meta_sae"],
                                   device=device)
     path = write_report(run, meta_dir, cfg.get("ladder_results"), cfg.get("width_l0_results"),
-                        (cfg.get("calibrate") or {}).get("out"))
+                        (cfg.get("calibrate") or {}).get("out"), cfg.get("cache_path"))
     print(f"  report: {path}")
     return 0
 

@@ -48,6 +48,9 @@ class ShardIndex:
     dtype: str
     shards: list[dict[str, Any]]
     metadata: dict[str, Any] = field(default_factory=dict)
+    text_identity: dict[str, Any] | None = None
+    """The text the activations were captured from (:func:`canon_pl.lm.text_identity.text_identity`); ``None`` for
+    a cache written before it was recorded or made from tensors."""
 
     @property
     def n_tokens(self) -> int:
@@ -78,6 +81,8 @@ class ShardIndex:
         raw = CACHE_INDEX.read(path)
         with malformed_as(ShardError, path, "rebuild the cache"):
             index = cls(directory, int(raw["d_in"]), str(raw["dtype"]), list(raw["shards"]), dict(raw.get("metadata", {})))
+            identity = raw.get("text_identity")
+            index.text_identity = dict(identity) if identity is not None else None
         if index.d_in <= 0 or index.dtype not in DTYPES or not all(
                 isinstance(s, dict) and isinstance(s.get("file"), str) and Path(s["file"]).name == s["file"]
                 and s.get("split", "train") in ("train", "val")

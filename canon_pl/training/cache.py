@@ -25,6 +25,7 @@ from canon_pl.checks import check_counts
 from canon_pl.data import ShardIndex
 from canon_pl.data.shards import CACHE_INDEX, INDEX_FILE, ShardWriter, write_shard_index
 from canon_pl.lm.text import TextSourceError
+from canon_pl.lm.text_identity import identity_text, text_identity
 from canon_pl.training.activations import ActivationDataModule
 
 PIECE_DOCUMENTS = 2000
@@ -51,11 +52,12 @@ def held_out_activations(datamodule: ActivationDataModule, n_tokens: int) -> Ite
             return
 
 
-def pieces_to_resume(directory: str | Path, metadata: dict[str, Any], dtype: str,
-                     layout: dict[str, int]) -> tuple[list[dict], list[dict]] | None:
-    """``(shards, pieces)`` of the cache in ``directory`` when it was written in pieces with these settings
-    (``metadata``, ``dtype`` and ``layout``: pieces and shard sizes) and every shard it lists is there; else
-    ``None`` (no cache, or one of other settings, which a new write replaces)."""
+def pieces_to_resume(directory: str | Path, metadata: dict[str, Any], dtype: str, layout: dict[str, int],
+                     identity: dict[str, Any]) -> tuple[list[dict], list[dict], dict[str, Any] | None] | None:
+    """``(shards, pieces, recorded text identity)`` of the cache in ``directory`` when it was written in pieces with
+    these settings (``metadata``, ``dtype`` and ``layout``: pieces and shard sizes), from the same text (``identity``,
+    :func:`~canon_pl.lm.text_identity.text_identity`, where the cache recorded one) and every shard it lists is
+    there; else ``None`` (no cache, or one of other settings or text, which a new write replaces)."""
     path = Path(directory) / INDEX_FILE
     if not path.is_file():
         return None
@@ -66,13 +68,19 @@ def pieces_to_resume(directory: str | Path, metadata: dict[str, Any], dtype: str
         print(f"note: {directory} holds a cache of other settings (or one not written in pieces); this write "
               f"replaces it once its first piece is written", file=sys.stderr)
         return None
+    recorded = raw.get("text_identity")
+    if recorded is not None and recorded.get("sha256") != identity.get("sha256"):
+        print(f"note: the text of {directory}'s earlier pieces is not the text on this machine now "
+              f"({identity_text(recorded)} then; {identity_text(identity)} now, a package update?): this write "
+              f"replaces the cache once its first piece is written", file=sys.stderr)
+        return None
     shards = list(raw["shards"])
     missing = [entry["file"] for entry in shards if not (Path(directory) / entry["file"]).is_file()]
     if missing:
         print(f"note: {directory}'s index lists {len(missing)} missing shard(s) ({missing[0]}, ...); the cache is "
               f"written anew", file=sys.stderr)
         return None
-    return shards, list(raw["pieces"])
+    return shards, list(raw["pieces"]), recorded
 
 
 def write_activation_cache(datamodule: ActivationDataModule, directory: str | Path, n_tokens: int,
@@ -89,7 +97,8 @@ def write_activation_cache(datamodule: ActivationDataModule, directory: str | Pa
     source, d_in = datamodule.source, datamodule.d_in
     metadata = {**cache_metadata(datamodule), "d_in": d_in}
     layout = {"piece_documents": piece_documents, "tokens_per_shard": tokens_per_shard}
-    shards, pieces = pieces_to_resume(directory, metadata, dtype, layout) or ([], [])
+    identity = text_identity(datamodule.hparams.text)
+    shards, pieces, recorded = pieces_to_resume(directory, metadata, dtype, layout, identity) or ([], [], identity)
     written = sum(int(piece["tokens"]) for piece in pieces)
     if pieces and written < n_tokens:
         print(f"resuming the cache in {directory} at piece {len(pieces)} ({written:,} of {n_tokens:,} training "
@@ -130,7 +139,8 @@ def write_activation_cache(datamodule: ActivationDataModule, directory: str | Pa
                            "tokens": taken["tokens"], "complete": not taken["cut"]})
             shards += writer.shards
             written += taken["tokens"]
-            write_shard_index(directory, d_in, dtype, shards, metadata, pieces=pieces, **layout)
+            write_shard_index(directory, d_in, dtype, shards, metadata, pieces=pieces, text_identity=recorded,
+                              **layout)
     finally:
         progress.close()
     if not shards:
