@@ -180,6 +180,26 @@ def test_a_stage_option_its_command_does_not_take_is_refused_before_any_stage_ru
     assert not (tmp_path / "cache").exists()
 
 
+def test_each_stage_is_one_record_the_pipeline_reads_its_order_options_and_checks_from() -> None:
+    """A new stage is one ``Stage``: the arguments the pipeline sets are its command's own, and the stages a config
+    runs follow from the records (a release's family assembled instead of trained, optional stages by section)."""
+    import importlib
+    import inspect
+
+    from canon_pl.study.stages import STAGES, stages_of
+
+    for stage in STAGES:
+        if stage.command is not None:
+            module, name = stage.command
+            parameters = inspect.signature(getattr(importlib.import_module(module), name)).parameters
+            assert set(stage.set_by_pipeline) <= set(parameters), stage.name
+            assert set(stage.section_may_set) <= set(stage.set_by_pipeline), stage.name
+    assert [s.name for s in stages_of({"release": None})] == ["cache", "fit", "stitch", "meta-sae", "stats",
+                                                              "meta stats", "report"]
+    assert [s.name for s in stages_of({"release": {"name": "r"}, "evaluate": {}, "calibrate": {}})] == [
+        "calibrate", "cache", "family", "stitch", "meta-sae", "stats", "meta stats", "evaluate", "report"]
+
+
 def test_the_time_left_scales_the_reference_times_by_this_machines_pace() -> None:
     from canon_pl.stage_times import estimate_left
 

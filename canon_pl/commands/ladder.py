@@ -136,7 +136,7 @@ def _flag(value: Any, key: str, path: Path) -> bool:
 def own_cache(section: Any, pipeline: dict[str, Any], fit_args: list, path: Path) -> tuple[dict[str, Any], list]:
     """The pipeline config and fit arguments of a ladder with a cache of its own (``section``: ``path`` and the
     options of ``canon-pl cache``): the pipeline's cache stage writes it and the family's data reads it."""
-    from canon_pl.commands.pipeline import check_stage_options
+    from canon_pl.study.stages import check_stage_options
 
     if not isinstance(section, dict) or not isinstance(section.get("path"), str):
         raise SettingError(f"{path}: cache must be a mapping with path (the cache's folder) and the options of "
@@ -248,7 +248,7 @@ def ladder(*, config: str, device: str = default_device(), only: int | None = No
         draw: only redraw the curves and the summary from the committed rungs (no training, no measurement)
     """
     from canon_pl.checks import check_counts, check_device
-    from canon_pl.commands.pipeline import run_stage, stage_done
+    from canon_pl.study.stages import run_stage, stage_done
     from canon_pl.io.atomic import atomic_write_json
     from canon_pl.ladder_report import write_ladder_figures
     from canon_pl.ladder_results import consistency_plateau

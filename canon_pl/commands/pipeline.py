@@ -11,8 +11,8 @@ from typing import Any
 from canon_pl.checks import default_device
 from canon_pl.commands.args import run_command
 from canon_pl.errors import CanonError
-from canon_pl.io.layout import RunLayout
 from canon_pl.stage_times import estimate_left, record_stage_time, this_machine
+from canon_pl.study.stages import STAGE_NAMES, check_stage_options, reads_back, run_stage, stage_done, stages_of
 
 DESCRIPTION = """Run the study end to end: with a calibrate: section first score every instrument on a
 known-answer world (canon-pl calibrate), then capture the activation cache when the family trains on one (canon-pl
@@ -22,11 +22,6 @@ meta-SAE (canon-pl stats), with a matryoshka: section train a Matryoshka SAE who
 and stitch its prefixes the same way, and write <run>/report.md with its figures. Each stage is the same command a
 researcher runs by hand; a stage whose outputs already exist is skipped, and an interrupted training resumes from
 its last checkpoint, so re-running the pipeline continues where it stopped."""
-
-STAGES = ("calibrate", "cache", "fit", "stitch", "meta-sae", "stats", "meta stats", "evaluate", "matryoshka", "report")
-"""``calibrate``, ``evaluate`` and ``matryoshka`` run only for a config with a ``calibrate:`` / ``evaluate:`` /
-``matryoshka:`` section."""
-OPTIONAL_STAGES = ("calibrate", "evaluate", "matryoshka")
 
 MATRYOSHKA_KEYS = {"control_seeds", "fit_args", "meta_sae", "stitch_tokens"}
 """A ``matryoshka:`` section (a Matryoshka SAE of the widest width beside the family, :mod:`canon_pl.commands.
@@ -139,63 +134,14 @@ def _release_config(config: dict[str, Any], path: Path) -> dict[str, Any]:
     return {**config, "run": Path(config["run"]), "max_steps": None, "widths": None, "cache_path": None}
 
 
-def stages(cfg: dict[str, Any]) -> tuple[str, ...]:
-    """The stages of this config: a release's family is assembled (``family``) instead of trained (``fit``); the
-    Matryoshka comparison runs when the config has a ``matryoshka:`` section."""
-    return tuple("family" if stage == "fit" and cfg["release"] else stage for stage in STAGES
-                 if stage not in OPTIONAL_STAGES or cfg.get(stage) is not None)
-
-
 def fill_widths(cfg: dict[str, Any]) -> None:
     """A release's widths (and the default meta width, the widest) once its family folder exists."""
     from canon_pl.io import load_family
 
-    if cfg["widths"] is None and _readable(lambda: load_family(cfg["run"])):
+    if cfg["widths"] is None and reads_back(lambda: load_family(cfg["run"])):
         cfg["widths"] = list(load_family(cfg["run"]).widths)
     if cfg.get("meta_width") is None and cfg["widths"]:
         cfg["meta_width"] = int(cfg["widths"][-1])
-
-
-STAGE_OPTIONS = {"calibrate": ("canon_pl.commands.calibrate", "calibrate"), "cache": ("canon_pl.commands.cache", "cache"),
-                 "stitch": ("canon_pl.commands.stitch", "stitch"), "meta_sae": ("canon_pl.commands.meta_sae", "meta_sae"),
-                 "stats": ("canon_pl.commands.stats", "stats"), "evaluate": ("canon_pl.commands.evaluate", "evaluate")}
-"""The config sections that pass options to a stage's command function, and which function."""
-
-STAGE_SET = {"calibrate": (), "cache": ("out",), "stitch": ("small", "device"), "meta_sae": ("sae", "width", "out"), "stats": ("run", "device"),
-             "evaluate": ("run", "out", "device")}
-"""The arguments the pipeline gives each of those functions itself (a section may not set them)."""
-
-
-def check_stage_options(cfg: dict[str, Any], path: Path) -> None:
-    """Every option of a stage section must be an argument of its command function, refused before any stage runs
-    (``width`` of ``meta_sae`` is the pipeline's own: the member to decompose)."""
-    import importlib
-    import inspect
-    import typing
-
-    from canon_pl.checks import fits_type, type_name
-    from canon_pl.io import CheckpointError
-
-    for section, (module, name) in STAGE_OPTIONS.items():
-        options = cfg.get(section) or {}
-        if not isinstance(options, dict):
-            raise CheckpointError(f"{path}: {section} must be a mapping of options, got {options!r}")
-        parameters = inspect.signature(getattr(importlib.import_module(module), name)).parameters
-        allowed = (set(parameters) - set(STAGE_SET[section])) | ({"width"} if section == "meta_sae" else set())
-        unknown = sorted(set(options) - allowed)
-        if unknown:
-            raise CheckpointError(f"{path}: {section} has no option {', '.join(unknown)}; it takes "
-                                  f"{', '.join(sorted(allowed))} (canon-pl {name.replace('_', '-')} --help)")
-        hints = typing.get_type_hints(getattr(importlib.import_module(module), name))
-        for option, value in options.items():
-            if option in hints and fits_type(hints[option], value) is False:
-                raise CheckpointError(f"{path}: {section}.{option} must be {type_name(hints[option])}, got {value!r} "
-                                      f"(canon-pl {name.replace('_', '-')} --help)")
-        required = {p for p, parameter in parameters.items() if parameter.default is inspect.Parameter.empty}
-        missing = sorted(required - set(STAGE_SET[section]) - set(options))
-        if cfg.get(section) is not None and missing:
-            raise CheckpointError(f"{path}: {section} needs {', '.join(missing)} (canon-pl "
-                                  f"{name.replace('_', '-')} --help)")
 
 
 def check_matryoshka_section(cfg: dict[str, Any], fit: dict[str, Any], path: Path) -> None:
@@ -220,144 +166,6 @@ def check_matryoshka_section(cfg: dict[str, Any], fit: dict[str, Any], path: Pat
     matryoshka_fit_config(fit, Path("."), seeds)
 
 
-def _readable(check) -> bool:
-    try:
-        return bool(check())
-    except Exception:  # noqa: BLE001 - any unreadable output means the stage has to run again
-        return False
-
-
-def stage_done(stage: str, cfg: dict[str, Any]) -> bool:
-    """Whether ``stage``'s outputs exist, read back and are complete."""
-    from canon_pl.io import load_family, training_record
-    from canon_pl.io.releases import release_ids
-    from canon_pl.meta import read_meta_analysis
-    from canon_pl.stats import LatentStatistics
-    from canon_pl.stitching import read_stitching_results
-
-    run, widths = cfg["run"], cfg["widths"]
-    layout = RunLayout(run)
-    if stage not in ("calibrate", "cache", "family") and (widths is None or cfg.get("meta_width") is None):
-        return False  # a release whose family is not assembled yet
-    meta_dir = layout.meta_sae(cfg["meta_width"]) if cfg.get("meta_width") else None
-    def cache_done() -> bool:
-        from canon_pl.data import ShardIndex
-
-        if cfg["cache_path"] is None:
-            return True  # the family captures its own activations: nothing to cache
-        index = ShardIndex.load(cfg["cache_path"])
-        wanted = cfg["cache"]
-        return (index.split_tokens("train") >= int(wanted["tokens"])
-                and index.split_tokens("val") >= int(wanted.get("val_tokens") or 0))
-
-    checks = {
-        "calibrate": lambda: calibration_done(cfg["calibrate"]),
-        "cache": cache_done,
-        "family": lambda: len(load_family(run).widths) == len((cfg["release"] or {}).get("ids") or
-                                                               release_ids(cfg["release"]["name"])),
-        "fit": lambda: load_family(run).widths == widths and all(
-            training_record(run / str(w)).get("global_step") == cfg["max_steps"]
-            for w in widths),
-        # the StitchingCallback's results (on the validation tokens, with a global_step) do not count: the stage
-        # analyses the pipeline's own held-out set
-        "stitch": lambda: all("global_step" not in read_stitching_results(layout.stitching_pair(a, b))
-                              for a, b in zip(widths, widths[1:])),
-        "meta-sae": lambda: read_meta_analysis(meta_dir),
-        "stats": lambda: sorted(LatentStatistics.open(layout.stats).members) == sorted(map(str, widths)),
-        "meta stats": lambda: LatentStatistics.open(RunLayout(meta_dir).stats),
-        "evaluate": lambda: evaluation_done(run, widths),
-        "matryoshka": lambda: matryoshka_done(cfg),
-        "report": lambda: False,  # cheap: always rewritten from the files
-    }
-    return _readable(checks[stage])
-
-
-def calibration_done(section: dict[str, Any]) -> bool:
-    """A readable ``calibration.json`` in the section's ``out`` folder, from the section's family config."""
-    from canon_pl.calibration.report import read_calibration
-
-    return read_calibration(section["out"])["config"] == section["config"]
-
-
-def evaluation_done(run: Path, widths: list[int]) -> bool:
-    """A readable evaluation summary with a row for every width of the family."""
-    from canon_pl.commands.evaluate import read_summary
-
-    rows = read_summary(RunLayout(run).evaluation / "summary.json")["rows"]
-    return sorted({r["width"] for r in rows}) == sorted(widths)
-
-
-def matryoshka_done(cfg: dict[str, Any]) -> bool:
-    """Every adjacent pair of the Matryoshka's prefixes stitched (and its meta-SAE analysed, unless switched off)."""
-    from canon_pl.io import load_family
-    from canon_pl.meta import read_meta_analysis
-    from canon_pl.stitching import read_stitching_results
-
-    prefixes = RunLayout(cfg["run"]).matryoshka_prefixes
-    widths = load_family(prefixes).widths
-    if widths != cfg["widths"]:
-        return False
-    stitched = all(read_stitching_results(RunLayout(prefixes).stitching_pair(a, b)) for a, b in zip(widths, widths[1:]))
-    return stitched and (cfg["matryoshka"].get("meta_sae") is False
-                         or bool(read_meta_analysis(RunLayout(prefixes).meta_sae(widths[-1]))))
-
-
-def run_stage(stage: str, cfg: dict[str, Any], device: str) -> int:
-    """Run one stage by calling its command's function (the same one ``canon-pl <command>`` runs)."""
-    from canon_pl.cli import run_lightning_cli
-    from canon_pl.commands.cache import cache
-    from canon_pl.commands.family import family
-    from canon_pl.commands.meta_sae import meta_sae
-    from canon_pl.commands.stats import stats
-    from canon_pl.commands.stitch import stitch
-    from canon_pl.report import write_report
-
-    run = cfg["run"]
-    meta_dir = RunLayout(run).meta_sae(cfg["meta_width"]) if cfg.get("meta_width") else None
-    if stage == "family":
-        release = cfg["release"]
-        return family(from_release=release["name"], ids=release.get("ids"), revision=release.get("revision"),
-                      model=release.get("model"), out=str(run))
-    if stage == "calibrate":
-        from canon_pl.commands.calibrate import calibrate
-
-        return calibrate(**cfg["calibrate"])
-    if stage == "cache":
-        return cache(**{**cfg["cache"], "out": str(cfg["cache_path"])})
-    if stage == "fit":
-        from canon_pl.commands.derived_config import resume_arguments
-
-        args = ["fit", "--config", str(cfg["fit_config"]), *map(str, cfg.get("fit_args") or [])]
-        run_lightning_cli(args + resume_arguments(run))
-        return 0
-    if stage == "stitch":
-        return stitch(str(run), device=device, **(cfg.get("stitch") or {}))
-    if stage == "meta-sae":
-        return meta_sae(sae=str(run), width=cfg["meta_width"], out=str(meta_dir), **cfg["meta_sae"])
-    if stage == "stats":
-        return stats(run=str(run), device=device, **(cfg.get("stats") or {}))
-    if stage == "meta stats":
-        return stats(run=str(meta_dir), device=device)
-    if stage == "evaluate":
-        from canon_pl.commands.evaluate import evaluate
-
-        return evaluate(str(run), device=device, **cfg["evaluate"])
-    if stage == "matryoshka":
-        from canon_pl.commands.matryoshka import compare_matryoshka
-
-        section = cfg["matryoshka"]
-        stitch_options = {**(cfg.get("stitch") or {}),
-                          **({"tokens": int(section["stitch_tokens"])} if section.get("stitch_tokens") else {})}
-        return compare_matryoshka(run=run, fit_config=cfg["fit_config"], control_seeds=section.get("control_seeds"),
-                                  fit_args=section.get("fit_args"), stitch_options=stitch_options,
-                                  meta_options=None if section.get("meta_sae") is False else cfg["meta_sae"],
-                                  device=device)
-    path = write_report(run, meta_dir, cfg.get("ladder_results"), cfg.get("width_l0_results"),
-                        (cfg.get("calibrate") or {}).get("out"), cfg.get("cache_path"))
-    print(f"  report: {path}")
-    return 0
-
-
 def time_left_line(stage: str, timings: dict[str, float], to_come: tuple[str, ...] | list[str],
                    reference: dict[str, float]) -> str:
     """After ``stage``: its time, and the estimate of the stages ``to_come`` from the config's ``reference_seconds``
@@ -379,9 +187,9 @@ def check_reference_seconds(cfg: dict[str, Any], path: Path) -> None:
     if reference is None:
         return
     if not isinstance(reference, dict) or not all(
-            stage in STAGES and isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
+            stage in STAGE_NAMES and isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
             for stage, value in reference.items()):
-        raise CheckpointError(f"{path}: reference_seconds must map study stages ({', '.join(STAGES)}) to positive "
+        raise CheckpointError(f"{path}: reference_seconds must map study stages ({', '.join(STAGE_NAMES)}) to positive "
                               f"seconds, got {reference!r}")
 
 
@@ -416,7 +224,7 @@ def pipeline(*, config: str, device: str = default_device()) -> int:
     fill_widths(cfg)
     started = time.monotonic()
     timings: dict[str, float] = {}
-    order = stages(cfg)
+    order = [stage.name for stage in stages_of(cfg)]
     machine = this_machine(device)
     for i, stage in enumerate(order, 1):
         fill_widths(cfg)
@@ -449,4 +257,4 @@ def pipeline_command(argv: list[str]) -> int:
     return run_command(pipeline, argv, "pipeline", DESCRIPTION)
 
 
-__all__ = ["STAGES", "pipeline", "pipeline_command", "read_pipeline_config", "stage_done"]
+__all__ = ["pipeline", "pipeline_command", "read_pipeline_config"]
