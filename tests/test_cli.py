@@ -98,10 +98,12 @@ def test_bad_config_gets_one_clear_error_and_writes_nothing(tmp_path: Path, over
     assert not (tmp_path / "checkpoints" / "sae_synthetic" / "sae.safetensors").exists()
 
 
-def test_bad_hook_point_on_the_real_model_fails_before_training(tmp_path: Path) -> None:
-    result = run_cli("fit", "--config", str(REPO / "configs" / "sae_smollm2.yaml"),
-                     "--data.init_args.hook_point", "model.layers.40", "--data.init_args.text", "pydoc-topics",
-                     cwd=tmp_path)
+def test_bad_hook_point_on_the_real_model_fails_before_training(tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    result = run_here("fit", "--config", str(REPO / "configs" / "sae_smollm2.yaml"),
+                      "--data.init_args.hook_point", "model.layers.40", "--data.init_args.text", "pydoc-topics",
+                      capsys=capsys)
     assert result.returncode == 2
     assert "hook point 'model.layers.40' not found; the model has layers 0-29" in result.stderr
     assert "Traceback" not in result.stderr

@@ -17,7 +17,7 @@ import yaml
 
 from canon_pl.commands.ladder import RUNG, finished_rungs, read_ladder_config
 from canon_pl.errors import SettingError
-from tests.helpers import REPO, run_cli, run_here
+from tests.helpers import REPO, run_here
 from tests.test_pipeline import tiny_configs
 
 
@@ -139,7 +139,8 @@ def test_the_ladder_commits_each_rung_once_and_a_killed_rung_resumes_to_the_same
     assert_close([figures(d) for d in got], [figures(d) for d in documents])
 
 
-def test_a_bad_ladder_config_is_refused_before_any_work(tmp_path: Path) -> None:
+def test_a_bad_ladder_config_is_refused_before_any_work(tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     pipeline = tiny_configs(tmp_path)
     for rungs, words in (([6, 2], "increasing"), ([], "increasing"), ([0, 2], "positive"), ("5", "increasing")):
         with pytest.raises(SettingError, match=words):
@@ -150,18 +151,21 @@ def test_a_bad_ladder_config_is_refused_before_any_work(tmp_path: Path) -> None:
     config.write_text(yaml.safe_dump(raw))
     with pytest.raises(SettingError, match="folder of its own"):
         read_ladder_config(config)
-    out = run_cli("ladder", "--config", str(config), cwd=tmp_path, script="canon-pl")
+    monkeypatch.chdir(tmp_path)
+    out = run_here("ladder", "--config", str(config), capsys=capsys)
     assert out.returncode == 2 and "folder of its own" in out.stderr and len(out.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "cache").exists()  # refused before the cache stage
 
 
-def test_a_damaged_committed_rung_is_an_error_naming_it_not_silently_redone(tmp_path: Path) -> None:
+def test_a_damaged_committed_rung_is_an_error_naming_it_not_silently_redone(
+        tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
     pipeline = tiny_configs(tmp_path)
     config = ladder_config(tmp_path, pipeline, "damaged", [2])
     results = tmp_path / "damaged" / "results"
     results.mkdir(parents=True)
     (results / "rung_2.json").write_text('{"format": "canon_pl.ladder_rung", "format_version": 1, "steps": ')
-    out = run_cli("ladder", "--config", str(config), cwd=tmp_path, script="canon-pl")
+    monkeypatch.chdir(tmp_path)
+    out = run_here("ladder", "--config", str(config), capsys=capsys)
     assert out.returncode == 2 and "rung_2.json" in out.stderr and "delete it" in out.stderr
     assert not (tmp_path / "cache").exists()
     assert RUNG.format == "canon_pl.ladder_rung"

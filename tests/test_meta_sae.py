@@ -128,11 +128,13 @@ def test_meta_sae_command_trains_exports_and_analyses(tmp_path: Path) -> None:
     assert summary["encoder_bias"] is True and (tmp_path / "meta" / "cfg.json").is_file()
 
 
-def test_the_authors_meta_sae_has_no_encoder_bias_and_its_floors_are_trained_the_same_way(tmp_path: Path) -> None:
+def test_the_authors_meta_sae_has_no_encoder_bias_and_its_floors_are_trained_the_same_way(
+        tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
     base_path, _ = planted_base(tmp_path)
-    result = run_cli("meta-sae", "--sae", str(base_path), "--steps", "30", "--batch-size", "512", "--k", "3",
-                     "--no-encoder-bias", "--b-dec-init", "zeros", "--baseline-steps", "0", "--floor-steps", "5",
-                     "--out", str(tmp_path / "meta"), cwd=tmp_path, script="canon-pl")
+    monkeypatch.chdir(tmp_path)  # in this process (the console script's own: the test above)
+    result = run_here("meta-sae", "--sae", str(base_path), "--steps", "30", "--batch-size", "512", "--k", "3",
+                      "--no-encoder-bias", "--b-dec-init", "zeros", "--baseline-steps", "0", "--floor-steps", "5",
+                      "--out", str(tmp_path / "meta"), capsys=capsys)
     assert result.returncode == 0, result.stderr[-2000:]
     summary = read_meta_analysis(tmp_path / "meta")
     assert summary["encoder_bias"] is False and set(summary["floors"]) >= {"random_rows"}

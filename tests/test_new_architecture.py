@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import run_cli
+from tests.helpers import run_cli, run_here
 
 TOY_ARCHITECTURE = '''
 """A threshold SAE: every pre-activation above a fixed threshold survives."""
@@ -98,11 +98,13 @@ print("loaded")
     assert "canon_pl.architectures" in unknown.stderr and "trust_code=True" in unknown.stderr
 
 
-def test_settings_of_one_architecture_refuse_another_ones_hyper_parameters(tmp_path: Path) -> None:
+def test_settings_of_one_architecture_refuse_another_ones_hyper_parameters(
+        tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
     """``sae:`` checks its keys against the architecture it names: a ReLU SAE given ``k`` is refused before any
     work, naming the settings class."""
-    result = run_cli("fit", "--config", str(Path(__file__).parents[1] / "configs" / "sae_synthetic.yaml"),
-                     "--model.init_args.sae", "ReLUSettings", "--model.init_args.sae.k", "8", cwd=tmp_path)
+    monkeypatch.chdir(tmp_path)
+    result = run_here("fit", "--config", str(Path(__file__).parents[1] / "configs" / "sae_synthetic.yaml"),
+                      "--model.init_args.sae", "ReLUSettings", "--model.init_args.sae.k", "8", capsys=capsys)
     assert result.returncode != 0
     assert "k" in result.stderr and "ReLUSettings" in result.stderr
     assert not (tmp_path / "checkpoints").exists()

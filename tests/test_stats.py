@@ -125,8 +125,8 @@ def test_stats_command_on_the_bundled_model_and_a_mismatched_hook_point(tmp_path
     # (no outlier filter) come from the export's record, and analysing another text is said.
     export_sae(sae, tmp_path / "own", extra={"data": {"text": "pydoc-topics", "context_length": 32,
                                                       "outlier_factor": None, "exclude_bos": True}})
-    result = run_cli("stats", "--run", str(tmp_path / "own"), "--tokens", "256", "--top", "3", cwd=tmp_path,
-                     script="canon-pl")
+    result = run_here("stats", "--run", str(tmp_path / "own"), "--tokens", "256", "--top", "3",
+                      capsys=capsys)  # the console script's own process: above; this one in this process
     assert result.returncode == 0, result.stderr[-2000:]
     stats = LatentStatistics.open(tmp_path / "own" / "stats")
     assert stats.index["text"] == "pydoc-topics" and stats.contexts().shape == (8, 32)
