@@ -265,6 +265,24 @@ def test_latent_page_places_a_family_latent_among_the_other_widths(tmp_path: Pat
     assert "reconstruction" not in stated[0] and "novel" not in stated[0]
 
 
+def test_the_sae_box_lists_the_widths_narrowest_first(tmp_path: Path) -> None:
+    """Not in the string order of their names, which puts 16 before 8."""
+    import torch
+
+    from canon_pl.stats import collect_statistics, unembedding_directions, write_statistics
+    from tests.test_stats import planted_run
+
+    sae, batches, _ = planted_run()  # 8 latents
+    wide = build_sae(SAEConfig(d_in=sae.d_in, d_sae=16, architecture="relu", hook_point="blocks.0", model_id="toy"))
+    collectors, contexts, _ = collect_statistics({"16": wide, "8": sae}, batches, n_top=2, n_sample=2, window=1)
+    write_statistics(tmp_path / "fam" / "stats", collectors, torch.cat(contexts),
+                     {name: unembedding_directions(m.W_dec.detach(), torch.randn(50, sae.d_in), n=3)
+                      for name, m in (("16", wide), ("8", sae))}, {})
+    app = open_page(tmp_path, page="Latent")
+    box = next(b for b in app.sidebar.selectbox if b.label == "SAE")
+    assert box.options == ["8", "16"] and box.value == "8"
+
+
 @pytest.mark.parametrize("text", ["`code`", "snake_case", "*args", "$x$", ":file:", "<|im_start|>", "    indented",
                                   "a\nb", "[link](x)", "# heading", "it's \"quoted\""])
 def test_a_token_is_shown_as_itself_whatever_markdown_or_html_it_contains(text: str) -> None:

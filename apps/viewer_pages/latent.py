@@ -14,7 +14,7 @@ import streamlit as st
 from canon_pl.io.layout import RunLayout
 from canon_pl.stats import StatsError
 from canon_pl.stitching import StitchingError
-from canon_pl.viewer.latents import latent_view, nearest_in_other_widths, seed_partners
+from canon_pl.viewer.latents import latent_view, members_by_width, nearest_in_other_widths, seed_partners
 from canon_pl.viewer.links import anchor, latent_url, meta_latent_url
 from canon_pl.viewer.meta import meta_rows
 from viewer_pages.common import (
@@ -60,7 +60,7 @@ def render(root: Path) -> None:
         return
     label = choose("run", list(found), "run")
     stats = open_statistics(str(found[label]))
-    member = choose("SAE", stats.members, "sae")
+    member = choose("SAE", members_by_width(stats), "sae")
     with st.sidebar.expander("most readable latents (fire on 0.05–2% of tokens; ranked by the share of top examples "
                              "that peak on one token, the rule the report uses)"):
         readable = readable_latents(str(found[label]), member)

@@ -34,6 +34,19 @@ def find_statistics(root: str | os.PathLike, kind: str | None = "sae",
     return found
 
 
+def members_by_width(stats: LatentStatistics) -> list[str]:
+    """The statistics' members narrowest first (576 before 1152, each member before its seed controls), not in the
+    string order of their names (which puts 1152 and 2304 before 576)."""
+
+    def width(member: str) -> int:
+        try:
+            return int(stats.index["members"][member].get("d_sae") or 0)
+        except (TypeError, ValueError, AttributeError):
+            return 0
+
+    return sorted(stats.members, key=lambda member: (width(member), member))
+
+
 def _text(token_strings: dict[int, str], ids: list[int]) -> list[str]:
     return [token_strings.get(int(i), f"<{int(i)}>") for i in ids]
 
