@@ -24,7 +24,7 @@ from tests.test_pipeline import tiny_configs
 def ladder_config(root: Path, pipeline: Path, name: str, rungs: list[int], cache: dict | None = None) -> Path:
     path = root / f"{name}.yaml"
     path.write_text(yaml.safe_dump({"pipeline": str(pipeline), "run": str(root / name / "run"),
-                                    "results": str(root / name / "results"), "rungs": rungs, "tokens": 1024,
+                                    "results": str(root / name / "results"), "rungs": rungs, "tokens": 512,
                                     **({"cache": cache} if cache else {})}))
     return path
 
