@@ -475,6 +475,19 @@ def test_the_runs_page_keeps_meta_saes_out_of_the_width_charts(analysed: dict) -
     assert [h.value for h in app.subheader][:2] == ["SAEs", "Meta-SAEs"]
     specs = " ".join(chart.proto.spec for chart in app.get("vega_lite_chart"))
     assert '"meta"' not in specs
+    box = next(b for b in app.sidebar.selectbox if b.label == "run")  # the training chart opens on a token SAE
+    assert box.value != "meta" and box.options[-1] == "meta"
+
+
+def test_the_meta_latent_page_opens_on_the_shallowest_meta_sae(analysed: dict, tmp_path: Path) -> None:
+    """A study's own meta-SAE before its Matryoshka prefixes' (nested one folder deeper), not string order."""
+    import shutil
+
+    from canon_pl.viewer.meta import find_meta_runs
+
+    shutil.copytree(analysed["root"] / "meta", tmp_path / "run" / "meta_sae_16")
+    shutil.copytree(analysed["root"] / "meta", tmp_path / "run" / "matryoshka_prefixes" / "meta_sae_16")
+    assert list(find_meta_runs(tmp_path)) == ["run/meta_sae_16", "run/matryoshka_prefixes/meta_sae_16"]
 
 
 def test_seed_controls_are_bars_at_their_width_not_points_on_the_family_line(tmp_path: Path) -> None:

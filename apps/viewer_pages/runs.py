@@ -57,7 +57,8 @@ def render(root: Path) -> None:
         st.caption("Trained on a base SAE's decoder rows: their explained variance is of those rows (the Meta-latent "
                    "page has each one's floors), so they are kept out of the width charts above.")
         st.dataframe(everything[is_meta].drop(columns=["_path"]).dropna(axis=1, how="all"), hide_index=True)
-    name = choose("run", [r["run"] for r in runs], "run")
+    token_saes = [r["run"] for r in runs if str(r["_path"]) not in metas]  # the training chart opens on one
+    name = choose("run", token_saes + [r["run"] for r in runs if str(r["_path"]) in metas], "run")
     run = next(r for r in runs if r["run"] == name)
     st.subheader(f"Training of {name}")
     metrics = load_metrics(run["_path"])

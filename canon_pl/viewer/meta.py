@@ -26,8 +26,11 @@ def _meta_summaries(root: Path) -> dict[str, tuple[Path, dict[str, Any]]]:
 
 
 def find_meta_runs(root: str | os.PathLike) -> dict[str, Path]:
-    """``{label: analysis folder}`` for every readable meta-SAE ``analysis.json`` below ``root``."""
-    return {label: path for label, (path, _) in _meta_summaries(Path(root)).items()}
+    """``{label: analysis folder}`` for every readable meta-SAE ``analysis.json`` below ``root``, the shallowest
+    first: a study's own meta-SAE (``<run>/meta_sae_<w>``) before one nested deeper (its Matryoshka prefixes',
+    ``<run>/matryoshka_prefixes/meta_sae_<w>``), which string order would put first."""
+    found = _meta_summaries(Path(root))
+    return {label: found[label][0] for label in sorted(found, key=lambda label: (label.count("/"), label))}
 
 
 def _candidates(source: str, root: Path) -> list[Path]:
