@@ -25,7 +25,7 @@ def package_version(package: str) -> str | None:
     if query is None:
         return None
     done = subprocess.run([query, "-W", "-f=${Version}", package], capture_output=True, text=True, check=False)
-    return done.stdout.strip() or None if done.returncode == 0 else None
+    return (done.stdout.strip() or None) if done.returncode == 0 else None
 
 
 def _digest_files(files: list[str]) -> tuple[str, int]:
