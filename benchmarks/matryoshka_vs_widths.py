@@ -23,7 +23,7 @@ from pathlib import Path
 from canon_pl.commands.matryoshka import compare_matryoshka
 from canon_pl.commands.pipeline import read_pipeline_config
 from canon_pl.study.stages import stage_done
-from canon_pl.report import gather
+from canon_pl.study.report import gather
 from canon_pl.stitching.nested import by_widths
 
 

@@ -7,19 +7,10 @@ turns a Lightning checkpoint into a portable export.
 
 from __future__ import annotations
 
-import errno
 import sys
 from typing import Any
 
-from canon_pl.errors import CanonError, find_cause
-
-
-def run_lightning_cli(args: list[str] | None = None, run: bool = True) -> Any:
-    """Run LightningCLI with any LightningModule / LightningDataModule given by ``class_path``
-    (:func:`canon_pl.lightning_cli.run_lightning_cli`; ``run=False`` only parses and instantiates)."""
-    from canon_pl.lightning_cli import run_lightning_cli as run_cli
-
-    return run_cli(args, run)
+from canon_pl.errors import find_cause, is_user_error
 
 
 COMMANDS = ("export", "cache", "synth", "calibrate", "stitch", "meta-sae", "stats", "evaluate", "family", "pipeline", "ladder", "view")
@@ -75,21 +66,6 @@ def print_overview() -> None:
           f"built in and that no installed package declares (only for files you trust: importing runs its code)")
 
 
-WRITE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOTDIR,
-                          errno.EISDIR, errno.EEXIST, errno.ENOENT, errno.ENAMETOOLONG})
-"""OS errors that a path or a full disk causes (shown as one line naming the file), not a bug in canon-pl."""
-
-
-def _is_user_error(err: BaseException) -> bool:
-    """Errors caused by the user's input or machine: canon-pl's own (:class:`canon_pl.errors.CanonError`),
-    Lightning's configuration errors (an accelerator this machine lacks) and the OS errors of :data:`WRITE_ERRNOS`."""
-    from lightning.fabric.utilities.exceptions import MisconfigurationException
-
-    if isinstance(err, OSError):
-        return err.errno in WRITE_ERRNOS
-    return isinstance(err, (CanonError, MisconfigurationException))
-
-
 TRUST_CODE_FLAG = "--trust-code"
 """Before the command: this process may import the module an export names (``CANON_PL_TRUST_CODE=1``)."""
 
@@ -113,6 +89,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"canon-pl: error: {args[0]}: canon-pl's modules have no {args[0]} step; 'validate' measures a "
                   f"config's model on its held-out data, and 'canon-pl evaluate' an exported family", file=sys.stderr)
             return 2
+        from canon_pl.lightning_cli import run_lightning_cli
+
         run_lightning_cli(argv)  # None: LightningCLI reads sys.argv itself
     except Exception as err:  # noqa: BLE001 - re-raised unless it wraps a user error
         cause = _find_user_error(err)
@@ -125,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _find_user_error(err: BaseException) -> BaseException | None:
     """The user error in ``err``'s chain of causes (jsonargparse wraps errors raised while instantiating)."""
-    return find_cause(err, _is_user_error)
+    return find_cause(err, is_user_error)
 
 
 if __name__ == "__main__":

@@ -2,11 +2,12 @@
 
 Its message names the problem and the fix; the command line (``canon_pl/cli.py``) shows such an error as one line,
 never a traceback. A module that raises a new kind of user error subclasses :class:`CanonError` (and the builtin
-error it is, e.g. ``ValueError``), and the command line needs no change. No imports: every module may import this.
+error it is, e.g. ``ValueError``), and the command line needs no change. No canon-pl imports: every module may import this.
 """
 
 from __future__ import annotations
 
+import errno
 from collections.abc import Callable
 
 
@@ -41,4 +42,19 @@ def find_cause(err: BaseException, matches: Callable[[BaseException], bool]) -> 
     return None
 
 
-__all__ = ["CanonError", "DeviceError", "OutputPathError", "SettingError", "find_cause"]
+WRITE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOTDIR,
+                          errno.EISDIR, errno.EEXIST, errno.ENOENT, errno.ENAMETOOLONG})
+"""OS errors that a path or a full disk causes (shown as one line naming the file), not a bug in canon-pl."""
+
+
+def is_user_error(err: BaseException) -> bool:
+    """Errors caused by the user's input or machine: canon-pl's own (:class:`canon_pl.errors.CanonError`),
+    Lightning's configuration errors (an accelerator this machine lacks) and the OS errors of :data:`WRITE_ERRNOS`."""
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
+
+    if isinstance(err, OSError):
+        return err.errno in WRITE_ERRNOS
+    return isinstance(err, (CanonError, MisconfigurationException))
+
+
+__all__ = ["CanonError", "DeviceError", "OutputPathError", "SettingError", "WRITE_ERRNOS", "find_cause", "is_user_error"]

@@ -12,14 +12,43 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 
+STARTS_PROCESSES = {"bench_stitch.py", "bench_ddp.py", "run_folder_size.py"}
+"""Scripts that start processes of their own (peak memory per arm, DDP ranks, ``lightning fit``): run as a process.
+The others run in the test's own interpreter as ``python benchmarks/<script>`` would run them (``__main__``, their
+folder first on ``sys.path``): a fresh interpreter would import torch and Lightning again for each."""
+
+
 def run_benchmark(script: str, *args: str, timeout: int = 300) -> list[str]:
     """Run ``benchmarks/<script>`` with ``args``; its output lines, after checking it ends with ``ratio: <number>``."""
-    result = subprocess.run([sys.executable, str(REPO / "benchmarks" / script), *args], capture_output=True, text=True,
-                            timeout=timeout)
-    assert result.returncode == 0, result.stderr[-2000:]
-    lines = result.stdout.strip().splitlines()
+    path = REPO / "benchmarks" / script
+    if script in STARTS_PROCESSES:
+        result = subprocess.run([sys.executable, str(path), *args], capture_output=True, text=True, timeout=timeout)
+        assert result.returncode == 0, result.stderr[-2000:]
+        stdout = result.stdout
+    else:
+        stdout = run_in_this_process(path, list(args))
+    lines = stdout.strip().splitlines()
     assert re.fullmatch(r"ratio: \d+\.\d+", lines[-1])
     return lines
+
+
+def run_in_this_process(path: Path, args: list[str]) -> str:
+    """``python <path> <args>`` in this interpreter: its standard output (a non-zero exit fails the test)."""
+    import contextlib
+    import io
+    import runpy
+
+    out = io.StringIO()
+    argv, sys_path = sys.argv[:], sys.path[:]
+    sys.argv, sys.path[:0] = [str(path), *args], [str(path.parent)]
+    try:
+        with contextlib.redirect_stdout(out):
+            runpy.run_path(str(path), run_name="__main__")
+    except SystemExit as exit_:
+        assert exit_.code in (None, 0), f"{path.name} exited {exit_.code}: {out.getvalue()[-2000:]}"
+    finally:
+        sys.argv, sys.path[:] = argv, sys_path
+    return out.getvalue()
 
 
 def test_bench_sae_step_runs_and_ends_with_a_ratio() -> None:

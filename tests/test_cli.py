@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from canon_pl import load_sae
-from canon_pl.cli import run_lightning_cli
+from canon_pl.lightning_cli import run_lightning_cli
 from canon_pl.training import ActivationDataModule, ActivationShardDataModule, DecoderRowsDataModule
 from tests.helpers import REPO, run_cli, run_here
 

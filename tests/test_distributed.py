@@ -152,19 +152,20 @@ def test_resuming_a_ddp_checkpoint_on_another_number_of_ranks_names_the_fix(runs
 
 
 # --------------------------------------------------------------------------------------------- process groups
-def _in_process_group(rank: int, world_size: int, port: int, check: str, out: dict) -> None:
+def _in_process_group(rank: int, world_size: int, port: int, checks: list[str], out: dict) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world_size)
     try:
-        out[rank] = CHECKS[check](rank, world_size)
+        out[rank] = {check: CHECKS[check](rank, world_size) for check in checks}
     finally:
         dist.destroy_process_group()
 
 
-def spawn(check: str, world_size: int = 2) -> dict[int, object]:
-    """Run ``CHECKS[check](rank, world_size)`` in ``world_size`` processes; their return values by rank."""
+def spawn(checks: list[str], world_size: int = 2) -> dict[int, dict[str, object]]:
+    """Run each ``CHECKS[check](rank, world_size)`` in turn in one group of ``world_size`` processes; their return
+    values by rank and check."""
     out = mp.Manager().dict()
-    mp.spawn(_in_process_group, args=(world_size, _free_port(), check, out), nprocs=world_size)
+    mp.spawn(_in_process_group, args=(world_size, _free_port(), checks, out), nprocs=world_size)
     return dict(out)
 
 
@@ -235,27 +236,39 @@ CHECKS = {"global_top_k": _global_top_k, "dead_counters": _dead_counters_and_thr
           "metrics": _metrics_over_unequal_shards, "text": _text_contexts}
 
 
-def test_global_k_th_largest_is_exact_even_when_one_rank_holds_the_top() -> None:
-    results = spawn("global_top_k")
+@pytest.fixture(scope="module")
+def collectives(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[int, object]]:
+    """Every check of :data:`CHECKS` run in one spawned group of two ranks (each spawn starts two interpreters that
+    import torch): ``{check: {rank: result}}``. The shard check reads 5 shards of 20 rows each (shard ``i`` holds
+    the value ``i``); the last is held out for validation, so 4 training shards for 2 ranks."""
+    from canon_pl.data import write_activation_shards
+
+    cache = tmp_path_factory.mktemp("shards") / "cache"
+    rows = torch.cat([torch.full((20, 4), float(i)) for i in range(5)])
+    write_activation_shards(iter([rows]), cache, tokens_per_shard=20, dtype="float32")
+    os.environ["CANON_TEST_CACHE"] = str(cache)  # the spawned ranks inherit it
+    try:
+        by_rank = spawn(list(CHECKS))
+    finally:
+        del os.environ["CANON_TEST_CACHE"]
+    return {check: {rank: by_rank[rank][check] for rank in by_rank} for check in CHECKS}
+
+
+def test_global_k_th_largest_is_exact_even_when_one_rank_holds_the_top(collectives: dict) -> None:
+    results = collectives["global_top_k"]
     assert results[0] == results[1] == [True] * 6
 
 
-def test_batchtopk_selects_over_the_global_batch_and_counts_dead_latents_over_all_ranks() -> None:
-    results = spawn("dead_counters")
+def test_batchtopk_selects_over_the_global_batch_and_counts_dead_latents_over_all_ranks(collectives: dict) -> None:
+    results = collectives["dead_counters"]
     for rank in (0, 1):
         assert results[rank]["same_selection"]
         assert results[rank]["threshold"] == pytest.approx(results[rank]["reference_threshold"])
         assert results[rank]["counters"] == results[rank]["expected"]  # fired on either rank resets the counter
 
 
-def test_each_rank_reads_its_own_cache_shards(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from canon_pl.data import write_activation_shards
-
-    # 5 shards of 20 rows each; the last is held out for validation, so 4 training shards for 2 ranks.
-    rows = torch.cat([torch.full((20, 4), float(i)) for i in range(5)])
-    write_activation_shards(iter([rows]), tmp_path / "cache", tokens_per_shard=20, dtype="float32")
-    monkeypatch.setenv("CANON_TEST_CACHE", str(tmp_path / "cache"))
-    results = spawn("shard_cache")
+def test_each_rank_reads_its_own_cache_shards(collectives: dict) -> None:
+    results = collectives["shard_cache"]
     assert set(results[0]).isdisjoint(results[1])
     assert set(results[0]) | set(results[1]) <= {0, 1, 2, 3}
 
@@ -273,7 +286,7 @@ def test_text_shards_of_the_ranks_are_disjoint_and_cover_the_split() -> None:
 def test_every_trainer_preset_composes_with_a_training_config(preset: str) -> None:
     """`--config <run>.yaml --config configs/trainer/<preset>.yaml`: the preset sets the trainer, keeps the run's
     callbacks and adds its own (GPU presets are checked with the accelerator switched to the CPU here)."""
-    from canon_pl.cli import run_lightning_cli
+    from canon_pl.lightning_cli import run_lightning_cli
     from canon_pl.training import (
         SAEDDPStrategy,
         SAEExportCallback,
@@ -296,13 +309,13 @@ def test_every_trainer_preset_composes_with_a_training_config(preset: str) -> No
         assert isinstance(trainer.strategy, expected)
 
 
-def test_validation_metrics_reduce_over_ranks_that_saw_different_token_counts() -> None:
-    results = spawn("metrics")
+def test_validation_metrics_reduce_over_ranks_that_saw_different_token_counts(collectives: dict) -> None:
+    results = collectives["metrics"]
     assert results[0] == results[1] == {"dead": 0.5, "l0": 1.0, "densities": [round(10 / 13, 4), round(3 / 13, 4), 0, 0]}
 
 
-def test_each_rank_runs_the_language_model_on_its_own_documents() -> None:
-    contexts = spawn("text")
+def test_each_rank_runs_the_language_model_on_its_own_documents(collectives: dict) -> None:
+    contexts = collectives["text"]
     assert len(contexts[0]) == len(contexts[1]) == 8
     assert not {tuple(c) for c in contexts[0]} & {tuple(c) for c in contexts[1]}
 

@@ -75,7 +75,8 @@ def small_family(root: Path) -> Path:
 
 def test_evaluate_writes_a_saebench_core_file_per_sae_and_the_seed_spread(tmp_path: Path, capsys) -> None:
     from canon_pl.cli import main
-    from canon_pl.commands.evaluate import SUMMARY, core_metrics
+    from canon_pl.commands.evaluate import core_metrics
+    from canon_pl.metrics.summary import SUMMARY
     from canon_pl.io import load_sae
     from canon_pl.metrics.reconstruction import explained_variance_of
 
@@ -166,7 +167,7 @@ def test_evaluate_on_text_splices_each_sae_into_the_bundled_model(tmp_path: Path
 
 
 def test_the_width_rule_climbs_while_a_step_beats_seed_noise_and_its_control() -> None:
-    from canon_pl.verdicts import recommended_width
+    from canon_pl.study.verdicts import recommended_width
 
     def row(width: int, ev: float, control: bool = False) -> dict:
         return {"width": width, "seed_control": control, "metrics": {"explained_variance": ev}}

@@ -190,7 +190,7 @@ def test_sparsity_variants_train_each_width_at_another_k_beside_the_family(tmp_p
     """Width × L0: a variant is the same width from the same initialisation at another k, on the same batches; it
     is recorded apart from the seed controls, which stitching keeps using, and evaluate lists it as a variant."""
     from canon_pl.commands.evaluate import evaluate, saes_of
-    from canon_pl.commands.evaluate import SUMMARY
+    from canon_pl.metrics.summary import SUMMARY
 
     module = SAEFamilyModule(widths=[48, 96], control_seeds=[1], sparsity_variants=[{"k": 1}, {"k": 8}], **FAMILY)
     assert list(module.member_specs) == ["48", "96", "96_seed1", "48_k1", "96_k1", "48_k8", "96_k8"]

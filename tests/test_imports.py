@@ -93,3 +93,51 @@ def test_no_module_of_the_package_imports_itself_through_others() -> None:
 
 def test_the_cycle_finder_finds_a_lazy_import_cycle() -> None:
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+
+
+FLOORS: tuple[tuple[str, ...], ...] = (
+    ("canon_pl.errors", "canon_pl.version", "canon_pl.checks", "canon_pl.distributed"),
+    ("canon_pl.io.atomic", "canon_pl.io.validate", "canon_pl.io.document", "canon_pl.io.lock", "canon_pl.io.layout"),
+    ("canon_pl.sae", "canon_pl.lm", "canon_pl.data"),
+    ("canon_pl.io", "canon_pl.metrics"),
+    ("canon_pl.meta", "canon_pl.stitching", "canon_pl.stats"),
+    ("canon_pl.training",),
+    ("canon_pl.study", "canon_pl.calibration", "canon_pl.viewer"),
+    ("canon_pl.commands", "canon_pl.study.stages", "canon_pl.cli", "canon_pl.lightning_cli", "canon_pl"),
+)
+"""The package's floors, lowest first (docs/design.md, "Floors"): a module imports only from its own floor or below.
+A module's floor is that of the longest prefix listed (``canon_pl.io.atomic`` sits below the rest of ``canon_pl.io``;
+``canon_pl.study.stages``, which runs the commands, sits with them)."""
+
+
+def floor_of(module: str) -> int:
+    """The floor of ``module``: that of the longest prefix in :data:`FLOORS` (a ``KeyError`` for an unplaced one)."""
+    best: tuple[int, int] | None = None
+    for floor, prefixes in enumerate(FLOORS):
+        for prefix in prefixes:
+            if (module == prefix or module.startswith(prefix + ".")) and (best is None or len(prefix) > best[0]):
+                best = (len(prefix), floor)
+    if best is None:
+        raise KeyError(f"{module} is on no floor: add its package to FLOORS")
+    return best[1]
+
+
+def upward_imports(graph: dict[str, set[str]]) -> list[str]:
+    """``"a -> b"`` for every import of a module ``b`` on a higher floor than ``a``'s."""
+    return sorted(f"{a} -> {b}" for a, targets in graph.items() for b in targets if floor_of(b) > floor_of(a))
+
+
+def test_no_module_imports_from_a_higher_floor() -> None:
+    """Cores below, the study above them, entry points on top: a lower floor never reaches up (lazy imports too)."""
+    paths = list(PACKAGE.rglob("*.py"))
+    modules = {module_name(p) for p in paths}
+    graph = {module_name(p): imported_modules(p, modules) for p in paths}
+    assert upward_imports(graph) == []
+
+
+def test_the_floor_walk_finds_an_import_from_a_higher_floor() -> None:
+    graph = {"canon_pl.io.atomic": {"canon_pl.errors"}, "canon_pl.stitching.path": {"canon_pl.study.report"},
+             "canon_pl.study.report": {"canon_pl.stitching.path"}}
+    assert upward_imports(graph) == ["canon_pl.stitching.path -> canon_pl.study.report"]
+    assert floor_of("canon_pl.io.atomic") < floor_of("canon_pl.io.load") < floor_of("canon_pl.study.report")
+    assert floor_of("canon_pl.study.stages") == floor_of("canon_pl.commands.pipeline")

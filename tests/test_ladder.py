@@ -91,7 +91,7 @@ def test_the_ladder_commits_each_rung_once_and_a_killed_rung_resumes_to_the_same
     assert (results / "curves.png").stat().st_size > 5000
     summary = (results / "summary.md").read_text()
     assert "## Does scale close the gap?" in summary and "Monotone path, 576 → 1152" in summary
-    from canon_pl.report import _ladder_lines  # the study's report carries the same section, figure beside it
+    from canon_pl.study.report import _ladder_lines  # the study's report carries the same section, figure beside it
 
     report_figures = tmp_path / "report_figures"
     report_figures.mkdir()
@@ -205,7 +205,7 @@ def test_the_shipped_ladder_configs_parse_and_reach_their_token_counts(name: str
 def test_convergence_is_read_where_two_seeds_stop_agreeing_more_with_training() -> None:
     """The plateau rule: the first rung where, for every width, the share of latents its other seed holds rose by
     less than 2 points per doubling of training since the rung before."""
-    from canon_pl.ladder_results import consistency_plateau
+    from canon_pl.study.ladder_results import consistency_plateau
 
     def rung(tokens: int, shares: dict[int, float]) -> dict:
         return {"tokens": tokens, "pairs": [{"large": width, "control_consistency": {"shared_at": {"0.7": share}}}

@@ -44,6 +44,9 @@ def tiny_configs(root: Path) -> Path:
                                   "sweep_d_sae_per_d_in": [0.1]},
                      "stats": {"text": "pydoc-topics", "tokens": 1024, "top": 4, "samples": 4},
                      "evaluate": {"data": str(root / "cache"), "tokens": 1024},
+                     "matryoshka": yaml.safe_load((REPO / "configs" / "pipeline_smollm2_matryoshka.yaml").read_text())[
+                         "matryoshka"],  # the study's Matryoshka arm, its comparison written where a commit would be
+                     "matryoshka_results": str(root / "results" / "matryoshka.json"),
                      "calibrate": {"config": str(REPO / "configs" / "calibration_known_world.yaml"),
                                    "out": str(root / "calibration"), "fit_args": ["--trainer.max_steps", "20"],
                                    "held_out_tokens": 4096, "meta_steps": 5,
@@ -114,6 +117,26 @@ def test_the_pipeline_runs_every_stage_and_a_rerun_skips_them(tmp_path: Path) ->
     assert "## Matryoshka prefixes against independent widths" in report
     assert "Nested (Matryoshka) prefixes are more canonical" in report
     assert re.search(r"\| 576 → 1152 \| [\d.]+ \| [\d.]+ \| [\d.]+ \| 576 \|", report), report
+    # the comparison as the committed document make main's report reads: a report without a Matryoshka of its own
+    # shows the same tables and verdict, saying where they came from
+    from canon_pl.study.matryoshka_results import read_comparison
+    from canon_pl.study.report import write_report
+
+    committed = read_comparison(tmp_path / "results" / "matryoshka.json")
+    assert committed["run"] == "tiny" and committed["widths"] == [576, 1152]
+    assert committed["verdict"]["claim"].startswith("Nested (Matryoshka) prefixes are more canonical")
+    aside = tmp_path / "aside"
+    (run / "matryoshka_prefixes").rename(aside)
+    try:
+        plain = write_report(run, run / "meta_sae_1152", matryoshka_results=tmp_path / "results" / "matryoshka.json")
+        without = plain.read_text()
+    finally:
+        aside.rename(run / "matryoshka_prefixes")
+    section = without[without.index("## Matryoshka prefixes against independent widths"):]
+    assert f"From `{tmp_path / 'results' / 'matryoshka.json'}` (committed)" in section
+    assert "measured on `tiny`" in without and committed["verdict"]["verdict"] in without
+    assert re.search(r"\| 576 → 1152 \| [\d.]+ \| [\d.]+ \| [\d.]+ \| 576 \|", section)
+    assert section.split("\n\n", 3)[3][:300] in report  # the tables as the run's own report had them
     from canon_pl.viewer import find_runs, find_stitching_results
 
     shown = {r.name for r in find_runs(tmp_path / "checkpoints")}  # the viewer lists the prefixes as a family
@@ -121,7 +144,7 @@ def test_the_pipeline_runs_every_stage_and_a_rerun_skips_them(tmp_path: Path) ->
     labels = {pair.label for pair in find_stitching_results(tmp_path / "checkpoints")}
     assert "tiny/matryoshka_prefixes · 576 → 1152" in labels
     # SAEBench's core metrics per member and seed control, in the report's "choosing a width"
-    from canon_pl.commands.evaluate import SUMMARY
+    from canon_pl.metrics.summary import SUMMARY
 
     evaluation = SUMMARY.read(run / "evaluation" / "summary.json")
     assert [(r["width"], r["seed_control"]) for r in evaluation["rows"]] == [(576, False), (1152, False), (1152, True)]
@@ -139,7 +162,7 @@ def test_the_pipeline_runs_every_stage_and_a_rerun_skips_them(tmp_path: Path) ->
     # after each stage the time left, from the config's reference times at this machine's pace; the times and the
     # machine in the run folder and the report
     assert first.stdout.count("min left (") == 9 and "x the reference machine's times so far" in first.stdout
-    from canon_pl.stage_times import read_stage_times
+    from canon_pl.study.stage_times import read_stage_times
 
     recorded = read_stage_times(run)
     assert list(recorded) == ["calibrate", "cache", "fit", "stitch", "meta-sae", "stats", "meta stats", "evaluate",
@@ -201,7 +224,7 @@ def test_each_stage_is_one_record_the_pipeline_reads_its_order_options_and_check
 
 
 def test_the_time_left_scales_the_reference_times_by_this_machines_pace() -> None:
-    from canon_pl.stage_times import estimate_left
+    from canon_pl.study.stage_times import estimate_left
 
     reference = {"cache": 100.0, "fit": 400.0, "stitch": 200.0}
     left, pace = estimate_left(reference, {"cache": 150.0}, ["fit", "stitch", "report"])
@@ -210,7 +233,7 @@ def test_the_time_left_scales_the_reference_times_by_this_machines_pace() -> Non
 
 
 def test_stage_times_keep_the_order_the_stages_ran_in_and_a_rerun_replaces_its_stage(tmp_path: Path) -> None:
-    from canon_pl.stage_times import read_stage_times, record_stage_time, stage_times_lines
+    from canon_pl.study.stage_times import read_stage_times, record_stage_time, stage_times_lines
 
     machine = {"machine": "x86_64", "cpus": 2, "torch_threads": 2, "torch": "2.13.0", "device": "cpu"}
     for stage, seconds in (("cache", 5.0), ("fit", 20.0), ("stitch", 3.0), ("cache", 6.0)):

@@ -28,7 +28,7 @@ from canon_pl.stitching import analyze_pair, read_stitching_results, write_stitc
 from canon_pl.stitching.nested import added_latent_classes
 from canon_pl.training import SAEFamilyModule
 from canon_pl.training.analysis_data import AnalysisDataError, cache_activations
-from canon_pl.verdicts import (
+from canon_pl.study.verdicts import (
     granularity_verdict,
     matryoshka_verdict,
     novel_latents_verdict,
@@ -337,7 +337,7 @@ def test_an_analysis_refuses_a_cache_of_another_model_or_hook_point(tmp_path: Pa
 
 
 def test_a_meta_sae_that_explains_random_rows_as_well_is_inconclusive() -> None:
-    from canon_pl.verdicts import meta_verdict
+    from canon_pl.study.verdicts import meta_verdict
 
     meta = {"fve": 0.77, "fve_uncentred": 0.77, "n_meta": 1728, "k": 4,
             "floors": {"random_rows": 0.79, "initial_decoder": 0.79}, "pca_cap": {"m": 576, "fraction": 1.0}}

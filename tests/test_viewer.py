@@ -552,7 +552,7 @@ def test_a_stale_link_says_what_it_could_not_find(analysed: dict) -> None:
 def test_a_report_link_opens_the_latent_it_names(analysed: dict) -> None:
     """The report's example decompositions link into the viewer (`canon-pl view` on the run's parent folder); the
     link's view opens that very latent."""
-    from canon_pl.report import viewer_latent_link
+    from canon_pl.study.report import viewer_latent_link
     from canon_pl.viewer.links import LOCAL_VIEWER, parse_view
 
     root = analysed["root"]

@@ -47,7 +47,7 @@ from canon_pl.calibration.world_files import world_of
 from canon_pl.data.known_world import KnownWorld, WorldSpec
 from canon_pl.errors import CanonError
 from canon_pl.io.document import DocumentKind
-from canon_pl.verdicts import CONSISTENCY_THRESHOLD
+from canon_pl.study.verdicts import CONSISTENCY_THRESHOLD
 
 PASS_RULES = {
     "definition_precision": 0.9,
@@ -176,7 +176,7 @@ def score_meta(rows: torch.Tensor, world, steps: int, batch_size: int = 1024, se
     within cosine 0.9 of."""
     from canon_pl.meta.analysis import higher_floor, meta_floors
     from canon_pl.meta.decomposition import decompose, fit_meta_sae, fraction_of_variance_explained
-    from canon_pl.verdicts import meta_verdict
+    from canon_pl.study.verdicts import meta_verdict
 
     rows = F.normalize(rows.detach().float(), dim=-1)
     width = max(rows.shape[0] // META_ROWS_PER_LATENT, META_K + 1)
@@ -247,7 +247,7 @@ def truth_verdicts(pairs: list[dict[str, Any]]) -> dict[str, str]:
     of an instrument's calls: every pair's truth novel share exceeds its truth share against the other seed by
     ``MARGIN``, with ``MIN_SHARE`` reconstruction latents; and of the monotone-path claim: every pair's path walked
     on the planted units (:func:`truth_path`) stays within its tolerance and ends below where it starts."""
-    from canon_pl.verdicts import MARGIN, MIN_SHARE
+    from canon_pl.study.verdicts import MARGIN, MIN_SHARE
 
     shares = [(p["truth_novel_fraction"], p["truth_control_novel_fraction"]) for p in pairs]
     novel = all(a is not None and b is not None and a - b >= MARGIN and 1 - a >= MIN_SHARE for a, b in shares)
@@ -363,8 +363,8 @@ def hierarchy_rows(world: str, h: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def _study_verdicts(pairs: list[dict[str, Any]], meta: dict[str, Any]) -> dict[str, str]:
-    """What the study's own rules (:mod:`canon_pl.verdicts`) conclude on this world."""
-    from canon_pl.verdicts import novel_latents_verdict, path_verdict
+    """What the study's own rules (:mod:`canon_pl.study.verdicts`) conclude on this world."""
+    from canon_pl.study.verdicts import novel_latents_verdict, path_verdict
 
     summaries = [p["summary"] for p in pairs]
     return {"novel_latents": novel_latents_verdict(summaries, True, "").verdict,

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from canon_pl.errors import SettingError
-from canon_pl.ladder_results import BASE, base_ladder_verdict, finished_bases
+from canon_pl.study.ladder_results import BASE, base_ladder_verdict, finished_bases
 
 BASE_KEYS = {"widths", "reference_steps", "reference_width", "meta_steps", "meta_batch_size", "meta_lr", "k",
              "rows_per_meta", "per_d_in", "moved_tau"}

@@ -41,7 +41,7 @@ def cache(*, config: str, out: str, tokens: int, val_tokens: int = 131_072,
     check_output_folder(out)
     if device:
         check_device(device)
-    from canon_pl.cli import run_lightning_cli
+    from canon_pl.lightning_cli import run_lightning_cli
     from canon_pl.training import ActivationDataModule
     from canon_pl.training.cache import PIECE_DOCUMENTS, write_activation_cache
 

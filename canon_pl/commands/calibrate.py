@@ -33,7 +33,7 @@ def calibrate(*, config: str, out: str, fit_args: list[str] | None = None, held_
     """
     from canon_pl.calibration.score import CALIBRATION, CalibrationError, score_family, score_ideal_meta
     from canon_pl.checks import check_counts, check_output_folder
-    from canon_pl.cli import run_lightning_cli
+    from canon_pl.lightning_cli import run_lightning_cli
     from canon_pl.commands.derived_config import resume_arguments
     from canon_pl.commands.ladder_fit import family_at
     from canon_pl.io.atomic import atomic_write_json

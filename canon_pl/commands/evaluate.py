@@ -30,11 +30,11 @@ from canon_pl.checks import check_counts, check_device, check_output_folder, def
 from canon_pl.commands.args import run_command
 from canon_pl.errors import CanonError
 from canon_pl.io import load_sae, training_data
-from canon_pl.io.document import DocumentKind
 from canon_pl.io.family import MANIFEST_FILE, read_family_manifest
 from canon_pl.io.layout import RunLayout
 from canon_pl.metrics.absorption import absorption_per_task
 from canon_pl.metrics.core import CoreMetrics, weight_metrics
+from canon_pl.metrics.summary import SUMMARY, read_summary
 from canon_pl.metrics.probing import KS, activation_probes, sae_encoder, saebench_probing_metrics, sparse_probes
 from canon_pl.sae import SparseAutoencoder
 
@@ -43,26 +43,6 @@ and with text data the spliced CE and KL) for every SAE of a family or for one e
 and a family summary: which width reconstructs how well, how sparse, how much of it is alive, and how far two seeds of
 one width differ."""
 
-SUMMARY = DocumentKind("canon_pl.evaluation", 1, "evaluation summary", CanonError,
-                       rebuild="write it again with `canon-pl evaluate <run> --data <held-out data>`",
-                       required=(("rows", list),))
-
-
-def read_summary(path: Path) -> dict[str, Any]:
-    """An evaluation ``summary.json``, checked down to its rows (each with a ``name``, an int ``width``, a bool
-    ``seed_control`` and ``metrics`` mapping names to numbers or null): one :class:`CanonError` naming the file."""
-    summary = SUMMARY.read(path)
-    for row in summary["rows"]:
-        ok = (isinstance(row, dict) and isinstance(row.get("name"), str)
-              and isinstance(row.get("width"), int) and not isinstance(row.get("width"), bool)
-              and isinstance(row.get("seed_control"), bool) and isinstance(row.get("metrics"), dict)
-              and all(v is None or (isinstance(v, (int, float)) and not isinstance(v, bool))
-                      for v in row["metrics"].values())
-              and isinstance(row.get("probing") or {}, dict) and isinstance(row.get("variant") or {}, dict))
-        if not ok:
-            raise CanonError(f"{path} is malformed: each row needs name, width (int), seed_control (bool) and metrics "
-                             f"(numbers); {SUMMARY.rebuild}")
-    return summary
 HEADLINE = (("reconstruction_quality", "explained_variance"), ("reconstruction_quality", "cossim"),
             ("shrinkage", "l2_ratio"), ("shrinkage", "relative_reconstruction_bias"), ("sparsity", "l0"),
             ("misc_metrics", "frac_alive"), ("misc_metrics", "average_max_decoder_cosine_sim"),
@@ -300,5 +280,5 @@ def evaluate_command(argv: list[str]) -> int:
     return run_command(evaluate, argv, "evaluate", DESCRIPTION)
 
 
-__all__ = ["PROBE_HEADLINE", "SUMMARY", "read_summary", "core_metrics", "evaluate", "nearest_rows", "novel_by_definition",
+__all__ = ["PROBE_HEADLINE", "core_metrics", "evaluate", "nearest_rows", "novel_by_definition",
            "probe_carriers", "saebench_probing_document", "saes_of", "seed_spread"]

@@ -30,7 +30,7 @@ from canon_pl.commands.args import run_command
 from canon_pl.commands.ladder_fit import family_at, fit_to, ladder_fit_config
 from canon_pl.errors import SettingError
 from canon_pl.io.layout import RunLayout
-from canon_pl.ladder_results import RUNG, finished_rungs, read_rung_file
+from canon_pl.study.ladder_results import RUNG, finished_rungs, read_rung_file
 
 DESCRIPTION = """Train a pipeline config's family on past the study's budget and measure the study's figures at
 each rung of training steps (held-out and training EV, rows at init, novel fractions with their cross-seed controls,
@@ -44,7 +44,7 @@ folder), ``results`` (where rung files go, committed), ``rungs`` (training steps
 arguments), ``bases`` (the meta-SAE's base-width ladder, :mod:`canon_pl.commands.base_ladder`), ``cache`` (a cache
 of the ladder's own in place of the pipeline's: ``path`` and the options of ``canon-pl cache``; the family trains
 on it and every rung is measured on its held-out part), ``stop_at_plateau`` (stop climbing once two seeds' agreement
-has plateaued: :func:`canon_pl.ladder_results.consistency_plateau`)."""
+has plateaued: :func:`canon_pl.study.ladder_results.consistency_plateau`)."""
 
 RUNGS_FOLDER = "rungs"
 """``<run>/rungs/<steps>/``: the family's exports as they stood at each rung (a family folder, stitched there)."""
@@ -250,8 +250,8 @@ def ladder(*, config: str, device: str = default_device(), only: int | None = No
     from canon_pl.checks import check_counts, check_device
     from canon_pl.study.stages import run_stage, stage_done
     from canon_pl.io.atomic import atomic_write_json
-    from canon_pl.ladder_report import write_ladder_figures
-    from canon_pl.ladder_results import consistency_plateau
+    from canon_pl.study.ladder_report import write_ladder_figures
+    from canon_pl.study.ladder_results import consistency_plateau
 
     check_device(device)
     if only is not None:
@@ -324,7 +324,7 @@ def remeasure_rungs(cfg: LadderConfig, device: str) -> int:
     """Measure every committed rung again whose family is kept under :meth:`LadderConfig.rung_folder` (its stitching
     results written anew), keeping the rung's training record; then redraw the curves."""
     from canon_pl.io.atomic import atomic_write_json
-    from canon_pl.ladder_report import write_ladder_figures
+    from canon_pl.study.ladder_report import write_ladder_figures
 
     for steps in cfg.rungs:
         old = read_rung(cfg.rung_file(steps))

@@ -11,7 +11,7 @@ from typing import Any
 from canon_pl.checks import default_device
 from canon_pl.commands.args import run_command
 from canon_pl.errors import CanonError
-from canon_pl.stage_times import estimate_left, record_stage_time, this_machine
+from canon_pl.study.stage_times import estimate_left, record_stage_time, this_machine
 from canon_pl.study.stages import STAGE_NAMES, check_stage_options, reads_back, run_stage, stage_done, stages_of
 
 DESCRIPTION = """Run the study end to end: with a calibrate: section first score every instrument on a
@@ -34,7 +34,9 @@ RELEASE_KEYS = {"name", "ids", "model", "revision"}
 """A ``release:`` section (the study on a SAELens release's SAEs, no training): ``canon-pl family --from_release``."""
 
 
-def read_pipeline_config(path: Path) -> dict[str, Any]:
+def load_pipeline_yaml(path: Path, below: tuple[Path, ...] = ()) -> Any:
+    """The YAML at ``path``; with ``base: <pipeline config>``, that config's keys with this one's over them (a
+    section is replaced whole, not merged), so an arm of the study states only what it changes."""
     import yaml
 
     from canon_pl.io import CheckpointError
@@ -43,6 +45,20 @@ def read_pipeline_config(path: Path) -> dict[str, Any]:
         config = yaml.safe_load(path.read_text())
     except (OSError, yaml.YAMLError) as err:
         raise CheckpointError(f"{path}: not a pipeline config ({type(err).__name__}: {err})") from err
+    if not isinstance(config, dict) or "base" not in config:
+        return config
+    base = Path(str(config["base"]))
+    if base.resolve() in {p.resolve() for p in (*below, path)}:
+        raise CheckpointError(f"{path}: base: {base} leads back to itself; name a config without that base")
+    return {**load_pipeline_yaml(base, (*below, path)), **{k: v for k, v in config.items() if k != "base"}}
+
+
+def read_pipeline_config(path: Path) -> dict[str, Any]:
+    import yaml
+
+    from canon_pl.io import CheckpointError
+
+    config = load_pipeline_yaml(path)
     if isinstance(config, dict) and "release" in config:
         return _release_config(config, path)
     try:
@@ -63,6 +79,7 @@ def read_pipeline_config(path: Path) -> dict[str, Any]:
                               f"section (config: a fit config whose data captures the activations, tokens, val_tokens)")
     check_stage_options(config, path)
     check_reference_seconds(config, path)
+    check_committed_results(config, path)
     check_matryoshka_section(config, fit, path)
     check_fit_arguments(config, fit, path)
     return {**config, "run": run, "max_steps": max_steps, "widths": widths, "cache_path": cache_path, "release": None}
@@ -80,7 +97,8 @@ def check_fit_arguments(cfg: dict[str, Any], fit: dict[str, Any], path: Path) ->
 
     import yaml
 
-    from canon_pl.cli import _is_user_error, run_lightning_cli
+    from canon_pl.errors import is_user_error
+    from canon_pl.lightning_cli import run_lightning_cli
     from canon_pl.commands.matryoshka import matryoshka_fit_config
     from canon_pl.errors import find_cause
     from canon_pl.io import CheckpointError
@@ -107,7 +125,7 @@ def check_fit_arguments(cfg: dict[str, Any], fit: dict[str, Any], path: Path) ->
                     run_lightning_cli(["--config", str(config_file), *map(str, args), "--trainer.accelerator", "cpu",
                                        "--trainer.devices", "1", "--trainer.strategy", "auto"], run=False)
             except (SystemExit, Exception) as err:  # noqa: BLE001 - any refusal of the arguments, said in one line
-                cause = None if isinstance(err, SystemExit) else find_cause(err, _is_user_error)
+                cause = None if isinstance(err, SystemExit) else find_cause(err, is_user_error)
                 lines = [line for line in said.getvalue().splitlines() if "error" in line.lower()]
                 reason = (f"{type(cause).__name__}: {cause}" if cause is not None else
                           lines[-1].strip() if lines else f"{type(err).__name__}: {err}")
@@ -169,7 +187,7 @@ def check_matryoshka_section(cfg: dict[str, Any], fit: dict[str, Any], path: Pat
 def time_left_line(stage: str, timings: dict[str, float], to_come: tuple[str, ...] | list[str],
                    reference: dict[str, float]) -> str:
     """After ``stage``: its time, and the estimate of the stages ``to_come`` from the config's ``reference_seconds``
-    scaled by this machine's pace so far (:func:`canon_pl.stage_times.estimate_left`)."""
+    scaled by this machine's pace so far (:func:`canon_pl.study.stage_times.estimate_left`)."""
     line = f"  {stage}: {timings[stage]:.0f} s"
     estimate = estimate_left(reference, timings, list(to_come))
     if to_come and estimate is not None:
@@ -177,6 +195,25 @@ def time_left_line(stage: str, timings: dict[str, float], to_come: tuple[str, ..
         line += (f"; about {left / 60:.0f} min left ({pace:.2f}x the reference machine's times so far; the stages "
                  f"skipped as done take none)")
     return line
+
+
+COMMITTED_RESULTS = ("ladder_results", "width_l0_results", "matryoshka_results")
+"""Keys naming committed results the report reads (a ladder's rungs, a width x L0 evaluation, a Matryoshka
+comparison): paths, refused before any stage runs when they are not."""
+
+
+def check_committed_results(cfg: dict[str, Any], path: Path) -> None:
+    """Each of :data:`COMMITTED_RESULTS` the config sets is a path (text); a Matryoshka comparison the report will
+    read (no ``matryoshka:`` stage to write it) reads back now, not after the study's other stages."""
+    from canon_pl.io import CheckpointError
+    from canon_pl.study.matryoshka_results import read_comparison
+
+    for key in COMMITTED_RESULTS:
+        if key in cfg and not isinstance(cfg[key], str):
+            raise CheckpointError(f"{path}: {key} must be a path (committed results the report reads), got {cfg[key]!r}")
+    committed = cfg.get("matryoshka_results")
+    if committed is not None and "matryoshka" not in cfg and Path(committed).is_file():
+        read_comparison(committed)
 
 
 def check_reference_seconds(cfg: dict[str, Any], path: Path) -> None:
@@ -257,4 +294,4 @@ def pipeline_command(argv: list[str]) -> int:
     return run_command(pipeline, argv, "pipeline", DESCRIPTION)
 
 
-__all__ = ["pipeline", "pipeline_command", "read_pipeline_config"]
+__all__ = ["load_pipeline_yaml", "pipeline", "pipeline_command", "read_pipeline_config"]

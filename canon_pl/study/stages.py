@@ -80,7 +80,7 @@ def _run_family(cfg: Config, device: str) -> int:
 
 
 def _run_fit(cfg: Config, device: str) -> int:
-    from canon_pl.cli import run_lightning_cli
+    from canon_pl.lightning_cli import run_lightning_cli
     from canon_pl.commands.derived_config import resume_arguments
 
     args = ["fit", "--config", str(cfg["fit_config"]), *map(str, cfg.get("fit_args") or [])]
@@ -131,10 +131,10 @@ def _run_matryoshka(cfg: Config, device: str) -> int:
 
 
 def _run_report(cfg: Config, device: str) -> int:
-    from canon_pl.report import write_report
+    from canon_pl.study.report import write_report
 
     path = write_report(cfg["run"], _meta_dir(cfg), cfg.get("ladder_results"), cfg.get("width_l0_results"),
-                        (cfg.get("calibrate") or {}).get("out"), cfg.get("cache_path"))
+                        (cfg.get("calibrate") or {}).get("out"), cfg.get("cache_path"), cfg.get("matryoshka_results"))
     print(f"  report: {path}")
     return 0
 
@@ -206,7 +206,7 @@ def _meta_stats_done(cfg: Config) -> bool:
 
 def _evaluation_done(cfg: Config) -> bool:
     """A readable evaluation summary with a row for every width of the family."""
-    from canon_pl.commands.evaluate import read_summary
+    from canon_pl.metrics.summary import read_summary
 
     rows = read_summary(RunLayout(cfg["run"]).evaluation / "summary.json")["rows"]
     return sorted({r["width"] for r in rows}) == sorted(cfg["widths"])

@@ -9,7 +9,7 @@ from pathlib import Path
 import altair as alt
 import pandas as pd
 
-from canon_pl.commands.evaluate import read_summary
+from canon_pl.metrics.summary import read_summary
 from canon_pl.errors import CanonError
 from canon_pl.io.layout import RunLayout
 from canon_pl.viewer.folders import files_inside

@@ -39,6 +39,7 @@ def inputs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     (root / "binary.txt").write_bytes(b"text\n\x00\x01\x02" * 100)
     (root / "latin1.txt").write_bytes("caf\xe9 cr\xe8me\n".encode("latin-1") * 100)
     study = yaml.safe_load((REPO / "configs" / "pipeline_smollm2.yaml").read_text())
+    study["matryoshka"] = yaml.safe_load((REPO / "configs" / "pipeline_smollm2_matryoshka.yaml").read_text())["matryoshka"]
     (root / "matryoshka_typo.yaml").write_text(yaml.safe_dump({**study, "matryoshka": {"seeds": [1]}}))
     relu_study = {**study, "fit_config": "configs/family_smollm2_relu.yaml"}
     (root / "matryoshka_relu.yaml").write_text(yaml.safe_dump(relu_study))
@@ -48,6 +49,14 @@ def inputs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
                          ("cache_tokens", {"cache": {**study["cache"], "tokens": "lots"}}),
                          ("stitch_granularity", {"stitch": {**study["stitch"], "granularity": "yes please"}})):
         (root / f"{name}.yaml").write_text(yaml.safe_dump({**study, **change}))
+    (root / "base_cycle.yaml").write_text(yaml.safe_dump({"base": str(root / "base_cycle.yaml")}))
+    (root / "results_number.yaml").write_text(yaml.safe_dump({**study, "matryoshka_results": 3}))
+    (root / "comparison.json").write_text('{"format": "canon_pl.matryoshka_comparison", "run": "x", "written": "x", '
+                                          '"widths": [576], "control_seeds": [], "ev_rows": [], "pair_rows": [], '
+                                          '"meta_rows": [], "verdict": {"claim": "edited"}}')
+    unmatryoshka = {k: v for k, v in study.items() if k != "matryoshka"}
+    (root / "comparison_edited.yaml").write_text(yaml.safe_dump({**unmatryoshka,
+                                                                 "matryoshka_results": str(root / "comparison.json")}))
     (root / "garbage.ckpt").write_bytes(b"not a checkpoint" * 10)
     import torch
 
@@ -123,6 +132,9 @@ COMMAND_CASES = [
     # files that are not what they should be
     (["pipeline", "--config", "{file}"], "not a pipeline config"),
     (["pipeline", "--config", "{root}/matryoshka_typo.yaml"], "matryoshka must be a mapping of control_seeds"),
+    (["pipeline", "--config", "{root}/base_cycle.yaml"], "leads back to itself"),
+    (["pipeline", "--config", "{root}/results_number.yaml"], "matryoshka_results must be a path"),
+    (["pipeline", "--config", "{root}/comparison_edited.yaml"], "comparison.json is malformed: its tables"),
     (["pipeline", "--config", "{root}/matryoshka_relu.yaml"], "beside a BatchTopK family; this family's SAEs are"),
     # the pipeline's fit configs are parsed before stage 1, not at the stage (the Matryoshka's is stage 7 of 8)
     (["pipeline", "--config", "{root}/matryoshka_seed.yaml"], "control_seeds [0] must be distinct and differ from"),

@@ -73,7 +73,7 @@ def write_ladder_figures(documents: list[dict[str, Any]], out: str | Path) -> Pa
     rows = [alt.hconcat(*charts[i:i + 2]) for i in range(0, len(charts), 2)]
     path = out / "curves.png"
     alt.vconcat(*rows).resolve_scale(color="independent").save(str(path), scale_factor=1.5)
-    from canon_pl.ladder_results import finished_bases
+    from canon_pl.study.ladder_results import finished_bases
 
     lines = ladder_section(documents, figure=path.name) + base_ladder_lines(finished_bases(out))
     (out / "summary.md").write_text("\n".join(lines) + "\n")
@@ -83,7 +83,7 @@ def write_ladder_figures(documents: list[dict[str, Any]], out: str | Path) -> Pa
 def base_ladder_lines(entries: list[dict[str, Any]]) -> list[str]:
     """The meta-SAE's base-width ladder (``base_<width>.json``): per base, its meta-SAEs' FVE against the highest of
     the four floors, and the rule's verdict (:func:`canon_pl.commands.base_ladder.base_ladder_verdict`)."""
-    from canon_pl.ladder_results import base_ladder_verdict
+    from canon_pl.study.ladder_results import base_ladder_verdict
 
     if not entries:
         return []
@@ -147,7 +147,7 @@ def ladder_sentences(documents: list[dict[str, Any]]) -> list[str]:
                        + ", ".join(f"{a} of L (control {b}) at {t:.1f}M" for t, a, b in shares)
                        + "; width needs finer groups than seed noise only where the pair's share is well below its "
                          "control's.")
-    from canon_pl.ladder_results import PLATEAU_PER_DOUBLING, consistency_plateau
+    from canon_pl.study.ladder_results import PLATEAU_PER_DOUBLING, consistency_plateau
 
     reached, agreement = consistency_plateau(documents)
     out.append(f"Convergence: {agreement}; " + (

@@ -1,6 +1,6 @@
 """The study's report: ``<run>/report.md`` with PNG figures, read from the files the stages wrote (family exports,
 stitching results, meta-SAE analysis, statistics, the training log); nothing is retrained. Figures are the viewer's
-own Altair charts. Every claim gets a verdict with its control beside it (rules: :mod:`canon_pl.verdicts`).
+own Altair charts. Every claim gets a verdict with its control beside it (rules: :mod:`canon_pl.study.verdicts`).
 """
 
 from __future__ import annotations
@@ -11,14 +11,14 @@ from typing import Any
 
 import pandas as pd
 
-from canon_pl.stage_times import stage_times_lines
+from canon_pl.study.stage_times import stage_times_lines
 from canon_pl.io.atomic import atomic_write_text
 from canon_pl.io.layout import RunLayout
 from canon_pl.meta.analysis import FLOOR_NAMES, higher_floor
 from canon_pl.stitching import settings_mismatch
 from canon_pl.stitching.classify import stuck_at_init_fraction
 from canon_pl.stats.readable import LOGIT_LENS_MIN_DEPTH, logit_lens_meaningful
-from canon_pl.verdicts import (
+from canon_pl.study.verdicts import (
     CONSISTENCY_THRESHOLD,
     GRANULARITY_RATIO,
     L0_TOLERANCE,
@@ -381,10 +381,12 @@ def _width_sweep_section(meta: dict[str, Any]) -> list[str]:
             "", _markdown_table(pd.DataFrame(rows)), ""]
 
 
-def _matryoshka_section(facts: dict[str, Any], verdict: Any) -> list[str]:
-    """The Matryoshka SAE's prefixes against the independently trained widths: held-out EV per width, per pair the
-    novel fractions (of the latents a prefix adds, and of the independent larger SAE) each with its cross-seed
-    control, the path, and the meta-SAE of its widest level beside the family's."""
+def matryoshka_tables(facts: dict[str, Any]) -> dict[str, Any]:
+    """What the report's Matryoshka section shows, as rows (the committed comparison stores exactly these):
+    ``widths``, ``control_seeds``, ``ev_rows`` (held-out EV per width, prefix against independent SAE), ``pair_rows``
+    (per pair the novel fractions of the latents a prefix adds and of the independent larger SAE, each with its
+    cross-seed control, the paths and the seeds' shares) and ``meta_rows`` (the meta-SAE of its widest level beside
+    the family's; empty without one)."""
     from canon_pl.stitching.nested import by_widths, held_out_ev
 
     nested, independent = facts["matryoshka"], facts["pairs"]
@@ -409,10 +411,28 @@ def _matryoshka_section(facts: dict[str, Any], verdict: Any) -> list[str]:
             "Matryoshka: path excess": s.get("path_excess"), "Matryoshka: monotone steps": s["path_monotone_fraction"],
             "seeds share (prefix)": seed_consistency(s), "seeds share (independent)": seed_consistency(p or {}),
             "L0 prefix / independent": f"{_fmt(large_l0(s), 1)} / {_fmt(large_l0(p or {}), 1)}"})
-    seeds = ", ".join(map(str, nested["control_seeds"])) or "none"
+    meta, family_meta = nested.get("meta"), facts.get("meta")
+    meta_rows = []
+    if meta is not None:
+        meta_rows = [{"meta-SAE on": f"Matryoshka, all {meta['n_base']} latents", "meta-latents": meta["n_meta"],
+                      "FVE": meta["fve"], "higher floor": higher_floor(meta.get("floors") or {})}]
+        if family_meta is not None:
+            meta_rows.insert(0, {"meta-SAE on": f"independent {family_meta['n_base']}-latent SAE",
+                                 "meta-latents": family_meta["n_meta"], "FVE": family_meta["fve"],
+                                 "higher floor": higher_floor(family_meta.get("floors") or {})})
+    return {"widths": nested["widths"], "control_seeds": nested["control_seeds"], "ev_rows": ev_rows,
+            "pair_rows": pair_rows, "meta_rows": meta_rows}
+
+
+def _matryoshka_section(tables: dict[str, Any], verdict: Any, source: str | None = None) -> list[str]:
+    """The Matryoshka SAE's prefixes against the independently trained widths (:func:`matryoshka_tables`), with
+    ``source`` (where committed results came from) when the run has no Matryoshka of its own."""
+    seeds = ", ".join(map(str, tables["control_seeds"])) or "none"
+    widths = tables["widths"]
     lines = ["## Matryoshka prefixes against independent widths", "",
-             f"One Matryoshka BatchTopK SAE of {nested['widths'][-1]} latents trained beside the family (same data, "
-             f"steps, k and optimiser) whose nested prefixes are the family's widths {nested['widths'][:-1]}, and the "
+             *([source, ""] if source else []),
+             f"One Matryoshka BatchTopK SAE of {widths[-1]} latents trained beside the family (same data, "
+             f"steps, k and optimiser) whose nested prefixes are the family's widths {widths[:-1]}, and the "
              f"same SAE from init seed(s) {seeds} as its cross-seed control. A prefix of m latents *is* the first m "
              "latents of every larger prefix, so only the latents a larger prefix adds can be novel or re-split the "
              "smaller one: the *added* columns classify those (the definition: they lower the smaller prefix's MSE "
@@ -422,18 +442,12 @@ def _matryoshka_section(facts: dict[str, Any], verdict: Any) -> list[str]:
              "of a width's latents that the other seed's SAE of that width matches (Hungarian, cosine ≥ "
              f"{CONSISTENCY_THRESHOLD}), prefix against independent SAE, where their L0s agree. "
              "The independent columns are the family's stitching above. EV is 1 − FVU on the same held-out tokens.",
-             "", _markdown_table(pd.DataFrame(ev_rows)), "", _markdown_table(pd.DataFrame(pair_rows)), "",
+             "", _markdown_table(pd.DataFrame(tables["ev_rows"])), "",
+             _markdown_table(pd.DataFrame(tables["pair_rows"])), "",
              f"**{verdict.verdict}** — {verdict.why}.", ""]
-    meta, family_meta = nested.get("meta"), facts.get("meta")
-    if meta is not None:
-        rows = [{"meta-SAE on": f"Matryoshka, all {meta['n_base']} latents", "meta-latents": meta["n_meta"],
-                 "FVE": meta["fve"], "higher floor": higher_floor(meta.get("floors") or {})}]
-        if family_meta is not None:
-            rows.insert(0, {"meta-SAE on": f"independent {family_meta['n_base']}-latent SAE",
-                            "meta-latents": family_meta["n_meta"], "FVE": family_meta["fve"],
-                            "higher floor": higher_floor(family_meta.get("floors") or {})})
+    if tables["meta_rows"]:
         lines += ["The meta-SAE of the Matryoshka's widest level, with the same settings as the family's (its floors "
-                  "trained the same way):", "", _markdown_table(pd.DataFrame(rows)), ""]
+                  "trained the same way):", "", _markdown_table(pd.DataFrame(tables["meta_rows"])), ""]
     return lines
 
 
@@ -462,7 +476,7 @@ def _cache_text(cache: Path) -> str:
 def _evaluation_section(run: Path, pairs: list[dict[str, Any]]) -> list[str]:
     """"Choosing a width": SAEBench's core metrics per member and seed control (``canon-pl evaluate``), nothing when
     the run has not been evaluated."""
-    from canon_pl.commands.evaluate import read_summary
+    from canon_pl.metrics.summary import read_summary
     from canon_pl.viewer.widths import variant_text
 
     path = RunLayout(run).evaluation / "summary.json"
@@ -492,7 +506,7 @@ def _evaluation_section(run: Path, pairs: list[dict[str, Any]]) -> list[str]:
     lines += _probing_lines(summary)
     width, why = recommended_width(summary["rows"], spread, pairs)
     if width is not None:
-        lines += [f"**Recommended width: {width:,}.** Rule (canon_pl/verdicts.py `recommended_width`): climb from "
+        lines += [f"**Recommended width: {width:,}.** Rule (canon_pl/study/verdicts.py `recommended_width`): climb from "
                   f"the smallest width while each step beats the wider width's seed spread in held-out EV and its "
                   f"novel fraction beats its cross-seed control by ≥ {MARGIN:.0%}; the first step that fails stops "
                   f"the climb (past it a wider SAE mostly re-splits the narrower one's latents, and what it adds is "
@@ -543,7 +557,7 @@ def _width_l0_lines(summary: dict[str, Any]) -> list[str]:
 def _width_l0_results_lines(path: Path) -> list[str]:
     """Width × L0 from a committed evaluation summary of a family with sparsity variants (nothing when there is
     none yet, or when the summary has no variants)."""
-    from canon_pl.commands.evaluate import read_summary
+    from canon_pl.metrics.summary import read_summary
 
     if not path.is_file():
         return []
@@ -601,8 +615,8 @@ def _probing_lines(summary: dict[str, Any]) -> list[str]:
 def _ladder_lines(results: Path, figures: Path) -> list[str]:
     """The ladder's section from its committed rungs (nothing when none is committed yet), its curves redrawn into
     the report's figures."""
-    from canon_pl.ladder_results import finished_rungs
-    from canon_pl.ladder_report import ladder_section, write_ladder_figures
+    from canon_pl.study.ladder_results import finished_rungs
+    from canon_pl.study.ladder_report import ladder_section, write_ladder_figures
 
     documents = finished_rungs(results) if results.is_dir() else []
     if not documents:
@@ -614,7 +628,7 @@ def _ladder_lines(results: Path, figures: Path) -> list[str]:
 
 VERDICT_CLAIMS = {"A wider SAE has latents": "novel_latents", "Stitching interpolates": "monotone_path",
                   "Latents decompose": "meta_latents"}
-"""The start of each verdict's claim (canon_pl/verdicts.py) and its key in a calibration."""
+"""The start of each verdict's claim (canon_pl/study/verdicts.py) and its key in a calibration."""
 
 
 def _verdict_rows(verdicts: list[Any], calibration_results: str | os.PathLike | None) -> list[dict[str, str]]:
@@ -631,18 +645,46 @@ def _verdict_rows(verdicts: list[Any], calibration_results: str | os.PathLike | 
              **{k: v for k, v in row.items() if k != "claim"}} for row, key in zip(rows, keys)]
 
 
+def _matryoshka_comparison(run: Path, facts: dict[str, Any], trained: bool, reason: str,
+                           matryoshka_results: str | os.PathLike | None) -> tuple[dict[str, Any], Any, str | None] | None:
+    """(tables, verdict, where committed tables came from or ``None``) of the Matryoshka comparison: the run's own
+    (written to ``matryoshka_results`` when given), else the committed one at ``matryoshka_results``, else ``None``."""
+    from canon_pl.study.matryoshka_results import (
+        committed_verdict,
+        comparison_document,
+        read_comparison,
+        source_line,
+        write_comparison,
+    )
+
+    if facts["matryoshka"] is not None:
+        verdict = matryoshka_verdict(facts["pairs"], facts["matryoshka"]["pairs"], trained,
+                                     f"preconditions fail: {reason}")
+        tables = matryoshka_tables(facts)
+        if matryoshka_results is not None:
+            write_comparison(matryoshka_results, comparison_document(run, tables, verdict))
+        return tables, verdict, None
+    if matryoshka_results is None or not Path(matryoshka_results).is_file():
+        return None
+    document = read_comparison(matryoshka_results)
+    return document, committed_verdict(document, matryoshka_results), source_line(document, matryoshka_results)
+
+
 def write_report(run: str | os.PathLike, meta_dir: str | os.PathLike | None = None,
                  ladder_results: str | os.PathLike | None = None,
                  width_l0_results: str | os.PathLike | None = None,
                  calibration_results: str | os.PathLike | None = None,
-                 cache: str | os.PathLike | None = None) -> Path:
+                 cache: str | os.PathLike | None = None,
+                 matryoshka_results: str | os.PathLike | None = None) -> Path:
     """Write ``<run>/report.md`` and its figures (``<run>/report/*.png``); returns the report's path.
     ``calibration_results`` (``canon-pl calibrate``'s folder) opens each claim with its instrument's score on a
     known answer and adds the calibration section after the verdicts.
     ``ladder_results`` (a ladder's committed rungs, ``canon-pl ladder``) adds the section "does scale close the
     gap?" with its curves; ``width_l0_results`` (the committed evaluation summary of a family with sparsity
     variants) adds "width × L0" when the run's own family has none. ``cache`` (the activation cache the family
-    trained on) states the text it was captured from: its files' digest and the packages that installed them."""
+    trained on) states the text it was captured from: its files' digest and the packages that installed them.
+    ``matryoshka_results`` (a committed Matryoshka comparison, :mod:`canon_pl.study.matryoshka_results`): written
+    there when the run has a Matryoshka of its own, read from there (and said so) when it has none."""
     run = Path(run)
     meta_dir = Path(meta_dir) if meta_dir is not None else None
     facts = gather(run, meta_dir)
@@ -653,11 +695,9 @@ def write_report(run: str | os.PathLike, meta_dir: str | os.PathLike | None = No
     verdicts, (trained, reason) = study_verdicts(
         [{"d_sae": int(r.d_sae), "explained_variance": getattr(r, "explained_variance", None),
           "stuck_at_init_fraction": r.stuck_at_init_fraction} for r in widths.itertuples()], pairs, meta)
-    nested_verdict = None
-    if facts["matryoshka"] is not None:
-        nested_verdict = matryoshka_verdict(pairs, facts["matryoshka"]["pairs"], trained,
-                                            f"preconditions fail: {reason}")
-        verdicts.append(nested_verdict)
+    nested = _matryoshka_comparison(run, facts, trained, reason, matryoshka_results)
+    nested_verdict = nested[1] if nested is not None else None
+    verdicts += [nested_verdict] if nested_verdict is not None else []
     lines = [f"# canon-pl report: {run.name}", "",
              "Read from the run's files (family exports, `stitching/`, the meta-SAE analysis, `stats/`, the training "
              f"log); open them interactively with `canon-pl view --checkpoints {run.parent}` (the latent links below "
@@ -666,7 +706,7 @@ def write_report(run: str | os.PathLike, meta_dir: str | os.PathLike | None = No
              *([f"Text: {_cache_text(Path(cache))}.", ""] if cache is not None else []),
              "## Verdicts", "", f"Preconditions: **{'pass' if trained else 'fail'}** — {reason}.", "",
              _markdown_table(pd.DataFrame(_verdict_rows(verdicts, calibration_results))), "",
-             f"Rules (canon_pl/verdicts.py): every claim is *inconclusive* unless held-out EV rises with width and no "
+             f"Rules (canon_pl/study/verdicts.py): every claim is *inconclusive* unless held-out EV rises with width and no "
              f"member keeps half its decoder rows at their initialisation. Novel latents: reproduced when the novel "
              f"fraction by definition exceeds the cross-seed control's by ≥ {MARGIN:.0%} for every pair and "
              f"reconstruction latents are ≥ {MIN_SHARE:.0%}. Path: reproduced when every path stays within "
@@ -688,8 +728,8 @@ def write_report(run: str | os.PathLike, meta_dir: str | os.PathLike | None = No
         lines += _stitching_section(facts, figures)
     if meta is not None:
         lines += _meta_section(meta, facts["examples"])
-    if nested_verdict is not None:
-        lines += _matryoshka_section(facts, nested_verdict)
+    if nested is not None:
+        lines += _matryoshka_section(*nested)
     lines += _evaluation_section(run, pairs)
     novel = [p["classes"]["novel_fraction_definition"] for p in pairs]
     lines += ["## Against the paper", "", _markdown_table(pd.DataFrame([
@@ -708,5 +748,6 @@ def write_report(run: str | os.PathLike, meta_dir: str | os.PathLike | None = No
     return path
 
 
-__all__ = ["REPORT_FILE", "arm_description", "gather", "matryoshka_facts", "stuck_at_init_fraction", "training_curves",
+__all__ = ["REPORT_FILE", "arm_description", "gather", "matryoshka_facts", "matryoshka_tables", "stuck_at_init_fraction",
+           "training_curves",
            "write_report"]
