@@ -49,7 +49,7 @@ matryoshka: setup text
 	$(BIN)/canon-pl pipeline --config configs/pipeline_smollm2_matryoshka.yaml
 
 # Does scale close the gap? The study's family trained on past its budget, measured at rungs of 1.5 ... 24M tokens
-# (configs/ladder_smollm2.yaml); each rung's result is committed under benchmarks/ladder/ and never recomputed, an
+# (configs/ladder_smollm2.yaml); each rung's result is committed under results/ladder/ and never recomputed, an
 # interrupted rung resumes. `make ladder LADDER_ARGS="--only 1"` climbs one rung and stops.
 LADDER ?= configs/ladder_smollm2.yaml
 LADDER_ARGS ?=

@@ -1,5 +1,5 @@
 """The instruments on known answers (issue 52): `canon-pl calibrate` on the calibration family, timed (what the
-pipeline's calibrate stage costs). Writes benchmarks/calibration/calibration_small.json (the scores) and prints the
+pipeline's calibrate stage costs). Writes results/calibration/calibration_small.json (the scores) and prints the
 instrument table; `benchmarks/known_world_ladder.py` scores the family of the study's shape over training. The ratio: the definition's accuracy over the cosine proxy's on the planted world,
 measured side by side on the same latents.
 
@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-RESULTS = REPO / "benchmarks" / "calibration"
+RESULTS = REPO / "results" / "calibration"
 
 
 def main() -> None:

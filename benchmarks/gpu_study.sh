@@ -24,10 +24,10 @@ echo "gpu study wall time: $(( $(date +%s) - start )) s" | tee -a "$OUT/pipeline
 cp checkpoints/family_smollm2_gpu/report.md "$OUT/report.md"
 cp -r checkpoints/family_smollm2_gpu/report "$OUT/" 2>/dev/null || true
 # The training ladder to 10^8 tokens (configs/gpu/ladder_smollm2_gpu.yaml), when LADDER_TIMEOUT (seconds) is set: each
-# finished rung lands in benchmarks/ladder/smollm2_gpu/ (copied to $OUT too); an unfinished one resumes next time.
+# finished rung lands in results/ladder/smollm2_gpu/ (copied to $OUT too); an unfinished one resumes next time.
 if [ "${LADDER_TIMEOUT:-0}" -gt 0 ]; then
     timeout "$LADDER_TIMEOUT" "$PYTHON" -m canon_pl.cli ladder --config configs/gpu/ladder_smollm2_gpu.yaml \
         --device cuda 2>&1 | tee "$OUT/ladder.log" || true
-    cp -r benchmarks/ladder/smollm2_gpu "$OUT/ladder" 2>/dev/null || true
+    cp -r results/ladder/smollm2_gpu "$OUT/ladder" 2>/dev/null || true
 fi
 

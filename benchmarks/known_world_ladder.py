@@ -5,7 +5,7 @@ token) is trained rung by rung in its own run folder; at each rung its export is
 and every instrument is scored against the truth (`canon_pl.calibration.score.score_family`): what each width holds
 of the truth, the stitching classification's precision and recall, matched consistency against the truth's share,
 the study's verdicts against the truth's, the meta-SAE on the widest decoder. Each rung writes one small JSON,
-`benchmarks/calibration/study_shape/rung_<steps>.json`, committed and never recomputed; an interrupted rung resumes
+`results/calibration/study_shape/rung_<steps>.json`, committed and never recomputed; an interrupted rung resumes
 from the run's newest checkpoint. A rung of 500 steps takes about 10 minutes on 2 CPU cores.
 
     python benchmarks/known_world_ladder.py [--rungs 500 1000 1500] [--run checkpoints/family_known_world]
@@ -28,7 +28,7 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "configs" / "family_known_world.yaml"
-RESULTS = REPO / "benchmarks" / "calibration" / "study_shape"
+RESULTS = REPO / "results" / "calibration" / "study_shape"
 
 
 def rung_family(run: Path, steps: int) -> Path:

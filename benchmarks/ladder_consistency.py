@@ -7,7 +7,7 @@ Run after `make ladder` on the machine that kept `checkpoints/ladder_smollm2/run
 For every kept rung: the Hungarian-matched decoder consistency (canon_pl/stitching/consistency.py) of each
 width against its other seed (seed consistency) and of each adjacent pair of widths (how much of S the wider L
 keeps), as the mean matched cosine and the shares at cosine 0.7 and 0.9. Writes
-`benchmarks/ladder/smollm2/consistency.json` and prints a table; ends with ``ratio:`` the 2,304-latent seed
+`results/ladder/smollm2/consistency.json` and prints a table; ends with ``ratio:`` the 2,304-latent seed
 consistency (share at 0.9) at the last rung over the first.
 """
 
@@ -40,7 +40,7 @@ def rung_consistency(folder: Path) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rungs", default=str(REPO / "checkpoints" / "ladder_smollm2" / "rungs"))
-    parser.add_argument("--out", default=str(REPO / "benchmarks" / "ladder" / "smollm2" / "consistency.json"))
+    parser.add_argument("--out", default=str(REPO / "results" / "ladder" / "smollm2" / "consistency.json"))
     args = parser.parse_args()
     rungs = sorted((int(p.name), p) for p in Path(args.rungs).iterdir() if p.name.isdigit())
     if not rungs:

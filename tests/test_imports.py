@@ -141,3 +141,19 @@ def test_the_floor_walk_finds_an_import_from_a_higher_floor() -> None:
     assert upward_imports(graph) == ["canon_pl.stitching.path -> canon_pl.study.report"]
     assert floor_of("canon_pl.io.atomic") < floor_of("canon_pl.io.load") < floor_of("canon_pl.study.report")
     assert floor_of("canon_pl.study.stages") == floor_of("canon_pl.commands.pipeline")
+
+
+MAX_FUNCTION_LINES = 80
+
+
+def test_no_function_of_the_package_or_the_viewer_is_longer_than_80_lines() -> None:
+    """A function that grows past a screen gets split into named steps (docs/design.md, "Floors")."""
+    long = []
+    for root in (PACKAGE, PACKAGE.parent / "apps"):
+        for path in root.rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                    lines = node.end_lineno - node.lineno + 1
+                    if lines > MAX_FUNCTION_LINES:
+                        long.append(f"{path.relative_to(PACKAGE.parent)}:{node.lineno} {node.name} ({lines} lines)")
+    assert long == []

@@ -223,6 +223,53 @@ def test_each_stage_is_one_record_the_pipeline_reads_its_order_options_and_check
         "calibrate", "cache", "family", "stitch", "meta-sae", "stats", "meta stats", "evaluate", "report"]
 
 
+def test_a_new_stage_is_one_record_the_pipeline_runs_skips_when_done_and_the_report_times(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    """Registering a stage touches one place, ``STAGES``: the pipeline runs it in its order, skips it once its
+    done-check reads its output back, and the report's stage times list it (the rest of the study is left out here:
+    the run is an analysed family already)."""
+    from canon_pl.study import stages
+    from canon_pl.study.stages import Stage
+    from tests.viewer_data import build_analysed_run
+
+    run = build_analysed_run(tmp_path)["root"] / "fam"
+    marker = run / "toy.txt"
+
+    def run_toy(cfg: dict, device: str) -> int:
+        marker.write_text(f"toy stage on {len(cfg['widths'])} widths")
+        return 0
+
+    toy = Stage("toy", run_toy, lambda cfg: marker.read_text().startswith("toy stage"), needs_family=False)
+    monkeypatch.setattr(stages, "STAGES", (toy, stages.stage_named("report")))
+    fit = {"trainer": {"max_steps": 1, "default_root_dir": str(run)},
+           "model": {"class_path": "canon_pl.training.SAEFamilyModule",
+                     "init_args": {"d_in": 32, "widths": [8, 16], "sae": {"k": 2}}},
+           "data": {"class_path": "canon_pl.training.SyntheticActivationDataModule", "init_args": {"d_in": 32}}}
+    (tmp_path / "fit.yaml").write_text(yaml.safe_dump(fit))
+    (tmp_path / "pipeline.yaml").write_text(yaml.safe_dump({"fit_config": str(tmp_path / "fit.yaml")}))
+    first = run_here("pipeline", "--config", str(tmp_path / "pipeline.yaml"), capsys=capsys)
+    assert first.returncode == 0, first.stderr[-2000:]
+    assert "[1/2] toy ..." in first.stdout and marker.read_text() == "toy stage on 2 widths"
+    assert re.search(r"^\| toy \| [\d.]+ s \|", (run / "report.md").read_text(), re.M)
+    again = run_here("pipeline", "--config", str(tmp_path / "pipeline.yaml"), capsys=capsys)
+    assert again.returncode == 0 and "[1/2] toy: done already, skipped" in again.stdout
+
+
+def test_the_matryoshka_arm_is_the_study_config_with_one_section_more(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``base:`` overlays: the arm states only what it changes (its sections replace the base's whole), runs in the
+    study's folder, and writes the comparison the study reads."""
+    from canon_pl.commands.pipeline import load_pipeline_yaml
+    from canon_pl.study.stages import stages_of
+
+    monkeypatch.chdir(REPO)
+    study = load_pipeline_yaml(Path("configs/pipeline_smollm2.yaml"))
+    arm = load_pipeline_yaml(Path("configs/pipeline_smollm2_matryoshka.yaml"))
+    assert "matryoshka" not in study and set(arm) == set(study) | {"matryoshka"}
+    assert {k: v for k, v in arm.items() if k != "matryoshka"} == study
+    assert "matryoshka" not in [s.name for s in stages_of(study)]
+    assert "matryoshka" in [s.name for s in stages_of(arm)]
+
+
 def test_the_time_left_scales_the_reference_times_by_this_machines_pace() -> None:
     from canon_pl.study.stage_times import estimate_left
 

@@ -397,6 +397,10 @@ def study_shaped_run(root: Path) -> dict:
     x = torch.randn(400, 32)
     study = analyze_pair(small, large, x, control=other, control_name="32_seed1", granularity=True)
     write_stitching_results(study, root / "fam" / "stitching")
+    for folder, sae in (("16", small), ("32", large), ("32_seed1", other)):
+        export_sae(sae, root / "fam" / folder)
+    write_family_manifest(root / "fam", {16: "16", 32: "32"}, small.cfg, tokens=0,
+                          controls={"32_seed1": {"width": 32, "init_seed": 3}})
     prefixes = root / "fam" / "matryoshka_prefixes"
     whole = {"d_sae": 32, "architecture": "batchtopk"}
     for width, sae in ((16, small), (32, large)):
@@ -433,9 +437,18 @@ def test_the_stitching_page_opens_on_the_study_pair_with_the_definition_and_its_
     # the path at every granularity of grouping, pair and control, as the report draws it
     assert any(h.value == "The path at every granularity of grouping" for h in app.subheader)
     assert "path peak against group granularity" in specs
+    # what the report concludes on the family, from the report's own function and rules
+    from canon_pl.study.report import family_frame, family_pairs, run_verdicts
+
+    run = tmp_path / "fam"
+    verdicts, _ = run_verdicts(family_frame(run), [d["summary"] for d in family_pairs(run)], None)
+    said = "".join(m.value for m in app.markdown)
+    assert "The report's verdicts on this family" in said
+    assert all(f"{v.claim}: **{v.verdict}** — {v.why}" in said for v in verdicts[:3])
     prefixes = open_page(tmp_path, page="Stitching", run="fam/matryoshka_prefixes")  # ?run= picks the run's pair
     assert prefixes.sidebar.selectbox[0].value == "fam/matryoshka_prefixes · 16 → 32"
     assert any("Matryoshka prefixes" in c.value for c in prefixes.caption)
+    assert "The report's verdicts on this family" not in "".join(m.value for m in prefixes.markdown)
     stale = open_page(tmp_path, page="Stitching", run="gone")
     assert "no stitching results for run 'gone'" in stale.warning[0].value
 

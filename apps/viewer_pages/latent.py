@@ -6,6 +6,7 @@ from __future__ import annotations
 import html
 
 from pathlib import Path
+from typing import Any
 
 import altair as alt
 import pandas as pd
@@ -74,6 +75,28 @@ def render(root: Path) -> None:
         st.error(str(err))
         return
     st.subheader(f"{label} · {member} · latent {j}")
+    _latent_body(view)
+    run_dir = found[label].parent
+    decoders = load_family_decoders(str(run_dir))
+    _partners(stats, label, member, j, run_dir, decoders)
+    nearest = nearest_in_other_widths(decoders, member, j)
+    if len(nearest):
+        smaller = nearest[nearest["width"] < int(member)]
+        if len(smaller):
+            next_smaller = int(smaller["width"].max())
+            closest = smaller[smaller["width"] == next_smaller]["cosine"].max()
+            st.markdown(relative_to_smaller(run_dir, next_smaller, int(member), j, closest))
+        st.markdown("**nearest latents in the other widths** (decoder cosine)")
+        nearest = nearest.assign(page=[latent_url(label, str(w), i) for w, i in zip(nearest["width"],
+                                                                                    nearest["latent"])])
+        st.dataframe(nearest, hide_index=True,
+                     column_config={"page": st.column_config.LinkColumn("latent page", display_text="open")})
+    _meta_decomposition(root, run_dir, label, member, j)
+
+
+def _latent_body(view: dict[str, Any]) -> None:
+    """How often the latent fires, the tokens it promotes and suppresses, its top and sampled activations in
+    context, and its activation histogram."""
     st.metric("fires on", f"{view['frequency']:.3%} of tokens")
     left, right = st.columns(2)
     left.markdown(tokens_line("promoted tokens", view["promoted"]), unsafe_allow_html=True)
@@ -88,8 +111,11 @@ def render(root: Path) -> None:
     if len(view["histogram"]):
         st.altair_chart(alt.Chart(view["histogram"], title="activation histogram").mark_bar().encode(
             x=alt.X("log10_activation:Q", title="log10 activation"), y=alt.Y("count:Q")), width="stretch")
-    run_dir = found[label].parent
-    decoders = load_family_decoders(str(run_dir))
+
+
+def _partners(stats: Any, label: str, member: str, j: int, run_dir: Path, decoders: Any) -> None:
+    """Latent ``j``'s seed partner (nearest decoder row in the same width's other seed) and its co-firing partners
+    (the next smaller width, the seed control), linked when their statistics exist."""
     partners = seed_partners(decoders, load_control_decoders(str(run_dir)), member, j)
     for row in partners.itertuples():
         target = (anchor(f"latent {row.latent}", latent_url(label, row.control, row.latent))
@@ -108,18 +134,11 @@ def render(root: Path) -> None:
                   if partner["other"] in stats.members else f"latent {partner['latent']}")
         st.markdown(f"**co-firing** in {html.escape(partner['other'])}, {where}: {target}, Jaccard {partner['jaccard']:.2f} "
                     f"(the share of the tokens either fires on that both fire on)", unsafe_allow_html=True)
-    nearest = nearest_in_other_widths(decoders, member, j)
-    if len(nearest):
-        smaller = nearest[nearest["width"] < int(member)]
-        if len(smaller):
-            next_smaller = int(smaller["width"].max())
-            closest = smaller[smaller["width"] == next_smaller]["cosine"].max()
-            st.markdown(relative_to_smaller(run_dir, next_smaller, int(member), j, closest))
-        st.markdown("**nearest latents in the other widths** (decoder cosine)")
-        nearest = nearest.assign(page=[latent_url(label, str(w), i) for w, i in zip(nearest["width"],
-                                                                                    nearest["latent"])])
-        st.dataframe(nearest, hide_index=True,
-                     column_config={"page": st.column_config.LinkColumn("latent page", display_text="open")})
+
+
+def _meta_decomposition(root: Path, run_dir: Path, label: str, member: str, j: int) -> None:
+    """The meta-latents latent ``j`` is built from (when a meta-SAE of ``member`` exists), with the latents that
+    share each."""
     meta_dir = meta_analysis_of(str(root), str(run_dir), member)
     if meta_dir is None:
         return

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import streamlit as st
 
@@ -14,9 +15,10 @@ from canon_pl.viewer.charts import (
     path_l0_chart,
 )
 from canon_pl.viewer.links import latent_url
-from canon_pl.viewer.stitching import granularity_points, headline, settings_mismatch_in_run
+from canon_pl.viewer.stitching import StitchingPair, granularity_points, headline, settings_mismatch_in_run
 from viewer_pages.common import (
     choose,
+    family_verdicts,
     links,
     load_stitching,
     statistics_of,
@@ -33,15 +35,7 @@ def render(root: Path) -> None:
         st.info(f"No stitching results under {root}. Create them with `canon-pl stitch checkpoints/<family> "
                 f"--data python-docs`, or add `canon_pl.training.StitchingCallback` to a family run.")
         return
-    labels = [p.label for p in pairs]
-    asked_run = st.query_params.get("run")
-    if asked_run is not None and "pair" not in st.query_params:  # ?run= opens that run's first pair
-        of_run = [p.label for p in pairs if p.run == asked_run]
-        if of_run:
-            st.query_params["pair"] = of_run[0]
-        else:
-            st.warning(f"no stitching results for run {asked_run!r} under {root}; showing {labels[0]}")
-    pair = pairs[labels.index(choose("pair", labels, "pair"))]
+    pair = _chosen_pair(root, pairs)
     if pair.nested:
         st.caption("Matryoshka prefixes: the larger SAE holds the smaller one's latents, so its reconstruction "
                    "latents are the prefix's own; the study's claim is about the independently trained widths.")
@@ -50,8 +44,46 @@ def render(root: Path) -> None:
         st.warning(mismatch)
     data = load_stitching(str(pair.path))
     s = data["summary"]
-    small, large = str(s["small"]["d_sae"]), str(s["large"]["d_sae"])
     h = headline(s)
+    _headline_metrics(s, h)
+    if not pair.nested:
+        _family_verdicts(pair)
+    left, right = st.columns(2)
+    left.altair_chart(cosine_histogram_chart(data["histogram"], s["tau"], str(s["small"]["d_sae"])), width="stretch")
+    right.altair_chart(path_by_step_chart(data["path_drawn"], s["fvu_small"], s["fvu_large"]), width="stretch")
+    leaves = int((data["path"]["fvu"] > max(s["fvu_small"], s["fvu_large"])).sum())
+    control_excess = (s.get("control") or {}).get("path_excess")
+    seeds = "" if control_excess is None else f" (between two seeds of L: {1 + control_excess:.2f}x)"
+    right.caption(f"{leaves:,} of {len(data['path']):,} steps lie above the worse endpoint's FVU (outside the shaded "
+                  f"band); the path's peak is {1 + s['path_excess']:.2f}x the worse endpoint{seeds}.")
+    st.altair_chart(path_l0_chart(data["path_drawn"]), width="stretch")
+    _control_charts(data, h, pair)
+    granularity = granularity_points([s])
+    if not granularity.empty:
+        st.subheader("The path at every granularity of grouping")
+        st.caption("The path walked again with its latents grouped ever more coarsely (decoder cosine at falling "
+                   "thresholds, then by reconstruction overlap); the paper's claim holds when the pair's path (solid) "
+                   "falls below 1.05x at finer groups than its cross-seed control's (dashed).")
+        st.altair_chart(granularity_chart(granularity), width="stretch")
+    _latent_tables(root, pair, data)
+
+
+def _chosen_pair(root: Path, pairs: list[StitchingPair]) -> StitchingPair:
+    """The pair the sidebar (or ``?pair=``, or ``?run=``: that run's first pair) chooses."""
+    labels = [p.label for p in pairs]
+    asked_run = st.query_params.get("run")
+    if asked_run is not None and "pair" not in st.query_params:  # ?run= opens that run's first pair
+        of_run = [p.label for p in pairs if p.run == asked_run]
+        if of_run:
+            st.query_params["pair"] = of_run[0]
+        else:
+            st.warning(f"no stitching results for run {asked_run!r} under {root}; showing {labels[0]}")
+    return pairs[labels.index(choose("pair", labels, "pair"))]
+
+
+def _headline_metrics(s: dict[str, Any], h: dict[str, Any]) -> None:
+    """The pair's headline: novel latents by the definition beside their cross-seed control and spread, the FVUs,
+    and the cosine proxy with its agreement."""
     cols = st.columns(4)
     cols[0].metric("novel latents (by definition)", "—" if h["n_novel_definition"] is None
                    else f"{h['n_novel_definition']:,}",
@@ -70,23 +102,34 @@ def render(root: Path) -> None:
                     delta_color="off", delta_arrow="off", help="no decoder row of S within cosine tau: the cheap proxy")
     proxy[1].metric("proxy agrees with the definition",
                     "—" if h["agreement"] is None else f"{h['agreement']:.1%}")
-    latents = data["latents"]
-    left, right = st.columns(2)
-    left.altair_chart(cosine_histogram_chart(data["histogram"], s["tau"], small), width="stretch")
-    right.altair_chart(path_by_step_chart(data["path_drawn"], s["fvu_small"], s["fvu_large"]), width="stretch")
-    leaves = int((data["path"]["fvu"] > max(s["fvu_small"], s["fvu_large"])).sum())
-    control_excess = (s.get("control") or {}).get("path_excess")
-    seeds = "" if control_excess is None else f" (between two seeds of L: {1 + control_excess:.2f}x)"
-    right.caption(f"{leaves:,} of {len(data['path']):,} steps lie above the worse endpoint's FVU (outside the shaded "
-                  f"band); the path's peak is {1 + s['path_excess']:.2f}x the worse endpoint{seeds}.")
-    st.altair_chart(path_l0_chart(data["path_drawn"]), width="stretch")
-    control = data["control"]
+
+
+STITCHING_CLAIMS = ("A wider SAE has latents", "Stitching interpolates", "A monotone path needs finer groups")
+"""The claims (the start of each verdict's) this page shows: novel latents, the path, the path's granularity."""
+
+
+def _family_verdicts(pair: StitchingPair) -> None:
+    """What the report concludes on this pair's family, from the same rules (canon_pl/study/verdicts.py)."""
+    try:
+        rows, trained, reason = family_verdicts(str(pair.run_folder))
+    except Exception as err:  # noqa: BLE001 - a family the report cannot read: say why, keep the page
+        st.caption(f"The report's verdicts cannot be read for {pair.run_folder}: {err}")
+        return
+    shown = [r for r in rows if r["claim"].startswith(STITCHING_CLAIMS)]
+    lines = [f"- {r['claim']}: **{r['verdict']}** — {r['why']}" for r in shown]
+    st.markdown("**The report's verdicts on this family** (rules: `canon_pl/study/verdicts.py`, "
+                f"preconditions {'pass' if trained else 'fail'}: {reason})\n" + "\n".join(lines))
+
+
+def _control_charts(data: dict[str, Any], h: dict[str, Any], pair: StitchingPair) -> None:
+    """The same charts for L against its other seed (or why a results file has none)."""
+    s, control = data["summary"], data["control"]
     if control is not None:
         st.subheader(f"The control: L against its other seed ({h['control_name']})")
         st.caption("The same charts for two SAEs of L's width that differ only in their init seed: what the pair's "
                    "cosines and path would look like if width changed nothing.")
         left, right = st.columns(2)
-        left.altair_chart(cosine_histogram_chart(control["histogram"], s["tau"], f"{large} (other seed)"),
+        left.altair_chart(cosine_histogram_chart(control["histogram"], s["tau"], f"{s['large']['d_sae']} (other seed)"),
                           width="stretch")
         ends = control["path"]["fvu"]
         right.altair_chart(path_by_step_chart(control["path_drawn"], float(ends.iloc[0]), float(ends.iloc[-1]),
@@ -94,17 +137,17 @@ def render(root: Path) -> None:
     elif h["control_name"] is not None:
         st.caption(f"This results file predates the control's stored path: `canon-pl stitch {pair.run_folder}` "
                    "again draws the pair against its control.")
-    granularity = granularity_points([s])
-    if not granularity.empty:
-        st.subheader("The path at every granularity of grouping")
-        st.caption("The path walked again with its latents grouped ever more coarsely (decoder cosine at falling "
-                   "thresholds, then by reconstruction overlap); the paper's claim holds when the pair's path (solid) "
-                   "falls below 1.05x at finer groups than its cross-seed control's (dashed).")
-        st.altair_chart(granularity_chart(granularity), width="stretch")
+
+
+def _latent_tables(root: Path, pair: StitchingPair, data: dict[str, Any]) -> None:
+    """L's latents (novel only on request) and the reconstruction groups, linked to their Latent pages when the run
+    has statistics."""
+    s = data["summary"]
+    small, large = str(s["small"]["d_sae"]), str(s["large"]["d_sae"])
     run = str(pair.run_folder.relative_to(root))
     linked = run in statistics_of(str(root))
     st.subheader("Large latents")
-    table = latents.sort_values("delta_mse_alone")
+    table = data["latents"].sort_values("delta_mse_alone")
     config = {}
     if linked:
         table = table.assign(page=[latent_url(run, large, j) for j in table["latent"]])

@@ -248,10 +248,9 @@ def ladder(*, config: str, device: str = default_device(), only: int | None = No
         draw: only redraw the curves and the summary from the committed rungs (no training, no measurement)
     """
     from canon_pl.checks import check_counts, check_device
-    from canon_pl.study.stages import run_stage, stage_done
-    from canon_pl.io.atomic import atomic_write_json
     from canon_pl.study.ladder_report import write_ladder_figures
     from canon_pl.study.ladder_results import consistency_plateau
+    from canon_pl.study.stages import run_stage, stage_done
 
     check_device(device)
     if only is not None:
@@ -288,25 +287,7 @@ def ladder(*, config: str, device: str = default_device(), only: int | None = No
             rate = (time.monotonic() - started) / done_steps
             eta = f", ETA of the whole ladder {rate * (todo[-1] - _trained_steps(cfg)) / 60:.0f} min"
         print(f"[rung {i}/{len(todo)}] {steps} steps ({steps * cfg.batch_size / 1e6:.1f}M tokens){eta}", flush=True)
-        t0 = time.monotonic()
-        before = _trained_steps(cfg)
-        train_to(cfg, steps)
-        t1 = time.monotonic()
-        measured = measure_rung(cfg, steps, device)
-        t2 = time.monotonic()
-        done_steps += max(steps - before, 0)
-        document = RUNG.stamp({
-            "steps": steps, "tokens": steps * cfg.batch_size, "batch_size": cfg.batch_size,
-            "analysis_tokens": cfg.tokens, "pipeline": str(cfg.pipeline.get("fit_config")),
-            **measured,
-            "wall_seconds": {"train": round(t1 - t0, 1), "measure": round(t2 - t1, 1),
-                             "trained_from_step": before},
-            "machine": f"{platform.machine()}, {_cores()} cores, device {device}", "date": date.today().isoformat(),
-        })
-        cfg.results.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(cfg.rung_file(steps), document)
-        print(f"  wrote {cfg.rung_file(steps)} (train {t1 - t0:.0f} s, measure {t2 - t1:.0f} s)", flush=True)
-        write_ladder_figures(finished_rungs(cfg.results), cfg.results)
+        done_steps += climb_rung(cfg, steps, device)
         reached, agreement = consistency_plateau(finished_rungs(cfg.results))
         print(f"  convergence: {agreement}", flush=True)
         if cfg.stop_at_plateau and reached is not None:
@@ -318,6 +299,32 @@ def ladder(*, config: str, device: str = default_device(), only: int | None = No
     print(json.dumps({"rungs_committed": [d["steps"] for d in finished_rungs(cfg.results)] if cfg.results.is_dir()
                       else []}))
     return 0
+
+
+def climb_rung(cfg: LadderConfig, steps: int, device: str) -> int:
+    """Train the ladder's run to ``steps`` (from its newest whole checkpoint), measure the rung and commit its
+    document (``<results>/rung_<steps>.json``) and the redrawn curves; returns the steps trained now."""
+    from canon_pl.io.atomic import atomic_write_json
+    from canon_pl.study.ladder_report import write_ladder_figures
+
+    t0 = time.monotonic()
+    before = _trained_steps(cfg)
+    train_to(cfg, steps)
+    t1 = time.monotonic()
+    measured = measure_rung(cfg, steps, device)
+    t2 = time.monotonic()
+    document = RUNG.stamp({
+        "steps": steps, "tokens": steps * cfg.batch_size, "batch_size": cfg.batch_size,
+        "analysis_tokens": cfg.tokens, "pipeline": str(cfg.pipeline.get("fit_config")),
+        **measured,
+        "wall_seconds": {"train": round(t1 - t0, 1), "measure": round(t2 - t1, 1), "trained_from_step": before},
+        "machine": f"{platform.machine()}, {_cores()} cores, device {device}", "date": date.today().isoformat(),
+    })
+    cfg.results.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(cfg.rung_file(steps), document)
+    print(f"  wrote {cfg.rung_file(steps)} (train {t1 - t0:.0f} s, measure {t2 - t1:.0f} s)", flush=True)
+    write_ladder_figures(finished_rungs(cfg.results), cfg.results)
+    return max(steps - before, 0)
 
 
 def remeasure_rungs(cfg: LadderConfig, device: str) -> int:

@@ -50,8 +50,7 @@ def meta_sae(*, sae: str, width: int | None = None, d_sae: int | None = None, d_
     import lightning as L
     from lightning.pytorch.loggers import CSVLogger
 
-    from canon_pl.checks import check_counts, check_output_folder, check_positive
-    from canon_pl.meta import check_meta_width
+    from canon_pl.checks import check_output_folder
     from canon_pl.training import (
         DecoderRowsDataModule,
         MetaSAEAnalysisCallback,
@@ -62,31 +61,11 @@ def meta_sae(*, sae: str, width: int | None = None, d_sae: int | None = None, d_
     )
     from canon_pl.training.meta import META_SAE_SETTINGS
 
-    check_counts(**{"--k": k, "--steps": steps, "--batch_size": batch_size, "--tokens": tokens})
-    check_counts(0, **{"--baseline_steps": baseline_steps})
-    check_positive(**{"--lr": lr})
-    if d_sae is not None:
-        check_counts(**{"--d_sae": d_sae})
-    if floor_steps is not None:
-        check_counts(0, **{"--floor_steps": floor_steps})
-    if d_sae_per_d_in is not None:
-        check_positive(**{"--d_sae_per_d_in": d_sae_per_d_in})
-    if out:
-        check_output_folder(out)
+    check_meta_options(k=k, steps=steps, batch_size=batch_size, tokens=tokens, baseline_steps=baseline_steps, lr=lr,
+                       d_sae=d_sae, floor_steps=floor_steps, d_sae_per_d_in=d_sae_per_d_in, out=out)
     rows = DecoderRowsDataModule(sae, width=width, batch_size=batch_size, seed=seed)
     n_rows = rows.rows.shape[0]
-    if d_sae and d_sae_per_d_in:
-        raise SettingError("give --d_sae or --d_sae_per_d_in, not both")
-    if d_sae_per_d_in:
-        n_meta = max(1, round(d_sae_per_d_in * rows.d_in))
-    else:
-        n_meta = d_sae or max(1, round(n_rows / 21))
-    check_meta_width(n_rows, n_meta)
-    for multiple in sweep_d_sae_per_d_in or []:  # refused before any training, not after the meta-SAE
-        check_positive(**{"--sweep_d_sae_per_d_in": multiple})
-        check_meta_width(n_rows, max(1, round(multiple * rows.d_in)))
-    if sweep_d_sae_per_d_in and floor_steps == 0:
-        raise SettingError("a width sweep trains as long as the floors; drop --floor_steps 0")
+    n_meta = meta_width(n_rows, rows.d_in, d_sae, d_sae_per_d_in, sweep_d_sae_per_d_in, floor_steps)
     out_dir = Path(out) if out else check_output_folder(RunLayout("checkpoints").meta_sae(n_rows))
     L.seed_everything(seed, verbose=False)
     settings = dataclasses.replace(META_SAE_SETTINGS, k=k, encoder_bias=encoder_bias)
@@ -104,6 +83,45 @@ def meta_sae(*, sae: str, width: int | None = None, d_sae: int | None = None, d_
     trainer.fit(module, rows)
     print(f"meta-SAE of {n_rows} latents ({n_meta} meta-latents, k={k}) written to {out_dir}")
     return 0
+
+
+def check_meta_options(*, k: int, steps: int, batch_size: int, tokens: int, baseline_steps: int, lr: float,
+                       d_sae: int | None, floor_steps: int | None, d_sae_per_d_in: float | None,
+                       out: str | None) -> None:
+    """The meta-SAE's numbers and output folder, refused (one error naming the option) before anything is read."""
+    from canon_pl.checks import check_counts, check_output_folder, check_positive
+
+    check_counts(**{"--k": k, "--steps": steps, "--batch_size": batch_size, "--tokens": tokens})
+    check_counts(0, **{"--baseline_steps": baseline_steps})
+    check_positive(**{"--lr": lr})
+    if d_sae is not None:
+        check_counts(**{"--d_sae": d_sae})
+    if floor_steps is not None:
+        check_counts(0, **{"--floor_steps": floor_steps})
+    if d_sae_per_d_in is not None:
+        check_positive(**{"--d_sae_per_d_in": d_sae_per_d_in})
+    if d_sae and d_sae_per_d_in:
+        raise SettingError("give --d_sae or --d_sae_per_d_in, not both")
+    if out:
+        check_output_folder(out)
+
+
+def meta_width(n_rows: int, d_in: int, d_sae: int | None, d_sae_per_d_in: float | None,
+               sweep_d_sae_per_d_in: list[float] | None, floor_steps: int | None) -> int:
+    """The meta-SAE's width for a base of ``n_rows`` decoder rows of ``d_in``: ``d_sae``, else ``d_sae_per_d_in`` x
+    ``d_in``, else the paper's ratio (``n_rows / 21``); it and every width of the sweep checked against the base
+    before any training."""
+    from canon_pl.checks import check_positive
+    from canon_pl.meta import check_meta_width
+
+    n_meta = max(1, round(d_sae_per_d_in * d_in)) if d_sae_per_d_in else d_sae or max(1, round(n_rows / 21))
+    check_meta_width(n_rows, n_meta)
+    for multiple in sweep_d_sae_per_d_in or []:  # refused before any training, not after the meta-SAE
+        check_positive(**{"--sweep_d_sae_per_d_in": multiple})
+        check_meta_width(n_rows, max(1, round(multiple * d_in)))
+    if sweep_d_sae_per_d_in and floor_steps == 0:
+        raise SettingError("a width sweep trains as long as the floors; drop --floor_steps 0")
+    return n_meta
 
 
 def meta_sae_command(argv: list[str]) -> int:

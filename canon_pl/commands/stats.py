@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -157,6 +158,18 @@ def stats(*, run: str, tokens: int = 65536, text: str | None = None, model: str 
                                                             n_sample=samples, window=window)
     if not contexts:
         raise StatsError(f"the text source {settings.text!r} gave no held-out contexts")
+    index, n_tokens = _write_family_statistics(out_dir, saes, loaded, collectors, contexts, cofiring, meta={
+        "model_id": model_id, "hook_point": hook_point, "text": settings.text, "n_top": top, "n_sample": samples,
+        "context_length": settings.context_length, "n_layers": loaded.n_layers})
+    print(f"statistics of {len(saes)} SAE(s) over {n_tokens} tokens written to {index}")
+    return 0
+
+
+def _write_family_statistics(out_dir: Path, saes: dict, loaded: LoadedModel, collectors: Any, contexts: list[Tensor],
+                             cofiring: dict, meta: dict[str, Any]) -> tuple[Path, int]:
+    """Write the statistics of ``saes`` (their collectors, the held-out ``contexts`` ``[n, context_length]`` each,
+    the co-firing counts of each pair) with every SAE's unembedded decoder directions and the strings of every
+    token mentioned; returns the index's path and the number of tokens passed."""
     unembed, norm_weight = _unembedding(loaded)
     unembedded = {name: unembedding_directions(sae.W_dec.detach(), unembed, norm_weight)
                   for name, sae in saes.items()}
@@ -167,11 +180,8 @@ def stats(*, run: str, tokens: int = 65536, text: str | None = None, model: str 
     partners = {(a, kind): (b, *cofiring[(a, b)].best_partners()) for (a, b), kind in
                 ((pair, "smaller" if pair[1] in saes else "seed") for pair in cofiring)}
     index = write_statistics(out_dir, collectors, all_contexts, unembedded, token_strings=token_strings,
-                             cofiring=partners, meta={
-        "model_id": model_id, "hook_point": hook_point, "text": settings.text, "n_top": top, "n_sample": samples,
-        "context_length": settings.context_length, "n_layers": loaded.n_layers})
-    print(f"statistics of {len(saes)} SAE(s) over {all_contexts.numel()} tokens written to {index}")
-    return 0
+                             cofiring=partners, meta=meta)
+    return index, all_contexts.numel()
 
 
 def stats_command(argv: list[str]) -> int:

@@ -148,6 +148,26 @@ def _downsample(points: int, keep: int) -> Tensor:
     return torch.unique(torch.linspace(0, points - 1, keep).round().long())
 
 
+@dataclass(frozen=True)
+class PairOptions:
+    """How one pair is analysed (:func:`analyze_pair`'s keyword settings, in one place).
+
+    tau: the decoder-cosine threshold of matching and groups. spread_chunks: chunks of the tokens for the novel
+    fraction's spread. granularity: also the path at every granularity of grouping, on the first
+    ``granularity_tokens`` tokens. control_extras: with a control, also its path, replicate and spread (about half
+    the cost). ce_points: points along the path where ``spliced_loss`` measures the next-token loss. data: the source
+    the activations came from (recorded). progress: progress bars."""
+
+    tau: float = DEFAULT_TAU
+    spread_chunks: int = 8
+    granularity: bool = False
+    granularity_tokens: int = GRANULARITY_TOKENS
+    control_extras: bool = True
+    ce_points: int = 0
+    data: str | None = None
+    progress: bool = False
+
+
 @torch.no_grad()
 def analyze_pair(small: SparseAutoencoder, large: SparseAutoencoder, activations: Tensor, tau: float = DEFAULT_TAU,
                  spliced_loss: SplicedLoss | None = None, ce_points: int = 0, progress: bool = False,
@@ -166,44 +186,75 @@ def analyze_pair(small: SparseAutoencoder, large: SparseAutoencoder, activations
     or a text source) is recorded with ``tau`` and the token count: the :data:`SETTINGS` that
     :func:`settings_mismatch` compares across the results of one run. ``control_extras=False`` leaves out the
     control's path, replicate and per-chunk spread (about half the analysis's cost; a monitor during training needs
-    only the control's novel fractions and consistency).
+    only the control's novel fractions and consistency). The steps: :func:`_checked_pair`, then matching and
+    classification, :func:`_control_analysis`, the path, :func:`_path_ce` and :func:`_summary`.
     """
-    tau = check_tau(tau)
+    options = PairOptions(tau=check_tau(tau), spread_chunks=spread_chunks, granularity=granularity,
+                          granularity_tokens=granularity_tokens, control_extras=control_extras, ce_points=ce_points,
+                          data=data, progress=progress)
+    small, large, swapped, names, large_initial_decoder = _checked_pair(
+        small, large, activations, names, large_initial_decoder, small_initial_decoder)
+    raw_small, raw_large = small, large  # as given: described in the summary, their normalisation used to splice
+    x = activations.to(small.W_dec.device).float()
+    (small, large, control), x = in_encoder_space([small, large, control], x)
+    match = match_latents(small.W_dec, large.W_dec, options.tau, progress=progress)
+    groups = latent_groups(match)
+    small_codes, large_codes = sparse_codes(small, x), sparse_codes(large, x)
+    residual_small = x - reconstruction(small, x)
+    classes = classify_latents(small, large, x, options.tau, large_initial_decoder, large_codes, residual_small)
+    control_classes, control_extra, control_path = _control_analysis(
+        small, large, control, x, large_codes, residual_small, large_initial_decoder, options)
+    path = stitching_path(small, large, x, groups, small_codes, large_codes, progress=progress,
+                          residual_small=residual_small)
+    extra: dict[str, Any] = {
+        "spread": definition_chunk_spread(large_codes, large.W_dec, residual_small, spread_chunks),
+        "consistency": consistency_summary(small.W_dec, large.W_dec),  # how much of S the wider L keeps
+        **({"granularity": granularity_curve(small, large, x[:granularity_tokens])} if granularity else {})}
+    ce = _path_ce(spliced_loss, options.ce_points, path, groups, raw_small, small, large)
+    control_summary = None if control_classes is None else {"name": control_name, **control_classes.summary(),
+                                                           **control_extra}
+    summary = _summary(raw_small, raw_large, names, swapped, int(x.shape[0]), options, match, groups, classes, path,
+                       control_summary, extra, ce)
+    return StitchingResult(summary, match, groups, path, classes.delta_mse, classes.fire_count, ce, classes,
+                           control_classes, control_path)
+
+
+def _checked_pair(small: SparseAutoencoder, large: SparseAutoencoder, activations: Tensor,
+                  names: tuple[str | None, str | None], large_initial_decoder: Tensor | None,
+                  small_initial_decoder: Tensor | None) -> tuple[SparseAutoencoder, SparseAutoencoder, bool,
+                                                                 tuple[str | None, str | None], Tensor | None]:
+    """The pair in order (swapped, with its names and initial decoder, when given the wrong way round) and its
+    ``activations [N, d_in]`` checked: the right width, some tokens, all finite."""
     small, large, swapped = check_pair(small, large, names[0] or "small", names[1] or "large")
     if swapped:
-        names = (names[1], names[0])
-        large_initial_decoder = small_initial_decoder
+        names, large_initial_decoder = (names[1], names[0]), small_initial_decoder
     if activations.dim() != 2 or activations.shape[1] != small.d_in:
         raise StitchingError(f"activations must be [tokens, {small.d_in}], got {tuple(activations.shape)}")
     if activations.shape[0] == 0:
         raise StitchingError("no activations to stitch on: the data source gave 0 tokens")
     if not torch.isfinite(activations).all():
         raise StitchingError("the activations contain NaN or Inf: check the data source")
-    device = small.W_dec.device
-    raw_small, raw_large = small, large  # as given: described in the summary, their normalisation used to splice
-    x = activations.to(device).float()
-    (small, large, control), x = in_encoder_space([small, large, control], x)
-    match = match_latents(small.W_dec, large.W_dec, tau, progress=progress)
-    groups = latent_groups(match)
-    small_codes, large_codes = sparse_codes(small, x), sparse_codes(large, x)
-    residual_small = x - reconstruction(small, x)
-    classes = classify_latents(small, large, x, tau, large_initial_decoder, large_codes, residual_small)
-    delta_mse, fire_count = classes.delta_mse, classes.fire_count
-    control_classes = None
-    if control is not None:
-        if control.d_sae != large.d_sae or control.d_in != large.d_in:
-            raise StitchingError(f"the cross-seed control must have L's shape ({large.d_sae} x {large.d_in}), got "
-                                 f"{control.d_sae} x {control.d_in}")
-        residual_control = x - reconstruction(control, x)
-        control_classes = classify_latents(control, large, x, tau, large_initial_decoder, large_codes,
-                                           residual_control)
-    path = stitching_path(small, large, x, groups, small_codes, large_codes, progress=progress,
-                          residual_small=residual_small)
-    extra: dict[str, Any] = {"spread": definition_chunk_spread(large_codes, large.W_dec, residual_small,
-                                                               spread_chunks)}
-    control_extra: dict[str, Any] = {}
+    return small, large, swapped, names, large_initial_decoder
+
+
+def _control_analysis(small: SparseAutoencoder, large: SparseAutoencoder, control: SparseAutoencoder | None,
+                      x: Tensor, large_codes: Any, residual_small: Tensor, large_initial_decoder: Tensor | None,
+                      options: PairOptions) -> tuple[LatentClasses | None, dict[str, Any], StitchingPath | None]:
+    """The cross-seed control of L (``control``, L's width from another init seed; ``x [N, d_in]``): L's latents
+    classified against it, the matched consistency of the two seeds, and with ``options.control_extras`` the same
+    path between the two seeds, the replicate (the other seed in L's place, against S and against L) and the spread;
+    ``(None, {}, None)`` without a control."""
+    if control is None:
+        return None, {}, None
+    if control.d_sae != large.d_sae or control.d_in != large.d_in:
+        raise StitchingError(f"the cross-seed control must have L's shape ({large.d_sae} x {large.d_in}), got "
+                             f"{control.d_sae} x {control.d_in}")
+    tau = options.tau
+    residual_control = x - reconstruction(control, x)
+    classes = classify_latents(control, large, x, tau, large_initial_decoder, large_codes, residual_control)
+    extra: dict[str, Any] = {}
     control_path = None
-    if control is not None and control_extras:
+    if options.control_extras:
         # the same path between two seeds of L's width: how far a path rises when only the seed differs
         control_codes = sparse_codes(control, x)
         residual_large = x - reconstruction(large, x)
@@ -213,61 +264,71 @@ def analyze_pair(small: SparseAutoencoder, large: SparseAutoencoder, activations
         replicate = classify_latents(small, control, x, tau, large_codes=control_codes, residual_small=residual_small)
         replicate_control = classify_latents(large, control, x, tau, large_codes=control_codes,
                                              residual_small=residual_large)
-        control_extra = {"spread": definition_chunk_spread(large_codes, large.W_dec, residual_control, spread_chunks),
-                         "path_excess": control_path.excess_over_endpoints(),
-                         "path_monotone_fraction": control_path.monotone_fraction(),
-                         "replicate": {
-                             "novel_fraction_definition": replicate.summary()["novel_fraction_definition"],
-                             "control_novel_fraction_definition":
-                                 replicate_control.summary()["novel_fraction_definition"]}}
-        if granularity:
-            control_extra["granularity"] = granularity_curve(large, control, x[:granularity_tokens])
-    if control is not None:
-        # matched consistency (Hungarian on decoder cosine) between the two seeds of L's width
-        control_extra["consistency"] = consistency_summary(large.W_dec, control.W_dec)
-    extra["consistency"] = consistency_summary(small.W_dec, large.W_dec)  # how much of S the wider L keeps
-    if granularity:
-        extra["granularity"] = granularity_curve(small, large, x[:granularity_tokens])
+        extra = {"spread": definition_chunk_spread(large_codes, large.W_dec, residual_control, options.spread_chunks),
+                 "path_excess": control_path.excess_over_endpoints(),
+                 "path_monotone_fraction": control_path.monotone_fraction(),
+                 "replicate": {
+                     "novel_fraction_definition": replicate.summary()["novel_fraction_definition"],
+                     "control_novel_fraction_definition": replicate_control.summary()["novel_fraction_definition"]}}
+        if options.granularity:
+            extra["granularity"] = granularity_curve(large, control, x[:options.granularity_tokens])
+    # matched consistency (Hungarian on decoder cosine) between the two seeds of L's width
+    extra["consistency"] = consistency_summary(large.W_dec, control.W_dec)
+    return classes, extra, control_path
 
-    ce: dict[str, Any] = {}
-    if spliced_loss is not None and ce_points > 0:
-        points = _downsample(path.n_points, max(ce_points, 2)).tolist()
 
-        def stitched_at(point: int) -> Reconstruction:  # built when called: one stitched SAE in memory at a time
-            def reconstruct(h: Tensor) -> Tensor:
-                normalized = raw_small.normalize_input(h.float())  # the raw stream's statistics, restored after
-                return normalized.restore(StitchedSAE.from_pair(small, large, *path.masks_at(point, groups))(
-                    normalized.x))
-            return reconstruct
+def _path_ce(spliced_loss: SplicedLoss | None, ce_points: int, path: StitchingPath, groups: LatentGroups,
+             raw_small: SparseAutoencoder, small: SparseAutoencoder, large: SparseAutoencoder) -> dict[str, Any]:
+    """The next-token loss at ``ce_points`` points along the path (endpoints included), each stitched SAE spliced
+    into the model by ``spliced_loss`` on the raw stream (``raw_small``'s normalisation, restored after); ``{}``
+    without them."""
+    if spliced_loss is None or ce_points <= 0:
+        return {}
+    points = _downsample(path.n_points, max(ce_points, 2)).tolist()
 
-        losses = spliced_loss({str(p): stitched_at(p) for p in points})
-        first = losses[str(points[0])]
-        ce = {"point": points, "n_latents": path.n_latents[points].tolist(),
-              "ce_loss": [losses[str(p)]["ce_sae"] for p in points],
-              "ce_recovered": [losses[str(p)]["ce_recovered"] for p in points],
-              "ce_clean": first["ce_clean"], "ce_zero": first["ce_zero"]}
+    def stitched_at(point: int) -> Reconstruction:  # built when called: one stitched SAE in memory at a time
+        def reconstruct(h: Tensor) -> Tensor:
+            normalized = raw_small.normalize_input(h.float())  # the raw stream's statistics, restored after
+            return normalized.restore(StitchedSAE.from_pair(small, large, *path.masks_at(point, groups))(
+                normalized.x))
+        return reconstruct
 
-    is_novel, active = match.is_novel, fire_count > 0
-    summary = {
+    losses = spliced_loss({str(p): stitched_at(p) for p in points})
+    first = losses[str(points[0])]
+    return {"point": points, "n_latents": path.n_latents[points].tolist(),
+            "ce_loss": [losses[str(p)]["ce_sae"] for p in points],
+            "ce_recovered": [losses[str(p)]["ce_recovered"] for p in points],
+            "ce_clean": first["ce_clean"], "ce_zero": first["ce_zero"]}
+
+
+def _summary(raw_small: SparseAutoencoder, raw_large: SparseAutoencoder, names: tuple[str | None, str | None],
+             swapped: bool, n_tokens: int, options: PairOptions, match: LatentMatch, groups: LatentGroups,
+             classes: LatentClasses, path: StitchingPath, control: dict[str, Any] | None, extra: dict[str, Any],
+             ce: dict[str, Any]) -> dict[str, Any]:
+    """The results document's summary (docs/stitching_results.md): the pair, its settings, the classes by cosine
+    and by the definition, the control, the groups, the path's endpoints and shape, ``SUMMARY_POINTS`` of its
+    points, and the spliced loss along it."""
+    is_novel, fires = match.is_novel, classes.fire_count > 0
+    keep = _downsample(path.n_points, SUMMARY_POINTS)
+    return {
         "format": FORMAT_NAME,
         "format_version": FORMAT_VERSION,
         "small": describe_sae(raw_small, names[0]),
         "large": describe_sae(raw_large, names[1]),
         "swapped": swapped,
-        "tau": tau,
-        "n_tokens": int(x.shape[0]),
-        "data": data,
+        "tau": options.tau,
+        "n_tokens": n_tokens,
+        "data": options.data,
         "novel_fraction": float(is_novel.float().mean()),
         "n_novel": int(is_novel.sum()),
         "n_reconstruction": int((~is_novel).sum()),
-        "novel_fraction_active": float(is_novel[active].float().mean()) if bool(active.any()) else None,
+        "novel_fraction_active": float(is_novel[fires].float().mean()) if bool(fires.any()) else None,
         "novel_fraction_definition": classes.summary()["novel_fraction_definition"],
         "classes": classes.summary(),
-        "control": None if control_classes is None else {"name": control_name, **control_classes.summary(),
-                                                         **control_extra},
+        "control": control,
         **extra,
         "groups": groups.kind_counts(),
-        "proxy": proxy_agreement(is_novel, delta_mse, fire_count > 0),
+        "proxy": proxy_agreement(is_novel, classes.delta_mse, fires),
         "mse_small": float(path.mse[0]),
         "mse_large": float(path.mse[-1]),
         "fvu_small": float(path.fvu[0]),
@@ -276,19 +337,16 @@ def analyze_pair(small: SparseAutoencoder, large: SparseAutoencoder, activations
         "path_monotone_fraction": path.monotone_fraction(),
         "path_excess": path.excess_over_endpoints(),
         "path_points": path.n_points,
+        "path": {
+            "point": keep.tolist(),
+            "kind": [STEP_KINDS[int(k)] for k in path.kind[keep]],
+            "n_latents": path.n_latents[keep].tolist(),
+            "mse": path.mse[keep].tolist(),
+            "fvu": path.fvu[keep].tolist(),
+            "l0": path.l0[keep].tolist(),
+        },
+        "path_ce": ce or None,
     }
-    keep = _downsample(path.n_points, SUMMARY_POINTS)
-    summary["path"] = {
-        "point": keep.tolist(),
-        "kind": [STEP_KINDS[int(k)] for k in path.kind[keep]],
-        "n_latents": path.n_latents[keep].tolist(),
-        "mse": path.mse[keep].tolist(),
-        "fvu": path.fvu[keep].tolist(),
-        "l0": path.l0[keep].tolist(),
-    }
-    summary["path_ce"] = ce or None
-    return StitchingResult(summary, match, groups, path, delta_mse, fire_count, ce, classes, control_classes,
-                           control_path)
 
 
 def _arrays(result: StitchingResult) -> dict[str, Tensor]:

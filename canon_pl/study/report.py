@@ -73,35 +73,52 @@ def training_curves(run: Path) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def gather(run: Path, meta_dir: Path | None) -> dict[str, Any]:
-    """Everything the report states, read from the run's files: ``family`` (one row per member, seed controls
-    included), ``pairs`` (stitching summaries), ``paths`` (every pair's path, thinned), ``curves`` (novel fractions
-    over training), ``meta`` (the meta-SAE analysis) and ``examples`` (decompositions with the latents' contexts)."""
+def family_frame(run: Path) -> pd.DataFrame:
+    """One row per member of the family at ``run`` (seed controls included, ``member`` "width" or "seed <s>"): the
+    viewer's run row and the share of its decoder rows still at their initialisation."""
     from canon_pl.io import read_family_manifest
-    from canon_pl.meta import read_meta_analysis
-    from canon_pl.viewer import find_runs, find_stitching_results, load_pair
+    from canon_pl.viewer import find_runs
 
     manifest = read_family_manifest(run)
     members = {folder: "width" for folder in manifest["members"].values()}
     members.update({folder: f"seed {c['init_seed']}" for folder, c in manifest["controls"].items()})
-    rows = []
-    for found in find_runs(run):
-        if found.name not in members:
-            continue  # not the meta-SAE beside them
-        rows.append({**found.row(), "member": members[found.name],
-                     "stuck_at_init_fraction": stuck_at_init_fraction(found.path)})
-    family = pd.DataFrame(rows)
-    pairs, paths = [], []
-    for found in find_stitching_results(run):
-        if found.path.parent != RunLayout(run).stitching:
-            continue  # another family's pairs below the run (the Matryoshka's prefixes): its own section
-        data = load_pair(found.path)
-        s = data["summary"]
-        pairs.append(s)
-        paths.append(data["path_drawn"].assign(pair=f"{s['small']['d_sae']} → {s['large']['d_sae']}"))
-    pairs.sort(key=lambda s: (s["small"]["d_sae"], s["large"]["d_sae"]))
+    return pd.DataFrame([{**found.row(), "member": members[found.name],
+                          "stuck_at_init_fraction": stuck_at_init_fraction(found.path)}
+                         for found in find_runs(run) if found.name in members])  # not the meta-SAE beside them
+
+
+def family_pairs(run: Path) -> list[dict[str, Any]]:
+    """The loaded stitching results of the family's own adjacent pairs (``summary``, ``path_drawn``, ...), smallest
+    first; a Matryoshka's prefixes below the run are another family (their own section)."""
+    from canon_pl.viewer import find_stitching_results, load_pair
+
+    loaded = [load_pair(found.path) for found in find_stitching_results(run)
+              if found.path.parent == RunLayout(run).stitching]
+    return sorted(loaded, key=lambda d: (d["summary"]["small"]["d_sae"], d["summary"]["large"]["d_sae"]))
+
+
+def run_verdicts(family: pd.DataFrame, pairs: list[dict[str, Any]],
+                 meta: dict[str, Any] | None) -> tuple[list[Any], tuple[bool, str]]:
+    """The study's verdicts (:func:`canon_pl.study.verdicts.study_verdicts`) on a family (:func:`family_frame`), its
+    pairs' summaries and its meta-SAE analysis: what the report and the viewer's pages state alike."""
+    widths = family[family["member"] == "width"].sort_values("d_sae") if len(family) else family
+    return study_verdicts([{"d_sae": int(r.d_sae), "explained_variance": getattr(r, "explained_variance", None),
+                            "stuck_at_init_fraction": r.stuck_at_init_fraction} for r in widths.itertuples()],
+                          pairs, meta)
+
+
+def gather(run: Path, meta_dir: Path | None) -> dict[str, Any]:
+    """Everything the report states, read from the run's files: ``family`` (one row per member, seed controls
+    included), ``pairs`` (stitching summaries), ``paths`` (every pair's path, thinned), ``curves`` (novel fractions
+    over training), ``meta`` (the meta-SAE analysis) and ``examples`` (decompositions with the latents' contexts)."""
+    from canon_pl.meta import read_meta_analysis
+
+    loaded = family_pairs(run)
+    pairs = [d["summary"] for d in loaded]
+    paths = [d["path_drawn"].assign(pair=f"{d['summary']['small']['d_sae']} → {d['summary']['large']['d_sae']}")
+             for d in loaded]
     meta = read_meta_analysis(meta_dir, arrays=True) if meta_dir is not None and meta_dir.is_dir() else None
-    return {"family": family, "pairs": pairs, "paths": pd.concat(paths) if paths else pd.DataFrame(),
+    return {"family": family_frame(run), "pairs": pairs, "paths": pd.concat(paths) if paths else pd.DataFrame(),
             "curves": training_curves(run), "meta": meta,
             "examples": _examples(run, meta_dir, meta) if meta is not None else [],
             "matryoshka": matryoshka_facts(run)}
@@ -670,6 +687,22 @@ def _matryoshka_comparison(run: Path, facts: dict[str, Any], trained: bool, reas
     return document, committed_verdict(document, matryoshka_results), source_line(document, matryoshka_results)
 
 
+def _rules_text(with_matryoshka: bool) -> str:
+    """The verdicts' rules as the report states them under its table (canon_pl/study/verdicts.py)."""
+    return (f"Rules (canon_pl/study/verdicts.py): every claim is *inconclusive* unless held-out EV rises with width and no "
+             f"member keeps half its decoder rows at their initialisation. Novel latents: reproduced when the novel "
+             f"fraction by definition exceeds the cross-seed control's by ≥ {MARGIN:.0%} for every pair and "
+             f"reconstruction latents are ≥ {MIN_SHARE:.0%}. Path: reproduced when every path stays within "
+             f"{MARGIN:.0%} of its worse endpoint and L beats S (the control: the same path between two seeds of L's "
+             f"width). Finer groups across widths: supported when every pair becomes monotone at a largest group at "
+             f"most 1/{GRANULARITY_RATIO:g} of its cross-seed control's. Meta-SAE: reproduced when FVE exceeds every "
+             f"floor (isotropic and anisotropy-matched) by ≥ {META_MARGIN:.2f}." + (f" Matryoshka: more canonical when, at every width whose prefix and "
+             f"independent SAE have held-out L0s within {L0_TOLERANCE:.0%} of each other, the share of the prefix's "
+             f"latents matched by the other seed's prefix (Hungarian, cosine ≥ {CONSISTENCY_THRESHOLD}) exceeds the "
+             f"independent SAE's by ≥ {MARGIN:.0%} (less canonical when it falls short by as much everywhere)."
+             if with_matryoshka else ""))
+
+
 def write_report(run: str | os.PathLike, meta_dir: str | os.PathLike | None = None,
                  ladder_results: str | os.PathLike | None = None,
                  width_l0_results: str | os.PathLike | None = None,
@@ -691,10 +724,7 @@ def write_report(run: str | os.PathLike, meta_dir: str | os.PathLike | None = No
     figures = RunLayout(run).report_figures
     figures.mkdir(parents=True, exist_ok=True)
     family, pairs, meta = facts["family"], facts["pairs"], facts["meta"]
-    widths = family[family["member"] == "width"].sort_values("d_sae") if len(family) else family
-    verdicts, (trained, reason) = study_verdicts(
-        [{"d_sae": int(r.d_sae), "explained_variance": getattr(r, "explained_variance", None),
-          "stuck_at_init_fraction": r.stuck_at_init_fraction} for r in widths.itertuples()], pairs, meta)
+    verdicts, (trained, reason) = run_verdicts(family, pairs, meta)
     nested = _matryoshka_comparison(run, facts, trained, reason, matryoshka_results)
     nested_verdict = nested[1] if nested is not None else None
     verdicts += [nested_verdict] if nested_verdict is not None else []
@@ -706,18 +736,7 @@ def write_report(run: str | os.PathLike, meta_dir: str | os.PathLike | None = No
              *([f"Text: {_cache_text(Path(cache))}.", ""] if cache is not None else []),
              "## Verdicts", "", f"Preconditions: **{'pass' if trained else 'fail'}** — {reason}.", "",
              _markdown_table(pd.DataFrame(_verdict_rows(verdicts, calibration_results))), "",
-             f"Rules (canon_pl/study/verdicts.py): every claim is *inconclusive* unless held-out EV rises with width and no "
-             f"member keeps half its decoder rows at their initialisation. Novel latents: reproduced when the novel "
-             f"fraction by definition exceeds the cross-seed control's by ≥ {MARGIN:.0%} for every pair and "
-             f"reconstruction latents are ≥ {MIN_SHARE:.0%}. Path: reproduced when every path stays within "
-             f"{MARGIN:.0%} of its worse endpoint and L beats S (the control: the same path between two seeds of L's "
-             f"width). Finer groups across widths: supported when every pair becomes monotone at a largest group at "
-             f"most 1/{GRANULARITY_RATIO:g} of its cross-seed control's. Meta-SAE: reproduced when FVE exceeds every "
-             f"floor (isotropic and anisotropy-matched) by ≥ {META_MARGIN:.2f}." + (f" Matryoshka: more canonical when, at every width whose prefix and "
-             f"independent SAE have held-out L0s within {L0_TOLERANCE:.0%} of each other, the share of the prefix's "
-             f"latents matched by the other seed's prefix (Hungarian, cosine ≥ {CONSISTENCY_THRESHOLD}) exceeds the "
-             f"independent SAE's by ≥ {MARGIN:.0%} (less canonical when it falls short by as much everywhere)."
-             if nested_verdict is not None else ""), ""]
+             _rules_text(nested_verdict is not None), ""]
     if calibration_results is not None:
         from canon_pl.calibration.report import calibration_lines
 
@@ -730,6 +749,10 @@ def write_report(run: str | os.PathLike, meta_dir: str | os.PathLike | None = No
         lines += _meta_section(meta, facts["examples"])
     if nested is not None:
         lines += _matryoshka_section(*nested)
+    elif matryoshka_results is not None:
+        lines += ["## Matryoshka prefixes against independent widths", "",
+                  f"No comparison is committed at `{matryoshka_results}` yet: `make matryoshka` trains the Matryoshka "
+                  f"beside this family and writes it.", ""]
     lines += _evaluation_section(run, pairs)
     novel = [p["classes"]["novel_fraction_definition"] for p in pairs]
     lines += ["## Against the paper", "", _markdown_table(pd.DataFrame([
@@ -748,6 +771,6 @@ def write_report(run: str | os.PathLike, meta_dir: str | os.PathLike | None = No
     return path
 
 
-__all__ = ["REPORT_FILE", "arm_description", "gather", "matryoshka_facts", "matryoshka_tables", "stuck_at_init_fraction",
-           "training_curves",
+__all__ = ["REPORT_FILE", "arm_description", "family_frame", "family_pairs", "gather", "matryoshka_facts",
+           "matryoshka_tables", "run_verdicts", "stuck_at_init_fraction", "training_curves",
            "write_report"]

@@ -250,15 +250,14 @@ STAGES: tuple[Stage, ...] = (
 """The study's stages in the order they run."""
 
 STAGE_NAMES = tuple(stage.name for stage in STAGES)
-_BY_NAME = {stage.name: stage for stage in STAGES}
 
 
 def stage_named(name: str) -> Stage:
-    """The stage called ``name`` (a ``KeyError`` naming the known ones otherwise)."""
-    try:
-        return _BY_NAME[name]
-    except KeyError:
-        raise KeyError(f"no study stage {name!r}; the stages are {', '.join(STAGE_NAMES)}") from None
+    """The stage called ``name`` in :data:`STAGES` (a ``KeyError`` naming the known ones otherwise)."""
+    for stage in STAGES:
+        if stage.name == name:
+            return stage
+    raise KeyError(f"no study stage {name!r}; the stages are {', '.join(s.name for s in STAGES)}")
 
 
 def stages_of(cfg: Config) -> tuple[Stage, ...]:
