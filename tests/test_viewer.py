@@ -142,7 +142,7 @@ def test_meta_latent_page_ranks_its_member_latents_and_links_them(analysed: dict
     decomposition = analysed["decomposition"]
     m = int(decomposition.meta_density().argmax())
     app = open_page(analysed["root"], page="Meta-latent", meta_run="meta", meta=str(m))
-    members = app.dataframe[0].value
+    members = next(d.value for d in app.dataframe if "latent" in d.value.columns)
     assert members["latent"].tolist() == [b for b, _ in decomposition.users_of(m)]
     assert members["activation"].is_monotonic_decreasing
     assert members["page"].tolist() == [f"latent?run=fam&sae=16&latent={b}" for b in members["latent"]]
@@ -154,6 +154,27 @@ def test_meta_latent_page_ranks_its_member_latents_and_links_them(analysed: dict
     # the base SAE reads blocks.0 of a model whose depth its statistics do not record: no logit lens
     assert not any("promoted tokens" in x.value for x in app.markdown)
     assert any("Promoted tokens (the logit lens) are left out" in c.value for c in app.caption)
+
+
+def test_the_meta_latent_page_reads_the_fve_against_its_floors_and_the_reports_verdict(tmp_path: Path) -> None:
+    import shutil
+
+    from canon_pl.meta import read_meta_analysis
+    from canon_pl.study.report import family_frame, family_pairs, run_verdicts
+
+    root = build_analysed_run(tmp_path)["root"]
+    family = root / "fam"
+    shutil.copytree(root / "meta", family / "meta_sae_16")  # the family's own meta-SAE, on its widest member
+    meta = read_meta_analysis(family / "meta_sae_16", arrays=True)
+    app = open_page(root, page="Meta-latent", meta_run="fam/meta_sae_16", meta="0")
+    floors = next(d.value for d in app.dataframe if "FVE" in d.value.columns).set_index("meta-SAE on")["FVE"]
+    assert floors["the base SAE's decoder rows"] == pytest.approx(meta["fve"])
+    assert floors["floor: random rows"] == pytest.approx(meta["floors"]["random_rows"])
+    verdicts, _ = run_verdicts(family_frame(family), [d["summary"] for d in family_pairs(family)], meta)
+    said = next(v for v in verdicts if v.claim.startswith("Latents decompose"))
+    assert any(f"{said.claim}: **{said.verdict}** — {said.why}" in m.value for m in app.markdown)
+    elsewhere = open_page(root, page="Meta-latent", meta_run="meta", meta="0")  # not a family's: no verdict
+    assert any("A meta-SAE of a single export" in c.value for c in elsewhere.caption)
 
 
 def test_meta_latent_promoted_tokens_show_where_the_base_reads_deep_enough(tmp_path: Path) -> None:
@@ -619,6 +640,14 @@ def test_the_widths_page_draws_each_metric_against_width_with_the_seeds_as_a_bar
     assert probes[["SAE", "task", "k=1", "latent", "class", "seed partner"]].values.tolist() == [
         ["32", "code", 0.81, 7, "novel", 2]]
     assert probes["page"].tolist() == ["latent?run=fam&sae=32&latent=7"]
+    # one family chosen: the width the report recommends, with its rule and each step, from the report's function
+    from canon_pl.study.report import family_pairs
+    from canon_pl.study.verdicts import recommended_width
+
+    pairs = [d["summary"] for d in family_pairs(family)] if (family / "stitching").is_dir() else []
+    width, why = recommended_width(summary["rows"], summary.get("seed_spread") or {}, pairs)
+    said = "".join(m.value for m in open_page(tmp_path, page="Widths", run="fam").markdown)
+    assert f"**Recommended width: {width:,}**" in said and why and all(line in said for line in why)
     (family / "evaluation" / "summary.json").write_text("{")  # damaged: named, the page still opens
     damaged = open_page(tmp_path, page="Widths")
     assert "left out" in damaged.warning[0].value and "summary.json" in damaged.warning[0].value

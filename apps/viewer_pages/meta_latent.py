@@ -8,8 +8,10 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
+from canon_pl.io.family import read_family_manifest
 from canon_pl.io.layout import RunLayout
 from canon_pl.meta import MetaSAEError, read_meta_analysis
+from canon_pl.meta.analysis import FLOOR_NAMES
 from canon_pl.stats.readable import LOGIT_LENS_MIN_DEPTH, logit_lens_meaningful
 from canon_pl.viewer.latents import latent_view
 from canon_pl.viewer.links import anchor, latent_url
@@ -18,6 +20,7 @@ from viewer_pages.common import (
     base_statistics_of,
     choose,
     choose_index,
+    family_verdicts,
     load_array,
     load_decomposition,
     meta_runs_of,
@@ -43,6 +46,7 @@ def render(root: Path) -> None:
     except MetaSAEError as err:
         st.error(str(err))
         return
+    _fve_against_floors(found[label], summary)
     m = choose_index("meta-latent", decomposition.n_meta, "meta")
     meta_stats_dir = RunLayout(found[label]).stats
     meta_stats = open_statistics(str(meta_stats_dir)) if (meta_stats_dir / "stats.json").is_file() else None
@@ -92,3 +96,35 @@ def render(root: Path) -> None:
     st.markdown(f"**member latents** ranked by activation (the first {len(members)} of {view['n_members']})")
     st.dataframe(members, hide_index=True,
                  column_config={"page": st.column_config.LinkColumn("latent page", display_text="open")})
+
+
+META_CLAIM = "Latents decompose into a few shared meta-latents"
+"""The start of the report's meta-SAE verdict (canon_pl/study/verdicts.py)."""
+
+
+def _fve_against_floors(meta_dir: Path, summary: dict) -> None:
+    """The meta-SAE's FVE beside its four floors (the same meta-SAE on rows with no composition), and, for the
+    meta-SAE of a family's widest member, the report's verdict on it from the same function."""
+    floors = summary.get("floors") or {}
+    rows = [{"meta-SAE on": "the base SAE's decoder rows", "FVE": summary.get("fve")}]
+    rows += [{"meta-SAE on": f"floor: {name.replace('_', ' ')}", "FVE": floors[name]} for name in FLOOR_NAMES
+             if isinstance(floors.get(name), float)]
+    with st.expander("FVE against its floors, and the report's verdict", expanded=True):
+        st.dataframe(pd.DataFrame(rows), hide_index=True)
+        family = meta_dir.parent
+        if not (family / "family.json").is_file():
+            st.caption("A meta-SAE of a single export: the report states a verdict for a family's widest member.")
+            return
+        try:
+            verdicts, trained, reason = family_verdicts(str(family))
+        except Exception as err:  # noqa: BLE001 - a family the report cannot read: say why, keep the page
+            st.caption(f"The report's verdict cannot be read for {family}: {err}")
+            return
+        widest = max(int(w) for w in read_family_manifest(family)["members"])
+        if meta_dir.resolve() != RunLayout(family).meta_sae(widest).resolve():
+            st.caption(f"The report's verdict is on the meta-SAE of the widest member ({widest}), not this one.")
+            return
+        for row in verdicts:
+            if row["claim"].startswith(META_CLAIM):
+                st.markdown(f"**The report's verdict** (rules: `canon_pl/study/verdicts.py`, preconditions "
+                            f"{'pass' if trained else 'fail'}): {row['claim']}: **{row['verdict']}** — {row['why']}")

@@ -49,6 +49,8 @@ def render(root: Path) -> None:
             if right is not None:
                 columns[1].altair_chart(right, width="stretch")
     st.dataframe(shown, hide_index=True)
+    if run != "all":
+        _recommended_width(root, run, dict(summaries)[run])
     probes = probe_carriers_table(summaries)
     if not probes.empty:
         probes = probes if run == "all" else probes[probes["run"] == run]
@@ -58,3 +60,20 @@ def render(root: Path) -> None:
                    "its nearest decoder row in the other seed of its width.")
         st.dataframe(probes, hide_index=True,
                      column_config={"page": st.column_config.LinkColumn("latent page", display_text="open")})
+
+
+def _recommended_width(root: Path, run: str, summary: dict) -> None:
+    """The width the report recommends for this family, with its rule and one line per step, from the report's own
+    function (``recommended_width``) on the evaluation summary and the family's stitching."""
+    from canon_pl.study.report import family_pairs
+    from canon_pl.study.verdicts import MARGIN, recommended_width
+
+    folder = root / run if (root / run).is_dir() else root
+    pairs = [d["summary"] for d in family_pairs(folder)] if (folder / "stitching").is_dir() else []
+    width, why = recommended_width(summary["rows"], summary.get("seed_spread") or {}, pairs)
+    if width is None:
+        return
+    st.markdown(f"**Recommended width: {width:,}** (the report's rule, `canon_pl/study/verdicts.py` "
+                f"`recommended_width`: climb from the smallest width while each step beats the wider width's seed "
+                f"spread in held-out EV and its novel fraction beats its cross-seed control by ≥ {MARGIN:.0%})\n"
+                + "\n".join(f"- {line}" for line in why))
