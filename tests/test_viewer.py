@@ -470,6 +470,14 @@ def test_the_stitching_page_opens_on_the_study_pair_with_the_definition_and_its_
     assert prefixes.sidebar.selectbox[0].value == "fam/matryoshka_prefixes · 16 → 32"
     assert any("Matryoshka prefixes" in c.value for c in prefixes.caption)
     assert "The report's verdicts on this family" not in "".join(m.value for m in prefixes.markdown)
+    # what the Matryoshka verdict rests on: the seeds' share of the prefix against the independent SAE's, and the
+    # caveat that the added latents' novelty holds by construction
+    from canon_pl.study.verdicts import large_l0, seed_consistency
+
+    shares = next(m.value for m in prefixes.markdown if m.value.startswith("**Seeds share**"))
+    assert f"another seed matches — of the 32-latent prefix's latents" in shares  # these prefixes have no control
+    assert f"and {seed_consistency(s):.1%} (L0 {large_l0(s):.1f}) of the independently trained SAE's" in shares
+    assert "holds by construction and decides nothing" in shares
     stale = open_page(tmp_path, page="Stitching", run="gone")
     assert "no stitching results for run 'gone'" in stale.warning[0].value
 

@@ -39,6 +39,7 @@ def render(root: Path) -> None:
     if pair.nested:
         st.caption("Matryoshka prefixes: the larger SAE holds the smaller one's latents, so its reconstruction "
                    "latents are the prefix's own; the study's claim is about the independently trained widths.")
+        _nested_shares(pair)
     mismatch = settings_mismatch_in_run(pairs, pair.run_folder)
     if mismatch:
         st.warning(mismatch)
@@ -119,6 +120,29 @@ def _family_verdicts(pair: StitchingPair) -> None:
     lines = [f"- {r['claim']}: **{r['verdict']}** — {r['why']}" for r in shown]
     st.markdown("**The report's verdicts on this family** (rules: `canon_pl/study/verdicts.py`, "
                 f"preconditions {'pass' if trained else 'fail'}: {reason})\n" + "\n".join(lines))
+
+
+def _nested_shares(pair: StitchingPair) -> None:
+    """What the report's Matryoshka verdict rests on: the share of L's latents another seed's prefix matches, against
+    the same share for the independently trained SAE of L's width (each with its L0), and why the added latents'
+    novelty decides nothing."""
+    from canon_pl.io.layout import RunLayout
+    from canon_pl.study.verdicts import CONSISTENCY_THRESHOLD, L0_TOLERANCE, MARGIN, large_l0, seed_consistency
+
+    nested = load_stitching(str(pair.path))["summary"]
+    independent_path = RunLayout(pair.run_folder.parent).stitching_pair(*pair.widths)
+    independent = load_stitching(str(independent_path))["summary"] if independent_path.is_file() else {}
+
+    def share(summary: dict) -> str:
+        value, l0 = seed_consistency(summary), large_l0(summary)
+        return "—" if value is None else f"{value:.1%} (L0 {'—' if l0 is None else f'{l0:.1f}'})"
+
+    st.markdown(f"**Seeds share**, the report's test of *more canonical*: another seed matches {share(nested)} of the "
+                f"{pair.widths[1]:,}-latent prefix's latents and {share(independent)} of the independently trained "
+                f"SAE's (Hungarian, cosine ≥ {CONSISTENCY_THRESHOLD}). The report calls the prefixes more canonical "
+                f"only where the prefix's share is higher by ≥ {MARGIN:.0%} at every width whose L0s agree within "
+                f"{L0_TOLERANCE:.0%}. The latents a larger prefix adds are trained on the smaller prefix's residual: "
+                f"their novelty below holds by construction and decides nothing.")
 
 
 def _control_charts(data: dict[str, Any], h: dict[str, Any], pair: StitchingPair) -> None:
