@@ -137,17 +137,22 @@ def load_stitching(path: str) -> dict:
     return load_pair(path)
 
 
+def family_meta_dir(run: Path) -> Path:
+    """Where the meta-SAE the report's verdict reads sits: the one on the family's widest member."""
+    from canon_pl.io import read_family_manifest
+    from canon_pl.io.layout import RunLayout
+
+    return RunLayout(run).meta_sae(max(int(w) for w in read_family_manifest(run)["members"]))
+
+
 @st.cache_data(ttl=300, show_spinner="reading the family's stitching results and meta-SAE for the report's verdicts")
 def family_verdicts(run_dir: str) -> tuple[list[dict[str, str]], bool, str]:
     """The report's verdicts on the family at ``run_dir`` (the same function: its pairs, its widest member's
     meta-SAE when there is one), as rows (``claim``, ``verdict``, ``why``, ...), with the preconditions and why."""
-    from canon_pl.io import read_family_manifest
-    from canon_pl.io.layout import RunLayout
     from canon_pl.study.report import family_frame, family_pairs, run_verdicts
 
     run = Path(run_dir)
-    widest = max(int(w) for w in read_family_manifest(run)["members"])
-    meta_dir = RunLayout(run).meta_sae(widest)
+    meta_dir = family_meta_dir(run)
     meta = read_meta_analysis(meta_dir, arrays=True) if meta_dir.is_dir() else None
     verdicts, (trained, reason) = run_verdicts(family_frame(run), [d["summary"] for d in family_pairs(run)], meta)
     return [v.row() for v in verdicts], trained, reason

@@ -8,7 +8,6 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from canon_pl.io.family import read_family_manifest
 from canon_pl.io.layout import RunLayout
 from canon_pl.meta import MetaSAEError, read_meta_analysis
 from canon_pl.meta.analysis import FLOOR_NAMES
@@ -20,6 +19,7 @@ from viewer_pages.common import (
     base_statistics_of,
     choose,
     choose_index,
+    family_meta_dir,
     family_verdicts,
     load_array,
     load_decomposition,
@@ -120,9 +120,9 @@ def _fve_against_floors(meta_dir: Path, summary: dict) -> None:
         except Exception as err:  # noqa: BLE001 - a family the report cannot read: say why, keep the page
             st.caption(f"The report's verdict cannot be read for {family}: {err}")
             return
-        widest = max(int(w) for w in read_family_manifest(family)["members"])
-        if meta_dir.resolve() != RunLayout(family).meta_sae(widest).resolve():
-            st.caption(f"The report's verdict is on the meta-SAE of the widest member ({widest}), not this one.")
+        verdict_on = family_meta_dir(family)
+        if meta_dir.resolve() != verdict_on.resolve():
+            st.caption(f"The report's verdict is on the meta-SAE of the widest member ({verdict_on.name}), not this one.")
             return
         for row in verdicts:
             if row["claim"].startswith(META_CLAIM):
