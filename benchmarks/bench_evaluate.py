@@ -20,13 +20,13 @@ from pathlib import Path
 
 import torch
 
-from canon_pl.commands.evaluate import core_metrics, saes_of
 from canon_pl.io import load_sae
 from canon_pl.metrics.core import weight_metrics
 from canon_pl.metrics.reconstruction import explained_variance_of
 from canon_pl.sae import SAEConfig, build_sae
 from canon_pl.stats.cofiring import CoFiring
 from canon_pl.stats.collect import sparse_codes_at
+from canon_pl.study.evaluate import core_metrics, saes_of
 from canon_pl.training.analysis_data import cache_activations
 
 

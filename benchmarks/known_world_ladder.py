@@ -33,7 +33,7 @@ RESULTS = REPO / "results" / "calibration" / "study_shape"
 
 def rung_family(run: Path, steps: int) -> Path:
     """The family exported at ``steps`` (trained there from the run's newest checkpoint when not kept yet)."""
-    from canon_pl.lightning_cli import run_lightning_cli
+    from canon_pl.cli.lightning import run_lightning_cli
     from canon_pl.commands.derived_config import resume_arguments
 
     kept = run / "rungs" / str(steps)

@@ -8,9 +8,7 @@ Reproduces *Sparse Autoencoders Do Not Find Canonical Units of Analysis* (Leask 
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
-
+from canon_pl.lazy import lazy_exports
 from canon_pl.version import __version__
 
 _EXPORTS = {
@@ -29,16 +27,7 @@ _EXPORTS = {
 """Public name -> the module that defines it."""
 
 
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        value = getattr(importlib.import_module(_EXPORTS[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'canon_pl' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *_EXPORTS])
+__getattr__, __dir__ = lazy_exports(globals(), _EXPORTS)
 
 
 __all__ = [

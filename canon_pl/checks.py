@@ -109,9 +109,12 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def check_device(device: str, option: str = "--device") -> str:
+def check_device(device: str | None, option: str = "--device") -> str:
     """``device`` when this machine has it (``cpu``, ``cuda``, ``cuda:N``, ``mps``), else :class:`DeviceError` naming
-    what the machine has."""
+    what the machine has; ``None`` (a command's default) is :func:`default_device`. A command states its device
+    default as ``None`` so that its ``--help`` answers without importing torch."""
+    if device is None:
+        return default_device()
     import torch
 
     try:

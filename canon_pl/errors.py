@@ -1,6 +1,6 @@
 """canon-pl's error base: every error a user's settings, files or machine can cause derives from :class:`CanonError`.
 
-Its message names the problem and the fix; the command line (``canon_pl/cli.py``) shows such an error as one line,
+Its message names the problem and the fix; the command line (``canon_pl/cli``) shows such an error as one line,
 never a traceback. A module that raises a new kind of user error subclasses :class:`CanonError` (and the builtin
 error it is, e.g. ``ValueError``), and the command line needs no change. No canon-pl imports: every module may import this.
 """

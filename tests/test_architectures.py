@@ -247,7 +247,7 @@ def test_the_shipped_gated_and_jumprelu_families_train_on_the_bundled_model_and_
     viewer."""
     import yaml
 
-    from canon_pl.lightning_cli import run_lightning_cli
+    from canon_pl.cli.lightning import run_lightning_cli
     from canon_pl.io import load_family
     from canon_pl.study.report import arm_description
     from canon_pl.stitching import read_stitching_results

@@ -20,7 +20,7 @@ CALIBRATION_CONFIG = REPO / "configs" / "calibration_known_world.yaml"
 
 @pytest.fixture(scope="module")
 def planted_family(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from canon_pl.lightning_cli import run_lightning_cli
+    from canon_pl.cli.lightning import run_lightning_cli
 
     torch.set_num_threads(1)  # small matrices: one thread, immune to a busy machine (the autouse fixture resets it)
     run = tmp_path_factory.mktemp("calibration") / "planted"

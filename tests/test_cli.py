@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from canon_pl import load_sae
-from canon_pl.lightning_cli import run_lightning_cli
+from canon_pl.cli.lightning import run_lightning_cli
 from canon_pl.training import ActivationDataModule, ActivationShardDataModule, DecoderRowsDataModule
 from tests.helpers import REPO, run_cli, run_here
 
@@ -157,17 +157,39 @@ def test_every_command_takes_its_options_from_a_config_file_that_flags_override(
     assert not (tmp_path / "exported").exists()
 
 
-def test_the_overview_starts_without_importing_torch_or_lightning() -> None:
-    """``canon-pl --help`` answers at once: the overview and ``import canon_pl`` import neither (a name such as
-    ``canon_pl.load_sae`` imports what it needs on first use)."""
+def test_the_overview_and_every_commands_help_start_without_importing_torch_or_lightning() -> None:
+    """``canon-pl --help`` and ``canon-pl <command> --help`` answer at once: neither they nor ``import canon_pl``
+    import torch or Lightning (a command imports them inside its function; a name such as ``canon_pl.load_sae``
+    imports what it needs on first use)."""
     check = ("import sys, contextlib, io, canon_pl\n"
-             "from canon_pl.cli import main\n"
-             "with contextlib.redirect_stdout(io.StringIO()): main(['--help'])\n"
-             "assert 'torch' not in sys.modules and 'lightning' not in sys.modules, sorted(sys.modules)\n"
+             "from canon_pl.cli import COMMANDS, main\n"
+             "for argv in [['--help'], *([name, '--help'] for name in COMMANDS)]:\n"
+             "    with contextlib.redirect_stdout(io.StringIO()) as shown:\n"
+             "        try:\n"
+             "            main(argv)\n"
+             "        except SystemExit:\n"
+             "            pass\n"
+             "    assert 'usage: canon-pl' in shown.getvalue(), (argv, shown.getvalue()[:500])\n"
+             "    heavy = [m for m in ('torch', 'lightning', 'transformers', 'streamlit') if m in sys.modules]\n"
+             "    assert not heavy, (argv, heavy)\n"
              "from canon_pl import load_sae\n"
              "assert 'torch' in sys.modules and callable(load_sae)\n")
     result = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, cwd=REPO)
     assert result.returncode == 0, result.stderr[-2000:]
+
+
+def test_the_lightning_command_shadows_nothing_of_lightning() -> None:
+    """``lightning fit --config ...`` is canon-pl's entry point (the README's first command); it must not hide a
+    console script of Lightning's own. Lightning 2.x installs only ``fabric``: this fails if a Lightning release
+    starts shipping ``lightning``, so the choice is made again then."""
+    from importlib.metadata import distribution
+
+    scripts = {entry.name: entry.value for entry in distribution("lightning").entry_points
+               if entry.group == "console_scripts"}
+    assert "lightning" not in scripts, scripts
+    ours = {entry.name: entry.value for entry in distribution("canon-pl").entry_points
+            if entry.group == "console_scripts"}
+    assert ours == {"canon-pl": "canon_pl.cli:main", "lightning": "canon_pl.cli:main"}
 
 
 def test_every_command_takes_flags_spelt_like_lightning_and_the_pipeline_yaml(tmp_path: Path) -> None:
@@ -176,7 +198,7 @@ def test_every_command_takes_flags_spelt_like_lightning_and_the_pipeline_yaml(tm
     import inspect
 
     from canon_pl.cli import COMMANDS, command_module
-    from canon_pl.commands.args import command_parser
+    from canon_pl.cli.parse import command_parser
 
     for name in COMMANDS:
         function = getattr(command_module(name), name.replace("-", "_"))

@@ -286,7 +286,7 @@ def test_text_shards_of_the_ranks_are_disjoint_and_cover_the_split() -> None:
 def test_every_trainer_preset_composes_with_a_training_config(preset: str) -> None:
     """`--config <run>.yaml --config configs/trainer/<preset>.yaml`: the preset sets the trainer, keeps the run's
     callbacks and adds its own (GPU presets are checked with the accelerator switched to the CPU here)."""
-    from canon_pl.lightning_cli import run_lightning_cli
+    from canon_pl.cli.lightning import run_lightning_cli
     from canon_pl.training import (
         SAEDDPStrategy,
         SAEExportCallback,

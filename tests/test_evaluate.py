@@ -75,7 +75,7 @@ def small_family(root: Path) -> Path:
 
 def test_evaluate_writes_a_saebench_core_file_per_sae_and_the_seed_spread(tmp_path: Path, capsys) -> None:
     from canon_pl.cli import main
-    from canon_pl.commands.evaluate import core_metrics
+    from canon_pl.study.evaluate import core_metrics
     from canon_pl.metrics.summary import SUMMARY
     from canon_pl.io import load_sae
     from canon_pl.metrics.reconstruction import explained_variance_of

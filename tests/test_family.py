@@ -189,7 +189,8 @@ def test_the_stitching_callback_follows_a_relu_family_too(tmp_path: Path) -> Non
 def test_sparsity_variants_train_each_width_at_another_k_beside_the_family(tmp_path: Path) -> None:
     """Width × L0: a variant is the same width from the same initialisation at another k, on the same batches; it
     is recorded apart from the seed controls, which stitching keeps using, and evaluate lists it as a variant."""
-    from canon_pl.commands.evaluate import evaluate, saes_of
+    from canon_pl.commands.evaluate import evaluate
+    from canon_pl.study.evaluate import saes_of
     from canon_pl.metrics.summary import SUMMARY
 
     module = SAEFamilyModule(widths=[48, 96], control_seeds=[1], sparsity_variants=[{"k": 1}, {"k": 8}], **FAMILY)

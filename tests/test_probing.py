@@ -53,7 +53,7 @@ def test_a_probe_on_a_planted_feature_finds_its_latent_and_an_sae_without_it_doe
 
 def test_the_carrier_of_a_probe_has_its_stitching_class_and_its_seed_partner(tmp_path: Path) -> None:
     from canon_pl.cli import main
-    from canon_pl.commands.evaluate import nearest_rows, probe_carriers, saes_of
+    from canon_pl.study.evaluate import nearest_rows, probe_carriers, saes_of
     from canon_pl.io import load_sae
     from canon_pl.stitching import latent_classes, read_stitching_results
     from tests.test_evaluate import small_family

@@ -36,7 +36,7 @@ def build_analysed_run(root: Path) -> dict:
     import torch
 
     from canon_pl import load_sae
-    from canon_pl.commands.meta_sae import meta_sae_command
+    from canon_pl.cli import main as canon_pl_main
     from canon_pl.io import export_sae, write_family_manifest
     from canon_pl.meta import read_meta_analysis
     from canon_pl.stats import (
@@ -77,9 +77,9 @@ def build_analysed_run(root: Path) -> dict:
                      {n: unembedding_directions(s.W_dec.detach(), unembed, n=3) for n, s in saes.items()},
                      {"model_id": "toy"}, token_strings=strings,
                      cofiring={("16", "smaller"): ("8", *cofiring[("16", "8")].best_partners())})
-    assert meta_sae_command(["--sae", str(family), "--width", "16", "--d-sae", "4", "--k", "2", "--steps", "20",
-                             "--batch-size", "16", "--baseline-steps", "0", "--out", str(root / "meta"),
-                             "--accelerator", "cpu"]) == 0
+    assert canon_pl_main(["meta-sae", "--sae", str(family), "--width", "16", "--d-sae", "4", "--k", "2", "--steps", "20",
+                          "--batch-size", "16", "--baseline-steps", "0", "--out", str(root / "meta"),
+                          "--accelerator", "cpu"]) == 0
     analysis = read_meta_analysis(root / "meta", arrays=True)
     meta = load_sae(root / "meta")
     write_meta_statistics(root / "meta" / "stats", analysis["decomposition"],

@@ -37,7 +37,7 @@ def free_port() -> int:
 def health(url: str) -> str:
     """What the app's health endpoint answers (``"ok"`` when it serves), or ``""``."""
     try:
-        with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as response:
+        with urllib.request.urlopen(f"{url}/_stcore/health", timeout=10) as response:  # a busy app answers late
             return response.read().decode()
     except OSError:
         return ""

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Literal
 
-from canon_pl.commands.args import run_command
 from canon_pl.errors import SettingError
 
 DESCRIPTION = """Capture the activation stream of a fit config (its ActivationDataModule: model, hook point, text,
@@ -41,7 +40,7 @@ def cache(*, config: str, out: str, tokens: int, val_tokens: int = 131_072,
     check_output_folder(out)
     if device:
         check_device(device)
-    from canon_pl.lightning_cli import run_lightning_cli
+    from canon_pl.cli.lightning import run_lightning_cli
     from canon_pl.training import ActivationDataModule
     from canon_pl.training.cache import PIECE_DOCUMENTS, write_activation_cache
 
@@ -66,8 +65,4 @@ def cache(*, config: str, out: str, tokens: int, val_tokens: int = 131_072,
     return 0
 
 
-def cache_command(argv: list[str]) -> int:
-    return run_command(cache, argv, "cache", DESCRIPTION)
-
-
-__all__ = ["cache", "cache_command"]
+__all__ = ["cache"]

@@ -5,8 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from canon_pl.commands.args import run_command
-from canon_pl.data.known_world import WorldSpec
+from canon_pl.data.world_spec import WorldSpec
 
 DESCRIPTION = """Train a family config whose data is a known-answer world (data.class_path:
 canon_pl.training.KnownWorldDataModule) on that world and on its null twin (no hierarchy, no composition, the same
@@ -33,7 +32,7 @@ def calibrate(*, config: str, out: str, fit_args: list[str] | None = None, held_
     """
     from canon_pl.calibration.score import CALIBRATION, CalibrationError, score_family, score_ideal_meta
     from canon_pl.checks import check_counts, check_output_folder
-    from canon_pl.lightning_cli import run_lightning_cli
+    from canon_pl.cli.lightning import run_lightning_cli
     from canon_pl.commands.derived_config import resume_arguments
     from canon_pl.commands.ladder_fit import family_at
     from canon_pl.io.atomic import atomic_write_json
@@ -78,8 +77,4 @@ def instrument_table(results: dict[str, dict[str, Any]], ideal: dict[str, Any]) 
         ideal_meta_rows(ideal)
 
 
-def calibrate_command(argv: list[str]) -> int:
-    return run_command(calibrate, argv, "calibrate", DESCRIPTION)
-
-
-__all__ = ["WORLDS", "calibrate", "calibrate_command", "instrument_table"]
+__all__ = ["WORLDS", "calibrate", "instrument_table"]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from canon_pl.commands.args import run_command
 
 DESCRIPTION = """Turn a Lightning checkpoint of an SAEModule into a portable export (sae.safetensors + cfg.json, the
 activation scale folded in), read by canon_pl.load_sae and every canon-pl command."""
@@ -25,8 +24,4 @@ def export(*, ckpt: str, out: str) -> int:
     return 0
 
 
-def export_command(argv: list[str]) -> int:
-    return run_command(export, argv, "export", DESCRIPTION)
-
-
-__all__ = ["export", "export_command"]
+__all__ = ["export"]

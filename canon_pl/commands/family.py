@@ -6,7 +6,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any
 
-from canon_pl.commands.args import run_command
 
 DESCRIPTION = """Assemble a family from existing SAEs of one model and hook point (any format load_sae reads: canon-pl,
 SAELens, Gemma Scope, dictionary_learning, sparsify, Lightning .ckpt). Each is written to <out>/<width>/ as a canon-pl
@@ -135,9 +134,6 @@ def _prefix_controls(nested: Any, nested_seed: int | None, others: list[str],
     return controls
 
 
-def family_command(argv: list[str]) -> int:
-    return run_command(family, argv, "family", DESCRIPTION)
-
 
 def _check_family(saes: list, sources: list[str]) -> None:
     from canon_pl.io import CheckpointError
@@ -157,4 +153,4 @@ def _check_family(saes: list, sources: list[str]) -> None:
                                   f"under different names):\n  " + "\n  ".join(described))
 
 
-__all__ = ["family", "family_command"]
+__all__ = ["family"]

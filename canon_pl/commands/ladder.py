@@ -25,8 +25,6 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
-from canon_pl.checks import default_device
-from canon_pl.commands.args import run_command
 from canon_pl.commands.ladder_fit import family_at, fit_to, ladder_fit_config
 from canon_pl.errors import SettingError
 from canon_pl.io.layout import RunLayout
@@ -233,13 +231,13 @@ def read_rung(path: Path) -> dict[str, Any] | None:
     return read_rung_file(path)
 
 
-def ladder(*, config: str, device: str = default_device(), only: int | None = None, remeasure: bool = False,
+def ladder(*, config: str, device: str | None = None, only: int | None = None, remeasure: bool = False,
            bases: bool = False, draw: bool = False) -> int:
     """Climb the ladder: for each rung without a result file, train to it, measure, write the rung's JSON.
 
     Args:
         config: ladder config (YAML), e.g. configs/ladder_smollm2.yaml
-        device: device for training and the analyses (cuda when a GPU is present)
+        device: device for training and the analyses (default: cuda when a GPU is present)
         only: stop after this many new rungs (a resumable piece of a long ladder)
         remeasure: measure committed rungs again with this canon-pl's analyses, from the family as it stood at each
             rung (kept under <run>/rungs/<steps>/; a rung whose family is not kept here is left as committed):
@@ -252,7 +250,7 @@ def ladder(*, config: str, device: str = default_device(), only: int | None = No
     from canon_pl.study.ladder_results import consistency_plateau
     from canon_pl.study.stages import run_stage, stage_done
 
-    check_device(device)
+    device = check_device(device)
     if only is not None:
         check_counts(**{"--only": only})
     cfg = read_ladder_config(Path(config))
@@ -368,9 +366,5 @@ def _cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 0
 
 
-def ladder_command(argv: list[str]) -> int:
-    return run_command(ladder, argv, "ladder", DESCRIPTION)
-
-
-__all__ = ["RUNG", "LadderConfig", "finished_rungs", "ladder", "ladder_command", "ladder_fit_config",
+__all__ = ["RUNG", "LadderConfig", "finished_rungs", "ladder", "ladder_fit_config",
            "read_ladder_config"]

@@ -45,7 +45,7 @@ def fit_to(config: dict[str, Any], run: Path, steps: int, fit_args: tuple[str, .
     checkpoint there; nothing when every member is already exported at ``steps``."""
     import yaml
 
-    from canon_pl.lightning_cli import run_lightning_cli
+    from canon_pl.cli.lightning import run_lightning_cli
     from canon_pl.commands.derived_config import resume_arguments
 
     if family_at(run, steps):

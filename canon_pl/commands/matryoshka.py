@@ -67,7 +67,7 @@ def compare_matryoshka(*, run: str | Path, fit_config: str | Path, control_seeds
     ``meta_options`` (the family's, without the width sweep; ``None`` skips it)."""
     import yaml
 
-    from canon_pl.lightning_cli import run_lightning_cli
+    from canon_pl.cli.lightning import run_lightning_cli
     from canon_pl.commands.family import family
     from canon_pl.commands.meta_sae import meta_sae
     from canon_pl.commands.stitch import stitch

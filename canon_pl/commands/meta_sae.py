@@ -6,7 +6,6 @@ import dataclasses
 from pathlib import Path
 from typing import Literal
 
-from canon_pl.commands.args import run_command
 from canon_pl.errors import SettingError
 from canon_pl.io.layout import RunLayout
 
@@ -122,7 +121,3 @@ def meta_width(n_rows: int, d_in: int, d_sae: int | None, d_sae_per_d_in: float 
     if sweep_d_sae_per_d_in and floor_steps == 0:
         raise SettingError("a width sweep trains as long as the floors; drop --floor_steps 0")
     return n_meta
-
-
-def meta_sae_command(argv: list[str]) -> int:
-    return run_command(meta_sae, argv, "meta-sae", DESCRIPTION)

@@ -8,8 +8,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-from canon_pl.checks import default_device
-from canon_pl.commands.args import run_command
 from canon_pl.errors import CanonError
 from canon_pl.study.stage_times import estimate_left, record_stage_time, this_machine
 from canon_pl.study.stages import STAGE_NAMES, check_stage_options, reads_back, run_stage, stage_done, stages_of
@@ -98,7 +96,7 @@ def check_fit_arguments(cfg: dict[str, Any], fit: dict[str, Any], path: Path) ->
     import yaml
 
     from canon_pl.errors import is_user_error
-    from canon_pl.lightning_cli import run_lightning_cli
+    from canon_pl.cli.lightning import run_lightning_cli
     from canon_pl.commands.matryoshka import matryoshka_fit_config
     from canon_pl.errors import find_cause
     from canon_pl.io import CheckpointError
@@ -243,17 +241,17 @@ def stage_table(timings: dict[str, float], total: float, fit_time: dict[str, Any
     return "\n".join(lines)
 
 
-def pipeline(*, config: str, device: str = default_device()) -> int:
+def pipeline(*, config: str, device: str | None = None) -> int:
     """Run the study stage by stage, skipping the stages whose outputs exist.
 
     Args:
         config: pipeline config (YAML), e.g. configs/pipeline_smollm2.yaml
-        device: device for the analysis stages (cuda when a GPU is present)
+        device: device for the analysis stages (default: cuda when a GPU is present)
     """
     from canon_pl.checks import check_device
     from canon_pl.training.timing import read_fit_time
 
-    check_device(device)
+    device = check_device(device)
     cfg = read_pipeline_config(Path(config))
     meta = cfg.get("meta_sae") or {}
     cfg["meta_sae"] = {k: v for k, v in meta.items() if k != "width"}
@@ -290,8 +288,4 @@ def pipeline(*, config: str, device: str = default_device()) -> int:
     return 0
 
 
-def pipeline_command(argv: list[str]) -> int:
-    return run_command(pipeline, argv, "pipeline", DESCRIPTION)
-
-
-__all__ = ["load_pipeline_yaml", "pipeline", "pipeline_command", "read_pipeline_config"]
+__all__ = ["load_pipeline_yaml", "pipeline", "read_pipeline_config"]

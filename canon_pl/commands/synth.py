@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from canon_pl.commands.args import run_command
-from canon_pl.data.known_world import WorldSpec
+from canon_pl.data.world_spec import WorldSpec
 
 DESCRIPTION = """Write a known-answer world (canon_pl.data.known_world): world.json and world.safetensors (every true
 direction with its planted kind: plain, child of a family, composite of shared directions; frequencies and magnitudes)
@@ -54,8 +53,4 @@ def synth(*, out: str, world: WorldSpec = WorldSpec(), null: bool = False, token
     return 0
 
 
-def synth_command(argv: list[str]) -> int:
-    return run_command(synth, argv, "synth", DESCRIPTION)
-
-
-__all__ = ["synth", "synth_command"]
+__all__ = ["synth"]

@@ -6,7 +6,6 @@ import os
 import sys
 from pathlib import Path
 
-from canon_pl.commands.args import run_command
 from canon_pl.errors import SettingError
 from canon_pl.viewer.exposure import EXPOSE_HINT, LOOPBACK
 
@@ -50,8 +49,4 @@ def view(*, checkpoints: str = "checkpoints", address: str = LOOPBACK, port: int
     return 0  # not reached
 
 
-def view_command(argv: list[str]) -> int:
-    return run_command(view, argv, "view", DESCRIPTION)
-
-
-__all__ = ["VIEWER_APP", "view", "view_command", "viewer_command_line"]
+__all__ = ["VIEWER_APP", "view", "viewer_command_line"]

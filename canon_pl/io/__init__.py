@@ -1,41 +1,29 @@
-"""Reading and writing SAEs and other outputs (no Lightning imports)."""
+"""Reading and writing SAEs and other outputs (no Lightning imports).
+Its names are imported on first use (:mod:`canon_pl.lazy`)."""
 
-from canon_pl.io.atomic import (
-    atomic_path,
-    atomic_write_json,
-    atomic_write_text,
-    sha256_file,
-)
-from canon_pl.io.checkpoint import load_lightning_checkpoint, safe_torch_load
-from canon_pl.io.export import (
-    CheckpointError,
-    export_sae,
-    initial_decoder,
-    load_export,
-    read_export_config,
-    training_data,
-    training_record,
-)
-from canon_pl.io.family import read_family_manifest, write_family_manifest
-from canon_pl.io.load import SAEFamily, load_family, load_sae
+from canon_pl.lazy import lazy_exports
 
-__all__ = [
-    "CheckpointError",
-    "SAEFamily",
-    "atomic_path",
-    "atomic_write_json",
-    "atomic_write_text",
-    "export_sae",
-    "initial_decoder",
-    "load_export",
-    "load_family",
-    "load_lightning_checkpoint",
-    "load_sae",
-    "read_export_config",
-    "training_data",
-    "training_record",
-    "read_family_manifest",
-    "safe_torch_load",
-    "sha256_file",
-    "write_family_manifest",
-]
+_EXPORTS = {
+    "CheckpointError": "canon_pl.io.export",
+    "SAEFamily": "canon_pl.io.load",
+    "atomic_path": "canon_pl.io.atomic",
+    "atomic_write_json": "canon_pl.io.atomic",
+    "atomic_write_text": "canon_pl.io.atomic",
+    "export_sae": "canon_pl.io.export",
+    "initial_decoder": "canon_pl.io.export",
+    "load_export": "canon_pl.io.export",
+    "load_family": "canon_pl.io.load",
+    "load_lightning_checkpoint": "canon_pl.io.checkpoint",
+    "load_sae": "canon_pl.io.load",
+    "read_export_config": "canon_pl.io.export",
+    "read_family_manifest": "canon_pl.io.family",
+    "safe_torch_load": "canon_pl.io.checkpoint",
+    "sha256_file": "canon_pl.io.atomic",
+    "training_data": "canon_pl.io.export",
+    "training_record": "canon_pl.io.export",
+    "write_family_manifest": "canon_pl.io.family",
+}
+"""Public name -> the module that defines it (imported on first use)."""
+
+__getattr__, __dir__ = lazy_exports(globals(), _EXPORTS)
+__all__ = sorted(_EXPORTS)

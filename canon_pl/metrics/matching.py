@@ -15,8 +15,8 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from canon_pl.errors import CanonError
+from canon_pl.paper import DEFAULT_TAU
 
-DEFAULT_TAU = 0.7
 DEFAULT_BLOCK_BYTES = 256 * 2**20
 """Memory for one block of the cosine matrix; peak memory is about this plus the two decoders."""
 

@@ -80,7 +80,7 @@ def _run_family(cfg: Config, device: str) -> int:
 
 
 def _run_fit(cfg: Config, device: str) -> int:
-    from canon_pl.lightning_cli import run_lightning_cli
+    from canon_pl.cli.lightning import run_lightning_cli
     from canon_pl.commands.derived_config import resume_arguments
 
     args = ["fit", "--config", str(cfg["fit_config"]), *map(str, cfg.get("fit_args") or [])]

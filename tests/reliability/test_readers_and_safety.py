@@ -95,7 +95,7 @@ class RunsCode:
 
 
 def test_a_checkpoint_carrying_code_is_refused_without_running_it(tmp_path: Path) -> None:
-    from canon_pl.commands.export import export_command
+    from canon_pl.cli import main as canon_pl_main
 
     marker = tmp_path / "exploited"
     evil = tmp_path / "evil.ckpt"
@@ -104,7 +104,7 @@ def test_a_checkpoint_carrying_code_is_refused_without_running_it(tmp_path: Path
                                                          if n.endswith("data.pkl")))
     with pytest.raises(CheckpointError, match="refusing to load .*evil.ckpt.*could run code"):
         load_sae(evil)
-    assert export_command(["--ckpt", str(evil), "--out", str(tmp_path / "out")]) == 2
+    assert canon_pl_main(["export", "--ckpt", str(evil), "--out", str(tmp_path / "out")]) == 2
     assert not marker.exists() and not (tmp_path / "out").exists()
     pickle.loads(pickle.dumps(RunsCode(marker)))  # the payload is live: plain unpickling does run it
     assert marker.exists()

@@ -1,5 +1,12 @@
 """The command line: ``canon-pl`` and ``lightning`` (LightningCLI: ``fit``, ``validate``, ...) plus canon-pl's own
-subcommands (:data:`COMMANDS`, one module each in ``canon_pl/commands/``); ``canon-pl --help`` lists them all.
+subcommands (:data:`COMMANDS`, one typed function each in ``canon_pl/commands/``); ``canon-pl --help`` lists them all.
+
+- :mod:`canon_pl.cli.parse` makes each command's parser from its function's signature and docstring;
+- :mod:`canon_pl.cli.lightning` is LightningCLI with canon-pl's defaults (``fit``, ``validate``).
+
+The ``lightning`` console script is this same entry point, so ``lightning fit --config configs/<name>.yaml`` works as
+the README says. Lightning itself (2.x) installs no ``lightning`` script (only ``fabric``), so nothing of Lightning's
+is shadowed; a test checks that this stays true of the installed Lightning. ``canon-pl fit`` is the same command.
 
 ``lightning fit --config configs/sae_synthetic.yaml`` trains and checkpoints; ``canon-pl export --ckpt X --out D``
 turns a Lightning checkpoint into a portable export.
@@ -14,8 +21,10 @@ from canon_pl.errors import find_cause, is_user_error
 
 
 COMMANDS = ("export", "cache", "synth", "calibrate", "stitch", "meta-sae", "stats", "evaluate", "family", "pipeline", "ladder", "view")
-"""canon-pl's own subcommands, each a typed function in ``canon_pl/commands/<name>.py`` whose signature and docstring
-make its command line (``canon_pl/commands/args.py``)."""
+"""canon-pl's own subcommands, each a typed function ``<name>`` (dashes as underscores) in
+``canon_pl/commands/<name>.py`` beside the module's ``DESCRIPTION``; the signature and docstring make its command line
+(:mod:`canon_pl.cli.parse`). A command module imports torch and Lightning only inside its function, so that
+``canon-pl <name> --help`` answers at once."""
 
 
 def command_module(name: str) -> Any:
@@ -25,9 +34,16 @@ def command_module(name: str) -> Any:
     return importlib.import_module(f"canon_pl.commands.{name.replace('-', '_')}")
 
 
+def command_function(name: str) -> Any:
+    """The typed function of subcommand ``name`` (``meta-sae`` -> ``canon_pl.commands.meta_sae.meta_sae``)."""
+    return getattr(command_module(name), name.replace("-", "_"))
+
+
 def run_subcommand(name: str, argv: list[str]) -> int:
-    """``canon-pl <name> ARGV``."""
-    return getattr(command_module(name), f"{name.replace('-', '_')}_command")(argv)
+    """``canon-pl <name> ARGV``: its function's parser over ``argv``, then the function."""
+    from canon_pl.cli.parse import run_command
+
+    return run_command(command_function(name), argv, name, command_module(name).DESCRIPTION)
 
 
 LIGHTNING_COMMANDS = {
@@ -89,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"canon-pl: error: {args[0]}: canon-pl's modules have no {args[0]} step; 'validate' measures a "
                   f"config's model on its held-out data, and 'canon-pl evaluate' an exported family", file=sys.stderr)
             return 2
-        from canon_pl.lightning_cli import run_lightning_cli
+        from canon_pl.cli.lightning import run_lightning_cli
 
         run_lightning_cli(argv)  # None: LightningCLI reads sys.argv itself
     except Exception as err:  # noqa: BLE001 - re-raised unless it wraps a user error
@@ -105,6 +121,3 @@ def _find_user_error(err: BaseException) -> BaseException | None:
     """The user error in ``err``'s chain of causes (jsonargparse wraps errors raised while instantiating)."""
     return find_cause(err, is_user_error)
 
-
-if __name__ == "__main__":
-    sys.exit(main())
