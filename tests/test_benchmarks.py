@@ -124,3 +124,16 @@ def test_bench_path_scores_every_group_both_ways_and_ends_with_a_ratio() -> None
     lines = run_benchmark("bench_path.py", "--quick")
     assert any(line.startswith("all groups scored, old") for line in lines)
     assert "gains agree" in "\n".join(lines)
+
+
+def test_bench_stitch_floor_times_each_step_of_the_stage_beside_its_encoder_passes() -> None:
+    lines = run_benchmark("bench_stitch_floor.py", "--quick")
+    steps = {line.split()[0] for line in lines if line[:1].isalpha() and len(line.split()) == 4}
+    assert {"stitching_path", "classify_latents", "granularity_curve", "definition_chunk_spread"} <= steps
+    assert any(line.startswith("the floor (each SAE's codes") for line in lines)
+
+
+def test_bench_calibrate_times_the_fits_and_the_scoring_of_the_calibrate_stage() -> None:
+    lines = run_benchmark("bench_calibrate.py", "--steps", "10", "--meta-steps", "2")
+    phases = {line.rsplit(None, 2)[0] for line in lines if line.endswith("%")}
+    assert {"fit (both worlds)", "scoring (both worlds)", "meta-SAE on the true dictionaries"} <= phases

@@ -135,6 +135,30 @@ def test_a_planted_novel_direction_lowers_mse_and_a_copy_raises_it() -> None:
     assert result.summary["fvu_large"] < 1e-6 < result.summary["fvu_small"]
 
 
+def test_the_per_chunk_spread_is_each_chunk_measured_on_its_own() -> None:
+    """The token-noise spread reads the classification's per-non-zero changes instead of a second pass; each chunk's
+    fraction must still be what measuring that chunk alone gives (its firing latents, their MSE change on it)."""
+    from canon_pl.sae.codes import SparseCodes
+    from canon_pl.stitching.classify import classify_latents, definition_chunk_spread
+
+    torch.manual_seed(3)
+    x = torch.randn(1600, D_IN)
+    small = build_sae(SAEConfig(d_in=D_IN, d_sae=16, architecture="topk", k=3))
+    large = build_sae(SAEConfig(d_in=D_IN, d_sae=48, architecture="topk", k=3))
+    classes = classify_latents(small, large, x, 0.7)
+    spread = definition_chunk_spread(classes, n_chunks=5)
+    codes, residual = sparse_codes(large, x), x - reconstruction(small, x)
+    alone = []
+    for start in range(0, 1600, 320):
+        keep = (codes.rows >= start) & (codes.rows < start + 320)
+        chunk = SparseCodes(codes.rows[keep], codes.cols[keep], codes.values[keep], codes.n_tokens, codes.d_sae)
+        fires = chunk.counts() > 0
+        alone.append(float((single_insertion_delta_mse(chunk, large.W_dec, residual)[fires] < 0).float().mean()))
+    assert spread["per_chunk"] == alone and spread["chunk_tokens"] == 320
+    assert len(set(alone)) > 1  # the chunks differ: the test would see a spread read from the wrong tokens
+    assert torch.equal(classes.delta_mse, single_insertion_delta_mse(codes, large.W_dec, residual))
+
+
 # ------------------------------------------------------------------------------------------------- stitched SAE, path
 def test_stitched_sae_keeps_each_latents_exact_activation_with_the_bias_folded() -> None:
     small, large = random_trained_like(24, seed=1), random_trained_like(40, seed=2)

@@ -28,6 +28,7 @@ from canon_pl.metrics.matching import (
 from canon_pl.stitching.path import (
     SparseCodes,
     StitchingPath,
+    single_insertion_changes,
     single_insertion_delta_mse,
     sparse_codes,
     stitching_path,
@@ -56,6 +57,7 @@ __all__ = [
     "latent_classes",
     "read_stitching_results",
     "settings_mismatch",
+    "single_insertion_changes",
     "single_insertion_delta_mse",
     "spliced_loss_on",
     "sparse_codes",

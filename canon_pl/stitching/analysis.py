@@ -207,7 +207,7 @@ def analyze_pair(small: SparseAutoencoder, large: SparseAutoencoder, activations
     path = stitching_path(small, large, x, groups, small_codes, large_codes, progress=progress,
                           residual_small=residual_small)
     extra: dict[str, Any] = {
-        "spread": definition_chunk_spread(large_codes, large.W_dec, residual_small, spread_chunks),
+        "spread": definition_chunk_spread(classes, spread_chunks),
         "consistency": consistency_summary(small.W_dec, large.W_dec),  # how much of S the wider L keeps
         **({"granularity": granularity_curve(small, large, x[:granularity_tokens])} if granularity else {})}
     ce = _path_ce(spliced_loss, options.ce_points, path, groups, raw_small, small, large)
@@ -264,7 +264,7 @@ def _control_analysis(small: SparseAutoencoder, large: SparseAutoencoder, contro
         replicate = classify_latents(small, control, x, tau, large_codes=control_codes, residual_small=residual_small)
         replicate_control = classify_latents(large, control, x, tau, large_codes=control_codes,
                                              residual_small=residual_large)
-        extra = {"spread": definition_chunk_spread(large_codes, large.W_dec, residual_control, options.spread_chunks),
+        extra = {"spread": definition_chunk_spread(classes, options.spread_chunks),
                  "path_excess": control_path.excess_over_endpoints(),
                  "path_monotone_fraction": control_path.monotone_fraction(),
                  "replicate": {

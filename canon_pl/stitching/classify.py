@@ -23,20 +23,29 @@ from torch import Tensor
 
 from canon_pl.sae import SparseAutoencoder
 from canon_pl.metrics.matching import LatentMatch, match_latents
-from canon_pl.stitching.path import SparseCodes, reconstruction, single_insertion_delta_mse, sparse_codes
+from canon_pl.stitching.path import (
+    SparseCodes,
+    delta_mse_from_changes,
+    reconstruction,
+    single_insertion_changes,
+    sparse_codes,
+)
 
 
 @dataclass
 class LatentClasses:
     """Per L-latent ``[d_large]``: ``match`` (decoder cosines against S), ``delta_mse`` (MSE change when added alone
     to S), ``fire_count`` (held-out tokens it fires on), ``init_cos`` (cosine of its decoder row to its initial row;
-    ``None`` when the initialisation is unknown)."""
+    ``None`` when the initialisation is unknown); ``codes`` and ``changes [nnz]`` (each non-zero's share of
+    ``delta_mse``, :func:`~canon_pl.stitching.path.single_insertion_changes`) for the per-chunk spread."""
 
     tau: float
     match: LatentMatch
     delta_mse: Tensor
     fire_count: Tensor
     init_cos: Tensor | None = None
+    codes: SparseCodes | None = None
+    changes: Tensor | None = None
 
     @property
     def fires(self) -> Tensor:
@@ -92,34 +101,35 @@ def classify_latents(small: SparseAutoencoder, large: SparseAutoencoder, x: Tens
     match = match_latents(small.W_dec, large.W_dec, tau, progress=progress)
     codes = large_codes if large_codes is not None else sparse_codes(large, x)
     residual = residual_small if residual_small is not None else x - reconstruction(small, x)
-    delta = single_insertion_delta_mse(codes, large.W_dec.detach().float(), residual)
+    changes = single_insertion_changes(codes, large.W_dec.detach().float(), residual)
+    delta = delta_mse_from_changes(codes, changes, *residual.shape)
     init_cos = None
     if large_initial_decoder is not None:
         if large_initial_decoder.shape != large.W_dec.shape:
             raise ValueError(f"initial decoder {tuple(large_initial_decoder.shape)} does not match W_dec "
                              f"{tuple(large.W_dec.shape)}")
         init_cos = row_cosines(large.W_dec.detach(), large_initial_decoder)
-    return LatentClasses(tau, match, delta, codes.counts(), init_cos)
+    return LatentClasses(tau, match, delta, codes.counts(), init_cos, codes, changes)
 
 
 @torch.no_grad()
-def definition_chunk_spread(large_codes: SparseCodes, W_dec_large: Tensor, residual_small: Tensor,
-                            n_chunks: int = 8) -> dict[str, Any]:
+def definition_chunk_spread(classes: LatentClasses, n_chunks: int = 8) -> dict[str, Any]:
     """The novel fraction by definition on ``n_chunks`` disjoint, consecutive chunks of the held-out tokens (each
     chunk's firing latents, each latent's MSE change measured on that chunk alone): how much of a fraction is token
-    noise. ``residual_small``: ``[N, d_in]`` = ``x - S(x)``; returns ``per_chunk``, ``mean``, ``std``,
-    ``chunk_tokens``."""
-    n = large_codes.n_tokens
+    noise. Read from ``classes``' per-non-zero changes (:func:`classify_latents` keeps them), so it costs no
+    second pass over the residual. Returns ``per_chunk``, ``mean``, ``std``, ``chunk_tokens``."""
+    codes, changes = classes.codes, classes.changes
+    if codes is None or changes is None:
+        raise ValueError("definition_chunk_spread needs the classes classify_latents returns (with their changes)")
+    n = codes.n_tokens
     size = max(n // n_chunks, 1)
     fractions = []
     for start in range(0, size * n_chunks, size):
-        keep = (large_codes.rows >= start) & (large_codes.rows < start + size)
-        chunk = SparseCodes(large_codes.rows[keep], large_codes.cols[keep], large_codes.values[keep], n,
-                            large_codes.d_sae)
-        fires = chunk.counts() > 0
+        keep = (codes.rows >= start) & (codes.rows < start + size)
+        fires = torch.bincount(codes.cols[keep], minlength=codes.d_sae) > 0
         if not bool(fires.any()):
             continue
-        delta = single_insertion_delta_mse(chunk, W_dec_large.detach().float(), residual_small)
+        delta = delta_mse_from_changes(codes, changes, n, 1, keep)  # the sign is all the fraction reads
         fractions.append(float((delta[fires] < 0).float().mean()))
     values = torch.tensor(fractions, dtype=torch.float64)
     return {"per_chunk": fractions, "mean": float(values.mean()) if fractions else None,

@@ -50,6 +50,51 @@ def one_thread() -> Iterator[None]:
         torch.set_num_threads(before)
 
 
+def entry_dots(residual: Tensor, rows: Tensor, latents: Tensor, W: Tensor) -> Tensor:
+    """``[nnz]``: ``residual[rows[e]] . W[latents[e]]`` for every non-zero ``e`` (``residual [N, d_in]``,
+    ``W [n_latents, d_in]``). When the decoder is narrow for the non-zeros per token (:data:`DENSE_PER_NONZERO`) one
+    matrix product ``residual @ W.T`` (in token chunks) is far faster than gathering a decoder row per non-zero
+    (6-11x at 576 -> 1152 and 1152 -> 2304 on 8,192 tokens; ``bench_path.py``, ``bench_stitch_floor.py``)."""
+    n_tokens, nnz, n_rows = residual.shape[0], rows.numel(), W.shape[0]
+    if n_rows > DENSE_PER_NONZERO * max(nnz / max(n_tokens, 1), 1.0):
+        return torch.cat([torch.einsum("ij,ij->i", residual[rows[lo:lo + ENTRY_CHUNK]], W[latents[lo:lo + ENTRY_CHUNK]])
+                          for lo in range(0, nnz, ENTRY_CHUNK)] or [residual.new_zeros(0)])
+    step = max(1, DENSE_MAX_ENTRIES // n_rows)
+    if step >= n_tokens:
+        return (residual @ W.T)[rows, latents]
+    dots = residual.new_empty(nnz)
+    for start in range(0, n_tokens, step):
+        inside = (rows >= start) & (rows < start + step)
+        dots[inside] = (residual[start:start + step] @ W.T)[rows[inside] - start, latents[inside]]
+    return dots
+
+
+@torch.no_grad()
+def single_insertion_changes(large_codes: SparseCodes, W_dec_large: Tensor, residual_small: Tensor) -> Tensor:
+    """``[nnz]``: each non-zero's change of its token's squared error when its L-latent alone is added to S,
+    ``a^2 |W_j|^2 - 2 a r·W_j`` (``a`` the activation, ``r`` the token's row of ``residual_small [N, d_in]`` =
+    ``x - S(x)``), in the order of ``large_codes``' entries. Summed per latent it is the single-insertion MSE change
+    (:func:`single_insertion_delta_mse`); summed per latent within a chunk of tokens, that chunk's
+    (:func:`canon_pl.stitching.classify.definition_chunk_spread`): one gather of ``r·W`` serves both."""
+    a = large_codes.values.float()
+    squared_norms = W_dec_large.square().sum(-1)  # [d_large]
+    dots = entry_dots(residual_small, large_codes.rows, large_codes.cols, W_dec_large)
+    return a.square() * squared_norms[large_codes.cols] - 2.0 * a * dots
+
+
+def delta_mse_from_changes(large_codes: SparseCodes, changes: Tensor, n_tokens: int, d_in: int,
+                           keep: Tensor | None = None) -> Tensor:
+    """``[d_large]``: the single-insertion MSE change of each L-latent from the per-non-zero ``changes [nnz]``
+    (:func:`single_insertion_changes`), over ``n_tokens`` tokens of ``d_in`` dimensions; ``keep [nnz]`` (bool)
+    counts only those non-zeros. Latents with no (kept) non-zero get 0."""
+    cols = large_codes.cols if keep is None else large_codes.cols[keep]
+    values = changes if keep is None else changes[keep]
+    delta = torch.zeros(large_codes.d_sae, device=changes.device)
+    for s in range(0, values.numel(), ENTRY_CHUNK):
+        delta.index_add_(0, cols[s:s + ENTRY_CHUNK], values[s:s + ENTRY_CHUNK])
+    return delta / (n_tokens * d_in)
+
+
 @torch.no_grad()
 def single_insertion_delta_mse(large_codes: SparseCodes, W_dec_large: Tensor, residual_small: Tensor) -> Tensor:
     """``[d_large]``: the change in MSE when each L-latent alone is added to S (with its exact L activation).
@@ -58,14 +103,8 @@ def single_insertion_delta_mse(large_codes: SparseCodes, W_dec_large: Tensor, re
     ``a_j^2 |W_j|^2 - 2 a_j r·W_j``; latents that never fire on the tokens get 0.
     """
     n, d_in = residual_small.shape
-    delta = torch.zeros(large_codes.d_sae, device=residual_small.device)
-    for s in range(0, large_codes.values.numel(), ENTRY_CHUNK):
-        rows, cols = large_codes.rows[s:s + ENTRY_CHUNK], large_codes.cols[s:s + ENTRY_CHUNK]
-        a = large_codes.values[s:s + ENTRY_CHUNK]
-        W = W_dec_large[cols]
-        change = a.square() * W.square().sum(-1) - 2.0 * a * (residual_small[rows] * W).sum(-1)
-        delta.index_add_(0, cols, change)
-    return delta / (n * d_in)
+    return delta_mse_from_changes(large_codes, single_insertion_changes(large_codes, W_dec_large, residual_small),
+                                  n, d_in)
 
 
 @dataclass
@@ -193,22 +232,8 @@ class _GroupScorer:
             residual.index_add_(0, self.rows[lo:hi], self.W[self.latent[lo:hi]] * self.coef[lo:hi, None], alpha=-1.0)
 
     def entry_dots(self, residual: Tensor) -> Tensor:
-        """``[nnz]``: ``r_(row_e) . W[latent_e]`` for every non-zero. When the pair is narrow for its non-zeros per
-        token (:data:`DENSE_PER_NONZERO`) one matrix product ``residual @ W.T`` (in token chunks) is far faster
-        than gathering a decoder row per non-zero (6-11x at 576 -> 1152 and 1152 -> 2304 on 8,192 tokens)."""
-        n_tokens, nnz, n_rows = residual.shape[0], self.rows.numel(), self.W.shape[0]
-        if n_rows > DENSE_PER_NONZERO * max(nnz / max(n_tokens, 1), 1.0):
-            return torch.cat([torch.einsum("ij,ij->i", residual[self.rows[lo:lo + ENTRY_CHUNK]],
-                                           self.W[self.latent[lo:lo + ENTRY_CHUNK]])
-                              for lo in range(0, nnz, ENTRY_CHUNK)] or [residual.new_zeros(0)])
-        step = max(1, DENSE_MAX_ENTRIES // n_rows)
-        if step >= n_tokens:
-            return (residual @ self.W.T)[self.rows, self.latent]
-        dots = residual.new_empty(nnz)
-        for start in range(0, n_tokens, step):
-            inside = (self.rows >= start) & (self.rows < start + step)
-            dots[inside] = (residual[start:start + step] @ self.W.T)[self.rows[inside] - start, self.latent[inside]]
-        return dots
+        """``[nnz]``: ``r_(row_e) . W[latent_e]`` for every non-zero (:func:`entry_dots`)."""
+        return entry_dots(residual, self.rows, self.latent, self.W)
 
     def all_deltas(self, residual: Tensor, n_groups: int) -> Tensor:
         """``[n_groups]`` change in summed squared error of each group applied alone to ``residual``."""
