@@ -65,3 +65,13 @@ def mounted_tmpfs(mount: Path, options: str, why_skipped: str = "") -> Iterator[
         yield mount
     finally:
         subprocess.run(["umount", str(mount)], check=False)
+
+
+def own_k(architecture: str, k: int) -> dict[str, int]:
+    """``{"k": k}`` for an architecture whose settings have a ``k`` (the TopK family), else ``{}``: a ``k`` given to
+    a ReLU, JumpReLU or gated SAE is refused, not ignored."""
+    from dataclasses import fields
+
+    from canon_pl.sae import SETTINGS_CLASSES
+
+    return {"k": k} if "k" in {f.name for f in fields(SETTINGS_CLASSES[architecture])} else {}

@@ -14,6 +14,7 @@ from canon_pl.io.formats.saelens import export_saelens, load_saelens
 from canon_pl.sae import SAE_CLASSES, GatedSettings, JumpReLUSettings, SAEConfig, SAEConfigError, build_sae
 from canon_pl.sae.sparse_grad import gather_pre_activations
 from canon_pl.stitching import StitchedSAE
+from tests.helpers import own_k
 
 PACKAGE = Path(__file__).resolve().parents[1] / "canon_pl"
 D_IN = 16
@@ -23,7 +24,7 @@ STITCHABLE = ("batchtopk", "relu", "jumprelu", "gated", "matryoshka_batchtopk")
 def trained_a_little(architecture: str, d_sae: int = 48, steps: int = 30, seed: int = 0):
     """An SAE of ``architecture`` after a few Adam steps on Gaussian data (thresholds set, biases moved)."""
     torch.manual_seed(seed)
-    sae = build_sae(SAEConfig(d_in=D_IN, d_sae=d_sae, architecture=architecture, k=8,
+    sae = build_sae(SAEConfig(d_in=D_IN, d_sae=d_sae, architecture=architecture, **own_k(architecture, 8),
                               kernel="dense" if architecture in ("jumprelu", "gated") else "sparse"))
     sae.train()
     optimizer = torch.optim.Adam(sae.param_groups(1e-2))
@@ -348,6 +349,9 @@ def test_each_architecture_has_its_own_config_and_older_flat_exports_still_load(
     if "k" not in own:  # a field another architecture has is no field of this one's
         with pytest.raises(AttributeError, match=f"{settings_cls.__name__} has"):
             _ = cfg.k
+        # outside an older file such a key is refused by name, not dropped: a ReLU SAE with k=8 is a mistake
+        with pytest.raises(SAEConfigError, match=f"{settings_cls.__name__} has no setting k"):
+            SAEConfig(64, 256, architecture, k=8, **own)
     flat["options"]["bogus"] = 1
     with pytest.raises(SAEConfigError, match="has no setting bogus"):
         SAEConfig.from_dict(flat)

@@ -16,6 +16,7 @@ from safetensors.torch import save_file
 from canon_pl import export_sae, load_sae
 from canon_pl.io import CheckpointError
 from canon_pl.sae import SAEConfig, build_sae
+from tests.helpers import own_k
 
 D_IN, D_SAE, K = 12, 20, 4
 g = torch.Generator().manual_seed(0)
@@ -261,8 +262,8 @@ def test_a_dictionary_learning_file_carrying_code_is_refused(tmp_path: Path) -> 
 # ----------------------------------------------------------------------------------------- export and round trips
 def trained_like(architecture: str) -> torch.nn.Module:
     torch.manual_seed(3)
-    sae = build_sae(SAEConfig(d_in=D_IN, d_sae=D_SAE, architecture=architecture, k=K, hook_point="blocks.2",
-                              model_id="gpt2"))
+    sae = build_sae(SAEConfig(d_in=D_IN, d_sae=D_SAE, architecture=architecture, **own_k(architecture, K),
+                              hook_point="blocks.2", model_id="gpt2"))
     with torch.no_grad():
         sae.b_enc.normal_(0, 0.3)
         sae.b_dec.normal_(0, 2.0)

@@ -81,10 +81,11 @@ def test_the_flop_model_counts_what_torch_counts_for_a_training_step(architectur
 
     from canon_pl.metrics import sae_training_flops
     from canon_pl.sae import SAEConfig, build_sae
+    from tests.helpers import own_k
 
     batch, d_in, d_sae, k = 256, 32, 1024, 4
-    sae = build_sae(SAEConfig(d_in=d_in, d_sae=d_sae, architecture=architecture, k=k, kernel=kernel,
-                              aux_coefficient=0.0))
+    sae = build_sae(SAEConfig(d_in=d_in, d_sae=d_sae, architecture=architecture, **own_k(architecture, k),
+                              kernel=kernel, aux_coefficient=0.0))
     sae.train()
     with FlopCounterMode(display=False) as counter:
         sae.training_forward(torch.randn(batch, d_in)).loss.backward()

@@ -2,22 +2,18 @@
 
 from __future__ import annotations
 
-from dataclasses import fields
-
 import pytest
 import torch
 import torch.nn.functional as F
 
 from canon_pl.data import SyntheticSparseActivations
-from canon_pl.sae import (SETTINGS_CLASSES, BatchTopKSAE, SAEConfig, SAEConfigError, SparseActivations, batch_topk,
-                          build_sae)
+from canon_pl.sae import BatchTopKSAE, SAEConfig, SAEConfigError, SparseActivations, batch_topk, build_sae
+from tests.helpers import own_k
 
 
 def make_sae(architecture: str = "batchtopk", d_in: int = 16, d_sae: int = 64, k: int = 4, **kw) -> torch.nn.Module:
     """An SAE of ``architecture``; ``k`` where the architecture has one (the TopK family)."""
-    if "k" in {f.name for f in fields(SETTINGS_CLASSES[architecture])}:
-        kw["k"] = k
-    return build_sae(SAEConfig(d_in=d_in, d_sae=d_sae, architecture=architecture, **kw))
+    return build_sae(SAEConfig(d_in=d_in, d_sae=d_sae, architecture=architecture, **own_k(architecture, k), **kw))
 
 
 def positive_inputs(batch: int = 32, d_in: int = 16) -> torch.Tensor:

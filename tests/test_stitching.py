@@ -26,6 +26,7 @@ from canon_pl.stitching import (
     write_stitching_results,
 )
 from canon_pl.stitching.path import reconstruction
+from tests.helpers import own_k
 
 D_IN = 32
 
@@ -34,8 +35,8 @@ def tied_sae(directions: torch.Tensor, architecture: str = "relu", threshold: fl
              b_dec: torch.Tensor | None = None, hook_point: str | None = "blocks.0"):
     """An SAE whose encoder is its decoder transposed: on non-negative sparse combinations of orthonormal
     ``directions [d_sae, d_in]`` it reads off the coefficients exactly."""
-    cfg = SAEConfig(d_in=directions.shape[1], d_sae=directions.shape[0], architecture=architecture, k=2,
-                    hook_point=hook_point)
+    cfg = SAEConfig(d_in=directions.shape[1], d_sae=directions.shape[0], architecture=architecture,
+                    **own_k(architecture, 2), hook_point=hook_point)
     sae = build_sae(cfg)
     with torch.no_grad():
         sae.W_dec.copy_(F.normalize(directions, dim=-1))

@@ -46,8 +46,9 @@ SETTINGS_CLASSES: dict[str, type[SAESettings]] = {}
 LEGACY_KEYS = frozenset({"k", "l1_coefficient", "aux_k", "aux_coefficient", "dead_tokens_threshold",
                          "threshold_momentum", "encoder_bias", "kernel", "options"})
 """Keys of the one flat config every architecture shared before each had its own settings class (``options`` held
-an architecture's own fields): in an older ``cfg.json`` a value its architecture has no field for is dropped, not
-refused."""
+an architecture's own fields): in an older ``cfg.json`` (:meth:`SAEConfig.from_dict`) a value its architecture has no
+field for is dropped, not refused. Anywhere else such a key is refused by name: ``SAEConfig(576, 4608, "relu",
+k=8)`` is an error, not a ReLU SAE that silently ignores ``k``."""
 
 
 def check_field_types(settings: Any) -> None:
@@ -211,7 +212,7 @@ class SAEConfig:
                  **setting_values: Any) -> None:
         if settings is None:
             cls = settings_class_named(architecture or "batchtopk", unknown="unknown SAE architecture")
-            settings = settings_named(cls, setting_values, drop=LEGACY_KEYS)
+            settings = settings_named(cls, setting_values)  # a key its architecture lacks is refused (a ReLU's k)
         elif setting_values or (architecture is not None and architecture != settings.architecture):
             raise SAEConfigError(f"an SAEConfig takes its architecture's settings either as settings=... or as "
                                  f"fields, not both (got {settings!r} and {architecture!r}, {setting_values})")
