@@ -31,15 +31,14 @@ def cache(*, config: str, out: str, tokens: int, val_tokens: int = 131_072,
         text: the text to capture instead of the config's data.init_args.text (python-docs, linux-docs, docs, a
             local path, ...)
     """
-    from canon_pl.checks import check_counts, check_device, check_output_folder, default_device
+    from canon_pl.checks import check_counts, check_device, check_output_folder
 
     check_counts(**{"--tokens": tokens})
     check_counts(0, **{"--val_tokens": val_tokens})
     if piece_documents is not None:
         check_counts(**{"--piece_documents": piece_documents})
     check_output_folder(out)
-    if device:
-        check_device(device)
+    device = check_device(device)  # None: the GPU when there is one
     from canon_pl.cli.lightning import run_lightning_cli
     from canon_pl.training import ActivationDataModule
     from canon_pl.training.cache import PIECE_DOCUMENTS, write_activation_cache
@@ -55,7 +54,7 @@ def cache(*, config: str, out: str, tokens: int, val_tokens: int = 131_072,
     lock.acquire()  # one writer per cache folder
     try:
         index = write_activation_cache(data, out, tokens, dtype, val_tokens=val_tokens,
-                                       device=device or default_device(),
+                                       device=device,
                                        piece_documents=piece_documents or PIECE_DOCUMENTS)
     finally:
         lock.release()
